@@ -1,0 +1,289 @@
+"""Label frames with energies, forces and stresses from any ASE calculator named in a YAML file.
+
+The labelled output is an append-only extxyz log: each finished frame is appended durably, a
+resumed run skips the frames already present (matched by their index in the input file and checked
+to be the same geometry) and the frames refused before, and drops a truncated last frame left by a
+kill. For CP2K the SCF convergence of every frame is read from CP2K's output; a frame whose SCF did
+not converge is refused, recorded with its frame number in ``<output>.rejected.jsonl`` and never
+written to the data set.
+
+Calculator YAML::
+
+    calculator: cp2k            # cp2k | emt | lj | any "package.module:ClassName"
+    parameters: {...}           # keyword arguments of the calculator
+                                # (CP2K: cutoff_Ry is converted to ASE's `cutoff` in eV)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import yaml
+from ase import Atoms, units
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from mlff_ins.atomic_io import append_durably
+from mlff_ins.data.extxyz_log import append_frame, read_frames, truncate_incomplete_tail
+from mlff_ins.errors import InputError
+
+_SHORT_NAMES = {
+    "cp2k": "ase.calculators.cp2k:CP2K",
+    "emt": "ase.calculators.emt:EMT",
+    "lj": "ase.calculators.lj:LennardJones",
+}
+
+
+@dataclass
+class CalculatorSpec:
+    """A calculator described by a YAML file: what to build and how to check convergence."""
+
+    name: str
+    parameters: dict = field(default_factory=dict)
+    source: str = "<dict>"
+    sha256: str = ""
+
+    @property
+    def is_cp2k(self) -> bool:
+        return self.name.lower() == "cp2k" or self.name.endswith(":CP2K")
+
+
+def read_calculator_spec(path: str | os.PathLike) -> CalculatorSpec:
+    """Read and check a calculator YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: calculator file not found")
+    text = path.read_text()
+    try:
+        cfg = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(cfg, dict) or "calculator" not in cfg:
+        raise InputError(f"{path}: needs a 'calculator:' entry (cp2k, emt, lj or module:Class)")
+    params = cfg.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InputError(f"{path}: 'parameters' must be a mapping")
+    return CalculatorSpec(str(cfg["calculator"]), dict(params), str(path),
+                          hashlib.sha256(text.encode()).hexdigest())
+
+
+def build_calculator(spec: CalculatorSpec, workdir: str | os.PathLike):
+    """Instantiate the calculator of ``spec``; file-based calculators work inside ``workdir``."""
+    target = _SHORT_NAMES.get(spec.name.lower(), spec.name)
+    if ":" not in target:
+        raise InputError(f"{spec.source}: unknown calculator '{spec.name}' "
+                         f"(use one of {sorted(_SHORT_NAMES)} or 'package.module:ClassName')")
+    module_name, cls_name = target.split(":", 1)
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError) as err:
+        raise InputError(f"{spec.source}: cannot import calculator {target} ({err})") from None
+    params = dict(spec.parameters)
+    if spec.is_cp2k:
+        if "cutoff_Ry" in params:
+            params["cutoff"] = float(params.pop("cutoff_Ry")) * units.Rydberg
+        if "cutoff" in params and params["cutoff"] < 100 * units.Rydberg:
+            # ASE's cutoff is in eV; a value in Ry by mistake gives forces wrong by eV/A.
+            raise InputError(f"{spec.source}: CP2K cutoff {params['cutoff']:.0f} eV "
+                             f"(= {params['cutoff'] / units.Rydberg:.0f} Ry) is far too low; "
+                             "ASE's `cutoff` is in eV, or give `cutoff_Ry`")
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        params.setdefault("label", str(Path(workdir) / "cp2k"))
+    return cls(**params)
+
+
+class CP2KConvergence:
+    """Reads the verdict of CP2K's SCF for the frame just computed from its output file."""
+
+    _verdict = re.compile(r"SCF run (NOT )?converged(?: in\s+(\d+) steps)?")
+
+    def __init__(self, calc):
+        self.out = Path(calc.label + ".out")
+        self.offset = 0
+
+    def before(self) -> None:
+        self.offset = self.out.stat().st_size if self.out.exists() else 0
+
+    def after(self) -> tuple[bool | None, int | None]:
+        if not self.out.exists():
+            return None, None
+        with open(self.out, "rb") as fh:
+            fh.seek(self.offset)
+            text = fh.read().decode(errors="replace")
+        # If the force environment was (re)loaded the file may have been rewritten from the start.
+        if not self._verdict.search(text):
+            text = self.out.read_text(errors="replace")
+        matches = list(self._verdict.finditer(text))
+        if not matches:
+            return None, None
+        last = matches[-1]
+        steps = int(last.group(2)) if last.group(2) else None
+        return last.group(1) is None, steps
+
+
+class _NoConvergenceCheck:
+    def before(self) -> None:
+        pass
+
+    def after(self) -> tuple[bool | None, int | None]:
+        return None, None
+
+
+def _frame_matches(done: Atoms, source: Atoms) -> bool:
+    return (len(done) == len(source)
+            and np.array_equal(done.numbers, source.numbers)
+            and np.allclose(done.positions, source.positions, atol=1e-6)
+            and np.allclose(done.cell.array, source.cell.array, atol=1e-6))
+
+
+def read_rejected(path: Path) -> dict[int, str]:
+    """Frame index -> reason, from a ``.rejected.jsonl`` file."""
+    out: dict[int, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a truncated last line from a kill
+            out[int(rec["frame"])] = rec["reason"]
+    return out
+
+
+@dataclass
+class LabelReport:
+    """What a labelling run did."""
+
+    labelled: list[int]
+    skipped_done: int
+    rejected: dict[int, str]
+    output: Path
+
+
+def label_frames(frames_path: str | os.PathLike, calculator_yaml: str | os.PathLike,
+                 output: str | os.PathLike, *, retry_rejected: bool = False,
+                 progress: bool = True, max_frames: int | None = None) -> LabelReport:
+    """Compute energy, forces and stress for every frame of ``frames_path``.
+
+    Parameters
+    ----------
+    frames_path : structures readable by ``ase.io.read`` (all frames are used).
+    calculator_yaml : calculator description (see module docstring).
+    output : extxyz log the labelled frames are appended to; resumed if it exists.
+    retry_rejected : try again the frames recorded as rejected by an earlier run.
+    max_frames : label at most this many new frames (then stop; resume later).
+
+    Returns
+    -------
+    LabelReport with the input frame numbers labelled in this run and those rejected (all runs).
+    Units of the written data: eV, eV/Angstrom, eV/Angstrom^3 (ASE's sign convention).
+    """
+    frames_path, output = Path(frames_path), Path(output)
+    if not frames_path.is_file():
+        raise InputError(f"{frames_path}: file not found")
+    try:
+        frames = ase.io.read(frames_path, index=":")
+    except Exception as err:  # ase raises many types for unreadable files
+        raise InputError(f"{frames_path}: cannot read structures ({err})") from None
+    spec = read_calculator_spec(calculator_yaml)
+
+    removed = truncate_incomplete_tail(output)
+    if removed and progress:
+        print(f"{output}: dropped an incomplete last frame ({removed} bytes) left by a kill")
+    done = read_frames(output)
+    done_idx: set[int] = set()
+    for k, atoms in enumerate(done):
+        i = atoms.info.get("source_index")
+        if i is None or not (0 <= int(i) < len(frames)):
+            raise InputError(f"{output}: frame {k} has no valid 'source_index'; "
+                             f"it was not written by labelling {frames_path}")
+        if not _frame_matches(atoms, frames[int(i)]):
+            raise InputError(f"{output}: frame {k} does not match frame {i} of {frames_path}; "
+                             "the input changed since the last run (use a new output file)")
+        done_idx.add(int(i))
+
+    rejected_path = output.with_name(output.name + ".rejected.jsonl")
+    rejected = read_rejected(rejected_path)
+    todo = [i for i in range(len(frames))
+            if i not in done_idx and (retry_rejected or i not in rejected)]
+    if max_frames is not None:
+        todo = todo[:max_frames]
+    report = LabelReport([], len(done_idx), rejected, output)
+    if not todo:
+        return report
+
+    workdir = output.with_name(output.name + ".work")
+    calc = build_calculator(spec, workdir)
+    check = CP2KConvergence(calc) if spec.is_cp2k else _NoConvergenceCheck()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(frames), initial=len(frames) - len(todo), unit="frame",
+                   desc=f"label {frames_path.name}")
+    try:
+        for i in todo:
+            source = frames[i]
+            atoms = Atoms(source.numbers, source.positions, cell=source.cell, pbc=source.pbc)
+            atoms.info.update({k: v for k, v in source.info.items()
+                               if isinstance(v, (str, int, float, bool))})
+            atoms.calc = calc
+            check.before()
+            t0 = time.time()
+            try:
+                energy = atoms.get_potential_energy()
+                forces = atoms.get_forces()
+                stress = (atoms.get_stress() if atoms.pbc.all()
+                          and "stress" in calc.implemented_properties else None)
+            except Exception as err:  # the calculator failed on this frame: refuse it, go on
+                reason = f"calculator error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                _reject(rejected_path, i, reason, rejected)
+                if spec.is_cp2k:  # a dead cp2k_shell has to be restarted
+                    calc = build_calculator(spec, workdir)
+                    check = CP2KConvergence(calc)
+                if bar:
+                    bar.update(1)
+                continue
+            converged, steps = check.after()
+            if converged is False:
+                _reject(rejected_path, i, f"SCF did not converge ({steps or '?'} steps)",
+                        rejected)
+                if bar:
+                    bar.update(1)
+                continue
+            rejected.pop(i, None)
+            results = {"energy": energy, "forces": forces}
+            if stress is not None:
+                results["stress"] = stress
+            atoms.calc = SinglePointCalculator(atoms, **results)
+            atoms.info["source_index"] = i
+            atoms.info["source_file"] = frames_path.name
+            atoms.info["label_config_sha256"] = spec.sha256[:16]
+            atoms.info["label_wall_s"] = round(time.time() - t0, 1)
+            if converged is not None:
+                atoms.info["scf_converged"] = True
+            if steps is not None:
+                atoms.info["scf_steps"] = steps
+            append_frame(output, atoms)
+            report.labelled.append(i)
+            if bar:
+                bar.update(1)
+                bar.set_postfix(last=f"{atoms.info['label_wall_s']:.0f}s")
+    finally:
+        if bar:
+            bar.close()
+        close = getattr(calc, "close", None)
+        if close:
+            close()
+    return report
+
+
+def _reject(path: Path, frame: int, reason: str, rejected: dict[int, str]) -> None:
+    rejected[frame] = reason
+    append_durably(path, json.dumps({"frame": frame, "reason": reason}) + "\n")

@@ -1,0 +1,150 @@
+"""A model bundle as one ASE calculator: the ensemble mean, with the spread across members.
+
+:func:`load_calculator` reads ``bundle.json``, loads every packaged NequIP member on the chosen
+device and returns :class:`BundleCalculator`. Each call builds the neighbour list once and runs
+every member on it; the results are the member mean of energy (eV), per-atom energies (eV), forces
+(eV/Angstrom) and stress (eV/Angstrom^3, ASE Voigt order and sign), plus
+
+- ``energy_std`` (eV): standard deviation of the total energy across members;
+- ``forces_std`` (eV/Angstrom, shape (N,)): per atom, the root of the summed per-component
+  variances across members, i.e. the RMS deviation of a member's force vector from the mean.
+
+With one member both are zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+
+from mlff_ins.errors import InputError
+
+
+def read_bundle(path: str | os.PathLike) -> dict:
+    """Read and check ``bundle.json`` of a model bundle folder."""
+    path = Path(path)
+    meta_path = path / "bundle.json"
+    if not meta_path.exists():
+        if (path / "train_settings.json").exists():
+            raise InputError(f"{path}: training has not finished (no bundle.json); "
+                             "continue it with `mlff-ins train ... --resume`")
+        raise InputError(f"{path}: not a model bundle (no bundle.json)")
+    meta = json.loads(meta_path.read_text())
+    for member in meta["members"]:
+        if not (path / member).exists():
+            raise InputError(f"{path}: member model {member} is missing")
+    return meta
+
+
+def _load_member(model_path: Path, device):
+    """Load one packaged NequIP model and its transforms (type mapping, neighbour list)."""
+    from nequip.integrations.utils import basic_transforms, handle_chemical_species_map
+    from nequip.model.saved_models.load_utils import load_saved_model
+    from nequip.nn import graph_model
+
+    model = load_saved_model(str(model_path))
+    model.eval()
+    model.to(device)
+    r_max = float(model.metadata[graph_model.R_MAX_KEY])
+    type_names = model.metadata[graph_model.TYPE_NAMES_KEY].split(" ")
+    species_map = handle_chemical_species_map(True, type_names)  # types are elements
+    transforms = basic_transforms(model.metadata, r_max, type_names, species_map)
+    return model, transforms
+
+
+class BundleCalculator(Calculator):
+    """ASE calculator for a model bundle (one or more NequIP members).
+
+    Parameters
+    ----------
+    member_paths : packaged NequIP models (``.nequip.zip``) or checkpoints, one per member.
+    device : "cpu", "cuda", "cuda:1", ... (torch device string).
+    name : what error messages call the model (the bundle folder).
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress",
+                              "energy_std", "forces_std"]
+
+    def __init__(self, member_paths, *, device: str = "cpu", name: str = "model", **kwargs):
+        import torch
+        from nequip.nn import graph_model
+
+        super().__init__(**kwargs)
+        self.model_name = str(name)
+        self.device = torch.device(device)
+        loaded = [_load_member(Path(p), self.device) for p in member_paths]
+        self.models = [m for m, _ in loaded]
+        self.elements = self.models[0].metadata[graph_model.TYPE_NAMES_KEY].split(" ")
+        # Members share elements and cutoff, so one set of transforms serves all of them.
+        self.transforms = loaded[0][1]
+
+    def _check_elements(self, atoms) -> None:
+        unknown = sorted(set(atoms.get_chemical_symbols()) - set(self.elements))
+        if unknown:
+            raise InputError(f"element {unknown[0]} is not known to the model {self.model_name} "
+                             f"(its elements: {', '.join(self.elements)})")
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        import torch
+        from nequip.data import AtomicDataDict, from_ase
+
+        super().calculate(atoms, properties, system_changes)
+        self._check_elements(self.atoms)
+        data = from_ase(self.atoms)
+        for t in self.transforms:
+            data = t(data)
+        data = AtomicDataDict.to_(data, self.device)
+        energies, per_atom, forces, stresses = [], [], [], []
+        want_stress = bool(self.atoms.pbc.all())
+        for model in self.models:
+            inp = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in data.items()}
+            out = model(inp)
+            energies.append(out[AtomicDataDict.TOTAL_ENERGY_KEY].detach().reshape(()).cpu())
+            per_atom.append(out[AtomicDataDict.PER_ATOM_ENERGY_KEY].detach().reshape(-1).cpu())
+            forces.append(out[AtomicDataDict.FORCE_KEY].detach().cpu())
+            if want_stress and AtomicDataDict.STRESS_KEY in out:
+                stresses.append(out[AtomicDataDict.STRESS_KEY].detach().reshape(3, 3).cpu())
+        E = torch.stack(energies).double().numpy()
+        F = torch.stack(forces).double().numpy()
+        self.results = {
+            "energy": float(E.mean()),
+            "free_energy": float(E.mean()),
+            "energies": torch.stack(per_atom).double().numpy().mean(axis=0),
+            "forces": F.mean(axis=0),
+            "energy_std": float(E.std()),
+            "forces_std": np.sqrt(F.var(axis=0).sum(axis=1)),
+        }
+        if stresses:
+            from ase.stress import full_3x3_to_voigt_6_stress
+            S = torch.stack(stresses).double().numpy().mean(axis=0)
+            self.results["stress"] = full_3x3_to_voigt_6_stress(S)
+
+    def member_forces(self, atoms) -> np.ndarray:
+        """Forces of every member, shape (K, N, 3), eV/Angstrom (for diagnostics)."""
+        import torch
+        from nequip.data import AtomicDataDict, from_ase
+
+        self._check_elements(atoms)
+        data = from_ase(atoms)
+        for t in self.transforms:
+            data = t(data)
+        data = AtomicDataDict.to_(data, self.device)
+        out = []
+        for model in self.models:
+            inp = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in data.items()}
+            out.append(model(inp)[AtomicDataDict.FORCE_KEY].detach().double().cpu().numpy())
+        return np.stack(out)
+
+
+def load_calculator(bundle_dir: str | os.PathLike, device: str = "cpu") -> BundleCalculator:
+    """Load a model bundle as an ASE calculator (ensemble mean, with ``energy_std`` and
+    ``forces_std`` in ``results``). See :class:`BundleCalculator`."""
+    meta = read_bundle(bundle_dir)
+    calc = BundleCalculator([Path(bundle_dir) / m for m in meta["members"]], device=device,
+                            name=str(bundle_dir))
+    calc.bundle = meta
+    return calc

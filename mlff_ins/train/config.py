@@ -1,0 +1,103 @@
+"""Training settings: presets in configs/train/, a user's YAML on top, command-line flags on top.
+
+A training config is a small YAML file (see configs/train/small.yaml): data path, elements,
+cutoff, isolated-atom energies, model size, training length, split, ensemble size. It is
+translated into a full ``nequip-train`` config by :mod:`mlff_ins.train.nequip_config`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import yaml
+
+from mlff_ins.errors import InputError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESETS = ("tiny", "small", "medium")
+
+
+def preset_path(name: str) -> Path:
+    return CONFIG_DIR / "train" / f"{name}.yaml"
+
+
+def _merge(base: dict, over: dict, where: str, prefix: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if key not in base:
+            raise InputError(f"{where}: unknown option '{prefix}{key}' "
+                             f"(known: {', '.join(sorted(base))})")
+        if isinstance(base[key], dict) and isinstance(value, dict) and key != "e0s":
+            out[key] = _merge(base[key], value, where, prefix=f"{prefix}{key}.")
+        else:
+            out[key] = value
+    return out
+
+
+def load_preset(name: str) -> dict:
+    if name not in PRESETS:
+        raise InputError(f"--preset: unknown preset '{name}' (choose from {', '.join(PRESETS)})")
+    return yaml.safe_load(preset_path(name).read_text())
+
+
+def load_train_config(path: str | os.PathLike | None = None, *, preset: str | None = None,
+                      overrides: dict | None = None) -> dict:
+    """Build the training settings.
+
+    Parameters
+    ----------
+    path : a user YAML; it may name ``preset:`` (default small) and override any of its keys.
+    preset : preset name when no file is given (or to replace the file's).
+    overrides : values from the command line (``None`` values are ignored), dotted keys allowed
+        (``{"training.max_epochs": 10}``).
+    """
+    user: dict = {}
+    where = "command line"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise InputError(f"{path}: config file not found")
+        try:
+            user = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(user, dict):
+            raise InputError(f"{path}: expected a mapping of options")
+        if user.get("data") and not Path(user["data"]).is_absolute():
+            user["data"] = str((path.parent / user["data"]).resolve())
+    name = preset or user.get("preset") or "small"
+    cfg = _merge(load_preset(name), user, where)
+    cfg["preset"] = name
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = cfg
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node[part]
+        if parts[-1] not in node:
+            raise InputError(f"option '{key}' is not a training setting")
+        node[parts[-1]] = value
+    check_train_config(cfg)
+    return cfg
+
+
+def check_train_config(cfg: dict) -> None:
+    """Raise :class:`InputError` naming the first bad option."""
+    if not cfg.get("data"):
+        raise InputError("no training data: give --data FILE or `data:` in the config")
+    if not float(cfg["cutoff"]) > 0:
+        raise InputError(f"cutoff: must be positive (got {cfg['cutoff']})")
+    if int(cfg["ensemble"]) < 1:
+        raise InputError(f"--ensemble: must be at least 1 (got {cfg['ensemble']})")
+    if cfg["model"]["dtype"] not in ("float32", "float64"):
+        raise InputError(f"model.dtype: float32 or float64 (got {cfg['model']['dtype']})")
+    split = cfg["split"]
+    if not (0 < split["test"] < 1 and 0 < split["val"] < 1 and split["val"] + split["test"] < 1):
+        raise InputError("split: val and test must be fractions in (0, 1) with a sum below 1")
+    e0s = cfg["e0s"]
+    if not (e0s == "auto" or isinstance(e0s, dict)):
+        raise InputError("e0s: `auto` or a mapping element -> energy in eV")

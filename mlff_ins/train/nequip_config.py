@@ -1,0 +1,133 @@
+"""Translate mlff-ins training settings into one ``nequip-train`` config per ensemble member.
+
+The generated config uses nequip's own pieces: ``ASEDataModule`` on the split files we write,
+``NequIPGNNModel``, the EMA Lightning module, nequip's energy/force(/stress) loss and metrics, and
+Lightning checkpoints (``last.ckpt`` for resuming, ``best.ckpt`` for the packaged model). The
+isolated-atom energies become fixed per-type energy shifts, as nequip's docs recommend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], train_file: Path,
+                  val_file: Path, test_file: Path, run_dir: Path, seed: int,
+                  has_stress: bool, log_version: int = 0) -> dict:
+    """Return a nequip-train config (a plain dict, written as YAML by the caller).
+
+    Parameters
+    ----------
+    cfg : mlff-ins training settings (see configs/train/*.yaml).
+    elements : chemical symbols, in the model's type order.
+    e0s : element -> isolated-atom energy in eV (per-type energy shifts).
+    train_file, val_file, test_file : extxyz files of the splits.
+    run_dir : where checkpoints and logs go.
+    seed : model initialisation and data-loader seed of this member.
+    has_stress : every training frame carries a stress, so a stress loss term is possible.
+    log_version : CSV log folder number; a resumed run logs to a new one (Lightning's CSV logger
+        would otherwise delete the earlier epochs).
+    """
+    m, t = cfg["model"], cfg["training"]
+    loss_w = dict(t["loss"])
+    use_stress = has_stress and float(loss_w.get("stress", 0.0)) > 0
+    cutoff = float(cfg["cutoff"])
+    transforms = [
+        {"_target_": "nequip.data.transforms.ChemicalSpeciesToAtomTypeMapper",
+         "model_type_names": list(elements)},
+        {"_target_": "nequip.data.transforms.NeighborListTransform", "r_max": cutoff},
+    ]
+    loader = {"_target_": "torch.utils.data.DataLoader", "batch_size": int(t["batch_size"]),
+              "num_workers": 0}
+    if use_stress:
+        loss = {"_target_": "nequip.train.EnergyForceStressLoss", "per_atom_energy": True,
+                "coeffs": {"total_energy": float(loss_w["energy"]),
+                           "forces": float(loss_w["forces"]),
+                           "stress": float(loss_w["stress"])}}
+        metrics = {"_target_": "nequip.train.EnergyForceStressMetrics",
+                   "coeffs": {"per_atom_energy_mae": 1.0, "forces_mae": 1.0,
+                              "stress_mae": 1.0}}
+    else:
+        loss = {"_target_": "nequip.train.EnergyForceLoss", "per_atom_energy": True,
+                "coeffs": {"total_energy": float(loss_w["energy"]),
+                           "forces": float(loss_w["forces"])}}
+        metrics = {"_target_": "nequip.train.EnergyForceMetrics",
+                   "coeffs": {"per_atom_energy_mae": 1.0, "forces_mae": 1.0}}
+    monitored = "val0_epoch/weighted_sum"
+    max_minutes = float(t["max_minutes"])
+    hours, minutes = divmod(int(max_minutes), 60)
+    seconds = int(round((max_minutes - int(max_minutes)) * 60))
+    return {
+        "run": ["train"],
+        "data": {
+            "_target_": "nequip.data.datamodule.ASEDataModule",
+            "seed": seed,
+            "train_file_path": str(train_file),
+            "val_file_path": str(val_file),
+            "test_file_path": str(test_file),
+            "transforms": transforms,
+            "train_dataloader": {**loader, "shuffle": True},
+            "val_dataloader": loader,
+            "test_dataloader": loader,
+            "stats_manager": {"_target_": "nequip.data.CommonDataStatisticsManager",
+                              "type_names": list(elements),
+                              "dataloader_kwargs": {"batch_size": 8}},
+        },
+        "trainer": {
+            "_target_": "lightning.Trainer",
+            "accelerator": "cpu" if cfg.get("device") == "cpu" else "auto",
+            "devices": 1,
+            "max_epochs": int(t["max_epochs"]),
+            "max_time": f"00:{hours:02d}:{minutes:02d}:{seconds:02d}",
+            "check_val_every_n_epoch": 1,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": {"_target_": "lightning.pytorch.loggers.CSVLogger",
+                       "save_dir": str(run_dir), "name": "logs", "version": int(log_version),
+                       "flush_logs_every_n_steps": 10},
+            "callbacks": [
+                {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "monitor": monitored, "dirpath": str(run_dir), "filename": "best",
+                 "save_top_k": 1, "save_last": False},
+                {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "dirpath": str(run_dir), "filename": "latest", "save_top_k": 1,
+                 "save_last": True},
+            ],
+        },
+        "training_module": {
+            "_target_": "nequip.train.EMALightningModule",
+            "ema_decay": float(t["ema_decay"]),
+            "loss": loss,
+            "val_metrics": metrics,
+            "train_metrics": metrics,
+            "test_metrics": metrics,
+            "optimizer": {"_target_": "torch.optim.Adam", "lr": float(t["lr"])},
+            "lr_scheduler": {
+                "scheduler": {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau",
+                              "factor": 0.6, "patience": 10, "threshold": 0.02,
+                              "min_lr": 1e-5},
+                "monitor": monitored, "interval": "epoch", "frequency": 1},
+            "model": {
+                "_target_": "nequip.model.NequIPGNNModel",
+                "seed": seed,
+                "model_dtype": m["dtype"],
+                "type_names": list(elements),
+                "r_max": cutoff,
+                "num_bessels": int(m["num_bessels"]),
+                "bessel_trainable": False,
+                "polynomial_cutoff_p": 6,
+                "num_layers": int(m["num_layers"]),
+                "l_max": int(m["l_max"]),
+                "parity": bool(m["parity"]),
+                "num_features": int(m["num_features"]),
+                "radial_mlp_depth": int(m["radial_mlp_depth"]),
+                "radial_mlp_width": int(m["radial_mlp_width"]),
+                "avg_num_neighbors": "${training_data_stats:num_neighbors_mean}",
+                "per_type_energy_scales": "${training_data_stats:per_type_forces_rms}",
+                "per_type_energy_shifts": {el: float(e0s[el]) for el in elements},
+                "per_type_energy_scales_trainable": False,
+                "per_type_energy_shifts_trainable": False,
+            },
+        },
+    }

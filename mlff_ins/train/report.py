@@ -1,0 +1,181 @@
+"""Score a trained bundle on its held-out test frames and write the training report.
+
+Metrics (``metrics.json``) are computed by running each packaged member through the same calculator
+users get, on the test split that no member trained or validated on: energy per atom (meV/atom),
+force components (meV/Angstrom) and stress components (meV/Angstrom^3), each as MAE and RMSE, per
+member and for the ensemble mean. The report is a parity plot, a learning curve from nequip's
+CSV log, and report.md.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from mlff_ins.atomic_io import atomic_path, write_text_atomic
+
+
+def _errors(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    d = np.asarray(pred, float) - np.asarray(ref, float)
+    return {"mae": float(np.mean(np.abs(d))), "rmse": float(np.sqrt(np.mean(d ** 2)))}
+
+
+def _collect(calc, frames) -> dict[str, np.ndarray]:
+    e_pred, e_ref, f_pred, f_ref, s_pred, s_ref = [], [], [], [], [], []
+    for atoms in frames:
+        ref = atoms.calc.results
+        a = atoms.copy()
+        a.calc = calc
+        e_pred.append(a.get_potential_energy() / len(a))
+        e_ref.append(ref["energy"] / len(a))
+        f_pred.append(a.get_forces().ravel())
+        f_ref.append(np.asarray(ref["forces"]).ravel())
+        if "stress" in ref and a.pbc.all():
+            s_pred.append(a.get_stress())
+            s_ref.append(np.asarray(ref["stress"]).ravel()[:6] if np.size(ref["stress"]) == 6
+                         else _voigt(ref["stress"]))
+    out = {"e_pred": np.array(e_pred), "e_ref": np.array(e_ref),
+           "f_pred": np.concatenate(f_pred), "f_ref": np.concatenate(f_ref)}
+    if s_pred:
+        out["s_pred"], out["s_ref"] = np.array(s_pred).ravel(), np.array(s_ref).ravel()
+    return out
+
+
+def _voigt(stress) -> np.ndarray:
+    from ase.stress import full_3x3_to_voigt_6_stress
+    return full_3x3_to_voigt_6_stress(np.asarray(stress).reshape(3, 3))
+
+
+def _score(col: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    out = {"energy_meV_per_atom": {k: 1000 * v for k, v in
+                                   _errors(col["e_pred"], col["e_ref"]).items()},
+           "forces_meV_per_A": {k: 1000 * v for k, v in
+                                _errors(col["f_pred"], col["f_ref"]).items()}}
+    if "s_pred" in col:
+        out["stress_meV_per_A3"] = {k: 1000 * v for k, v in
+                                    _errors(col["s_pred"], col["s_ref"]).items()}
+    return out
+
+
+def evaluate_bundle_members(members: list[Path], test_frames, *, device: str = "cpu") -> dict:
+    """Score every member and the ensemble mean on ``test_frames``.
+
+    Returns
+    -------
+    metrics : ``members`` (list of scores), ``ensemble_mean`` (scores) and ``n_test``; a score
+        maps quantity -> {"mae", "rmse"} in meV units (see module docstring).
+    parity : the ensemble-mean predictions and references (eV/atom, eV/Angstrom) for plotting.
+    """
+    from mlff_ins.model.calculator import BundleCalculator
+    from mlff_ins.train.driver import PACKAGE_NAME
+
+    per_member = []
+    cols = []
+    for k in range(len(members)):
+        calc = BundleCalculator([members[k] / PACKAGE_NAME], device=device, name=str(members[k]))
+        col = _collect(calc, test_frames)
+        cols.append(col)
+        per_member.append(_score(col))
+    mean_col = {key: (np.mean([c[key] for c in cols], axis=0) if key.endswith("pred")
+                      else cols[0][key]) for key in cols[0]}
+    metrics = {"n_test": len(test_frames), "members": per_member,
+               "ensemble_mean": _score(mean_col)}
+    return metrics, mean_col
+
+
+def _read_csv_rows(path: Path) -> list[dict]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def _learning_curve(member_dir: Path):
+    """Per-epoch train and validation force MAE (eV/Angstrom) from all CSV logs of a member."""
+    paths = sorted(member_dir.glob("logs/version_*/metrics.csv"),
+                   key=lambda p: int(p.parent.name.split("_")[1]))
+    if not paths:
+        return None
+    train_f, val_f = {}, {}
+    for row in (r for p in paths for r in _read_csv_rows(p)):
+        if not row.get("epoch"):
+            continue
+        ep = int(float(row["epoch"]))
+        if row.get("train_metric_epoch/forces_mae"):
+            train_f[ep] = float(row["train_metric_epoch/forces_mae"])
+        if row.get("val0_epoch/forces_mae"):
+            val_f[ep] = float(row["val0_epoch/forces_mae"])
+    return train_f, val_f
+
+
+def write_report(out: Path, metrics: dict, col: dict, members: list[Path], test_frames,
+                 bundle: dict) -> None:
+    """Write parity.png, learning_curve.png and report.md into the bundle folder ``out``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    ax = axes[0]
+    ax.plot(col["e_ref"], col["e_pred"], "o", ms=4)
+    lo, hi = min(col["e_ref"].min(), col["e_pred"].min()), max(col["e_ref"].max(),
+                                                                col["e_pred"].max())
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    em = metrics["ensemble_mean"]["energy_meV_per_atom"]
+    ax.set(xlabel="DFT energy (eV/atom)", ylabel="model energy (eV/atom)",
+           title=f"energy: RMSE {em['rmse']:.1f} meV/atom")
+    ax = axes[1]
+    ax.plot(col["f_ref"], col["f_pred"], ".", ms=2, alpha=0.5)
+    lim = max(np.abs(col["f_ref"]).max(), np.abs(col["f_pred"]).max())
+    ax.plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
+    fm = metrics["ensemble_mean"]["forces_meV_per_A"]
+    ax.set(xlabel="DFT force component (eV/Å)", ylabel="model force component (eV/Å)",
+           title=f"forces: RMSE {fm['rmse']:.0f} meV/Å")
+    fig.suptitle(f"held-out test frames ({len(test_frames)}), ensemble of {len(members)}")
+    fig.tight_layout()
+    with atomic_path(out / "parity.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for k, m in enumerate(members):
+        curves = _learning_curve(m)
+        if curves is None:
+            continue
+        train_f, val_f = curves
+        if train_f:
+            ax.semilogy(list(train_f), [1000 * v for v in train_f.values()], "-", lw=1,
+                        color=f"C{k}", alpha=0.5, label=f"member {k} train")
+        if val_f:
+            ax.semilogy(list(val_f), [1000 * v for v in val_f.values()], "-", lw=1.5,
+                        color=f"C{k}", label=f"member {k} validation")
+    ax.set(xlabel="epoch", ylabel="force MAE (meV/Å)", title="learning curve")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(out / "learning_curve.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+    lines = [f"# Training report: {out.name}", "",
+             f"- data: {bundle['training_data']['file']} "
+             f"(sha256 {bundle['training_data']['sha256'][:12]}), "
+             f"{bundle['training_data']['n_frames']} frames: "
+             f"{bundle['training_data']['n_train_pool']} train, "
+             f"{bundle['training_data']['n_val']} validation, "
+             f"{bundle['training_data']['n_test']} test",
+             f"- elements {', '.join(bundle['elements'])}; cutoff {bundle['cutoff_A']} Å; "
+             f"isolated-atom energies (eV) {bundle['e0s_eV']}",
+             f"- preset {bundle['preset']}, {bundle['dtype']}, ensemble of {len(members)}", "",
+             "## Errors on the held-out test frames", "",
+             "| model | energy MAE / RMSE (meV/atom) | force MAE / RMSE (meV/Å) "
+             "| stress MAE / RMSE (meV/Å³) |", "|---|---|---|---|"]
+    rows = [(f"member {k}", s) for k, s in enumerate(metrics["members"])]
+    rows.append(("ensemble mean", metrics["ensemble_mean"]))
+    for name, s in rows:
+        st = s.get("stress_meV_per_A3")
+        lines.append(f"| {name} | {s['energy_meV_per_atom']['mae']:.2f} / "
+                     f"{s['energy_meV_per_atom']['rmse']:.2f} | "
+                     f"{s['forces_meV_per_A']['mae']:.1f} / {s['forces_meV_per_A']['rmse']:.1f} | "
+                     + (f"{st['mae']:.2f} / {st['rmse']:.2f} |" if st else "- |"))
+    lines += ["", "![parity](parity.png)", "", "![learning curve](learning_curve.png)", ""]
+    write_text_atomic(out / "report.md", "\n".join(lines))

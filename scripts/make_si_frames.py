@@ -1,0 +1,136 @@
+"""Make the unlabelled silicon geometries of the embedded data set (reproducible, seeded).
+
+Geometries come from molecular dynamics with matscipy's Stillinger-Weber potential, which is cheap
+and gives the diversity a force field needs; their energies and forces are then computed with CP2K
+by ``mlff-ins label`` (see scripts/label_si.sh). Categories, all 64-atom cells of the 2x2x2
+conventional diamond cell at the PBE lattice constant unless noted:
+
+- diamond at 300, 600, 900 and 1200 K;
+- diamond at 600 K under random strains of up to -2 % and up to +2 %;
+- liquid Si (Stillinger-Weber at 3000 K, 5 % denser than the crystal, like real l-Si);
+- amorphous Si (melt-quench with Stillinger-Weber, snapshots at 300-600 K);
+- a vacancy (63 atoms) at 300, 600 and 900 K;
+- one isolated atom in a 12 Angstrom box, for the isolated-atom energy E0.
+
+The 64-atom frames are interleaved across categories so that any prefix of the labelling run is
+already a diverse data set (labelling takes hours and is resumed across sessions).
+
+Usage: python scripts/make_si_frames.py -o si_frames.xyz
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from ase import Atoms, units
+from ase.build import bulk
+from ase.io import write
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from matscipy.calculators.manybody import Manybody
+from matscipy.calculators.manybody.explicit_forms import StillingerWeber
+from matscipy.calculators.manybody.explicit_forms.stillinger_weber import (
+    Stillinger_Weber_PRB_31_5262_Si,
+)
+
+A0_PBE = 5.466  # Angstrom, the lattice constant of shared/data/phonopy-examples/Si-CP2K/Si.inp
+
+
+def sw_calc():
+    return Manybody(**StillingerWeber(Stillinger_Weber_PRB_31_5262_Si))
+
+
+def diamond64() -> Atoms:
+    return bulk("Si", "diamond", a=A0_PBE, cubic=True) * (2, 2, 2)
+
+
+def run_md(atoms: Atoms, temperature_K: float, steps: int, rng, dt_fs: float = 1.0) -> None:
+    atoms.calc = sw_calc()
+    if not np.any(atoms.get_momenta()):
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    dyn = Langevin(atoms, dt_fs * units.fs, temperature_K=temperature_K, friction=0.02, rng=rng)
+    dyn.run(steps)
+
+
+def snapshots(atoms: Atoms, temperature_K: float, n: int, rng, *, equil: int = 1000,
+              every: int = 300, tag: str) -> list[Atoms]:
+    atoms = atoms.copy()
+    run_md(atoms, temperature_K, equil, rng)
+    frames = []
+    for _ in range(n):
+        run_md(atoms, temperature_K, every, rng)
+        snap = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=True)
+        snap.wrap()
+        snap.info["config_type"] = tag
+        snap.info["md_temperature_K"] = float(temperature_K)
+        frames.append(snap)
+    return frames
+
+
+def strained(atoms: Atoms, sign: float, rng) -> Atoms:
+    """Random symmetric strain with diagonal components of sign*(1..2) %, shear up to 1 %."""
+    eps = np.diag(sign * rng.uniform(0.01, 0.02, 3))
+    shear = rng.uniform(-0.01, 0.01, 3)
+    eps[0, 1] = eps[1, 0] = shear[0]
+    eps[0, 2] = eps[2, 0] = shear[1]
+    eps[1, 2] = eps[2, 1] = shear[2]
+    out = atoms.copy()
+    out.set_cell(atoms.cell @ (np.eye(3) + eps), scale_atoms=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-o", "--output", default="si_frames.xyz")
+    parser.add_argument("--seed", type=int, default=20261121)
+    args = parser.parse_args()
+    rng = np.random.default_rng(args.seed)
+
+    groups: list[list[Atoms]] = []
+    for T in (300, 600, 900, 1200):
+        groups.append(snapshots(diamond64(), T, 10, rng, tag=f"diamond_{T}K"))
+    for sign, name in ((-1.0, "compressed"), (1.0, "stretched")):
+        frames = []
+        for _ in range(8):
+            frames += snapshots(strained(diamond64(), sign, rng), 600, 1, rng, equil=500,
+                                tag=f"diamond_strained_{name}")
+        groups.append(frames)
+
+    liquid = diamond64()
+    liquid.set_cell(liquid.cell * 0.95 ** (1 / 3), scale_atoms=True)
+    groups.append(snapshots(liquid, 3000, 14, rng, equil=3000, every=400, tag="liquid"))
+
+    # melt-quench: melt at 3000 K, then cool in steps to 300 K, then sample at 300-600 K
+    glass = liquid.copy()
+    run_md(glass, 3000, 3000, rng)
+    for T in np.linspace(2700, 300, 10):
+        run_md(glass, float(T), 500, rng)
+    amorphous = []
+    for i in range(14):
+        amorphous += snapshots(glass, 300 + 300 * (i % 2), 1, rng, equil=200, every=200,
+                               tag="amorphous")
+    groups.append(amorphous)
+
+    vacancy = diamond64()
+    del vacancy[0]
+    vac_frames = []
+    for T in (300, 600, 900):
+        vac_frames += snapshots(vacancy, T, 6 if T == 300 else 5, rng, tag="vacancy")
+
+    atom = Atoms("Si", positions=[[6.0, 6.0, 6.0]], cell=[12.0] * 3, pbc=True)
+    atom.info["config_type"] = "IsolatedAtom"
+
+    # round-robin over the 64-atom categories
+    interleaved = []
+    longest = max(len(g) for g in groups)
+    for i in range(longest):
+        interleaved += [g[i] for g in groups if i < len(g)]
+    half = len(interleaved) // 2
+    frames = [atom] + interleaved[:half] + vac_frames + interleaved[half:]
+    write(args.output, frames, format="extxyz")
+    print(f"wrote {len(frames)} frames to {args.output}")
+
+
+if __name__ == "__main__":
+    main()
