@@ -20,8 +20,8 @@ MIN_DISTANCE_A = 0.5
 
 
 def _where(atoms: Atoms, k: int) -> str:
-    src = atoms.info.get("source_file", "<frames>")
-    return f"{src}: frame {atoms.info.get('source_index', k)}"
+    src = atoms.info.get("read_from", "<frames>")
+    return f"{src}: frame {atoms.info.get('read_index', k)}"
 
 
 def _fingerprint(atoms: Atoms) -> str:
@@ -91,7 +91,7 @@ def find_problems(frames: list[Atoms], *, e0s: dict[str, float] | None = None,
         if fp in seen:
             problems.append(f"{where}: duplicates frame {seen[fp]}")
         else:
-            seen[fp] = atoms.info.get("source_index", k)
+            seen[fp] = atoms.info.get("read_index", k)
     if e0s is not None:
         elements = sorted({s for a in frames for s in a.get_chemical_symbols()})
         for el in elements:

@@ -1,0 +1,150 @@
+"""Labelling: results equal the calculator's, resume after a kill, SCF refusal, CP2K settings."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.io import read, write
+from ase import units
+
+from mlff_ins.data.label import (CP2KConvergence, build_calculator, label_frames,
+                                 read_calculator_spec)
+from mlff_ins.errors import InputError
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def _frames(n):
+    out = []
+    for i in range(n):
+        a = bulk("Cu", "fcc", 3.61, cubic=True) * (2, 2, 1)
+        a.rattle(0.05, seed=i)
+        out.append(a)
+    return out
+
+
+def _slow_yaml(tmp_path, delay):
+    p = tmp_path / "slow.yaml"
+    p.write_text(f"calculator: slow_emt:SlowEMT\nparameters: {{delay_s: {delay}}}\n")
+    return p
+
+
+def test_label_matches_calculator(tmp_path):
+    frames = _frames(4)
+    write(tmp_path / "in.xyz", frames)
+    report = label_frames(tmp_path / "in.xyz", REPO / "configs/label/emt.yaml",
+                          tmp_path / "out.xyz", progress=False)
+    assert report.labelled == [0, 1, 2, 3]
+    out = read(tmp_path / "out.xyz", ":")
+    for a, ref in zip(out, read(tmp_path / "in.xyz", ":")):
+        ref = ref.copy()
+        ref.calc = EMT()
+        # extxyz stores 8 decimals: agreement to that precision
+        assert a.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-8)
+        np.testing.assert_allclose(a.get_forces(), ref.get_forces(), atol=1e-7)
+        np.testing.assert_allclose(a.get_stress(), ref.get_stress(), atol=1e-7)
+    # a second run has nothing to do
+    again = label_frames(tmp_path / "in.xyz", REPO / "configs/label/emt.yaml",
+                         tmp_path / "out.xyz", progress=False)
+    assert again.labelled == [] and again.skipped_done == 4
+
+
+def test_label_resumes_after_kill(tmp_path):
+    n = 12
+    write(tmp_path / "in.xyz", _frames(n))
+    out = tmp_path / "out.xyz"
+    env = dict(os.environ, PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    cmd = [sys.executable, "-m", "mlff_ins.cli", "label", str(tmp_path / "in.xyz"),
+           "--calculator", str(_slow_yaml(tmp_path, 0.4)), "-o", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if out.exists() and out.read_text().count("Lattice=") >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_before = out.read_text().count("Lattice=")
+    assert 3 <= n_before < n, "the kill must land mid-run"
+    # simulate the worst case too: a kill in the middle of writing a frame
+    with open(out, "a") as fh:
+        fh.write("16\nLattice=\"7.2 0 0 0 7.2 0 0 0 3.6\" Properties=species:S:1:pos:R:3 pbc=\"T T T\"\n"
+                 "Cu 0.0 0.0 0.0\nCu 1.8 1.8")
+    res = subprocess.run([*cmd[:-2], "-o", str(out)], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    done = read(out, ":")
+    idx = [a.info["source_index"] for a in done]
+    assert sorted(idx) == list(range(n)), idx  # nothing lost, nothing duplicated
+    ref = read(tmp_path / "in.xyz", ":")
+    for a in done:
+        r = ref[a.info["source_index"]]
+        r.calc = EMT()
+        np.testing.assert_allclose(a.positions, r.positions, atol=1e-8)
+        assert a.get_potential_energy() == pytest.approx(r.get_potential_energy(), abs=1e-9)
+
+
+def test_label_refuses_changed_input(tmp_path):
+    write(tmp_path / "in.xyz", _frames(2))
+    label_frames(tmp_path / "in.xyz", REPO / "configs/label/emt.yaml", tmp_path / "out.xyz",
+                 progress=False)
+    write(tmp_path / "in.xyz", _frames(3)[1:])
+    with pytest.raises(InputError, match="frame 0 does not match frame 0"):
+        label_frames(tmp_path / "in.xyz", REPO / "configs/label/emt.yaml",
+                     tmp_path / "out.xyz", progress=False)
+
+
+def test_cp2k_cutoff_is_converted_and_checked(tmp_path):
+    spec = read_calculator_spec(REPO / "configs/label/cp2k_si.yaml")
+    calc = build_calculator(spec, tmp_path / "w")
+    assert calc.parameters["cutoff"] == pytest.approx(400 * units.Rydberg)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("calculator: cp2k\nparameters: {cutoff: 300}\n")
+    with pytest.raises(InputError, match="cutoff 300 eV"):
+        build_calculator(read_calculator_spec(bad), tmp_path / "w2")
+
+
+def test_cp2k_convergence_verdict(tmp_path):
+    class Fake:
+        label = str(tmp_path / "cp2k")
+    check = CP2KConvergence(Fake())
+    out = tmp_path / "cp2k.out"
+    out.write_text("  *** SCF run converged in    12 steps ***\n")
+    check.before()
+    with open(out, "a") as fh:
+        fh.write("  Leaving inner SCF loop after reaching     3 steps.\n"
+                 "  *** SCF run NOT converged ***\n")
+    assert check.after() == (False, None)
+    check.before()
+    with open(out, "a") as fh:
+        fh.write("  *** SCF run converged in    17 steps ***\n")
+    assert check.after() == (True, 17)
+
+
+@pytest.mark.skipif(shutil.which("cp2k_shell.psmp") is None,
+                    reason="CP2K not installed (apt-get install cp2k cp2k-data)")
+def test_cp2k_unconverged_frame_is_refused(tmp_path):
+    """A real CP2K run whose SCF is cut off after 2 steps must be refused with its frame number."""
+    from ase import Atoms
+    spec = (REPO / "configs/label/cp2k_si.yaml").read_text()
+    spec = spec.replace("MAX_SCF 200", "MAX_SCF 2").replace("cutoff_Ry: 400", "cutoff_Ry: 150")
+    (tmp_path / "cp2k2.yaml").write_text(spec)
+    atoms = Atoms("Si2", positions=[[0, 0, 0], [1.36, 1.36, 1.36]],
+                  cell=[[0, 2.73, 2.73], [2.73, 0, 2.73], [2.73, 2.73, 0]], pbc=True)
+    write(tmp_path / "in.xyz", [atoms])
+    report = label_frames(tmp_path / "in.xyz", tmp_path / "cp2k2.yaml", tmp_path / "out.xyz",
+                          progress=False)
+    assert report.labelled == []
+    assert 0 in report.rejected and "SCF" in report.rejected[0]
+    assert not (tmp_path / "out.xyz").exists() or (tmp_path / "out.xyz").read_text() == ""
+    rec = [json.loads(line) for line in (tmp_path / "out.xyz.rejected.jsonl").read_text().splitlines()]
+    assert rec[0]["frame"] == 0

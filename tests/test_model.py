@@ -1,0 +1,131 @@
+"""A trained bundle as an ASE calculator: physics every NequIP model must obey, and the ensemble."""
+
+import json
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from scipy.spatial.transform import Rotation
+
+from mlff_ins import load_calculator
+from mlff_ins.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def calc(tiny_bundle):
+    return load_calculator(tiny_bundle, device="cpu")
+
+
+def _rattled(seed=0, amp=0.08):
+    a = bulk("Si", "diamond", 5.466, cubic=True) * (2, 2, 2)
+    a.rattle(amp, seed=seed)
+    return a
+
+
+def test_bundle_contents(tiny_bundle):
+    meta = json.loads((tiny_bundle / "bundle.json").read_text())
+    assert meta["elements"] == ["Si"] and meta["dtype"] == "float64"
+    assert len(meta["members"]) == 2 and meta["e0s_eV"]["Si"] < -100
+    metrics = json.loads((tiny_bundle / "metrics.json").read_text())
+    assert metrics["n_test"] >= 1 and len(metrics["members"]) == 2
+    for key in ("energy_meV_per_atom", "forces_meV_per_A", "stress_meV_per_A3"):
+        assert metrics["ensemble_mean"][key]["rmse"] >= metrics["ensemble_mean"][key]["mae"] > 0
+    for name in ("parity.png", "learning_curve.png", "report.md"):
+        assert (tiny_bundle / name).stat().st_size > 0
+
+
+def test_forces_are_minus_energy_gradient(calc):
+    """Central finite differences of the float64 energy, h = 1e-4 A: agreement to 1e-6 eV/A."""
+    atoms = _rattled()
+    atoms.calc = calc
+    forces = atoms.get_forces()
+    h = 1e-4
+    rng = np.random.default_rng(1)
+    for i in rng.choice(len(atoms), 4, replace=False):
+        for c in range(3):
+            p = atoms.positions.copy()
+            p[i, c] += h
+            atoms.positions = p
+            e_plus = atoms.get_potential_energy()
+            p[i, c] -= 2 * h
+            atoms.positions = p
+            e_minus = atoms.get_potential_energy()
+            p[i, c] += h
+            atoms.positions = p
+            assert -(e_plus - e_minus) / (2 * h) == pytest.approx(forces[i, c], abs=1e-6)
+
+
+def test_stress_is_strain_derivative(calc):
+    """sigma_xx = (1/V) dE/d(eps_xx), central difference with eps = 1e-5: to 1e-6 eV/A^3."""
+    atoms = _rattled(seed=3)
+    atoms.calc = calc
+    stress = atoms.get_stress(voigt=False)
+    cell0, eps = atoms.cell.array.copy(), 1e-5
+    energies = []
+    for s in (eps, -eps):
+        a = atoms.copy()
+        a.calc = calc
+        a.set_cell(cell0 @ np.diag([1 + s, 1, 1]), scale_atoms=True)
+        energies.append(a.get_potential_energy())
+    assert (energies[0] - energies[1]) / (2 * eps) / atoms.get_volume() == pytest.approx(
+        stress[0, 0], abs=1e-6)
+
+
+def test_rotation_and_translation(calc):
+    atoms = _rattled(seed=5)
+    atoms.calc = calc
+    e0, f0 = atoms.get_potential_energy(), atoms.get_forces()
+    R = Rotation.from_euler("zyx", [0.3, -1.1, 2.0]).as_matrix()
+    rot = atoms.copy()
+    rot.set_cell(atoms.cell.array @ R.T, scale_atoms=False)
+    rot.positions = atoms.positions @ R.T
+    rot.calc = calc
+    assert rot.get_potential_energy() == pytest.approx(e0, abs=1e-9 * len(atoms))
+    np.testing.assert_allclose(rot.get_forces(), f0 @ R.T, atol=1e-9)
+    moved = atoms.copy()
+    moved.positions += [1.234, -0.5, 7.1]
+    moved.wrap()
+    moved.calc = calc
+    assert moved.get_potential_energy() == pytest.approx(e0, abs=1e-9 * len(atoms))
+    np.testing.assert_allclose(moved.get_forces(), f0, atol=1e-9)
+
+
+def test_per_atom_energies_sum_to_total(calc):
+    atoms = _rattled(seed=7)
+    atoms.calc = calc
+    assert atoms.get_potential_energies().sum() == pytest.approx(atoms.get_potential_energy(),
+                                                                 abs=1e-9)
+
+
+def test_ensemble_spread_grows_off_the_training_data(calc, si_subset):
+    from ase.io import read
+    frames = [a for a in read(si_subset, ":") if len(a) == 64][:5]
+    near = []
+    for a in frames:
+        a.calc = calc
+        a.get_potential_energy()
+        near.append(calc.results["forces_std"].mean())
+    far = []
+    for seed in range(3):
+        a = bulk("Si", "diamond", 5.466 * 0.85, cubic=True) * (2, 2, 2)
+        a.rattle(0.35, seed=seed)
+        a.calc = calc
+        a.get_potential_energy()
+        assert calc.results["forces_std"].shape == (64,)
+        far.append(calc.results["forces_std"].mean())
+    # compressed by 15 % and rattled by 0.35 A: far outside the data, members must disagree more
+    assert np.mean(far) > 2 * np.mean(near), (far, near)
+    assert calc.results["energy_std"] >= 0
+
+
+def test_unknown_element_is_named(calc):
+    a = bulk("Ge", "diamond", 5.66)
+    a.calc = calc
+    with pytest.raises(InputError, match=r"element Ge is not known to the model .*Si"):
+        a.get_potential_energy()
+
+
+def test_unfinished_bundle_is_refused(tmp_path):
+    (tmp_path / "train_settings.json").write_text("{}")
+    with pytest.raises(InputError, match="training has not finished"):
+        load_calculator(tmp_path)

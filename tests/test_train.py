@@ -1,0 +1,74 @@
+"""Training: resume after a kill, settings and options errors, the demo pieces."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mlff_ins.cli import main
+from mlff_ins.demo import check_labels
+from mlff_ins.train.config import load_train_config
+from mlff_ins.errors import InputError
+
+
+def test_train_resumes_after_kill(si_subset, tmp_path):
+    """SIGKILL a training run after its first checkpoint; --resume continues from that epoch."""
+    out = tmp_path / "m"
+    cmd = [sys.executable, "-m", "mlff_ins.cli", "train", "--data", str(si_subset),
+           "--preset", "tiny", "--epochs", "8", "-o", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    last = out / "members" / "member_0" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not last.exists():
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its nequip-train child
+    proc.wait()
+    assert last.exists(), "no checkpoint was written before the kill"
+    assert not (out / "bundle.json").exists()
+    # without --resume the half-finished run is protected
+    assert main(["train", "--data", str(si_subset), "--preset", "tiny", "--epochs", "8",
+                 "-o", str(out)]) == 2
+    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / "bundle.json").exists()
+    logs = sorted((out / "members" / "member_0" / "logs").glob("version_*/metrics.csv"))
+    assert len(logs) == 2
+    col = _epoch_col(logs[1])
+    rows = [line.split(",") for line in logs[1].read_text().splitlines()[1:]]
+    first_epoch_after_resume = min(int(float(r[col])) for r in rows if r[col])
+    assert first_epoch_after_resume >= 1  # continued, not restarted from epoch 0
+    assert "forces" in res.stdout and "meV/Å" in res.stdout
+
+
+def _epoch_col(path):
+    return path.read_text().splitlines()[0].split(",").index("epoch")
+
+
+def test_config_overrides_and_errors(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("preset: tiny\ndata: d.xyz\ncutoff: 3.5\nmodel: {num_layers: 1}\n")
+    cfg = load_train_config(cfg_file, overrides={"training.max_epochs": 3})
+    assert cfg["cutoff"] == 3.5 and cfg["model"]["num_layers"] == 1
+    assert cfg["model"]["num_features"] == 8 and cfg["training"]["max_epochs"] == 3
+    assert cfg["data"] == str(tmp_path / "d.xyz")
+    cfg_file.write_text("preset: tiny\ndata: d.xyz\nmodel: {num_layer: 1}\n")
+    with pytest.raises(InputError, match="unknown option 'model.num_layer'"):
+        load_train_config(cfg_file)
+    with pytest.raises(InputError, match="--ensemble: must be at least 1"):
+        load_train_config(preset="tiny", overrides={"data": "x.xyz", "ensemble": 0})
+    with pytest.raises(InputError, match="no training data"):
+        load_train_config(preset="tiny")
+
+
+def test_embedded_labels_are_physical():
+    """The shipped CP2K labels: valid, and forces sum to ~0 in every frame (translation)."""
+    info = check_labels()
+    assert info["n_frames"] >= 30
+    assert info["max_force_sum"] < 1e-2  # eV/A, over 64 atoms
+    assert -110 < info["e0s"]["Si"] < -95  # eV, GTH-PBE Si atom (4 valence electrons)

@@ -1,0 +1,119 @@
+"""Every validation problem is reported on one line naming file and frame; nothing is written."""
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import write
+
+from mlff_ins.cli import main
+from mlff_ins.data.ingest import read_frames, split_isolated_atoms
+from mlff_ins.data.validate import find_problems, validate
+from mlff_ins.errors import InputError
+
+
+def _frame(seed, energy=-10.0, forces=None, drop=()):
+    a = bulk("Si", "diamond", 5.43, cubic=True)
+    a.rattle(0.02, seed=seed)
+    f = np.zeros((len(a), 3)) if forces is None else forces
+    res = {"energy": energy, "forces": f}
+    for k in drop:
+        res.pop(k)
+    a.calc = SinglePointCalculator(a, **res)
+    a.info["read_from"] = "set.xyz"
+    a.info["read_index"] = seed
+    return a
+
+
+def _atom():
+    a = Atoms("Si", positions=[[5, 5, 5]], cell=[10] * 3, pbc=True)
+    a.calc = SinglePointCalculator(a, energy=-101.6, forces=np.zeros((1, 3)))
+    a.info["config_type"] = "IsolatedAtom"
+    return a
+
+
+def test_clean_set_has_no_problems():
+    assert find_problems([_frame(0), _frame(1)], e0s={"Si": -101.6}) == []
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: _frame(3, drop=("forces",)), "set.xyz: frame 3: no forces"),
+    (lambda: _frame(3, drop=("energy",)), "set.xyz: frame 3: no energy"),
+    (lambda: _frame(3, energy=float("nan")), "set.xyz: frame 3: energy is NaN"),
+    (lambda: _frame(3, forces=np.where(np.eye(8, 3) > 0, np.nan, 0.0)),
+     "set.xyz: frame 3: force on atom 0 is NaN"),
+    (lambda: _frame(3, forces=np.vstack([np.zeros((7, 3)), [[0, 0, 80.0]]])),
+     "set.xyz: frame 3: force on atom 7 is 80.0 eV/A"),
+])
+def test_each_problem_is_named(make, message):
+    problems = find_problems([_frame(0), make()], e0s={"Si": -101.6})
+    assert len(problems) == 1 and problems[0].startswith(message), problems
+    assert "\n" not in problems[0]
+
+
+def test_close_atoms_duplicates_and_missing_e0():
+    close = _frame(4)
+    close.positions[1] = close.positions[0] + [0.3, 0, 0]
+    problems = find_problems([_frame(0), _frame(0), close], e0s={})
+    assert any("frame 0: duplicates frame 0" in p for p in problems)
+    assert any("frame 4: atoms 0 and 1 are 0.30 A apart" in p for p in problems)
+    assert any(p.startswith("element Si has no isolated-atom energy") for p in problems)
+    with pytest.raises(InputError, match="and 2 more"):
+        validate([_frame(0), _frame(0), close], e0s={})
+
+
+def test_isolated_atoms_become_e0s(tmp_path):
+    write(tmp_path / "d.xyz", [_atom(), _frame(0), _frame(1)])
+    frames, e0s = split_isolated_atoms(read_frames(tmp_path / "d.xyz"))
+    assert e0s == {"Si": pytest.approx(-101.6)} and len(frames) == 2
+
+
+def test_train_on_bad_data_writes_nothing(tmp_path, capsys):
+    bad = _frame(2, forces=np.vstack([np.zeros((7, 3)), [[0, 0, 80.0]]]))
+    write(tmp_path / "bad.xyz", [_atom(), _frame(0), _frame(1), bad, _frame(3)])
+    rc = main(["train", "--data", str(tmp_path / "bad.xyz"), "--preset", "tiny",
+               "-o", str(tmp_path / "model")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "bad.xyz: frame 3: force on atom 7 is 80.0 eV/A" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "model").exists()
+
+
+def test_check_command_lists_problems(tmp_path, capsys):
+    write(tmp_path / "d.xyz", [_frame(0), _frame(0)])
+    assert main(["check", str(tmp_path / "d.xyz")]) == 1
+    out = capsys.readouterr().out
+    assert "d.xyz: frame 1: duplicates frame 0" in out
+    assert "element Si has no isolated-atom energy" in out
+
+
+def test_missing_file_is_one_line(tmp_path, capsys):
+    assert main(["check", str(tmp_path / "nope.xyz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("nope.xyz: file not found") and "\n" not in err
+
+
+def test_cp2k_md_trajectory_is_read_with_units(tmp_path):
+    """CP2K writes E in Hartree and forces in Hartree/Bohr; we must return eV and eV/A."""
+    from ase import units
+    pos, frc, cell = [], [], ["#   Step   Time [fs]       Ax [Angstrom] ..."]
+    for step in (0, 5):
+        pos += ["2", f" i =        {step}, time =        {step * 0.5:.3f}, E =      -7.8{step}",
+                "Si 0.0 0.0 0.0", f"Si 1.36 1.36 {1.36 + 0.01 * step}"]
+        frc += ["2", f" i =        {step}, time =        {step * 0.5:.3f}, E =      -7.8{step}",
+                "Si 0.01 0.0 -0.002", "Si -0.01 0.0 0.002"]
+        cell.append(f"{step} {step * 0.5} 5.43 0 0 0 5.43 0 0 0 5.43 160.1")
+    (tmp_path / "si-pos-1.xyz").write_text("\n".join(pos) + "\n")
+    (tmp_path / "si-frc-1.xyz").write_text("\n".join(frc) + "\n")
+    (tmp_path / "si-1.cell").write_text("\n".join(cell) + "\n")
+    frames = read_frames(tmp_path / "si-pos-1.xyz")
+    assert len(frames) == 2
+    assert frames[1].get_potential_energy() == pytest.approx(-7.85 * units.Hartree)
+    assert frames[0].get_forces()[0, 0] == pytest.approx(0.01 * units.Hartree / units.Bohr)
+    assert frames[1].positions[1, 2] == pytest.approx(1.41)
+    assert frames[0].cell[2, 2] == pytest.approx(5.43)
+    (tmp_path / "si-frc-1.xyz").unlink()
+    with pytest.raises(InputError, match="no forces file si-frc-1.xyz"):
+        read_frames(tmp_path / "si-pos-1.xyz")
