@@ -245,6 +245,10 @@ def label_frames(frames_path: str | os.PathLike, calculator_yaml: str | os.PathL
                 reason = f"calculator error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 _reject(rejected_path, i, reason, rejected)
                 if spec.is_cp2k:  # a dead cp2k_shell has to be restarted
+                    try:
+                        calc.close()
+                    except Exception:  # the shell may already be gone
+                        pass
                     calc = build_calculator(spec, workdir)
                     check = CP2KConvergence(calc)
                 if bar:

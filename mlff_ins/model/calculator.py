@@ -14,6 +14,7 @@ With one member both are zero.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -40,13 +41,29 @@ def read_bundle(path: str | os.PathLike) -> dict:
     return meta
 
 
+@contextlib.contextmanager
+def _float64_default():
+    """nequip expects data in float64 (it sets that as torch's global default); we set it only
+    while our calls run, so loading a model changes nothing global for the user. Without it,
+    positions are rounded to float32 before the model sees them (errors ~1e-6 Angstrom)."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
 def _load_member(model_path: Path, device):
     """Load one packaged NequIP model and its transforms (type mapping, neighbour list)."""
     from nequip.integrations.utils import basic_transforms, handle_chemical_species_map
     from nequip.model.saved_models.load_utils import load_saved_model
     from nequip.nn import graph_model
 
-    model = load_saved_model(str(model_path))
+    with _float64_default():
+        model = load_saved_model(str(model_path))
     model.eval()
     model.to(device)
     r_max = float(model.metadata[graph_model.R_MAX_KEY])
@@ -88,56 +105,53 @@ class BundleCalculator(Calculator):
             raise InputError(f"element {unknown[0]} is not known to the model {self.model_name} "
                              f"(its elements: {', '.join(self.elements)})")
 
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        import torch
-        from nequip.data import AtomicDataDict, from_ase
-
-        super().calculate(atoms, properties, system_changes)
-        self._check_elements(self.atoms)
-        data = from_ase(self.atoms)
-        for t in self.transforms:
-            data = t(data)
-        data = AtomicDataDict.to_(data, self.device)
-        energies, per_atom, forces, stresses = [], [], [], []
-        want_stress = bool(self.atoms.pbc.all())
-        for model in self.models:
-            inp = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in data.items()}
-            out = model(inp)
-            energies.append(out[AtomicDataDict.TOTAL_ENERGY_KEY].detach().reshape(()).cpu())
-            per_atom.append(out[AtomicDataDict.PER_ATOM_ENERGY_KEY].detach().reshape(-1).cpu())
-            forces.append(out[AtomicDataDict.FORCE_KEY].detach().cpu())
-            if want_stress and AtomicDataDict.STRESS_KEY in out:
-                stresses.append(out[AtomicDataDict.STRESS_KEY].detach().reshape(3, 3).cpu())
-        E = torch.stack(energies).double().numpy()
-        F = torch.stack(forces).double().numpy()
-        self.results = {
-            "energy": float(E.mean()),
-            "free_energy": float(E.mean()),
-            "energies": torch.stack(per_atom).double().numpy().mean(axis=0),
-            "forces": F.mean(axis=0),
-            "energy_std": float(E.std()),
-            "forces_std": np.sqrt(F.var(axis=0).sum(axis=1)),
-        }
-        if stresses:
-            from ase.stress import full_3x3_to_voigt_6_stress
-            S = torch.stack(stresses).double().numpy().mean(axis=0)
-            self.results["stress"] = full_3x3_to_voigt_6_stress(S)
-
-    def member_forces(self, atoms) -> np.ndarray:
-        """Forces of every member, shape (K, N, 3), eV/Angstrom (for diagnostics)."""
+    def _member_outputs(self, atoms, keys) -> list[dict]:
+        """Run every member on ``atoms`` (neighbour list built once); return the ``keys`` of each
+        member's output as float64 numpy arrays."""
         import torch
         from nequip.data import AtomicDataDict, from_ase
 
         self._check_elements(atoms)
-        data = from_ase(atoms)
-        for t in self.transforms:
-            data = t(data)
-        data = AtomicDataDict.to_(data, self.device)
-        out = []
-        for model in self.models:
-            inp = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in data.items()}
-            out.append(model(inp)[AtomicDataDict.FORCE_KEY].detach().double().cpu().numpy())
-        return np.stack(out)
+        with _float64_default():
+            data = from_ase(atoms)
+            for t in self.transforms:
+                data = t(data)
+            data = AtomicDataDict.to_(data, self.device)
+            outputs = []
+            for model in self.models:
+                # each member gets its own copy: the model writes its outputs into the dict
+                out = model({k: (v.clone() if torch.is_tensor(v) else v)
+                             for k, v in data.items()})
+                outputs.append({k: out[k].detach().double().cpu().numpy()
+                                for k in keys if k in out})
+        return outputs
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        from ase.stress import full_3x3_to_voigt_6_stress
+        from nequip.data import AtomicDataDict as K
+
+        super().calculate(atoms, properties, system_changes)
+        outs = self._member_outputs(self.atoms, (K.TOTAL_ENERGY_KEY, K.PER_ATOM_ENERGY_KEY,
+                                                 K.FORCE_KEY, K.STRESS_KEY))
+        E = np.array([o[K.TOTAL_ENERGY_KEY].reshape(()) for o in outs])
+        F = np.stack([o[K.FORCE_KEY] for o in outs])
+        self.results = {
+            "energy": float(E.mean()),
+            "free_energy": float(E.mean()),
+            "energies": np.mean([o[K.PER_ATOM_ENERGY_KEY].reshape(-1) for o in outs], axis=0),
+            "forces": F.mean(axis=0),
+            "energy_std": float(E.std()),
+            "forces_std": np.sqrt(F.var(axis=0).sum(axis=1)),
+        }
+        if self.atoms.pbc.all() and all(K.STRESS_KEY in o for o in outs):
+            S = np.mean([o[K.STRESS_KEY].reshape(3, 3) for o in outs], axis=0)
+            self.results["stress"] = full_3x3_to_voigt_6_stress(S)
+
+    def member_forces(self, atoms) -> np.ndarray:
+        """Forces of every member, shape (K, N, 3), eV/Angstrom (for diagnostics)."""
+        from nequip.data import AtomicDataDict as K
+
+        return np.stack([o[K.FORCE_KEY] for o in self._member_outputs(atoms, (K.FORCE_KEY,))])
 
 
 def load_calculator(bundle_dir: str | os.PathLike, device: str = "cpu") -> BundleCalculator:

@@ -201,12 +201,16 @@ def train_bundle(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
                              "add --resume to continue it, or choose another -o")
         if state_path.exists():
             old = json.loads(state_path.read_text())
-            if old != json.loads(json.dumps(cfg)):
+            if old.get("settings") != json.loads(json.dumps(cfg)):
                 raise InputError(f"{out}: --resume with different settings than the "
                                  f"unfinished run (see {state_path})")
+            if old.get("data_sha256") != _file_sha256(Path(cfg["data"])):
+                raise InputError(f"{out}: --resume with a changed data file {cfg['data']} "
+                                 "(it differs from the one the run started with)")
     frames, e0s, elements = prepare_data(cfg)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(state_path, cfg)
+    data_sha256 = _file_sha256(Path(cfg["data"]))
+    write_json_atomic(state_path, {"settings": cfg, "data_sha256": data_sha256})
     data_dir = out / "data"
     data_dir.mkdir(exist_ok=True)
     split = split_indices(len(frames), val=cfg["split"]["val"], test=cfg["split"]["test"],
@@ -257,7 +261,7 @@ def train_bundle(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         "e0s_eV": {el: e0s[el] for el in elements},
         "dtype": cfg["model"]["dtype"],
         "members": [str(m.relative_to(out) / PACKAGE_NAME) for m in members],
-        "training_data": {"file": str(cfg["data"]), "sha256": _file_sha256(Path(cfg["data"])),
+        "training_data": {"file": str(cfg["data"]), "sha256": data_sha256,
                           "n_frames": len(frames), "n_train_pool": len(pool),
                           "n_val": len(val_frames), "n_test": len(test_frames)},
         "metrics": metrics["ensemble_mean"],
