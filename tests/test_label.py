@@ -148,3 +148,23 @@ def test_cp2k_unconverged_frame_is_refused(tmp_path):
     assert not (tmp_path / "out.xyz").exists() or (tmp_path / "out.xyz").read_text() == ""
     rec = [json.loads(line) for line in (tmp_path / "out.xyz.rejected.jsonl").read_text().splitlines()]
     assert rec[0]["frame"] == 0
+
+
+@pytest.mark.skipif(shutil.which("cp2k_shell.psmp") is None,
+                    reason="CP2K not installed (apt-get install cp2k cp2k-data)")
+def test_shipped_cp2k_config_labels_a_cell(tmp_path):
+    """The embedded data set's CP2K settings, unchanged, on a rattled 8-atom cell (~30 s)."""
+    atoms = bulk("Si", "diamond", 5.466, cubic=True)
+    atoms.rattle(0.03, seed=1)
+    write(tmp_path / "si8.xyz", atoms)
+    report = label_frames(tmp_path / "si8.xyz", REPO / "configs/label/cp2k_si.yaml",
+                          tmp_path / "out.xyz", progress=False)
+    assert report.labelled == [0] and not report.rejected
+    out = read(tmp_path / "out.xyz")
+    assert out.info["scf_converged"] and out.info["scf_steps"] < 60
+    # a translation-invariant energy: forces sum to zero (eV/A)
+    assert np.abs(out.get_forces().sum(axis=0)).max() < 1e-3
+    assert np.abs(out.get_forces()).max() > 0.05  # the rattle produces real forces
+    assert out.get_stress().shape == (6,)
+    # the 4-valence-electron GTH Si: about -105.8 eV per atom in the crystal at this cutoff
+    assert -108 < out.get_potential_energy() / len(out) < -103
