@@ -129,3 +129,35 @@ def test_unfinished_bundle_is_refused(tmp_path):
     (tmp_path / "train_settings.json").write_text("{}")
     with pytest.raises(InputError, match="training has not finished"):
         load_calculator(tmp_path)
+
+
+def test_smooth_at_the_cutoff(calc, tiny_bundle):
+    """A dimer pulled through the cutoff: energy and force go continuously to their r > r_c values."""
+    from ase import Atoms
+    rc = json.loads((tiny_bundle / "bundle.json").read_text())["cutoff_A"]
+    e_far, f_near = None, []
+    for r in (rc - 0.02, rc - 0.01, rc - 0.001, rc + 0.001, rc + 0.5):
+        a = Atoms("Si2", positions=[[0, 0, 0], [r, 0, 0]], cell=[20, 20, 20], pbc=False)
+        a.calc = calc
+        e = a.get_potential_energy()
+        if r > rc:
+            e_far = e if e_far is None else e_far
+            assert e == pytest.approx(e_far, abs=1e-12)  # no interaction beyond r_c
+            assert np.abs(a.get_forces()).max() < 1e-12
+        else:
+            f_near.append(abs(a.get_forces()[0, 0]))
+            last_inside = e
+    # polynomial envelope (p = 6): the force vanishes smoothly as r -> r_c
+    assert f_near[0] > f_near[1] > f_near[2]
+    assert f_near[2] < 1e-6
+    assert last_inside == pytest.approx(e_far, abs=1e-6)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device here")
+def test_cuda_matches_cpu(tiny_bundle, calc):
+    gpu = load_calculator(tiny_bundle, device="cuda")
+    a = _rattled(seed=11)
+    a.calc = calc
+    f_cpu = a.get_forces()
+    a.calc = gpu
+    np.testing.assert_allclose(a.get_forces(), f_cpu, atol=1e-8)

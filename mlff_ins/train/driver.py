@@ -137,14 +137,18 @@ def _run_member(member_dir: Path, ncfg: dict, *, resume: bool, max_epochs: int,
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 cwd=member_dir)
         try:
+            shown = None
             while proc.poll() is None:
                 time.sleep(1.0)
                 if bar is not None:
-                    epoch, fmae = _read_csv_last_epoch(log_csv)
-                    bar.n = min(epoch + 1, max_epochs)
-                    if fmae is not None:
-                        bar.set_postfix(val_force_mae=f"{1000 * fmae:.0f} meV/A")
-                    bar.refresh()
+                    state = _read_csv_last_epoch(log_csv)
+                    if state != shown:  # redraw only on news (keeps logs short)
+                        shown = state
+                        epoch, fmae = state
+                        bar.n = min(epoch + 1, max_epochs)
+                        if fmae is not None:
+                            bar.set_postfix(val_force_mae=f"{1000 * fmae:.0f} meV/A")
+                        bar.refresh()
         except BaseException:
             proc.terminate()
             proc.wait()
