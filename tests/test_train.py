@@ -1,6 +1,5 @@
 """Training: resume after a kill, settings and options errors, the demo pieces."""
 
-import json
 import os
 import signal
 import subprocess

@@ -25,14 +25,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ase.io
 import numpy as np
 import yaml
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlff_ins.atomic_io import append_durably
-from mlff_ins.data.extxyz_log import append_frame, read_frames, truncate_incomplete_tail
+from mlff_ins.data.extxyz_log import append_frame, truncate_incomplete_tail
+from mlff_ins.data.extxyz_log import read_frames as read_log
+from mlff_ins.data.ingest import read_frames
 from mlff_ins.errors import InputError
 
 _SHORT_NAMES = {
@@ -186,18 +187,16 @@ def label_frames(frames_path: str | os.PathLike, calculator_yaml: str | os.PathL
     Units of the written data: eV, eV/Angstrom, eV/Angstrom^3 (ASE's sign convention).
     """
     frames_path, output = Path(frames_path), Path(output)
-    if not frames_path.is_file():
-        raise InputError(f"{frames_path}: file not found")
-    try:
-        frames = ase.io.read(frames_path, index=":")
-    except Exception as err:  # ase raises many types for unreadable files
-        raise InputError(f"{frames_path}: cannot read structures ({err})") from None
+    frames = read_frames(frames_path)
+    for atoms in frames:  # read_frames' location keys are for error messages, not for the data
+        atoms.info.pop("read_from", None)
+        atoms.info.pop("read_index", None)
     spec = read_calculator_spec(calculator_yaml)
 
     removed = truncate_incomplete_tail(output)
     if removed and progress:
         print(f"{output}: dropped an incomplete last frame ({removed} bytes) left by a kill")
-    done = read_frames(output)
+    done = read_log(output)
     done_idx: set[int] = set()
     for k, atoms in enumerate(done):
         i = atoms.info.get("source_index")
@@ -242,7 +241,8 @@ def label_frames(frames_path: str | os.PathLike, calculator_yaml: str | os.PathL
                 stress = (atoms.get_stress() if atoms.pbc.all()
                           and "stress" in calc.implemented_properties else None)
             except Exception as err:  # the calculator failed on this frame: refuse it, go on
-                reason = f"calculator error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                first_line = str(err).splitlines()[0] if str(err) else ""
+                reason = f"calculator error: {type(err).__name__}: {first_line}"
                 _reject(rejected_path, i, reason, rejected)
                 if spec.is_cp2k:  # a dead cp2k_shell has to be restarted
                     try:
@@ -256,7 +256,7 @@ def label_frames(frames_path: str | os.PathLike, calculator_yaml: str | os.PathL
                 continue
             converged, steps = check.after()
             if converged is False:
-                _reject(rejected_path, i, f"SCF did not converge ({steps or '?'} steps)",
+                _reject(rejected_path, i, "SCF did not converge (CP2K: 'SCF run NOT converged')",
                         rejected)
                 if bar:
                     bar.update(1)

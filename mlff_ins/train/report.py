@@ -124,6 +124,7 @@ def write_report(out: Path, metrics: dict, col: dict, members: list[Path], test_
     em = metrics["ensemble_mean"]["energy_meV_per_atom"]
     ax.set(xlabel="DFT energy (eV/atom)", ylabel="model energy (eV/atom)",
            title=f"energy: RMSE {em['rmse']:.1f} meV/atom")
+    ax.ticklabel_format(useOffset=False)
     ax = axes[1]
     ax.plot(col["f_ref"], col["f_pred"], ".", ms=2, alpha=0.5)
     lim = max(np.abs(col["f_ref"]).max(), np.abs(col["f_pred"]).max())
