@@ -45,7 +45,8 @@ def run_demo(output: str | Path = "mlff-ins-demo", *, epochs: int | None = None)
     info = check_labels()
     print(f"embedded data {SI_DATA.name}: {info['n_frames']} CP2K PBE frames of Si "
           f"({', '.join(f'{k} {v}' for k, v in sorted(info['counts'].items()))}); "
-          f"isolated-atom energy {info['e0s']}; largest |sum of forces| "
+          f"isolated-atom energy {', '.join(f'{k} {v:.3f} eV' for k, v in info['e0s'].items())}; "
+          f"largest |sum of forces| "
           f"{info['max_force_sum']:.1e} eV/Å: labels OK")
     cfg = load_train_config(preset="tiny", overrides={"data": str(SI_DATA),
                                                       "training.max_epochs": epochs})

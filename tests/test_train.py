@@ -71,3 +71,17 @@ def test_embedded_labels_are_physical():
     assert info["n_frames"] >= 20
     assert info["max_force_sum"] < 1e-2  # eV/A, over 64 atoms
     assert -110 < info["e0s"]["Si"] < -95  # eV, GTH-PBE Si atom (4 valence electrons)
+
+
+def test_split_is_disjoint_and_spread_over_structure_kinds():
+    from mlff_ins.train.driver import split_indices
+    groups = ["crystal"] * 12 + ["liquid"] * 3 + ["vacancy"] * 3 + ["amorphous"] * 2
+    s = split_indices(len(groups), val=0.1, test=0.1, seed=4, groups=groups)
+    assert sorted(s["train"] + s["val"] + s["test"]) == list(range(len(groups)))
+    assert len(s["test"]) == 2 and len(s["val"]) == 2
+    # two test frames from two different kinds, and every kind keeps training frames
+    assert len({groups[i] for i in s["test"]}) == 2
+    assert {groups[i] for i in s["train"]} == set(groups)
+    # without groups it is a plain random split of the same sizes, reproducible by seed
+    a = split_indices(20, val=0.1, test=0.1, seed=4)
+    assert a == split_indices(20, val=0.1, test=0.1, seed=4) and len(a["test"]) == 2

@@ -76,18 +76,45 @@ def prepare_data(cfg: dict):
     return frames, e0s, elements
 
 
-def split_indices(n: int, *, val: float, test: float, seed: int) -> dict[str, list[int]]:
-    """Random disjoint train/val/test indices (at least one frame in each)."""
+def split_indices(n: int, *, val: float, test: float, seed: int,
+                  groups: list[str] | None = None) -> dict[str, list[int]]:
+    """Random disjoint train/val/test indices (at least one frame in each).
+
+    With ``groups`` (e.g. each frame's ``config_type``) the test and validation frames are drawn
+    round-robin across the groups, so a small data set still tests every kind of structure it
+    can; a group keeps at least one frame for training.
+    """
     if n < 3:
         raise InputError(f"need at least 3 frames to split into train/val/test (have {n})")
-    perm = np.random.default_rng(seed).permutation(n)
     n_test = max(1, int(round(test * n)))
     n_val = max(1, int(round(val * n)))
     if n_test + n_val >= n:
         raise InputError(f"{n} frames are too few for the val/test fractions {val}/{test}")
-    return {"test": sorted(perm[:n_test].tolist()),
-            "val": sorted(perm[n_test:n_test + n_val].tolist()),
-            "train": sorted(perm[n_test + n_val:].tolist())}
+    rng = np.random.default_rng(seed)
+    groups = list(groups) if groups is not None else [""] * n
+    names = sorted(set(groups))
+    order = [names[i] for i in rng.permutation(len(names))]
+    queues = {g: [int(i) for i in rng.permutation([k for k in range(n) if groups[k] == g])]
+              for g in order}
+
+    def take(count: int, keep: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < count:
+            progressed = False
+            for g in order:
+                if len(out) < count and len(queues[g]) > keep:
+                    out.append(queues[g].pop())
+                    progressed = True
+            if not progressed:
+                if keep == 0:
+                    break
+                keep = 0  # every group is down to its last frame: take those too
+        return out
+
+    test_idx = take(n_test, keep=1)
+    val_idx = take(n_val, keep=1)
+    train_idx = [i for q in queues.values() for i in q]
+    return {"test": sorted(test_idx), "val": sorted(val_idx), "train": sorted(train_idx)}
 
 
 def _write_xyz(path: Path, frames) -> None:
@@ -218,7 +245,8 @@ def train_bundle(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     data_dir = out / "data"
     data_dir.mkdir(exist_ok=True)
     split = split_indices(len(frames), val=cfg["split"]["val"], test=cfg["split"]["test"],
-                          seed=int(cfg["split"]["seed"]))
+                          seed=int(cfg["split"]["seed"]),
+                          groups=[str(a.info.get("config_type", "")) for a in frames])
     write_json_atomic(data_dir / "split.json", split)
     pool = [frames[i] for i in split["train"]]
     val_frames = [frames[i] for i in split["val"]]
