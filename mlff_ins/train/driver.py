@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -322,11 +321,3 @@ def _versions() -> dict:
     import torch
     return {"mlff_ins": __version__, "nequip": nequip.__version__, "torch": torch.__version__,
             "ase": ase.__version__, "python": sys.version.split()[0]}
-
-
-def clean_checkpoints(out: Path) -> None:
-    """Remove training checkpoints from a finished bundle (keeps the packaged models)."""
-    for ckpt in Path(out).glob("members/*/*.ckpt"):
-        ckpt.unlink()
-    for hyd in Path(out).glob("members/*/hydra"):
-        shutil.rmtree(hyd, ignore_errors=True)
