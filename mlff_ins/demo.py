@@ -7,6 +7,7 @@ held-out frames. Later releases extend the demo to MD, phonons and spectra.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,7 @@ def check_labels(path: Path = SI_DATA) -> dict:
 
     frames, e0s = split_isolated_atoms(read_frames(path))
     validate(frames, e0s=e0s)
-    counts: dict[str, int] = {}
-    for a in frames:
-        counts[a.info.get("config_type", "?")] = counts.get(a.info.get("config_type", "?"), 0) + 1
+    counts = dict(Counter(a.info.get("config_type", "?") for a in frames))
     max_sum = max(float(np.linalg.norm(a.get_forces().sum(axis=0))) for a in frames)
     return {"n_frames": len(frames), "counts": counts, "e0s": e0s, "max_force_sum": max_sum}
 
