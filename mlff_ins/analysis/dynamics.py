@@ -1,0 +1,240 @@
+"""One streamed pass over a trajectory: every time correlation function the spectra need.
+
+- VACF per element, mass-weighted: C_s(t) = Σ_{j∈s} m_j ⟨v_j(0)·v_j(t)⟩ (amu Å²/fs²), from stored
+  velocities or, when the file has none, central differences of unwrapped positions.
+- Coherent intermediate scattering per element pair and Q-vector (dynasor's definition):
+  F_ab(Q,t) = (1/N) Re⟨ρ_a(Q,0) ρ_b(Q,t)*⟩ (+ the b,a term for a ≠ b), ρ_a(Q,t) = Σ_{j∈a} e^{iQ·r_j(t)}.
+- Incoherent (self) part per element: F_s,a(Q,t) = (1/N) Σ_{j∈a} Re⟨e^{iQ·[r_j(t) − r_j(0)]}⟩.
+- MSD per element from unwrapped positions: Σ_{j∈a} ⟨|r_j(t) − r_j(0)|²⟩ / N_a, by the FFT
+  algorithm (⟨r²(t0)⟩ + ⟨r²(t0+t)⟩ − 2⟨r(t0)·r(t0+t)⟩).
+
+All averages run over every time origin (see :mod:`mlff_ins.analysis.correlation`); Q-vectors are
+integer Miller indices of each frame's own cell, applied to fractional coordinates, so the result does
+not depend on wrapping. The numerics run in torch on ``device`` (float64 unless float32 is asked).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mlff_ins.analysis.correlation import (BlockStream, fft_length, lagged_fft_products,
+                                           lags_from_fft, origin_counts)
+from mlff_ins.analysis.qpoints import QShells
+from mlff_ins.analysis.unwrap import Unwrapper
+from mlff_ins.neutron.scattering_lengths import mass_amu
+
+#: Elements of a complex work array allowed at once (sets the atom chunk size).
+_WORK_ELEMENTS = 2**23
+
+
+@dataclass
+class Correlations:
+    """Results of :func:`correlate` (numpy, float64). Lags 0..M at ``time_fs``."""
+
+    species: list[str]
+    counts: dict[str, int]
+    time_fs: np.ndarray
+    n_frames: int
+    vacf: dict[str, np.ndarray] = field(default_factory=dict)          # (M+1,) per element
+    msd: dict[str, np.ndarray] = field(default_factory=dict)           # (M+1,) Å², per atom
+    fqt_coh: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (n_q, M+1)
+    fqt_inc: dict[str, np.ndarray] = field(default_factory=dict)       # (n_q, M+1)
+    shells: QShells | None = None
+
+    @property
+    def n_atoms(self) -> int:
+        return sum(self.counts.values())
+
+
+def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
+              shells: QShells | None = None, coherent: bool = False, incoherent: bool = False,
+              device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64,
+              chunk: int = 64, progress: bool = False) -> Correlations:
+    """Compute the requested correlations for lags 0..``max_lag`` frames in one pass."""
+    if (coherent or incoherent) and shells is None:
+        raise ValueError("coherent/incoherent scattering needs Q shells")
+    max_lag = int(min(max_lag, traj.n_frames - 1))
+    device = torch.device(device)
+    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    species = traj.species
+    symbols = np.array(traj.symbols)
+    type_index = torch.tensor([species.index(s) for s in traj.symbols], device=device)
+    onehot = torch.nn.functional.one_hot(type_index, len(species)).to(dtype)      # (N, S)
+    masses = torch.tensor([mass_amu(s) for s in traj.symbols], dtype=dtype, device=device)
+    counts = {s: int(np.sum(symbols == s)) for s in species}
+    n_s = len(species)
+    miller = (torch.tensor(shells.miller, dtype=dtype, device=device) if shells is not None
+              else None)
+    n_q = 0 if shells is None else len(shells.miller)
+    stream_block = max(2 * (max_lag + 1), 64)
+    n_fft = fft_length(stream_block + max_lag)
+
+    acc: dict[str, torch.Tensor] = {}
+
+    def add(name, value):
+        acc[name] = acc[name] + value if name in acc else value
+
+    def self_correlation(signal_fn, n_origins, reduce_features: bool, complex_signal: bool):
+        """Σ over atoms of each element of conj(x_j(t0))·x_j(t0+lag); atoms in chunks."""
+        per_atom = n_fft * (n_q if complex_signal else 3)
+        step = max(1, _WORK_ELEMENTS // max(per_atom, 1))
+        total = None
+        for a0 in range(0, traj.n_atoms, step):
+            sl = slice(a0, min(a0 + step, traj.n_atoms))
+            x = signal_fn(sl)                                       # (T, n, F)
+            X, Y = lagged_fft_products(x[:n_origins], x, n_fft)
+            prod = X * Y
+            if reduce_features:
+                prod = prod.sum(dim=2)                              # (n_fft, n)
+                prod = prod @ onehot[sl].to(prod.dtype)             # (n_fft, S)
+            else:
+                prod = torch.einsum("fnq,ns->fsq", prod, onehot[sl].to(prod.dtype))
+            lags = lags_from_fft(prod, n_fft, max_lag, real=not complex_signal)
+            lags = lags.real if complex_signal else lags
+            total = lags if total is None else total + lags
+        return total
+
+    def on_block(b: dict, n_origins: int):
+        if vacf:
+            v = b["vel"] * masses.sqrt()[None, :, None]
+            add("vacf", self_correlation(lambda sl: v[:, sl], n_origins, True, False))
+        if msd:
+            u = b["unwrapped"]
+            add("msd_cross", self_correlation(lambda sl: u[:, sl], n_origins, True, False))
+            sq = (u * u).sum(dim=2) @ onehot                         # (T, S)
+            add("msd_sq", _square_terms(sq, n_origins, max_lag))
+        if incoherent:
+            frac = b["frac"]
+
+            def phases(sl):
+                return torch.polar(torch.ones((), dtype=dtype, device=device),
+                                   2 * np.pi * frac[:, sl] @ miller.T)
+            add("fs", self_correlation(phases, n_origins, False, True))
+        if coherent:
+            rho = b["rho"]                                           # (T, S, Q)
+            X, Y = lagged_fft_products(rho[:n_origins], rho, n_fft)
+            prod = X[:, :, None, :] * Y[:, None, :, :]               # (n_fft, S, S, Q)
+            add("coh", lags_from_fft(prod, n_fft, max_lag, real=False).real)
+
+    stream = BlockStream(max_lag, on_block, block=stream_block)
+    need_unwrapped = msd or (vacf and not traj.has_velocities)
+    bar = _progress(traj.n_frames, progress)
+    reference = None
+    for pos_np, cells_np, unwrapped_np, vel_np in _frames(traj, chunk, need_unwrapped,
+                                                          vacf and not traj.has_velocities):
+        pos = torch.as_tensor(pos_np, dtype=dtype, device=device)
+        cells = torch.as_tensor(cells_np, dtype=dtype, device=device)
+        arrays = {}
+        if incoherent or coherent:
+            frac = torch.linalg.solve(cells.transpose(1, 2), pos.transpose(1, 2)).transpose(1, 2)
+            frac = frac - torch.floor(frac)
+            if incoherent:
+                arrays["frac"] = frac
+            if coherent:
+                arrays["rho"] = _density(frac, onehot, miller, cdtype)
+        if msd:
+            if reference is None:  # MSD from displacements keeps float32 precision usable
+                reference = unwrapped_np[0].copy()
+            arrays["unwrapped"] = torch.as_tensor(unwrapped_np - reference, dtype=dtype,
+                                                  device=device)
+        if vacf:
+            arrays["vel"] = torch.as_tensor(vel_np, dtype=dtype, device=device)
+        stream.push(**arrays)
+        bar.update(len(pos_np))
+    stream.finish()
+    bar.close()
+
+    n_frames = stream.n_frames
+    norm = torch.as_tensor(origin_counts(n_frames, max_lag), dtype=dtype, device=device)
+    valid = norm > 0
+    norm = torch.where(valid, norm, torch.ones_like(norm))
+    res = Correlations(species=species, counts=counts, n_frames=n_frames,
+                       time_fs=np.arange(max_lag + 1) * traj.dt_fs, shells=shells)
+    n_atoms = traj.n_atoms
+    if vacf:
+        c = (acc["vacf"] / norm[:, None]).cpu().numpy()
+        res.vacf = {s: c[:, i] for i, s in enumerate(species)}
+    if msd:
+        c = ((acc["msd_sq"] - 2 * acc["msd_cross"]) / norm[:, None]).cpu().numpy()
+        res.msd = {s: c[:, i] / counts[s] for i, s in enumerate(species)}
+    if incoherent:
+        c = (acc["fs"] / norm[:, None, None]).cpu().numpy() / n_atoms        # (M+1, S, Q)
+        res.fqt_inc = {s: c[:, i, :].T.copy() for i, s in enumerate(species)}
+    if coherent:
+        c = (acc["coh"] / norm[:, None, None, None]).cpu().numpy() / n_atoms  # (M+1, S, S, Q)
+        for i, a in enumerate(species):
+            for j in range(i, n_s):
+                f = c[:, i, j, :] + (c[:, j, i, :] if j != i else 0.0)
+                res.fqt_coh[(a, species[j])] = f.T.copy()
+    return res
+
+
+def _density(frac, onehot, miller, cdtype):
+    """ρ_s(Q,t) = Σ_{j∈s} exp(2πi m·s_j) for each frame: (T, S, Q)."""
+    T, N, _ = frac.shape
+    n_q = miller.shape[0]
+    out = torch.empty((T, onehot.shape[1], n_q), dtype=cdtype, device=frac.device)
+    per_frame = max(N * n_q, 1)
+    step = max(1, _WORK_ELEMENTS // per_frame)
+    for t0 in range(0, T, step):
+        theta = 2 * np.pi * frac[t0:t0 + step] @ miller.T           # (t, N, Q)
+        re = torch.einsum("tnq,ns->tsq", torch.cos(theta), onehot)
+        im = torch.einsum("tnq,ns->tsq", torch.sin(theta), onehot)
+        out[t0:t0 + step] = torch.complex(re, im)
+    return out
+
+
+def _square_terms(sq: torch.Tensor, n_origins: int, max_lag: int) -> torch.Tensor:
+    """Σ_{t0} [s(t0) + s(t0+lag)] over the block's origins with t0+lag inside the data; (M+1, S)."""
+    T = sq.shape[0]
+    cum = torch.cat([torch.zeros_like(sq[:1]), torch.cumsum(sq, dim=0)])
+    out = torch.zeros((max_lag + 1, sq.shape[1]), dtype=sq.dtype, device=sq.device)
+    for lag in range(min(max_lag + 1, T)):
+        n = min(n_origins, T - lag)
+        out[lag] = cum[n] + (cum[lag + n] - cum[lag])
+    return out
+
+
+def _frames(traj, chunk, need_unwrapped, differentiate):
+    """Yield (positions, cells, unwrapped or None, velocities or None) chunks in order.
+
+    Without stored velocities they are central differences of unwrapped positions,
+    v(t) = [r(t+1) − r(t−1)] / 2dt (one-sided at the two ends); a chunk's last frame waits for the
+    next chunk, whose first position it needs.
+    """
+    unwrap = Unwrapper()
+    if not differentiate:
+        for ch in traj.chunks(chunk):
+            u = unwrap(ch.positions, ch.cells) if need_unwrapped else None
+            yield ch.positions, ch.cells, u, ch.velocities
+        return
+    dt = traj.dt_fs
+    pending = None   # (positions, cells, unwrapped) of the frame still waiting for its successor
+    before = None    # unwrapped position of the frame before the pending one
+    for ch in traj.chunks(chunk):
+        u = unwrap(ch.positions, ch.cells)
+        p, c = ch.positions, ch.cells
+        if pending is not None:
+            p, c, u = (np.concatenate([pending[0], p]), np.concatenate([pending[1], c]),
+                       np.concatenate([pending[2], u]))
+        if len(u) == 1:
+            pending = (p, c, u)
+            continue
+        prev = np.concatenate([(u[:1] if before is None else before[None]), u[:-2]])
+        v = (u[1:] - prev) / (2 * dt)
+        if before is None and len(u) > 1:  # first frame of the trajectory: forward difference
+            v[0] = (u[1] - u[0]) / dt
+        yield p[:-1], c[:-1], u[:-1], v
+        before = u[-2]
+        pending = (p[-1:], c[-1:], u[-1:])
+    if pending is not None and before is not None:
+        yield pending[0], pending[1], pending[2], (pending[2] - before[None]) / dt
+
+
+def _progress(total, enabled):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="frame", desc="correlations", disable=not enabled)

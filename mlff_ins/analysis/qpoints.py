@@ -1,0 +1,78 @@
+"""Q-vectors on spherical shells, commensurate with the simulation cell.
+
+A vector Q = m · B (m integer Miller indices, B = 2π (h⁻¹)ᵀ the reciprocal basis of the cell h)
+makes exp(i Q·r) periodic in the cell, so ρ(Q) does not depend on how atoms are wrapped. Shells
+are [q_min + kΔ, q_min + (k+1)Δ); a shell with more than ``per_shell`` vectors keeps a seeded random
+subset. Q includes the 2π (1/Å).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlff_ins.errors import InputError
+
+
+@dataclass
+class QShells:
+    miller: np.ndarray      # (n_vectors, 3) int
+    shell: np.ndarray       # (n_vectors,) index of each vector's shell
+    q: np.ndarray           # (n_shells,) mean |Q| of the vectors of each shell, 1/Å
+    counts: np.ndarray      # (n_shells,) vectors per shell
+
+    def vectors(self, cell: np.ndarray) -> np.ndarray:
+        """Cartesian Q-vectors (1/Å) for the given cell (rows are lattice vectors)."""
+        return self.miller @ reciprocal_basis(cell)
+
+    @property
+    def n_shells(self) -> int:
+        return len(self.q)
+
+    def shell_average(self, values: np.ndarray) -> np.ndarray:
+        """Average per-vector values (n_vectors, ...) over each shell -> (n_shells, ...)."""
+        out = np.zeros((self.n_shells,) + values.shape[1:], dtype=values.dtype)
+        np.add.at(out, self.shell, values)
+        return out / self.counts.reshape((-1,) + (1,) * (values.ndim - 1))
+
+
+def reciprocal_basis(cell: np.ndarray) -> np.ndarray:
+    """Rows b_j with a_i · b_j = 2π δ_ij."""
+    return 2 * np.pi * np.linalg.inv(np.asarray(cell, dtype=float)).T
+
+
+def spherical_shells(cell, q_max: float, q_min: float = 0.0, width: float = 0.1,
+                     per_shell: int = 100, seed: int = 0) -> QShells:
+    """All commensurate Q-vectors with q_min ≤ |Q| < q_max, grouped into shells of ``width``."""
+    if not (q_max > q_min >= 0):
+        raise InputError(f"Q range must satisfy 0 <= q_min < q_max, got {q_min}..{q_max} 1/Å")
+    if width <= 0:
+        raise InputError(f"--q-width must be positive (1/Å), not {width}")
+    if per_shell < 1:
+        raise InputError(f"--q-per-shell must be at least 1, not {per_shell}")
+    basis = reciprocal_basis(cell)
+    # |m_i| <= q_max |a_i| / 2π bounds every vector inside the sphere
+    n_max = np.ceil(q_max * np.linalg.norm(cell, axis=1) / (2 * np.pi)).astype(int)
+    grids = [np.arange(-n, n + 1) for n in n_max]
+    m = np.stack(np.meshgrid(*grids, indexing="ij"), axis=-1).reshape(-1, 3)
+    q = np.linalg.norm(m @ basis, axis=1)
+    keep = (q >= q_min) & (q < q_max) & (q > 0)
+    m, q = m[keep], q[keep]
+    if len(m) == 0:
+        smallest = np.min(np.linalg.norm(basis, axis=1))
+        raise InputError(f"no Q-vector of this cell lies in {q_min}..{q_max} 1/Å; the smallest "
+                         f"is about {smallest:.3f} 1/Å")
+    idx = np.floor((q - q_min) / width).astype(int)
+    rng = np.random.default_rng(seed)
+    chosen_m, chosen_shell, q_mean, counts = [], [], [], []
+    for k in np.unique(idx):
+        members = np.flatnonzero(idx == k)
+        if len(members) > per_shell:
+            members = np.sort(rng.choice(members, size=per_shell, replace=False))
+        chosen_m.append(m[members])
+        chosen_shell.append(np.full(len(members), len(q_mean)))
+        q_mean.append(q[members].mean())
+        counts.append(len(members))
+    return QShells(np.concatenate(chosen_m), np.concatenate(chosen_shell), np.array(q_mean),
+                   np.array(counts))

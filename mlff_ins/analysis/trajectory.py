@@ -1,0 +1,245 @@
+"""Read trajectories in chunks of frames: H5MD (ours, MDAnalysis') and anything ``ase.io`` reads.
+
+A :class:`Trajectory` knows its species, its number of frames and the time between frames (fs),
+and yields :class:`Chunk` objects of at most ``chunk`` frames with positions (Å), cells (Å),
+velocities (Å/fs, when stored) — so no analysis ever holds the whole trajectory in memory.
+Units found in H5MD ``unit`` attributes (nm, ps, ...) are converted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from mlff_ins.errors import InputError
+
+_LENGTH = {"angstrom": 1.0, "a": 1.0, "å": 1.0, "nm": 10.0, "pm": 0.01, "bohr": 0.52917721067}
+_TIME = {"fs": 1.0, "ps": 1000.0, "ns": 1e6, "s": 1e15}
+
+
+@dataclass
+class Chunk:
+    positions: np.ndarray          # (T, N, 3) Å, as stored (wrapped or not)
+    cells: np.ndarray              # (T, 3, 3) Å, rows are lattice vectors
+    velocities: np.ndarray | None  # (T, N, 3) Å/fs
+
+
+class Trajectory:
+    """A trajectory on disk, read lazily. ``dt_fs`` is the time between stored frames."""
+
+    def __init__(self, path: str | Path, dt_fs: float | None = None, stride: int = 1):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError(f"{self.path}: no such trajectory file")
+        if stride < 1:
+            raise InputError(f"--stride must be a positive integer, not {stride}")
+        self.stride = int(stride)
+        if self.path.suffix.lower() in (".h5", ".h5md", ".hdf5"):
+            self._impl = _H5MD(self.path)
+        else:
+            self._impl = _ASE(self.path)
+        stored_dt = self._impl.dt_fs
+        if dt_fs is not None:
+            if dt_fs <= 0:
+                raise InputError(f"--dt must be positive (fs), not {dt_fs}")
+            if stored_dt is not None and abs(stored_dt - dt_fs) > 1e-6 * stored_dt:
+                raise InputError(f"{self.path}: --dt {dt_fs} fs contradicts the {stored_dt:g} fs "
+                                 f"between frames stored in the file")
+            stored_dt = dt_fs
+        if stored_dt is None:
+            raise InputError(f"{self.path}: the file does not store the time between frames; "
+                             f"give it with --dt (fs)")
+        self.dt_fs = stored_dt * self.stride
+        self.symbols: list[str] = self._impl.symbols
+        self.n_atoms = len(self.symbols)
+        self.n_frames = (self._impl.n_frames + self.stride - 1) // self.stride
+        self.has_velocities = self._impl.has_velocities
+        if self.n_frames < 2:
+            raise InputError(f"{self.path}: {self._impl.n_frames} frame(s); correlations need "
+                             f"at least two")
+
+    def chunks(self, size: int = 64) -> Iterator[Chunk]:
+        """Yield consecutive chunks of at most ``size`` (strided) frames."""
+        yield from self._impl.chunks(size, self.stride)
+
+    @property
+    def species(self) -> list[str]:
+        """Distinct elements in order of first appearance."""
+        return list(dict.fromkeys(self.symbols))
+
+    def first_cell(self) -> np.ndarray:
+        return next(self.chunks(1)).cells[0]
+
+
+class ArrayTrajectory(Trajectory):
+    """A trajectory held in memory: positions (T, N, 3) Å, cells (T, 3, 3) or (3, 3) Å,
+    velocities (T, N, 3) Å/fs or None, ``dt_fs`` between frames."""
+
+    def __init__(self, symbols, positions, cells, dt_fs: float, velocities=None):
+        self.path = Path("<memory>")
+        self.stride = 1
+        self.symbols = list(symbols)
+        self.positions = np.asarray(positions, dtype=float)
+        cells = np.asarray(cells, dtype=float)
+        self.cells = np.broadcast_to(cells, (len(self.positions), 3, 3)) if cells.ndim == 2 \
+            else cells
+        self.velocities = None if velocities is None else np.asarray(velocities, dtype=float)
+        self.dt_fs = float(dt_fs)
+        self.n_atoms = len(self.symbols)
+        self.n_frames = len(self.positions)
+        self.has_velocities = self.velocities is not None
+        if self.positions.shape != (self.n_frames, self.n_atoms, 3):
+            raise ValueError(f"positions must have shape (frames, {self.n_atoms}, 3)")
+
+    def chunks(self, size: int = 64) -> Iterator[Chunk]:
+        for s in range(0, self.n_frames, size):
+            v = None if self.velocities is None else self.velocities[s:s + size]
+            yield Chunk(self.positions[s:s + size], np.array(self.cells[s:s + size]), v)
+
+
+class _H5MD:
+    def __init__(self, path: Path):
+        import h5py
+
+        self.path = path
+        try:
+            with h5py.File(path, "r") as f:
+                if "particles" not in f:
+                    raise InputError(f"{path}: not an H5MD trajectory (no /particles group)")
+                groups = list(f["particles"])
+                if not groups:
+                    raise InputError(f"{path}: /particles holds no particle group")
+                self.group = "all" if "all" in groups else groups[0]
+                g = f["particles"][self.group]
+                if "position" not in g:
+                    raise InputError(f"{path}: particles/{self.group} has no position")
+                pos = g["position"]["value"]
+                self.n_frames = pos.shape[0]
+                self.length_scale = _scale(pos.attrs.get("unit", "angstrom"), _LENGTH, path)
+                self.has_velocities = "velocity" in g
+                if self.has_velocities:
+                    v = g["velocity"]["value"]
+                    unit = _text(v.attrs.get("unit", "angstrom fs-1")).split()
+                    self.velocity_scale = (_scale(unit[0], _LENGTH, path)
+                                           / _scale(unit[1].removesuffix("-1"), _TIME, path))
+                self.symbols = _h5md_symbols(g, path)
+                self.dt_fs = _h5md_dt(g["position"], path)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot open as HDF5 ({exc})") from None
+
+    def chunks(self, size: int, stride: int) -> Iterator[Chunk]:
+        import h5py
+
+        with h5py.File(self.path, "r") as f:
+            g = f["particles"][self.group]
+            pos = g["position"]["value"]
+            edges = g["box"]["edges"]
+            vel = g["velocity"]["value"] if self.has_velocities else None
+            box_scale = _scale(_box_unit(edges), _LENGTH, self.path)
+            for start in range(0, self.n_frames, size * stride):
+                sl = slice(start, min(start + size * stride, self.n_frames), stride)
+                p = pos[sl].astype(float) * self.length_scale
+                if isinstance(edges, h5py.Group):
+                    cells = edges["value"][sl].astype(float)
+                else:
+                    cells = np.broadcast_to(edges[()], (len(p),) + edges.shape).astype(float)
+                cells = np.stack([np.diag(c) if c.ndim == 1 else c for c in cells]) * box_scale
+                v = vel[sl].astype(float) * self.velocity_scale if vel is not None else None
+                yield Chunk(p, cells, v)
+
+
+class _ASE:
+    def __init__(self, path: Path):
+        import ase.io
+
+        self.path = path
+        try:
+            first = ase.io.read(path, index=0)
+        except Exception as exc:  # ase raises many types for unreadable files
+            raise InputError(f"{path}: cannot read as a trajectory ({exc})") from None
+        self.symbols = first.get_chemical_symbols()
+        self.n_frames = sum(1 for _ in ase.io.iread(path, index=":"))
+        self.has_velocities = first.has("momenta")
+        self.dt_fs = None
+        t0 = first.info.get("time_fs", first.info.get("time"))
+        if t0 is not None and self.n_frames > 1:
+            second = ase.io.read(path, index=1)
+            t1 = second.info.get("time_fs", second.info.get("time"))
+            if t1 is not None and t1 > t0:
+                self.dt_fs = float(t1 - t0)
+
+    def chunks(self, size: int, stride: int) -> Iterator[Chunk]:
+        import ase.io
+        from ase import units
+
+        buf = []
+        for i, atoms in enumerate(ase.io.iread(self.path, index=f"::{stride}")):
+            if len(atoms) != len(self.symbols) or atoms.get_chemical_symbols() != self.symbols:
+                raise InputError(f"{self.path}: frame {i * stride} has different atoms than "
+                                 f"frame 0")
+            buf.append(atoms)
+            if len(buf) == size:
+                yield self._chunk(buf, units.fs)
+                buf = []
+        if buf:
+            yield self._chunk(buf, units.fs)
+
+    def _chunk(self, frames, fs) -> Chunk:
+        pos = np.stack([a.positions for a in frames])
+        cells = np.stack([a.cell.array for a in frames])
+        if np.any(np.abs(np.linalg.det(cells)) < 1e-6):
+            raise InputError(f"{self.path}: frames without a periodic cell; spectra need one")
+        vel = (np.stack([a.get_velocities() * fs for a in frames])
+               if self.has_velocities else None)
+        return Chunk(pos, cells, vel)
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _scale(unit, table: dict, path: Path) -> float:
+    key = _text(unit).strip().lower()
+    if key not in table:
+        raise InputError(f"{path}: unit {key!r} not understood (known: {', '.join(table)})")
+    return table[key]
+
+
+def _box_unit(edges) -> str:
+    target = edges["value"] if hasattr(edges, "keys") else edges
+    return _text(target.attrs.get("unit", "angstrom"))
+
+
+def _h5md_symbols(g, path: Path) -> list[str]:
+    from ase.data import chemical_symbols
+
+    if "species" not in g:
+        raise InputError(f"{path}: particles/{g.name} has no species")
+    sp = g["species"]
+    values = sp["value"][0] if hasattr(sp, "keys") else sp[()]
+    values = np.asarray(values)
+    if values.dtype.kind in "SUO":
+        return [_text(s) for s in values]
+    names = sp.attrs.get("names") if not hasattr(sp, "keys") else None
+    if names is not None:
+        names = [_text(n) for n in names]
+        return [names[int(i)] for i in values]
+    return [chemical_symbols[int(z)] for z in values]
+
+
+def _h5md_dt(position, path: Path) -> float | None:
+    if "time" not in position:
+        return None
+    t = position["time"]
+    scale = _scale(t.attrs.get("unit", "fs"), _TIME, path)
+    if t.shape == ():
+        return float(t[()]) * scale  # fixed time step between stored frames
+    if len(t) < 2:
+        return None
+    steps = np.diff(t[: min(len(t), 1000)])
+    if np.ptp(steps) > 1e-6 * abs(steps[0]):
+        raise InputError(f"{path}: frames are not equally spaced in time")
+    return float(steps[0]) * scale
