@@ -128,6 +128,93 @@ def _print_metrics(out: Path) -> None:
     print(f"  report: {Path(out) / 'report.md'}")
 
 
+def _add_spectra(sub) -> None:
+    p = sub.add_parser(
+        "spectra", help="VDOS, S(Q,E) and QENS from an MD trajectory",
+        description="Compute spectra from a trajectory (H5MD, extxyz or anything ase.io reads) in "
+                    "one streamed pass: VDOS/GDOS (area 3 per atom), coherent and incoherent "
+                    "F(Q,t) and S(Q,E) powder-averaged over Q shells commensurate with the cell, "
+                    "and QENS (MSD, EISF, diffusion from the MSD slope and from Lorentzian widths). "
+                    "Energies in meV (positive = neutron energy loss), Q in 1/Å including 2π, "
+                    "time in fs. Output: NeXus NXdata groups in one HDF5 file.")
+    p.add_argument("trajectory", help="trajectory file (.h5/.h5md H5MD, .extxyz, ...)")
+    p.add_argument("-o", "--output", required=True, help="spectra HDF5 file, e.g. spectra.h5")
+    p.add_argument("--vdos", action="store_true", help="VDOS and neutron-weighted GDOS (default "
+                   "when nothing else is asked)")
+    p.add_argument("--sqe", action="store_true", help="coherent + incoherent F(Q,t), S(Q,E)")
+    p.add_argument("--qens", action="store_true", help="MSD, F_s(Q,t), S_inc(Q,E), EISF, D fits")
+    p.add_argument("-T", "--temperature", type=float, metavar="K",
+                   help="temperature for the quantum correction, K (default: kinetic temperature "
+                        "of the trajectory)")
+    p.add_argument("--dt", type=float, metavar="FS",
+                   help="time between frames in fs, for files that do not store it (extxyz)")
+    p.add_argument("--stride", type=int, default=1, help="use every N-th frame (default 1)")
+    p.add_argument("--time-window", type=float, metavar="FS",
+                   help="longest correlation time, fs (default: half the trajectory, at most "
+                        "2000 frames); sets the energy resolution")
+    p.add_argument("--window", choices=["gaussian", "hann", "none"], default="gaussian",
+                   help="taper of the correlations before the Fourier transform (default "
+                        "gaussian, σ = window/3)")
+    p.add_argument("--quantum-correction", choices=["harmonic", "schofield", "none"],
+                   default="harmonic", help="classical -> quantum S(Q,E) (default harmonic)")
+    p.add_argument("--weighting", choices=["neutron", "number"], default="neutron",
+                   help="totals weighted by b_coh and σ_inc (barn/sr per atom) or unweighted")
+    p.add_argument("--q-min", type=float, default=0.2, metavar="INV_A", help="1/Å (default 0.2)")
+    p.add_argument("--q-max", type=float, default=5.0, metavar="INV_A", help="1/Å (default 5)")
+    p.add_argument("--q-width", type=float, default=0.1, metavar="INV_A",
+                   help="Q shell width, 1/Å (default 0.1)")
+    p.add_argument("--q-per-shell", type=int, default=50, metavar="N",
+                   help="at most N Q-vectors per shell, drawn at random (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Q-vector draw (default 0)")
+    p.add_argument("--no-partials", action="store_true", help="write totals only")
+    p.add_argument("--instrument", choices=["direct", "vision", "tosca"], default="direct",
+                   help="direct geometry (default); vision/tosca are not available from MD yet")
+    p.add_argument("--ei", type=float, metavar="MEV",
+                   help="direct geometry: incident energy, meV; masks S(Q,E) to the reachable "
+                        "(Q,E) region")
+    p.add_argument("--angles", type=float, nargs=2, default=(3.0, 135.0), metavar=("MIN", "MAX"),
+                   help="direct geometry: scattering angles 2θ covered, degrees (default 3 135)")
+    p.add_argument("--resolution", type=float, default=0.0, metavar="FRACTION",
+                   help="direct geometry: Gaussian energy resolution FWHM as a fraction of Ei "
+                        "(default 0: none beyond the time window)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--float32", action="store_true", help="single precision (default float64)")
+    p.add_argument("--plot", action="store_true", help="also write OUTPUT.png")
+    p.set_defaults(func=_run_spectra)
+
+
+def _run_spectra(args) -> int:
+    from mlff_ins.analysis.pipeline import SpectraOptions, spectra_from_trajectory
+    from mlff_ins.neutron.spectrum import write_spectra
+
+    opts = SpectraOptions(
+        vdos=args.vdos or not (args.sqe or args.qens), sqe=args.sqe, qens=args.qens,
+        temperature_K=args.temperature, time_window_fs=args.time_window, window=args.window,
+        quantum_correction=args.quantum_correction, weighting=args.weighting,
+        q_min=args.q_min, q_max=args.q_max, q_width=args.q_width, q_per_shell=args.q_per_shell,
+        seed=args.seed, partials=not args.no_partials, instrument=args.instrument,
+        ei_meV=args.ei, angles_deg=tuple(args.angles), resolution_fraction=args.resolution,
+        device=args.device, float32=args.float32)
+    spectra, summary = spectra_from_trajectory(args.trajectory, opts, dt_fs=args.dt,
+                                               stride=args.stride)
+    write_spectra(args.output, spectra)
+    print(f"{args.output}: {len(spectra)} spectra from {summary['n_frames']} frames of "
+          f"{summary['n_atoms']} atoms, dt {summary['dt_fs']:g} fs, correlation window "
+          f"{summary['time_window_fs']:g} fs, T {summary['temperature_K']:.1f} K (kinetic "
+          f"{summary['kinetic_temperature_K']:.1f} K)")
+    for element, fits in summary.get("qens", {}).items():
+        d, f = fits["D_msd_A2_per_ps"], fits["D_fickian_A2_per_ps"]
+        print(f"  {element}: D from MSD {d['value']:.4g} ± {d['std']:.2g} Å²/ps; "
+              f"from Lorentzian widths {f['value']:.4g} ± {f['std']:.2g} Å²/ps")
+    if args.plot:
+        from mlff_ins.neutron.plot import plot_spectra
+
+        png = Path(args.output).with_suffix(".png")
+        plot_spectra(spectra, png)
+        print(f"  plot: {png}")
+    return 0
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo", help="run the pipeline on the embedded silicon DFT data (minutes on 2 cores)",
@@ -149,14 +236,16 @@ def _run_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlff-ins",
-        description="From DFT snapshots to neutron spectra: label, train NequIP force fields, "
-                    "and (in coming releases) MD, phonons and INS/QENS spectra.")
+        description="From DFT snapshots to neutron spectra: label DFT data, train NequIP force "
+                    "fields, compute VDOS, S(Q,E) and QENS from MD trajectories (MD and phonons "
+                    "in coming releases).")
     parser.add_argument("--version", action="version", version=f"mlff-ins {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(sub)
     _add_label(sub)
     _add_check(sub)
     _add_train(sub)
+    _add_spectra(sub)
     return parser
 
 

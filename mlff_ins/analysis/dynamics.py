@@ -45,6 +45,10 @@ class Correlations:
     shells: QShells | None = None
 
     @property
+    def dt_fs(self) -> float:
+        return float(self.time_fs[1] - self.time_fs[0])
+
+    @property
     def n_atoms(self) -> int:
         return sum(self.counts.values())
 
@@ -110,8 +114,8 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
             frac = b["frac"]
 
             def phases(sl):
-                return torch.polar(torch.ones((), dtype=dtype, device=device),
-                                   2 * np.pi * frac[:, sl] @ miller.T)
+                theta = 2 * np.pi * frac[:, sl] @ miller.T
+                return torch.complex(torch.cos(theta), torch.sin(theta))
             add("fs", self_correlation(phases, n_origins, False, True))
         if coherent:
             rho = b["rho"]                                           # (T, S, Q)

@@ -67,8 +67,8 @@ class Trajectory:
 
     @property
     def species(self) -> list[str]:
-        """Distinct elements in order of first appearance."""
-        return list(dict.fromkeys(self.symbols))
+        """Distinct elements, sorted alphabetically (dynasor's order)."""
+        return sorted(set(self.symbols))
 
     def first_cell(self) -> np.ndarray:
         return next(self.chunks(1)).cells[0]

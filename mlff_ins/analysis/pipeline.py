@@ -1,0 +1,165 @@
+"""``mlff-ins spectra``: trajectory file -> one streamed pass -> spectra (NXdata) + QENS fits.
+
+Everything a user asks for on the command line is computed from one read of the trajectory
+(:func:`mlff_ins.analysis.dynamics.correlate`); this module only chooses the correlations,
+converts them to :mod:`mlff_ins.neutron.spectrum` objects and applies instrument kinematics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from mlff_ins.analysis import qens
+from mlff_ins.analysis.dynamics import correlate
+from mlff_ins.analysis.qpoints import spherical_shells
+from mlff_ins.analysis.spectra_md import msd_spectra, scattering_spectra, vdos_spectra
+from mlff_ins.analysis.trajectory import Trajectory
+from mlff_ins.errors import InputError
+from mlff_ins.neutron.kinematics import broaden_energy, kinematic_mask
+from mlff_ins.neutron.quantum import KB_MEV_PER_K
+from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D
+
+#: 1 amu Å²/fs² in meV
+AMU_A2_PER_FS2_MEV = 1.0364269656262175e5
+
+
+@dataclass
+class SpectraOptions:
+    vdos: bool = True
+    sqe: bool = False
+    qens: bool = False
+    temperature_K: float | None = None      # None: from the kinetic energy
+    time_window_fs: float | None = None     # None: half the trajectory, at most 2000 frames
+    window: str = "gaussian"
+    quantum_correction: str = "harmonic"
+    weighting: str = "neutron"
+    q_min: float = 0.2
+    q_max: float = 5.0
+    q_width: float = 0.1
+    q_per_shell: int = 50
+    seed: int = 0
+    partials: bool = True
+    instrument: str = "direct"
+    ei_meV: float | None = None
+    angles_deg: tuple[float, float] = (3.0, 135.0)
+    resolution_fraction: float = 0.0        # direct geometry: Gaussian FWHM / E_i
+    q_max_fickian: float = 1.0              # QENS: Γ = ħDQ² fitted below this Q (1/Å)
+    device: str = "cpu"
+    float32: bool = False
+
+
+def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = None,
+                            stride: int = 1, progress: bool = True, traj=None):
+    """Compute the requested spectra; returns ({name: spectrum}, summary dict)."""
+    if opts.instrument not in ("direct",):
+        raise InputError(f"--instrument {opts.instrument}: the MD route to VISION/TOSCA S(E) is "
+                         f"not available yet; use --instrument direct")
+    traj = traj if traj is not None else Trajectory(path, dt_fs=dt_fs, stride=stride)
+    if opts.time_window_fs is None:
+        max_lag = min(traj.n_frames // 2, 2000)
+    else:
+        max_lag = int(round(opts.time_window_fs / traj.dt_fs))
+        if not 3 <= max_lag < traj.n_frames:
+            raise InputError(f"--time-window {opts.time_window_fs} fs is {max_lag} frames; it must "
+                             f"span 3..{traj.n_frames - 1} frames of {traj.dt_fs:g} fs")
+    max_lag = max(max_lag, 3)
+    shells = None
+    if opts.sqe or opts.qens:
+        shells = spherical_shells(traj.first_cell(), q_max=opts.q_max, q_min=opts.q_min,
+                                  width=opts.q_width, per_shell=opts.q_per_shell, seed=opts.seed)
+    device = _device(opts.device)
+    dtype = torch.float32 if opts.float32 else torch.float64
+    corr = correlate(traj, max_lag, vacf=True, msd=opts.qens, shells=shells,
+                     coherent=opts.sqe, incoherent=opts.sqe or opts.qens, device=device,
+                     dtype=dtype, progress=progress)
+    kinetic_T = sum(c[0] for c in corr.vacf.values()) * AMU_A2_PER_FS2_MEV / (
+        3 * corr.n_atoms * KB_MEV_PER_K)
+    temperature = opts.temperature_K if opts.temperature_K is not None else kinetic_T
+    meta = dict(instrument=opts.instrument, source="md", temperature_K=temperature,
+                provenance={"trajectory": str(traj.path), "trajectory_sha256": _sha256(traj.path),
+                            "options": {k: v for k, v in asdict(opts).items()},
+                            "dt_fs": traj.dt_fs, "n_frames": corr.n_frames,
+                            "n_atoms": corr.n_atoms})
+    summary = {"n_frames": corr.n_frames, "n_atoms": corr.n_atoms, "dt_fs": traj.dt_fs,
+               "time_window_fs": float(corr.time_fs[-1]), "kinetic_temperature_K": kinetic_T,
+               "temperature_K": temperature}
+    out: dict = {}
+    if opts.vdos:
+        out.update(vdos_spectra(corr, opts.window, **_meta(meta)))
+    if opts.sqe or opts.qens:
+        kw = _meta(meta)
+        kw.pop("temperature_K")
+        sp = scattering_spectra(corr, temperature, opts.window, opts.quantum_correction,
+                                opts.weighting, opts.partials, **kw)
+        if not opts.sqe:
+            sp = {k: v for k, v in sp.items() if k.endswith("inc") or "_inc_" in k}
+        out.update(sp)
+    if opts.qens:
+        out.update(msd_spectra(corr, **_meta(meta)))
+        summary["qens"] = _qens_fits(corr, opts, out, meta)
+    if opts.ei_meV is not None:
+        _apply_direct_geometry(out, opts)
+    return out, summary
+
+
+def _meta(meta):
+    return {**meta, "provenance": dict(meta["provenance"])}
+
+
+def _qens_fits(corr, opts, out, meta) -> dict:
+    res = {}
+    for s in corr.species:
+        d = qens.diffusion_from_msd(corr.time_fs, corr.msd[s])
+        fs = corr.shells.shell_average(corr.fqt_inc[s])
+        widths = qens.lorentzian_widths(corr.time_fs, fs, opts.window)
+        ce = qens.chudley_elliott(corr.shells.q, widths)
+        plateau, plateau_std = qens.eisf(fs)
+        res[s] = {"D_msd_A2_per_ps": d.as_dict(),
+                  "D_fickian_A2_per_ps": qens.diffusion_from_widths(
+                      corr.shells.q, widths, opts.q_max_fickian).as_dict(),
+                  "chudley_elliott": ({k: v.as_dict() for k, v in ce.items()} if ce else None),
+                  "hwhm_meV": [w.as_dict() for w in widths]}
+        out[f"eisf_{s}"] = Spectrum1D(kind="eisf", axis_name="q", x=corr.shells.q,
+                                      intensity=plateau, intensity_std=plateau_std, units="",
+                                      element=s, **_meta(meta))
+        out[f"msd_{s}"].provenance["qens_fits"] = res[s]
+    return res
+
+
+def _apply_direct_geometry(out: dict, opts: SpectraOptions) -> None:
+    for sp in out.values():
+        if isinstance(sp, Spectrum2D) and sp.axis_name == "energy":
+            if opts.resolution_fraction > 0:
+                sp.intensity = broaden_energy(sp.y, sp.intensity,
+                                              opts.resolution_fraction * opts.ei_meV)
+            mask = kinematic_mask(sp.q, sp.y, opts.ei_meV, opts.angles_deg)
+            sp.intensity = np.where(mask, sp.intensity, np.nan)
+            sp.provenance.update(ei_meV=opts.ei_meV, angles_deg=list(opts.angles_deg),
+                                 resolution_fwhm_fraction_of_ei=opts.resolution_fraction)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r} is not a torch device (cpu, cuda, auto)") from None
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    except OSError:
+        return ""
