@@ -1,0 +1,228 @@
+"""Spectra from dynamics against analytic results (ideal gas, Langevin diffusion, damped
+oscillators), sum rules, wrapping and unwrapping, and phonopy for a harmonic crystal."""
+
+import numpy as np
+import pytest
+import torch
+
+from md_trajectories import (damped_oscillators, dho_velocity_acf, dho_velocity_psd, ideal_gas,
+                             kT_amu, langevin_particles)
+from mlff_ins.analysis import qens
+from mlff_ins.analysis.dynamics import correlate
+from mlff_ins.analysis.fourier import HBAR_MEV_FS, energy_axis, spectrum_from_correlation
+from mlff_ins.analysis.qpoints import spherical_shells
+from mlff_ins.analysis.spectra_md import scattering_spectra, vdos_spectra
+from mlff_ins.analysis.trajectory import ArrayTrajectory
+from mlff_ins.neutron.quantum import KB_MEV_PER_K, correction_factor
+from mlff_ins.neutron.scattering_lengths import b_coh_fm, sigma_inc_barn
+
+
+def test_ideal_gas_self_intermediate_scattering():
+    """F_s(Q,t) = exp(−Q² kT t² / 2m) for free particles, within 1 % of F_s(Q,0)."""
+    mass, T = 1.008, 300.0
+    pos, vel, cell = ideal_gas(mass=mass, temperature_K=T, frames=60, dt=10.0)
+    traj = ArrayTrajectory(["H"] * pos.shape[1], pos, cell, 10.0, velocities=vel)
+    shells = spherical_shells(cell, q_max=1.5, q_min=0.3, width=0.4, per_shell=30)
+    r = correlate(traj, 59, vacf=False, shells=shells, incoherent=True)
+    fs = shells.shell_average(r.fqt_inc["H"])
+    q2 = np.sum(shells.vectors(cell) ** 2, axis=1)  # exact per vector, then shell-averaged
+    exact = shells.shell_average(np.exp(-np.outer(q2, r.time_fs ** 2) * kT_amu(T) / (2 * mass)))
+    assert np.abs(fs - exact).max() < 0.01
+    assert exact[:, -1].max() < 0.05  # the decay is really sampled
+
+
+@pytest.fixture(scope="module")
+def langevin():
+    pos, vel, cell, d = langevin_particles()
+    traj = ArrayTrajectory(["H"] * pos.shape[1], pos, cell, 10.0, velocities=vel)
+    shells = spherical_shells(cell, q_max=0.7, q_min=0.3, width=0.1, per_shell=20)
+    return correlate(traj, 300, vacf=False, msd=True, shells=shells, incoherent=True), d
+
+
+def test_langevin_diffusion_from_msd(langevin):
+    """D from the MSD slope agrees with kT/(mγ) within 5 %."""
+    r, d_exact = langevin
+    d = qens.diffusion_from_msd(r.time_fs, r.msd["H"])
+    assert d.value == pytest.approx(d_exact * 1000, rel=0.05)
+
+
+def test_langevin_lorentzian_width_is_DQ2(langevin):
+    """HWHM of S_inc(Q,E) = ħDQ² at small Q (within 5 %), and D from the widths."""
+    r, d_exact = langevin
+    fs = r.shells.shell_average(r.fqt_inc["H"])
+    widths = qens.lorentzian_widths(r.time_fs, fs, "gaussian")
+    for q, w in zip(r.shells.q, widths):
+        assert w.value == pytest.approx(HBAR_MEV_FS * d_exact * q * q, rel=0.05)
+    d = qens.diffusion_from_widths(r.shells.q, widths, q_max_fit=0.7)
+    assert d.value == pytest.approx(d_exact * 1000, rel=0.05)
+
+
+def test_eisf_of_particles_in_harmonic_wells():
+    """EISF = exp(−Q²⟨u_x²⟩) with ⟨u_x²⟩ = kT/(mω0²) for particles bound to sites."""
+    mass, w0, T = 12.0, 0.05, 300.0
+    pos, vel, cell = damped_oscillators(n=100, frames=1200, mass=mass, omega0=w0, gamma=0.03,
+                                        temperature_K=T, seed=7)
+    traj = ArrayTrajectory(["C"] * 100, pos, cell, 1.0, velocities=vel)
+    shells = spherical_shells(cell, q_max=9.0, q_min=2.0, width=1.0, per_shell=15)
+    r = correlate(traj, 500, vacf=False, shells=shells, incoherent=True)
+    plateau, spread = qens.eisf(shells.shell_average(r.fqt_inc["C"]))
+    exact = np.exp(-shells.q ** 2 * kT_amu(T) / (mass * w0 ** 2))
+    assert exact.min() < 0.6  # a real drop across the Q range
+    np.testing.assert_allclose(plateau, exact, atol=0.03)
+
+
+def test_damped_oscillator_acf_and_psd():
+    """VACF and VDOS of Langevin harmonic oscillators match the analytic ACF and PSD."""
+    mass, w0, gamma, T = 12.0, 0.05, 0.01, 300.0
+    pos, vel, cell = damped_oscillators(n=800, frames=4000, mass=mass, omega0=w0, gamma=gamma,
+                                        temperature_K=T)
+    traj = ArrayTrajectory(["C"] * 800, pos, cell, 1.0, velocities=vel)
+    r = correlate(traj, 1500, vacf=True)
+    kTm = kT_amu(T) / mass
+    acf = r.vacf["C"] / mass / 800 / 3
+    exact = dho_velocity_acf(r.time_fs, kTm, w0, gamma)
+    assert np.abs(acf - exact).max() < 0.03 * exact[0]
+    e = energy_axis(len(r.time_fs), 1.0)
+    # the transform of the analytic ACF is the analytic PSD (normalisation, units: per meV) ...
+    psd = dho_velocity_psd(e / HBAR_MEV_FS, kTm, w0, gamma) / HBAR_MEV_FS
+    s_exact = spectrum_from_correlation(exact, 1.0, "none")
+    assert np.abs(s_exact - psd).max() < 0.01 * psd.max()
+    # ... and the measured spectrum matches it under the same window (statistics: 3 % of peak)
+    s = spectrum_from_correlation(acf, 1.0, "gaussian")
+    s_ref = spectrum_from_correlation(exact, 1.0, "gaussian")
+    assert np.abs(s - s_ref).max() < 0.03 * s_ref.max()
+    assert abs(e[np.argmax(s)] - w0 * HBAR_MEV_FS) <= e[1]
+    # the VDOS built from it peaks at ħω0 and has area 3
+    vd = vdos_spectra(r, window="gaussian")["vdos"]
+    assert vd.area() == pytest.approx(3.0, abs=1e-9)
+    assert abs(vd.x[np.argmax(vd.intensity)] - w0 * HBAR_MEV_FS) <= e[1]
+
+
+@pytest.fixture(scope="module")
+def binary_liquid():
+    """Two species of Langevin particles (distinct masses) for sum rules and partial sums."""
+    pos_a, vel_a, cell, _ = langevin_particles(n=60, frames=300, every=5, mass=16.0, seed=1)
+    pos_b, vel_b, _, _ = langevin_particles(n=30, frames=300, every=5, mass=28.1, seed=2)
+    pos = np.concatenate([pos_a, pos_b], axis=1)
+    vel = np.concatenate([vel_a, vel_b], axis=1)
+    traj = ArrayTrajectory(["O"] * 60 + ["Si"] * 30, pos, cell, 5.0, velocities=vel)
+    shells = spherical_shells(cell, q_max=2.5, q_min=0.3, width=0.4, per_shell=12)
+    return correlate(traj, 60, vacf=True, shells=shells, coherent=True, incoherent=True)
+
+
+def test_sum_rules_and_partials(binary_liquid):
+    r = binary_liquid
+    de = None
+    for weighting in ("number", "neutron"):
+        sp = scattering_spectra(r, 300.0, window="gaussian", quantum_correction="none",
+                                weighting=weighting)
+        for kind in ("coh", "inc"):
+            s, f = sp[f"sqe_{kind}"], sp[f"fqt_{kind}"]
+            de = s.y[1] - s.y[0]
+            # ∫ S(Q,E) dE = F(Q,0) on the two-sided grid
+            np.testing.assert_allclose(s.intensity.sum(axis=1) * de, f.intensity[:, 0],
+                                       rtol=1e-10, atol=1e-12)
+        if weighting == "number":
+            coh = sum(sp[f"fqt_coh_{p}"].intensity for p in ("O-O", "O-Si", "Si-Si"))
+            np.testing.assert_allclose(coh, sp["fqt_coh"].intensity, atol=1e-12)
+            inc = sp["fqt_inc_O"].intensity + sp["fqt_inc_Si"].intensity
+            np.testing.assert_allclose(inc, sp["fqt_inc"].intensity, atol=1e-12)
+            np.testing.assert_allclose(inc[:, 0], 1.0, atol=1e-12)  # F_s(Q,0) = 1 per atom
+        else:
+            b = {s: b_coh_fm(s) for s in ("O", "Si")}
+            expected = sum(b[x] * b[y] / 100 * sp[f"fqt_coh_{x}-{y}"].intensity
+                           for x, y in (("O", "O"), ("O", "Si"), ("Si", "Si")))
+            np.testing.assert_allclose(expected, sp["fqt_coh"].intensity, atol=1e-12)
+            inc = sum(sigma_inc_barn(s) / (4 * np.pi) * sp[f"fqt_inc_{s}"].intensity
+                      for s in ("O", "Si"))
+            np.testing.assert_allclose(inc, sp["fqt_inc"].intensity, atol=1e-14)
+            np.testing.assert_allclose(sp["sqe"].intensity,
+                                       sp["sqe_coh"].intensity + sp["sqe_inc"].intensity)
+    vd = vdos_spectra(r)
+    assert vd["vdos"].area() == pytest.approx(3.0, abs=1e-9)
+    assert vd["gdos"].area() == pytest.approx(3.0, abs=1e-9)
+    np.testing.assert_allclose(vd["vdos_O"].intensity + vd["vdos_Si"].intensity,
+                               vd["vdos"].intensity, atol=1e-12)
+    # equipartition: each element's share of the area is its atom fraction (statistics: 5 %)
+    assert vd["vdos_Si"].area() == pytest.approx(1.0, rel=0.05)
+
+
+@pytest.mark.parametrize("kind", ["harmonic", "schofield"])
+def test_quantum_corrections_obey_detailed_balance(binary_liquid, kind):
+    T = 150.0
+    sp = scattering_spectra(binary_liquid, T, quantum_correction=kind, weighting="number")
+    s = sp["sqe_inc"]
+    e = s.y
+    pos = e > 0
+    mirrored = s.intensity[:, ::-1][:, pos]  # S(−E) for the positive energies
+    np.testing.assert_allclose(mirrored, s.intensity[:, pos] * np.exp(-e[pos] / (KB_MEV_PER_K * T)),
+                               rtol=1e-10, atol=1e-300)
+    assert correction_factor(np.array([0.0]), T, kind)[0] == pytest.approx(1.0)
+
+
+def test_wrapping_does_not_change_rho_and_msd_follows_the_unwrapped_truth():
+    """A triclinic cell, particles crossing the boundary many times: coherent and incoherent
+    F(Q,t) from wrapped and unwrapped positions agree, and the MSD equals the true one."""
+    rng = np.random.default_rng(3)
+    cell = np.array([[6.0, 0.0, 0.0], [2.5, 5.5, 0.0], [1.0, 1.5, 6.5]])
+    n, frames = 8, 400
+    steps = rng.normal(scale=0.4, size=(frames, n, 3))
+    steps[:, 0] += np.array([0.9, 0.3, -0.5])  # atom 0 drifts through many periodic images
+    truth = np.cumsum(steps, axis=0)
+    frac = truth @ np.linalg.inv(cell)
+    wrapped = (frac - np.floor(frac)) @ cell
+    assert np.ptp(frac[:, 0, 0]) > 30
+    symbols = ["Ar"] * 5 + ["Kr"] * 3
+    shells = spherical_shells(cell, q_max=3.0, q_min=0.5, width=0.5, per_shell=10)
+    kw = dict(vacf=False, msd=True, shells=shells, coherent=True, incoherent=True)
+    r_w = correlate(ArrayTrajectory(symbols, wrapped, cell, 2.0), 50, **kw)
+    r_u = correlate(ArrayTrajectory(symbols, truth, cell, 2.0), 50, **kw)
+    for key in r_w.fqt_coh:
+        np.testing.assert_allclose(r_w.fqt_coh[key], r_u.fqt_coh[key], atol=1e-9)
+    for key in r_w.fqt_inc:
+        np.testing.assert_allclose(r_w.fqt_inc[key], r_u.fqt_inc[key], atol=1e-9)
+    for s in ("Ar", "Kr"):
+        idx = [i for i, x in enumerate(symbols) if x == s]
+        exact = [np.mean(np.sum((truth[k:, idx] - truth[:frames - k, idx]) ** 2, axis=-1))
+                 for k in range(51)]
+        np.testing.assert_allclose(r_w.msd[s], exact, rtol=1e-9, atol=1e-9)
+
+
+def test_velocities_from_positions_match_central_differences():
+    rng = np.random.default_rng(4)
+    pos = np.cumsum(rng.normal(scale=0.1, size=(53, 5, 3)), axis=0) + 5.0
+    cell = np.eye(3) * 10.0
+    with_v = ArrayTrajectory(["Ne"] * 5, pos, cell, 2.0, velocities=np.gradient(pos, 2.0, axis=0))
+    without_v = ArrayTrajectory(["Ne"] * 5, pos % 10.0, cell, 2.0)
+    a = correlate(with_v, 20, vacf=True, chunk=7).vacf["Ne"]
+    b = correlate(without_v, 20, vacf=True, chunk=7).vacf["Ne"]
+    np.testing.assert_allclose(a, b, rtol=1e-10)
+
+
+def test_chunking_and_float32(binary_liquid):
+    """Results do not depend on how frames are streamed; float32 agrees to single precision."""
+    pos_a, vel_a, cell, _ = langevin_particles(n=20, frames=120, every=5, seed=5)
+    traj = ArrayTrajectory(["H"] * 20, pos_a, cell, 5.0, velocities=vel_a)
+    shells = spherical_shells(cell, q_max=1.5, q_min=0.3, width=0.4, per_shell=8)
+    kw = dict(vacf=True, msd=True, shells=shells, coherent=True, incoherent=True)
+    a = correlate(traj, 30, chunk=1, **kw)
+    b = correlate(traj, 30, chunk=50, **kw)
+    c = correlate(traj, 30, chunk=50, dtype=torch.float32, **kw)
+    np.testing.assert_allclose(a.fqt_coh[("H", "H")], b.fqt_coh[("H", "H")], atol=1e-10)
+    np.testing.assert_allclose(a.fqt_inc["H"], b.fqt_inc["H"], atol=1e-12)
+    np.testing.assert_allclose(a.msd["H"], b.msd["H"], rtol=1e-10)
+    np.testing.assert_allclose(c.fqt_inc["H"], b.fqt_inc["H"], atol=1e-4)
+    np.testing.assert_allclose(c.vacf["H"], b.vacf["H"], rtol=0, atol=1e-5 * b.vacf["H"][0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_equals_cpu(binary_liquid):
+    pos_a, vel_a, cell, _ = langevin_particles(n=40, frames=150, every=5, seed=6)
+    traj = ArrayTrajectory(["H"] * 40, pos_a, cell, 5.0, velocities=vel_a)
+    shells = spherical_shells(cell, q_max=1.5, q_min=0.3, width=0.4, per_shell=8)
+    kw = dict(vacf=True, msd=True, shells=shells, coherent=True, incoherent=True)
+    a = correlate(traj, 40, device="cpu", **kw)
+    b = correlate(traj, 40, device="cuda", **kw)
+    for x, y in ((a.fqt_coh[("H", "H")], b.fqt_coh[("H", "H")]), (a.fqt_inc["H"], b.fqt_inc["H"]),
+                 (a.vacf["H"], b.vacf["H"]), (a.msd["H"], b.msd["H"])):
+        np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-10)
