@@ -46,7 +46,7 @@ def spherical_shells(cell, q_max: float, q_min: float = 0.0, width: float = 0.1,
                      per_shell: int = 100, seed: int = 0) -> QShells:
     """All commensurate Q-vectors with q_min ≤ |Q| < q_max, grouped into shells of ``width``."""
     if not (q_max > q_min >= 0):
-        raise InputError(f"Q range must satisfy 0 <= q_min < q_max, got {q_min}..{q_max} 1/Å")
+        raise InputError(f"--q-min {q_min} must be >= 0 and below --q-max {q_max} (1/Å)")
     if width <= 0:
         raise InputError(f"--q-width must be positive (1/Å), not {width}")
     if per_shell < 1:

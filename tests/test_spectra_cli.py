@@ -1,0 +1,122 @@
+"""`mlff-ins spectra` end to end: NXdata file layout, plot, H5MD input, one-line errors."""
+
+import h5py
+import numpy as np
+import pytest
+from ase import Atoms
+from ase import units
+from ase.io import write
+
+from md_trajectories import langevin_particles
+from mlff_ins.analysis.dynamics import correlate
+from mlff_ins.analysis.trajectory import ArrayTrajectory, Trajectory
+from mlff_ins.cli import main
+from mlff_ins.neutron.spectrum import KINDS, Spectrum1D, read_spectra, write_spectra
+
+
+@pytest.fixture(scope="module")
+def small_traj(tmp_path_factory):
+    pos, vel, cell, _ = langevin_particles(n=24, frames=80, every=5, mass=16.0, seed=11)
+    symbols = ["O"] * 16 + ["Si"] * 8
+    frames = []
+    for p, v in zip(pos, vel):
+        a = Atoms(symbols, positions=p, cell=cell, pbc=True)
+        a.set_velocities(v / units.fs)  # Å/fs -> ASE velocity units
+        frames.append(a)
+    path = tmp_path_factory.mktemp("traj") / "liquid.extxyz"
+    write(path, frames)
+    return path, pos, vel, cell, symbols
+
+
+def test_spectra_command_writes_nxdata_and_plot(small_traj, tmp_path, capsys):
+    path = small_traj[0]
+    out = tmp_path / "spectra.h5"
+    rc = main(["spectra", str(path), "--dt", "25", "--vdos", "--sqe", "--qens", "-T", "300",
+               "--q-max", "2.0", "--q-width", "0.5", "--q-per-shell", "8", "--plot", "-o", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "D from MSD" in text and "spectra from 80 frames" in text
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    with h5py.File(out) as f:
+        for name, g in f.items():
+            assert g.attrs["NX_class"] == "NXdata" and g.attrs["signal"] == "intensity"
+            axes = list(g.attrs["axes"])
+            assert g["intensity"].shape == tuple(len(g[a]) for a in axes)
+            for a in axes:
+                assert g[a].attrs["units"] in ("meV", "1/angstrom", "fs")
+            assert g.attrs["kind"] in KINDS and g.attrs["source"] == "md"
+        assert list(f["sqe"].attrs["axes"]) == ["q", "energy"]
+        assert f["sqe"]["intensity"].attrs["units"] == "barn/sr/meV"
+        assert f["vdos_Si"].attrs["element"] == "Si"
+    spectra = read_spectra(out)
+    assert spectra["vdos"].area() == pytest.approx(3.0, abs=1e-9)
+    assert spectra["sqe"].temperature_K == 300.0
+    assert spectra["eisf_O"].intensity_std is not None
+
+
+def test_h5md_input_with_nm_and_ps_units_matches_extxyz(small_traj, tmp_path):
+    path, pos, vel, cell, symbols = small_traj
+    h5 = tmp_path / "liquid.h5"
+    with h5py.File(h5, "w") as f:
+        f.create_group("h5md").attrs["version"] = np.array([1, 1])
+        g = f.create_group("particles/all")
+        box = g.create_group("box")
+        box.attrs["dimension"] = 3
+        box.attrs["boundary"] = np.array([b"periodic"] * 3)
+        box.create_dataset("edges", data=np.diag(cell) / 10.0).attrs["unit"] = "nm"
+        for name, data, unit in (("position", pos / 10.0, "nm"), ("velocity", vel * 100.0, "nm ps-1")):
+            grp = g.create_group(name)
+            grp.create_dataset("value", data=data).attrs["unit"] = unit
+            grp.create_dataset("step", data=np.arange(len(pos)) * 5)
+            grp.create_dataset("time", data=np.arange(len(pos)) * 0.025).attrs["unit"] = "ps"
+        g.create_dataset("species", data=np.array([8] * 16 + [14] * 8))
+    a = Trajectory(h5)
+    assert a.dt_fs == pytest.approx(25.0) and a.symbols == symbols and a.has_velocities
+    b = Trajectory(path, dt_fs=25.0)
+    ra, rb = correlate(a, 20, msd=True), correlate(b, 20, msd=True)
+    # extxyz stores 8 significant digits, so agreement is to that precision
+    np.testing.assert_allclose(ra.vacf["Si"], rb.vacf["Si"], atol=1e-7 * rb.vacf["Si"][0])
+    np.testing.assert_allclose(ra.msd["O"], rb.msd["O"], atol=1e-7 * rb.msd["O"].max())
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dt", "25", "--time-window", "10"], "--time-window 10.0 fs"),
+    ([], "give it with --dt"),
+    (["--dt", "25", "--sqe", "--q-min", "0.01", "--q-max", "0.1"], "no Q-vector of this cell"),
+    (["--dt", "25", "--sqe", "--q-max", "0.1"], "--q-min 0.2 must be >= 0 and below --q-max 0.1"),
+    (["--dt", "25", "--instrument", "vision"], "--instrument vision"),
+])
+def test_bad_input_gives_one_line_and_keeps_old_output(small_traj, tmp_path, capsys, args, message):
+    out = tmp_path / "old.h5"
+    out.write_bytes(b"previous result")
+    rc = main(["spectra", str(small_traj[0]), "-o", str(out)] + args)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and len(err.splitlines()) == 1
+    assert out.read_bytes() == b"previous result"
+
+
+def test_missing_file_and_bad_spectra_file(tmp_path, capsys):
+    assert main(["spectra", str(tmp_path / "nope.xyz"), "-o", str(tmp_path / "s.h5")]) == 2
+    assert "nope.xyz: no such trajectory file" in capsys.readouterr().err
+    bad = tmp_path / "bad.h5"
+    bad.write_text("not hdf5")
+    with pytest.raises(Exception, match="bad.h5: not an HDF5 file"):
+        read_spectra(bad)
+
+
+def test_spectrum_round_trip(tmp_path):
+    sp = Spectrum1D(kind="vdos", x=np.linspace(0, 10, 11), intensity=np.arange(11.0),
+                    units="1/meV", element="Si", temperature_K=12.5,
+                    provenance={"note": "round trip"})
+    write_spectra(tmp_path / "a.h5", {"vdos_Si": sp})
+    back = read_spectra(tmp_path / "a.h5")["vdos_Si"]
+    np.testing.assert_array_equal(back.intensity, sp.intensity)
+    assert (back.element, back.temperature_K, back.provenance["note"]) == ("Si", 12.5, "round trip")
+    with pytest.raises(ValueError, match="intensity shape"):
+        Spectrum1D(kind="vdos", x=np.arange(3.0), intensity=np.arange(4.0))
+
+
+def test_unknown_element_is_named():
+    traj = ArrayTrajectory(["Xx", "H"], np.zeros((4, 2, 3)), np.eye(3) * 5, 1.0)
+    with pytest.raises(Exception, match="unknown element 'Xx'"):
+        correlate(traj, 2)
