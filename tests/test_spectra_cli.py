@@ -7,7 +7,7 @@ from ase import Atoms
 from ase import units
 from ase.io import write
 
-from md_trajectories import langevin_particles
+from mlff_ins.analysis.synthetic import langevin_particles
 from mlff_ins.analysis.dynamics import correlate
 from mlff_ins.analysis.trajectory import ArrayTrajectory, Trajectory
 from mlff_ins.cli import main

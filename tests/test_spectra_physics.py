@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from md_trajectories import (damped_oscillators, dho_velocity_acf, dho_velocity_psd, ideal_gas,
-                             kT_amu, langevin_particles)
+from mlff_ins.analysis.synthetic import (damped_oscillators, dho_velocity_acf, dho_velocity_psd,
+                                         ideal_gas, kT_amu, langevin_particles)
 from mlff_ins.analysis import qens
 from mlff_ins.analysis.dynamics import correlate
 from mlff_ins.analysis.fourier import HBAR_MEV_FS, energy_axis, spectrum_from_correlation

@@ -70,10 +70,16 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
     masses = torch.tensor([mass_amu(s) for s in traj.symbols], dtype=dtype, device=device)
     counts = {s: int(np.sum(symbols == s)) for s in species}
     n_s = len(species)
-    miller = (torch.tensor(shells.miller, dtype=dtype, device=device) if shells is not None
-              else None)
-    n_q = 0 if shells is None else len(shells.miller)
-    stream_block = max(2 * (max_lag + 1), 64)
+    species_atoms = [torch.as_tensor(np.flatnonzero(symbols == s), device=device) for s in species]
+    miller, expand = None, None
+    if shells is not None:
+        # Q and −Q give identical real correlations: compute one of each pair, copy the other
+        unique, expand = np.unique(_canonical(shells.miller), axis=0, return_inverse=True)
+        miller = torch.tensor(unique, dtype=dtype, device=device)
+    n_q = 0 if miller is None else len(miller)
+    # longer blocks share the cost of the M-frame overlap; the buffer stays within ~256 MB
+    budget = max(2 * (max_lag + 1), 2**25 // max(3 * traj.n_atoms, 1))
+    stream_block = max(2 * (max_lag + 1), min(8 * (max_lag + 1), budget), 64)
     n_fft = fft_length(stream_block + max_lag)
 
     acc: dict[str, torch.Tensor] = {}
@@ -81,42 +87,37 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
     def add(name, value):
         acc[name] = acc[name] + value if name in acc else value
 
-    def self_correlation(signal_fn, n_origins, reduce_features: bool, complex_signal: bool):
-        """Σ over atoms of each element of conj(x_j(t0))·x_j(t0+lag); atoms in chunks."""
-        per_atom = n_fft * (n_q if complex_signal else 3)
-        step = max(1, _WORK_ELEMENTS // max(per_atom, 1))
-        total = None
-        for a0 in range(0, traj.n_atoms, step):
-            sl = slice(a0, min(a0 + step, traj.n_atoms))
-            x = signal_fn(sl)                                       # (T, n, F)
-            X, Y = lagged_fft_products(x[:n_origins], x, n_fft)
-            prod = X * Y
-            if reduce_features:
-                prod = prod.sum(dim=2)                              # (n_fft, n)
-                prod = prod @ onehot[sl].to(prod.dtype)             # (n_fft, S)
-            else:
-                prod = torch.einsum("fnq,ns->fsq", prod, onehot[sl].to(prod.dtype))
-            lags = lags_from_fft(prod, n_fft, max_lag, real=not complex_signal)
-            lags = lags.real if complex_signal else lags
-            total = lags if total is None else total + lags
-        return total
+    def self_correlation(signal_fn, n_origins, n_features: int, complex_signal: bool):
+        """(M+1, S, F): Σ_{j∈s} conj(x_j(t0))·x_j(t0+lag) per element s and feature; the sum
+        over atoms is taken in the frequency domain, so each element needs one inverse FFT."""
+        step = max(1, _WORK_ELEMENTS // (n_fft * n_features))
+        out = []
+        for idx in species_atoms:
+            total = 0
+            for a0 in range(0, len(idx), step):
+                x = signal_fn(idx[a0:a0 + step])                    # (T, n, F)
+                X, Y = lagged_fft_products(x[:n_origins], x, n_fft)
+                total = total + (X * Y).sum(dim=1)                  # (n_fft, F)
+            lags = lags_from_fft(total, n_fft, max_lag, real=not complex_signal)
+            out.append(lags.real if complex_signal else lags)
+        return torch.stack(out, dim=1)
 
     def on_block(b: dict, n_origins: int):
         if vacf:
             v = b["vel"] * masses.sqrt()[None, :, None]
-            add("vacf", self_correlation(lambda sl: v[:, sl], n_origins, True, False))
+            add("vacf", self_correlation(lambda i: v[:, i], n_origins, 3, False).sum(-1))
         if msd:
             u = b["unwrapped"]
-            add("msd_cross", self_correlation(lambda sl: u[:, sl], n_origins, True, False))
+            add("msd_cross", self_correlation(lambda i: u[:, i], n_origins, 3, False).sum(-1))
             sq = (u * u).sum(dim=2) @ onehot                         # (T, S)
             add("msd_sq", _square_terms(sq, n_origins, max_lag))
         if incoherent:
             frac = b["frac"]
 
-            def phases(sl):
-                theta = 2 * np.pi * frac[:, sl] @ miller.T
+            def phases(i):
+                theta = 2 * np.pi * frac[:, i] @ miller.T
                 return torch.complex(torch.cos(theta), torch.sin(theta))
-            add("fs", self_correlation(phases, n_origins, False, True))
+            add("fs", self_correlation(phases, n_origins, n_q, True))
         if coherent:
             rho = b["rho"]                                           # (T, S, Q)
             X, Y = lagged_fft_products(rho[:n_origins], rho, n_fft)
@@ -133,7 +134,7 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
         cells = torch.as_tensor(cells_np, dtype=dtype, device=device)
         arrays = {}
         if incoherent or coherent:
-            frac = torch.linalg.solve(cells.transpose(1, 2), pos.transpose(1, 2)).transpose(1, 2)
+            frac = pos @ torch.linalg.inv(cells)
             frac = frac - torch.floor(frac)
             if incoherent:
                 arrays["frac"] = frac
@@ -166,14 +167,21 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
         res.msd = {s: c[:, i] / counts[s] for i, s in enumerate(species)}
     if incoherent:
         c = (acc["fs"] / norm[:, None, None]).cpu().numpy() / n_atoms        # (M+1, S, Q)
-        res.fqt_inc = {s: c[:, i, :].T.copy() for i, s in enumerate(species)}
+        res.fqt_inc = {s: c[:, i, expand].T.copy() for i, s in enumerate(species)}
     if coherent:
         c = (acc["coh"] / norm[:, None, None, None]).cpu().numpy() / n_atoms  # (M+1, S, S, Q)
         for i, a in enumerate(species):
             for j in range(i, n_s):
                 f = c[:, i, j, :] + (c[:, j, i, :] if j != i else 0.0)
-                res.fqt_coh[(a, species[j])] = f.T.copy()
+                res.fqt_coh[(a, species[j])] = f[:, expand].T.copy()
     return res
+
+
+def _canonical(miller: np.ndarray) -> np.ndarray:
+    """Representative of each ±m pair: the sign that makes the first nonzero index positive."""
+    m = np.asarray(miller)
+    first = m[np.arange(len(m)), np.argmax(m != 0, axis=1)]
+    return m * np.where(first < 0, -1, 1)[:, None]
 
 
 def _density(frac, onehot, miller, cdtype):

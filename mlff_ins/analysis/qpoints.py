@@ -3,7 +3,7 @@
 A vector Q = m · B (m integer Miller indices, B = 2π (h⁻¹)ᵀ the reciprocal basis of the cell h)
 makes exp(i Q·r) periodic in the cell, so ρ(Q) does not depend on how atoms are wrapped. Shells
 are [q_min + kΔ, q_min + (k+1)Δ); a shell with more than ``per_shell`` vectors keeps a seeded random
-subset. Q includes the 2π (1/Å).
+subset of ±Q pairs (per_shell rounded down to even, at least one pair). Q includes the 2π (1/Å).
 """
 
 from __future__ import annotations
@@ -66,10 +66,16 @@ def spherical_shells(cell, q_max: float, q_min: float = 0.0, width: float = 0.1,
     idx = np.floor((q - q_min) / width).astype(int)
     rng = np.random.default_rng(seed)
     chosen_m, chosen_shell, q_mean, counts = [], [], [], []
+    # draw ±Q pairs together: both give the same real correlation, computed once
+    first = m[np.arange(len(m)), np.argmax(m != 0, axis=1)]
+    positive = first > 0
     for k in np.unique(idx):
         members = np.flatnonzero(idx == k)
         if len(members) > per_shell:
-            members = np.sort(rng.choice(members, size=per_shell, replace=False))
+            halves = members[positive[members]]
+            keep = rng.choice(halves, size=max(1, per_shell // 2), replace=False)
+            partners = [np.flatnonzero((m == -m[i]).all(axis=1))[0] for i in keep]
+            members = np.sort(np.concatenate([keep, partners]))
         chosen_m.append(m[members])
         chosen_shell.append(np.full(len(members), len(q_mean)))
         q_mean.append(q[members].mean())

@@ -1,4 +1,4 @@
-"""Synthetic trajectories with known answers, for the spectra tests (numpy only, seconds on CPU).
+"""Synthetic trajectories with analytic answers, for validation tests and benchmarks (numpy only).
 
 Units: Å, fs, amu; kT in amu Å²/fs² so that velocities come out in Å/fs.
 """
