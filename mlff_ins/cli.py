@@ -168,7 +168,13 @@ def _add_spectra(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the Q-vector draw (default 0)")
     p.add_argument("--no-partials", action="store_true", help="write totals only")
     p.add_argument("--instrument", choices=["direct", "vision", "tosca"], default="direct",
-                   help="direct geometry (default); vision/tosca are not available from MD yet")
+                   help="direct geometry (default), or the indirect VISION/TOSCA S(E) in the "
+                        "incoherent approximation (partial DOS, Debye-Waller, multiphonon)")
+    p.add_argument("--debye-waller", choices=["msd", "vdos"], default="msd",
+                   help="VISION/TOSCA: <u²> from the MD mean-square displacement (classical, "
+                        "default) or from the VDOS with zero-point motion (better below ~100 K)")
+    p.add_argument("--phonon-orders", type=int, default=10, metavar="N",
+                   help="VISION/TOSCA: phonon orders in the multiphonon sum (default 10)")
     p.add_argument("--ei", type=float, metavar="MEV",
                    help="direct geometry: incident energy, meV; masks S(Q,E) to the reachable "
                         "(Q,E) region")
@@ -194,6 +200,7 @@ def _run_spectra(args) -> int:
         q_min=args.q_min, q_max=args.q_max, q_width=args.q_width, q_per_shell=args.q_per_shell,
         seed=args.seed, partials=not args.no_partials, instrument=args.instrument,
         ei_meV=args.ei, angles_deg=tuple(args.angles), resolution_fraction=args.resolution,
+        debye_waller=args.debye_waller, n_phonon=args.phonon_orders,
         device=args.device, float32=args.float32)
     spectra, summary = spectra_from_trajectory(args.trajectory, opts, dt_fs=args.dt,
                                                stride=args.stride)

@@ -18,8 +18,11 @@ from mlff_ins.analysis.qpoints import spherical_shells
 from mlff_ins.analysis.spectra_md import msd_spectra, scattering_spectra, vdos_spectra
 from mlff_ins.analysis.trajectory import Trajectory
 from mlff_ins.errors import InputError
+from mlff_ins.neutron.incoherent_approximation import powder_s_qe, u2_from_dos
+from mlff_ins.neutron.instruments import get_instrument
 from mlff_ins.neutron.kinematics import broaden_energy, kinematic_mask
 from mlff_ins.neutron.quantum import KB_MEV_PER_K
+from mlff_ins.neutron.scattering_lengths import mass_amu, sigma_total_barn
 from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D
 
 #: 1 amu Å²/fs² in meV
@@ -47,6 +50,8 @@ class SpectraOptions:
     angles_deg: tuple[float, float] = (3.0, 135.0)
     resolution_fraction: float = 0.0        # direct geometry: Gaussian FWHM / E_i
     q_max_fickian: float = 1.0              # QENS: Γ = ħDQ² fitted below this Q (1/Å)
+    debye_waller: str = "msd"               # VISION/TOSCA: ⟨u²⟩ from the MD MSD or the VDOS
+    n_phonon: int = 10                      # VISION/TOSCA: phonon orders
     device: str = "cpu"
     float32: bool = False
 
@@ -54,9 +59,14 @@ class SpectraOptions:
 def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = None,
                             stride: int = 1, progress: bool = True, traj=None):
     """Compute the requested spectra; returns ({name: spectrum}, summary dict)."""
-    if opts.instrument not in ("direct",):
-        raise InputError(f"--instrument {opts.instrument}: the MD route to VISION/TOSCA S(E) is "
-                         f"not available yet; use --instrument direct")
+    indirect = opts.instrument != "direct"
+    if indirect:
+        get_instrument(opts.instrument)  # fail early on an unknown name
+        if opts.ei_meV is not None:
+            raise InputError(f"--ei applies to direct geometry; {opts.instrument} has a fixed "
+                             f"final energy")
+    if opts.debye_waller not in ("msd", "vdos"):
+        raise InputError(f"--debye-waller must be msd or vdos, not {opts.debye_waller!r}")
     traj = traj if traj is not None else Trajectory(path, dt_fs=dt_fs, stride=stride)
     if opts.time_window_fs is None:
         max_lag = min(traj.n_frames // 2, 2000)
@@ -72,7 +82,7 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
                                   width=opts.q_width, per_shell=opts.q_per_shell, seed=opts.seed)
     device = _device(opts.device)
     dtype = torch.float32 if opts.float32 else torch.float64
-    corr = correlate(traj, max_lag, vacf=True, msd=opts.qens, shells=shells,
+    corr = correlate(traj, max_lag, vacf=True, msd=opts.qens or indirect, shells=shells,
                      coherent=opts.sqe, incoherent=opts.sqe or opts.qens, device=device,
                      dtype=dtype, progress=progress)
     kinetic_T = sum(c[0] for c in corr.vacf.values()) * AMU_A2_PER_FS2_MEV / (
@@ -100,9 +110,45 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
     if opts.qens:
         out.update(msd_spectra(corr, **_meta(meta)))
         summary["qens"] = _qens_fits(corr, opts, out, meta)
+    if indirect:
+        out.update(indirect_ins(corr, opts, temperature, summary, _meta(meta)))
     if opts.ei_meV is not None:
         _apply_direct_geometry(out, opts)
     return out, summary
+
+
+def indirect_ins(corr, opts, temperature, summary, meta) -> dict:
+    """S(E) on VISION/TOSCA from the MD partial DOS in the incoherent approximation."""
+    instrument = get_instrument(opts.instrument)
+    vd = vdos_spectra(corr, opts.window)
+    e = vd["vdos"].x
+    dos, weights, masses, u2 = {}, {}, {}, {}
+    for s in corr.species:
+        g = vd[f"vdos_{s}"].intensity
+        dos[s] = g / (np.sum(g) * (e[1] - e[0]))          # area 1 per degree of freedom
+        weights[s] = corr.counts[s] / corr.n_atoms * sigma_total_barn(s) / (4 * np.pi)
+        masses[s] = mass_amu(s)
+        if opts.debye_waller == "msd":
+            msd = corr.msd[s]
+            u2[s] = float(np.mean(msd[-max(1, len(msd) // 5):])) / 6.0
+        else:
+            u2[s] = u2_from_dos(e, dos[s], masses[s], temperature)
+    summary["u2_A2"] = u2
+    banks = []
+    for angle in instrument.bank_angles_deg:
+        energies, s_total, _ = powder_s_qe(lambda x: instrument.q_of_energy(np.abs(x), angle),
+                                           e, dos, weights, masses, u2, temperature, opts.n_phonon)
+        banks.append(s_total)
+    s = instrument.broaden(energies, np.mean(banks, axis=0))
+    keep = energies >= 0
+    meta = dict(meta, instrument=instrument.name)
+    meta["provenance"] = {**meta["provenance"], "debye_waller": opts.debye_waller,
+                          "u2_A2": u2, "phonon_orders": opts.n_phonon,
+                          "final_energy_meV": instrument.final_energy_meV,
+                          "bank_angles_deg": list(instrument.bank_angles_deg),
+                          "cross_section": "sigma_total (incoherent approximation)"}
+    return {"s_e": Spectrum1D(kind="s_e", x=energies[keep], intensity=s[keep],
+                              units="barn/sr/meV", **meta)}
 
 
 def _meta(meta):
