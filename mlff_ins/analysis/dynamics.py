@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mlff_ins.analysis.correlation import (BlockStream, fft_length, lagged_fft_products,
-                                           lags_from_fft, origin_counts)
+from mlff_ins.analysis.correlation import (BlockStream, block_autocorrelation, fft_length,
+                                           lagged_fft_products, lags_from_fft, origin_counts)
 from mlff_ins.analysis.qpoints import QShells
 from mlff_ins.analysis.unwrap import Unwrapper
 from mlff_ins.neutron.scattering_lengths import mass_amu
 
 #: Elements of a complex work array allowed at once (sets the atom chunk size).
-_WORK_ELEMENTS = 2**23
+_WORK_ELEMENTS = 2**20
 
 
 @dataclass
@@ -89,17 +89,16 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
 
     def self_correlation(signal_fn, n_origins, n_features: int, complex_signal: bool):
         """(M+1, S, F): Σ_{j∈s} conj(x_j(t0))·x_j(t0+lag) per element s and feature; the sum
-        over atoms is taken in the frequency domain, so each element needs one inverse FFT."""
+        over atoms is taken on the power spectra, so each element needs one inverse FFT."""
         step = max(1, _WORK_ELEMENTS // (n_fft * n_features))
         out = []
         for idx in species_atoms:
             total = 0
             for a0 in range(0, len(idx), step):
                 x = signal_fn(idx[a0:a0 + step])                    # (T, n, F)
-                X, Y = lagged_fft_products(x[:n_origins], x, n_fft)
-                total = total + (X * Y).sum(dim=1)                  # (n_fft, F)
-            lags = lags_from_fft(total, n_fft, max_lag, real=not complex_signal)
-            out.append(lags.real if complex_signal else lags)
+                total = total + block_autocorrelation(x, n_origins, max_lag,
+                                                      lambda p: p.sum(dim=1))
+            out.append(total)
         return torch.stack(out, dim=1)
 
     def on_block(b: dict, n_origins: int):

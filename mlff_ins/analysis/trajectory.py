@@ -122,9 +122,8 @@ class _H5MD:
                 self.has_velocities = "velocity" in g
                 if self.has_velocities:
                     v = g["velocity"]["value"]
-                    unit = _text(v.attrs.get("unit", "angstrom fs-1")).split()
-                    self.velocity_scale = (_scale(unit[0], _LENGTH, path)
-                                           / _scale(unit[1].removesuffix("-1"), _TIME, path))
+                    self.velocity_scale = _velocity_scale(v.attrs.get("unit", "angstrom fs-1"),
+                                                          path)
                 self.symbols = _h5md_symbols(g, path)
                 self.dt_fs = _h5md_dt(g["position"], path)
         except OSError as exc:
@@ -206,6 +205,14 @@ def _scale(unit, table: dict, path: Path) -> float:
     if key not in table:
         raise InputError(f"{path}: unit {key!r} not understood (known: {', '.join(table)})")
     return table[key]
+
+
+def _velocity_scale(unit, path: Path) -> float:
+    """Factor to Å/fs for units written like 'nm ps-1', 'nm/ps', 'angstrom fs-1' or 'Å/fs'."""
+    text = _text(unit).replace("/", " ").replace("-1", " ").split()
+    if len(text) != 2:
+        raise InputError(f"{path}: velocity unit {_text(unit)!r} not understood")
+    return _scale(text[0], _LENGTH, path) / _scale(text[1], _TIME, path)
 
 
 def _box_unit(edges) -> str:
