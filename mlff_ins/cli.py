@@ -149,6 +149,8 @@ def _add_spectra(sub) -> None:
     p.add_argument("--dt", type=float, metavar="FS",
                    help="time between frames in fs, for files that do not store it (extxyz)")
     p.add_argument("--stride", type=int, default=1, help="use every N-th frame (default 1)")
+    p.add_argument("--types", metavar="EL,EL,...",
+                   help="LAMMPS dumps: elements of atom types 1, 2, ... (e.g. Si,O)")
     p.add_argument("--time-window", type=float, metavar="FS",
                    help="longest correlation time, fs (default: half the trajectory, at most "
                         "2000 frames); sets the energy resolution")
@@ -202,8 +204,9 @@ def _run_spectra(args) -> int:
         ei_meV=args.ei, angles_deg=tuple(args.angles), resolution_fraction=args.resolution,
         debye_waller=args.debye_waller, n_phonon=args.phonon_orders,
         device=args.device, float32=args.float32)
+    types = [t.strip() for t in args.types.split(",")] if args.types else None
     spectra, summary = spectra_from_trajectory(args.trajectory, opts, dt_fs=args.dt,
-                                               stride=args.stride)
+                                               stride=args.stride, types=types)
     write_spectra(args.output, spectra)
     print(f"{args.output}: {len(spectra)} spectra from {summary['n_frames']} frames of "
           f"{summary['n_atoms']} atoms, dt {summary['dt_fs']:g} fs, correlation window "

@@ -75,6 +75,7 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
     if shells is not None:
         # Q and −Q give identical real correlations: compute one of each pair, copy the other
         unique, expand = np.unique(_canonical(shells.miller), axis=0, return_inverse=True)
+        expand = expand.reshape(-1)
         miller = torch.tensor(unique, dtype=dtype, device=device)
     n_q = 0 if miller is None else len(miller)
     # longer blocks share the cost of the M-frame overlap; the buffer stays within ~256 MB
@@ -153,8 +154,7 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
 
     n_frames = stream.n_frames
     norm = torch.as_tensor(origin_counts(n_frames, max_lag), dtype=dtype, device=device)
-    valid = norm > 0
-    norm = torch.where(valid, norm, torch.ones_like(norm))
+    norm = torch.clamp(norm, min=1.0)  # lags beyond the trajectory stay zero
     res = Correlations(species=species, counts=counts, n_frames=n_frames,
                        time_fs=np.arange(max_lag + 1) * traj.dt_fs, shells=shells)
     n_atoms = traj.n_atoms

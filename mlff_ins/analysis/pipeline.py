@@ -57,8 +57,13 @@ class SpectraOptions:
 
 
 def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = None,
-                            stride: int = 1, progress: bool = True, traj=None):
-    """Compute the requested spectra; returns ({name: spectrum}, summary dict)."""
+                            stride: int = 1, progress: bool = True, traj=None,
+                            types: list[str] | None = None):
+    """Compute the requested spectra; returns ({name: spectrum}, summary dict).
+
+    ``traj`` (e.g. an :class:`ArrayTrajectory`) replaces reading ``path``; ``types`` names the
+    elements of LAMMPS atom types 1, 2, ... for LAMMPS dumps.
+    """
     indirect = opts.instrument != "direct"
     if indirect:
         get_instrument(opts.instrument)  # fail early on an unknown name
@@ -67,7 +72,7 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
                              f"final energy")
     if opts.debye_waller not in ("msd", "vdos"):
         raise InputError(f"--debye-waller must be msd or vdos, not {opts.debye_waller!r}")
-    traj = traj if traj is not None else Trajectory(path, dt_fs=dt_fs, stride=stride)
+    traj = traj if traj is not None else Trajectory(path, dt_fs=dt_fs, stride=stride, types=types)
     if opts.time_window_fs is None:
         max_lag = min(traj.n_frames // 2, 2000)
     else:

@@ -30,7 +30,8 @@ class Chunk:
 class Trajectory:
     """A trajectory on disk, read lazily. ``dt_fs`` is the time between stored frames."""
 
-    def __init__(self, path: str | Path, dt_fs: float | None = None, stride: int = 1):
+    def __init__(self, path: str | Path, dt_fs: float | None = None, stride: int = 1,
+                 types: list[str] | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such trajectory file")
@@ -40,7 +41,7 @@ class Trajectory:
         if self.path.suffix.lower() in (".h5", ".h5md", ".hdf5"):
             self._impl = _H5MD(self.path)
         else:
-            self._impl = _ASE(self.path)
+            self._impl = _ASE(self.path, types)
         stored_dt = self._impl.dt_fs
         if dt_fs is not None:
             if dt_fs <= 0:
@@ -151,32 +152,53 @@ class _H5MD:
 
 
 class _ASE:
-    def __init__(self, path: Path):
+    """Anything ase.io reads; LAMMPS text dumps (*.lammpstrj, *.dump, dump.*) with ``types``
+    naming the element of LAMMPS atom type 1, 2, ... (ASE reads types as atomic numbers)."""
+
+    def __init__(self, path: Path, types: list[str] | None = None):
         import ase.io
 
         self.path = path
+        name = path.name.lower()
+        self.format = ("lammps-dump-text" if name.endswith((".lammpstrj", ".dump"))
+                       or name.startswith("dump.") else None)
+        self.types = types
         try:
-            first = ase.io.read(path, index=0)
+            first = ase.io.read(path, index=0, format=self.format)
         except Exception as exc:  # ase raises many types for unreadable files
             raise InputError(f"{path}: cannot read as a trajectory ({exc})") from None
-        self.symbols = first.get_chemical_symbols()
-        self.n_frames = sum(1 for _ in ase.io.iread(path, index=":"))
+        self.symbols = self._symbols(first, 0)
+        self.n_frames = sum(1 for _ in ase.io.iread(path, index=":", format=self.format))
         self.has_velocities = first.has("momenta")
         self.dt_fs = None
-        t0 = first.info.get("time_fs", first.info.get("time"))
+        t0 = first.info.get("time_fs")
         if t0 is not None and self.n_frames > 1:
-            second = ase.io.read(path, index=1)
-            t1 = second.info.get("time_fs", second.info.get("time"))
+            t1 = ase.io.read(path, index=1, format=self.format).info.get("time_fs")
             if t1 is not None and t1 > t0:
                 self.dt_fs = float(t1 - t0)
+
+    def _symbols(self, atoms, frame: int) -> list[str]:
+        if self.types is None:
+            if self.format is not None:
+                raise InputError(f"{self.path}: a LAMMPS dump stores atom types, not elements; "
+                                 f"name them with --types (element of type 1, type 2, ...)")
+            return atoms.get_chemical_symbols()
+        out = []
+        for t in atoms.numbers:
+            if not 1 <= t <= len(self.types):
+                raise InputError(f"{self.path}: frame {frame} has atom type {t}, but --types "
+                                 f"names only {len(self.types)} ({','.join(self.types)})")
+            out.append(self.types[t - 1])
+        return out
 
     def chunks(self, size: int, stride: int) -> Iterator[Chunk]:
         import ase.io
         from ase import units
 
         buf = []
-        for i, atoms in enumerate(ase.io.iread(self.path, index=f"::{stride}")):
-            if len(atoms) != len(self.symbols) or atoms.get_chemical_symbols() != self.symbols:
+        for i, atoms in enumerate(ase.io.iread(self.path, index=f"::{stride}",
+                                               format=self.format)):
+            if len(atoms) != len(self.symbols) or self._symbols(atoms, i) != self.symbols:
                 raise InputError(f"{self.path}: frame {i * stride} has different atoms than "
                                  f"frame 0")
             buf.append(atoms)
