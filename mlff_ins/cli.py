@@ -149,6 +149,9 @@ def _add_spectra(sub) -> None:
     p.add_argument("--dt", type=float, metavar="FS",
                    help="time between frames in fs, for files that do not store it (extxyz)")
     p.add_argument("--stride", type=int, default=1, help="use every N-th frame (default 1)")
+    p.add_argument("--topology", metavar="FILE",
+                   help="read TRAJECTORY with MDAnalysis (DCD, XTC, TRR, NetCDF, ...) using this "
+                        "topology (PDB, PSF, GRO, LAMMPS data) for the elements")
     p.add_argument("--types", metavar="EL,EL,...",
                    help="LAMMPS dumps: elements of atom types 1, 2, ... (e.g. Si,O)")
     p.add_argument("--time-window", type=float, metavar="FS",
@@ -206,7 +209,8 @@ def _run_spectra(args) -> int:
         device=args.device, float32=args.float32)
     types = [t.strip() for t in args.types.split(",")] if args.types else None
     spectra, summary = spectra_from_trajectory(args.trajectory, opts, dt_fs=args.dt,
-                                               stride=args.stride, types=types)
+                                               stride=args.stride, types=types,
+                                               topology=args.topology)
     write_spectra(args.output, spectra)
     print(f"{args.output}: {len(spectra)} spectra from {summary['n_frames']} frames of "
           f"{summary['n_atoms']} atoms, dt {summary['dt_fs']:g} fs, correlation window "

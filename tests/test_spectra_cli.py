@@ -148,3 +148,26 @@ def test_lammps_dump_with_types(small_traj, tmp_path, capsys):
     assert main(["spectra", str(dump), "--dt", "25", "--types", "O",
                  "-o", str(tmp_path / "s.h5")]) == 2
     assert "atom type 2, but --types names only 1" in capsys.readouterr().err
+
+
+def test_mdanalysis_dcd_with_pdb_topology(small_traj, tmp_path):
+    """DCD (float32, written by MDAnalysis) + PDB topology through --topology."""
+    mda = pytest.importorskip("MDAnalysis")
+    path, pos, vel, cell, symbols = small_traj
+    u = mda.Universe.empty(len(symbols), trajectory=True, n_residues=1,
+                           atom_resindex=np.zeros(len(symbols), dtype=int))
+    u.add_TopologyAttr("names", symbols)
+    u.add_TopologyAttr("elements", symbols)
+    u.add_TopologyAttr("resnames", ["LIQ"])
+    box = [cell[0, 0], cell[1, 1], cell[2, 2], 90.0, 90.0, 90.0]
+    u.atoms.positions, u.dimensions = pos[0], box
+    u.atoms.write(tmp_path / "top.pdb")
+    with mda.Writer(str(tmp_path / "liquid.dcd"), len(symbols), dt=0.025) as w:
+        for p in pos:
+            u.atoms.positions, u.dimensions = p, box
+            w.write(u.atoms)
+    out = tmp_path / "s.h5"
+    assert main(["spectra", str(tmp_path / "liquid.dcd"), "--topology", str(tmp_path / "top.pdb"),
+                 "--qens", "--q-max", "1.5", "--q-per-shell", "6", "-o", str(out)]) == 0
+    ref = correlate(ArrayTrajectory(symbols, pos, cell, 25.0), 40, msd=True).msd["Si"]
+    np.testing.assert_allclose(read_spectra(out)["msd_Si"].intensity, ref, rtol=1e-5, atol=1e-6)

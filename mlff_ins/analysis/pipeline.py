@@ -58,11 +58,12 @@ class SpectraOptions:
 
 def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = None,
                             stride: int = 1, progress: bool = True, traj=None,
-                            types: list[str] | None = None):
+                            types: list[str] | None = None, topology=None):
     """Compute the requested spectra; returns ({name: spectrum}, summary dict).
 
     ``traj`` (e.g. an :class:`ArrayTrajectory`) replaces reading ``path``; ``types`` names the
-    elements of LAMMPS atom types 1, 2, ... for LAMMPS dumps.
+    elements of LAMMPS atom types 1, 2, ... for LAMMPS dumps; ``topology`` makes MDAnalysis read
+    the trajectory.
     """
     indirect = opts.instrument != "direct"
     if indirect:
@@ -72,7 +73,8 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
                              f"final energy")
     if opts.debye_waller not in ("msd", "vdos"):
         raise InputError(f"--debye-waller must be msd or vdos, not {opts.debye_waller!r}")
-    traj = traj if traj is not None else Trajectory(path, dt_fs=dt_fs, stride=stride, types=types)
+    traj = traj if traj is not None else Trajectory(path, dt_fs=dt_fs, stride=stride, types=types,
+                                                          topology=topology)
     if opts.time_window_fs is None:
         max_lag = min(traj.n_frames // 2, 2000)
     else:

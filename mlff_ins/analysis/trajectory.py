@@ -31,7 +31,7 @@ class Trajectory:
     """A trajectory on disk, read lazily. ``dt_fs`` is the time between stored frames."""
 
     def __init__(self, path: str | Path, dt_fs: float | None = None, stride: int = 1,
-                 types: list[str] | None = None):
+                 types: list[str] | None = None, topology: str | Path | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such trajectory file")
@@ -40,6 +40,8 @@ class Trajectory:
         self.stride = int(stride)
         if self.path.suffix.lower() in (".h5", ".h5md", ".hdf5"):
             self._impl = _H5MD(self.path)
+        elif topology is not None:
+            self._impl = _MDAnalysis(self.path, Path(topology))
         else:
             self._impl = _ASE(self.path, types)
         stored_dt = self._impl.dt_fs
@@ -216,6 +218,55 @@ class _ASE:
         vel = (np.stack([a.get_velocities() * fs for a in frames])
                if self.has_velocities else None)
         return Chunk(pos, cells, vel)
+
+
+class _MDAnalysis:
+    """Any trajectory MDAnalysis reads (DCD, XTC, TRR, NetCDF, ...) with a topology file that
+    names the elements (PDB, PSF, GRO, LAMMPS data, ...). MDAnalysis works in Å and ps."""
+
+    def __init__(self, path: Path, topology: Path):
+        try:
+            import MDAnalysis as mda
+        except ImportError:
+            raise InputError("--topology needs MDAnalysis: pip install MDAnalysis") from None
+        if not topology.is_file():
+            raise InputError(f"{topology}: no such topology file")
+        self.path, self.topology = path, topology
+        try:
+            u = mda.Universe(str(topology), str(path))
+        except Exception as exc:  # MDAnalysis raises many types
+            raise InputError(f"{path}: MDAnalysis cannot read it with topology {topology} "
+                             f"({exc})") from None
+        if not hasattr(u.atoms, "elements") or not all(u.atoms.elements):
+            try:
+                u.guess_TopologyAttrs(to_guess=["elements"])
+            except Exception as exc:  # noqa: BLE001 - MDAnalysis raises many types
+                raise InputError(f"{topology}: no element names and none could be guessed "
+                                 f"({exc})") from None
+        self.symbols = [str(e).capitalize() for e in u.atoms.elements]
+        self.n_frames = len(u.trajectory)
+        self.has_velocities = bool(u.trajectory.ts.has_velocities)
+        self.dt_fs = float(u.trajectory.dt) * 1000.0 if self.n_frames > 1 else None
+        self._universe = u
+
+    def chunks(self, size: int, stride: int) -> Iterator[Chunk]:
+        from MDAnalysis.lib.mdamath import triclinic_vectors
+
+        traj = self._universe.trajectory
+        buf_p, buf_c, buf_v = [], [], []
+        for ts in traj[::stride]:
+            if ts.dimensions is None:
+                raise InputError(f"{self.path}: frame {ts.frame} has no periodic cell")
+            buf_p.append(ts.positions.astype(float))
+            buf_c.append(triclinic_vectors(ts.dimensions).astype(float))
+            if self.has_velocities:
+                buf_v.append(ts.velocities.astype(float) / 1000.0)  # Å/ps -> Å/fs
+            if len(buf_p) == size:
+                yield Chunk(np.stack(buf_p), np.stack(buf_c),
+                            np.stack(buf_v) if buf_v else None)
+                buf_p, buf_c, buf_v = [], [], []
+        if buf_p:
+            yield Chunk(np.stack(buf_p), np.stack(buf_c), np.stack(buf_v) if buf_v else None)
 
 
 def _text(v) -> str:
