@@ -40,28 +40,33 @@ def lags_from_fft(product: torch.Tensor, n_fft: int, max_lag: int, real: bool) -
     return torch.fft.ifft(product, n=n_fft, dim=0)[: max_lag + 1]
 
 
-def block_autocorrelation(x: torch.Tensor, n_origins: int, max_lag: int, reduce) -> torch.Tensor:
+def block_autocorrelation(x: torch.Tensor, n_origins: int, max_lag: int, reduce,
+                          dim: int = 0) -> torch.Tensor:
     """Σ_{t0 < n_origins} conj(x(t0))·x(t0+lag), lags 0..max_lag, reduced by ``reduce``.
 
-    ``x`` (T, ...) holds a block's origins followed by the E = T − n_origins frames after them.
-    The autocorrelation of the whole segment counts every wanted pair plus the pairs lying wholly
-    inside the trailing E frames (origins of the next block), so the latter, the autocorrelation
-    of those E frames alone, is subtracted. Each needs one FFT of a power spectrum |X|², which
-    ``reduce`` (e.g. a sum over atoms) shrinks before the one inverse FFT. Returns the real part.
+    Time runs along ``dim`` (0 or −1) of ``x``: a block's origins followed by the E = T −
+    n_origins frames after them. The autocorrelation of the whole segment counts every wanted
+    pair plus the pairs lying wholly inside the trailing E frames (origins of the next block), so
+    the latter, the autocorrelation of those E frames alone, is subtracted. Each needs one FFT of
+    a power spectrum |X|², which ``reduce`` (e.g. a sum over atoms, keeping ``dim`` where it is)
+    shrinks before the one inverse FFT. Returns the real part with the lag axis first.
     """
-    def power(seg):
-        n = fft_length(len(seg) + max_lag)
+    def lags(seg):
+        n = fft_length(seg.shape[dim] + max_lag)
         if torch.is_complex(seg):
-            p = torch.fft.fft(seg, n=n, dim=0).abs().square()
-            return torch.fft.ifft(reduce(p).to(seg.dtype), dim=0).real, n
-        p = torch.fft.rfft(seg, n=n, dim=0).abs().square()
-        return torch.fft.irfft(reduce(p), n=n, dim=0), n
+            f = torch.fft.fft(seg, n=n, dim=dim)
+            p = reduce(f.real.square() + f.imag.square())  # |X|², without abs()'s square root
+            c = torch.fft.ifft(p.to(seg.dtype), dim=dim).real
+        else:
+            f = torch.fft.rfft(seg, n=n, dim=dim)
+            c = torch.fft.irfft(reduce(f.real.square() + f.imag.square()), n=n, dim=dim)
+        return c.narrow(dim, 0, max_lag + 1).movedim(dim, 0)
 
-    full, _ = power(x)
-    out = full[: max_lag + 1]
-    if len(x) > n_origins:
-        tail, _ = power(x[n_origins:])
-        m = min(max_lag + 1, len(x) - n_origins)
+    out = lags(x)
+    n_total = x.shape[dim]
+    if n_total > n_origins:
+        tail = lags(x.narrow(dim, n_origins, n_total - n_origins))
+        m = min(max_lag + 1, n_total - n_origins)
         out = out.clone()
         out[:m] -= tail[:m]
     return out

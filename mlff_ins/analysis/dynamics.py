@@ -27,7 +27,7 @@ from mlff_ins.analysis.unwrap import Unwrapper
 from mlff_ins.neutron.scattering_lengths import mass_amu
 
 #: Elements of a complex work array allowed at once (sets the atom chunk size).
-_WORK_ELEMENTS = 2**20
+_WORK_ELEMENTS = 2**18
 
 
 @dataclass
@@ -76,7 +76,7 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
         # Q and −Q give identical real correlations: compute one of each pair, copy the other
         unique, expand = np.unique(_canonical(shells.miller), axis=0, return_inverse=True)
         expand = expand.reshape(-1)
-        miller = torch.tensor(unique, dtype=dtype, device=device)
+        miller = torch.tensor(2 * np.pi * unique, dtype=dtype, device=device)  # 2π m
     n_q = 0 if miller is None else len(miller)
     # longer blocks share the cost of the M-frame overlap; the buffer stays within ~256 MB
     budget = max(2 * (max_lag + 1), 2**25 // max(3 * traj.n_atoms, 1))
@@ -111,18 +111,29 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
             add("msd_cross", self_correlation(lambda i: u[:, i], n_origins, 3, False).sum(-1))
             sq = (u * u).sum(dim=2) @ onehot                         # (T, S)
             add("msd_sq", _square_terms(sq, n_origins, max_lag))
-        if incoherent:
-            frac = b["frac"]
-
-            def phases(i):
-                theta = 2 * np.pi * frac[:, i] @ miller.T
-                return torch.complex(torch.cos(theta), torch.sin(theta))
-            add("fs", self_correlation(phases, n_origins, n_q, True))
-        if coherent:
-            rho = b["rho"]                                           # (T, S, Q)
-            X, Y = lagged_fft_products(rho[:n_origins], rho, n_fft)
-            prod = X[:, :, None, :] * Y[:, None, :, :]               # (n_fft, S, S, Q)
-            add("coh", lags_from_fft(prod, n_fft, max_lag, real=False).real)
+        if incoherent or coherent:
+            frac = b["frac"]                                         # (T, N, 3)
+            n_t = frac.shape[0]
+            rho = torch.zeros((n_s, n_q, n_t), dtype=cdtype, device=device)
+            step = max(1, _WORK_ELEMENTS // (n_fft * n_q))
+            fs = []
+            for s, idx in enumerate(species_atoms):
+                total = 0
+                for a0 in range(0, len(idx), step):
+                    e = _phases(frac[:, idx[a0:a0 + step]], miller, cdtype)   # (n, Q, T)
+                    if coherent:
+                        rho[s] += e.sum(dim=0)
+                    if incoherent:
+                        total = total + block_autocorrelation(e, n_origins, max_lag,
+                                                              lambda p: p.sum(dim=0), dim=-1)
+                fs.append(total)
+            if incoherent:
+                add("fs", torch.stack(fs, dim=1))                    # (M+1, S, Q)
+            if coherent:
+                rho = rho.permute(2, 0, 1)                           # (T, S, Q)
+                X, Y = lagged_fft_products(rho[:n_origins], rho, n_fft)
+                prod = X[:, :, None, :] * Y[:, None, :, :]           # (n_fft, S, S, Q)
+                add("coh", lags_from_fft(prod, n_fft, max_lag, real=False).real)
 
     stream = BlockStream(max_lag, on_block, block=stream_block)
     need_unwrapped = msd or (vacf and not traj.has_velocities)
@@ -135,11 +146,7 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
         arrays = {}
         if incoherent or coherent:
             frac = pos @ torch.linalg.inv(cells)
-            frac = frac - torch.floor(frac)
-            if incoherent:
-                arrays["frac"] = frac
-            if coherent:
-                arrays["rho"] = _density(frac, onehot, miller, cdtype)
+            arrays["frac"] = frac - torch.floor(frac)
         if msd:
             if reference is None:  # MSD from displacements keeps float32 precision usable
                 reference = unwrapped_np[0].copy()
@@ -183,18 +190,13 @@ def _canonical(miller: np.ndarray) -> np.ndarray:
     return m * np.where(first < 0, -1, 1)[:, None]
 
 
-def _density(frac, onehot, miller, cdtype):
-    """ρ_s(Q,t) = Σ_{j∈s} exp(2πi m·s_j) for each frame: (T, S, Q)."""
-    T, N, _ = frac.shape
-    n_q = miller.shape[0]
-    out = torch.empty((T, onehot.shape[1], n_q), dtype=cdtype, device=frac.device)
-    per_frame = max(N * n_q, 1)
-    step = max(1, _WORK_ELEMENTS // per_frame)
-    for t0 in range(0, T, step):
-        theta = 2 * np.pi * frac[t0:t0 + step] @ miller.T           # (t, N, Q)
-        re = torch.einsum("tnq,ns->tsq", torch.cos(theta), onehot)
-        im = torch.einsum("tnq,ns->tsq", torch.sin(theta), onehot)
-        out[t0:t0 + step] = torch.complex(re, im)
+def _phases(frac, miller_2pi, cdtype):
+    """exp(i 2πm·s) for fractional coordinates (T, n, 3): (n, Q, T), time last for the FFT."""
+    theta = miller_2pi @ frac.permute(1, 2, 0)
+    out = torch.empty(theta.shape, dtype=cdtype, device=frac.device)
+    parts = torch.view_as_real(out)
+    torch.cos(theta, out=parts[..., 0])
+    torch.sin(theta, out=parts[..., 1])
     return out
 
 

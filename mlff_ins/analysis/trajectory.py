@@ -14,6 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
+from mlff_ins.data.h5md import complete_frames
 from mlff_ins.errors import InputError
 
 _LENGTH = {"angstrom": 1.0, "a": 1.0, "å": 1.0, "nm": 10.0, "pm": 0.01, "bohr": 0.52917721067}
@@ -120,7 +121,8 @@ class _H5MD:
                 if "position" not in g:
                     raise InputError(f"{path}: particles/{self.group} has no position")
                 pos = g["position"]["value"]
-                self.n_frames = pos.shape[0]
+                complete = complete_frames(f)  # a frame our writer had not finished is ignored
+                self.n_frames = pos.shape[0] if complete is None else min(complete, pos.shape[0])
                 self.length_scale = _scale(pos.attrs.get("unit", "angstrom"), _LENGTH, path)
                 self.has_velocities = "velocity" in g
                 if self.has_velocities:

@@ -1,0 +1,158 @@
+"""H5MD 1.1 trajectories: the one place that knows the file layout (writer and reader helpers).
+
+Layout (readable by MDAnalysis' H5MD reader, which expects the particle group ``trajectory``):
+
+    /h5md                         version [1, 1], author, creator
+    /particles/trajectory/
+        species                   (N,) atomic numbers
+        position|velocity|force/  value (T, N, 3), step (T,), time (T,)   Å, Å/fs, eV/Å
+        box/edges/                value (T, 3, 3) rows are lattice vectors, step, time   Å
+    /observables/NAME/            value (T,), step, time   (potential_energy eV, temperature K, ...)
+
+Frames are appended one at a time and the file is flushed after each. A frame is complete when
+every time-dependent dataset holds it; ``/particles/trajectory`` carries ``n_frames_complete``,
+written last, and a writer that resumes a killed run truncates every dataset to that count, so a
+half-written frame is dropped and nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mlff_ins import __version__
+from mlff_ins.errors import InputError
+
+GROUP = "particles/trajectory"
+UNITS = {"position": "Angstrom", "velocity": "Angstrom fs-1", "force": "eV Angstrom-1",
+         "edges": "Angstrom"}
+OBSERVABLE_UNITS = {"potential_energy": "eV", "kinetic_energy": "eV", "total_energy": "eV",
+                    "temperature": "K", "pressure": "GPa", "volume": "Angstrom^3",
+                    "max_force_std": "eV Angstrom-1", "conserved_energy": "eV"}
+
+
+class H5MDWriter:
+    """Append frames to an H5MD file; ``resume=True`` continues an existing file.
+
+    ``observables`` names the per-frame scalars that every :meth:`append` provides.
+    """
+
+    def __init__(self, path: str | Path, symbols: list[str], *, velocities: bool = True,
+                 forces: bool = True, observables: tuple[str, ...] = (), resume: bool = False):
+        import h5py
+        from ase.data import atomic_numbers
+
+        self.path = Path(path)
+        self.fields = ["position"] + (["velocity"] if velocities else []) + (
+            ["force"] if forces else [])
+        self.observables = tuple(observables)
+        n = len(symbols)
+        if resume and self.path.exists():
+            self.file = h5py.File(self.path, "r+")
+            g = self.file[GROUP]
+            stored = [int(z) for z in g["species"][()]]
+            if stored != [atomic_numbers[s] for s in symbols]:
+                raise InputError(f"{self.path}: the trajectory holds other atoms than the "
+                                 f"structure being resumed")
+            self.n_frames = int(g.attrs.get("n_frames_complete", 0))
+            for ds in self._datasets():
+                ds.resize(self.n_frames, axis=0)  # drop a half-written frame
+            self.file.flush()
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = h5py.File(self.path, "w")
+        h = self.file.create_group("h5md")
+        h.attrs["version"] = np.array([1, 1])
+        h.create_group("author").attrs["name"] = "mlff-ins"
+        c = h.create_group("creator")
+        c.attrs["name"], c.attrs["version"] = "mlff-ins", __version__
+        g = self.file.create_group(GROUP)
+        g.create_dataset("species", data=np.array([atomic_numbers[s] for s in symbols]))
+        for name in self.fields:
+            self._series(g.create_group(name), (n, 3), UNITS[name])
+        box = g.create_group("box")
+        box.attrs["dimension"] = 3
+        box.attrs["boundary"] = np.array([b"periodic"] * 3)
+        self._series(box.create_group("edges"), (3, 3), UNITS["edges"])
+        obs = self.file.create_group("observables")
+        for name in self.observables:
+            self._series(obs.create_group(name), (), OBSERVABLE_UNITS.get(name, ""))
+        g.attrs["n_frames_complete"] = 0
+        self.n_frames = 0
+        self.file.flush()
+
+    @staticmethod
+    def _series(group, shape, unit):
+        v = group.create_dataset("value", shape=(0,) + shape, maxshape=(None,) + shape,
+                                 dtype="f8", chunks=(1,) + shape if shape else (256,))
+        v.attrs["unit"] = unit
+        group.create_dataset("step", shape=(0,), maxshape=(None,), dtype="i8", chunks=(256,))
+        t = group.create_dataset("time", shape=(0,), maxshape=(None,), dtype="f8", chunks=(256,))
+        t.attrs["unit"] = "fs"
+
+    def _groups(self):
+        g = self.file[GROUP]
+        yield from (g[name] for name in self.fields)
+        yield g["box/edges"]
+        yield from (self.file["observables"][name] for name in self.observables)
+
+    def _datasets(self):
+        for grp in self._groups():
+            yield from (grp["value"], grp["step"], grp["time"])
+
+    def append(self, step: int, time_fs: float, positions, cell, velocities=None, forces=None,
+               **observables: float) -> None:
+        """Write one frame (positions Å, cell rows Å, velocities Å/fs, forces eV/Å) and flush."""
+        values = {"position": positions, "velocity": velocities, "force": forces}
+        i = self.n_frames
+        for grp, name in zip(self._groups(), self._group_names()):
+            if name in values:
+                data = values[name]
+            elif name == "edges":
+                data = cell
+            else:
+                data = observables[name]
+            for key in ("value", "step", "time"):
+                grp[key].resize(i + 1, axis=0)
+            grp["value"][i] = np.asarray(data, dtype=float)
+            grp["step"][i] = step
+            grp["time"][i] = time_fs
+        self.file[GROUP].attrs["n_frames_complete"] = i + 1
+        self.file.flush()
+        self.n_frames = i + 1
+
+    def _group_names(self):
+        return self.fields + ["edges"] + list(self.observables)
+
+    def last_frame(self) -> dict:
+        """Step, time, positions, velocities and cell of the last complete frame."""
+        g = self.file[GROUP]
+        i = self.n_frames - 1
+        if i < 0:
+            raise InputError(f"{self.path}: no complete frame to resume from")
+        out = {"step": int(g["position/step"][i]), "time_fs": float(g["position/time"][i]),
+               "positions": g["position/value"][i], "cell": g["box/edges/value"][i]}
+        if "velocity" in self.fields:
+            out["velocities"] = g["velocity/value"][i]
+        return out
+
+    def close(self) -> None:
+        if self.file:
+            self.file.flush()
+            self.file.close()
+            self.file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def complete_frames(f) -> int | None:
+    """Number of complete frames recorded by our writer in an open h5py file (None if absent)."""
+    g = f.get(GROUP)
+    if g is None or "n_frames_complete" not in g.attrs:
+        return None
+    return int(g.attrs["n_frames_complete"])
