@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from mlff_ins import __version__
 from mlff_ins.errors import InputError
 
@@ -126,6 +128,116 @@ def _print_metrics(out: Path) -> None:
         print(f"  stress  MAE {e['stress_meV_per_A3']['mae']:8.2f}  "
               f"RMSE {e['stress_meV_per_A3']['rmse']:8.2f}  meV/Å³")
     print(f"  report: {Path(out) / 'report.md'}")
+
+
+def _add_md(sub) -> None:
+    p = sub.add_parser(
+        "md", help="molecular dynamics with a model bundle, written to an H5MD trajectory",
+        description="Run MD on STRUCTURE (any ase.io-readable file; its last frame) with a model "
+                    "bundle (--model) or any ASE calculator described in YAML (--calculator). "
+                    "Frames (positions Å, velocities Å/fs, forces eV/Å, cell, energies eV, "
+                    "temperature K, pressure GPa, ensemble force spread eV/Å) go to an H5MD file "
+                    "every --every steps, flushed at once; --resume continues a killed run from "
+                    "its last complete frame. A watchdog stops the run cleanly on NaN, a force "
+                    "above --max-force, a temperature blow-up or an ensemble force spread above "
+                    "--max-force-std, naming the step and atom.")
+    p.add_argument("structure", help="starting structure (extxyz, CIF, POSCAR, ...)")
+    src_ = p.add_mutually_exclusive_group(required=True)
+    src_.add_argument("--model", metavar="DIR", help="model bundle folder, e.g. models/si")
+    src_.add_argument("--calculator", metavar="YAML", help="ASE calculator YAML instead of a model")
+    p.add_argument("-o", "--output", required=True, help="trajectory file (H5MD), e.g. traj.h5")
+    p.add_argument("-T", "--temperature", type=float, default=300.0, metavar="K",
+                   help="target (and initial) temperature, K (default 300)")
+    p.add_argument("--steps", type=int, default=1000, help="total MD steps (default 1000)")
+    p.add_argument("--dt", type=float, default=1.0, metavar="FS", help="time step, fs (default 1)")
+    p.add_argument("--ensemble", choices=["nve", "nvt", "npt"], default="nvt",
+                   help="default nvt")
+    p.add_argument("--thermostat", choices=["langevin", "bussi", "nhc"], default="langevin",
+                   help="nvt thermostat (default langevin; nhc = Nosé–Hoover chain)")
+    p.add_argument("--friction", type=float, default=0.01, metavar="PER_FS",
+                   help="Langevin friction, 1/fs (default 0.01)")
+    p.add_argument("--tdamp", type=float, default=100.0, metavar="FS",
+                   help="Bussi / Nosé–Hoover time constant, fs (default 100)")
+    p.add_argument("--barostat", choices=["iso", "aniso"], default="iso",
+                   help="npt: isotropic or anisotropic MTK barostat (default iso)")
+    p.add_argument("-P", "--pressure", type=float, default=0.0, metavar="GPA",
+                   help="npt target pressure, GPa (default 0)")
+    p.add_argument("--pdamp", type=float, default=1000.0, metavar="FS",
+                   help="barostat time constant, fs (default 1000)")
+    p.add_argument("--every", type=int, default=10, help="write a frame every N steps (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed for velocities and thermostat noise")
+    p.add_argument("--max-force", type=float, default=50.0, metavar="EV_PER_A",
+                   help="watchdog: stop when any force exceeds this, eV/Å (default 50)")
+    p.add_argument("--max-temperature", type=float, metavar="K",
+                   help="watchdog: stop above this temperature (default 10 × T, at least 5000 K)")
+    p.add_argument("--max-force-std", type=float, metavar="EV_PER_A",
+                   help="watchdog: stop when the ensemble force spread on an atom exceeds this")
+    p.add_argument("--device", default="cpu", help="model device: cpu, cuda (default cpu)")
+    p.add_argument("--resume", action="store_true", help="continue OUTPUT from its last frame")
+    p.set_defaults(func=_run_md)
+
+
+def _run_md(args) -> int:
+    import ase.io
+
+    from mlff_ins.md.run import MDOptions, run_md
+
+    try:
+        atoms = ase.io.read(args.structure)
+    except FileNotFoundError:
+        raise InputError(f"{args.structure}: no such structure file") from None
+    except Exception as exc:  # ase raises many types for unreadable files
+        raise InputError(f"{args.structure}: cannot read a structure ({exc})") from None
+    if args.model:
+        from mlff_ins.model.calculator import load_calculator
+        calc = load_calculator(args.model, device=args.device)
+    else:
+        from mlff_ins.data.label import build_calculator, read_calculator_spec
+        calc = build_calculator(read_calculator_spec(args.calculator),
+                                Path(args.output).parent / (Path(args.output).name + ".calc"))
+    opts = MDOptions(temperature_K=args.temperature, steps=args.steps, dt_fs=args.dt,
+                     ensemble=args.ensemble, thermostat=args.thermostat,
+                     barostat=args.barostat, pressure_GPa=args.pressure,
+                     friction_per_fs=args.friction, tdamp_fs=args.tdamp, pdamp_fs=args.pdamp,
+                     every=args.every, seed=args.seed, max_force=args.max_force,
+                     max_temperature_K=args.max_temperature, max_force_std=args.max_force_std)
+    s = run_md(atoms, calc, opts, args.output, resume=args.resume)
+    print(f"{args.output}: {s.frames} frames, step {s.steps_done} of {opts.steps}, "
+          f"{s.ns_per_day:.3g} ns/day, {s.atom_steps_per_s:.3g} atom-steps/s")
+    line = f"  mean T {s.mean_temperature_K:.1f} K"
+    if np.isfinite(s.mean_pressure_GPa):
+        line += f", mean P {s.mean_pressure_GPa:.3f} GPa"
+    if s.drift_meV_per_atom_per_ps is not None:
+        line += f", energy drift {s.drift_meV_per_atom_per_ps:.3g} meV/atom/ps"
+    print(line)
+    if s.stopped:
+        print(f"mlff-ins md: stopped by the watchdog at {s.stopped}; the trajectory up to the "
+              f"last good frame is kept", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _add_select(sub) -> None:
+    p = sub.add_parser(
+        "select", help="write the most uncertain MD frames for DFT relabelling",
+        description="Rank the frames of an mlff-ins md trajectory by the ensemble's largest "
+                    "per-atom force spread (eV/Å) and write the top N as extxyz for `mlff-ins "
+                    "label`, skipping frames within --min-gap of one already chosen so the "
+                    "selection covers different events.")
+    p.add_argument("trajectory", help="H5MD trajectory written by mlff-ins md")
+    p.add_argument("--top", type=int, required=True, metavar="N", help="number of frames")
+    p.add_argument("--min-gap", type=int, metavar="FRAMES",
+                   help="minimum distance between chosen frames (default: frames / 4N)")
+    p.add_argument("-o", "--output", required=True, help="extxyz of the chosen frames")
+    p.set_defaults(func=_run_select)
+
+
+def _run_select(args) -> int:
+    from mlff_ins.md.select import select_uncertain
+
+    chosen = select_uncertain(args.trajectory, args.top, args.output, args.min_gap)
+    print(f"{args.output}: {len(chosen)} frames (trajectory frames {', '.join(map(str, chosen))})")
+    return 0
 
 
 def _add_spectra(sub) -> None:
@@ -259,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_label(sub)
     _add_check(sub)
     _add_train(sub)
+    _add_md(sub)
+    _add_select(sub)
     _add_spectra(sub)
     return parser
 

@@ -5,7 +5,7 @@ Layout (readable by MDAnalysis' H5MD reader, which expects the particle group ``
     /h5md                         version [1, 1], author, creator
     /particles/trajectory/
         species                   (N,) atomic numbers
-        position|velocity|force/  value (T, N, 3), step (T,), time (T,)   Å, Å/fs, eV/Å
+        position|velocity|force/  value (T, N, 3), step (T,), time (T,)   Å, Å/fs, kJ/(mol Å)
         box/edges/                value (T, 3, 3) rows are lattice vectors, step, time   Å
     /observables/NAME/            value (T,), step, time   (potential_energy eV, temperature K, ...)
 
@@ -13,6 +13,9 @@ Frames are appended one at a time and the file is flushed after each. A frame is
 every time-dependent dataset holds it; ``/particles/trajectory`` carries ``n_frames_complete``,
 written last, and a writer that resumes a killed run truncates every dataset to that count, so a
 half-written frame is dropped and nothing is duplicated.
+
+Forces are stored in kJ mol⁻¹ Å⁻¹ (1 eV/Å = 96.485 kJ mol⁻¹ Å⁻¹) because MDAnalysis' reader knows
+no eV-based force unit; :func:`read_forces` returns them in eV/Å.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from mlff_ins import __version__
 from mlff_ins.errors import InputError
 
 GROUP = "particles/trajectory"
-UNITS = {"position": "Angstrom", "velocity": "Angstrom fs-1", "force": "eV Angstrom-1",
+UNITS = {"position": "Angstrom", "velocity": "Angstrom fs-1", "force": "kJ mol-1 Angstrom-1",
          "edges": "Angstrom"}
+KJ_PER_MOL_PER_EV = 96.48533212331002
 OBSERVABLE_UNITS = {"potential_energy": "eV", "kinetic_energy": "eV", "total_energy": "eV",
                     "temperature": "K", "pressure": "GPa", "volume": "Angstrom^3",
                     "max_force_std": "eV Angstrom-1", "conserved_energy": "eV"}
@@ -104,7 +108,8 @@ class H5MDWriter:
     def append(self, step: int, time_fs: float, positions, cell, velocities=None, forces=None,
                **observables: float) -> None:
         """Write one frame (positions Å, cell rows Å, velocities Å/fs, forces eV/Å) and flush."""
-        values = {"position": positions, "velocity": velocities, "force": forces}
+        values = {"position": positions, "velocity": velocities,
+                  "force": None if forces is None else np.asarray(forces) * KJ_PER_MOL_PER_EV}
         i = self.n_frames
         for grp, name in zip(self._groups(), self._group_names()):
             if name in values:
@@ -156,3 +161,8 @@ def complete_frames(f) -> int | None:
     if g is None or "n_frames_complete" not in g.attrs:
         return None
     return int(g.attrs["n_frames_complete"])
+
+
+def read_forces(f, frame: int) -> np.ndarray:
+    """Forces (eV/Å) of one frame from an open h5py file written by :class:`H5MDWriter`."""
+    return f[GROUP]["force/value"][frame] / KJ_PER_MOL_PER_EV

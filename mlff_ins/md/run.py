@@ -1,0 +1,258 @@
+"""`mlff-ins md`: molecular dynamics with any ASE calculator (a model bundle by default), written
+to an H5MD trajectory frame by frame, resumable after a kill, stopped cleanly by a watchdog.
+
+Ensembles (ASE's integrators): ``nve`` velocity Verlet; ``nvt`` Langevin (default), Bussi or a
+Nosé–Hoover chain; ``npt`` isotropic or anisotropic MTK barostat with a Nosé–Hoover chain
+thermostat (the cell is stored every frame). Units: fs, K, GPa, eV, Å.
+
+Resume: the last complete frame of the trajectory (positions, velocities, cell, step) restarts the
+run, which continues to the same total number of steps; for NVE the continued trajectory is the
+one an uninterrupted run gives. Thermostat noise restarts from a seed derived from the step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlff_ins.data.h5md import H5MDWriter
+from mlff_ins.errors import InputError
+
+ENSEMBLES = ("nve", "nvt", "npt")
+THERMOSTATS = ("langevin", "bussi", "nhc")
+BAROSTATS = ("iso", "aniso")
+EV_PER_A3_TO_GPA = 160.21766208
+OBSERVABLES = ("potential_energy", "kinetic_energy", "total_energy", "temperature", "pressure",
+               "volume", "max_force_std")
+
+
+class WatchdogStop(RuntimeError):
+    """The run was stopped on purpose; the message names the step and the atom."""
+
+
+@dataclass
+class MDOptions:
+    temperature_K: float = 300.0
+    steps: int = 1000                 # total steps of the run (a resumed run finishes these)
+    dt_fs: float = 1.0
+    ensemble: str = "nvt"
+    thermostat: str = "langevin"
+    barostat: str = "iso"
+    pressure_GPa: float = 0.0
+    friction_per_fs: float = 0.01     # Langevin
+    tdamp_fs: float = 100.0           # Bussi / Nosé–Hoover time constant
+    pdamp_fs: float = 1000.0          # MTK barostat time constant
+    every: int = 10                   # write a frame every N steps
+    seed: int = 0
+    max_force: float = 50.0           # eV/Å: stop above
+    max_temperature_K: float | None = None   # default: 10 × target, at least 5000 K
+    max_force_std: float | None = None       # eV/Å: stop when the ensemble disagrees more
+
+
+@dataclass
+class MDSummary:
+    steps_done: int
+    frames: int
+    stopped: str | None = None
+    wall_s: float = 0.0
+    mean_temperature_K: float = float("nan")
+    mean_pressure_GPa: float = float("nan")
+    drift_meV_per_atom_per_ps: float | None = None
+    ns_per_day: float = 0.0
+    atom_steps_per_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def _check(opts: MDOptions) -> None:
+    if opts.ensemble not in ENSEMBLES:
+        raise InputError(f"--ensemble must be one of {', '.join(ENSEMBLES)}, not {opts.ensemble!r}")
+    if opts.thermostat not in THERMOSTATS:
+        raise InputError(f"--thermostat must be one of {', '.join(THERMOSTATS)}")
+    if opts.barostat not in BAROSTATS:
+        raise InputError(f"--barostat must be one of {', '.join(BAROSTATS)}")
+    if not opts.dt_fs > 0 or opts.steps < 0 or opts.every < 1:
+        raise InputError("--dt must be positive (fs), --steps >= 0 and --every >= 1")
+    if opts.ensemble != "nve" and not opts.temperature_K > 0:
+        raise InputError(f"-T must be positive for {opts.ensemble}, not {opts.temperature_K}")
+
+
+def make_dynamics(atoms, opts: MDOptions, step: int):
+    """The ASE integrator for ``opts``; thermostat noise seeded from (seed, step)."""
+    from ase import units
+
+    dt = opts.dt_fs * units.fs
+    rng = np.random.default_rng([opts.seed, step])
+    if opts.ensemble == "nve":
+        from ase.md.verlet import VelocityVerlet
+        return VelocityVerlet(atoms, timestep=dt)
+    if opts.ensemble == "nvt":
+        if opts.thermostat == "langevin":
+            from ase.md.langevin import Langevin
+            return Langevin(atoms, dt, temperature_K=opts.temperature_K,
+                            friction=opts.friction_per_fs / units.fs, fixcm=False, rng=rng)
+        if opts.thermostat == "bussi":
+            from ase.md.bussi import Bussi
+            return Bussi(atoms, dt, temperature_K=opts.temperature_K,
+                         taut=opts.tdamp_fs * units.fs, rng=rng)
+        from ase.md.nose_hoover_chain import NoseHooverChainNVT
+        return NoseHooverChainNVT(atoms, dt, temperature_K=opts.temperature_K,
+                                  tdamp=opts.tdamp_fs * units.fs)
+    from ase.md.nose_hoover_chain import IsotropicMTKNPT, MTKNPT
+    cls = IsotropicMTKNPT if opts.barostat == "iso" else MTKNPT
+    return cls(atoms, dt, temperature_K=opts.temperature_K,
+               pressure_au=opts.pressure_GPa / EV_PER_A3_TO_GPA,
+               tdamp=opts.tdamp_fs * units.fs, pdamp=opts.pdamp_fs * units.fs)
+
+
+def _observables(atoms) -> dict:
+    res = atoms.calc.results
+    epot = float(res.get("energy", atoms.get_potential_energy()))
+    ekin = float(atoms.get_kinetic_energy())
+    n_dof = 3 * len(atoms)
+    from ase import units
+    temperature = 2 * ekin / (n_dof * units.kB)
+    pressure = float("nan")
+    if "stress" in res:
+        stress = np.asarray(res["stress"])
+        # P = −tr(σ)/3 + kinetic contribution N k T / V
+        pressure = (-stress[:3].mean() + 2 * ekin / (3 * atoms.get_volume())) * EV_PER_A3_TO_GPA
+    std = res.get("forces_std")
+    return {"potential_energy": epot, "kinetic_energy": ekin, "total_energy": epot + ekin,
+            "temperature": temperature, "pressure": pressure, "volume": atoms.get_volume(),
+            "max_force_std": float(np.max(std)) if std is not None else float("nan")}
+
+
+def _watchdog(atoms, step: int, opts: MDOptions) -> None:
+    res = atoms.calc.results
+    forces = res.get("forces")
+    if forces is None or not np.all(np.isfinite(forces)) or not np.all(
+            np.isfinite(atoms.positions)):
+        bad = np.argwhere(~np.isfinite(np.concatenate(
+            [atoms.positions, forces if forces is not None else np.full_like(atoms.positions,
+                                                                              np.nan)], axis=1)))
+        atom = int(bad[0, 0]) if len(bad) else -1
+        raise WatchdogStop(f"step {step}: non-finite position or force on atom {atom} "
+                           f"({atoms[atom].symbol if atom >= 0 else '?'})")
+    f = np.linalg.norm(forces, axis=1)
+    if f.max() > opts.max_force:
+        atom = int(np.argmax(f))
+        raise WatchdogStop(f"step {step}: force {f[atom]:.1f} eV/Å on atom {atom} "
+                           f"({atoms[atom].symbol}) exceeds --max-force {opts.max_force:g}")
+    limit = opts.max_temperature_K or max(10 * opts.temperature_K, 5000.0)
+    t = atoms.get_temperature()
+    if t > limit:
+        v2 = np.sum(atoms.get_velocities() ** 2, axis=1) * atoms.get_masses()
+        atom = int(np.argmax(v2))
+        raise WatchdogStop(f"step {step}: temperature {t:.0f} K above {limit:.0f} K (fastest "
+                           f"atom {atom}, {atoms[atom].symbol})")
+    std = res.get("forces_std")
+    if opts.max_force_std is not None and std is not None and np.max(std) > opts.max_force_std:
+        atom = int(np.argmax(std))
+        raise WatchdogStop(f"step {step}: ensemble force std {std[atom]:.3f} eV/Å on atom {atom} "
+                           f"({atoms[atom].symbol}) exceeds --max-force-std "
+                           f"{opts.max_force_std:g}; the model is extrapolating")
+
+
+def run_md(atoms, calc, opts: MDOptions, output: str | Path, resume: bool = False,
+           progress: bool = True) -> MDSummary:
+    """Run MD on ``atoms`` with ``calc`` and write ``output`` (H5MD). See the module docstring."""
+    from ase import units
+    from ase.md import velocitydistribution as vd
+
+    _check(opts)
+    output = Path(output)
+    if output.exists() and not resume:
+        raise InputError(f"{output} exists; pass --resume to continue it or choose another -o")
+    atoms = atoms.copy()
+    atoms.calc = calc
+    writer = H5MDWriter(output, atoms.get_chemical_symbols(), observables=OBSERVABLES,
+                        resume=resume and output.exists())
+    step = 0
+    try:
+        if writer.n_frames:
+            last = writer.last_frame()
+            atoms.set_cell(last["cell"], scale_atoms=False)
+            atoms.positions = last["positions"]
+            atoms.set_velocities(last["velocities"] / units.fs)
+            step = last["step"]
+        else:
+            if not atoms.has("momenta") or not np.any(atoms.get_momenta()):
+                thermalize = getattr(vd, "thermalize_momenta", None) or \
+                    vd.MaxwellBoltzmannDistribution  # ASE < 3.29
+                thermalize(atoms, temperature_K=max(opts.temperature_K, 0.0),
+                           rng=np.random.default_rng(opts.seed))
+                vd.Stationary(atoms)
+            atoms.get_forces()
+            try:
+                _watchdog(atoms, 0, opts)
+            except WatchdogStop as stop:
+                return MDSummary(steps_done=0, frames=0, stopped=str(stop))
+            _write(writer, atoms, 0, opts)
+        return _integrate(atoms, opts, writer, step, progress)
+    finally:
+        writer.close()
+
+
+def _write(writer, atoms, step, opts):
+    from ase import units
+
+    res = atoms.calc.results
+    writer.append(step, step * opts.dt_fs, atoms.positions, atoms.cell.array,
+                  velocities=atoms.get_velocities() * units.fs, forces=res["forces"],
+                  **_observables(atoms))
+
+
+def _integrate(atoms, opts, writer, step, progress) -> MDSummary:
+    from tqdm.auto import tqdm
+
+    dyn = make_dynamics(atoms, opts, step)
+    summary = MDSummary(steps_done=step, frames=writer.n_frames)
+    start = step
+
+    def current() -> int:
+        return start + dyn.nsteps
+
+    dyn.attach(lambda: _watchdog(atoms, current(), opts), interval=1)
+    t0 = time.perf_counter()
+    bar = tqdm(total=opts.steps, initial=step, unit="step", desc="md", disable=not progress)
+    temps, pressures, energies, times = [], [], [], []
+    try:
+        while current() < opts.steps:
+            dyn.run(min(opts.every - current() % opts.every, opts.steps - current()))
+            if current() % opts.every == 0 or current() == opts.steps:
+                _write(writer, atoms, current(), opts)
+                obs = _observables(atoms)
+                temps.append(obs["temperature"])
+                pressures.append(obs["pressure"])
+                energies.append(obs["total_energy"])
+                times.append(current() * opts.dt_fs)
+            bar.update(current() - bar.n)
+            elapsed = time.perf_counter() - t0
+            if elapsed > 0 and current() > start:
+                done = current() - start
+                bar.set_postfix(ns_day=f"{done * opts.dt_fs * 1e-6 / (elapsed / 86400):.3g}",
+                                atom_steps_s=f"{done * len(atoms) / elapsed:.3g}",
+                                T=f"{atoms.get_temperature():.0f}K")
+    except WatchdogStop as stop:
+        summary.stopped = str(stop)
+    finally:
+        bar.close()
+    wall = time.perf_counter() - t0
+    done = current() - start
+    summary.steps_done = current()
+    summary.frames = writer.n_frames
+    summary.wall_s = wall
+    if done and wall > 0:
+        summary.ns_per_day = done * opts.dt_fs * 1e-6 / (wall / 86400)
+        summary.atom_steps_per_s = done * len(atoms) / wall
+    if temps:
+        summary.mean_temperature_K = float(np.mean(temps))
+        summary.mean_pressure_GPa = float(np.nanmean(pressures)) if np.any(
+            np.isfinite(pressures)) else float("nan")
+    if opts.ensemble == "nve" and len(energies) > 2:
+        slope = np.polyfit(np.array(times) / 1000.0, energies, 1)[0]  # eV/ps
+        summary.drift_meV_per_atom_per_ps = float(slope * 1000.0 / len(atoms))
+    return summary

@@ -1,0 +1,67 @@
+"""`mlff-ins select`: the most uncertain frames of a trajectory, for DFT relabelling.
+
+Frames are ranked by the ensemble's largest per-atom force spread (``max_force_std``, eV/Å) and
+taken greedily from the top, skipping frames closer than ``min_gap`` frames to one already taken,
+so the selection spreads over different events instead of N neighbours in time. The frames are
+written as extxyz (positions, cell, elements; ``info`` holds the source file, frame, step, time and
+spread) ready for ``mlff-ins label``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mlff_ins.atomic_io import atomic_path
+from mlff_ins.errors import InputError
+
+
+def select_uncertain(trajectory: str | Path, top: int, output: str | Path,
+                     min_gap: int | None = None) -> list[int]:
+    import h5py
+    from ase import Atoms
+    from ase.data import chemical_symbols
+    from ase.io import write
+
+    from mlff_ins.data.h5md import GROUP, complete_frames
+
+    trajectory = Path(trajectory)
+    if top < 1:
+        raise InputError(f"--top must be at least 1, not {top}")
+    try:
+        f = h5py.File(trajectory, "r")
+    except OSError as exc:
+        raise InputError(f"{trajectory}: cannot open as HDF5 ({exc})") from None
+    with f:
+        if "observables/max_force_std" not in f or GROUP not in f:
+            raise InputError(f"{trajectory}: no per-frame max_force_std; run `mlff-ins md` with an "
+                             f"ensemble model bundle (--ensemble K >= 2 when training)")
+        std = f["observables/max_force_std/value"][()]
+        n = complete_frames(f) or len(std)
+        std = std[:n]
+        if not np.any(np.isfinite(std)):
+            raise InputError(f"{trajectory}: max_force_std is NaN in every frame (a single-model "
+                             f"bundle has no spread); train with --ensemble 2 or more")
+        gap = max(1, n // (4 * top)) if min_gap is None else int(min_gap)
+        chosen: list[int] = []
+        for i in np.argsort(np.nan_to_num(std, nan=-np.inf))[::-1]:
+            if not np.isfinite(std[i]):
+                break
+            if all(abs(int(i) - j) >= gap for j in chosen):
+                chosen.append(int(i))
+            if len(chosen) == top:
+                break
+        g = f[GROUP]
+        symbols = [chemical_symbols[int(z)] for z in g["species"][()]]
+        frames = []
+        for i in chosen:
+            a = Atoms(symbols, positions=g["position/value"][i], cell=g["box/edges/value"][i],
+                      pbc=True)
+            a.info.update(source=str(trajectory), source_frame=i,
+                          step=int(g["position/step"][i]), time_fs=float(g["position/time"][i]),
+                          max_force_std=float(std[i]))
+            frames.append(a)
+    with atomic_path(output) as tmp:
+        write(tmp, frames, format="extxyz")
+    return chosen

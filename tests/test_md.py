@@ -1,0 +1,191 @@
+"""`mlff-ins md`: NVE conservation, thermostat and barostat targets, H5MD round trip (ours and
+MDAnalysis), kill-and-resume without lost or duplicated frames, watchdog stops."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.emt import EMT
+from ase.io import write
+
+from mlff_ins.analysis.trajectory import Trajectory
+from mlff_ins.cli import main
+from mlff_ins.md.run import MDOptions, run_md
+
+
+def _cu(n=2, a=3.61):
+    return bulk("Cu", "fcc", a=a, cubic=True).repeat((n, n, n))
+
+
+def _read(path):
+    with h5py.File(path) as f:
+        g = f["particles/trajectory"]
+        return {"step": g["position/step"][()], "pos": g["position/value"][()],
+                "vel": g["velocity/value"][()], "etot": f["observables/total_energy/value"][()],
+                "T": f["observables/temperature/value"][()],
+                "P": f["observables/pressure/value"][()],
+                "V": f["observables/volume/value"][()], "cell": g["box/edges/value"][()]}
+
+
+def test_nve_conserves_energy(tmp_path):
+    out = tmp_path / "nve.h5"
+    s = run_md(_cu(), EMT(), MDOptions(ensemble="nve", temperature_K=300, steps=400, dt_fs=2.0,
+                                       every=10), out, progress=False)
+    d = _read(out)
+    assert s.frames == 41 and s.stopped is None
+    assert np.ptp(d["etot"]) / 32 < 2e-4            # eV/atom over 0.8 ps
+    assert abs(s.drift_meV_per_atom_per_ps) < 0.1
+    assert np.all(np.diff(d["step"]) == 10)
+
+
+def test_langevin_reaches_target_temperature(tmp_path):
+    out = tmp_path / "nvt.h5"
+    s = run_md(_cu(3), EMT(), MDOptions(ensemble="nvt", temperature_K=600, steps=1500, dt_fs=2.0,
+                                        friction_per_fs=0.02, every=10, seed=1), out,
+               progress=False)
+    t = _read(out)["T"]
+    assert np.mean(t[len(t) // 3:]) == pytest.approx(600, rel=0.08)
+    assert s.mean_temperature_K > 400
+
+
+def test_npt_reaches_target_pressure(tmp_path):
+    """A Cu cell started 3 % expanded (under tension) relaxes to the target pressure."""
+    out = tmp_path / "npt.h5"
+    run_md(_cu(2, a=3.72), EMT(), MDOptions(ensemble="npt", temperature_K=300, pressure_GPa=0.0,
+                                            steps=2500, dt_fs=2.0, every=10, tdamp_fs=100,
+                                            pdamp_fs=500), out, progress=False)
+    d = _read(out)
+    assert d["P"][0] < -3.0                         # started under tension
+    assert abs(np.mean(d["P"][len(d["P"]) // 2:])) < 0.6   # GPa, 32-atom fluctuations
+    assert d["V"][-1] < 0.95 * d["V"][0]
+    assert not np.allclose(d["cell"][0], d["cell"][-1])    # the cell is stored per frame
+
+
+def test_h5md_round_trip_and_mdanalysis(tmp_path):
+    out = tmp_path / "t.h5"
+    run_md(_cu(), EMT(), MDOptions(ensemble="nvt", temperature_K=300, steps=50, every=5),
+           out, progress=False)
+    d = _read(out)
+    traj = Trajectory(out)
+    assert traj.n_frames == 11 and traj.dt_fs == pytest.approx(5.0) and traj.has_velocities
+    assert traj.symbols == ["Cu"] * 32
+    chunk = next(traj.chunks(11))
+    np.testing.assert_array_equal(chunk.positions, d["pos"])
+    np.testing.assert_array_equal(chunk.velocities, d["vel"])
+    from MDAnalysis.coordinates.H5MD import H5MDReader
+
+    reader = H5MDReader(str(out))
+    assert reader.n_frames == 11
+    reader[3]
+    np.testing.assert_allclose(reader.ts.positions, d["pos"][3], rtol=1e-6)
+    assert reader.ts.time == pytest.approx(15.0 / 1000, rel=1e-9)  # MDAnalysis works in ps
+
+
+def test_kill_and_resume_gives_the_uninterrupted_nve_trajectory(tmp_path):
+    structure = tmp_path / "cu.xyz"
+    write(structure, _cu(3))
+    calc = tmp_path / "emt.yaml"
+    calc.write_text("calculator: emt\n")
+    args = [str(structure), "--calculator", str(calc), "--ensemble", "nve", "-T", "300",
+            "--steps", "600", "--every", "10", "--dt", "2"]
+    assert main(["md"] + args + ["-o", str(tmp_path / "ref.h5")]) == 0
+    out = tmp_path / "killed.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "mlff_ins.cli", "md"] + args + ["-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or out.stat().st_size < 200_000):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
+    with h5py.File(out, "r+") as f:  # a half-written frame: one dataset one frame ahead
+        done = int(f["particles/trajectory"].attrs["n_frames_complete"])
+        v = f["particles/trajectory/position/value"]
+        v.resize(v.shape[0] + 1, axis=0)
+    assert 0 < done < 61, "the run was not interrupted mid-way"
+    assert main(["md"] + args + ["-o", str(out), "--resume"]) == 0
+    ref, got = _read(tmp_path / "ref.h5"), _read(out)
+    np.testing.assert_array_equal(got["step"], np.arange(0, 601, 10))
+    np.testing.assert_allclose(got["pos"], ref["pos"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(got["etot"], ref["etot"], rtol=0, atol=1e-10)
+    del env
+
+
+class _Faulty(Calculator):
+    """EMT, except that from a given call on it returns NaN or a huge force on atom 5."""
+    implemented_properties = ["energy", "forces", "stress"]
+
+    def __init__(self, after, kind):
+        super().__init__()
+        self.emt, self.after, self.kind, self.calls = EMT(), after, kind, 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.emt.calculate(atoms, ["energy", "forces", "stress"], system_changes)
+        self.results = {k: np.copy(v) for k, v in self.emt.results.items()}
+        self.calls += 1
+        if self.calls > self.after:
+            self.results["forces"][5] = np.nan if self.kind == "nan" else 1e4
+
+
+@pytest.mark.parametrize("kind,needle", [("nan", "non-finite position or force on atom 5"),
+                                         ("huge", "on atom 5 (Cu) exceeds --max-force")])
+def test_watchdog_stops_cleanly(tmp_path, kind, needle):
+    out = tmp_path / "w.h5"
+    s = run_md(_cu(), _Faulty(after=25, kind=kind),
+               MDOptions(ensemble="nve", temperature_K=300, steps=100, every=5), out,
+               progress=False)
+    assert s.stopped is not None and needle in s.stopped and "step 25" in s.stopped  # call 26 = step 25
+    d = _read(out)
+    assert len(d["step"]) == 5 and np.all(np.isfinite(d["pos"]))  # frames up to step 20 kept
+
+
+def test_md_command_with_a_model_bundle(tiny_bundle, si_subset, tmp_path, capsys):
+    from ase.io import read
+
+    structure = tmp_path / "si.xyz"
+    write(structure, read(si_subset, index=1))
+    out = tmp_path / "si.h5"
+    assert main(["md", str(structure), "--model", str(tiny_bundle), "-T", "300", "--steps", "20",
+                 "--every", "5", "-o", str(out)]) == 0
+    assert "ns/day" in capsys.readouterr().out
+    with h5py.File(out) as f:
+        std = f["observables/max_force_std/value"][()]
+    assert len(std) == 5 and np.all(std > 0)   # the ensemble spread is recorded per frame
+    assert main(["md", str(structure), "--model", str(tiny_bundle), "-o", str(out)]) == 2
+    assert "exists; pass --resume" in capsys.readouterr().err
+
+
+def test_select_takes_uncertain_frames_spread_in_time(tmp_path):
+    from mlff_ins.data.h5md import H5MDWriter
+    from mlff_ins.md.run import OBSERVABLES
+    from mlff_ins.md.select import select_uncertain
+
+    out = tmp_path / "u.h5"
+    atoms = _cu(1)
+    std = np.full(100, 0.01)
+    std[40:45] = [0.5, 0.9, 0.8, 0.7, 0.6]   # one uncertain event, five neighbouring frames
+    std[80] = 0.4                              # a second, separate event
+    with H5MDWriter(out, atoms.get_chemical_symbols(), observables=OBSERVABLES) as w:
+        for i, s in enumerate(std):
+            obs = {k: 0.0 for k in OBSERVABLES}
+            obs["max_force_std"] = s
+            w.append(i, float(i), atoms.positions + 0.001 * i, atoms.cell.array,
+                     velocities=np.zeros((4, 3)), forces=np.zeros((4, 3)), **obs)
+    chosen = select_uncertain(out, 2, tmp_path / "sel.xyz", min_gap=10)
+    assert chosen == [41, 80]
+    from ase.io import read
+    frames = read(tmp_path / "sel.xyz", ":")
+    assert [a.info["source_frame"] for a in frames] == [41, 80]
+    np.testing.assert_allclose(frames[1].positions, atoms.positions + 0.08)
+    assert main(["select", str(out), "--top", "3", "--min-gap", "1", "-o",
+                 str(tmp_path / "s3.xyz")]) == 0
+    assert [a.info["source_frame"] for a in read(tmp_path / "s3.xyz", ":")] == [41, 42, 43]
