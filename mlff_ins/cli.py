@@ -240,6 +240,34 @@ def _run_select(args) -> int:
     return 0
 
 
+def _add_deploy(sub) -> None:
+    p = sub.add_parser(
+        "deploy", help="compile a model bundle for LAMMPS (pair_nequip, ML-IAP) or nequip's ASE",
+        description="Write what LAMMPS loads: an AOT-compiled model for pair_style nequip "
+                    "(nequip-compile, minutes per member on a CPU) and the ML-IAP file "
+                    "(nequip-prepare-lmp-mliap), with an example in.lammps and a README on "
+                    "building LAMMPS with pair_nequip. --target ase writes TorchScript models "
+                    "for nequip's NequIPCalculator.")
+    p.add_argument("bundle", help="model bundle folder, e.g. models/si")
+    p.add_argument("--target", choices=["lammps", "ase"], default="lammps")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--members", type=int, nargs="+", metavar="K",
+                   help="ensemble members to deploy (default: 0)")
+    p.add_argument("--device", default="cpu", help="device the compiled model runs on (cpu, cuda)")
+    p.add_argument("--no-aot", action="store_true",
+                   help="lammps: skip the slow pair_nequip compile, write only the ML-IAP file")
+    p.set_defaults(func=_run_deploy)
+
+
+def _run_deploy(args) -> int:
+    from mlff_ins.md.deploy import deploy
+
+    for path in deploy(args.bundle, args.target, args.output, args.members, args.device,
+                       compile_aot=not args.no_aot):
+        print(path)
+    return 0
+
+
 def _add_spectra(sub) -> None:
     p = sub.add_parser(
         "spectra", help="VDOS, S(Q,E) and QENS from an MD trajectory",
@@ -373,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_md(sub)
     _add_select(sub)
+    _add_deploy(sub)
     _add_spectra(sub)
     return parser
 

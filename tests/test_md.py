@@ -47,7 +47,7 @@ def test_nve_conserves_energy(tmp_path):
 
 def test_langevin_reaches_target_temperature(tmp_path):
     out = tmp_path / "nvt.h5"
-    s = run_md(_cu(3), EMT(), MDOptions(ensemble="nvt", temperature_K=600, steps=1500, dt_fs=2.0,
+    s = run_md(_cu(2), EMT(), MDOptions(ensemble="nvt", temperature_K=600, steps=1000, dt_fs=4.0,
                                         friction_per_fs=0.02, every=10, seed=1), out,
                progress=False)
     t = _read(out)["T"]
@@ -59,8 +59,8 @@ def test_npt_reaches_target_pressure(tmp_path):
     """A Cu cell started 3 % expanded (under tension) relaxes to the target pressure."""
     out = tmp_path / "npt.h5"
     run_md(_cu(2, a=3.72), EMT(), MDOptions(ensemble="npt", temperature_K=300, pressure_GPa=0.0,
-                                            steps=2500, dt_fs=2.0, every=10, tdamp_fs=100,
-                                            pdamp_fs=500), out, progress=False)
+                                            steps=1000, dt_fs=4.0, every=10, tdamp_fs=100,
+                                            pdamp_fs=400), out, progress=False)
     d = _read(out)
     assert d["P"][0] < -3.0                         # started under tension
     assert abs(np.mean(d["P"][len(d["P"]) // 2:])) < 0.6   # GPa, 32-atom fluctuations
@@ -94,29 +94,27 @@ def test_kill_and_resume_gives_the_uninterrupted_nve_trajectory(tmp_path):
     calc = tmp_path / "emt.yaml"
     calc.write_text("calculator: emt\n")
     args = [str(structure), "--calculator", str(calc), "--ensemble", "nve", "-T", "300",
-            "--steps", "600", "--every", "10", "--dt", "2"]
+            "--steps", "300", "--every", "10", "--dt", "2"]
     assert main(["md"] + args + ["-o", str(tmp_path / "ref.h5")]) == 0
     out = tmp_path / "killed.h5"
     proc = subprocess.Popen([sys.executable, "-m", "mlff_ins.cli", "md"] + args + ["-o", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 120
-    while time.time() < deadline and (not out.exists() or out.stat().st_size < 200_000):
+    while time.time() < deadline and (not out.exists() or out.stat().st_size < 100_000):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
     with h5py.File(out, "r+") as f:  # a half-written frame: one dataset one frame ahead
         done = int(f["particles/trajectory"].attrs["n_frames_complete"])
         v = f["particles/trajectory/position/value"]
         v.resize(v.shape[0] + 1, axis=0)
-    assert 0 < done < 61, "the run was not interrupted mid-way"
+    assert 0 < done < 31, "the run was not interrupted mid-way"
     assert main(["md"] + args + ["-o", str(out), "--resume"]) == 0
     ref, got = _read(tmp_path / "ref.h5"), _read(out)
-    np.testing.assert_array_equal(got["step"], np.arange(0, 601, 10))
+    np.testing.assert_array_equal(got["step"], np.arange(0, 301, 10))
     np.testing.assert_allclose(got["pos"], ref["pos"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(got["etot"], ref["etot"], rtol=0, atol=1e-10)
-    del env
 
 
 class _Faulty(Calculator):

@@ -53,32 +53,43 @@ def spherical_shells(cell, q_max: float, q_min: float = 0.0, width: float = 0.1,
         raise InputError(f"--q-per-shell must be at least 1, not {per_shell}")
     basis = reciprocal_basis(cell)
     # |m_i| <= q_max |a_i| / 2π bounds every vector inside the sphere
-    n_max = np.ceil(q_max * np.linalg.norm(cell, axis=1) / (2 * np.pi)).astype(int)
-    grids = [np.arange(-n, n + 1) for n in n_max]
-    m = np.stack(np.meshgrid(*grids, indexing="ij"), axis=-1).reshape(-1, 3)
-    q = np.linalg.norm(m @ basis, axis=1)
-    keep = (q >= q_min) & (q < q_max) & (q > 0)
-    m, q = m[keep], q[keep]
-    if len(m) == 0:
+    n0, n1, n2 = np.ceil(q_max * np.linalg.norm(cell, axis=1) / (2 * np.pi)).astype(int)
+    kk, ll = (g.ravel() for g in np.meshgrid(np.arange(-n1, n1 + 1), np.arange(-n2, n2 + 1),
+                                              indexing="ij"))
+    keep_per_shell = max(1, per_shell // 2)
+    # Enumerate one of each ±m pair (first nonzero index positive), one plane of m_0 at a time so
+    # memory stays small for large cells; each shell keeps the vectors with the smallest random
+    # keys (seeded per plane), i.e. a uniform random subset independent of the enumeration order.
+    best: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for h in range(0, n0 + 1):
+        m = np.column_stack([np.full(kk.size, h), kk, ll])
+        if h == 0:
+            m = m[(kk > 0) | ((kk == 0) & (ll > 0))]
+        q = np.linalg.norm(m @ basis, axis=1)
+        sel = (q >= q_min) & (q < q_max)
+        if not np.any(sel):
+            continue
+        m, q = m[sel], q[sel]
+        shell = np.floor((q - q_min) / width).astype(int)
+        keys = np.random.default_rng([seed, h]).random(len(m))
+        for s in np.unique(shell):
+            inside = shell == s
+            k, v = keys[inside], m[inside]
+            if s in best:
+                k, v = np.concatenate([best[s][0], k]), np.concatenate([best[s][1], v])
+            order = np.argsort(k, kind="stable")[:keep_per_shell]
+            best[s] = (k[order], v[order])
+    if not best:
         smallest = np.min(np.linalg.norm(basis, axis=1))
         raise InputError(f"no Q-vector of this cell lies in {q_min}..{q_max} 1/Å; the smallest "
                          f"is about {smallest:.3f} 1/Å")
-    idx = np.floor((q - q_min) / width).astype(int)
-    rng = np.random.default_rng(seed)
     chosen_m, chosen_shell, q_mean, counts = [], [], [], []
-    # draw ±Q pairs together: both give the same real correlation, computed once
-    first = m[np.arange(len(m)), np.argmax(m != 0, axis=1)]
-    positive = first > 0
-    for k in np.unique(idx):
-        members = np.flatnonzero(idx == k)
-        if len(members) > per_shell:
-            halves = members[positive[members]]
-            keep = rng.choice(halves, size=max(1, per_shell // 2), replace=False)
-            partners = [np.flatnonzero((m == -m[i]).all(axis=1))[0] for i in keep]
-            members = np.sort(np.concatenate([keep, partners]))
-        chosen_m.append(m[members])
-        chosen_shell.append(np.full(len(members), len(q_mean)))
-        q_mean.append(q[members].mean())
-        counts.append(len(members))
+    for s in sorted(best):
+        half = best[s][1]
+        both = np.concatenate([half, -half])   # ±Q: same real correlation, computed once
+        chosen_m.append(both)
+        chosen_shell.append(np.full(len(both), len(q_mean)))
+        q_mean.append(np.linalg.norm(half @ basis, axis=1).mean())
+        counts.append(len(both))
     return QShells(np.concatenate(chosen_m), np.concatenate(chosen_shell), np.array(q_mean),
                    np.array(counts))

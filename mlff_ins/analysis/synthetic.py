@@ -15,11 +15,14 @@ def kT_amu(temperature_K: float) -> float:
     return KB_EV * temperature_K * AMU_A2_FS2_PER_EV
 
 
-def ideal_gas(n=4000, frames=30, dt=5.0, box=30.0, mass=39.948, temperature_K=300.0, seed=0):
-    """Free particles with Maxwell velocities (sample variance set exactly to kT/m), wrapped."""
+def ideal_gas(n=16000, frames=30, dt=5.0, box=30.0, mass=39.948, temperature_K=300.0, seed=0):
+    """Free particles with Maxwell velocities, wrapped; the sample is whitened so its covariance is
+    exactly (kT/m)·I, i.e. every direction has the right variance, not only the axes."""
     rng = np.random.default_rng(seed)
     v = rng.normal(size=(n, 3))
-    v = (v - v.mean(0)) / v.std(0) * np.sqrt(kT_amu(temperature_K) / mass)
+    v -= v.mean(0)
+    v = v @ np.linalg.inv(np.linalg.cholesky(np.cov(v.T, bias=True))).T
+    v *= np.sqrt(kT_amu(temperature_K) / mass)
     r0 = rng.uniform(0, box, (n, 3))
     t = np.arange(frames)[:, None, None] * dt
     pos = (r0[None] + v[None] * t) % box
