@@ -80,7 +80,7 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
     n_q = 0 if miller is None else len(miller)
     # longer blocks share the cost of the M-frame overlap; the buffer stays within ~256 MB
     budget = max(2 * (max_lag + 1), 2**25 // max(3 * traj.n_atoms, 1))
-    stream_block = max(2 * (max_lag + 1), min(8 * (max_lag + 1), budget), 64)
+    stream_block = max(2 * (max_lag + 1), min(32 * (max_lag + 1), budget), 64)
     n_fft = fft_length(stream_block + max_lag)
 
     acc: dict[str, torch.Tensor] = {}
