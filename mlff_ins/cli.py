@@ -173,6 +173,9 @@ def _add_md(sub) -> None:
     p.add_argument("--max-force-std", type=float, metavar="EV_PER_A",
                    help="watchdog: stop when the ensemble force spread on an atom exceeds this")
     p.add_argument("--device", default="cpu", help="model device: cpu, cuda (default cpu)")
+    p.add_argument("--protocol", metavar="YAML",
+                   help="run the stages of a protocol (configs/md/melt_quench.yaml, "
+                        "anneal.yaml); it sets T, steps and ensembles per stage")
     p.add_argument("--resume", action="store_true", help="continue OUTPUT from its last frame")
     p.set_defaults(func=_run_md)
 
@@ -201,6 +204,21 @@ def _run_md(args) -> int:
                      friction_per_fs=args.friction, tdamp_fs=args.tdamp, pdamp_fs=args.pdamp,
                      every=args.every, seed=args.seed, max_force=args.max_force,
                      max_temperature_K=args.max_temperature, max_force_std=args.max_force_std)
+    if args.protocol:
+        from mlff_ins.md.protocol import run_protocol
+
+        stages = run_protocol(atoms, calc, args.protocol, opts, args.output, resume=args.resume)
+        for name, s in stages:
+            print(f"  {name}: step {s.steps_done}, mean T {s.mean_temperature_K:.1f} K"
+                  + (f", mean P {s.mean_pressure_GPa:.3f} GPa"
+                     if np.isfinite(s.mean_pressure_GPa) else ""))
+        s = stages[-1][1]
+        if s.stopped:
+            print(f"mlff-ins md: stopped by the watchdog at {s.stopped}; the trajectory up to "
+                  f"the last good frame is kept", file=sys.stderr)
+            return 3
+        print(f"{args.output}: {s.frames} frames")
+        return 0
     s = run_md(atoms, calc, opts, args.output, resume=args.resume)
     print(f"{args.output}: {s.frames} frames, step {s.steps_done} of {opts.steps}, "
           f"{s.ns_per_day:.3g} ns/day, {s.atom_steps_per_s:.3g} atom-steps/s")

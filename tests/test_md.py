@@ -187,3 +187,36 @@ def test_select_takes_uncertain_frames_spread_in_time(tmp_path):
     assert main(["select", str(out), "--top", "3", "--min-gap", "1", "-o",
                  str(tmp_path / "s3.xyz")]) == 0
     assert [a.info["source_frame"] for a in read(tmp_path / "s3.xyz", ":")] == [41, 42, 43]
+
+
+def test_protocol_runs_stages_into_one_trajectory(tmp_path, capsys):
+    from mlff_ins.md.protocol import load_protocol
+
+    proto = tmp_path / "p.yaml"
+    proto.write_text("dt_fs: 4.0\nevery: 10\nstages:\n"
+                     "  - {name: heat, ensemble: nvt, T_start: 100, T_end: 700, rate_K_per_ps: 1000,"
+                     " friction_per_fs: 0.05}\n"
+                     "  - {name: hold, ensemble: nvt, T: 700, ps: 1.2, friction_per_fs: 0.05}\n"
+                     "  - {name: squeeze, ensemble: npt, T: 700, P_GPa: 5.0, ps: 0.4}\n")
+    stages = load_protocol(proto, MDOptions())
+    assert [s.steps for _, s in stages] == [150, 450, 550]
+    assert stages[0][1].target_temperature(75) == pytest.approx(400.0)
+    structure = tmp_path / "cu.xyz"
+    write(structure, _cu(2))
+    calc = tmp_path / "emt.yaml"
+    calc.write_text("calculator: emt\n")
+    out = tmp_path / "p.h5"
+    args = ["md", str(structure), "--calculator", str(calc), "--protocol", str(proto),
+            "-o", str(out)]
+    assert main(args) == 0
+    d = _read(out)
+    np.testing.assert_array_equal(d["step"], np.arange(0, 551, 10))
+    assert np.mean(d["T"][25:45]) == pytest.approx(700, rel=0.12)   # the hold stage
+    assert d["P"][-1] > d["P"][45]                                  # pressure rising to 5 GPa
+    assert main(args + ["--resume"]) == 0                           # finished: nothing to redo
+    assert len(_read(out)["step"]) == 56
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  - {name: x, ensemble: nvt, T: 300, minutes: 3}\n")
+    assert main(["md", str(structure), "--calculator", str(calc), "--protocol", str(bad),
+                 "-o", str(tmp_path / "b.h5")]) == 2
+    assert "stage x: unknown key 'minutes'" in capsys.readouterr().err

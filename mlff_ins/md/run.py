@@ -50,6 +50,14 @@ class MDOptions:
     max_force: float = 50.0           # eV/Å: stop above
     max_temperature_K: float | None = None   # default: 10 × target, at least 5000 K
     max_force_std: float | None = None       # eV/Å: stop when the ensemble disagrees more
+    temperature_end_K: float | None = None   # Langevin ramp: T goes linearly from
+    ramp_start_step: int = 0                 #   temperature_K at this step to this at `steps`
+
+    def target_temperature(self, step: int) -> float:
+        if self.temperature_end_K is None or self.steps <= self.ramp_start_step:
+            return self.temperature_K
+        x = min(max((step - self.ramp_start_step) / (self.steps - self.ramp_start_step), 0), 1)
+        return self.temperature_K + x * (self.temperature_end_K - self.temperature_K)
 
 
 @dataclass
@@ -77,6 +85,9 @@ def _check(opts: MDOptions) -> None:
         raise InputError("--dt must be positive (fs), --steps >= 0 and --every >= 1")
     if opts.ensemble != "nve" and not opts.temperature_K > 0:
         raise InputError(f"-T must be positive for {opts.ensemble}, not {opts.temperature_K}")
+    if opts.temperature_end_K is not None and (opts.ensemble != "nvt"
+                                               or opts.thermostat != "langevin"):
+        raise InputError("temperature ramps need the nvt ensemble with the langevin thermostat")
 
 
 def make_dynamics(atoms, opts: MDOptions, step: int):
@@ -141,7 +152,8 @@ def _watchdog(atoms, step: int, opts: MDOptions) -> None:
         atom = int(np.argmax(f))
         raise WatchdogStop(f"step {step}: force {f[atom]:.1f} eV/Å on atom {atom} "
                            f"({atoms[atom].symbol}) exceeds --max-force {opts.max_force:g}")
-    limit = opts.max_temperature_K or max(10 * opts.temperature_K, 5000.0)
+    limit = opts.max_temperature_K or max(10 * opts.temperature_K,
+                                          10 * (opts.temperature_end_K or 0.0), 5000.0)
     t = atoms.get_temperature()
     if t > limit:
         v2 = np.sum(atoms.get_velocities() ** 2, axis=1) * atoms.get_masses()
@@ -221,6 +233,8 @@ def _integrate(atoms, opts, writer, step, progress) -> MDSummary:
     temps, pressures, energies, times = [], [], [], []
     try:
         while current() < opts.steps:
+            if opts.temperature_end_K is not None:  # ramp, updated every frame interval
+                dyn.set_temperature(temperature_K=opts.target_temperature(current()))
             dyn.run(min(opts.every - current() % opts.every, opts.steps - current()))
             if current() % opts.every == 0 or current() == opts.steps:
                 _write(writer, atoms, current(), opts)
