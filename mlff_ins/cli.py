@@ -286,6 +286,47 @@ def _run_deploy(args) -> int:
     return 0
 
 
+def _add_build(sub) -> None:
+    p = sub.add_parser(
+        "build", help="make supercells with vacancies, substitutions and interstitials",
+        description="Build the cell to simulate from STRUCTURE: repeat it, substitute atoms, "
+                    "remove atoms (vacancies), insert interstitials at the emptiest place. "
+                    "Random choices use --seed.")
+    p.add_argument("structure", help="input structure (CIF, POSCAR, extxyz, ...)")
+    p.add_argument("--supercell", type=int, nargs=3, metavar=("NA", "NB", "NC"),
+                   help="repetitions along the three cell vectors")
+    p.add_argument("--vacancies", type=int, default=0, metavar="N", help="remove N atoms")
+    p.add_argument("--vacancy-element", metavar="EL", help="remove atoms of this element only")
+    p.add_argument("--substitute", action="append", default=[], metavar="OLD:NEW:N",
+                   help="N atoms (or a fraction < 1) of OLD become NEW; repeatable")
+    p.add_argument("--interstitial", action="append", default=[], metavar="EL:N",
+                   help="insert N atoms of EL at the emptiest places; repeatable")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random choices")
+    p.add_argument("-o", "--output", required=True, help="output structure (extxyz, cif, ...)")
+    p.set_defaults(func=_run_build)
+
+
+def _run_build(args) -> int:
+    import ase.io
+
+    from mlff_ins.atomic_io import atomic_path
+    from mlff_ins.md.build import build_cell
+
+    try:
+        atoms = ase.io.read(args.structure)
+    except FileNotFoundError:
+        raise InputError(f"{args.structure}: no such structure file") from None
+    except Exception as exc:  # ase raises many types for unreadable files
+        raise InputError(f"{args.structure}: cannot read a structure ({exc})") from None
+    out = build_cell(atoms, args.supercell, args.vacancies, args.vacancy_element,
+                     args.substitute, args.interstitial, args.seed)
+    fmt = ase.io.formats.filetype(args.output, read=False)
+    with atomic_path(args.output) as tmp:
+        ase.io.write(tmp, out, format=fmt)
+    print(f"{args.output}: {len(out)} atoms, {out.get_chemical_formula()}")
+    return 0
+
+
 def _add_spectra(sub) -> None:
     p = sub.add_parser(
         "spectra", help="VDOS, S(Q,E) and QENS from an MD trajectory",
@@ -417,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_label(sub)
     _add_check(sub)
     _add_train(sub)
+    _add_build(sub)
     _add_md(sub)
     _add_select(sub)
     _add_deploy(sub)

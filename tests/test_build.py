@@ -1,0 +1,29 @@
+"""`mlff-ins build`: supercells, vacancies, substitutions, interstitials, seeded."""
+
+import numpy as np
+from ase.build import bulk
+from ase.geometry import get_distances
+from ase.io import read, write
+
+from mlff_ins.cli import main
+from mlff_ins.md.build import build_cell
+
+
+def test_defected_silicon_supercell(tmp_path, capsys):
+    si = bulk("Si", "diamond", a=5.43, cubic=True)
+    write(tmp_path / "si.cif", si)
+    out = tmp_path / "si216.xyz"
+    assert main(["build", str(tmp_path / "si.cif"), "--supercell", "3", "3", "3", "--vacancies",
+                 "1", "--substitute", "Si:Ge:0.1", "--interstitial", "Li:1", "-o", str(out)]) == 0
+    atoms = read(out)
+    symbols = atoms.get_chemical_symbols()
+    assert len(atoms) == 216 and symbols.count("Ge") == 22 and symbols.count("Li") == 1
+    li = symbols.index("Li")
+    _, d = get_distances(atoms.positions[li], atoms.positions, cell=atoms.cell, pbc=True)
+    assert np.sort(d[0])[1] > 2.0   # the interstitial sits in an empty site, not on an atom
+    again = build_cell(si, (3, 3, 3), 1, None, ["Si:Ge:0.1"], ["Li:1"], seed=0)
+    np.testing.assert_allclose(again.positions, atoms.positions, atol=1e-6)  # seeded
+    assert main(["build", str(tmp_path / "si.cif"), "--substitute", "Si:Ge:99",
+                 "-o", str(tmp_path / "x.xyz")]) == 2
+    assert "only 8 Si atoms" in capsys.readouterr().err
+    assert not (tmp_path / "x.xyz").exists()
