@@ -4,6 +4,7 @@ import argparse
 import sys
 
 BENCHMARKS = {
+    "md": "mlff_ins.bench.md_bench",
     "spectra": "mlff_ins.bench.spectra_bench",
     "train": "mlff_ins.bench.train_bench",
 }
