@@ -450,8 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlff-ins",
         description="From DFT snapshots to neutron spectra: label DFT data, train NequIP force "
-                    "fields, compute VDOS, S(Q,E) and QENS from MD trajectories (MD and phonons "
-                    "in coming releases).")
+                    "fields, run MD with them (ASE or LAMMPS), and compute VDOS, S(Q,E), QENS "
+                    "and VISION/TOSCA S(E) from the trajectories (phonons in a coming release).")
     parser.add_argument("--version", action="version", version=f"mlff-ins {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(sub)
