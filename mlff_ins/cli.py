@@ -174,8 +174,8 @@ def _add_md(sub) -> None:
                    help="watchdog: stop when the ensemble force spread on an atom exceeds this")
     p.add_argument("--device", default="cpu", help="model device: cpu, cuda (default cpu)")
     p.add_argument("--protocol", metavar="YAML",
-                   help="run the stages of a protocol (configs/md/melt_quench.yaml, "
-                        "anneal.yaml); it sets T, steps and ensembles per stage")
+                   help="run the stages of a protocol YAML, or a shipped one by name "
+                        "(melt_quench, anneal); it sets T, steps and ensembles per stage")
     p.add_argument("--resume", action="store_true", help="continue OUTPUT from its last frame")
     p.set_defaults(func=_run_md)
 

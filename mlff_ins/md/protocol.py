@@ -35,7 +35,13 @@ def load_protocol(path: str | Path, base: MDOptions) -> list[tuple[str, MDOption
     """Stages as (name, options with ``steps`` = the global step at which the stage ends)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: no such protocol file")
+        shipped = Path(__file__).resolve().parent.parent / "configs" / "md" / path.name
+        for candidate in (shipped, shipped.with_suffix(".yaml")):
+            if candidate.is_file():  # `--protocol melt_quench` finds the shipped protocol
+                path = candidate
+                break
+        else:
+            raise InputError(f"{path}: no such protocol file (shipped: melt_quench, anneal)")
     try:
         cfg = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
