@@ -180,17 +180,30 @@ def _add_md(sub) -> None:
     p.set_defaults(func=_run_md)
 
 
-def _run_md(args) -> int:
+def _read_structure(path: str):
+    """The last frame of any ase.io-readable file, or a one-line InputError."""
     import ase.io
 
+    try:
+        return ase.io.read(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such structure file") from None
+    except Exception as exc:  # ase raises many types for unreadable files
+        raise InputError(f"{path}: cannot read a structure ({exc})") from None
+
+
+def _watchdog_exit(stopped: str | None) -> int:
+    if stopped:
+        print(f"mlff-ins md: stopped by the watchdog at {stopped}; the trajectory up to the "
+              f"last good frame is kept", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _run_md(args) -> int:
     from mlff_ins.md.run import MDOptions, run_md
 
-    try:
-        atoms = ase.io.read(args.structure)
-    except FileNotFoundError:
-        raise InputError(f"{args.structure}: no such structure file") from None
-    except Exception as exc:  # ase raises many types for unreadable files
-        raise InputError(f"{args.structure}: cannot read a structure ({exc})") from None
+    atoms = _read_structure(args.structure)
     if args.model:
         from mlff_ins.model.calculator import load_calculator
         calc = load_calculator(args.model, device=args.device)
@@ -213,12 +226,8 @@ def _run_md(args) -> int:
                   + (f", mean P {s.mean_pressure_GPa:.3f} GPa"
                      if np.isfinite(s.mean_pressure_GPa) else ""))
         s = stages[-1][1]
-        if s.stopped:
-            print(f"mlff-ins md: stopped by the watchdog at {s.stopped}; the trajectory up to "
-                  f"the last good frame is kept", file=sys.stderr)
-            return 3
         print(f"{args.output}: {s.frames} frames")
-        return 0
+        return _watchdog_exit(s.stopped)
     s = run_md(atoms, calc, opts, args.output, resume=args.resume)
     print(f"{args.output}: {s.frames} frames, step {s.steps_done} of {opts.steps}, "
           f"{s.ns_per_day:.3g} ns/day, {s.atom_steps_per_s:.3g} atom-steps/s")
@@ -228,11 +237,7 @@ def _run_md(args) -> int:
     if s.drift_meV_per_atom_per_ps is not None:
         line += f", energy drift {s.drift_meV_per_atom_per_ps:.3g} meV/atom/ps"
     print(line)
-    if s.stopped:
-        print(f"mlff-ins md: stopped by the watchdog at {s.stopped}; the trajectory up to the "
-              f"last good frame is kept", file=sys.stderr)
-        return 3
-    return 0
+    return _watchdog_exit(s.stopped)
 
 
 def _add_select(sub) -> None:
@@ -312,12 +317,7 @@ def _run_build(args) -> int:
     from mlff_ins.atomic_io import atomic_path
     from mlff_ins.md.build import build_cell
 
-    try:
-        atoms = ase.io.read(args.structure)
-    except FileNotFoundError:
-        raise InputError(f"{args.structure}: no such structure file") from None
-    except Exception as exc:  # ase raises many types for unreadable files
-        raise InputError(f"{args.structure}: cannot read a structure ({exc})") from None
+    atoms = _read_structure(args.structure)
     out = build_cell(atoms, args.supercell, args.vacancies, args.vacancy_element,
                      args.substitute, args.interstitial, args.seed)
     fmt = ase.io.formats.filetype(args.output, read=False)
