@@ -428,6 +428,210 @@ def _run_spectra(args) -> int:
     return 0
 
 
+def _mesh_arg(values):
+    """--mesh: one number (phonopy's length, Angstrom) or three integers."""
+    if len(values) == 1:
+        return float(values[0])
+    if len(values) == 3 and all(float(v).is_integer() and float(v) > 0 for v in values):
+        return [int(float(v)) for v in values]
+    raise InputError(f"--mesh {' '.join(values)}: give one length (Angstrom) or three "
+                     "positive integers")
+
+
+def _add_phonons(sub) -> None:
+    p = sub.add_parser(
+        "phonons", help="harmonic phonons by finite displacements (phonopy, batched model calls)",
+        description="Finite-displacement phonons of STRUCTURE with a model bundle: phonopy "
+                    "generates the displaced supercells, the model evaluates them many per call "
+                    "(every ensemble member), phonopy builds the force constants. Or from DFT "
+                    "force sets with --force-sets DIR. Writes OUTPUT (HDF5: force constants per "
+                    "member, mesh frequencies and eigenvectors, DOS and partial DOS, band "
+                    "structure, imaginary modes) and OUTPUT_phonopy_params.yaml (mean force "
+                    "constants, for phonopy and Euphonic). Frequencies in THz and meV; imaginary "
+                    "modes are negative and reported.")
+    p.add_argument("structure", nargs="?", help="unit cell (CIF, POSCAR, extxyz, ...); not with "
+                   "--force-sets")
+    src_ = p.add_mutually_exclusive_group(required=True)
+    src_.add_argument("--model", metavar="DIR", help="model bundle folder, e.g. models/si")
+    src_.add_argument("--force-sets", metavar="DIR",
+                      help="folder with phonopy_params.yaml, or phonopy_disp.yaml + FORCE_SETS")
+    p.add_argument("--supercell", type=int, nargs="+", default=[2, 2, 2], metavar="N",
+                   help="supercell: 3 integers (diagonal) or 9 (matrix); default 2 2 2")
+    p.add_argument("--primitive", default="auto",
+                   help="primitive cell: auto (default), P, F, I, A, C, R (phonopy's names)")
+    p.add_argument("--relax", action="store_true",
+                   help="relax positions and cell (symmetry kept) with the model first")
+    p.add_argument("--fmax", type=float, default=1e-3, metavar="EV_PER_A",
+                   help="--relax: force tolerance, eV/Å (default 1e-3)")
+    p.add_argument("--distance", type=float, default=0.01, metavar="A",
+                   help="displacement, Å (default 0.01)")
+    p.add_argument("--plusminus", choices=["auto", "yes"], default="auto",
+                   help="displace both ways everywhere (yes) or only where symmetry does not "
+                        "relate + and - (auto, phonopy's default)")
+    p.add_argument("--mesh", nargs="+", default=["40"], metavar="N",
+                   help="q-mesh: one length in Å (phonopy's rule, default 40) or three integers")
+    p.add_argument("--batch-atoms", type=int, default=4096, metavar="N",
+                   help="atoms per batched model call (default 4096)")
+    p.add_argument("--no-symmetrize", action="store_true",
+                   help="keep the raw force constants (default: symmetrized, sum rules imposed)")
+    p.add_argument("--device", default="cpu", help="model device: cpu, cuda (default cpu)")
+    p.add_argument("-o", "--output", required=True, help="phonons HDF5 file, e.g. si_phonons.h5")
+    p.add_argument("--plot", action="store_true", help="also write OUTPUT.png (bands + DOS)")
+    p.set_defaults(func=_run_phonons)
+
+
+def _run_phonons(args) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from mlff_ins.phonons.finite_displacement import (phonons_from_force_sets,
+                                                      phonons_from_model, relax)
+    from mlff_ins.phonons.io import write_phonons
+    from mlff_ins.phonons.properties import compute_properties
+
+    mesh = _mesh_arg(args.mesh)
+    t0 = time.perf_counter()
+    if args.force_sets:
+        if args.structure:
+            raise InputError("give either STRUCTURE with --model, or --force-sets DIR alone")
+        pset = phonons_from_force_sets(args.force_sets, symmetrize=not args.no_symmetrize)
+    else:
+        if not args.structure:
+            raise InputError("--model needs a STRUCTURE (the unit cell)")
+        from mlff_ins.model.calculator import load_calculator
+        from mlff_ins.phonons.finite_displacement import supercell_matrix
+
+        supercell_matrix(args.supercell)          # a bad --supercell fails before any work
+        atoms = _read_structure(args.structure)
+        calc = load_calculator(args.model, device=args.device)
+        if args.relax:
+            atoms = relax(atoms, calc, fmax=args.fmax)
+            print(f"relaxed: cell lengths {np.round(atoms.cell.lengths(), 5).tolist()} Å")
+        bar = tqdm(desc="displaced supercells", unit="cell", disable=None)
+        pset = phonons_from_model(atoms, calc, args.supercell, distance=args.distance,
+                                  plusminus=True if args.plusminus == "yes" else "auto",
+                                  primitive=args.primitive, symmetrize=not args.no_symmetrize,
+                                  max_batch_atoms=args.batch_atoms, progress=bar.update)
+        bar.close()
+        pset.provenance.update(model=str(args.model), structure=str(args.structure),
+                               relaxed=bool(args.relax))
+    props = compute_properties(pset.members, mesh)
+    paths = write_phonons(args.output, pset, props)
+    f = props.frequencies_THz
+    prov = pset.provenance
+    print(f"{paths[0]}: {len(pset.members)} member(s), mesh {props.mesh.tolist()}, "
+          f"{f.shape[-1]} branches, highest {f.max():.3f} THz ({f.max() * 4.135667696:.2f} meV)")
+    if "n_displacements" in prov:
+        print(f"  {prov['n_displacements']} displaced supercells of {prov['supercell_atoms']} "
+              f"atoms; model calls {pset.timings_s['forces']:.1f} s, force constants "
+              f"{pset.timings_s['force_constants']:.1f} s, total {time.perf_counter() - t0:.1f} s")
+    print(f"  {paths[1]}")
+    if props.imaginary:
+        worst = min(props.imaginary, key=lambda x: x[1])
+        print(f"  imaginary modes at {len(props.imaginary)} q-points (listed in "
+              f"{paths[0]}:/imaginary); lowest {worst[1]:.3f} THz at q = "
+              f"({', '.join(f'{x:.3f}' for x in worst[0])})", file=sys.stderr)
+    if args.plot:
+        from mlff_ins.phonons.plot import plot_phonons
+
+        png = Path(args.output).with_suffix(".png")
+        plot_phonons(props, png, title=Path(args.output).stem)
+        print(f"  plot: {png}")
+    return 0
+
+
+def _add_ins(sub) -> None:
+    p = sub.add_parser(
+        "ins", help="INS spectra from a phonons file: VISION/TOSCA S(E), powder S(Q,E)",
+        description="INS from harmonic phonons (the OCLIMAX/AbINS route). VISION/TOSCA: powder "
+                    "S(E) of both banks (45°, 135°) in the incoherent approximation with a "
+                    "Debye-Waller factor per atom, phonon orders 1..N by isotropic convolution, "
+                    "the instrument's kinematics and resolution. --2d (or --instrument direct): "
+                    "powder S(Q,E) = coherent one-phonon (Q directions on spheres) + multiphonon "
+                    "and incoherent parts; --ei applies the direct-geometry kinematic mask. With "
+                    "an ensemble, every member is computed and intensity_std written. Energies "
+                    "meV (neutron energy loss), Q 1/Å, intensities barn/(sr meV) per atom.")
+    p.add_argument("phonons", help="phonons HDF5 file written by `mlff-ins phonons`")
+    p.add_argument("-o", "--output", required=True, help="spectra HDF5 file, e.g. si_vision.h5")
+    p.add_argument("--instrument", choices=["vision", "tosca", "direct"], default="vision",
+                   help="default vision")
+    p.add_argument("-T", "--temperature", type=float, default=10.0, metavar="K",
+                   help="sample temperature, K (default 10): Bose factors and Debye-Waller")
+    p.add_argument("--mesh", nargs="+", default=["40"], metavar="N",
+                   help="q-mesh for DOS and Debye-Waller: a length in Å (default 40) or 3 integers")
+    p.add_argument("--phonon-orders", type=int, default=10, metavar="N",
+                   help="phonon orders in the multiphonon sum (default 10)")
+    p.add_argument("--e-max", type=float, default=500.0, metavar="MEV",
+                   help="S(E): highest energy transfer, meV (default 500)")
+    p.add_argument("--e-step", type=float, default=0.1, metavar="MEV",
+                   help="S(E): energy bin, meV (default 0.1)")
+    p.add_argument("--2d", dest="two_d", action="store_true", help="also powder S(Q,E)")
+    p.add_argument("--q-max", type=float, default=15.0, metavar="INV_A", help="S(Q,E): 1/Å "
+                   "(default 15)")
+    p.add_argument("--q-step", type=float, default=0.1, metavar="INV_A",
+                   help="S(Q,E): Q bin, 1/Å (default 0.1)")
+    p.add_argument("--e-max-2d", type=float, default=150.0, metavar="MEV",
+                   help="S(Q,E): highest energy, meV (default 150)")
+    p.add_argument("--e-step-2d", type=float, default=0.5, metavar="MEV",
+                   help="S(Q,E): energy bin, meV (default 0.5)")
+    p.add_argument("--directions", type=int, default=200, metavar="N",
+                   help="S(Q,E): Q directions per |Q| for the coherent powder average "
+                        "(default 200)")
+    p.add_argument("--ei", type=float, metavar="MEV",
+                   help="direct geometry: incident energy, meV (mask to the reachable region)")
+    p.add_argument("--angles", type=float, nargs=2, default=(3.0, 135.0), metavar=("MIN", "MAX"),
+                   help="direct geometry: scattering angles 2θ, degrees (default 3 135)")
+    p.add_argument("--resolution", type=float, default=0.0, metavar="FRACTION",
+                   help="direct geometry: Gaussian FWHM as a fraction of Ei (default 0)")
+    p.add_argument("--isotope", action="append", default=[], metavar="EL=A",
+                   help="substitute an isotope (mass and cross sections), e.g. H=2; repeatable")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Q-direction rotations")
+    p.add_argument("--plot", action="store_true", help="also write OUTPUT.png")
+    p.set_defaults(func=_run_ins)
+
+
+def _run_ins(args) -> int:
+    from mlff_ins.analysis.ins_pipeline import InsOptions, ins_from_phonons
+    from mlff_ins.neutron.scattering_lengths import parse_isotopes
+    from mlff_ins.neutron.spectrum import write_spectra
+    from mlff_ins.phonons.io import read_phonons
+
+    if args.instrument == "direct" and args.ei is None and not args.two_d:
+        args.two_d = True
+    for name in ("e_max", "e_step", "q_max", "q_step", "e_max_2d", "e_step_2d"):
+        if not getattr(args, name) > 0:
+            raise InputError(f"--{name.replace('_', '-')} must be positive")
+    if args.phonon_orders < 1 or args.directions < 1:
+        raise InputError("--phonon-orders and --directions must be at least 1")
+    pset = read_phonons(args.phonons)
+    elements = set(pset.members[0].unitcell.symbols)
+    isotopes = parse_isotopes(args.isotope)
+    for el in isotopes:
+        if el not in elements:
+            raise InputError(f"--isotope {el}=...: {args.phonons} has no {el} "
+                             f"(its elements: {', '.join(sorted(elements))})")
+    opts = InsOptions(instrument=args.instrument, temperature_K=args.temperature,
+                      n_phonon=args.phonon_orders, mesh=_mesh_arg(args.mesh),
+                      e_max_meV=args.e_max, e_step_meV=args.e_step, two_d=args.two_d,
+                      q_max=args.q_max, q_step=args.q_step, e_max_2d_meV=args.e_max_2d,
+                      e_step_2d_meV=args.e_step_2d, n_directions=args.directions,
+                      ei_meV=args.ei, angles_deg=tuple(args.angles),
+                      resolution_fraction=args.resolution, isotopes=isotopes, seed=args.seed)
+    spectra = ins_from_phonons(pset, opts, {"phonons_file": str(args.phonons),
+                                            "phonons_source": pset.source})
+    write_spectra(args.output, spectra)
+    print(f"{args.output}: {', '.join(spectra)} ({len(pset.members)} member(s), "
+          f"T {args.temperature:g} K)")
+    if args.plot:
+        from mlff_ins.neutron.plot import plot_spectra
+
+        png = Path(args.output).with_suffix(".png")
+        plot_spectra(spectra, png)
+        print(f"  plot: {png}")
+    return 0
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo", help="run the pipeline on the embedded silicon DFT data (minutes on 2 cores)",
@@ -451,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mlff-ins",
         description="From DFT snapshots to neutron spectra: label DFT data, train NequIP force "
                     "fields, run MD with them (ASE or LAMMPS), and compute VDOS, S(Q,E), QENS "
-                    "and VISION/TOSCA S(E) from the trajectories (phonons in a coming release).")
+                    "and VISION/TOSCA S(E) from the trajectories, or from harmonic phonons.")
     parser.add_argument("--version", action="version", version=f"mlff-ins {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(sub)
@@ -463,6 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_select(sub)
     _add_deploy(sub)
     _add_spectra(sub)
+    _add_phonons(sub)
+    _add_ins(sub)
     return parser
 
 

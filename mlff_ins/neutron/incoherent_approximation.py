@@ -53,14 +53,37 @@ def one_phonon_kernel(energy_meV, dos, temperature_K: float):
     return full_e, full_t
 
 
+def _convolve_same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.convolve(a, b, "same")`` for equal lengths, by zero-padded FFT (O(N log N))."""
+    n = len(a)
+    full = 2 * n - 1
+    nfft = 1 << (full - 1).bit_length()
+    c = np.fft.irfft(np.fft.rfft(a, nfft) * np.fft.rfft(b, nfft), nfft)[:full]
+    start = (n - 1) // 2
+    return c[start:start + n]
+
+
 def phonon_orders(energy_meV, dos, temperature_K: float, n_max: int = 10):
-    """[T₁, …, T_nmax] on the symmetric grid; returns (energies, list of arrays)."""
+    """[T₁, …, T_nmax] on the symmetric grid; returns (energies, list of arrays).
+    Each order is the previous one convolved with T₁ and cut to the grid."""
     e, t1 = one_phonon_kernel(energy_meV, dos, temperature_K)
     de = e[1] - e[0]
     orders = [t1]
     for _ in range(n_max - 1):
-        orders.append(np.convolve(orders[-1], t1, mode="same") * de)
+        orders.append(_convolve_same(orders[-1], t1) * de)
     return e, orders
+
+
+def order_weights(q, mass_amu: float, u2: float, n_max: int) -> np.ndarray:
+    """e^{−Q²⟨u²⟩} E_Rⁿ/n! for n = 1..n_max at each Q; shape (len(q), n_max)."""
+    q = np.atleast_1d(np.asarray(q, dtype=float))
+    er = recoil_energy_meV(q, mass_amu)
+    out = np.empty((len(q), n_max))
+    term = np.exp(-q ** 2 * u2)
+    for n in range(1, n_max + 1):
+        term = term * er / n
+        out[:, n - 1] = term
+    return out
 
 
 def powder_s_qe(q_of_e, energy_meV, partial_dos: dict, weights: dict, masses: dict,
@@ -68,21 +91,29 @@ def powder_s_qe(q_of_e, energy_meV, partial_dos: dict, weights: dict, masses: di
     """S(Q(E),E) along a kinematic line Q(E) (e.g. an indirect-geometry bank).
 
     ``partial_dos[α]`` on the uniform one-sided grid ``energy_meV`` with area 1; ``weights[α]``
-    = atom fraction × σ_α/4π; returns (E, S) on the symmetric grid, and per-order totals.
+    = atom fraction × σ_α/4π; the keys may be elements or single atoms (mode-resolved
+    Debye–Waller); returns (E, S) on the symmetric grid, and per-order totals.
     """
     total = None
     per_order = None
     for a, z in partial_dos.items():
         e, orders = phonon_orders(energy_meV, z, temperature_K, n_max)
-        q = q_of_e(e)
-        er = recoil_energy_meV(q, masses[a])
-        dw = np.exp(-q ** 2 * u2[a])
-        terms = []
-        fact = 1.0
-        for n, tn in enumerate(orders, start=1):
-            fact *= n
-            terms.append(weights[a] * dw * er ** n / fact * tn)
+        w = order_weights(q_of_e(e), masses[a], u2[a], n_max) * weights[a]   # (E, n)
+        terms = [w[:, n] * tn for n, tn in enumerate(orders)]
         s = np.sum(terms, axis=0)
         total = s if total is None else total + s
         per_order = terms if per_order is None else [p + t for p, t in zip(per_order, terms)]
     return e, total, per_order
+
+
+def powder_s_qe_2d(q, energy_meV, partial_dos: dict, weights: dict, masses: dict, u2: dict,
+                   temperature_K: float, n_max: int = 10, first_order: int = 1):
+    """S(Q,E) on a grid of |Q| (rows) and the symmetric energy grid, summing orders
+    ``first_order``..``n_max``; returns (E, S) with S of shape (len(q), len(E))."""
+    total = None
+    for a, z in partial_dos.items():
+        e, orders = phonon_orders(energy_meV, z, temperature_K, n_max)
+        w = order_weights(q, masses[a], u2[a], n_max)[:, first_order - 1:] * weights[a]
+        s = w @ np.array(orders[first_order - 1:])
+        total = s if total is None else total + s
+    return e, total

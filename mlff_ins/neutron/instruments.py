@@ -40,14 +40,21 @@ class IndirectInstrument:
         w = np.asarray(energy_meV, dtype=float) / MEV_PER_INVCM
         return (a + b * w + c * w * w) * MEV_PER_INVCM
 
-    def broaden(self, energy_meV, intensity) -> np.ndarray:
-        """Apply the energy-dependent Gaussian resolution (kernel centred on each output energy)."""
+    def broaden(self, energy_meV, intensity, chunk: int = 1024) -> np.ndarray:
+        """Apply the energy-dependent Gaussian resolution: the intensity in each bin at E' is
+        spread over the output grid as a Gaussian of width σ(|E'|) with unit area, so the total
+        area is kept (up to what spills past the grid ends). Memory is chunk × len(E)."""
         e = np.asarray(energy_meV, dtype=float)
+        y = np.asarray(intensity, dtype=float)
         sigma = self.sigma_meV(np.abs(e))
         de = e[1] - e[0]
-        kernel = np.exp(-0.5 * ((e[None, :] - e[:, None]) / sigma[:, None]) ** 2)
-        kernel /= kernel.sum(axis=1, keepdims=True) * de
-        return kernel @ np.asarray(intensity) * de
+        out = np.zeros_like(y)
+        for lo in range(0, len(e), chunk):
+            src = slice(lo, lo + chunk)
+            k = np.exp(-0.5 * ((e[:, None] - e[None, src]) / sigma[None, src]) ** 2)
+            k /= np.sqrt(2 * np.pi) * sigma[None, src]          # unit area per source bin
+            out += k @ y[src] * de
+        return out
 
 
 INSTRUMENTS = {

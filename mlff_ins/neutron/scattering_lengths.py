@@ -11,36 +11,57 @@ import math
 from mlff_ins.errors import InputError
 
 
-def _element(symbol: str):
+def _element(symbol: str, isotope: int | None = None):
+    """The element, or one of its isotopes (mass number ``isotope``, e.g. H 2 for deuterium)."""
     import periodictable
 
     try:
-        return periodictable.elements.symbol(symbol)
+        el = periodictable.elements.symbol(symbol)
     except ValueError:
         raise InputError(f"unknown element {symbol!r}") from None
+    if isotope is None:
+        return el
+    try:
+        return el[int(isotope)]
+    except (KeyError, ValueError):
+        raise InputError(f"--isotope {symbol}={isotope}: {symbol} has no isotope of mass number "
+                         f"{isotope}") from None
 
 
-def b_coh_fm(symbol: str) -> float:
+def parse_isotopes(items) -> dict[str, int]:
+    """``["H=2", "Li=7"]`` -> {"H": 2, "Li": 7}, checked against periodictable."""
+    out = {}
+    for item in items or []:
+        el, _, a = item.partition("=")
+        if not a.strip().isdigit():
+            raise InputError(f"--isotope {item}: expected ELEMENT=MASS_NUMBER, e.g. H=2")
+        _element(el.strip(), int(a))
+        out[el.strip()] = int(a)
+    return out
+
+
+def b_coh_fm(symbol: str, isotope: int | None = None) -> float:
     """Bound coherent scattering length (fm), real part."""
-    b = _element(symbol).neutron.b_c
+    b = _element(symbol, isotope).neutron.b_c
     if b is None:
         raise InputError(f"element {symbol}: no tabulated coherent scattering length")
     return float(b)
 
 
-def sigma_inc_barn(symbol: str) -> float:
+def sigma_inc_barn(symbol: str, isotope: int | None = None) -> float:
     """Bound incoherent cross section σ_inc (barn)."""
-    s = _element(symbol).neutron.incoherent
+    s = _element(symbol, isotope).neutron.incoherent
     if s is None:
         raise InputError(f"element {symbol}: no tabulated incoherent cross section")
     return float(s)
 
 
-def sigma_total_barn(symbol: str) -> float:
+def sigma_total_barn(symbol: str, isotope: int | None = None) -> float:
     """Total bound scattering cross section σ_coh + σ_inc (barn)."""
-    return 4 * math.pi * b_coh_fm(symbol) ** 2 / 100.0 + sigma_inc_barn(symbol)
+    return (4 * math.pi * b_coh_fm(symbol, isotope) ** 2 / 100.0
+            + sigma_inc_barn(symbol, isotope))
 
 
-def mass_amu(symbol: str) -> float:
-    """Standard atomic mass (amu)."""
-    return float(_element(symbol).mass)
+def mass_amu(symbol: str, isotope: int | None = None) -> float:
+    """Standard atomic mass (amu), or the isotope's mass."""
+    return float(_element(symbol, isotope).mass)

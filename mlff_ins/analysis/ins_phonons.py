@@ -1,0 +1,192 @@
+"""INS from harmonic phonons: the OCLIMAX/AbINS route (incoherent approximation, mode-resolved
+Debye–Waller, multiphonon by isotropic convolution) and coherent one-phonon powder S(Q,E) by
+sampling Q directions on spheres (Euphonic's route).
+
+Inputs are phonopy objects with force constants (one per ensemble member). For every atom κ of
+the primitive cell, from the modes (q, ν) of a full q-mesh with weights w_q (Σ w_q = 1):
+
+- thermal displacement tensor  B_κ = Σ w_q (ħ²/2M_κ)/(ħω) coth(ħω/2kT) Re(e_κ e_κ^†)   (Å²)
+  (modes below ``freq_min`` — the acoustic ones at Γ and any imaginary ones — are left out);
+- atom-projected DOS  Z_κ(E) = Σ w_q |e_κ|²/3 δ(E − ħω), area 1;
+- incoherent approximation, powder:
+  S(Q,E) = Σ_κ (σ_κ/4π n) e^{−Q²⟨u²⟩_κ} Σ_n (E_R,κ)ⁿ/n! T_n,κ(E), ⟨u²⟩_κ = Tr B_κ/3
+  (neutron/incoherent_approximation.py), each atom with its own Debye–Waller factor;
+- coherent one phonon (energy loss):
+  S(Q,E) = (1/n) Σ_ν |Σ_κ (b_κ/10) √(ħ²/2M_κ) e^{−Q·B_κ·Q/2} (Q·e*_κν(Q))|² (n_ν+1)/ħω_ν δ(E − ħω_ν)
+  with the eigenvectors of the dynamical matrix at Q itself (phonopy's convention includes the
+  atom positions in the phases, so no e^{iG·r} factor is left); b in fm, S in barn/(sr meV) per
+  atom; the powder average is the mean over directions on a Fibonacci sphere at each |Q|.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlff_ins.neutron.incoherent_approximation import (NEUTRON_MASS_AMU, order_weights,
+                                                       phonon_orders, powder_s_qe_2d)
+from mlff_ins.neutron.kinematics import E_PER_K2
+from mlff_ins.neutron.quantum import KB_MEV_PER_K
+from mlff_ins.phonons.properties import MEV_PER_THZ, mesh_modes
+
+#: modes below this (THz) carry no weight (acoustic modes at Γ, imaginary modes)
+FREQ_MIN_THZ = 0.05
+
+
+def _hbar2_over_2m(mass_amu):
+    """ħ²/2M in meV Å²."""
+    return E_PER_K2 * NEUTRON_MASS_AMU / np.asarray(mass_amu, dtype=float)
+
+
+def _coth_factor(e_meV, temperature_K):
+    """coth(E/2kT) (1 at T = 0)."""
+    if temperature_K <= 0:
+        return np.ones_like(e_meV)
+    return 1.0 / np.tanh(e_meV / (2 * KB_MEV_PER_K * temperature_K))
+
+
+def _bose(e_meV, temperature_K):
+    if temperature_K <= 0:
+        return np.zeros_like(e_meV)
+    return 1.0 / np.expm1(e_meV / (KB_MEV_PER_K * temperature_K))
+
+
+def thermal_displacements(freqs_THz, eigvecs, weights, masses, temperature_K,
+                          freq_min_THz: float = FREQ_MIN_THZ) -> np.ndarray:
+    """B_κ = ⟨u u^T⟩ per atom of the primitive cell, shape (n, 3, 3), Å²."""
+    w = np.asarray(weights, dtype=float) / np.sum(weights)
+    e = np.asarray(freqs_THz) * MEV_PER_THZ                          # (Q, M)
+    ok = np.asarray(freqs_THz) > freq_min_THz
+    amp = np.where(ok, _coth_factor(np.where(ok, e, 1.0), temperature_K) / np.where(ok, e, 1.0),
+                   0.0) * w[:, None]                                  # (Q, M)
+    n = len(masses)
+    v = np.asarray(eigvecs).reshape(len(w), n, 3, -1)                 # (Q, κ, α, mode)
+    b = np.einsum("qm,qkam,qkbm->kab", amp, v, v.conj()).real
+    return b * _hbar2_over_2m(masses)[:, None, None]
+
+
+def site_dos(freqs_THz, eigvecs, weights, n_atoms: int, energy_meV,
+             freq_min_THz: float = FREQ_MIN_THZ) -> np.ndarray:
+    """Atom-projected DOS on the uniform grid ``energy_meV`` (0, dE, 2dE, ...), area 1 per atom,
+    shape (n, E); modes are binned to the nearest grid energy."""
+    e_grid = np.asarray(energy_meV)
+    de = e_grid[1] - e_grid[0]
+    w = np.asarray(weights, dtype=float) / np.sum(weights)
+    f = np.asarray(freqs_THz)
+    proj = (np.abs(np.asarray(eigvecs).reshape(len(w), n_atoms, 3, -1)) ** 2).sum(axis=2) / 3
+    idx = np.rint(f * MEV_PER_THZ / de).astype(int)                 # (Q, M)
+    ok = (f > freq_min_THz) & (idx < len(e_grid))
+    out = np.zeros((n_atoms, len(e_grid)))
+    for k in range(n_atoms):
+        vals = (proj[:, k, :] * w[:, None])[ok]
+        out[k] = np.bincount(idx[ok], weights=vals, minlength=len(e_grid))[:len(e_grid)]
+    area = out.sum(axis=1, keepdims=True) * de
+    return out / np.where(area > 0, area, 1.0)
+
+
+class ModeSet:
+    """Mesh modes of one phonopy object with the per-atom quantities the INS formulas need."""
+
+    def __init__(self, ph, mesh, temperature_K: float, masses=None,
+                 freq_min_THz: float = FREQ_MIN_THZ):
+        if masses is not None:
+            ph.masses = masses                     # isotope substitution (phonopy rebuilds D)
+        self.ph = ph
+        _, self.qpoints, self.weights, self.freqs, self.eigvecs = mesh_modes(ph, mesh)
+        self.masses = np.array(ph.primitive.masses)
+        self.symbols = list(ph.primitive.symbols)
+        self.temperature_K = temperature_K
+        self.freq_min_THz = freq_min_THz
+        self.B = thermal_displacements(self.freqs, self.eigvecs, self.weights, self.masses,
+                                       temperature_K, freq_min_THz)
+        self.u2 = np.trace(self.B, axis1=1, axis2=2) / 3
+
+    def site_dos(self, energy_meV):
+        return site_dos(self.freqs, self.eigvecs, self.weights, len(self.masses), energy_meV,
+                        self.freq_min_THz)
+
+
+def incoherent_s_e(modes: ModeSet, energy_meV, q_of_e_banks, sigma_barn, n_max: int = 10):
+    """Powder S(E) along kinematic lines in the incoherent approximation, per-atom Debye–Waller;
+    ``q_of_e_banks`` one Q(E) function per detector bank, ``sigma_barn[κ]`` the cross section of
+    each primitive atom. Orders are built once per atom and reused for every bank.
+    Returns (E symmetric grid, {element: [S per bank]})."""
+    dos = modes.site_dos(energy_meV)
+    n = len(modes.masses)
+    out: dict[str, list] = {}
+    for k in range(n):
+        e, orders = phonon_orders(energy_meV, dos[k], modes.temperature_K, n_max)
+        orders = np.array(orders)                                      # (n_max, E)
+        per_bank = []
+        for q_of_e in q_of_e_banks:
+            w = order_weights(q_of_e(e), modes.masses[k], modes.u2[k], n_max)   # (E, n_max)
+            per_bank.append(np.einsum("en,ne->e", w, orders) * sigma_barn[k] / (4 * np.pi * n))
+        el = modes.symbols[k]
+        out[el] = per_bank if el not in out else [a + b for a, b in zip(out[el], per_bank)]
+    return e, out
+
+
+def incoherent_sqe(modes: ModeSet, q, energy_meV, sigma_barn, n_max: int = 10,
+                   first_order: int = 1):
+    """Powder S(Q,E) (rows |Q|) in the incoherent approximation, orders first_order..n_max."""
+    dos = modes.site_dos(energy_meV)
+    n = len(modes.masses)
+    keys = range(n)
+    return powder_s_qe_2d(q, energy_meV, {k: dos[k] for k in keys},
+                          {k: sigma_barn[k] / (4 * np.pi * n) for k in keys},
+                          {k: modes.masses[k] for k in keys}, {k: modes.u2[k] for k in keys},
+                          modes.temperature_K, n_max, first_order)
+
+
+def fibonacci_sphere(n: int) -> np.ndarray:
+    """n nearly uniform unit vectors (golden-angle spiral), shape (n, 3)."""
+    i = np.arange(n) + 0.5
+    z = 1 - 2 * i / n
+    r = np.sqrt(1 - z * z)
+    phi = np.pi * (3 - np.sqrt(5)) * i
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+
+
+def coherent_modes(modes: ModeSet, q_cart, b_coh_fm):
+    """Energies (meV) and one-phonon coherent intensities (barn/sr per atom, energy loss,
+    Bose factor included) of every mode at Cartesian Q-vectors (1/Å, 2π included).
+    Returns (E (P, 3n), I (P, 3n))."""
+    ph = modes.ph
+    q_cart = np.atleast_2d(q_cart)
+    lattice = np.array(ph.primitive.cell)
+    q_frac = q_cart @ lattice.T / (2 * np.pi)
+    ph.run_qpoints(q_frac, with_eigenvectors=True)
+    freqs = np.array(ph.qpoints.frequencies)                          # (P, M)
+    vecs = np.array(ph.qpoints.eigenvectors)                          # (P, 3n, M)
+    n = len(modes.masses)
+    v = vecs.reshape(len(q_cart), n, 3, -1)
+    dw = np.exp(-0.5 * np.einsum("pa,kab,pb->pk", q_cart, modes.B, q_cart))    # (P, n)
+    amp = (np.asarray(b_coh_fm) / 10.0) * np.sqrt(_hbar2_over_2m(modes.masses))  # (n,)
+    f = np.einsum("pk,pa,pkam->pm", dw * amp[None, :], q_cart, v.conj())        # (P, M)
+    e = freqs * MEV_PER_THZ
+    ok = freqs > modes.freq_min_THz
+    es = np.where(ok, e, 1.0)
+    inten = np.where(ok, np.abs(f) ** 2 / es * (_bose(es, modes.temperature_K) + 1), 0.0) / n
+    return e, inten
+
+
+def coherent_powder_sqe(modes: ModeSet, q, energy_meV, b_coh_fm, n_directions: int = 200,
+                        seed: int = 0, chunk: int = 4096):
+    """One-phonon coherent powder S(Q,E) (rows |Q|, columns the uniform grid ``energy_meV`` of
+    bin centres), barn/(sr meV) per atom. Each |Q| uses ``n_directions`` directions on a
+    Fibonacci sphere given a random rotation (``seed``) so shells do not share directions."""
+    from scipy.spatial.transform import Rotation
+
+    e_grid = np.asarray(energy_meV)
+    de = e_grid[1] - e_grid[0]
+    base = fibonacci_sphere(n_directions)
+    rots = Rotation.random(len(q), random_state=seed).as_matrix()
+    out = np.zeros((len(q), len(e_grid)))
+    pts = np.concatenate([qa * base @ r.T for qa, r in zip(q, rots)])      # (nQ*nd, 3)
+    row = np.repeat(np.arange(len(q)), n_directions)
+    for lo in range(0, len(pts), chunk):
+        e, inten = coherent_modes(modes, pts[lo:lo + chunk], b_coh_fm)
+        idx = np.rint((e - e_grid[0]) / de).astype(int)
+        ok = (idx >= 0) & (idx < len(e_grid)) & (inten > 0)
+        r = np.broadcast_to(row[lo:lo + chunk, None], idx.shape)
+        np.add.at(out, (r[ok], idx[ok]), inten[ok])
+    return out / (n_directions * de)

@@ -1,0 +1,155 @@
+"""`mlff-ins ins`: spectra from a phonons file, for every ensemble member, as mean ± std.
+
+Indirect geometry (VISION, TOSCA): S(E) per bank along the bank's kinematic line, incoherent
+approximation with σ_total, orders 1..N, the instrument's resolution; ``s_e`` is the mean of the
+two banks, ``s_e_<angle>`` each bank, ``s_e_<El>`` element partials (bank mean).
+Direct geometry / ``two_d``: powder S(Q,E) on a (Q, E) grid: ``sqe_coh`` = coherent one-phonon
+(Q directions on spheres) + coherent multiphonon (orders ≥ 2 in the incoherent approximation with
+σ_coh), ``sqe_inc`` = σ_inc, all orders; ``sqe`` their sum; with ``ei_meV`` the kinematic mask and
+a Gaussian resolution (FWHM a fraction of Ei) are applied.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mlff_ins.analysis.ins_phonons import ModeSet, coherent_powder_sqe, incoherent_s_e, incoherent_sqe
+from mlff_ins.neutron.instruments import get_instrument
+from mlff_ins.neutron.kinematics import broaden_energy, kinematic_mask
+from mlff_ins.neutron.scattering_lengths import b_coh_fm, mass_amu, sigma_inc_barn, sigma_total_barn
+from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D
+
+
+@dataclass
+class InsOptions:
+    instrument: str = "vision"           # vision | tosca | direct
+    temperature_K: float = 10.0
+    n_phonon: int = 10
+    mesh: object = 40.0                  # phonopy mesh: a length (Angstrom) or three integers
+    e_max_meV: float = 500.0
+    e_step_meV: float = 0.1
+    two_d: bool = False
+    q_max: float = 15.0
+    q_step: float = 0.1
+    e_max_2d_meV: float = 150.0
+    e_step_2d_meV: float = 0.5
+    n_directions: int = 200
+    ei_meV: float | None = None
+    angles_deg: tuple = (3.0, 135.0)
+    resolution_fraction: float = 0.0
+    isotopes: dict = field(default_factory=dict)
+    seed: int = 0
+
+
+def _site_table(ph, isotopes):
+    symbols = list(ph.primitive.symbols)
+    iso = [isotopes.get(s) for s in symbols]
+    return dict(
+        symbols=symbols,
+        masses=np.array([mass_amu(s, i) if i else m for s, i, m in
+                         zip(symbols, iso, ph.primitive.masses)]),
+        b_coh=np.array([b_coh_fm(s, i) for s, i in zip(symbols, iso)]),
+        sigma_inc=np.array([sigma_inc_barn(s, i) for s, i in zip(symbols, iso)]),
+        sigma_coh=np.array([4 * math.pi * b_coh_fm(s, i) ** 2 / 100 for s, i in zip(symbols, iso)]),
+        sigma_total=np.array([sigma_total_barn(s, i) for s, i in zip(symbols, iso)]),
+    )
+
+
+def _member_modes(ph, opts, sites):
+    # isotope masses go on the primitive cell (phonopy maps them to the supercell)
+    return ModeSet(ph, opts.mesh, opts.temperature_K,
+                   masses=sites["masses"] if opts.isotopes else None)
+
+
+def _indirect(modes: ModeSet, sites, opts) -> tuple[np.ndarray, dict]:
+    inst = get_instrument(opts.instrument)
+    e = np.arange(0.0, opts.e_max_meV + 0.5 * opts.e_step_meV, opts.e_step_meV)
+    angles = inst.bank_angles_deg
+    energies, parts = incoherent_s_e(
+        modes, e, [lambda x, a=a: inst.q_of_energy(np.abs(x), a) for a in angles],
+        sites["sigma_total"], opts.n_phonon)
+    keep = energies >= 0
+    # resolution on the energy-loss side only (the instruments measure nothing else)
+    parts = {el: [inst.broaden(energies[keep], b[keep]) for b in banks]
+             for el, banks in parts.items()}
+    out = {}
+    for i, a in enumerate(angles):
+        out[f"s_e_{a:g}"] = sum(banks[i] for banks in parts.values())
+    out["s_e"] = np.mean([out[f"s_e_{a:g}"] for a in angles], axis=0)
+    if len(parts) > 1:
+        for el, banks in parts.items():
+            out[f"s_e_{el}"] = np.mean(banks, axis=0)
+    return energies[keep], out
+
+
+def _two_d(modes: ModeSet, sites, opts) -> dict:
+    q = np.arange(0.0, opts.q_max + 0.5 * opts.q_step, opts.q_step)
+    e = np.arange(0.0, opts.e_max_2d_meV + 0.5 * opts.e_step_2d_meV, opts.e_step_2d_meV)
+    coh1 = coherent_powder_sqe(modes, q, e, sites["b_coh"], opts.n_directions, opts.seed)
+    energies, coh_multi = incoherent_sqe(modes, q, e, sites["sigma_coh"], opts.n_phonon,
+                                         first_order=2)
+    _, inc = incoherent_sqe(modes, q, e, sites["sigma_inc"], opts.n_phonon)
+    keep = energies >= 0
+    out = {"sqe_coh": coh1 + coh_multi[:, keep], "sqe_inc": inc[:, keep]}
+    out["sqe"] = out["sqe_coh"] + out["sqe_inc"]
+    if opts.ei_meV is not None:
+        mask = kinematic_mask(q, e, opts.ei_meV, opts.angles_deg)
+        for k in out:
+            v = broaden_energy(e, out[k], opts.resolution_fraction * opts.ei_meV)
+            out[k] = np.where(mask, v, np.nan)
+    return q, e, out
+
+
+def ins_from_phonons(pset, opts: InsOptions, meta: dict | None = None) -> dict:
+    """Spectra (name -> Spectrum1D/2D) of every member of ``pset``: mean with intensity_std."""
+    if opts.instrument not in ("vision", "tosca", "direct"):
+        raise ValueError(opts.instrument)
+    per_member = []
+    axes = None
+    sites = _site_table(pset.members[0], opts.isotopes)
+    u2 = []
+    for ph in pset.members:
+        modes = _member_modes(ph, opts, sites)
+        u2.append(modes.u2)
+        res = {}
+        if opts.instrument in ("vision", "tosca"):
+            e1, one = _indirect(modes, sites, opts)
+            res.update(one)
+            axes = (e1, axes[1] if axes else None, axes[2] if axes else None)
+        if opts.two_d or opts.instrument == "direct":
+            q, e2, two = _two_d(modes, sites, opts)
+            res.update(two)
+            axes = (axes[0] if axes else None, q, e2)
+        per_member.append(res)
+    prov = {**(meta or {}), "n_members": len(pset.members),
+            "mesh": opts.mesh, "phonon_orders": opts.n_phonon,
+            "u2_A2_per_site": np.mean(u2, axis=0).tolist(), "sites": sites["symbols"],
+            "isotopes": opts.isotopes, "cross_section":
+            "S(E): sigma_total, incoherent approximation; S(Q,E): coherent one-phonon + "
+            "sigma_coh multiphonon, sigma_inc all orders"}
+    base = dict(temperature_K=opts.temperature_K, source="phonons", units="barn/sr/meV")
+    spectra = {}
+    for name in per_member[0]:
+        stack = np.array([m[name] for m in per_member])
+        mean, std = stack.mean(axis=0), (stack.std(axis=0) if len(stack) > 1 else None)
+        if name.startswith("s_e"):
+            inst = get_instrument(opts.instrument)
+            suffix = name[4:]
+            bank = [float(suffix)] if suffix.replace(".", "").isdigit() else \
+                list(inst.bank_angles_deg)
+            element = "" if (not suffix or bank != list(inst.bank_angles_deg)) else suffix
+            p = dict(prov, final_energy_meV=inst.final_energy_meV, bank_angles_deg=bank)
+            spectra[name] = Spectrum1D(kind="s_e", x=axes[0], intensity=mean, intensity_std=std,
+                                       element=element, instrument=inst.name, provenance=p,
+                                       **base)
+        else:
+            p = dict(prov, n_directions=opts.n_directions, ei_meV=opts.ei_meV,
+                     angles_deg=list(opts.angles_deg),
+                     resolution_fwhm_fraction=opts.resolution_fraction)
+            spectra[name] = Spectrum2D(kind=name, q=axes[1], y=axes[2], intensity=mean,
+                                       intensity_std=std, instrument="direct", provenance=p,
+                                       **base)
+    return spectra

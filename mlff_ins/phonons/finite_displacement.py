@@ -1,0 +1,176 @@
+"""Harmonic phonons by finite displacements: phonopy makes the displacements and the force
+constants, the model evaluates every displaced supercell in batched calls.
+
+One ``Phonopy`` object per ensemble member (they share the displacement data set; member k gets
+member k's forces), so every downstream quantity (frequencies, DOS, INS) has a spread across
+members. Force constants are linear in the forces, so the ensemble-mean force constants equal the
+force constants of the mean forces. The same objects come from published DFT force sets through
+:func:`phonons_from_force_sets`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from mlff_ins.errors import InputError
+
+
+def to_phonopy_atoms(atoms: Atoms):
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    return PhonopyAtoms(symbols=atoms.get_chemical_symbols(), cell=np.array(atoms.cell),
+                        scaled_positions=atoms.get_scaled_positions(wrap=False),
+                        masses=atoms.get_masses())
+
+
+def to_ase_atoms(patoms) -> Atoms:
+    return Atoms(symbols=patoms.symbols, cell=patoms.cell, scaled_positions=patoms.scaled_positions,
+                 masses=patoms.masses, pbc=True)
+
+
+def supercell_matrix(values) -> np.ndarray:
+    """``--supercell`` as 3 integers (diagonal) or 9 (a full matrix, row-wise)."""
+    v = [int(x) for x in values]
+    if len(v) == 3:
+        m = np.diag(v)
+    elif len(v) == 9:
+        m = np.array(v).reshape(3, 3)
+    else:
+        raise InputError(f"--supercell takes 3 or 9 integers, not {len(v)}")
+    if round(abs(np.linalg.det(m))) < 1:
+        raise InputError(f"--supercell {' '.join(map(str, v))} is singular")
+    return m
+
+
+def make_phonopy(atoms: Atoms, supercell, *, primitive="auto", distance: float = 0.01,
+                 plusminus="auto", symprec: float = 1e-5):
+    """Phonopy object with displacements generated (phonopy's defaults: 0.01 Angstrom,
+    plus and minus where symmetry does not relate them)."""
+    from phonopy import Phonopy
+
+    ph = Phonopy(to_phonopy_atoms(atoms), supercell_matrix=supercell_matrix(np.ravel(supercell)),
+                 primitive_matrix=primitive, symprec=symprec)
+    ph.generate_displacements(distance=distance, is_plusminus=plusminus)
+    return ph
+
+
+def displaced_supercells(ph) -> list[Atoms]:
+    """The displaced supercells of a phonopy object, as ASE atoms (phonopy's order)."""
+    return [to_ase_atoms(s) for s in ph.supercells_with_displacements]
+
+
+@dataclass
+class PhononSet:
+    """Phonopy objects with force constants: one per ensemble member (one for DFT force sets)."""
+
+    members: list
+    source: str                      # "model" or "force-sets"
+    timings_s: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def mean(self):
+        """A phonopy object carrying the member-mean force constants."""
+        if len(self.members) == 1:
+            return self.members[0]
+        ph = self.members[0].copy()
+        ph.force_constants = np.mean([m.force_constants for m in self.members], axis=0)
+        return ph
+
+
+def _forces_to_members(ph, member_forces: np.ndarray, symmetrize: bool) -> list:
+    members = []
+    for forces in member_forces:
+        m = ph.copy()
+        m.dataset = copy.deepcopy(ph.dataset)   # Phonopy.copy() leaves the displacements out
+        m.forces = forces
+        m.produce_force_constants()
+        if symmetrize:
+            m.symmetrize_force_constants()
+        members.append(m)
+    return members
+
+
+def phonons_from_model(atoms: Atoms, calc, supercell, *, distance: float = 0.01,
+                       plusminus="auto", primitive="auto", symmetrize: bool = True,
+                       max_batch_atoms: int = 4096, progress=None) -> PhononSet:
+    """Finite-displacement phonons of ``atoms`` with a model bundle's calculator.
+
+    Every displaced supercell is evaluated through
+    :meth:`~mlff_ins.model.calculator.BundleCalculator.member_forces_batched` (many supercells
+    per model call, every member on each batch).
+    """
+    t0 = time.perf_counter()
+    ph = make_phonopy(atoms, supercell, primitive=primitive, distance=distance,
+                      plusminus=plusminus)
+    cells = displaced_supercells(ph)
+    t1 = time.perf_counter()
+    forces = calc.member_forces_batched(cells, max_batch_atoms=max_batch_atoms, progress=progress)
+    t2 = time.perf_counter()
+    members = _forces_to_members(ph, forces, symmetrize)
+    t3 = time.perf_counter()
+    return PhononSet(members, "model",
+                     timings_s={"displacements": t1 - t0, "forces": t2 - t1,
+                                "force_constants": t3 - t2},
+                     provenance={"n_displacements": len(cells),
+                                 "supercell_atoms": len(cells[0]) if cells else 0,
+                                 "distance_A": distance, "symmetrized": symmetrize})
+
+
+def phonons_from_force_sets(directory: str | os.PathLike, *, symmetrize: bool = True) -> PhononSet:
+    """Phonons from existing DFT results in ``directory``: ``phonopy_params.yaml`` (forces or
+    force constants inside), or ``POSCAR-unitcell`` + ``phonopy_disp.yaml`` + ``FORCE_SETS``.
+    Non-analytical corrections (BORN) are left out: INS from powders at finite Q does not need
+    them, and the model route has none either."""
+    import phonopy
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise InputError(f"--force-sets {d}: not a directory")
+    params = d / "phonopy_params.yaml"
+    disp = d / "phonopy_disp.yaml"
+    try:
+        if params.exists():
+            ph = phonopy.load(params, is_nac=False, symmetrize_fc=symmetrize)
+        elif disp.exists() and (d / "FORCE_SETS").exists():
+            ph = phonopy.load(disp, force_sets_filename=d / "FORCE_SETS", is_nac=False,
+                              symmetrize_fc=symmetrize)
+        else:
+            raise InputError(f"--force-sets {d}: needs phonopy_params.yaml, or phonopy_disp.yaml "
+                             "with FORCE_SETS")
+    except InputError:
+        raise
+    except Exception as exc:  # phonopy raises many kinds on malformed files
+        raise InputError(f"--force-sets {d}: phonopy could not read it ({exc})") from None
+    if ph.force_constants is None:
+        raise InputError(f"--force-sets {d}: no forces or force constants found")
+    return PhononSet([ph], "force-sets", provenance={"force_sets": str(d)})
+
+
+def relax(atoms: Atoms, calc, *, fmax: float = 1e-3, cell: bool = True, steps: int = 500,
+          log=None) -> Atoms:
+    """Relax positions (and the cell, keeping its symmetry) with the model; returns a copy."""
+    from ase.constraints import FixSymmetry
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS
+
+    a = atoms.copy()
+    a.calc = calc
+    a.set_constraint(FixSymmetry(a))
+    target = FrechetCellFilter(a) if cell else a
+    opt = BFGS(target, logfile=log)
+    converged = opt.run(fmax=fmax, steps=steps)
+    if not converged:
+        raise InputError(f"--relax: not converged to fmax {fmax} eV/A in {steps} steps "
+                         f"(max force {np.abs(a.get_forces()).max():.2e} eV/A)")
+    a.set_constraint()
+    out = a.copy()
+    out.calc = None
+    return out

@@ -1,0 +1,66 @@
+"""Band structure + DOS in one PNG (meV); with an ensemble, the member spread as a shaded band."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mlff_ins.atomic_io import atomic_path
+from mlff_ins.phonons.properties import MEV_PER_THZ, PhononProperties
+
+
+def plot_phonons(props: PhononProperties, path: str | Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_dos) = plt.subplots(1, 2, figsize=(8, 4.2), sharey=True,
+                                     gridspec_kw={"width_ratios": [3, 1]})
+    x = props.band_distances
+    band = props.band_frequencies_THz * MEV_PER_THZ         # (K, B, 3n)
+    mean, std = band.mean(axis=0), band.std(axis=0)
+    # breaks in the path (consecutive labels at the same distance) are not joined
+    for j in range(mean.shape[1]):
+        ax.plot(x, mean[:, j], color="k", lw=1.0)
+        if band.shape[0] > 1:
+            ax.fill_between(x, mean[:, j] - std[:, j], mean[:, j] + std[:, j], color="C0",
+                            alpha=0.3, lw=0)
+    ticks, names = [], []
+    for d, lab in props.band_labels:
+        if ticks and abs(d - ticks[-1]) < 1e-9:
+            names[-1] = f"{names[-1]}|{lab}"
+        else:
+            ticks.append(d)
+            names.append(lab)
+    for t in ticks:
+        ax.axvline(t, color="0.7", lw=0.6)
+    ax.axhline(0, color="0.5", lw=0.6)
+    ax.set_xticks(ticks, names)
+    ax.set_xlim(x[0], x[-1])
+    ax.set_ylabel("energy (meV)")
+    if props.imaginary:
+        ax.set_title(f"{title}  ({len(props.imaginary)} q-points with imaginary modes)",
+                     fontsize=9, color="C3")
+    elif title:
+        ax.set_title(title, fontsize=9)
+    e = props.dos_frequency_THz * MEV_PER_THZ
+    per_mev = 1.0 / MEV_PER_THZ
+    tot = props.dos_total * per_mev
+    ax_dos.plot(tot.mean(axis=0), e, color="k", lw=1.2, label="total")
+    if tot.shape[0] > 1:
+        ax_dos.fill_betweenx(e, tot.mean(0) - tot.std(0), tot.mean(0) + tot.std(0), color="C0",
+                             alpha=0.3, lw=0)
+    if len(props.dos_partial) > 1:
+        for el, v in props.dos_partial.items():
+            ax_dos.plot((v * per_mev).mean(axis=0), e, lw=0.9, label=el)
+    ax_dos.set_xlabel("DOS (states/meV/cell)")
+    ax_dos.set_xlim(left=0)
+    ax_dos.legend(fontsize=7)
+    lo = min(0.0, float(np.min(mean)) * 1.1)
+    ax.set_ylim(lo, float(np.max(mean)) * 1.08)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

@@ -1,0 +1,104 @@
+"""What a phonon calculation reports: mesh frequencies and eigenvectors, DOS and partial DOS,
+a band structure along the standard path, and the imaginary modes — for every ensemble member.
+
+Frequencies are phonopy's (THz; imaginary modes are negative numbers); energies are meV
+(E = h f, 1 THz = 4.135667696 meV). Partial DOS are per element, summed over the element's atoms
+in the primitive cell, so they add up to the total DOS (area 3 n_atoms).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MEV_PER_THZ = 4.135667696
+
+
+@dataclass
+class PhononProperties:
+    mesh: np.ndarray                 # (3,) grid
+    qpoints: np.ndarray              # (Q, 3) fractional, reciprocal of the primitive cell
+    weights: np.ndarray              # (Q,)
+    frequencies_THz: np.ndarray      # (K, Q, 3n)
+    eigenvectors: np.ndarray | None  # (Q, 3n, 3n) of the member-mean force constants
+    dos_frequency_THz: np.ndarray    # (E,)
+    dos_total: np.ndarray            # (K, E) states/THz per primitive cell
+    dos_partial: dict                # element -> (K, E)
+    band_qpoints: np.ndarray         # (B, 3)
+    band_distances: np.ndarray       # (B,)
+    band_labels: list                # [(distance, label), ...]
+    band_frequencies_THz: np.ndarray  # (K, B, 3n)
+    imaginary: list = field(default_factory=list)  # [(q frac, frequency THz, where), ...]
+
+
+def mesh_modes(ph, mesh, with_eigenvectors: bool = True):
+    """Full-grid (no symmetry reduction) mesh: qpoints, weights, frequencies, eigenvectors.
+    The full grid keeps per-atom projections and displacement tensors exact for every atom."""
+    ph.run_mesh(mesh, is_mesh_symmetry=False, with_eigenvectors=with_eigenvectors,
+                is_gamma_center=True)
+    m = ph.mesh
+    return (np.array(m.mesh_numbers), np.array(m.qpoints), np.array(m.weights, dtype=float),
+            np.array(m.frequencies), np.array(m.eigenvectors) if with_eigenvectors else None)
+
+
+def band_path(ph, npoints: int = 200):
+    """Standard band path of the primitive cell (ASE's special points), as fractional q-points,
+    cumulative distances (1/Angstrom, 2 pi included) and labelled breakpoints."""
+    from ase.cell import Cell
+
+    path = Cell(ph.primitive.cell).bandpath(npoints=npoints)
+    q = np.array(path.kpts)
+    x, xlabels, labels = path.get_linear_kpoint_axis()
+    pretty = [r"$\Gamma$" if s == "G" else s for s in labels]
+    return q, 2 * np.pi * np.asarray(x), list(zip((2 * np.pi * np.asarray(xlabels)).tolist(),
+                                                  pretty))
+
+
+def imaginary_modes(qpoints, frequencies_THz, where: str, tol_THz: float):
+    """(q, lowest frequency, where) for every q-point with a mode below -tol_THz."""
+    out = []
+    for q, f in zip(qpoints, frequencies_THz):
+        if f.min() < -tol_THz:
+            out.append((tuple(float(x) for x in q), float(f.min()), where))
+    return out
+
+
+def compute_properties(members, mesh, *, band_points: int = 200, dos_pitch_THz: float = 0.05,
+                       imaginary_tol_THz: float = 0.05) -> PhononProperties:
+    """Mesh, DOS (phonopy's tetrahedron method), partial DOS per element and bands for every
+    member; eigenvectors and imaginary modes from the member-mean force constants."""
+    mean = members[0]
+    if len(members) > 1:
+        mean = members[0].copy()
+        mean.force_constants = np.mean([m.force_constants for m in members], axis=0)
+    grid, qpoints, weights, _, eigvecs = mesh_modes(mean, mesh)
+    freqs = []
+    for m in members:
+        freqs.append(mesh_modes(m, grid, with_eigenvectors=False)[3])
+    freqs = np.array(freqs)
+    fmin = min(0.0, float(freqs.min())) - 5 * dos_pitch_THz
+    fmax = float(freqs.max()) + 5 * dos_pitch_THz
+    symbols = list(mean.primitive.symbols)
+    elements = list(dict.fromkeys(symbols))
+    dos_total, dos_partial = [], {e: [] for e in elements}
+    for m in members:
+        m.run_mesh(grid, is_mesh_symmetry=False, with_eigenvectors=True, is_gamma_center=True)
+        m.run_projected_dos(freq_min=fmin, freq_max=fmax, freq_pitch=dos_pitch_THz)
+        pd = m.projected_dos
+        proj = np.array(pd.projected_dos)
+        dos_total.append(proj.sum(axis=0))
+        for e in elements:
+            dos_partial[e].append(proj[[i for i, s in enumerate(symbols) if s == e]].sum(axis=0))
+        dos_freq = np.array(pd.frequency_points)
+    bq, bx, blabels = band_path(mean, band_points)
+    band = []
+    for m in members:
+        m.run_qpoints(bq)
+        band.append(np.array(m.qpoints.frequencies))
+    band = np.array(band)
+    imag = (imaginary_modes(qpoints, freqs.mean(axis=0), "mesh", imaginary_tol_THz)
+            + imaginary_modes(bq, band.mean(axis=0), "band", imaginary_tol_THz))
+    return PhononProperties(grid, qpoints, weights, freqs, eigvecs, dos_freq,
+                            np.array(dos_total), {e: np.array(v) for e, v in dos_partial.items()},
+                            bq, bx, blabels, band, imag)
