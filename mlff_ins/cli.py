@@ -430,10 +430,14 @@ def _run_spectra(args) -> int:
 
 def _mesh_arg(values):
     """--mesh: one number (phonopy's length, Angstrom) or three integers."""
-    if len(values) == 1:
-        return float(values[0])
-    if len(values) == 3 and all(float(v).is_integer() and float(v) > 0 for v in values):
-        return [int(float(v)) for v in values]
+    try:
+        nums = [float(v) for v in values]
+    except ValueError:
+        nums = []
+    if len(nums) == 1 and nums[0] > 0:
+        return nums[0]
+    if len(nums) == 3 and all(v.is_integer() and v > 0 for v in nums):
+        return [int(v) for v in nums]
     raise InputError(f"--mesh {' '.join(values)}: give one length (Angstrom) or three "
                      "positive integers")
 

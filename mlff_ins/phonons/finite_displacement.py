@@ -11,8 +11,10 @@ force constants of the mean forces. The same objects come from published DFT for
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,8 +57,12 @@ def make_phonopy(atoms: Atoms, supercell, *, primitive="auto", distance: float =
     plus and minus where symmetry does not relate them)."""
     from phonopy import Phonopy
 
-    ph = Phonopy(to_phonopy_atoms(atoms), supercell_matrix=supercell_matrix(np.ravel(supercell)),
-                 primitive_matrix=primitive, symprec=symprec)
+    with warnings.catch_warnings():
+        # "auto" finding a smaller primitive cell is what we ask for, not news to the user
+        warnings.filterwarnings("ignore", message=".*primitive_matrix defaulted.*")
+        ph = Phonopy(to_phonopy_atoms(atoms),
+                     supercell_matrix=supercell_matrix(np.ravel(supercell)),
+                     primitive_matrix=primitive, symprec=symprec)
     ph.generate_displacements(distance=distance, is_plusminus=plusminus)
     return ph
 
@@ -75,21 +81,31 @@ class PhononSet:
     timings_s: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def mean(self):
         """A phonopy object carrying the member-mean force constants."""
-        if len(self.members) == 1:
-            return self.members[0]
-        ph = self.members[0].copy()
-        ph.force_constants = np.mean([m.force_constants for m in self.members], axis=0)
-        return ph
+        return mean_phonopy(self.members)
+
+
+def blank_copy(ph):
+    """A phonopy object on the same cells with no displacements, forces or force constants."""
+    return ph.replicate() if hasattr(ph, "replicate") else ph.copy()
+
+
+def mean_phonopy(members):
+    """The first member itself, or a new phonopy object with the members' mean force constants."""
+    if len(members) == 1:
+        return members[0]
+    ph = blank_copy(members[0])
+    ph.force_constants = np.mean([m.force_constants for m in members], axis=0)
+    return ph
 
 
 def _forces_to_members(ph, member_forces: np.ndarray, symmetrize: bool) -> list:
     members = []
     for forces in member_forces:
-        m = ph.copy()
-        m.dataset = copy.deepcopy(ph.dataset)   # Phonopy.copy() leaves the displacements out
+        m = blank_copy(ph)
+        m.dataset = copy.deepcopy(ph.dataset)
         m.forces = forces
         m.produce_force_constants()
         if symmetrize:
@@ -137,14 +153,16 @@ def phonons_from_force_sets(directory: str | os.PathLike, *, symmetrize: bool = 
     params = d / "phonopy_params.yaml"
     disp = d / "phonopy_disp.yaml"
     try:
-        if params.exists():
-            ph = phonopy.load(params, is_nac=False, symmetrize_fc=symmetrize)
-        elif disp.exists() and (d / "FORCE_SETS").exists():
-            ph = phonopy.load(disp, force_sets_filename=d / "FORCE_SETS", is_nac=False,
-                              symmetrize_fc=symmetrize)
-        else:
-            raise InputError(f"--force-sets {d}: needs phonopy_params.yaml, or phonopy_disp.yaml "
-                             "with FORCE_SETS")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*primitive_matrix defaulted.*")
+            if params.exists():
+                ph = phonopy.load(params, is_nac=False, symmetrize_fc=symmetrize)
+            elif disp.exists() and (d / "FORCE_SETS").exists():
+                ph = phonopy.load(disp, force_sets_filename=d / "FORCE_SETS", is_nac=False,
+                                  symmetrize_fc=symmetrize)
+            else:
+                raise InputError(f"--force-sets {d}: needs phonopy_params.yaml, or "
+                                 "phonopy_disp.yaml with FORCE_SETS")
     except InputError:
         raise
     except Exception as exc:  # phonopy raises many kinds on malformed files

@@ -68,10 +68,9 @@ def compute_properties(members, mesh, *, band_points: int = 200, dos_pitch_THz: 
                        imaginary_tol_THz: float = 0.05) -> PhononProperties:
     """Mesh, DOS (phonopy's tetrahedron method), partial DOS per element and bands for every
     member; eigenvectors and imaginary modes from the member-mean force constants."""
-    mean = members[0]
-    if len(members) > 1:
-        mean = members[0].copy()
-        mean.force_constants = np.mean([m.force_constants for m in members], axis=0)
+    from mlff_ins.phonons.finite_displacement import mean_phonopy
+
+    mean = mean_phonopy(members)
     grid, qpoints, weights, _, eigvecs = mesh_modes(mean, mesh)
     freqs = []
     for m in members:

@@ -1,0 +1,155 @@
+"""Phonons: the batched path equals plain phonopy + ASE, DFT force sets give phonopy's own
+frequencies, the files round-trip and the CLI reports what a user needs."""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from mlff_ins.cli import main
+from mlff_ins.model.calculator import load_calculator
+from mlff_ins.phonons.finite_displacement import (displaced_supercells, make_phonopy,
+                                                  phonons_from_force_sets, phonons_from_model)
+from mlff_ins.phonons.io import params_path, read_phonons
+from mlff_ins.phonons.properties import compute_properties
+
+DATA = Path(__file__).parent / "data" / "phonopy"
+warnings.filterwarnings("ignore", message=".*primitive_matrix defaulted.*")
+
+
+def _assert_same_modes(f, f_ref, rel=1e-8):
+    """Equal eigenvalues (signed f²) to ``rel`` of the largest: the acoustic frequencies at Γ are
+    square roots of round-off (~1e-14) and differ at 1e-7 THz between summation orders."""
+    f2, f2_ref = (np.sign(x) * np.asarray(x) ** 2 for x in (f, f_ref))
+    assert np.abs(f2 - f2_ref).max() <= rel * np.abs(f2_ref).max()
+
+
+def _plain_phonopy(atoms, calc, supercell, plusminus):
+    """What a user does without mlff-ins: phonopy displacements, one ASE call per supercell."""
+    ph = make_phonopy(atoms, supercell, plusminus=plusminus)
+    forces = []
+    for cell in displaced_supercells(ph):
+        cell.calc = calc
+        forces.append(cell.get_forces())
+    ph.forces = forces
+    ph.produce_force_constants()
+    ph.symmetrize_force_constants()
+    return ph
+
+
+@pytest.mark.parametrize("case", ["si", "p1"])
+def test_batched_force_constants_equal_plain_phonopy(tiny_bundle, case):
+    calc = load_calculator(tiny_bundle)
+    if case == "si":
+        atoms, supercell, pm = bulk("Si", "diamond", 5.43), [2, 2, 2], True
+    else:  # no symmetry at all: every atom displaced along x, y, z, both ways
+        atoms = bulk("Si", "diamond", 5.43, cubic=True)
+        atoms.rattle(0.05, seed=3)
+        supercell, pm = [1, 1, 1], "auto"
+    ours = phonons_from_model(atoms, calc, supercell, plusminus=pm, max_batch_atoms=200)
+    plain = _plain_phonopy(atoms, calc, supercell, pm)
+    if case == "p1":
+        assert ours.provenance["n_displacements"] == 6 * len(atoms)
+    fc, ref = ours.mean.force_constants, plain.force_constants
+    assert np.abs(fc - ref).max() <= 1e-8 * np.abs(ref).max()
+    q = [[0, 0, 0], [0.5, 0, 0.5], [0.25, 0.1, 0.3]]
+    ours.mean.run_qpoints(q)
+    plain.run_qpoints(q)
+    _assert_same_modes(ours.mean.qpoints.frequencies, plain.qpoints.frequencies)
+    # members differ (bootstrap ensemble), and their mean force constants are the mean's
+    assert len(ours.members) == 2
+    assert not np.allclose(ours.members[0].force_constants, ours.members[1].force_constants)
+
+
+@pytest.mark.parametrize("material", ["MgO", "NaCl", "Al2O3"])
+def test_force_sets_frequencies_equal_phonopy(material, tmp_path):
+    import phonopy
+
+    out = tmp_path / f"{material}.h5"
+    assert main(["phonons", "--force-sets", str(DATA / material), "--mesh", "4", "4", "4",
+                 "-o", str(out)]) == 0
+    ref = phonopy.load(DATA / material / "phonopy_disp.yaml",
+                       force_sets_filename=DATA / material / "FORCE_SETS", is_nac=False)
+    ref.run_mesh([4, 4, 4], is_mesh_symmetry=False, is_gamma_center=True)
+    import h5py
+
+    with h5py.File(out) as f:
+        ours = f["mesh/frequency_THz"][0]
+        qpts = f["mesh/qpoints"][()]
+        assert f["dos/total_mean"].shape == f["dos/frequency_THz"].shape
+    np.testing.assert_allclose(qpts, ref.mesh.qpoints, atol=1e-12)
+    _assert_same_modes(ours, ref.mesh.frequencies)
+    # the phonopy_params.yaml we write gives the same frequencies to phonopy itself
+    again = phonopy.load(params_path(out), is_nac=False)
+    again.run_mesh([4, 4, 4], is_mesh_symmetry=False, is_gamma_center=True)
+    _assert_same_modes(again.mesh.frequencies, ref.mesh.frequencies)
+    # and so do the force constants rebuilt from our HDF5
+    back = read_phonons(out).members[0]
+    back.run_mesh([4, 4, 4], is_mesh_symmetry=False, is_gamma_center=True)
+    _assert_same_modes(back.mesh.frequencies, ref.mesh.frequencies)
+
+
+def test_dos_area_and_partials():
+    pset = phonons_from_force_sets(DATA / "MgO")
+    props = compute_properties(pset.members, [8, 8, 8])
+    df = props.dos_frequency_THz[1] - props.dos_frequency_THz[0]
+    n_modes = props.frequencies_THz.shape[-1]
+    assert props.dos_total[0].sum() * df == pytest.approx(n_modes, rel=1e-3)
+    np.testing.assert_allclose(sum(v[0] for v in props.dos_partial.values()), props.dos_total[0],
+                               rtol=1e-10, atol=1e-12)
+    assert not props.imaginary          # a stable crystal: nothing below -0.05 THz
+
+
+def test_imaginary_modes_are_reported(tmp_path, capsys):
+    """Force constants of a dynamically unstable cell (negative on-site spring) are reported."""
+    import phonopy
+
+    ph = phonopy.load(DATA / "NaCl" / "phonopy_disp.yaml",
+                      force_sets_filename=DATA / "NaCl" / "FORCE_SETS", is_nac=False)
+    ph.force_constants = -ph.force_constants
+    d = tmp_path / "unstable"
+    d.mkdir()
+    ph.save(d / "phonopy_params.yaml", settings={"force_constants": True})
+    out = tmp_path / "unstable.h5"
+    assert main(["phonons", "--force-sets", str(d), "--mesh", "4", "4", "4", "--no-symmetrize",
+                 "-o", str(out), "--plot"]) == 0
+    err = capsys.readouterr().err
+    assert "imaginary modes at" in err and "THz at q = (" in err
+    import h5py
+
+    with h5py.File(out) as f:
+        assert len(f["imaginary/frequency_THz"]) > 0
+        assert (f["imaginary/frequency_THz"][()] < 0).all()
+    assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_cli_phonons_with_model_and_errors(tiny_bundle, tmp_path, capsys):
+    from ase.io import write
+
+    cif = tmp_path / "si.cif"
+    write(cif, bulk("Si", "diamond", 5.43))
+    out = tmp_path / "si_phonons.h5"
+    assert main(["phonons", str(cif), "--model", str(tiny_bundle), "--supercell", "2", "2", "2",
+                 "--mesh", "6", "6", "6", "-o", str(out), "--plot"]) == 0
+    text = capsys.readouterr().out
+    assert "2 member(s)" in text and "displaced supercells of 16 atoms" in text
+    assert params_path(out).exists() and out.with_suffix(".png").exists()
+    import h5py
+
+    with h5py.File(out) as f:
+        assert f["force_constants"].shape[0] == 2
+        assert f["band/frequency_THz"].shape[0] == 2
+        assert (f["dos/total_std"][()] > 0).any()
+    # bad input: one line naming the option, nothing written
+    bad = tmp_path / "bad.h5"
+    assert main(["phonons", str(cif), "--model", str(tiny_bundle), "--supercell", "2", "2",
+                 "-o", str(bad)]) == 2
+    assert "--supercell takes 3 or 9 integers" in capsys.readouterr().err
+    assert main(["phonons", "--force-sets", str(tmp_path), "-o", str(bad)]) == 2
+    assert "needs phonopy_params.yaml" in capsys.readouterr().err
+    assert main(["phonons", str(cif), "--model", str(tiny_bundle), "--mesh", "2", "x",
+                 "-o", str(bad)]) == 2
+    assert "--mesh" in capsys.readouterr().err
+    assert not bad.exists()
