@@ -12,7 +12,7 @@ import numpy as np
 
 from mlff_ins.errors import InputError
 
-E_PER_K2 = 2.0721  # meV Å², E = ħ²k²/2m_n
+E_PER_K2 = 2.0721249  # meV Å², E = ħ²k²/2m_n (CODATA 2018 ħ and m_n)
 
 
 def q_limits(energy_meV, ei_meV: float, angles_deg=(3.0, 135.0)):

@@ -1,0 +1,205 @@
+"""Phonons benchmark: the batched path against phonopy + an ASE calculator loop, and silicon
+frequencies against DFT and experiment.
+
+Speed: the same model bundle evaluates the displaced supercells of (a) diamond Si, conventional
+cell x4 (512 atoms), (b) a vacancy in the 3x3x3 conventional cell (215 atoms, its own symmetry) and
+(c) a rattled 250-atom P1 cell (5x5x5 primitive cells: every atom displaced +-x, y, z), through
+(1) `mlff_ins.phonons.finite_displacement.phonons_from_model` (batched model calls) and (2)
+phonopy's displacements with one ``atoms.get_forces()`` per supercell, interleaved. Prints both
+times (displacements + forces + force constants), the ratio (2)/(1) (target >= 3 on 2 CPU cores)
+and the largest force-constant difference.
+
+Accuracy: Si Γ, X and L frequencies from the model (cell relaxed with it, 4x4x4 conventional
+supercell) next to the CP2K PBE reference (phonopy's Si-CP2K example: 2x2x2 conventional
+supercell, shipped in mlff_ins/resources/si/phonopy-Si-CP2K) and experiment; with ``sevenn``
+installed, SevenNet-0 (weights in its wheel) through the same phonopy route.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+warnings.filterwarnings("ignore", message=".*primitive_matrix defaulted.*")
+
+#: experiment (THz), as quoted in the issue: Γ TO; X TA, LA, TO; L TA, LA, LO, TO
+EXPERIMENT = {"G": {"TO": 15.53}, "X": {"TA": 4.49, "LA": 12.32, "TO": 13.90},
+              "L": {"TA": 3.43, "LA": 11.35, "LO": 12.60, "TO": 14.68}}
+CP2K_DIR = Path(__file__).resolve().parents[1] / "resources" / "si" / "phonopy-Si-CP2K"
+HARTREE_PER_BOHR_TO_EV_PER_A = 51.422090462576755   # phonopy's CP2K interface factor
+
+
+def _cases(which):
+    from ase.build import bulk
+
+    conv = bulk("Si", "diamond", a=5.43, cubic=True)
+    out = {}
+    if "si" in which:
+        out["Si 4x4x4 (512 atoms)"] = (conv, [4, 4, 4], "auto")
+    if "vacancy" in which:
+        vac = conv.repeat(3)
+        del vac[0]
+        out["vacancy (215 atoms)"] = (vac, [1, 1, 1], "auto")
+    if "p1" in which:
+        p1 = bulk("Si", "diamond", a=5.43).repeat(5)
+        p1.rattle(0.03, seed=7)
+        out["P1 (250 atoms)"] = (p1, [1, 1, 1], "auto")
+    return out
+
+
+def _plain(atoms, calc, supercell, pm):
+    from mlff_ins.phonons.finite_displacement import displaced_supercells, make_phonopy
+
+    ph = make_phonopy(atoms, supercell, plusminus=pm)
+    forces = []
+    for cell in displaced_supercells(ph):
+        cell.calc = calc
+        forces.append(cell.get_forces())
+    ph.forces = forces
+    ph.produce_force_constants()
+    ph.symmetrize_force_constants()
+    return ph
+
+
+def speed(calc, which, batch_atoms):
+    from mlff_ins.phonons.finite_displacement import phonons_from_model
+
+    print(f"{'case':24s} {'disp':>5s} {'batched s':>10s} {'ASE loop s':>11s} {'ratio':>6s} "
+          f"{'max |dFC| eV/A2':>16s}")
+    for name, (atoms, sc, pm) in _cases(which).items():
+        t = time.perf_counter()
+        ours = phonons_from_model(atoms, calc, sc, plusminus=pm, max_batch_atoms=batch_atoms)
+        t_ours = time.perf_counter() - t
+        t = time.perf_counter()
+        plain = _plain(atoms, calc, sc, pm)
+        t_plain = time.perf_counter() - t
+        d = np.abs(ours.mean.force_constants - plain.force_constants).max()
+        print(f"{name:24s} {ours.provenance['n_displacements']:5d} {t_ours:10.1f} "
+              f"{t_plain:11.1f} {t_plain / t_ours:6.2f} {d:16.2e}   "
+              f"(ours: forces {ours.timings_s['forces']:.1f} s, force constants "
+              f"{ours.timings_s['force_constants']:.1f} s)", flush=True)
+
+
+def _special_frequencies(ph):
+    """Sorted frequencies (THz) at Γ, X, L of the fcc primitive cell, assigned to branches."""
+    from ase.cell import Cell
+
+    special = Cell(ph.primitive.cell).bandpath().special_points
+    out = {}
+    for label, names in (("G", [None, None, None, "TO", "TO", "TO"]),
+                         ("X", ["TA", "TA", "LA", "LA", "TO", "TO"]),
+                         ("L", ["TA", "TA", "LA", "LO", "TO", "TO"])):
+        ph.run_qpoints([special[label]])
+        f = np.sort(ph.qpoints.frequencies[0])
+        out[label] = {n: float(v) for n, v in zip(names, f) if n}
+    return out
+
+
+def dft_reference():
+    """Γ, X, L of phonopy's Si-CP2K example (PBE, 2x2x2 conventional supercell)."""
+    from phonopy import Phonopy
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    a = 5.4661639157319968
+    frac = [[0.875, 0.875, 0.875], [0.875, 0.375, 0.375], [0.375, 0.875, 0.375],
+            [0.375, 0.375, 0.875], [0.125, 0.125, 0.125], [0.125, 0.625, 0.625],
+            [0.625, 0.125, 0.625], [0.625, 0.625, 0.125]]
+    unit = PhonopyAtoms(symbols=["Si"] * 8, cell=np.eye(3) * a, scaled_positions=frac)
+    ph = Phonopy(unit, supercell_matrix=np.diag([2, 2, 2]),
+                 primitive_matrix=[[0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
+    ph.generate_displacements(distance=0.01)
+    lines = (CP2K_DIR / "Si-supercell-001-forces-1_0.xyz").read_text().splitlines()
+    rows = [ln.split() for ln in lines if ln.strip().split()[:1] and ln.split()[0].isdigit()]
+    forces = np.array([[float(x) for x in r[3:6]] for r in rows]) * HARTREE_PER_BOHR_TO_EV_PER_A
+    assert len(forces) == len(ph.supercell), "Si-CP2K forces do not match the 2x2x2 supercell"
+    ph.forces = [forces]
+    ph.produce_force_constants()
+    ph.symmetrize_force_constants()
+    return _special_frequencies(ph)
+
+
+def model_frequencies(calc):
+    from ase.build import bulk
+
+    from mlff_ins.phonons.finite_displacement import phonons_from_model, relax
+
+    si = relax(bulk("Si", "diamond", a=5.43, cubic=True), calc, fmax=1e-4)
+    pset = phonons_from_model(si, calc, [4, 4, 4])
+    return _special_frequencies(pset.mean), si.cell.lengths()[0]
+
+
+def sevenn_frequencies():
+    try:
+        from sevenn.calculator import SevenNetCalculator
+    except ImportError:
+        return None, None
+    from ase.build import bulk
+
+    from mlff_ins.phonons.finite_displacement import relax
+
+    calc = SevenNetCalculator("7net-0", device="cpu")
+    si = relax(bulk("Si", "diamond", a=5.43, cubic=True), calc, fmax=1e-4)
+    ph = _plain(si, calc, [4, 4, 4], "auto")
+    return _special_frequencies(ph), si.cell.lengths()[0]
+
+
+def accuracy(calc, with_sevenn: bool):
+    ref = dft_reference()
+    ours, a_ours = model_frequencies(calc)
+    seven, a_seven = sevenn_frequencies() if with_sevenn else (None, None)
+    head = f"{'point':5s} {'branch':6s} {'exp':>6s} {'CP2K':>7s} {'model':>7s} {'vs DFT':>7s} " \
+           f"{'vs exp':>7s}"
+    if seven:
+        head += f" {'7net-0':>7s} {'vs exp':>7s}"
+    print(f"lattice constant: model {a_ours:.4f} A" +
+          (f", SevenNet-0 {a_seven:.4f} A" if seven else "") + ", CP2K reference 5.4662 A")
+    print(head)
+    worst_dft = worst_exp = 0.0
+    for point, branches in EXPERIMENT.items():
+        for branch, exp in branches.items():
+            r, m = ref[point][branch], ours[point][branch]
+            dd, de = (m - r) / r, (m - exp) / exp
+            worst_dft, worst_exp = max(worst_dft, abs(dd)), max(worst_exp, abs(de))
+            line = (f"{point:5s} {branch:6s} {exp:6.2f} {r:7.2f} {m:7.2f} {100 * dd:6.1f}% "
+                    f"{100 * de:6.1f}%")
+            if seven:
+                s = seven[point][branch]
+                line += f" {s:7.2f} {100 * (s - exp) / exp:6.1f}%"
+            print(line)
+    print(f"largest deviation of the model: {100 * worst_dft:.1f} % from CP2K (target 3 %), "
+          f"{100 * worst_exp:.1f} % from experiment (target 5 %)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mlff_ins.bench phonons", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="model bundle (default: train a tiny one on the embedded "
+                   "data, a few minutes; use the small preset's bundle for the accuracy figures)")
+    p.add_argument("--cases", nargs="+", default=["si", "vacancy", "p1"],
+                   choices=["si", "vacancy", "p1"], help="speed cases (default all)")
+    p.add_argument("--batch-atoms", type=int, default=4096)
+    p.add_argument("--no-speed", action="store_true")
+    p.add_argument("--no-accuracy", action="store_true")
+    p.add_argument("--no-sevenn", action="store_true", help="skip SevenNet-0")
+    args = p.parse_args(argv)
+
+    from mlff_ins.model.calculator import load_calculator
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model:
+            bundle = Path(args.model)
+        else:
+            from mlff_ins.bench.md_bench import _tiny_bundle
+            bundle = _tiny_bundle(Path(tmp))
+        calc = load_calculator(bundle)
+        print(f"model: {bundle} ({len(calc.models)} member(s))")
+        if not args.no_speed:
+            speed(calc, args.cases, args.batch_atoms)
+        if not args.no_accuracy:
+            accuracy(calc, not args.no_sevenn)
+    return 0
