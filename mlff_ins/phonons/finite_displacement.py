@@ -87,31 +87,43 @@ class PhononSet:
         return mean_phonopy(self.members)
 
 
-def blank_copy(ph):
-    """A phonopy object on the same cells with no displacements, forces or force constants."""
-    return ph.replicate() if hasattr(ph, "replicate") else ph.copy()
+def with_force_constants(ph, force_constants, forces=None):
+    """A phonopy object on ``ph``'s cells carrying ``force_constants`` (and, when given, ``ph``'s
+    displacements with these ``forces``), without redoing phonopy's symmetry analysis (which
+    takes seconds for a 512-atom supercell). Cells and symmetry are shared with ``ph``."""
+    m = copy.copy(ph)
+    if forces is not None and ph.dataset is not None:
+        m.dataset = copy.deepcopy(ph.dataset)
+        m.forces = forces
+    else:
+        m._dataset = None          # noqa: SLF001 - no displacement data for derived objects
+    m.force_constants = np.array(force_constants)
+    return m
 
 
 def mean_phonopy(members):
-    """The first member itself, or a new phonopy object with the members' mean force constants."""
+    """The first member itself, or one phonopy object with the members' mean force constants
+    (force constants are linear in the forces, so these are also those of the mean forces)."""
     if len(members) == 1:
         return members[0]
-    ph = blank_copy(members[0])
-    ph.force_constants = np.mean([m.force_constants for m in members], axis=0)
-    return ph
+    forces = None
+    if all(m.dataset is not None and m.forces is not None for m in members):
+        forces = np.mean([m.forces for m in members], axis=0)
+    return with_force_constants(members[0], np.mean([m.force_constants for m in members], axis=0),
+                                forces)
 
 
 def _forces_to_members(ph, member_forces: np.ndarray, symmetrize: bool) -> list:
-    members = []
+    """One phonopy object per member; compact force constants (the primitive atoms' rows, as
+    phonopy-load makes them), so building them costs no more than the forces."""
+    fcs = []
     for forces in member_forces:
-        m = blank_copy(ph)
-        m.dataset = copy.deepcopy(ph.dataset)
-        m.forces = forces
-        m.produce_force_constants()
+        ph.forces = forces
+        ph.produce_force_constants(calculate_full_force_constants=False, show_drift=False)
         if symmetrize:
-            m.symmetrize_force_constants()
-        members.append(m)
-    return members
+            ph.symmetrize_force_constants(show_drift=False)
+        fcs.append(np.array(ph.force_constants))
+    return [with_force_constants(ph, fc, f) for fc, f in zip(fcs, member_forces)]
 
 
 def phonons_from_model(atoms: Atoms, calc, supercell, *, distance: float = 0.01,

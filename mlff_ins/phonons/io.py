@@ -27,7 +27,7 @@ import numpy as np
 from mlff_ins import __version__
 from mlff_ins.atomic_io import atomic_path
 from mlff_ins.errors import InputError
-from mlff_ins.phonons.finite_displacement import PhononSet
+from mlff_ins.phonons.finite_displacement import PhononSet, with_force_constants
 from mlff_ins.phonons.properties import MEV_PER_THZ, PhononProperties
 
 FORMAT = "mlff-ins phonons 1"
@@ -125,10 +125,7 @@ def read_phonons(path: str | os.PathLike) -> PhononSet:
         source = str(f.attrs["source"])
         prov = json.loads(f.attrs["provenance"])
         mesh = f["mesh/mesh"][()]
-    members = []
-    for fc in fcs:
-        ph = Phonopy(unit, supercell_matrix=smat, primitive_matrix=pmat)
-        ph.force_constants = fc
-        members.append(ph)
+    ph = Phonopy(unit, supercell_matrix=smat, primitive_matrix=pmat)
+    members = [with_force_constants(ph, fc) for fc in fcs]
     return PhononSet(members, source, provenance={**prov, "mesh": mesh.tolist(),
                                                   "phonons_file": str(path)})
