@@ -28,6 +28,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "labels OK" in out and "forces  MAE" in out
     assert (tmp_path / "demo" / "models" / "si_tiny" / "report.md").exists()
+    assert "X TA" in out and "(exp 4.49)" in out
+    for name in ("si_phonons.h5", "si_phonons.png", "si_vision.h5", "si_vision.png"):
+        assert (tmp_path / "demo" / name).stat().st_size > 0
 
 
 def test_bad_option_value_is_one_line(tmp_path, capsys):
