@@ -117,6 +117,26 @@ def test_kill_and_resume_gives_the_uninterrupted_nve_trajectory(tmp_path):
     np.testing.assert_allclose(got["etot"], ref["etot"], rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("thermostat", ["langevin", "bussi"])
+def test_resumed_nvt_run_repeats_the_uninterrupted_one(tmp_path, thermostat):
+    """Thermostat noise is reseeded from (seed, step) at every frame: stopping after 60 steps and
+    resuming to 120 gives the trajectory of one 120-step run."""
+    structure = tmp_path / "cu.xyz"
+    write(structure, _cu(2))
+    calc = tmp_path / "emt.yaml"
+    calc.write_text("calculator: emt\n")
+    args = ["md", str(structure), "--calculator", str(calc), "--ensemble", "nvt",
+            "--thermostat", thermostat, "-T", "300", "--every", "10", "--dt", "2",
+            "--tdamp", "50", "--friction", "0.02"]
+    assert main(args + ["--steps", "120", "-o", str(tmp_path / "ref.h5")]) == 0
+    part = tmp_path / "part.h5"
+    assert main(args + ["--steps", "60", "-o", str(part)]) == 0
+    assert main(args + ["--steps", "120", "-o", str(part), "--resume"]) == 0
+    ref, got = _read(tmp_path / "ref.h5"), _read(part)
+    np.testing.assert_array_equal(got["step"], np.arange(0, 121, 10))
+    np.testing.assert_allclose(got["pos"], ref["pos"], rtol=0, atol=1e-9)
+
+
 def _frames_written(path) -> int:
     """Complete frames of a trajectory another process is writing (0 while unreadable)."""
     try:

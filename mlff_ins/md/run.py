@@ -7,7 +7,10 @@ thermostat (the cell is stored every frame). Units: fs, K, GPa, eV, Å.
 
 Resume: the last complete frame of the trajectory (positions, velocities, cell, step) restarts the
 run, which continues to the same total number of steps; for NVE the continued trajectory is the
-one an uninterrupted run gives. Thermostat noise restarts from a seed derived from the step.
+one an uninterrupted run gives. The Langevin and Bussi thermostats draw their noise from a
+generator reseeded from (seed, step) at every written frame, so a resumed NVT run is the
+uninterrupted one too; the Nosé–Hoover chain and MTK barostat variables are not stored and
+restart from zero.
 """
 
 from __future__ import annotations
@@ -235,6 +238,9 @@ def _integrate(atoms, opts, writer, step, progress) -> MDSummary:
         while current() < opts.steps:
             if opts.temperature_end_K is not None:  # ramp, updated every frame interval
                 dyn.set_temperature(temperature_K=opts.target_temperature(current()))
+            if current() % opts.every == 0 and hasattr(dyn, "rng"):
+                # noise from here on depends only on (seed, step): a resume repeats it exactly
+                dyn.rng = np.random.default_rng([opts.seed, current()])
             dyn.run(min(opts.every - current() % opts.every, opts.steps - current()))
             if current() % opts.every == 0 or current() == opts.steps:
                 _write(writer, atoms, current(), opts)
