@@ -154,8 +154,8 @@ def accuracy(calc, with_sevenn: bool):
     ref = dft_reference()
     ours, a_ours = model_frequencies(calc)
     seven, a_seven = sevenn_frequencies() if with_sevenn else (None, None)
-    head = f"{'point':5s} {'branch':6s} {'exp':>6s} {'CP2K':>7s} {'model':>7s} {'vs DFT':>7s} " \
-           f"{'vs exp':>7s}"
+    head = f"{'point':5s} {'branch':6s} {'exp':>6s} {'CP2K':>7s} {'vs exp':>7s} {'model':>7s} " \
+           f"{'vs DFT':>7s} {'vs exp':>7s}"
     if seven:
         head += f" {'7net-0':>7s} {'vs exp':>7s}"
     print(f"lattice constant: model {a_ours:.4f} A" +
@@ -167,8 +167,8 @@ def accuracy(calc, with_sevenn: bool):
             r, m = ref[point][branch], ours[point][branch]
             dd, de = (m - r) / r, (m - exp) / exp
             worst_dft, worst_exp = max(worst_dft, abs(dd)), max(worst_exp, abs(de))
-            line = (f"{point:5s} {branch:6s} {exp:6.2f} {r:7.2f} {m:7.2f} {100 * dd:6.1f}% "
-                    f"{100 * de:6.1f}%")
+            line = (f"{point:5s} {branch:6s} {exp:6.2f} {r:7.2f} {100 * (r - exp) / exp:6.1f}% "
+                    f"{m:7.2f} {100 * dd:6.1f}% {100 * de:6.1f}%")
             if seven:
                 s = seven[point][branch]
                 line += f" {s:7.2f} {100 * (s - exp) / exp:6.1f}%"
