@@ -183,10 +183,16 @@ def coherent_powder_sqe(modes: ModeSet, q, energy_meV, b_coh_fm, n_directions: i
     out = np.zeros((len(q), len(e_grid)))
     pts = np.concatenate([qa * base @ r.T for qa, r in zip(q, rots)])      # (nQ*nd, 3)
     row = np.repeat(np.arange(len(q)), n_directions)
+    from tqdm.auto import tqdm
+
+    # one dynamical matrix (3n x 3n) per Q-vector: the cost grows like n_Q n_dir n³
+    bar = tqdm(total=len(pts), unit="Q", desc="coherent S(Q,E)", disable=None, leave=False)
     for lo in range(0, len(pts), chunk):
         e, inten = coherent_modes(modes, pts[lo:lo + chunk], b_coh_fm)
+        bar.update(len(e))
         idx = np.rint((e - e_grid[0]) / de).astype(int)
         ok = (idx >= 0) & (idx < len(e_grid)) & (inten > 0)
         r = np.broadcast_to(row[lo:lo + chunk, None], idx.shape)
         np.add.at(out, (r[ok], idx[ok]), inten[ok])
+    bar.close()
     return out / (n_directions * de)
