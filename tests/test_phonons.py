@@ -155,3 +155,20 @@ def test_cli_phonons_with_model_and_errors(tiny_bundle, tmp_path, capsys):
                  "-o", str(bad)]) == 2
     assert "--mesh" in capsys.readouterr().err
     assert not bad.exists()
+
+
+def test_phonopy_params_yaml_loads_in_euphonic(tmp_path):
+    """Euphonic users continue from our phonopy_params.yaml: same frequencies as phonopy."""
+    import phonopy
+    from euphonic import ForceConstants
+
+    out = tmp_path / "nacl.h5"
+    assert main(["phonons", "--force-sets", str(DATA / "NaCl"), "--mesh", "4", "4", "4",
+                 "-o", str(out)]) == 0
+    fc = ForceConstants.from_phonopy(path=str(tmp_path), summary_name=params_path(out).name)
+    q = np.array([[0.1, 0.2, 0.3], [0.5, 0.0, 0.5], [0.25, 0.25, 0.0]])
+    eu = fc.calculate_qpoint_phonon_modes(q).frequencies.to("THz").magnitude
+    ref = phonopy.load(params_path(out), is_nac=False)
+    ref.run_qpoints(q)
+    # Euphonic and phonopy convert eV/Å²/amu to THz with constants that differ at ~1e-7
+    _assert_same_modes(eu, ref.qpoints.frequencies, rel=1e-6)
