@@ -588,6 +588,9 @@ def _add_ins(sub) -> None:
                    help="direct geometry: scattering angles 2θ, degrees (default 3 135)")
     p.add_argument("--resolution", type=float, default=0.0, metavar="FRACTION",
                    help="direct geometry: Gaussian FWHM as a fraction of Ei (default 0)")
+    p.add_argument("--fwhm", type=float, default=0.0, metavar="MEV",
+                   help="S(Q,E) without --ei: constant Gaussian energy broadening, FWHM meV "
+                        "(default 0: modes binned as they are)")
     p.add_argument("--isotope", action="append", default=[], metavar="EL=A",
                    help="substitute an isotope (mass and cross sections), e.g. H=2; repeatable")
     p.add_argument("--seed", type=int, default=0, help="seed of the Q-direction rotations")
@@ -606,6 +609,8 @@ def _run_ins(args) -> int:
     for name in ("e_max", "e_step", "q_max", "q_step", "e_max_2d", "e_step_2d"):
         if not getattr(args, name) > 0:
             raise InputError(f"--{name.replace('_', '-')} must be positive")
+    if args.fwhm < 0 or args.resolution < 0:
+        raise InputError("--fwhm and --resolution must not be negative")
     if args.phonon_orders < 1 or args.directions < 1:
         raise InputError("--phonon-orders and --directions must be at least 1")
     pset = read_phonons(args.phonons)
@@ -621,7 +626,8 @@ def _run_ins(args) -> int:
                       q_max=args.q_max, q_step=args.q_step, e_max_2d_meV=args.e_max_2d,
                       e_step_2d_meV=args.e_step_2d, n_directions=args.directions,
                       ei_meV=args.ei, angles_deg=tuple(args.angles),
-                      resolution_fraction=args.resolution, isotopes=isotopes, seed=args.seed)
+                      resolution_fraction=args.resolution, fwhm_2d_meV=args.fwhm,
+                      isotopes=isotopes, seed=args.seed)
     spectra = ins_from_phonons(pset, opts, {"phonons_file": str(args.phonons),
                                             "phonons_source": pset.source})
     write_spectra(args.output, spectra)

@@ -40,6 +40,7 @@ class InsOptions:
     ei_meV: float | None = None
     angles_deg: tuple = (3.0, 135.0)
     resolution_fraction: float = 0.0
+    fwhm_2d_meV: float = 0.0             # constant Gaussian broadening of the maps (no --ei)
     isotopes: dict = field(default_factory=dict)
     seed: int = 0
 
@@ -100,6 +101,8 @@ def _two_d(modes: ModeSet, sites, opts) -> dict:
         for k in out:
             v = broaden_energy(e, out[k], opts.resolution_fraction * opts.ei_meV)
             out[k] = np.where(mask, v, np.nan)
+    elif opts.fwhm_2d_meV > 0:
+        out = {k: broaden_energy(e, v, opts.fwhm_2d_meV) for k, v in out.items()}
     return q, e, out
 
 
@@ -148,7 +151,8 @@ def ins_from_phonons(pset, opts: InsOptions, meta: dict | None = None) -> dict:
         else:
             p = dict(prov, n_directions=opts.n_directions, ei_meV=opts.ei_meV,
                      angles_deg=list(opts.angles_deg),
-                     resolution_fwhm_fraction=opts.resolution_fraction)
+                     resolution_fwhm_fraction=opts.resolution_fraction,
+                     fwhm_meV=opts.fwhm_2d_meV if opts.ei_meV is None else None)
             spectra[name] = Spectrum2D(kind=name, q=axes[1], y=axes[2], intensity=mean,
                                        intensity_std=std, instrument="direct", provenance=p,
                                        **base)

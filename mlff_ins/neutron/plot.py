@@ -39,8 +39,10 @@ def plot_spectra(spectra: dict, path: str | Path) -> None:
     for kind, items in ones.items():
         ax = next(panels)
         for name, sp in items:
-            style = dict(lw=1.6, color="k") if not sp.element else dict(lw=1.0)
-            ax.plot(sp.x, sp.intensity, label=sp.element or "total", **style)
+            total = not sp.element and name == sp.kind     # e.g. "s_e", not the bank "s_e_45"
+            style = dict(lw=1.6, color="k") if total else dict(lw=1.0)
+            ax.plot(sp.x, sp.intensity, label="total" if total else (sp.element or name),
+                    **style)
             if sp.intensity_std is not None:
                 ax.fill_between(sp.x, sp.intensity - sp.intensity_std,
                                 sp.intensity + sp.intensity_std, alpha=0.25)
