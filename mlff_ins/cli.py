@@ -450,9 +450,10 @@ def _add_phonons(sub) -> None:
                     "(every ensemble member), phonopy builds the force constants. Or from DFT "
                     "force sets with --force-sets DIR. Writes OUTPUT (HDF5: force constants per "
                     "member, mesh frequencies and eigenvectors, DOS and partial DOS, band "
-                    "structure, imaginary modes) and OUTPUT_phonopy_params.yaml (mean force "
-                    "constants, for phonopy and Euphonic). Frequencies in THz and meV; imaginary "
-                    "modes are negative and reported.")
+                    "structure, imaginary modes) and, next to it, NAME_phonopy_params.yaml "
+                    "(NAME = OUTPUT without .h5; mean force constants, for phonopy and "
+                    "Euphonic). Frequencies in THz and meV; imaginary modes are negative and "
+                    "reported.")
     p.add_argument("structure", nargs="?", help="unit cell (CIF, POSCAR, extxyz, ...); not with "
                    "--force-sets")
     src_ = p.add_mutually_exclusive_group(required=True)

@@ -69,8 +69,6 @@ def run_phonon_demo(bundle: Path, output: str | Path) -> dict:
     """Phonons and the VISION S(E) of diamond Si with the demo model; returns the file paths
     and the frequencies (THz) at Γ, X, L."""
     from ase.build import bulk
-    from ase.cell import Cell
-
     from mlff_ins.analysis.ins_pipeline import InsOptions, ins_from_phonons
     from mlff_ins.model.calculator import load_calculator
     from mlff_ins.neutron.plot import plot_spectra
@@ -78,7 +76,7 @@ def run_phonon_demo(bundle: Path, output: str | Path) -> dict:
     from mlff_ins.phonons.finite_displacement import phonons_from_model, relax
     from mlff_ins.phonons.io import write_phonons
     from mlff_ins.phonons.plot import plot_phonons
-    from mlff_ins.phonons.properties import compute_properties
+    from mlff_ins.phonons.properties import compute_properties, diamond_special_frequencies
 
     output = Path(output)
     calc = load_calculator(bundle)
@@ -98,15 +96,9 @@ def run_phonon_demo(bundle: Path, output: str | Path) -> dict:
     vis_path = output / "si_vision.h5"
     write_spectra(vis_path, spectra)
     plot_spectra({"s_e": spectra["s_e"]}, vis_path.with_suffix(".png"))
-    mean = pset.mean
-    special = Cell(mean.primitive.cell).bandpath().special_points
-    freqs = {}
-    for label, names in (("Γ", [None] * 3 + ["TO"] * 3), ("X", ["TA", "TA", "LA", "LA", "TO", "TO"]),
-                         ("L", ["TA", "TA", "LA", "LO", "TO", "TO"])):
-        mean.run_qpoints([special["G" if label == "Γ" else label]])
-        for n, f in zip(names, sorted(mean.qpoints.frequencies[0])):
-            if n:
-                freqs[f"{label} {n}"] = float(f)
+    freqs = {f"{'Γ' if point == 'G' else point} {branch}": f
+             for point, branches in diamond_special_frequencies(pset.mean).items()
+             for branch, f in branches.items()}
     return {"phonons": ph_path, "vision": vis_path, "lattice_A": float(si.cell.lengths()[0]),
             "relaxed": relaxed,
             "frequencies_THz": freqs}

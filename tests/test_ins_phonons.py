@@ -17,7 +17,7 @@ from mlff_ins.neutron.incoherent_approximation import NEUTRON_MASS_AMU
 from mlff_ins.neutron.instruments import INSTRUMENTS, MEV_PER_INVCM
 from mlff_ins.neutron.kinematics import E_PER_K2, q_limits
 from mlff_ins.neutron.spectrum import read_spectra
-from mlff_ins.phonons.finite_displacement import make_phonopy, phonons_from_force_sets
+from mlff_ins.phonons.finite_displacement import phonons_from_force_sets
 from mlff_ins.phonons.properties import MEV_PER_THZ
 
 DATA = Path(__file__).parent / "data" / "phonopy"

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlff_ins.analysis.ins_phonons import ModeSet, coherent_powder_sqe, incoherent_s_e, incoherent_sqe
+from mlff_ins.analysis.ins_phonons import (ModeSet, coherent_powder_sqe, incoherent_s_e,
+                                           incoherent_sqe)
 from mlff_ins.neutron.instruments import get_instrument
 from mlff_ins.neutron.kinematics import broaden_energy, kinematic_mask
-from mlff_ins.neutron.scattering_lengths import b_coh_fm, mass_amu, sigma_inc_barn, sigma_total_barn
+from mlff_ins.neutron.scattering_lengths import (b_coh_fm, mass_amu, sigma_inc_barn,
+                                                 sigma_total_barn)
 from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D
 
 
@@ -86,7 +88,7 @@ def _indirect(modes: ModeSet, sites, opts) -> tuple[np.ndarray, dict]:
     return energies[keep], out
 
 
-def _two_d(modes: ModeSet, sites, opts) -> dict:
+def _two_d(modes: ModeSet, sites, opts) -> tuple[np.ndarray, np.ndarray, dict]:
     q = np.arange(0.0, opts.q_max + 0.5 * opts.q_step, opts.q_step)
     e = np.arange(0.0, opts.e_max_2d_meV + 0.5 * opts.e_step_2d_meV, opts.e_step_2d_meV)
     coh1 = coherent_powder_sqe(modes, q, e, sites["b_coh"], opts.n_directions, opts.seed)

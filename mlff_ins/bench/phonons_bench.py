@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlff_ins.phonons.properties import diamond_special_frequencies
+
 warnings.filterwarnings("ignore", message=".*primitive_matrix defaulted.*")
 
 #: experiment (THz), as quoted in the issue: Γ TO; X TA, LA, TO; L TA, LA, LO, TO
@@ -87,21 +89,6 @@ def speed(calc, which, batch_atoms):
               f"{ours.timings_s['force_constants']:.1f} s)", flush=True)
 
 
-def _special_frequencies(ph):
-    """Sorted frequencies (THz) at Γ, X, L of the fcc primitive cell, assigned to branches."""
-    from ase.cell import Cell
-
-    special = Cell(ph.primitive.cell).bandpath().special_points
-    out = {}
-    for label, names in (("G", [None, None, None, "TO", "TO", "TO"]),
-                         ("X", ["TA", "TA", "LA", "LA", "TO", "TO"]),
-                         ("L", ["TA", "TA", "LA", "LO", "TO", "TO"])):
-        ph.run_qpoints([special[label]])
-        f = np.sort(ph.qpoints.frequencies[0])
-        out[label] = {n: float(v) for n, v in zip(names, f) if n}
-    return out
-
-
 def dft_reference():
     """Γ, X, L of phonopy's Si-CP2K example (PBE, 2x2x2 conventional supercell)."""
     from phonopy import Phonopy
@@ -122,7 +109,7 @@ def dft_reference():
     ph.forces = [forces]
     ph.produce_force_constants()
     ph.symmetrize_force_constants()
-    return _special_frequencies(ph)
+    return diamond_special_frequencies(ph)
 
 
 def model_frequencies(calc):
@@ -132,7 +119,7 @@ def model_frequencies(calc):
 
     si = relax(bulk("Si", "diamond", a=5.43, cubic=True), calc, fmax=1e-4)
     pset = phonons_from_model(si, calc, [4, 4, 4])
-    return _special_frequencies(pset.mean), si.cell.lengths()[0]
+    return diamond_special_frequencies(pset.mean), si.cell.lengths()[0]
 
 
 def sevenn_frequencies():
@@ -147,7 +134,7 @@ def sevenn_frequencies():
     calc = SevenNetCalculator("7net-0", device="cpu")
     si = relax(bulk("Si", "diamond", a=5.43, cubic=True), calc, fmax=1e-4)
     ph = _plain(si, calc, [4, 4, 4], "auto")
-    return _special_frequencies(ph), si.cell.lengths()[0]
+    return diamond_special_frequencies(ph), si.cell.lengths()[0]
 
 
 def accuracy(calc, with_sevenn: bool):

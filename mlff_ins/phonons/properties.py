@@ -101,3 +101,23 @@ def compute_properties(members, mesh, *, band_points: int = 200, dos_pitch_THz: 
     return PhononProperties(grid, qpoints, weights, freqs, eigvecs, dos_freq,
                             np.array(dos_total), {e: np.array(v) for e, v in dos_partial.items()},
                             bq, bx, blabels, band, imag)
+
+
+#: branch names of the sorted frequencies at Γ, X and L of diamond-structure crystals (Si, Ge, C)
+DIAMOND_BRANCHES = {"G": [None, None, None, "TO", "TO", "TO"],
+                    "X": ["TA", "TA", "LA", "LA", "TO", "TO"],
+                    "L": ["TA", "TA", "LA", "LO", "TO", "TO"]}
+
+
+def diamond_special_frequencies(ph) -> dict:
+    """{point: {branch: THz}} at Γ ("G"), X and L of a diamond-structure crystal, from the sorted
+    frequencies (LO and TO are degenerate at Γ without NAC; at L, LA < LO < TO as in Si)."""
+    from ase.cell import Cell
+
+    special = Cell(ph.primitive.cell).bandpath().special_points
+    out = {}
+    for label, names in DIAMOND_BRANCHES.items():
+        ph.run_qpoints([special[label]])
+        f = np.sort(ph.qpoints.frequencies[0])
+        out[label] = {n: float(v) for n, v in zip(names, f) if n}
+    return out
