@@ -172,3 +172,26 @@ def test_phonopy_params_yaml_loads_in_euphonic(tmp_path):
     ref.run_qpoints(q)
     # Euphonic and phonopy convert eV/Å²/amu to THz with constants that differ at ~1e-7
     _assert_same_modes(eu, ref.qpoints.frequencies, rel=1e-6)
+
+
+def test_relax_finds_the_lattice_constant_and_stops_a_collapse():
+    """EMT Cu relaxes to EMT's own fcc minimum (found by a scan of E(a)); a Lennard-Jones
+    potential whose minimum lies at half the Cu spacing collapses the cell, and ``relax``
+    stops it with a message instead of following it (a collapsed cell blows up memory)."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.lj import LennardJones
+    from mlff_ins.errors import InputError
+    from mlff_ins.phonons.finite_displacement import relax
+
+    scan = np.linspace(3.55, 3.65, 201)
+    energies = []
+    for a in scan:
+        cu = bulk("Cu", "fcc", a=a, cubic=True)
+        cu.calc = EMT()
+        energies.append(cu.get_potential_energy())
+    a_min = scan[int(np.argmin(energies))]
+    out = relax(bulk("Cu", "fcc", a=3.50, cubic=True), EMT(), fmax=1e-4)
+    assert out.cell.lengths() == pytest.approx([a_min] * 3, abs=1e-3)   # scan step 5e-4 Å
+    assert out.calc is None
+    with pytest.raises(InputError, match="volume ran away"):
+        relax(bulk("Cu", "fcc", a=3.61, cubic=True), LennardJones(sigma=1.2, rc=6.0), fmax=1e-4)

@@ -185,8 +185,12 @@ def phonons_from_force_sets(directory: str | os.PathLike, *, symmetrize: bool = 
 
 
 def relax(atoms: Atoms, calc, *, fmax: float = 1e-3, cell: bool = True, steps: int = 500,
-          log=None) -> Atoms:
-    """Relax positions (and the cell, keeping its symmetry) with the model; returns a copy."""
+          log=None, max_volume_change: tuple[float, float] = (0.7, 1.4)) -> Atoms:
+    """Relax positions (and the cell, keeping its symmetry) with the model; returns a copy.
+
+    Raises :class:`InputError` when not converged in ``steps``, or when the volume leaves
+    ``max_volume_change`` (ratios to the start) on the way.
+    """
     from ase.constraints import FixSymmetry
     from ase.filters import FrechetCellFilter
     from ase.optimize import BFGS
@@ -196,6 +200,20 @@ def relax(atoms: Atoms, calc, *, fmax: float = 1e-3, cell: bool = True, steps: i
     a.set_constraint(FixSymmetry(a))
     target = FrechetCellFilter(a) if cell else a
     opt = BFGS(target, logfile=log)
+    v0 = a.get_volume()
+
+    def runaway_guard():
+        # A model without a sensible minimum near the structure lets the cell collapse or
+        # explode; a collapsed cell makes the neighbour lists (and memory) blow up, so stop
+        # early with a message instead.
+        ratio = a.get_volume() / v0
+        if not max_volume_change[0] < ratio < max_volume_change[1]:
+            raise InputError(f"--relax: the cell volume ran away to {ratio:.2f} x its start "
+                             f"after {opt.nsteps} steps; the model has no sensible minimum "
+                             "near this structure (check the model, or skip --relax)")
+
+    if cell:
+        opt.attach(runaway_guard)
     converged = opt.run(fmax=fmax, steps=steps)
     if not converged:
         raise InputError(f"--relax: not converged to fmax {fmax} eV/A in {steps} steps "
