@@ -63,6 +63,16 @@ def test_config_overrides_and_errors(tmp_path):
         load_train_config(preset="tiny", overrides={"data": "x.xyz", "ensemble": 0})
     with pytest.raises(InputError, match="no training data"):
         load_train_config(preset="tiny")
+    # the learning-rate schedule reaches nequip's config as given
+    from mlff_ins.train.nequip_config import nequip_config
+
+    cfg_file.write_text("preset: small\ndata: d.xyz\ntraining: {lr_plateau: {patience: 7}}\n")
+    cfg = load_train_config(cfg_file)
+    nq = nequip_config(cfg, elements=["Si"], e0s={"Si": -1.0}, train_file=tmp_path / "a",
+                       val_file=tmp_path / "b", test_file=tmp_path / "c", run_dir=tmp_path,
+                       seed=0, has_stress=False)
+    sched = nq["training_module"]["lr_scheduler"]["scheduler"]
+    assert (sched["patience"], sched["threshold"], sched["factor"]) == (7, 0.001, 0.6)
 
 
 def test_embedded_labels_are_physical():

@@ -12,11 +12,17 @@ BENCHMARKS = {
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlff_ins.bench")
-    parser.add_argument("name", choices=sorted(BENCHMARKS))
-    args, rest = parser.parse_known_args(argv)
     import importlib
-    return int(importlib.import_module(BENCHMARKS[args.name]).main(rest) or 0)
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in BENCHMARKS:   # the benchmark parses the rest, --help included
+        return int(importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:]) or 0)
+    parser = argparse.ArgumentParser(prog="python -m mlff_ins.bench",
+                                     epilog="`python -m mlff_ins.bench NAME --help` lists the "
+                                            "options of one benchmark")
+    parser.add_argument("name", choices=sorted(BENCHMARKS))
+    parser.parse_args(argv)
+    return 2
 
 
 if __name__ == "__main__":

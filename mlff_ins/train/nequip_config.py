@@ -54,6 +54,11 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
         metrics = {"_target_": "nequip.train.EnergyForceMetrics",
                    "coeffs": {"per_atom_energy_mae": 1.0, "forces_mae": 1.0}}
     monitored = "val0_epoch/weighted_sum"
+    # the learning rate drops by `factor` when the validation loss has not improved by a relative
+    # `threshold` for `patience` epochs
+    plateau = {"factor": 0.6, "patience": 10, "threshold": 0.02, "min_lr": 1e-5,
+               **{k: float(v) if k != "patience" else int(v)
+                  for k, v in (t.get("lr_plateau") or {}).items()}}
     max_minutes = float(t["max_minutes"])
     hours, minutes = divmod(int(max_minutes), 60)
     seconds = int(round((max_minutes - int(max_minutes)) * 60))
@@ -105,8 +110,7 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
             "optimizer": {"_target_": "torch.optim.Adam", "lr": float(t["lr"])},
             "lr_scheduler": {
                 "scheduler": {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau",
-                              "factor": 0.6, "patience": 10, "threshold": 0.02,
-                              "min_lr": 1e-5},
+                              **plateau},
                 "monitor": monitored, "interval": "epoch", "frequency": 1},
             "model": {
                 "_target_": "nequip.model.NequIPGNNModel",
