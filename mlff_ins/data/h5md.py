@@ -39,7 +39,9 @@ OBSERVABLE_UNITS = {"potential_energy": "eV", "kinetic_energy": "eV", "total_ene
 class H5MDWriter:
     """Append frames to an H5MD file; ``resume=True`` continues an existing file.
 
-    ``observables`` names the per-frame scalars that every :meth:`append` provides.
+    ``observables`` names the per-frame values that every :meth:`append` provides: a name for a
+    scalar, or ``(name, size)`` for a vector of ``size`` numbers. An observable missing from a
+    file being resumed is added, NaN for the frames already there.
     """
 
     def __init__(self, path: str | Path, symbols: list[str], *, velocities: bool = True,
@@ -50,7 +52,9 @@ class H5MDWriter:
         self.path = Path(path)
         self.fields = ["position"] + (["velocity"] if velocities else []) + (
             ["force"] if forces else [])
-        self.observables = tuple(observables)
+        shapes = dict((o, ()) if isinstance(o, str) else (o[0], (int(o[1]),))
+                      for o in observables)
+        self.observables = tuple(shapes)
         n = len(symbols)
         if resume and self.path.exists():
             self.file = h5py.File(self.path, "r+")
@@ -60,6 +64,16 @@ class H5MDWriter:
                 raise InputError(f"{self.path}: the trajectory holds other atoms than the "
                                  f"structure being resumed")
             self.n_frames = int(g.attrs.get("n_frames_complete", 0))
+            obs = self.file.require_group("observables")
+            for name, shape in shapes.items():
+                if name not in obs:   # written by an older version
+                    self._series(obs.create_group(name), shape,
+                                 OBSERVABLE_UNITS.get(name, ""))
+                    for key in ("value", "step", "time"):
+                        obs[name][key].resize(self.n_frames, axis=0)
+                    obs[name]["value"][:] = np.nan
+                    obs[name]["step"][:] = g["position/step"][:self.n_frames]
+                    obs[name]["time"][:] = g["position/time"][:self.n_frames]
             for ds in self._datasets():
                 ds.resize(self.n_frames, axis=0)  # drop a half-written frame
             self.file.flush()
@@ -80,8 +94,8 @@ class H5MDWriter:
         box.attrs["boundary"] = np.array([b"periodic"] * 3)
         self._series(box.create_group("edges"), (3, 3), UNITS["edges"])
         obs = self.file.create_group("observables")
-        for name in self.observables:
-            self._series(obs.create_group(name), (), OBSERVABLE_UNITS.get(name, ""))
+        for name, shape in shapes.items():
+            self._series(obs.create_group(name), shape, OBSERVABLE_UNITS.get(name, ""))
         g.attrs["n_frames_complete"] = 0
         self.n_frames = 0
         self.file.flush()
@@ -131,13 +145,15 @@ class H5MDWriter:
         return self.fields + ["edges"] + list(self.observables)
 
     def last_frame(self) -> dict:
-        """Step, time, positions, velocities and cell of the last complete frame."""
+        """Step, time, positions, velocities, cell and observables of the last complete frame."""
         g = self.file[GROUP]
         i = self.n_frames - 1
         if i < 0:
             raise InputError(f"{self.path}: no complete frame to resume from")
         out = {"step": int(g["position/step"][i]), "time_fs": float(g["position/time"][i]),
-               "positions": g["position/value"][i], "cell": g["box/edges/value"][i]}
+               "positions": g["position/value"][i], "cell": g["box/edges/value"][i],
+               "observables": {name: self.file["observables"][name]["value"][i]
+                               for name in self.observables}}
         if "velocity" in self.fields:
             out["velocities"] = g["velocity/value"][i]
         return out

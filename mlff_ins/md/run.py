@@ -9,8 +9,9 @@ Resume: the last complete frame of the trajectory (positions, velocities, cell, 
 run, which continues to the same total number of steps; for NVE the continued trajectory is the
 one an uninterrupted run gives. The Langevin and Bussi thermostats draw their noise from a
 generator reseeded from (seed, step) at every written frame, so a resumed NVT run is the
-uninterrupted one too; the Nosé–Hoover chain and MTK barostat variables are not stored and
-restart from zero.
+uninterrupted one too. The Nosé–Hoover chain and MTK barostat variables (thermostat and barostat
+positions and momenta, cell momenta) are stored with every frame (observable
+``integrator_state``) and restored on resume, so NHC and NPT runs continue as if uninterrupted.
 """
 
 from __future__ import annotations
@@ -30,6 +31,60 @@ BAROSTATS = ("iso", "aniso")
 EV_PER_A3_TO_GPA = 160.21766208
 OBSERVABLES = ("potential_energy", "kinetic_energy", "total_energy", "temperature", "pressure",
                "volume", "max_force_std")
+
+
+#: extended-system variables of ASE's Nosé–Hoover chain / MTK integrators, by class
+_STATE_ATTRS = {
+    "NoseHooverChainNVT": ("_thermostat._eta", "_thermostat._p_eta"),
+    "IsotropicMTKNPT": ("_thermostat._eta", "_thermostat._p_eta", "_barostat._xi",
+                        "_barostat._p_xi", "_eps", "_p_eps", "_volume0", "_cell0"),
+    "MTKNPT": ("_thermostat._eta", "_thermostat._p_eta", "_barostat._xi", "_barostat._p_xi",
+               "_p_g"),
+}
+_STATE_KINDS = tuple(_STATE_ATTRS)
+STATE_SIZE = 64   # [kind, variables..., NaN padding]
+
+
+def _get(obj, dotted):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def integrator_state(dyn) -> np.ndarray:
+    """The integrator's extended-system variables as a fixed-size vector (all NaN: none)."""
+    out = np.full(STATE_SIZE, np.nan)
+    name = type(dyn).__name__
+    if name not in _STATE_ATTRS:
+        return out
+    try:
+        values = np.concatenate([np.ravel(_get(dyn, a)).astype(float)
+                                 for a in _STATE_ATTRS[name]])
+    except AttributeError:   # another ASE version: resume restarts these from zero
+        return out
+    out[0] = _STATE_KINDS.index(name) + 1
+    out[1:1 + len(values)] = values
+    return out
+
+
+def restore_integrator_state(dyn, state) -> bool:
+    """Put ``state`` (from :func:`integrator_state`) back into ``dyn`` when it was written by the
+    same kind of integrator; returns whether it did."""
+    name = type(dyn).__name__
+    if (state is None or not np.isfinite(state[0]) or name not in _STATE_ATTRS
+            or int(state[0]) != _STATE_KINDS.index(name) + 1):
+        return False
+    pos = 1
+    for attr in _STATE_ATTRS[name]:
+        *owner, last = attr.split(".")
+        obj = _get(dyn, ".".join(owner)) if owner else dyn
+        current = getattr(obj, last)
+        size = int(np.size(current))
+        value = state[pos:pos + size]
+        pos += size
+        setattr(obj, last, float(value[0]) if np.ndim(current) == 0
+                else value.reshape(np.shape(current)).copy())
+    return True
 
 
 class WatchdogStop(RuntimeError):
@@ -54,7 +109,8 @@ class MDOptions:
     max_temperature_K: float | None = None   # default: 10 × target, at least 5000 K
     max_force_std: float | None = None       # eV/Å: stop when the ensemble disagrees more
     temperature_end_K: float | None = None   # Langevin ramp: T goes linearly from
-    ramp_start_step: int = 0                 #   temperature_K at this step to this at `steps`
+    ramp_start_step: int = 0                 #   temperature_K at this step (where a protocol
+                                             #   stage starts) to this at `steps`
 
     def target_temperature(self, step: int) -> float:
         if self.temperature_end_K is None or self.steps <= self.ramp_start_step:
@@ -183,12 +239,15 @@ def run_md(atoms, calc, opts: MDOptions, output: str | Path, resume: bool = Fals
         raise InputError(f"{output} exists; pass --resume to continue it or choose another -o")
     atoms = atoms.copy()
     atoms.calc = calc
-    writer = H5MDWriter(output, atoms.get_chemical_symbols(), observables=OBSERVABLES,
+    writer = H5MDWriter(output, atoms.get_chemical_symbols(),
+                        observables=OBSERVABLES + (("integrator_state", STATE_SIZE),),
                         resume=resume and output.exists())
     step = 0
+    state = None
     try:
         if writer.n_frames:
             last = writer.last_frame()
+            state = last["observables"]["integrator_state"]
             atoms.set_cell(last["cell"], scale_atoms=False)
             atoms.positions = last["positions"]
             atoms.set_velocities(last["velocities"] / units.fs)
@@ -205,25 +264,30 @@ def run_md(atoms, calc, opts: MDOptions, output: str | Path, resume: bool = Fals
                 _watchdog(atoms, 0, opts)
             except WatchdogStop as stop:
                 return MDSummary(steps_done=0, frames=0, stopped=str(stop))
-            _write(writer, atoms, 0, opts)
-        return _integrate(atoms, opts, writer, step, progress)
+            _write(writer, atoms, 0, opts, None)
+        return _integrate(atoms, opts, writer, step, progress, state)
     finally:
         writer.close()
 
 
-def _write(writer, atoms, step, opts):
+def _write(writer, atoms, step, opts, dyn):
     from ase import units
 
     res = atoms.calc.results
+    state = integrator_state(dyn) if dyn is not None else np.full(STATE_SIZE, np.nan)
     writer.append(step, step * opts.dt_fs, atoms.positions, atoms.cell.array,
                   velocities=atoms.get_velocities() * units.fs, forces=res["forces"],
-                  **_observables(atoms))
+                  integrator_state=state, **_observables(atoms))
 
 
-def _integrate(atoms, opts, writer, step, progress) -> MDSummary:
+def _integrate(atoms, opts, writer, step, progress, state=None) -> MDSummary:
     from tqdm.auto import tqdm
 
     dyn = make_dynamics(atoms, opts, step)
+    if step > opts.ramp_start_step:
+        # resumed inside a run or protocol stage: carry on with its thermostat/barostat
+        # variables (a stage that starts here starts them afresh, as an uninterrupted run does)
+        restore_integrator_state(dyn, state)
     summary = MDSummary(steps_done=step, frames=writer.n_frames)
     start = step
 
@@ -243,7 +307,7 @@ def _integrate(atoms, opts, writer, step, progress) -> MDSummary:
                 dyn.rng = np.random.default_rng([opts.seed, current()])
             dyn.run(min(opts.every - current() % opts.every, opts.steps - current()))
             if current() % opts.every == 0 or current() == opts.steps:
-                _write(writer, atoms, current(), opts)
+                _write(writer, atoms, current(), opts, dyn)
                 obs = _observables(atoms)
                 temps.append(obs["temperature"])
                 pressures.append(obs["pressure"])
