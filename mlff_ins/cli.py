@@ -139,8 +139,9 @@ def _add_md(sub) -> None:
                     "temperature K, pressure GPa, ensemble force spread eV/Å) go to an H5MD file "
                     "every --every steps, flushed at once; --resume continues a killed run from "
                     "its last complete frame. A watchdog stops the run cleanly on NaN, a force "
-                    "above --max-force, a temperature blow-up or an ensemble force spread above "
-                    "--max-force-std, naming the step and atom.")
+                    "above --max-force, a temperature blow-up, an ensemble force spread above "
+                    "--max-force-std or (npt) a cell volume below half or above twice its "
+                    "start, naming the step and atom.")
     p.add_argument("structure", help="starting structure (extxyz, CIF, POSCAR, ...)")
     src_ = p.add_mutually_exclusive_group(required=True)
     src_.add_argument("--model", metavar="DIR", help="model bundle folder, e.g. models/si")

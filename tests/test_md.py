@@ -319,3 +319,17 @@ def test_md_trajectory_feeds_spectra(tmp_path):
     weight_in_band = vdos.intensity[vdos.x < 40.0].sum() / vdos.intensity.sum()
     assert weight_in_band > 0.98
     assert 10.0 < vdos.x[np.argmax(vdos.intensity)] < 35.0
+
+
+def test_watchdog_stops_a_collapsing_npt_cell(tmp_path):
+    """A Lennard-Jones potential whose minimum lies at half the Cu spacing pulls an NPT cell
+    together; the run stops once the volume is below half its start, with frames kept."""
+    from ase.calculators.lj import LennardJones
+
+    out = tmp_path / "collapse.h5"
+    s = run_md(_cu(2), LennardJones(sigma=1.2, rc=6.0),
+               MDOptions(ensemble="npt", temperature_K=300, steps=2000, dt_fs=2.0, every=5,
+                         pdamp_fs=200), out, progress=False)
+    assert s.stopped and "the cell volume is 0." in s.stopped and s.steps_done < 2000
+    got = _read(out)
+    assert len(got["step"]) >= 2 and (got["V"][-1] / got["V"][0]) > 0.5

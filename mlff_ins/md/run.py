@@ -195,7 +195,12 @@ def _observables(atoms) -> dict:
             "max_force_std": float(np.max(std)) if std is not None else float("nan")}
 
 
-def _watchdog(atoms, step: int, opts: MDOptions) -> None:
+#: an NPT cell whose volume leaves this range (ratio to the run's start) has collapsed or blown
+#: apart; a collapsing cell also makes the neighbour lists, and memory, grow without bound
+VOLUME_RATIO_LIMITS = (0.5, 2.0)
+
+
+def _watchdog(atoms, step: int, opts: MDOptions, volume0: float | None = None) -> None:
     res = atoms.calc.results
     forces = res.get("forces")
     if forces is None or not np.all(np.isfinite(forces)) or not np.all(
@@ -219,6 +224,12 @@ def _watchdog(atoms, step: int, opts: MDOptions) -> None:
         atom = int(np.argmax(v2))
         raise WatchdogStop(f"step {step}: temperature {t:.0f} K above {limit:.0f} K (fastest "
                            f"atom {atom}, {atoms[atom].symbol})")
+    if volume0:
+        ratio = atoms.get_volume() / volume0
+        if not VOLUME_RATIO_LIMITS[0] < ratio < VOLUME_RATIO_LIMITS[1]:
+            raise WatchdogStop(f"step {step}: the cell volume is {ratio:.2f} x its value at the "
+                               f"start of the run; the cell is collapsing or blowing apart "
+                               f"(check the model, -P and --pdamp)")
     std = res.get("forces_std")
     if opts.max_force_std is not None and std is not None and np.max(std) > opts.max_force_std:
         atom = int(np.argmax(std))
@@ -294,7 +305,8 @@ def _integrate(atoms, opts, writer, step, progress, state=None) -> MDSummary:
     def current() -> int:
         return start + dyn.nsteps
 
-    dyn.attach(lambda: _watchdog(atoms, current(), opts), interval=1)
+    volume0 = atoms.get_volume() if opts.ensemble == "npt" else None
+    dyn.attach(lambda: _watchdog(atoms, current(), opts, volume0), interval=1)
     t0 = time.perf_counter()
     bar = tqdm(total=opts.steps, initial=step, unit="step", desc="md", disable=not progress)
     temps, pressures, energies, times = [], [], [], []
