@@ -95,3 +95,26 @@ def test_split_is_disjoint_and_spread_over_structure_kinds():
     # without groups it is a plain random split of the same sizes, reproducible by seed
     a = split_indices(20, val=0.1, test=0.1, seed=4)
     assert a == split_indices(20, val=0.1, test=0.1, seed=4) and len(a["test"]) == 2
+
+
+def test_oversample_repeats_matching_frames_and_names_bad_patterns(tmp_path):
+    from ase import Atoms
+
+    from mlff_ins.train.driver import check_oversample, oversample
+    frames = [Atoms("Si", info={"config_type": k})
+              for k in ("diamond_300K", "liquid", "diamond_strained", "amorphous")]
+    out = oversample(frames, {"diamond*": 3, "diamond_strained": 2, "liquid": 1})
+    # the largest count wins for a frame matched twice; order kept; others once
+    assert [a.info["config_type"] for a in out] == (
+        ["diamond_300K"] * 3 + ["liquid"] + ["diamond_strained"] * 3 + ["amorphous"])
+    assert oversample(frames, {}) == frames
+    with pytest.raises(InputError, match=r"'cristal\*' matches no config_type in d.xyz "
+                                          r"\(it has: amorphous, diamond_300K"):
+        check_oversample(frames, {"cristal*": 2}, source="d.xyz")
+    # the option merges as a free mapping and refuses a non-integer count by pattern
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("preset: tiny\ndata: d.xyz\ntraining: {oversample: {'diamond*': 3}}\n")
+    assert load_train_config(cfg_file)["training"]["oversample"] == {"diamond*": 3}
+    cfg_file.write_text("preset: tiny\ndata: d.xyz\ntraining: {oversample: {liquid: 0.5}}\n")
+    with pytest.raises(InputError, match="'liquid' needs a whole repeat count >= 1"):
+        load_train_config(cfg_file)

@@ -9,10 +9,14 @@ phonopy's displacements with one ``atoms.get_forces()`` per supercell, interleav
 times (displacements + forces + force constants), the ratio (2)/(1) (target >= 3 on 2 CPU cores)
 and the largest force-constant difference.
 
-Accuracy: Si Γ, X and L frequencies from the model (cell relaxed with it, 4x4x4 conventional
-supercell) next to the CP2K PBE reference (phonopy's Si-CP2K example: 2x2x2 conventional
-supercell, shipped in mlff_ins/resources/si/phonopy-Si-CP2K) and experiment; with ``sevenn``
-installed, SevenNet-0 (weights in its wheel) through the same phonopy route.
+Accuracy: Si Γ, X and L frequencies from the model next to the CP2K PBE reference (phonopy's
+Si-CP2K example: a = 5.4662 Å, 2x2x2 conventional supercell, shipped in
+mlff_ins/resources/si/phonopy-Si-CP2K) and experiment. Against CP2K the model is evaluated at the
+reference's own geometry and supercell, so the comparison is of force constants alone; against
+experiment, at the lattice constant the model relaxes to (4x4x4 supercell), as a user gets it
+from ``mlff-ins phonons --relax``. The TA branches of Si soften with compression (negative
+Grüneisen parameters), so a 0.5 % lattice error moves X TA by several per cent. With ``sevenn``
+installed, SevenNet-0 (weights in its wheel) goes through phonopy + ASE the same two ways.
 """
 
 from __future__ import annotations
@@ -112,56 +116,76 @@ def dft_reference():
     return diamond_special_frequencies(ph)
 
 
-def model_frequencies(calc):
+#: the lattice constant of the Si-CP2K reference calculation (its Si.inp), in Å
+CP2K_LATTICE_A = 5.4661639157319968
+
+
+def frequencies_with(calc, *, plain: bool = False):
+    """Γ, X and L frequencies from ``calc`` (a) at the CP2K reference geometry (a = 5.4662 Å,
+    2x2x2 conventional supercell, as the reference) and (b) with the cell relaxed by ``calc``
+    (4x4x4 conventional supercell). ``plain`` drives phonopy through ASE calls instead of the
+    batched path. Returns (at_reference, relaxed, relaxed lattice constant in Å)."""
     from ase.build import bulk
 
     from mlff_ins.phonons.finite_displacement import phonons_from_model, relax
 
+    def run(atoms, n):
+        if plain:
+            return _plain(atoms, calc, [n, n, n], "auto")
+        return phonons_from_model(atoms, calc, [n, n, n]).mean
+
+    at_ref = diamond_special_frequencies(
+        run(bulk("Si", "diamond", a=CP2K_LATTICE_A, cubic=True), 2))
     si = relax(bulk("Si", "diamond", a=5.43, cubic=True), calc, fmax=1e-4)
-    pset = phonons_from_model(si, calc, [4, 4, 4])
-    return diamond_special_frequencies(pset.mean), si.cell.lengths()[0]
+    return at_ref, diamond_special_frequencies(run(si, 4)), si.cell.lengths()[0]
 
 
 def sevenn_frequencies():
     try:
         from sevenn.calculator import SevenNetCalculator
     except ImportError:
-        return None, None
-    from ase.build import bulk
-
-    from mlff_ins.phonons.finite_displacement import relax
-
-    calc = SevenNetCalculator("7net-0", device="cpu")
-    si = relax(bulk("Si", "diamond", a=5.43, cubic=True), calc, fmax=1e-4)
-    ph = _plain(si, calc, [4, 4, 4], "auto")
-    return diamond_special_frequencies(ph), si.cell.lengths()[0]
+        return None
+    return frequencies_with(SevenNetCalculator("7net-0", device="cpu"), plain=True)
 
 
 def accuracy(calc, with_sevenn: bool):
+    """Two comparisons, each like for like: the model at the reference's own geometry against
+    CP2K (the force constants alone), and the model at its own relaxed lattice (what
+    ``mlff-ins phonons --relax`` gives a user) against experiment."""
     ref = dft_reference()
-    ours, a_ours = model_frequencies(calc)
-    seven, a_seven = sevenn_frequencies() if with_sevenn else (None, None)
-    head = f"{'point':5s} {'branch':6s} {'exp':>6s} {'CP2K':>7s} {'vs exp':>7s} {'model':>7s} " \
-           f"{'vs DFT':>7s} {'vs exp':>7s}"
+    ours_ref, ours_rel, a_ours = frequencies_with(calc)
+    seven = sevenn_frequencies() if with_sevenn else None
+    print(f"lattice constant: model {a_ours:.4f} A"
+          + (f", SevenNet-0 {seven[2]:.4f} A" if seven else "")
+          + f", CP2K reference calculation {CP2K_LATTICE_A:.4f} A")
+    print("'@CP2K': at the CP2K reference geometry (a = 5.4662 A, 2x2x2 conventional supercell), "
+          "compared with CP2K; 'relaxed': at the potential's own lattice constant (4x4x4), "
+          "compared with experiment")
+    head = (f"{'point':5s} {'branch':6s} {'exp':>6s} {'CP2K':>6s} {'vs exp':>7s} | "
+            f"{'model@CP2K':>10s} {'vs DFT':>7s} {'relaxed':>7s} {'vs exp':>7s}")
     if seven:
-        head += f" {'7net-0':>7s} {'vs exp':>7s}"
-    print(f"lattice constant: model {a_ours:.4f} A" +
-          (f", SevenNet-0 {a_seven:.4f} A" if seven else "") + ", CP2K reference 5.4662 A")
+        head += f" | {'7net@CP2K':>9s} {'vs DFT':>7s} {'relaxed':>7s} {'vs exp':>7s}"
     print(head)
+
+    def pct(x, r):
+        return 100 * (x - r) / r
+
     worst_dft = worst_exp = 0.0
     for point, branches in EXPERIMENT.items():
         for branch, exp in branches.items():
-            r, m = ref[point][branch], ours[point][branch]
-            dd, de = (m - r) / r, (m - exp) / exp
-            worst_dft, worst_exp = max(worst_dft, abs(dd)), max(worst_exp, abs(de))
-            line = (f"{point:5s} {branch:6s} {exp:6.2f} {r:7.2f} {100 * (r - exp) / exp:6.1f}% "
-                    f"{m:7.2f} {100 * dd:6.1f}% {100 * de:6.1f}%")
+            r = ref[point][branch]
+            m_ref, m_rel = ours_ref[point][branch], ours_rel[point][branch]
+            worst_dft = max(worst_dft, abs(pct(m_ref, r)))
+            worst_exp = max(worst_exp, abs(pct(m_rel, exp)))
+            line = (f"{point:5s} {branch:6s} {exp:6.2f} {r:6.2f} {pct(r, exp):6.1f}% | "
+                    f"{m_ref:10.2f} {pct(m_ref, r):6.1f}% {m_rel:7.2f} {pct(m_rel, exp):6.1f}%")
             if seven:
-                s = seven[point][branch]
-                line += f" {s:7.2f} {100 * (s - exp) / exp:6.1f}%"
+                s_ref, s_rel = seven[0][point][branch], seven[1][point][branch]
+                line += (f" | {s_ref:9.2f} {pct(s_ref, r):6.1f}% {s_rel:7.2f} "
+                         f"{pct(s_rel, exp):6.1f}%")
             print(line)
-    print(f"largest deviation of the model: {100 * worst_dft:.1f} % from CP2K (target 3 %), "
-          f"{100 * worst_exp:.1f} % from experiment (target 5 %)")
+    print(f"largest deviation of the model: {worst_dft:.1f} % from CP2K at its geometry "
+          f"(target 3 %), {worst_exp:.1f} % from experiment when relaxed (target 5 %)")
 
 
 def main(argv=None) -> int:

@@ -17,6 +17,8 @@ from mlff_ins.errors import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = ("tiny", "small", "medium")
+# options whose value is a free mapping (their keys are the user's, not ours)
+FREE_MAPPINGS = ("e0s", "oversample")
 
 
 def preset_path(name: str) -> Path:
@@ -29,7 +31,7 @@ def _merge(base: dict, over: dict, where: str, prefix: str = "") -> dict:
         if key not in base:
             raise InputError(f"{where}: unknown option '{prefix}{key}' "
                              f"(known: {', '.join(sorted(base))})")
-        if isinstance(base[key], dict) and isinstance(value, dict) and key != "e0s":
+        if isinstance(base[key], dict) and isinstance(value, dict) and key not in FREE_MAPPINGS:
             out[key] = _merge(base[key], value, where, prefix=f"{prefix}{key}.")
         else:
             out[key] = value
@@ -101,3 +103,11 @@ def check_train_config(cfg: dict) -> None:
     e0s = cfg["e0s"]
     if not (e0s == "auto" or isinstance(e0s, dict)):
         raise InputError("e0s: `auto` or a mapping element -> energy in eV")
+    over = cfg["training"].get("oversample") or {}
+    if not isinstance(over, dict):
+        raise InputError("training.oversample: a mapping config_type pattern -> repeat count "
+                         "(e.g. {'diamond*': 3})")
+    for pattern, count in over.items():
+        if not (isinstance(count, int) and not isinstance(count, bool) and count >= 1):
+            raise InputError(f"training.oversample: '{pattern}' needs a whole repeat count "
+                             f">= 1 (got {count!r})")

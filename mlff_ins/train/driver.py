@@ -17,6 +17,7 @@ Bundle layout (``out/``)::
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -114,6 +115,27 @@ def split_indices(n: int, *, val: float, test: float, seed: int,
     val_idx = take(n_val, keep=1)
     train_idx = [i for q in queues.values() for i in q]
     return {"test": sorted(test_idx), "val": sorted(val_idx), "train": sorted(train_idx)}
+
+
+def check_oversample(frames: list, patterns: dict, *, source: str) -> None:
+    """Raise :class:`InputError` for an oversample pattern that matches no frame of ``source``."""
+    kinds = sorted({str(a.info.get("config_type", "")) for a in frames})
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(k, pattern) for k in kinds):
+            raise InputError(f"training.oversample: '{pattern}' matches no config_type in "
+                             f"{source} (it has: {', '.join(kinds) or 'none'})")
+
+
+def oversample(frames: list, patterns: dict) -> list:
+    """Repeat each frame whose ``config_type`` matches a pattern (shell-style, e.g. ``diamond*``)
+    by that pattern's count (the largest count when several match); order is kept."""
+    kinds = [str(a.info.get("config_type", "")) for a in frames]
+    out = []
+    for atoms, kind in zip(frames, kinds):
+        reps = max([int(c) for p, c in patterns.items() if fnmatch.fnmatchcase(kind, p)],
+                   default=1)
+        out.extend([atoms] * reps)
+    return out
 
 
 def _write_xyz(path: Path, frames) -> None:
@@ -238,6 +260,7 @@ def train_bundle(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
                 raise InputError(f"{out}: --resume with a changed data file {cfg['data']} "
                                  "(it differs from the one the run started with)")
     frames, e0s, elements = prepare_data(cfg)  # before anything is written
+    check_oversample(frames, cfg["training"].get("oversample") or {}, source=str(cfg["data"]))
     out.mkdir(parents=True, exist_ok=True)
     data_sha256 = _file_sha256(Path(cfg["data"]))
     write_json_atomic(state_path, {"settings": cfg, "data_sha256": data_sha256})
@@ -264,9 +287,13 @@ def train_bundle(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         if (member_dir / PACKAGE_NAME).exists():
             continue
         seed = int(cfg["split"]["seed"]) * 1000 + k
-        if K > 1:  # bootstrap resample of the training pool, one per member
-            idx = np.random.default_rng(seed + 7919).integers(0, len(pool), len(pool))
-            train_frames = [pool[i] for i in sorted(idx)]
+        over = cfg["training"].get("oversample") or {}
+        if K > 1 or over:
+            train_frames = pool
+            if K > 1:  # bootstrap resample of the training pool, one per member
+                idx = np.random.default_rng(seed + 7919).integers(0, len(pool), len(pool))
+                train_frames = [pool[i] for i in sorted(idx)]
+            train_frames = oversample(train_frames, over)
             train_file = member_dir / "train.xyz"
             if not train_file.exists():
                 _write_xyz(train_file, train_frames)
