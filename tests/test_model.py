@@ -161,3 +161,50 @@ def test_cuda_matches_cpu(tiny_bundle, calc):
     f_cpu = a.get_forces()
     a.calc = gpu
     np.testing.assert_allclose(a.get_forces(), f_cpu, atol=1e-8)
+
+
+def _edge_set(data):
+    from nequip.data import AtomicDataDict as K
+    ei = data[K.EDGE_INDEX_KEY].numpy()
+    sh = np.rint(data[K.EDGE_CELL_SHIFT_KEY].numpy()).astype(int)
+    return {(int(i), int(j), *map(int, s)) for i, j, s in zip(ei[0], ei[1], sh)}
+
+
+def test_skin_neighbour_list_keeps_every_pair_and_the_forces_bit_for_bit(tiny_bundle, calc):
+    """The reused Verlet list gives the edges of a fresh build after moves and cell strains, the
+    same forces bit for bit as a fresh list at every call, also for a calculator that starts
+    mid-run (a resumed MD run), and it is rebuilt only when the skin bound is used up."""
+    from nequip.data import from_ase
+    from nequip.data.transforms import NeighborListTransform
+
+    from mlff_ins.model.calculator import _float64_default
+    from mlff_ins.model.neighbours import SkinNeighbourList
+
+    r_max = json.loads((tiny_bundle / "bundle.json").read_text())["cutoff_A"]
+    skin = SkinNeighbourList(r_max, skin=0.8)
+    fresh = NeighborListTransform(r_max=r_max)
+    fresh_calc = load_calculator(tiny_bundle, skin=0.0)
+    reused = load_calculator(tiny_bundle, skin=0.8)
+    a = _rattled(seed=5)
+    rng = np.random.default_rng(1)
+    late = None
+    for step in range(16):
+        a.positions += rng.normal(0.0, 0.04, a.positions.shape)
+        if step % 3 == 2:  # an NPT-like cell change, atoms following it
+            a.set_cell(a.cell[:] @ (np.eye(3) + rng.normal(0.0, 0.003, (3, 3))),
+                       scale_atoms=True)
+        with _float64_default():
+            data = calc.transforms[0](from_ase(a))
+            assert _edge_set(skin(dict(data))) == _edge_set(fresh(dict(data)))
+        f = reused.get_forces(a)
+        assert np.array_equal(f, fresh_calc.get_forces(a))
+        if step == 9:
+            late = load_calculator(tiny_bundle, skin=0.8)
+        if late is not None:
+            assert np.array_equal(late.get_forces(a), f)
+    assert 2 <= skin.n_builds < 12  # reused most of the time, rebuilt when atoms moved far
+    assert fresh_calc._skin_nl.n_builds == 16
+    # an isolated molecule (no periodicity) goes through the same path
+    from ase import Atoms
+    m = Atoms("Si3", positions=[[0, 0, 0], [2.3, 0, 0], [0, 2.4, 0.3]], cell=[15] * 3)
+    assert np.array_equal(reused.get_forces(m), fresh_calc.get_forces(m))

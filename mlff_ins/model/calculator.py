@@ -81,14 +81,21 @@ class BundleCalculator(Calculator):
     member_paths : packaged NequIP models (``.nequip.zip``) or checkpoints, one per member.
     device : "cpu", "cuda", "cuda:1", ... (torch device string).
     name : what error messages call the model (the bundle folder).
+    skin : Å; successive calls reuse one neighbour list of radius cutoff + skin while it still
+        holds every pair within the cutoff (see :mod:`mlff_ins.model.neighbours`); 0 builds a
+        fresh list at every call.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress",
                               "energy_std", "forces_std"]
 
-    def __init__(self, member_paths, *, device: str = "cpu", name: str = "model", **kwargs):
+    def __init__(self, member_paths, *, device: str = "cpu", name: str = "model",
+                 skin: float = 1.0, **kwargs):
         import torch
+        from nequip.data.transforms import NeighborListTransform
         from nequip.nn import graph_model
+
+        from mlff_ins.model.neighbours import SkinNeighbourList
 
         super().__init__(**kwargs)
         self.model_name = str(name)
@@ -98,6 +105,11 @@ class BundleCalculator(Calculator):
         self.elements = self.models[0].metadata[graph_model.TYPE_NAMES_KEY].split(" ")
         # Members share elements and cutoff, so one set of transforms serves all of them.
         self.transforms = loaded[0][1]
+        # the skin list replaces nequip's neighbour-list transform when that is a plain one
+        nl = [t for t in self.transforms if isinstance(t, NeighborListTransform)]
+        self._skin_nl = None
+        if len(nl) == 1 and nl[0] is self.transforms[-1] and nl[0]._pruner is None:
+            self._skin_nl = SkinNeighbourList(nl[0].r_max, skin, backend=nl[0].backend)
 
     def _check_elements(self, atoms) -> None:
         unknown = sorted(set(atoms.get_chemical_symbols()) - set(self.elements))
@@ -114,8 +126,13 @@ class BundleCalculator(Calculator):
         self._check_elements(atoms)
         with _float64_default():
             data = from_ase(atoms)
-            for t in self.transforms:
-                data = t(data)
+            if self._skin_nl is not None:
+                for t in self.transforms[:-1]:
+                    data = t(data)
+                data = self._skin_nl(data)
+            else:
+                for t in self.transforms:
+                    data = t(data)
             data = AtomicDataDict.to_(data, self.device)
             outputs = []
             for model in self.models:
@@ -195,11 +212,12 @@ class BundleCalculator(Calculator):
         return out
 
 
-def load_calculator(bundle_dir: str | os.PathLike, device: str = "cpu") -> BundleCalculator:
+def load_calculator(bundle_dir: str | os.PathLike, device: str = "cpu",
+                    skin: float = 1.0) -> BundleCalculator:
     """Load a model bundle as an ASE calculator (ensemble mean, with ``energy_std`` and
     ``forces_std`` in ``results``). See :class:`BundleCalculator`."""
     meta = read_bundle(bundle_dir)
     calc = BundleCalculator([Path(bundle_dir) / m for m in meta["members"]], device=device,
-                            name=str(bundle_dir))
+                            name=str(bundle_dir), skin=skin)
     calc.bundle = meta
     return calc
