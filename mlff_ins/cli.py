@@ -480,6 +480,9 @@ def _add_phonons(sub) -> None:
                    help="atoms per batched model call (default 4096)")
     p.add_argument("--no-symmetrize", action="store_true",
                    help="keep the raw force constants (default: symmetrized, sum rules imposed)")
+    p.add_argument("--no-nac", action="store_true",
+                   help="--force-sets: leave out the non-analytical correction (LO-TO splitting) "
+                        "that a BORN file or nac_params in phonopy_params.yaml otherwise add")
     p.add_argument("--device", default="cpu", help="model device: cpu, cuda (default cpu)")
     p.add_argument("-o", "--output", required=True, help="phonons HDF5 file, e.g. si_phonons.h5")
     p.add_argument("--plot", action="store_true", help="also write OUTPUT.png (bands + DOS)")
@@ -501,10 +504,17 @@ def _run_phonons(args) -> int:
     if args.force_sets:
         if args.structure:
             raise InputError("give either STRUCTURE with --model, or --force-sets DIR alone")
-        pset = phonons_from_force_sets(args.force_sets, symmetrize=not args.no_symmetrize)
+        pset = phonons_from_force_sets(args.force_sets, symmetrize=not args.no_symmetrize,
+                                       nac=not args.no_nac)
+        print("non-analytical correction: " + (
+            "on (Born charges and dielectric tensor found)" if pset.provenance["nac"] else
+            "off" + (" (--no-nac)" if args.no_nac else " (no BORN file or nac_params)")))
     else:
         if not args.structure:
             raise InputError("--model needs a STRUCTURE (the unit cell)")
+        if args.no_nac:
+            raise InputError("--no-nac: only with --force-sets (a model gives no Born charges, "
+                             "so its phonons have no non-analytical correction)")
         from mlff_ins.model.calculator import load_calculator
         from mlff_ins.phonons.finite_displacement import supercell_matrix
 

@@ -154,11 +154,24 @@ def coherent_modes(modes: ModeSet, q_cart, b_coh_fm):
     q_cart = np.atleast_2d(q_cart)
     lattice = np.array(ph.primitive.cell)
     q_frac = q_cart @ lattice.T / (2 * np.pi)
-    ph.run_qpoints(q_frac, with_eigenvectors=True)
+    # modes at a reduced q = Q - G, then phonopy's eigenvectors carried to Q:
+    # e_j(q + G) = e_j(q) exp(-2πi G·x_j). The non-analytical term (Born charges) needs the
+    # shortest such q, in the first Brillouin zone, as phonopy's DynamicStructureFactor uses;
+    # without it any G will do, and rounding is cheaper.
+    if ph.nac_params is not None:
+        from phonopy.structure.brillouin_zone import get_qpoints_in_Brillouin_zone
+
+        q_red = np.array(get_qpoints_in_Brillouin_zone(np.linalg.inv(lattice), q_frac,
+                                                       only_unique=True)).reshape(q_frac.shape)
+    else:
+        q_red = q_frac - np.rint(q_frac)
+    g = np.rint(q_frac - q_red)
+    ph.run_qpoints(q_red, with_eigenvectors=True)
     freqs = np.array(ph.qpoints.frequencies)                          # (P, M)
     vecs = np.array(ph.qpoints.eigenvectors)                          # (P, 3n, M)
     n = len(modes.masses)
-    v = vecs.reshape(len(q_cart), n, 3, -1)
+    phase = np.exp(-2j * np.pi * g @ np.array(ph.primitive.scaled_positions).T)  # (P, n)
+    v = vecs.reshape(len(q_cart), n, 3, -1) * phase[:, :, None, None]
     dw = np.exp(-0.5 * np.einsum("pa,kab,pb->pk", q_cart, modes.B, q_cart))    # (P, n)
     amp = (np.asarray(b_coh_fm) / 10.0) * np.sqrt(_hbar2_over_2m(modes.masses))  # (n,)
     f = np.einsum("pk,pa,pkam->pm", dw * amp[None, :], q_cart, v.conj())        # (P, M)

@@ -152,11 +152,16 @@ def phonons_from_model(atoms: Atoms, calc, supercell, *, distance: float = 0.01,
                                  "distance_A": distance, "symmetrized": symmetrize})
 
 
-def phonons_from_force_sets(directory: str | os.PathLike, *, symmetrize: bool = True) -> PhononSet:
+def phonons_from_force_sets(directory: str | os.PathLike, *, symmetrize: bool = True,
+                            nac: bool = True) -> PhononSet:
     """Phonons from existing DFT results in ``directory``: ``phonopy_params.yaml`` (forces or
     force constants inside), or ``POSCAR-unitcell`` + ``phonopy_disp.yaml`` + ``FORCE_SETS``.
-    Non-analytical corrections (BORN) are left out: INS from powders at finite Q does not need
-    them, and the model route has none either."""
+
+    With ``nac`` (the default, as in ``phonopy.load``), Born effective charges and the dielectric
+    tensor — a ``BORN`` file in ``directory`` or ``nac_params`` inside phonopy_params.yaml — add
+    the non-analytical term (LO-TO splitting near Γ) to every frequency computed from the result.
+    Without them the phonons are those of the force constants alone.
+    """
     import phonopy
 
     d = Path(directory)
@@ -164,14 +169,17 @@ def phonons_from_force_sets(directory: str | os.PathLike, *, symmetrize: bool = 
         raise InputError(f"--force-sets {d}: not a directory")
     params = d / "phonopy_params.yaml"
     disp = d / "phonopy_disp.yaml"
+    born = d / "BORN"
+    kwargs = {"is_nac": bool(nac), "symmetrize_fc": symmetrize}
+    if nac and born.exists():
+        kwargs["born_filename"] = born
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*primitive_matrix defaulted.*")
             if params.exists():
-                ph = phonopy.load(params, is_nac=False, symmetrize_fc=symmetrize)
+                ph = phonopy.load(params, **kwargs)
             elif disp.exists() and (d / "FORCE_SETS").exists():
-                ph = phonopy.load(disp, force_sets_filename=d / "FORCE_SETS", is_nac=False,
-                                  symmetrize_fc=symmetrize)
+                ph = phonopy.load(disp, force_sets_filename=d / "FORCE_SETS", **kwargs)
             else:
                 raise InputError(f"--force-sets {d}: needs phonopy_params.yaml, or "
                                  "phonopy_disp.yaml with FORCE_SETS")
@@ -181,7 +189,8 @@ def phonons_from_force_sets(directory: str | os.PathLike, *, symmetrize: bool = 
         raise InputError(f"--force-sets {d}: phonopy could not read it ({exc})") from None
     if ph.force_constants is None:
         raise InputError(f"--force-sets {d}: no forces or force constants found")
-    return PhononSet([ph], "force-sets", provenance={"force_sets": str(d)})
+    prov = {"force_sets": str(d), "nac": ph.nac_params is not None}
+    return PhononSet([ph], "force-sets", provenance=prov)
 
 
 def relax(atoms: Atoms, calc, *, fmax: float = 1e-3, cell: bool = True, steps: int = 500,

@@ -64,6 +64,11 @@ def write_phonons(path: str | os.PathLike, pset: PhononSet, props: PhononPropert
         s["masses"] = np.array(unit.masses)
         s["supercell_matrix"] = np.array(ph.supercell_matrix)
         s["primitive_matrix"] = np.array(ph.primitive_matrix)
+        if ph.nac_params is not None:  # Born charges (primitive cell) and dielectric tensor
+            nac = f.create_group("nac")
+            nac["born"] = np.array(ph.nac_params["born"])
+            nac["dielectric"] = np.array(ph.nac_params["dielectric"])
+            nac.attrs["factor"] = float(ph.nac_params["factor"])
         fc = f.create_dataset("force_constants",
                               data=np.array([m.force_constants for m in pset.members]),
                               compression="gzip")
@@ -125,7 +130,11 @@ def read_phonons(path: str | os.PathLike) -> PhononSet:
         source = str(f.attrs["source"])
         prov = json.loads(f.attrs["provenance"])
         mesh = f["mesh/mesh"][()]
+        nac = ({"born": f["nac/born"][()], "dielectric": f["nac/dielectric"][()],
+                "factor": float(f["nac"].attrs["factor"])} if "nac" in f else None)
     ph = Phonopy(unit, supercell_matrix=smat, primitive_matrix=pmat)
+    if nac is not None:
+        ph.nac_params = nac
     members = [with_force_constants(ph, fc) for fc in fcs]
     return PhononSet(members, source, provenance={**prov, "mesh": mesh.tolist(),
                                                   "phonons_file": str(path)})
