@@ -162,7 +162,7 @@ def test_cli_phonons_with_model_and_errors(tiny_bundle, tmp_path, capsys):
     assert not bad.exists()
 
 
-def test_phonopy_params_yaml_loads_in_euphonic(tmp_path):
+def test_phonopy_params_yaml_loads_in_euphonic(tmp_path, capsys):
     """Euphonic users continue from our phonopy_params.yaml: same frequencies as phonopy."""
     import phonopy
     from euphonic import ForceConstants
@@ -172,6 +172,9 @@ def test_phonopy_params_yaml_loads_in_euphonic(tmp_path):
         out = tmp_path / f"nacl_{nac}.h5"
         assert main(["phonons", "--force-sets", str(DATA / "NaCl"), "--mesh", "4", "4", "4",
                      "-o", str(out)] + ([] if nac else ["--no-nac"])) == 0
+        said = capsys.readouterr().out
+        assert ("non-analytical correction: on" in said) == nac
+        assert ("non-analytical correction: off (--no-nac)" in said) == (not nac)
         fc = ForceConstants.from_phonopy(path=str(tmp_path), summary_name=params_path(out).name)
         eu = fc.calculate_qpoint_phonon_modes(q).frequencies.to("THz").magnitude
         ref = phonopy.load(params_path(out), is_nac=nac)
