@@ -207,3 +207,18 @@ def test_relax_finds_the_lattice_constant_and_stops_a_collapse():
     assert out.calc is None
     with pytest.raises(InputError, match="volume ran away"):
         relax(bulk("Cu", "fcc", a=3.61, cubic=True), LennardJones(sigma=1.2, rc=6.0), fmax=1e-4)
+
+
+def test_bands_with_nac_meet_gamma_at_the_lo_limit():
+    """NaCl with Born charges: on the band path the LO branch at Γ is its long-wavelength limit
+    (continuous with the next q-point), not the TO frequency of the bare force constants."""
+    props = compute_properties(phonons_from_force_sets(DATA / "NaCl").members, [4, 4, 4])
+    bare = compute_properties(phonons_from_force_sets(DATA / "NaCl", nac=False).members,
+                              [4, 4, 4])
+    f, f0 = props.band_frequencies_THz[0], bare.band_frequencies_THz[0]
+    gamma = np.flatnonzero(np.abs(props.band_qpoints).max(axis=1) < 1e-12)
+    assert len(gamma) >= 1
+    for i in gamma:
+        j = i + 1 if i + 1 < len(f) else i - 1
+        assert f[i, -1] == pytest.approx(f[j, -1], rel=0.01)       # LO limit, ~7.3 THz
+        assert f[i, -1] > f0[i, -1] + 2.0                            # bare: LO = TO at Γ

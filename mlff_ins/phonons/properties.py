@@ -91,10 +91,19 @@ def compute_properties(members, mesh, *, band_points: int = 200, dos_pitch_THz: 
             dos_partial[e].append(proj[[i for i, s in enumerate(symbols) if s == e]].sum(axis=0))
         dos_freq = np.array(pd.frequency_points)
     bq, bx, blabels = band_path(mean, band_points)
+    # with the non-analytical term, Γ itself is taken along the path (towards the next point),
+    # so the LO branch meets Γ at its long-wavelength limit instead of dropping onto the TO one
+    gamma = (np.flatnonzero(np.abs(bq).max(axis=1) < 1e-12)
+             if mean.nac_params is not None else [])
     band = []
     for m in members:
         m.run_qpoints(bq)
-        band.append(np.array(m.qpoints.frequencies))
+        f = np.array(m.qpoints.frequencies)
+        for i in gamma:
+            j = i + 1 if i + 1 < len(bq) else i - 1
+            m.run_qpoints([bq[i]], nac_q_direction=bq[j] - bq[i])
+            f[i] = m.qpoints.frequencies[0]
+        band.append(f)
     band = np.array(band)
     imag = (imaginary_modes(qpoints, freqs.mean(axis=0), "mesh", imaginary_tol_THz)
             + imaginary_modes(bq, band.mean(axis=0), "band", imaginary_tol_THz))
