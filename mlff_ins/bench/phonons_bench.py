@@ -38,6 +38,8 @@ EXPERIMENT = {"G": {"TO": 15.53}, "X": {"TA": 4.49, "LA": 12.32, "TO": 13.90},
               "L": {"TA": 3.43, "LA": 11.35, "LO": 12.60, "TO": 14.68}}
 CP2K_DIR = Path(__file__).resolve().parents[1] / "resources" / "si" / "phonopy-Si-CP2K"
 HARTREE_PER_BOHR_TO_EV_PER_A = 51.422090462576755   # phonopy's CP2K interface factor
+#: the lattice constant of the Si-CP2K reference calculation (its Si.inp), in Å
+CP2K_LATTICE_A = 5.4661639157319968
 
 
 def _cases(which):
@@ -98,7 +100,7 @@ def dft_reference():
     from phonopy import Phonopy
     from phonopy.structure.atoms import PhonopyAtoms
 
-    a = 5.4661639157319968
+    a = CP2K_LATTICE_A
     frac = [[0.875, 0.875, 0.875], [0.875, 0.375, 0.375], [0.375, 0.875, 0.375],
             [0.375, 0.375, 0.875], [0.125, 0.125, 0.125], [0.125, 0.625, 0.625],
             [0.625, 0.125, 0.625], [0.625, 0.625, 0.125]]
@@ -114,10 +116,6 @@ def dft_reference():
     ph.produce_force_constants()
     ph.symmetrize_force_constants()
     return diamond_special_frequencies(ph)
-
-
-#: the lattice constant of the Si-CP2K reference calculation (its Si.inp), in Å
-CP2K_LATTICE_A = 5.4661639157319968
 
 
 def frequencies_with(calc, *, plain: bool = False):
