@@ -86,8 +86,9 @@ class SkinNeighbourList:
             self._build(data, pos, cell, pbc, types)
         ref = self._ref
         if ref.get("shift_cell") is None or not np.array_equal(ref["shift_cell"], cell):
-            # einsum without BLAS: an OpenBLAS call here leaves its threads spinning while the
-            # model runs, which cost the model ~5 % on 2 cores (measured)
+            # einsum without BLAS: an OpenBLAS call here left its threads spinning while the
+            # model ran (4096 atoms, 2 cores: per-call time 1.10x nequip's calculator with the
+            # matrix product, 1.005x and 0.96x without it; measured)
             ref["shift_vectors"] = np.einsum("ek,kl->el", ref["shifts"], cell)
             ref["shift_cell"] = cell.copy()
         vec = pos[ref["j"]] - pos[ref["i"]] + ref["shift_vectors"]
