@@ -171,3 +171,22 @@ def test_mdanalysis_dcd_with_pdb_topology(small_traj, tmp_path):
                  "--qens", "--q-max", "1.5", "--q-per-shell", "6", "-o", str(out)]) == 0
     ref = correlate(ArrayTrajectory(symbols, pos, cell, 25.0), 40, msd=True).msd["Si"]
     np.testing.assert_allclose(read_spectra(out)["msd_Si"].intensity, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_plot_maps_share_one_energy_range(tmp_path):
+    from mlff_ins.neutron.plot import plot_spectra
+    from mlff_ins.neutron.spectrum import Spectrum2D
+
+    q, e = np.linspace(0.1, 5, 20), np.linspace(0, 200, 401)
+    maps = {}
+    for kind, e_max in (("sqe", 100.0), ("sqe_coh", 60.0), ("sqe_inc", 150.0)):
+        intensity = np.where(e[None, :] < e_max, 1.0, 0.0) * np.ones((len(q), 1))
+        maps[kind] = Spectrum2D(kind=kind, intensity=intensity, q=q, y=e, temperature_K=10.0,
+                                source="phonons")
+    fig = plot_spectra(maps, tmp_path / "maps.png")
+    limits = [ax.get_ylim() for ax in fig.axes if ax.get_ylabel() == "energy transfer (meV)"]
+    # the widest map sets the range: signal up to 149.5 meV, plus the 10 % margin
+    assert len(limits) == 3
+    for low, high in limits:
+        assert low == 0.0 and high == pytest.approx(149.5 * 1.1, rel=1e-12)
+    assert (tmp_path / "maps.png").stat().st_size > 10_000

@@ -12,8 +12,10 @@ from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D
 _LABELS = {"energy": "energy transfer (meV)", "time": "time (fs)", "q": "Q (1/Å)"}
 
 
-def plot_spectra(spectra: dict, path: str | Path) -> None:
-    """Panels: each 1D kind (totals and partials overlaid), then each 2D total."""
+def plot_spectra(spectra: dict, path: str | Path):
+    """Panels: each 1D kind (totals and partials overlaid), then each 2D total (maps share one
+    energy range). Returns the (closed) matplotlib figure, or None when there is nothing to
+    plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,7 +33,7 @@ def plot_spectra(spectra: dict, path: str | Path) -> None:
             twos.append((name, sp))
     n = len(ones) + len(twos)
     if n == 0:
-        return
+        return None
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
@@ -51,6 +53,9 @@ def plot_spectra(spectra: dict, path: str | Path) -> None:
         ax.set_xlabel(_LABELS[items[0][1].axis_name])
         ax.set_ylabel(f"{kind} ({items[0][1].units or 'dimensionless'})")
         ax.legend(fontsize=7)
+    # one energy range for every map, so that sqe, sqe_coh and sqe_inc can be compared
+    top = max((_extent(np.abs(sp.y), np.nan_to_num(sp.intensity).max(axis=0)) for _, sp in twos),
+              default=0.0)
     for name, sp in twos:
         ax = next(panels)
         data = np.ma.masked_invalid(sp.intensity)
@@ -62,7 +67,6 @@ def plot_spectra(spectra: dict, path: str | Path) -> None:
         fig.colorbar(mesh, ax=ax, label=sp.units)
         ax.set_xlabel(_LABELS["q"])
         ax.set_ylabel(_LABELS[sp.axis_name])
-        top = _extent(np.abs(sp.y), np.nan_to_num(sp.intensity).max(axis=0))
         ax.set_ylim(-top if sp.y.min() < 0 else 0, top)
         ax.set_title(f"{name} ({sp.temperature_K:.0f} K)", fontsize=9)
     for ax in panels:
@@ -71,6 +75,7 @@ def plot_spectra(spectra: dict, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    return fig
 
 
 def _extent(x, y, fraction: float = 1e-3) -> float:
