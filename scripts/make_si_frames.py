@@ -10,7 +10,12 @@ conventional diamond cell at the PBE lattice constant unless noted:
 - liquid Si (Stillinger-Weber at 3000 K, 5 % denser than the crystal, like real l-Si);
 - amorphous Si (melt-quench with Stillinger-Weber, snapshots at 300-600 K);
 - a vacancy (63 atoms) at 300, 600 and 900 K;
-- one isolated atom in a 12 Angstrom box, for the isolated-atom energy E0.
+- one isolated atom in a 12 Angstrom box, for the isolated-atom energy E0;
+- the perfect crystal with every atom displaced at random (Gaussian, 0.015, 0.03 and 0.045
+  Angstrom per Cartesian component, 4 frames each): the harmonic regime that phonon calculations
+  probe (finite displacements are 0.01 Angstrom), which 300 K snapshots (about 0.075 Angstrom)
+  sample only loosely. These come last, from their own random stream, so the frames before them
+  are unchanged from the first version of this data set.
 
 The 64-atom frames are interleaved across categories so that any prefix of the labelling run is
 already a diverse data set (labelling takes hours and is resumed across sessions).
@@ -80,6 +85,21 @@ def strained(atoms: Atoms, sign: float, rng) -> Atoms:
     return out
 
 
+def rattled(seed: int) -> list[Atoms]:
+    """The perfect 64-atom crystal with independent Gaussian displacements of every atom."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(4):
+        for sigma in (0.015, 0.03, 0.045):
+            atoms = diamond64()
+            atoms.positions += rng.normal(0.0, sigma, atoms.positions.shape)
+            atoms.wrap()
+            atoms.info["config_type"] = "diamond_rattled"
+            atoms.info["rattle_sigma_A"] = sigma
+            frames.append(atoms)
+    return frames
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", default="si_frames.xyz")
@@ -128,6 +148,7 @@ def main() -> None:
         interleaved += [g[i] for g in groups if i < len(g)]
     half = len(interleaved) // 2
     frames = [atom] + interleaved[:half] + vac_frames + interleaved[half:]
+    frames += rattled(args.seed + 1)
     write(args.output, frames, format="extxyz")
     print(f"wrote {len(frames)} frames to {args.output}")
 
