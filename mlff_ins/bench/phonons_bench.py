@@ -96,7 +96,8 @@ def speed(calc, which, batch_atoms):
 
 
 def dft_reference():
-    """Γ, X, L of phonopy's Si-CP2K example (PBE, 2x2x2 conventional supercell)."""
+    """Γ, X, L of phonopy's Si-CP2K example (PBE, 2x2x2 conventional supercell); also returns
+    its phonopy object (one displacement) and the CP2K forces on that displaced supercell."""
     from phonopy import Phonopy
     from phonopy.structure.atoms import PhonopyAtoms
 
@@ -115,7 +116,33 @@ def dft_reference():
     ph.forces = [forces]
     ph.produce_force_constants()
     ph.symmetrize_force_constants()
-    return diamond_special_frequencies(ph)
+    return diamond_special_frequencies(ph), ph, forces
+
+
+def force_set_check(calc, ph, reference) -> None:
+    """Print how far the model's forces on the reference's displaced supercell are from CP2K's,
+    overall and per shell of distance from the displaced atom. The small forces on distant
+    shells (~1 meV/Å for a 0.01 Å displacement) set the TA branches."""
+    from ase import Atoms
+
+    sc = ph.supercells_with_displacements[0]
+    atoms = Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
+    atoms.calc = calc
+    diff = atoms.get_forces() - reference
+    dist = atoms.get_distances(int(ph.displacements[0][0]), range(len(atoms)), mic=True)
+    order = np.argsort(dist)
+    starts = [0] + [k for k in range(1, len(order)) if dist[order[k]] - dist[order[k - 1]] > 0.1]
+    shells = []
+    for a, b in zip(starts, starts[1:] + [len(order)]):
+        idx = order[a:b]
+        f_ref = np.linalg.norm(reference[idx], axis=1).mean()
+        f_err = np.linalg.norm(diff[idx], axis=1).mean()
+        shells.append(f"{dist[idx].mean():.1f} Å {1000 * f_ref:.2f}/{1000 * f_err:.2f}")
+    print(f"model forces on the CP2K displaced supercell (0.01 Å): RMS difference "
+          f"{1000 * np.sqrt(np.mean(diff ** 2)):.2f} meV/Å, CP2K forces RMS "
+          f"{1000 * np.sqrt(np.mean(reference ** 2)):.2f} meV/Å; per shell around the displaced "
+          f"atom, mean |F_CP2K| / mean |F_model - F_CP2K| in meV/Å:")
+    print("  " + "; ".join(shells))
 
 
 def frequencies_with(calc, *, plain: bool = False):
@@ -150,7 +177,8 @@ def accuracy(calc, with_sevenn: bool):
     """Two comparisons, each like for like: the model at the reference's own geometry against
     CP2K (the force constants alone), and the model at its own relaxed lattice (what
     ``mlff-ins phonons --relax`` gives a user) against experiment."""
-    ref = dft_reference()
+    ref, ph, ref_forces = dft_reference()
+    force_set_check(calc, ph, ref_forces)
     ours_ref, ours_rel, a_ours = frequencies_with(calc)
     seven = sevenn_frequencies() if with_sevenn else None
     print(f"lattice constant: model {a_ours:.4f} A"
