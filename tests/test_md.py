@@ -333,3 +333,16 @@ def test_watchdog_stops_a_collapsing_npt_cell(tmp_path):
     assert s.stopped and "the cell volume is 0." in s.stopped and s.steps_done < 2000
     got = _read(out)
     assert len(got["step"]) >= 2 and (got["V"][-1] / got["V"][0]) > 0.5
+
+
+def test_blas_free_kinetic_energy_and_temperature_equal_ase():
+    from ase.constraints import FixAtoms
+
+    from mlff_ins.md.run import _kinetic_energy, _temperature
+
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(3)
+    atoms.set_velocities(np.random.default_rng(3).normal(0, 0.01, (len(atoms), 3)))
+    assert _kinetic_energy(atoms) == pytest.approx(atoms.get_kinetic_energy(), rel=1e-13)
+    assert _temperature(atoms) == pytest.approx(atoms.get_temperature(), rel=1e-13)
+    atoms.set_constraint(FixAtoms(indices=[0, 5]))   # 6 degrees of freedom fewer
+    assert _temperature(atoms) == pytest.approx(atoms.get_temperature(), rel=1e-13)
