@@ -200,9 +200,7 @@ def _observables(atoms) -> dict:
     res = atoms.calc.results
     epot = float(res.get("energy", atoms.get_potential_energy()))
     ekin = _kinetic_energy(atoms)
-    n_dof = 3 * len(atoms)
-    from ase import units
-    temperature = 2 * ekin / (n_dof * units.kB)
+    temperature = _temperature(atoms)   # the watchdog's definition (constraints discounted)
     pressure = float("nan")
     if "stress" in res:
         stress = np.asarray(res["stress"])
