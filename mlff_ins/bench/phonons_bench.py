@@ -40,6 +40,7 @@ CP2K_DIR = Path(__file__).resolve().parents[1] / "resources" / "si" / "phonopy-S
 HARTREE_PER_BOHR_TO_EV_PER_A = 51.422090462576755   # phonopy's CP2K interface factor
 #: the lattice constant of the Si-CP2K reference calculation (its Si.inp), in Å
 CP2K_LATTICE_A = 5.4661639157319968
+LABELLED_CHECK = CP2K_DIR.parent / "si_cp2k_pbe_phonon_check.xyz"
 
 
 def _cases(which):
@@ -113,16 +114,35 @@ def dft_reference():
     rows = [ln.split() for ln in lines if ln.strip().split()[:1] and ln.split()[0].isdigit()]
     forces = np.array([[float(x) for x in r[3:6]] for r in rows]) * HARTREE_PER_BOHR_TO_EV_PER_A
     assert len(forces) == len(ph.supercell), "Si-CP2K forces do not match the 2x2x2 supercell"
+    return _frequencies_from_forces(ph, forces), ph, forces
+
+
+def _frequencies_from_forces(ph, forces) -> dict:
     ph.forces = [forces]
     ph.produce_force_constants()
     ph.symmetrize_force_constants()
-    return diamond_special_frequencies(ph), ph, forces
+    return diamond_special_frequencies(ph)
 
 
-def force_set_check(calc, ph, reference) -> None:
-    """Print how far the model's forces on the reference's displaced supercell are from CP2K's,
-    overall and per shell of distance from the displaced atom. The small forces on distant
-    shells (~1 meV/Å for a 0.01 Å displacement) set the TA branches."""
+def labelled_dft(ph):
+    """Γ, X, L from CP2K with the settings of the embedded data set (configs/label/cp2k_si.yaml)
+    on the reference's own displaced supercell (resources/si/si_cp2k_pbe_phonon_check.xyz, made
+    by scripts/make_si_phonon_check.py): the DFT the models learn. Returns (frequencies, forces)."""
+    import ase.io
+
+    frame = ase.io.read(LABELLED_CHECK, index=0)
+    displaced = ph.supercells_with_displacements[0]
+    assert np.abs(frame.get_scaled_positions() - displaced.scaled_positions).max() < 1e-9, \
+        f"{LABELLED_CHECK} is not the reference's displaced supercell"
+    forces = frame.get_forces()
+    return _frequencies_from_forces(ph, forces), forces
+
+
+def force_set_check(calc, ph, reference, name: str) -> None:
+    """Print how far the model's forces on the reference's displaced supercell are from
+    ``reference`` (DFT forces on it, called ``name``), overall and per shell of distance from the
+    displaced atom. The small forces on distant shells (~1 meV/Å for a 0.01 Å displacement) set
+    the TA branches."""
     from ase import Atoms
 
     sc = ph.supercells_with_displacements[0]
@@ -138,10 +158,10 @@ def force_set_check(calc, ph, reference) -> None:
         f_ref = np.linalg.norm(reference[idx], axis=1).mean()
         f_err = np.linalg.norm(diff[idx], axis=1).mean()
         shells.append(f"{dist[idx].mean():.1f} Å {1000 * f_ref:.2f}/{1000 * f_err:.2f}")
-    print(f"model forces on the CP2K displaced supercell (0.01 Å): RMS difference "
-          f"{1000 * np.sqrt(np.mean(diff ** 2)):.2f} meV/Å, CP2K forces RMS "
+    print(f"model forces on the displaced supercell (0.01 Å) against {name}: RMS difference "
+          f"{1000 * np.sqrt(np.mean(diff ** 2)):.2f} meV/Å, DFT forces RMS "
           f"{1000 * np.sqrt(np.mean(reference ** 2)):.2f} meV/Å; per shell around the displaced "
-          f"atom, mean |F_CP2K| / mean |F_model - F_CP2K| in meV/Å:")
+          f"atom, mean |F_DFT| / mean |F_model - F_DFT| in meV/Å:")
     print("  " + "; ".join(shells))
 
 
@@ -176,42 +196,51 @@ def sevenn_frequencies():
 def accuracy(calc, with_sevenn: bool):
     """Two comparisons, each like for like: the model at the reference's own geometry against
     CP2K (the force constants alone), and the model at its own relaxed lattice (what
-    ``mlff-ins phonons --relax`` gives a user) against experiment."""
+    ``mlff-ins phonons --relax`` gives a user) against experiment. CP2K is there twice: the
+    published reference (DZVP-MOLOPT-GTH, CP2K's default cutoff and SCF tolerance) and our
+    labelling settings (DZVP-MOLOPT-SR-GTH, 400 Ry, EPS_SCF 1e-7) on the same supercell."""
     ref, ph, ref_forces = dft_reference()
-    force_set_check(calc, ph, ref_forces)
+    labelled, labelled_forces = labelled_dft(ph)
+    force_set_check(calc, ph, ref_forces, "the CP2K reference")
+    force_set_check(calc, ph, labelled_forces, "CP2K with our labelling settings")
     ours_ref, ours_rel, a_ours = frequencies_with(calc)
     seven = sevenn_frequencies() if with_sevenn else None
     print(f"lattice constant: model {a_ours:.4f} A"
           + (f", SevenNet-0 {seven[2]:.4f} A" if seven else "")
           + f", CP2K reference calculation {CP2K_LATTICE_A:.4f} A")
-    print("'@CP2K': at the CP2K reference geometry (a = 5.4662 A, 2x2x2 conventional supercell), "
-          "compared with CP2K; 'relaxed': at the potential's own lattice constant (4x4x4), "
-          "compared with experiment")
-    head = (f"{'point':5s} {'branch':6s} {'exp':>6s} {'CP2K':>6s} {'vs exp':>7s} | "
-            f"{'model@CP2K':>10s} {'vs DFT':>7s} {'relaxed':>7s} {'vs exp':>7s}")
+    print("'CP2K': the published reference; 'labels': CP2K with the settings of our training "
+          "data, same supercell and displacement; '@CP2K': the model at the reference geometry "
+          "(a = 5.4662 A, 2x2x2 conventional supercell), compared with both; 'relaxed': at the "
+          "potential's own lattice constant (4x4x4), compared with experiment")
+    head = (f"{'point':5s} {'branch':6s} {'exp':>6s} {'CP2K':>6s} {'vs exp':>7s} "
+            f"{'labels':>6s} {'vs CP2K':>7s} | {'model@CP2K':>10s} {'vs CP2K':>7s} "
+            f"{'vs labels':>9s} {'relaxed':>7s} {'vs exp':>7s}")
     if seven:
-        head += f" | {'7net@CP2K':>9s} {'vs DFT':>7s} {'relaxed':>7s} {'vs exp':>7s}"
+        head += f" | {'7net@CP2K':>9s} {'vs CP2K':>7s} {'relaxed':>7s} {'vs exp':>7s}"
     print(head)
 
     def pct(x, r):
         return 100 * (x - r) / r
 
-    worst_dft = worst_exp = 0.0
+    worst_dft = worst_lab = worst_exp = 0.0
     for point, branches in EXPERIMENT.items():
         for branch, exp in branches.items():
-            r = ref[point][branch]
+            r, lab = ref[point][branch], labelled[point][branch]
             m_ref, m_rel = ours_ref[point][branch], ours_rel[point][branch]
             worst_dft = max(worst_dft, abs(pct(m_ref, r)))
+            worst_lab = max(worst_lab, abs(pct(m_ref, lab)))
             worst_exp = max(worst_exp, abs(pct(m_rel, exp)))
-            line = (f"{point:5s} {branch:6s} {exp:6.2f} {r:6.2f} {pct(r, exp):6.1f}% | "
-                    f"{m_ref:10.2f} {pct(m_ref, r):6.1f}% {m_rel:7.2f} {pct(m_rel, exp):6.1f}%")
+            line = (f"{point:5s} {branch:6s} {exp:6.2f} {r:6.2f} {pct(r, exp):6.1f}% "
+                    f"{lab:6.2f} {pct(lab, r):6.1f}% | {m_ref:10.2f} {pct(m_ref, r):6.1f}% "
+                    f"{pct(m_ref, lab):8.1f}% {m_rel:7.2f} {pct(m_rel, exp):6.1f}%")
             if seven:
                 s_ref, s_rel = seven[0][point][branch], seven[1][point][branch]
                 line += (f" | {s_ref:9.2f} {pct(s_ref, r):6.1f}% {s_rel:7.2f} "
                          f"{pct(s_rel, exp):6.1f}%")
             print(line)
-    print(f"largest deviation of the model: {worst_dft:.1f} % from CP2K at its geometry "
-          f"(target 3 %), {worst_exp:.1f} % from experiment when relaxed (target 5 %)")
+    print(f"largest deviation of the model: {worst_dft:.1f} % from the CP2K reference at its "
+          f"geometry (target 3 %), {worst_lab:.1f} % from CP2K with our labelling settings, "
+          f"{worst_exp:.1f} % from experiment when relaxed (target 5 %)")
 
 
 def main(argv=None) -> int:
