@@ -226,9 +226,17 @@ def test_watchdog_stops_cleanly(tmp_path, kind, needle):
     assert len(d["step"]) == 5 and np.all(np.isfinite(d["pos"]))  # frames up to step 20 kept
 
 
-def test_md_command_with_a_model_bundle(tiny_bundle, si_subset, tmp_path, capsys):
+def test_md_command_with_a_model_bundle(tiny_bundle, si_subset, tmp_path, capsys,
+                                        monkeypatch):
     from ase.io import read
 
+    import mlff_ins.model.calculator as calculator
+
+    stress_flags = []   # per member call: was the stress computed?
+    run_member = calculator._run_member
+    monkeypatch.setattr(calculator, "_run_member",
+                        lambda model, data, stress: stress_flags.append(stress)
+                        or run_member(model, data, stress))
     structure = tmp_path / "si.xyz"
     write(structure, read(si_subset, index=1))
     out = tmp_path / "si.h5"
@@ -237,7 +245,12 @@ def test_md_command_with_a_model_bundle(tiny_bundle, si_subset, tmp_path, capsys
     assert "ns/day" in capsys.readouterr().out
     with h5py.File(out) as f:
         std = f["observables/max_force_std/value"][()]
+        pressure = f["observables/pressure/value"][()]
     assert len(std) == 5 and np.all(std > 0)   # the ensemble spread is recorded per frame
+    # one model call per step plus the first; the stress only for the 5 written frames
+    # (2 members each), and every frame has its pressure
+    assert len(stress_flags) == 2 * 21 and sum(stress_flags) == 2 * 5
+    assert np.all(np.isfinite(pressure))
     assert main(["md", str(structure), "--model", str(tiny_bundle), "-o", str(out)]) == 2
     assert "exists; pass --resume" in capsys.readouterr().err
 

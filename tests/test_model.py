@@ -71,6 +71,23 @@ def test_stress_is_strain_derivative(calc):
         stress[0, 0], abs=1e-6)
 
 
+def test_forces_without_stress_are_the_same(tiny_bundle):
+    """compute_stress=False takes the position gradient alone: the same forces and energy
+    (float64 model, to 1e-12 relative), no stress until one is asked for, and then the same
+    stress as the default calculator gives."""
+    full, lean = load_calculator(tiny_bundle), load_calculator(tiny_bundle)
+    lean.compute_stress = False
+    a, b = _rattled(seed=7), _rattled(seed=7)
+    a.calc, b.calc = full, lean
+    scale = np.abs(a.get_forces()).max()
+    np.testing.assert_allclose(b.get_forces(), a.get_forces(), rtol=0, atol=1e-12 * scale)
+    assert b.get_potential_energy() == pytest.approx(a.get_potential_energy(), rel=1e-12)
+    assert "stress" in full.results and "stress" not in lean.results
+    np.testing.assert_allclose(b.get_stress(), a.get_stress(), rtol=0, atol=1e-12)
+    batched = lean.member_forces_batched([a.copy(), b.copy()])
+    np.testing.assert_allclose(batched[:, 1], full.member_forces(a), rtol=0, atol=1e-12 * scale)
+
+
 def test_rotation_and_translation(calc):
     atoms = _rattled(seed=5)
     atoms.calc = calc

@@ -324,6 +324,12 @@ def _integrate(atoms, opts, writer, step, progress, state=None) -> MDSummary:
 
     volume0 = atoms.get_volume() if opts.ensemble == "npt" else None
     dyn.attach(lambda: _watchdog(atoms, current(), opts, volume0), interval=1)
+    calc = atoms.calc
+    # NVE/NVT integrators ask for forces only; a model bundle then skips the stress except on
+    # the steps that are written (NPT needs it at every step)
+    stress_on_demand = opts.ensemble != "npt" and isinstance(
+        getattr(calc, "compute_stress", None), bool)
+    stress_default = calc.compute_stress if stress_on_demand else None
     t0 = time.perf_counter()
     bar = tqdm(total=opts.steps, initial=step, unit="step", desc="md", disable=not progress)
     temps, pressures, energies, times = [], [], [], []
@@ -334,7 +340,17 @@ def _integrate(atoms, opts, writer, step, progress, state=None) -> MDSummary:
             if current() % opts.every == 0 and hasattr(dyn, "rng"):
                 # noise from here on depends only on (seed, step): a resume repeats it exactly
                 dyn.rng = np.random.default_rng([opts.seed, current()])
-            dyn.run(min(opts.every - current() % opts.every, opts.steps - current()))
+            chunk = min(opts.every - current() % opts.every, opts.steps - current())
+            if stress_on_demand:
+                # the steps between frames need forces only; the frame's step computes the
+                # stress too, for its pressure
+                calc.compute_stress = False
+                if chunk > 1:
+                    dyn.run(chunk - 1)
+                calc.compute_stress = True
+                dyn.run(1)
+            else:
+                dyn.run(chunk)
             if current() % opts.every == 0 or current() == opts.steps:
                 _write(writer, atoms, current(), opts, dyn)
                 obs = _observables(atoms)
@@ -353,6 +369,8 @@ def _integrate(atoms, opts, writer, step, progress, state=None) -> MDSummary:
         summary.stopped = str(stop)
     finally:
         bar.close()
+        if stress_on_demand:
+            calc.compute_stress = stress_default
     wall = time.perf_counter() - t0
     done = current() - start
     summary.steps_done = current()
