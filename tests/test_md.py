@@ -359,3 +359,30 @@ def test_blas_free_kinetic_energy_and_temperature_equal_ase():
     assert _temperature(atoms) == pytest.approx(atoms.get_temperature(), rel=1e-13)
     atoms.set_constraint(FixAtoms(indices=[0, 5]))   # 6 degrees of freedom fewer
     assert _temperature(atoms) == pytest.approx(atoms.get_temperature(), rel=1e-13)
+
+
+def test_h5md_elements_share_one_clock_and_an_older_file_resumes(tmp_path):
+    """Every element's step/time are the position's (hard links); resuming a file with an
+    observable it lacks adds it (NaN for the frames before) with its own step and time."""
+    from mlff_ins.data.h5md import H5MDWriter
+
+    path, zeros = tmp_path / "t.h5", np.zeros((2, 3))
+    w = H5MDWriter(path, ["Cu", "Cu"], observables=("temperature",))
+    for k in range(3):
+        w.append(10 * k, 10.0 * k, zeros, np.eye(3), velocities=zeros, forces=zeros,
+                 temperature=300.0 + k)
+    w.close()
+    with h5py.File(path) as f:
+        g = f["particles/trajectory"]
+        assert g["force/step"] == g["position/step"] and g["box/edges/time"] == g["position/time"]
+        assert list(f["observables/temperature/step"][()]) == [0, 10, 20]
+    w = H5MDWriter(path, ["Cu", "Cu"], observables=("temperature", "pressure"), resume=True)
+    w.append(30, 30.0, zeros, np.eye(3), velocities=zeros, forces=zeros, temperature=303.0,
+             pressure=1.0)
+    w.close()
+    with h5py.File(path) as f:
+        assert list(f["particles/trajectory/velocity/step"][()]) == [0, 10, 20, 30]
+        assert list(f["observables/pressure/time"][()]) == [0.0, 10.0, 20.0, 30.0]
+        pressure = f["observables/pressure/value"][()]
+        assert np.isnan(pressure[:3]).all() and pressure[3] == 1.0
+        assert list(f["observables/temperature/value"][()]) == [300.0, 301.0, 302.0, 303.0]

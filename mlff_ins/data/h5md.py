@@ -9,6 +9,9 @@ Layout (readable by MDAnalysis' H5MD reader, which expects the particle group ``
         box/edges/                value (T, 3, 3) rows are lattice vectors, step, time   Å
     /observables/NAME/            value (T,), step, time   (potential_energy eV, temperature K, ...)
 
+The step and time datasets of every element are hard links to those of ``position`` (H5MD
+allows elements to share them), so a frame costs one write of each.
+
 Frames are appended one at a time and the file is flushed after each. A frame is complete when
 every time-dependent dataset holds it; ``/particles/trajectory`` carries ``n_frames_complete``,
 written last, and a writer that resumes a killed run truncates every dataset to that count, so a
@@ -55,6 +58,7 @@ class H5MDWriter:
         shapes = dict((o, ()) if isinstance(o, str) else (o[0], (int(o[1]),))
                       for o in observables)
         self.observables = tuple(shapes)
+        self._handles = None
         n = len(symbols)
         if resume and self.path.exists():
             self.file = h5py.File(self.path, "r+")
@@ -87,27 +91,38 @@ class H5MDWriter:
         c.attrs["name"], c.attrs["version"] = "mlff-ins", __version__
         g = self.file.create_group(GROUP)
         g.create_dataset("species", data=np.array([atomic_numbers[s] for s in symbols]))
-        for name in self.fields:
-            self._series(g.create_group(name), (n, 3), UNITS[name])
+        # every element shares the position's step and time datasets (hard links, as H5MD
+        # allows): one resize and write of each per frame instead of one per element
+        clock = self._series(g.create_group(self.fields[0]), (n, 3), UNITS[self.fields[0]])
+        for name in self.fields[1:]:
+            self._series(g.create_group(name), (n, 3), UNITS[name], clock)
         box = g.create_group("box")
         box.attrs["dimension"] = 3
         box.attrs["boundary"] = np.array([b"periodic"] * 3)
-        self._series(box.create_group("edges"), (3, 3), UNITS["edges"])
+        self._series(box.create_group("edges"), (3, 3), UNITS["edges"], clock)
         obs = self.file.create_group("observables")
         for name, shape in shapes.items():
-            self._series(obs.create_group(name), shape, OBSERVABLE_UNITS.get(name, ""))
+            self._series(obs.create_group(name), shape, OBSERVABLE_UNITS.get(name, ""), clock)
         g.attrs["n_frames_complete"] = 0
         self.n_frames = 0
         self.file.flush()
 
     @staticmethod
-    def _series(group, shape, unit):
+    def _series(group, shape, unit, clock=None):
+        """Create a time series (value, step, time) in ``group``; with ``clock`` (the step and
+        time datasets of another series) step and time are hard links to those. Returns the
+        series' (step, time) datasets."""
         v = group.create_dataset("value", shape=(0,) + shape, maxshape=(None,) + shape,
                                  dtype="f8", chunks=(1,) + shape if shape else (256,))
         v.attrs["unit"] = unit
-        group.create_dataset("step", shape=(0,), maxshape=(None,), dtype="i8", chunks=(256,))
+        if clock is not None:
+            group["step"], group["time"] = clock
+            return clock
+        st = group.create_dataset("step", shape=(0,), maxshape=(None,), dtype="i8",
+                                  chunks=(256,))
         t = group.create_dataset("time", shape=(0,), maxshape=(None,), dtype="f8", chunks=(256,))
         t.attrs["unit"] = "fs"
+        return st, t
 
     def _groups(self):
         g = self.file[GROUP]
@@ -125,19 +140,29 @@ class H5MDWriter:
         values = {"position": positions, "velocity": velocities,
                   "force": None if forces is None else np.asarray(forces) * KJ_PER_MOL_PER_EV}
         i = self.n_frames
-        for grp, name in zip(self._groups(), self._group_names()):
+        if self._handles is None:   # h5py path lookups cost more than the writes themselves
+            groups = list(zip(self._group_names(), self._groups()))
+            self._handles = [(name, grp["value"]) for name, grp in groups]
+            clocks = []   # step and time datasets, each once (they are shared hard links)
+            for _, grp in groups:
+                for key, dtype in (("step", int), ("time", float)):
+                    if all(grp[key] != ds for ds, _ in clocks):
+                        clocks.append((grp[key], dtype))
+            self._clocks = clocks
+            self._attrs = self.file[GROUP].attrs
+        for name, value in self._handles:
             if name in values:
                 data = values[name]
             elif name == "edges":
                 data = cell
             else:
                 data = observables[name]
-            for key in ("value", "step", "time"):
-                grp[key].resize(i + 1, axis=0)
-            grp["value"][i] = np.asarray(data, dtype=float)
-            grp["step"][i] = step
-            grp["time"][i] = time_fs
-        self.file[GROUP].attrs["n_frames_complete"] = i + 1
+            value.resize(i + 1, axis=0)
+            value[i] = np.asarray(data, dtype=float)
+        for ds, dtype in self._clocks:
+            ds.resize(i + 1, axis=0)
+            ds[i] = step if dtype is int else time_fs
+        self._attrs["n_frames_complete"] = i + 1
         self.file.flush()
         self.n_frames = i + 1
 
@@ -159,6 +184,7 @@ class H5MDWriter:
         return out
 
     def close(self) -> None:
+        self._handles = None
         if self.file:
             self.file.flush()
             self.file.close()

@@ -180,16 +180,25 @@ class BundleCalculator(Calculator):
         outs = self._member_outputs(self.atoms, (K.TOTAL_ENERGY_KEY, K.PER_ATOM_ENERGY_KEY,
                                                  K.FORCE_KEY, K.STRESS_KEY),
                                     stress=self.compute_stress or "stress" in properties)
-        E = np.array([o[K.TOTAL_ENERGY_KEY].reshape(()) for o in outs])
-        F = np.stack([o[K.FORCE_KEY] for o in outs])
-        self.results = {
-            "energy": float(E.mean()),
-            "free_energy": float(E.mean()),
-            "energies": np.mean([o[K.PER_ATOM_ENERGY_KEY].reshape(-1) for o in outs], axis=0),
-            "forces": F.mean(axis=0),
-            "energy_std": float(E.std()),
-            "forces_std": np.sqrt(F.var(axis=0).sum(axis=1)),
-        }
+        if len(outs) == 1:   # no spread to compute (the reductions took ~0.2 ms at 64 atoms)
+            out = outs[0]
+            energy = float(out[K.TOTAL_ENERGY_KEY].reshape(()))
+            self.results = {"energy": energy, "free_energy": energy,
+                            "energies": out[K.PER_ATOM_ENERGY_KEY].reshape(-1),
+                            "forces": out[K.FORCE_KEY], "energy_std": 0.0,
+                            "forces_std": np.zeros(len(out[K.FORCE_KEY]))}
+        else:
+            E = np.array([o[K.TOTAL_ENERGY_KEY].reshape(()) for o in outs])
+            F = np.stack([o[K.FORCE_KEY] for o in outs])
+            self.results = {
+                "energy": float(E.mean()),
+                "free_energy": float(E.mean()),
+                "energies": np.mean([o[K.PER_ATOM_ENERGY_KEY].reshape(-1) for o in outs],
+                                    axis=0),
+                "forces": F.mean(axis=0),
+                "energy_std": float(E.std()),
+                "forces_std": np.sqrt(F.var(axis=0).sum(axis=1)),
+            }
         if self.atoms.pbc.all() and all(K.STRESS_KEY in o for o in outs):
             S = np.mean([o[K.STRESS_KEY].reshape(3, 3) for o in outs], axis=0)
             self.results["stress"] = full_3x3_to_voigt_6_stress(S)
