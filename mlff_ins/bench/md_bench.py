@@ -66,7 +66,11 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model bundle (default: train a tiny one on the embedded data)")
     p.add_argument("--reps", default="2,4,8", help="diamond cell repetitions (8 atoms each)")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=10, help="MD steps per run, at least")
+    p.add_argument("--atom-steps", type=int, default=20480,
+                   help="small cells run more steps, up to this many atom-steps per run, so "
+                        "that a run is long enough to time (default 20480: 320 steps at 64 "
+                        "atoms)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=2,
                    help="interleaved pairs of runs per size (order alternates: ab, ba, ...)")
@@ -75,14 +79,15 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         bundle = Path(args.model) if args.model else _tiny_bundle(tmp)
         model_zip = sorted((bundle / "members").glob("member_*/model.nequip.zip"))[0]
-        print(f"model {model_zip}, device {args.device}, {args.steps} steps per run")
+        print(f"model {model_zip}, device {args.device}")
         per_atom_step = {}
         for rep in (int(r) for r in args.reps.split(",")):
             atoms = _cell(rep)
+            steps = max(args.steps, round(args.atom_steps / len(atoms)))
             runs_a, runs_b = [], []
             for k in range(max(1, args.repeats)):
-                pair = [lambda: runs_a.append(run_ase(atoms, model_zip, args.steps, args.device)),
-                        lambda: runs_b.append(run_ours(atoms, model_zip, args.steps, args.device,
+                pair = [lambda: runs_a.append(run_ase(atoms, model_zip, steps, args.device)),
+                        lambda: runs_b.append(run_ours(atoms, model_zip, steps, args.device,
                                                        tmp))]
                 for run in (pair if k % 2 == 0 else pair[::-1]):
                     run()
@@ -90,7 +95,8 @@ def main(argv=None) -> int:
             paired = float(np.median(np.array(runs_b) / np.array(runs_a)))
             per_atom_step[len(atoms)] = 1.0 / b
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            print(f"  {len(atoms):5d} atoms: ASE+NequIPCalculator {a:9.1f} atom-steps/s, "
+            print(f"  {len(atoms):5d} atoms, {steps} steps per run: ASE+NequIPCalculator "
+                  f"{a:9.1f} atom-steps/s, "
                   f"mlff-ins md {b:9.1f} atom-steps/s (best of {len(runs_a)}), ratio "
                   f"{b / a:.2f}, median of paired ratios {paired:.2f} (target >= 1); "
                   f"peak RSS so far {rss:.0f} MiB", flush=True)
