@@ -11,7 +11,8 @@ and the largest force-constant difference.
 
 Accuracy: Si Γ, X and L frequencies from the model next to the CP2K PBE reference (phonopy's
 Si-CP2K example: a = 5.4662 Å, 2x2x2 conventional supercell, shipped in
-mlff_ins/resources/si/phonopy-Si-CP2K) and experiment. Against CP2K the model is evaluated at the
+mlff_ins/resources/si/phonopy-Si-CP2K), CP2K with the settings of our training data on the same
+displaced supercell (mlff_ins/resources/si/si_cp2k_pbe_phonon_check.xyz) and experiment. Against CP2K the model is evaluated at the
 reference's own geometry and supercell, so the comparison is of force constants alone; against
 experiment, at the lattice constant the model relaxes to (4x4x4 supercell), as a user gets it
 from ``mlff-ins phonons --relax``. The TA branches of Si soften with compression (negative
