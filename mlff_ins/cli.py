@@ -476,8 +476,8 @@ def _add_phonons(sub) -> None:
                         "relate + and - (auto, phonopy's default)")
     p.add_argument("--mesh", nargs="+", default=["40"], metavar="N",
                    help="q-mesh: one length in Å (phonopy's rule, default 40) or three integers")
-    p.add_argument("--batch-atoms", type=int, default=4096, metavar="N",
-                   help="atoms per batched model call (default 4096)")
+    p.add_argument("--batch-atoms", type=int, default=None, metavar="N",
+                   help="atoms per batched model call (default 4096 on a GPU, 512 on a CPU)")
     p.add_argument("--no-symmetrize", action="store_true",
                    help="keep the raw force constants (default: symmetrized, sum rules imposed)")
     p.add_argument("--no-nac", action="store_true",

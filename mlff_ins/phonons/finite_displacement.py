@@ -128,12 +128,13 @@ def _forces_to_members(ph, member_forces: np.ndarray, symmetrize: bool) -> list:
 
 def phonons_from_model(atoms: Atoms, calc, supercell, *, distance: float = 0.01,
                        plusminus="auto", primitive="auto", symmetrize: bool = True,
-                       max_batch_atoms: int = 4096, progress=None) -> PhononSet:
+                       max_batch_atoms: int | None = None, progress=None) -> PhononSet:
     """Finite-displacement phonons of ``atoms`` with a model bundle's calculator.
 
     Every displaced supercell is evaluated through
     :meth:`~mlff_ins.model.calculator.BundleCalculator.member_forces_batched` (many supercells
-    per model call, every member on each batch).
+    per model call, every member on each batch; ``max_batch_atoms`` None: the device's
+    default, :func:`~mlff_ins.model.calculator.default_batch_atoms`).
     """
     t0 = time.perf_counter()
     ph = make_phonopy(atoms, supercell, primitive=primitive, distance=distance,
