@@ -226,8 +226,9 @@ class BundleCalculator(Calculator):
 
         Structures are packed into batched graphs of at most ``max_batch_atoms`` atoms (at least
         one structure each; default :func:`default_batch_atoms` for the device) and every member
-        runs once per batch: one model call evaluates many supercells. Each structure keeps its own neighbour list, so the result is the same as
-        calling :meth:`member_forces` on each (up to summation order, ~1e-15 relative in float64).
+        runs once per batch: one model call evaluates many supercells. Each structure keeps its
+        own neighbour list, so the result is the same as calling :meth:`member_forces` on each
+        (up to summation order, ~1e-15 relative in float64).
         ``progress(n_done)`` is called after each batch.
         """
         import torch
