@@ -12,12 +12,13 @@ the ratio (2)/(1) (target >= 3 on 2 CPU cores) and the largest force-constant di
 Accuracy: Si Γ, X and L frequencies from the model next to the CP2K PBE reference (phonopy's
 Si-CP2K example: a = 5.4662 Å, 2x2x2 conventional supercell, shipped in
 mlff_ins/resources/si/phonopy-Si-CP2K), CP2K with the settings of our training data on the same
-displaced supercell (mlff_ins/resources/si/si_cp2k_pbe_phonon_check.xyz) and experiment. Against CP2K the model is evaluated at the
-reference's own geometry and supercell, so the comparison is of force constants alone; against
-experiment, at the lattice constant the model relaxes to (4x4x4 supercell), as a user gets it
-from ``mlff-ins phonons --relax``. The TA branches of Si soften with compression (negative
-Grüneisen parameters), so a 0.5 % lattice error moves X TA by several per cent. With ``sevenn``
-installed, SevenNet-0 (weights in its wheel) goes through phonopy + ASE the same two ways.
+displaced supercell (mlff_ins/resources/si/si_cp2k_pbe_phonon_check.xyz) and experiment. Against
+CP2K the model is evaluated at the reference's own geometry and supercell, so the comparison is of
+force constants alone; against experiment, at the lattice constant the model relaxes to (4x4x4
+supercell), as a user gets it from ``mlff-ins phonons --relax``. The TA branches of Si soften with
+compression (negative Grüneisen parameters), so a 0.5 % lattice error moves X TA by several per
+cent. With ``sevenn`` installed, SevenNet-0 (weights in its wheel) goes through phonopy + ASE the
+same two ways.
 """
 
 from __future__ import annotations
