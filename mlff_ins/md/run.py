@@ -180,9 +180,10 @@ def make_dynamics(atoms, opts: MDOptions, step: int):
 def _kinetic_energy(atoms) -> float:
     """Kinetic energy (eV) as ASE's ``get_kinetic_energy``, without BLAS: ASE's ``np.vdot`` is a
     BLAS call, which OpenBLAS spreads over its threads for long vectors, and those threads then
-    spin while the model runs. Measured at 4096 atoms on 2 cores, median time per calculator call, same
-    calculator, two rounds: plain velocity Verlet 0.80 / 0.73 s, with ASE's temperature in a
-    per-step observer 0.90 / 0.82 s; with this function 0.75 / 0.67 s against 0.75 / 0.76 s."""
+    spin while the model runs. Measured at 4096 atoms on 2 cores, median time per calculator
+    call, same calculator, two rounds: plain velocity Verlet 0.80 / 0.73 s, with ASE's
+    temperature in a per-step observer 0.90 / 0.82 s; with this function 0.75 / 0.67 s against
+    0.75 / 0.76 s."""
     momenta = atoms.get_momenta()
     return 0.5 * float(np.sum(momenta * momenta / atoms.get_masses()[:, None]))
 
