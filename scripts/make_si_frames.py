@@ -16,6 +16,9 @@ conventional diamond cell at the PBE lattice constant unless noted:
   probe (finite displacements are 0.01 Angstrom), which 300 K snapshots (about 0.075 Angstrom)
   sample only loosely. These come last, from their own random stream, so the frames before them
   are unchanged from the first version of this data set.
+- finite displacements (appended after the rattled frames, no randomness): one atom of the
+  perfect crystal moved 0.02 Angstrom, at lattice strains of -1 to +1 % (never 0: the phonons
+  benchmark tests the unstrained lattice).
 
 The 64-atom frames are interleaved across categories so that any prefix of the labelling run is
 already a diverse data set (labelling takes hours and is resumed across sessions).
@@ -100,6 +103,29 @@ def rattled(seed: int) -> list[Atoms]:
     return frames
 
 
+def displaced() -> list[Atoms]:
+    """Finite displacements as phonopy makes them: the perfect 64-atom crystal, uniformly
+    strained by -1, -0.5, +0.5 and +1 %, with atom 0 moved 0.02 Angstrom along x; and at -1 and
+    +1 % along [111]. A single displaced atom isolates the force constants from it to every
+    other atom, the long-range ones included (the TA branches of Si hinge on those at 7.7
+    Angstrom), which in rattled frames are buried under the forces of all the other
+    displacements. The unstrained lattice is left out on purpose: the phonons benchmark
+    checks the model there, against CP2K on phonopy's own displaced supercell."""
+    frames = []
+    moves = [(eps, (1.0, 0.0, 0.0)) for eps in (-0.01, -0.005, 0.005, 0.01)]
+    moves += [(eps, (1.0, 1.0, 1.0)) for eps in (-0.01, 0.01)]
+    for eps, direction in moves:
+        atoms = diamond64()
+        atoms.set_cell(atoms.cell * (1.0 + eps), scale_atoms=True)
+        step = np.asarray(direction) / np.linalg.norm(direction)
+        atoms.positions[0] += 0.02 * step
+        atoms.info["config_type"] = "diamond_displaced"
+        atoms.info["lattice_strain"] = eps
+        atoms.info["displacement_A"] = 0.02
+        frames.append(atoms)
+    return frames
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", default="si_frames.xyz")
@@ -149,6 +175,7 @@ def main() -> None:
     half = len(interleaved) // 2
     frames = [atom] + interleaved[:half] + vac_frames + interleaved[half:]
     frames += rattled(args.seed + 1)
+    frames += displaced()
     write(args.output, frames, format="extxyz")
     print(f"wrote {len(frames)} frames to {args.output}")
 
