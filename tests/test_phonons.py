@@ -259,15 +259,15 @@ def test_si_finite_displacement_training_frames_follow_the_reference_lattice_tre
     from phonopy.structure.atoms import PhonopyAtoms
 
     from mlff_ins.bench.phonons_bench import dft_reference, labelled_dft
-    from mlff_ins.phonons.properties import diamond_special_frequencies
     from mlff_ins.demo import SI_DATA
+    from mlff_ins.phonons.properties import diamond_special_frequencies
 
     x_ta = {0.0: labelled_dft(dft_reference()[1])[0]["X"]["TA"]}
     for frame in ase.io.read(SI_DATA, ":"):
         if frame.info.get("config_type") != "diamond_displaced":
             continue
         eps = frame.info["lattice_strain"]
-        unit = bulk("Si", "diamond", a=5.466 * (1 + eps), cubic=True)
+        unit = bulk("Si", "diamond", a=5.466 * (1 + eps), cubic=True)   # make_si_frames.A0_PBE
         perfect = unit * (2, 2, 2)
         move = frame.positions[0] - perfect.positions[0]
         assert np.linalg.norm(move) == pytest.approx(0.02, abs=1e-6)      # extxyz: 8 decimals
