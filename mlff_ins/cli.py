@@ -7,6 +7,7 @@ naming the file, frame, element or option (exit status 2), never a traceback.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 
@@ -32,6 +33,9 @@ def _add_label(sub) -> None:
                    help="try again frames refused by an earlier run")
     p.add_argument("--max-frames", type=int, default=None,
                    help="label at most this many new frames, then stop")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume an OUTPUT labelled with another calculator YAML (refused by "
+                        "default: it mixes levels of theory)")
     p.set_defaults(func=_run_label)
 
 
@@ -39,7 +43,8 @@ def _run_label(args) -> int:
     from mlff_ins.data.label import label_frames
 
     report = label_frames(args.frames, args.calculator, args.output,
-                          retry_rejected=args.retry_rejected, max_frames=args.max_frames)
+                          retry_rejected=args.retry_rejected, max_frames=args.max_frames,
+                          allow_config_change=args.allow_config_change)
     print(f"{args.output}: {len(report.labelled)} frames labelled now, "
           f"{report.skipped_done} were already done")
     if report.rejected:
@@ -208,11 +213,15 @@ def _run_md(args) -> int:
     if args.model:
         from mlff_ins.model.calculator import load_calculator
         calc = load_calculator(args.model, device=args.device)
+        bundle_json = Path(args.model) / "bundle.json"
+        model_id = ("bundle sha256:" + hashlib.sha256(bundle_json.read_bytes()).hexdigest()[:16]
+                    if bundle_json.is_file() else f"model {args.model}")
     else:
         from mlff_ins.data.label import build_calculator, read_calculator_spec
-        calc = build_calculator(read_calculator_spec(args.calculator),
-                                Path(args.output).parent / (Path(args.output).name + ".calc"))
-    opts = MDOptions(temperature_K=args.temperature, steps=args.steps, dt_fs=args.dt,
+        spec = read_calculator_spec(args.calculator)
+        calc = build_calculator(spec, Path(args.output).parent / (Path(args.output).name + ".calc"))
+        model_id = f"calculator sha256:{spec.sha256[:16]}"
+    opts = MDOptions(model=model_id, temperature_K=args.temperature, steps=args.steps, dt_fs=args.dt,
                      ensemble=args.ensemble, thermostat=args.thermostat,
                      barostat=args.barostat, pressure_GPa=args.pressure,
                      friction_per_fs=args.friction, tdamp_fs=args.tdamp, pdamp_fs=args.pdamp,

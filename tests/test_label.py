@@ -103,6 +103,51 @@ def test_label_refuses_changed_input(tmp_path):
                      tmp_path / "out.xyz", progress=False)
 
 
+@pytest.mark.parametrize("kind", ["poscar", "foreign_extxyz"])
+def test_label_refuses_an_output_it_did_not_write(tmp_path, capsys, kind):
+    """An existing -o that is not a log of `label` (a POSCAR, an extxyz of another tool) is
+    refused with one line naming it, and left byte for byte as it was."""
+    from mlff_ins.cli import main
+
+    write(tmp_path / "in.xyz", _frames(2))
+    out = tmp_path / ("POSCAR" if kind == "poscar" else "data.xyz")
+    write(out, _frames(1)[0], format="vasp" if kind == "poscar" else "extxyz")
+    before = out.read_bytes()
+    code = main(["label", str(tmp_path / "in.xyz"), "--calculator",
+                 str(REPO / "configs/label/emt.yaml"), "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and str(out) in err and "not written by `mlff-ins label`" in err
+    assert len(err.splitlines()) == 1
+    assert out.read_bytes() == before
+
+
+def test_label_resume_refuses_another_calculator_config(tmp_path, capsys):
+    """Resuming with an edited calculator YAML would mix levels of theory: refused, naming both
+    hashes, unless --allow-config-change."""
+    from mlff_ins.cli import main
+
+    write(tmp_path / "in.xyz", _frames(3))
+    cfg = tmp_path / "emt.yaml"
+    cfg.write_text("calculator: emt\n")
+    out = tmp_path / "out.xyz"
+    assert main(["label", str(tmp_path / "in.xyz"), "--calculator", str(cfg), "-o", str(out),
+                 "--max-frames", "1"]) == 0
+    old = read_calculator_spec(cfg).sha256[:16]
+    cfg.write_text("calculator: emt\nparameters: {asap_cutoff: true}\n")
+    new = read_calculator_spec(cfg).sha256[:16]
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(["label", str(tmp_path / "in.xyz"), "--calculator", str(cfg), "-o",
+                 str(out)]) == 2
+    err = capsys.readouterr().err
+    assert old in err and new in err and "--allow-config-change" in err
+    assert out.read_bytes() == before
+    assert main(["label", str(tmp_path / "in.xyz"), "--calculator", str(cfg), "-o", str(out),
+                 "--allow-config-change"]) == 0
+    hashes = [a.info["label_config_sha256"] for a in read(out, ":")]
+    assert hashes == [old, new, new]
+
+
 def test_cp2k_cutoff_is_converted_and_checked(tmp_path):
     spec = read_calculator_spec(REPO / "configs/label/cp2k_si.yaml")
     calc = build_calculator(spec, tmp_path / "w")

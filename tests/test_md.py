@@ -107,31 +107,58 @@ def test_h5md_round_trip_and_mdanalysis(tmp_path):
     assert reader.ts.time == pytest.approx(15.0 / 1000, rel=1e-9)  # MDAnalysis works in ps
 
 
-def test_kill_and_resume_gives_the_uninterrupted_nve_trajectory(tmp_path):
+def test_trajectory_survives_sigkill_at_random_moments(tmp_path):
+    """`mlff-ins md` is SIGKILLed 24 times at random moments (while starting, while rebuilding
+    the file after the previous kill, mid-run with a frame written every 2 steps) and resumed
+    every time. After each kill the file opens, and its complete frames are a prefix of what was
+    there plus new frames: nothing lost, nothing duplicated, no frame with unwritten data. The
+    final file equals one uninterrupted NVE run frame for frame."""
+    from mlff_ins.data.h5md import GROUP, complete_frames, open_h5md
+
     structure = tmp_path / "cu.xyz"
-    write(structure, _cu(3))
+    write(structure, _cu(2))
     calc = tmp_path / "emt.yaml"
     calc.write_text("calculator: emt\n")
     args = [str(structure), "--calculator", str(calc), "--ensemble", "nve", "-T", "300",
-            "--steps", "300", "--every", "10", "--dt", "2"]
-    assert main(["md"] + args + ["-o", str(tmp_path / "ref.h5")]) == 0
-    out = tmp_path / "killed.h5"
-    proc = subprocess.Popen([sys.executable, "-m", "mlff_ins.cli", "md"] + args + ["-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and _frames_written(out) < 5:  # kill after a few frames
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    with h5py.File(out, "r+") as f:  # a half-written frame: one dataset one frame ahead
-        done = int(f["particles/trajectory"].attrs["n_frames_complete"])
-        v = f["particles/trajectory/position/value"]
-        v.resize(v.shape[0] + 1, axis=0)
-    assert 0 < done < 31, "the run was not interrupted mid-way"
-    assert main(["md"] + args + ["-o", str(out), "--resume"]) == 0
-    ref, got = _read(tmp_path / "ref.h5"), _read(out)
-    np.testing.assert_array_equal(got["step"], np.arange(0, 301, 10))
+            "--every", "2", "--dt", "2"]
+    out = tmp_path / "killed.h5md"
+    rng = np.random.default_rng(7)
+    seen = {"step": np.zeros(0, int), "pos": np.zeros((0, 32, 3))}
+    for kill in range(24):
+        before = len(seen["step"])
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlff_ins.cli", "md"] + args
+            + ["--steps", "100000", "-o", str(out)] + (["--resume"] if kill else []),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        if kill % 3 == 0:        # anywhere in start-up, file rebuild and the first frames
+            time.sleep(rng.uniform(0.0, 3.0))
+        else:                    # mid-run, once new frames are being written
+            deadline = time.time() + 120
+            while time.time() < deadline and _frames_written(out) <= before:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.4))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if not out.exists():
+            continue
+        with open_h5md(out) as f:
+            n = complete_frames(f)
+            step = f[GROUP]["position/step"][:n]
+            pos = f[GROUP]["position/value"][:n]
+            time_fs = f[GROUP]["position/time"][:n]
+        assert n >= before, f"kill {kill}: frames lost ({before} -> {n})"
+        np.testing.assert_array_equal(step, 2 * np.arange(n))
+        np.testing.assert_array_equal(time_fs, 4.0 * np.arange(n))
+        np.testing.assert_array_equal(pos[:before], seen["pos"])
+        assert np.all(np.abs(pos).sum(axis=(1, 2)) > 0), f"kill {kill}: a frame of zeros"
+        seen = {"step": step, "pos": pos}
+    n = len(seen["step"])
+    assert n > 24, "the runs were killed before they wrote much"
+    last = int(seen["step"][-1])
+    assert main(["md"] + args + ["--steps", str(last), "-o", str(out), "--resume"]) == 0
+    assert main(["md"] + args + ["--steps", str(last), "-o", str(tmp_path / "ref.h5md")]) == 0
+    ref, got = _read(tmp_path / "ref.h5md"), _read(out)
+    np.testing.assert_array_equal(got["step"], np.arange(0, last + 1, 2))
     np.testing.assert_allclose(got["pos"], ref["pos"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(got["etot"], ref["etot"], rtol=0, atol=1e-10)
 
@@ -190,10 +217,12 @@ def test_resumed_nose_hoover_and_npt_runs_repeat_the_uninterrupted_one(tmp_path,
 
 def _frames_written(path) -> int:
     """Complete frames of a trajectory another process is writing (0 while unreadable)."""
+    from mlff_ins.data.h5md import complete_frames, open_h5md
+
     try:
-        with h5py.File(path, "r", locking=False) as f:
-            return int(f["particles/trajectory"].attrs["n_frames_complete"])
-    except Exception:  # noqa: BLE001 - a half-written file may fail in several ways; retry
+        with open_h5md(path) as f:
+            return complete_frames(f) or 0
+    except Exception:  # noqa: BLE001 - not there yet, or being replaced; retry
         return 0
 
 
@@ -386,3 +415,72 @@ def test_h5md_elements_share_one_clock_and_an_older_file_resumes(tmp_path):
         pressure = f["observables/pressure/value"][()]
         assert np.isnan(pressure[:3]).all() and pressure[3] == 1.0
         assert list(f["observables/temperature/value"][()]) == [300.0, 301.0, 302.0, 303.0]
+
+
+@pytest.mark.parametrize("change,needle", [(["--dt", "1"], "--dt"), (["--every", "4"], "--every"),
+                                           (["-T", "500"], "-T"),
+                                           (["--ensemble", "nve"], "--ensemble"),
+                                           (["--thermostat", "bussi"], "--thermostat"),
+                                           (["--friction", "0.05"], "--friction"),
+                                           (["--seed", "3"], "--seed"),
+                                           (["calculator"], "--model/--calculator")])
+def test_md_resume_refuses_other_settings(tmp_path, capsys, change, needle):
+    """The run settings are stored with every frame; a resume that would change the dynamics
+    (time step, frame interval, ensemble, thermostat, target T, friction, noise seed, model) is
+    refused with one line naming the option, and the file is left as it was."""
+    structure = tmp_path / "cu.xyz"
+    write(structure, _cu(2))
+    calc = tmp_path / "emt.yaml"
+    calc.write_text("calculator: emt\n")
+    base = {"--calculator": str(calc), "--ensemble": "nvt", "-T": "300", "--every": "5",
+            "--dt": "2", "--thermostat": "langevin", "--friction": "0.01", "--seed": "0"}
+    out = tmp_path / "t.h5md"
+    argv = [x for kv in base.items() for x in kv]
+    assert main(["md", str(structure), *argv, "--steps", "20", "-o", str(out)]) == 0
+    before = out.read_bytes()
+    if change == ["calculator"]:
+        other = tmp_path / "emt2.yaml"
+        other.write_text("calculator: emt\nparameters: {asap_cutoff: true}\n")
+        base["--calculator"] = str(other)
+    else:
+        base[change[0]] = change[1]
+    argv = [x for kv in base.items() for x in kv]
+    capsys.readouterr()
+    assert main(["md", str(structure), *argv, "--steps", "40", "-o", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and str(out) in err and len(err.splitlines()) == 1
+    assert out.read_bytes() == before
+
+
+def test_md_resume_with_the_same_settings_continues_and_masses_are_stored(tmp_path):
+    structure = tmp_path / "cu.xyz"
+    atoms = _cu(2)
+    masses = atoms.get_masses()
+    masses[:4] = 65.0       # a heavier isotope on four atoms
+    atoms.set_masses(masses)
+    write(structure, atoms)
+    calc = tmp_path / "emt.yaml"
+    calc.write_text("calculator: emt\n")
+    args = ["md", str(structure), "--calculator", str(calc), "-T", "300", "--every", "5"]
+    out = tmp_path / "t.h5md"
+    assert main(args + ["--steps", "20", "-o", str(out)]) == 0
+    assert main(args + ["--steps", "40", "-o", str(out), "--resume"]) == 0
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["particles/trajectory/position/step"][()],
+                                      np.arange(0, 41, 5))
+        np.testing.assert_allclose(f["particles/trajectory/mass"][()], masses)
+        assert f["particles/trajectory/mass"].attrs["unit"] == "amu"
+
+
+def test_spectra_refuses_a_time_axis_that_is_not_uniform_anywhere(tmp_path):
+    """The spacing is checked over every frame: a gap after frame 1200 is found."""
+    from mlff_ins.data.h5md import H5MDWriter
+    from mlff_ins.errors import InputError
+
+    path, zeros = tmp_path / "gap.h5md", np.zeros((2, 3))
+    with H5MDWriter(path, ["Cu", "Cu"]) as w:
+        for k in range(1300):
+            step = 10 * k + (10 if k > 1200 else 0)
+            w.append(step, float(step), zeros, 5 * np.eye(3), velocities=zeros, forces=zeros)
+    with pytest.raises(InputError, match="frame 1201 is 20 after frame 1200"):
+        Trajectory(path)

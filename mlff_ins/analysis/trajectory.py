@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from mlff_ins.data.h5md import complete_frames
+from mlff_ins.data.h5md import complete_frames, open_h5md
 from mlff_ins.errors import InputError
 
 _LENGTH = {"angstrom": 1.0, "a": 1.0, "å": 1.0, "nm": 10.0, "pm": 0.01, "bohr": 0.52917721067}
@@ -106,38 +106,33 @@ class ArrayTrajectory(Trajectory):
 
 class _H5MD:
     def __init__(self, path: Path):
-        import h5py
-
         self.path = path
-        try:
-            with h5py.File(path, "r") as f:
-                if "particles" not in f:
-                    raise InputError(f"{path}: not an H5MD trajectory (no /particles group)")
-                groups = list(f["particles"])
-                if not groups:
-                    raise InputError(f"{path}: /particles holds no particle group")
-                self.group = "all" if "all" in groups else groups[0]
-                g = f["particles"][self.group]
-                if "position" not in g:
-                    raise InputError(f"{path}: particles/{self.group} has no position")
-                pos = g["position"]["value"]
-                complete = complete_frames(f)  # a frame our writer had not finished is ignored
-                self.n_frames = pos.shape[0] if complete is None else min(complete, pos.shape[0])
-                self.length_scale = _scale(pos.attrs.get("unit", "angstrom"), _LENGTH, path)
-                self.has_velocities = "velocity" in g
-                if self.has_velocities:
-                    v = g["velocity"]["value"]
-                    self.velocity_scale = _velocity_scale(v.attrs.get("unit", "angstrom fs-1"),
-                                                          path)
-                self.symbols = _h5md_symbols(g, path)
-                self.dt_fs = _h5md_dt(g["position"], path)
-        except OSError as exc:
-            raise InputError(f"{path}: cannot open as HDF5 ({exc})") from None
+        with open_h5md(path) as f:
+            if "particles" not in f:
+                raise InputError(f"{path}: not an H5MD trajectory (no /particles group)")
+            groups = list(f["particles"])
+            if not groups:
+                raise InputError(f"{path}: /particles holds no particle group")
+            self.group = "all" if "all" in groups else groups[0]
+            g = f["particles"][self.group]
+            if "position" not in g:
+                raise InputError(f"{path}: particles/{self.group} has no position")
+            pos = g["position"]["value"]
+            complete = complete_frames(f)  # a frame our writer had not finished is ignored
+            self.n_frames = pos.shape[0] if complete is None else min(complete, pos.shape[0])
+            self.length_scale = _scale(pos.attrs.get("unit", "angstrom"), _LENGTH, path)
+            self.has_velocities = "velocity" in g
+            if self.has_velocities:
+                v = g["velocity"]["value"]
+                self.velocity_scale = _velocity_scale(v.attrs.get("unit", "angstrom fs-1"),
+                                                      path)
+            self.symbols = _h5md_symbols(g, path)
+            self.dt_fs = _h5md_dt(g["position"], path, self.n_frames)
 
     def chunks(self, size: int, stride: int) -> Iterator[Chunk]:
         import h5py
 
-        with h5py.File(self.path, "r") as f:
+        with open_h5md(self.path) as f:
             g = f["particles"][self.group]
             pos = g["position"]["value"]
             edges = g["box"]["edges"]
@@ -172,14 +167,13 @@ class _ASE:
         except Exception as exc:  # ase raises many types for unreadable files
             raise InputError(f"{path}: cannot read as a trajectory ({exc})") from None
         self.symbols = self._symbols(first, 0)
-        self.n_frames = sum(1 for _ in ase.io.iread(path, index=":", format=self.format))
+        times = [a.info.get("time_fs") for a in ase.io.iread(path, index=":",
+                                                               format=self.format)]
+        self.n_frames = len(times)
         self.has_velocities = first.has("momenta")
         self.dt_fs = None
-        t0 = first.info.get("time_fs")
-        if t0 is not None and self.n_frames > 1:
-            t1 = ase.io.read(path, index=1, format=self.format).info.get("time_fs")
-            if t1 is not None and t1 > t0:
-                self.dt_fs = float(t1 - t0)
+        if self.n_frames > 1 and all(t is not None for t in times):
+            self.dt_fs = uniform_spacing(np.asarray(times, dtype=float), path)
 
     def _symbols(self, atoms, frame: int) -> list[str]:
         if self.types is None:
@@ -312,16 +306,29 @@ def _h5md_symbols(g, path: Path) -> list[str]:
     return [chemical_symbols[int(z)] for z in values]
 
 
-def _h5md_dt(position, path: Path) -> float | None:
+def _h5md_dt(position, path: Path, n_frames: int) -> float | None:
     if "time" not in position:
         return None
     t = position["time"]
     scale = _scale(t.attrs.get("unit", "fs"), _TIME, path)
     if t.shape == ():
         return float(t[()]) * scale  # fixed time step between stored frames
-    if len(t) < 2:
+    if n_frames < 2:
         return None
-    steps = np.diff(t[: min(len(t), 1000)])
-    if np.ptp(steps) > 1e-6 * abs(steps[0]):
-        raise InputError(f"{path}: frames are not equally spaced in time")
-    return float(steps[0]) * scale
+    return uniform_spacing(t[:n_frames], path) * scale
+
+
+def uniform_spacing(times, path) -> float:
+    """The time between consecutive frames, checked over every frame; a trajectory whose frames
+    are not equally spaced (a resume with another --every, frames dropped or repeated) is refused
+    with the first frame where the spacing changes."""
+    times = np.asarray(times, dtype=float)
+    steps = np.diff(times)
+    dt = float(steps[0])
+    bad = np.flatnonzero(~(np.abs(steps - dt) <= 1e-6 * abs(dt)) | ~(steps > 0))
+    if len(bad):
+        k = int(bad[0]) + 1
+        raise InputError(f"{path}: frames are not equally spaced in time (frame {k} is "
+                         f"{steps[k - 1]:g} after frame {k - 1}, frame 1 is {dt:g} after frame "
+                         f"0); analyse a uniform part with --start/--stop")
+    return dt

@@ -5,17 +5,24 @@ Layout (readable by MDAnalysis' H5MD reader, which expects the particle group ``
     /h5md                         version [1, 1], author, creator
     /particles/trajectory/
         species                   (N,) atomic numbers
+        mass                      (N,) atomic masses, amu (isotopes as the run used them)
         position|velocity|force/  value (T, N, 3), step (T,), time (T,)   Å, Å/fs, kJ/(mol Å)
         box/edges/                value (T, 3, 3) rows are lattice vectors, step, time   Å
     /observables/NAME/            value (T,), step, time   (potential_energy eV, temperature K, ...)
+    /parameters/md_settings/      value (T,) JSON text: the run settings each frame was made with
 
 The step and time datasets of every element are hard links to those of ``position`` (H5MD
 allows elements to share them), so a frame costs one write of each.
 
-Frames are appended one at a time and the file is flushed after each. A frame is complete when
-every time-dependent dataset holds it; ``/particles/trajectory`` carries ``n_frames_complete``,
-written last, and a writer that resumes a killed run truncates every dataset to that count, so a
-half-written frame is dropped and nothing is duplicated.
+Crash safety. The file is written in HDF5's single-writer/multiple-reader (SWMR) mode, in which
+the library orders its metadata writes so that the file on disk is consistent at every moment: a
+SIGKILL at any point leaves a readable file. A frame is written in two flushes: first every
+value and the step, then the time. The time dataset's fill value is NaN, so a frame counts as
+complete only once its time is on disk, after all its data. A file that was not closed cleanly
+(HDF5 then marks it "open for write") or that comes from an older version is rebuilt on resume:
+its complete frames are copied into a new file that replaces it atomically, so a kill during the
+rebuild leaves the original untouched. While a run is going, or after a kill, readers open the
+file in SWMR read mode (:func:`open_h5md`); after a clean close any HDF5 reader opens it.
 
 Forces are stored in kJ mol⁻¹ Å⁻¹ (1 eV/Å = 96.485 kJ mol⁻¹ Å⁻¹) because MDAnalysis' reader knows
 no eV-based force unit; :func:`read_forces` returns them in eV/Å.
@@ -23,20 +30,92 @@ no eV-based force unit; :func:`read_forces` returns them in eV/Å.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from pathlib import Path
 
 import numpy as np
 
 from mlff_ins import __version__
+from mlff_ins.atomic_io import atomic_path
 from mlff_ins.errors import InputError
 
 GROUP = "particles/trajectory"
+SETTINGS = "parameters/md_settings"
+SETTINGS_BYTES = 4096
 UNITS = {"position": "Angstrom", "velocity": "Angstrom fs-1", "force": "kJ mol-1 Angstrom-1",
          "edges": "Angstrom"}
 KJ_PER_MOL_PER_EV = 96.48533212331002
 OBSERVABLE_UNITS = {"potential_energy": "eV", "kinetic_energy": "eV", "total_energy": "eV",
                     "temperature": "K", "pressure": "GPa", "volume": "Angstrom^3",
                     "max_force_std": "eV Angstrom-1", "conserved_energy": "eV"}
+_COPY_FRAMES = 256   # frames per block when a file is rebuilt
+
+
+def _is_open_for_write(exc: OSError) -> bool:
+    return "open for write" in str(exc)
+
+
+@contextlib.contextmanager
+def open_h5md(path: str | Path):
+    """Open a trajectory for reading, also while a writer holds it or after a writer was killed
+    (SWMR read mode). Raises :class:`InputError` naming the file if it is not HDF5."""
+    import h5py
+
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        if not _is_open_for_write(exc):
+            raise InputError(f"{path}: cannot open as HDF5 ({exc})") from None
+        try:
+            f = h5py.File(path, "r", swmr=True, locking=False)
+        except OSError as exc2:
+            raise InputError(f"{path}: cannot open as HDF5 ({exc2})") from None
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def _value_datasets(f):
+    g = f.get(GROUP)
+    if g is not None:
+        for name in ("position", "velocity", "force"):
+            if name in g and "value" in g[name]:
+                yield g[name]["value"]
+        edges = g.get("box/edges")
+        if edges is not None and "value" in edges:
+            yield edges["value"]
+    obs = f.get("observables")
+    if obs is not None:
+        for grp in obs.values():
+            if "value" in grp:
+                yield grp["value"]
+    if SETTINGS in f:
+        yield f[SETTINGS]["value"]
+
+
+def complete_frames(f) -> int | None:
+    """Number of complete frames in an open h5py trajectory (None if it has no position).
+
+    The shortest time-dependent dataset bounds it; in files of this writer a frame whose time
+    is still NaN (the fill value) was being written when the writer stopped and does not count.
+    Files of older versions carry ``n_frames_complete``, which bounds it too.
+    """
+    g = f.get(GROUP)
+    if g is None or "position" not in g or "value" not in g["position"]:
+        return None
+    n = min(ds.shape[0] for ds in _value_datasets(f))
+    if "time" in g["position"]:
+        times = g["position/time"]
+        n = min(n, times.shape[0])
+        unwritten = np.flatnonzero(~np.isfinite(times[:n]))
+        if len(unwritten):
+            n = int(unwritten[0])
+    if "n_frames_complete" in g.attrs:
+        n = min(n, int(g.attrs["n_frames_complete"]))
+    return int(n)
 
 
 class H5MDWriter:
@@ -44,53 +123,50 @@ class H5MDWriter:
 
     ``observables`` names the per-frame values that every :meth:`append` provides: a name for a
     scalar, or ``(name, size)`` for a vector of ``size`` numbers. An observable missing from a
-    file being resumed is added, NaN for the frames already there.
+    file being resumed is added, NaN for the frames already there. ``masses`` (amu, one per
+    atom) are stored as H5MD's ``mass`` element; by default the standard atomic masses.
     """
 
     def __init__(self, path: str | Path, symbols: list[str], *, velocities: bool = True,
-                 forces: bool = True, observables: tuple[str, ...] = (), resume: bool = False):
+                 forces: bool = True, observables: tuple[str, ...] = (), resume: bool = False,
+                 masses=None):
         import h5py
-        from ase.data import atomic_numbers
+        from ase.data import atomic_masses, atomic_numbers
 
         self.path = Path(path)
         self.fields = ["position"] + (["velocity"] if velocities else []) + (
             ["force"] if forces else [])
-        shapes = dict((o, ()) if isinstance(o, str) else (o[0], (int(o[1]),))
-                      for o in observables)
-        self.observables = tuple(shapes)
+        self.shapes = dict((o, ()) if isinstance(o, str) else (o[0], (int(o[1]),))
+                           for o in observables)
+        self.observables = tuple(self.shapes)
+        self.species = np.array([atomic_numbers[s] for s in symbols])
+        self.masses = (atomic_masses[self.species] if masses is None
+                       else np.asarray(masses, dtype=float))
         self._handles = None
-        n = len(symbols)
+        self.file = None
         if resume and self.path.exists():
-            self.file = h5py.File(self.path, "r+")
-            g = self.file[GROUP]
-            stored = [int(z) for z in g["species"][()]]
-            if stored != [atomic_numbers[s] for s in symbols]:
-                raise InputError(f"{self.path}: the trajectory holds other atoms than the "
-                                 f"structure being resumed")
-            self.n_frames = int(g.attrs.get("n_frames_complete", 0))
-            obs = self.file.require_group("observables")
-            for name, shape in shapes.items():
-                if name not in obs:   # written by an older version
-                    self._series(obs.create_group(name), shape,
-                                 OBSERVABLE_UNITS.get(name, ""))
-                    for key in ("value", "step", "time"):
-                        obs[name][key].resize(self.n_frames, axis=0)
-                    obs[name]["value"][:] = np.nan
-                    obs[name]["step"][:] = g["position/step"][:self.n_frames]
-                    obs[name]["time"][:] = g["position/time"][:self.n_frames]
-            for ds in self._datasets():
-                ds.resize(self.n_frames, axis=0)  # drop a half-written frame
-            self.file.flush()
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = h5py.File(self.path, "w")
-        h = self.file.create_group("h5md")
+            self.file = self._reopen()
+        else:
+            with atomic_path(self.path) as tmp:
+                h5py.File(tmp, "w", libver="latest").close()
+                with h5py.File(tmp, "r+", libver="latest") as f:
+                    self._skeleton(f)
+            self.file = h5py.File(self.path, "r+", libver="latest")
+            self.file.swmr_mode = True
+        self.n_frames = complete_frames(self.file)
+
+    # --- layout -------------------------------------------------------------------------
+    def _skeleton(self, f, attrs: dict | None = None) -> None:
+        """Create the empty layout in the open file ``f``."""
+        h = f.create_group("h5md")
         h.attrs["version"] = np.array([1, 1])
         h.create_group("author").attrs["name"] = "mlff-ins"
         c = h.create_group("creator")
         c.attrs["name"], c.attrs["version"] = "mlff-ins", __version__
-        g = self.file.create_group(GROUP)
-        g.create_dataset("species", data=np.array([atomic_numbers[s] for s in symbols]))
+        g = f.create_group(GROUP)
+        g.create_dataset("species", data=self.species)
+        g.create_dataset("mass", data=self.masses).attrs["unit"] = "amu"
+        n = len(self.species)
         # every element shares the position's step and time datasets (hard links, as H5MD
         # allows): one resize and write of each per frame instead of one per element
         clock = self._series(g.create_group(self.fields[0]), (n, 3), UNITS[self.fields[0]])
@@ -100,56 +176,125 @@ class H5MDWriter:
         box.attrs["dimension"] = 3
         box.attrs["boundary"] = np.array([b"periodic"] * 3)
         self._series(box.create_group("edges"), (3, 3), UNITS["edges"], clock)
-        obs = self.file.create_group("observables")
-        for name, shape in shapes.items():
+        obs = f.create_group("observables")
+        for name, shape in self.shapes.items():
             self._series(obs.create_group(name), shape, OBSERVABLE_UNITS.get(name, ""), clock)
-        g.attrs["n_frames_complete"] = 0
-        self.n_frames = 0
-        self.file.flush()
+        self._series(f.create_group(SETTINGS), (), "", clock, dtype=f"S{SETTINGS_BYTES}")
+        for key, value in (attrs or {}).items():
+            f["parameters"].attrs[key] = value
 
     @staticmethod
-    def _series(group, shape, unit, clock=None):
+    def _series(group, shape, unit, clock=None, dtype="f8"):
         """Create a time series (value, step, time) in ``group``; with ``clock`` (the step and
         time datasets of another series) step and time are hard links to those. Returns the
         series' (step, time) datasets."""
         v = group.create_dataset("value", shape=(0,) + shape, maxshape=(None,) + shape,
-                                 dtype="f8", chunks=(1,) + shape if shape else (256,))
+                                 dtype=dtype, chunks=(1,) + shape if shape else (256,))
         v.attrs["unit"] = unit
         if clock is not None:
             group["step"], group["time"] = clock
             return clock
         st = group.create_dataset("step", shape=(0,), maxshape=(None,), dtype="i8",
                                   chunks=(256,))
-        t = group.create_dataset("time", shape=(0,), maxshape=(None,), dtype="f8", chunks=(256,))
+        # NaN marks a frame not yet complete: the time is the last thing written
+        t = group.create_dataset("time", shape=(0,), maxshape=(None,), dtype="f8", chunks=(256,),
+                                 fillvalue=np.nan)
         t.attrs["unit"] = "fs"
         return st, t
 
-    def _groups(self):
-        g = self.file[GROUP]
-        yield from (g[name] for name in self.fields)
-        yield g["box/edges"]
-        yield from (self.file["observables"][name] for name in self.observables)
+    def _reopen(self):
+        """Open the existing file for appending, in SWMR mode; rebuild it first unless it was
+        closed cleanly by this version with every frame complete and every series present."""
+        import h5py
 
-    def _datasets(self):
-        for grp in self._groups():
-            yield from (grp["value"], grp["step"], grp["time"])
+        try:
+            f = h5py.File(self.path, "r+", libver="latest")
+        except OSError as exc:
+            if not _is_open_for_write(exc):
+                raise InputError(f"{self.path}: cannot open as HDF5 ({exc})") from None
+            f = None   # a writer was killed (or is running: refused in _rebuild)
+        if f is not None:
+            self._check_atoms(f)
+            ok = (SETTINGS in f and "mass" in f[GROUP]
+                  and all(name in f[GROUP] for name in self.fields)
+                  and all(name in f["observables"] for name in self.observables)
+                  and "n_frames_complete" not in f[GROUP].attrs
+                  and len({ds.shape[0] for ds in _value_datasets(f)}
+                          | {complete_frames(f)}) == 1)
+            if ok:
+                try:
+                    f.swmr_mode = True   # fails on files of older HDF5 layouts
+                    return f
+                except (OSError, ValueError, RuntimeError):
+                    pass
+            f.close()
+        self._rebuild()
+        f = h5py.File(self.path, "r+", libver="latest")
+        f.swmr_mode = True
+        return f
 
+    def _check_atoms(self, f) -> None:
+        """Refuse a file whose atoms (species, masses) are not those being written."""
+        g = f[GROUP]
+        stored = [int(z) for z in g["species"][()]]
+        if stored != [int(z) for z in self.species]:
+            raise InputError(f"{self.path}: the trajectory holds other atoms than the "
+                             f"structure being resumed")
+        if "mass" in g and masses_differ(g["mass"][()], self.masses):
+            raise InputError(f"{self.path}: the trajectory was run with other atomic masses "
+                             f"(isotopes) than this run")
+
+    def _rebuild(self) -> None:
+        """Copy the complete frames into a fresh file that atomically replaces the old one."""
+        import h5py
+
+        with open_h5md(self.path) as src:
+            if GROUP not in src:
+                raise InputError(f"{self.path}: not a trajectory written by mlff-ins md")
+            self._check_atoms(src)
+            n = complete_frames(src)
+            attrs = dict(src["parameters"].attrs) if "parameters" in src else {}
+            with atomic_path(self.path) as tmp:
+                with h5py.File(tmp, "w", libver="latest") as dst:
+                    self._skeleton(dst, attrs)
+                    pairs = [(src[GROUP][k]["value"], dst[GROUP][k]["value"])
+                             for k in self.fields]
+                    pairs.append((src[GROUP]["box/edges/value"], dst[GROUP]["box/edges/value"]))
+                    pairs += [(src["observables"][k]["value"] if k in src.get("observables", {})
+                               else None, dst["observables"][k]["value"])
+                              for k in self.observables]
+                    pairs.append((src[SETTINGS]["value"] if SETTINGS in src else None,
+                                  dst[SETTINGS]["value"]))
+                    for _, ds in pairs:
+                        ds.resize(n, axis=0)
+                    g = dst[GROUP]["position"]
+                    g["step"].resize(n, axis=0)
+                    g["time"].resize(n, axis=0)
+                    for s in range(0, n, _COPY_FRAMES):
+                        sl = slice(s, min(s + _COPY_FRAMES, n))
+                        for source, target in pairs:
+                            if source is None:
+                                target[sl] = b"" if target.dtype.kind == "S" else np.nan
+                            else:
+                                target[sl] = source[sl]
+                        g["step"][sl] = src[GROUP]["position/step"][sl]
+                        g["time"][sl] = src[GROUP]["position/time"][sl]
+
+    # --- writing ------------------------------------------------------------------------
     def append(self, step: int, time_fs: float, positions, cell, velocities=None, forces=None,
-               **observables: float) -> None:
-        """Write one frame (positions Å, cell rows Å, velocities Å/fs, forces eV/Å) and flush."""
+               settings: str | None = None, **observables: float) -> None:
+        """Write one frame (positions Å, cell rows Å, velocities Å/fs, forces eV/Å, the run's
+        ``settings`` as JSON text) and flush it to disk."""
         values = {"position": positions, "velocity": velocities,
                   "force": None if forces is None else np.asarray(forces) * KJ_PER_MOL_PER_EV}
         i = self.n_frames
         if self._handles is None:   # h5py path lookups cost more than the writes themselves
-            groups = list(zip(self._group_names(), self._groups()))
-            self._handles = [(name, grp["value"]) for name, grp in groups]
-            clocks = []   # step and time datasets, each once (they are shared hard links)
-            for _, grp in groups:
-                for key, dtype in (("step", int), ("time", float)):
-                    if all(grp[key] != ds for ds, _ in clocks):
-                        clocks.append((grp[key], dtype))
-            self._clocks = clocks
-            self._attrs = self.file[GROUP].attrs
+            g, obs = self.file[GROUP], self.file["observables"]
+            self._handles = ([(name, g[name]["value"]) for name in self.fields]
+                             + [("edges", g["box/edges/value"])]
+                             + [(name, obs[name]["value"]) for name in self.observables])
+            self._settings = self.file[SETTINGS]["value"]
+            self._step, self._time = g["position/step"], g["position/time"]
         for name, value in self._handles:
             if name in values:
                 data = values[name]
@@ -159,18 +304,22 @@ class H5MDWriter:
                 data = observables[name]
             value.resize(i + 1, axis=0)
             value[i] = np.asarray(data, dtype=float)
-        for ds, dtype in self._clocks:
-            ds.resize(i + 1, axis=0)
-            ds[i] = step if dtype is int else time_fs
-        self._attrs["n_frames_complete"] = i + 1
+        text = (settings or "").encode()
+        if len(text) > SETTINGS_BYTES:
+            raise ValueError(f"run settings longer than {SETTINGS_BYTES} bytes")
+        self._settings.resize(i + 1, axis=0)
+        self._settings[i] = text
+        self._step.resize(i + 1, axis=0)
+        self._step[i] = step
+        self.file.flush()          # every value of the frame is on disk ...
+        self._time.resize(i + 1, axis=0)
+        self._time[i] = time_fs    # ... before the time that marks it complete
         self.file.flush()
         self.n_frames = i + 1
 
-    def _group_names(self):
-        return self.fields + ["edges"] + list(self.observables)
-
     def last_frame(self) -> dict:
-        """Step, time, positions, velocities, cell and observables of the last complete frame."""
+        """Step, time, positions, velocities, cell, observables and run settings (a dict, empty
+        if not stored) of the last complete frame."""
         g = self.file[GROUP]
         i = self.n_frames - 1
         if i < 0:
@@ -178,7 +327,8 @@ class H5MDWriter:
         out = {"step": int(g["position/step"][i]), "time_fs": float(g["position/time"][i]),
                "positions": g["position/value"][i], "cell": g["box/edges/value"][i],
                "observables": {name: self.file["observables"][name]["value"][i]
-                               for name in self.observables}}
+                               for name in self.observables},
+               "settings": parse_settings(self.file[SETTINGS]["value"][i])}
         if "velocity" in self.fields:
             out["velocities"] = g["velocity/value"][i]
         return out
@@ -197,12 +347,35 @@ class H5MDWriter:
         self.close()
 
 
-def complete_frames(f) -> int | None:
-    """Number of complete frames recorded by our writer in an open h5py file (None if absent)."""
-    g = f.get(GROUP)
-    if g is None or "n_frames_complete" not in g.attrs:
-        return None
-    return int(g.attrs["n_frames_complete"])
+def last_settings(path: str | Path) -> tuple[int, dict] | None:
+    """(step, run settings) of the last complete frame of a trajectory, read without modifying
+    the file; None when it has no complete frame."""
+    with open_h5md(path) as f:
+        n = complete_frames(f)
+        if not n:
+            return None
+        g = f[GROUP]
+        raw = f[SETTINGS]["value"][n - 1] if SETTINGS in f else b""
+        return int(g["position/step"][n - 1]), parse_settings(raw)
+
+
+def masses_differ(a, b) -> bool:
+    """Whether two per-atom mass arrays (amu) differ beyond round-off."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return a.shape != b.shape or not np.allclose(a, b, rtol=1e-9, atol=0)
+
+
+def parse_settings(raw) -> dict:
+    """The run settings stored with a frame (bytes of JSON) as a dict; {} when none."""
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    if not raw:
+        return {}
+    try:
+        out = json.loads(raw)
+    except json.JSONDecodeError:
+        return {}
+    return out if isinstance(out, dict) else {}
 
 
 def read_forces(f, frame: int) -> np.ndarray:

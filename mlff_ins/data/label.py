@@ -145,6 +145,28 @@ def _frame_matches(done: Atoms, source: Atoms) -> bool:
             and np.allclose(done.cell.array, source.cell.array, atol=1e-6))
 
 
+#: keys every frame written by :func:`label_frames` carries in its extxyz comment line
+_OWN_KEYS = (b"source_index=", b"label_config_sha256=")
+
+
+def is_label_log(path: Path) -> bool:
+    """Whether ``path`` is empty or starts with a frame written by :func:`label_frames` (an
+    atom-count line, then a comment line carrying its keys). Only such a file is ever appended
+    to or has a torn last frame cut off."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if not head.strip():
+        return True
+    lines = head.split(b"\n", 2)
+    if len(lines) < 2:
+        return False
+    try:
+        int(lines[0].strip())
+    except ValueError:
+        return False
+    return all(key in lines[1] for key in _OWN_KEYS)
+
+
 def read_rejected(path: Path) -> dict[int, str]:
     """Frame index -> reason, from a ``.rejected.jsonl`` file."""
     out: dict[int, str] = {}
@@ -170,7 +192,8 @@ class LabelReport:
 
 def label_frames(frames_path: str | os.PathLike, calculator_yaml: str | os.PathLike,
                  output: str | os.PathLike, *, retry_rejected: bool = False,
-                 progress: bool = True, max_frames: int | None = None) -> LabelReport:
+                 progress: bool = True, max_frames: int | None = None,
+                 allow_config_change: bool = False) -> LabelReport:
     """Compute energy, forces and stress for every frame of ``frames_path``.
 
     Parameters
@@ -180,6 +203,8 @@ def label_frames(frames_path: str | os.PathLike, calculator_yaml: str | os.PathL
     output : extxyz log the labelled frames are appended to; resumed if it exists.
     retry_rejected : try again the frames recorded as rejected by an earlier run.
     max_frames : label at most this many new frames (then stop; resume later).
+    allow_config_change : resume an output labelled with another calculator YAML (by default
+        refused: it would mix levels of theory in one data set).
 
     Returns
     -------
@@ -193,6 +218,10 @@ def label_frames(frames_path: str | os.PathLike, calculator_yaml: str | os.PathL
         atoms.info.pop("read_index", None)
     spec = read_calculator_spec(calculator_yaml)
 
+    if output.exists() and not is_label_log(output):
+        raise InputError(f"{output}: exists and was not written by `mlff-ins label` (its first "
+                         f"frame lacks source_index/label_config_sha256); refusing to append to "
+                         f"it; choose another -o")
     removed = truncate_incomplete_tail(output)
     if removed and progress:
         print(f"{output}: dropped an incomplete last frame ({removed} bytes) left by a kill")
@@ -206,6 +235,12 @@ def label_frames(frames_path: str | os.PathLike, calculator_yaml: str | os.PathL
         if not _frame_matches(atoms, frames[int(i)]):
             raise InputError(f"{output}: frame {k} does not match frame {i} of {frames_path}; "
                              "the input changed since the last run (use a new output file)")
+        stored = str(atoms.info.get("label_config_sha256", ""))
+        if stored != spec.sha256[:16] and not allow_config_change:
+            raise InputError(f"{output}: frame {k} was labelled with calculator config "
+                             f"sha256 {stored or '(none)'}, but {spec.source} has "
+                             f"{spec.sha256[:16]}; resuming would mix levels of theory "
+                             f"(pass --allow-config-change to do it anyway)")
         done_idx.add(int(i))
 
     rejected_path = output.with_name(output.name + ".rejected.jsonl")

@@ -16,13 +16,14 @@ positions and momenta, cell momenta) are stored with every frame (observable
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mlff_ins.data.h5md import H5MDWriter
+from mlff_ins.data.h5md import H5MDWriter, last_settings
 from mlff_ins.errors import InputError
 
 ENSEMBLES = ("nve", "nvt", "npt")
@@ -87,6 +88,65 @@ def restore_integrator_state(dyn, state) -> bool:
     return True
 
 
+#: run settings stored with every frame, the option a user sets each with, and whether a resume
+#: must keep it (``always``: the whole file shares it; ``stage``: within one run or stage)
+_SETTINGS = {
+    "dt_fs": ("--dt", "always"), "every": ("--every", "always"),
+    "model": ("--model/--calculator", "always"),
+    "ensemble": ("--ensemble", "stage"), "thermostat": ("--thermostat", "stage"),
+    "barostat": ("--barostat", "stage"), "temperature_K": ("-T", "stage"),
+    "temperature_end_K": ("the protocol's T_end", "stage"), "pressure_GPa": ("-P", "stage"),
+    "friction_per_fs": ("--friction", "stage"), "tdamp_fs": ("--tdamp", "stage"),
+    "pdamp_fs": ("--pdamp", "stage"), "seed": ("--seed", "stage"),
+    "ramp_start_step": ("the protocol's stages", "stage"), "stage": ("the protocol's stage", "stage"),
+}
+
+
+def run_settings(opts: "MDOptions") -> dict:
+    """The settings that determine the dynamics of ``opts``, as stored with each frame. Options
+    that do not act in the chosen ensemble (a barostat in NVT, friction for Bussi) are None."""
+    nvt, npt = opts.ensemble == "nvt", opts.ensemble == "npt"
+    langevin = nvt and opts.thermostat == "langevin"
+    return {
+        "dt_fs": opts.dt_fs, "every": opts.every, "model": opts.model,
+        "ensemble": opts.ensemble, "thermostat": opts.thermostat if nvt else None,
+        "barostat": opts.barostat if npt else None,
+        "temperature_K": opts.temperature_K if opts.ensemble != "nve" else None,
+        "temperature_end_K": opts.temperature_end_K,
+        "pressure_GPa": opts.pressure_GPa if npt else None,
+        "friction_per_fs": opts.friction_per_fs if langevin else None,
+        "tdamp_fs": opts.tdamp_fs if (nvt and not langevin) or npt else None,
+        "pdamp_fs": opts.pdamp_fs if npt else None,
+        "seed": opts.seed if nvt and opts.thermostat in ("langevin", "bussi") else None,
+        "ramp_start_step": opts.ramp_start_step, "stage": opts.stage,
+    }
+
+
+def check_resume_settings(path, stored: dict, opts: "MDOptions", step: int) -> None:
+    """Refuse to continue a trajectory with settings other than those its last frame was made
+    with; raises :class:`InputError` naming the differing option."""
+    if not stored:
+        import warnings
+        warnings.warn(f"{path}: the trajectory stores no run settings (written by an older "
+                      f"version); cannot check that the resumed run uses the same ones",
+                      stacklevel=2)
+        return
+    current = run_settings(opts)
+    # a protocol stage that starts at this frame may change everything but the file's clock
+    # and model; inside a run or stage nothing that shapes the dynamics may change
+    scope = ("always",) if step <= opts.ramp_start_step else ("always", "stage")
+    for key, (option, when) in _SETTINGS.items():
+        if when not in scope or key not in stored:
+            continue
+        a, b = stored[key], current[key]
+        same = a == b or (isinstance(a, (int, float)) and isinstance(b, (int, float))
+                          and not isinstance(a, bool) and abs(a - b) <= 1e-12 * max(abs(a), 1))
+        if not same:
+            raise InputError(f"{path}: cannot resume with {option} {b!r}: the trajectory was "
+                             f"run with {a!r} (settings stored at step {step}); use the same "
+                             f"options or write a new file")
+
+
 class WatchdogStop(RuntimeError):
     """The run was stopped on purpose; the message names the step and the atom."""
 
@@ -111,6 +171,8 @@ class MDOptions:
     temperature_end_K: float | None = None   # Langevin ramp: T goes linearly from
     ramp_start_step: int = 0                 #   temperature_K at this step (where a protocol
                                              #   stage starts) to this at `steps`
+    stage: str = ""                   # protocol stage name, stored with every frame
+    model: str = ""                   # identity of the model (hash), checked on resume
 
     def target_temperature(self, step: int) -> float:
         if self.temperature_end_K is None or self.steps <= self.ramp_start_step:
@@ -266,11 +328,15 @@ def run_md(atoms, calc, opts: MDOptions, output: str | Path, resume: bool = Fals
     output = Path(output)
     if output.exists() and not resume:
         raise InputError(f"{output} exists; pass --resume to continue it or choose another -o")
+    if resume and output.exists():   # checked before the file is opened for writing
+        last = last_settings(output)
+        if last is not None and last[0] < opts.steps:
+            check_resume_settings(output, last[1], opts, last[0])
     atoms = atoms.copy()
     atoms.calc = calc
     writer = H5MDWriter(output, atoms.get_chemical_symbols(),
                         observables=OBSERVABLES + (("integrator_state", STATE_SIZE),),
-                        resume=resume and output.exists())
+                        resume=resume and output.exists(), masses=atoms.get_masses())
     step = 0
     state = None
     try:
@@ -306,7 +372,8 @@ def _write(writer, atoms, step, opts, dyn):
     state = integrator_state(dyn) if dyn is not None else np.full(STATE_SIZE, np.nan)
     writer.append(step, step * opts.dt_fs, atoms.positions, atoms.cell.array,
                   velocities=atoms.get_velocities() * units.fs, forces=res["forces"],
-                  integrator_state=state, **_observables(atoms))
+                  settings=json.dumps(run_settings(opts)), integrator_state=state,
+                  **_observables(atoms))
 
 
 def _integrate(atoms, opts, writer, step, progress, state=None) -> MDSummary:

@@ -19,21 +19,16 @@ from mlff_ins.errors import InputError
 
 def select_uncertain(trajectory: str | Path, top: int, output: str | Path,
                      min_gap: int | None = None) -> list[int]:
-    import h5py
     from ase import Atoms
     from ase.data import chemical_symbols
     from ase.io import write
 
-    from mlff_ins.data.h5md import GROUP, complete_frames
+    from mlff_ins.data.h5md import GROUP, complete_frames, open_h5md
 
     trajectory = Path(trajectory)
     if top < 1:
         raise InputError(f"--top must be at least 1, not {top}")
-    try:
-        f = h5py.File(trajectory, "r")
-    except OSError as exc:
-        raise InputError(f"{trajectory}: cannot open as HDF5 ({exc})") from None
-    with f:
+    with open_h5md(trajectory) as f:
         if "observables/max_force_std" not in f or GROUP not in f:
             raise InputError(f"{trajectory}: no per-frame max_force_std; run `mlff-ins md` with an "
                              f"ensemble model bundle (--ensemble K >= 2 when training)")
