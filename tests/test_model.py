@@ -148,6 +148,24 @@ def test_unfinished_bundle_is_refused(tmp_path):
         load_calculator(tmp_path)
 
 
+@pytest.mark.parametrize("member", ["/etc/passwd", "../elsewhere/model.nequip.zip",
+                                    "sub/../../x.nequip.zip", "link/model.nequip.zip"])
+def test_bundle_member_paths_must_stay_inside_the_bundle(tmp_path, member):
+    """Loading a member runs code: a bundle.json pointing outside its folder (absolute, '..',
+    a symlink out) is refused before anything is loaded."""
+    from mlff_ins.model.calculator import read_bundle
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "model.nequip.zip").write_bytes(b"not loaded")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "link").symlink_to(outside)
+    (bundle / "bundle.json").write_text(json.dumps({"members": [member]}))
+    with pytest.raises(InputError, match="leaves the bundle folder"):
+        read_bundle(bundle)
+
+
 def test_smooth_at_the_cutoff(calc, tiny_bundle):
     """A dimer pulled through the cutoff: energy and force go continuously to their r > r_c values."""
     from ase import Atoms

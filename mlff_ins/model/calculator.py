@@ -26,7 +26,11 @@ from mlff_ins.errors import InputError
 
 
 def read_bundle(path: str | os.PathLike) -> dict:
-    """Read and check ``bundle.json`` of a model bundle folder."""
+    """Read and check ``bundle.json`` of a model bundle folder.
+
+    Trust boundary: a bundle's members are loaded with torch.package / ``torch.load``, which
+    runs code stored in them. Open only bundles you trust; member paths must lie inside the
+    bundle folder (no absolute paths, no ``..``, no symlinks out of it)."""
     path = Path(path)
     meta_path = path / "bundle.json"
     if not meta_path.exists():
@@ -34,8 +38,21 @@ def read_bundle(path: str | os.PathLike) -> dict:
             raise InputError(f"{path}: training has not finished (no bundle.json); "
                              "continue it with `mlff-ins train ... --resume`")
         raise InputError(f"{path}: not a model bundle (no bundle.json)")
-    meta = json.loads(meta_path.read_text())
-    for member in meta["members"]:
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{meta_path}: not valid JSON ({err})") from None
+    members = meta.get("members") if isinstance(meta, dict) else None
+    if not isinstance(members, list) or not members:
+        raise InputError(f"{meta_path}: needs a non-empty 'members' list")
+    root = path.resolve()
+    for member in members:
+        # loading a member runs code (torch.package): only files inside the bundle folder
+        target = (path / str(member)).resolve()
+        if (not isinstance(member, str) or Path(member).is_absolute()
+                or ".." in Path(member).parts or not target.is_relative_to(root)):
+            raise InputError(f"{meta_path}: member path {member!r} leaves the bundle folder; "
+                             f"refusing to load it")
         if not (path / member).exists():
             raise InputError(f"{path}: member model {member} is missing")
     return meta
