@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from mlff_ins import __version__
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
 from mlff_ins.errors import InputError
 
 
@@ -721,6 +723,18 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        # the package's own warnings are messages to the user, one line each
+        text = str(message)
+        if issubclass(category, UserWarning) and filename.startswith(str(_PACKAGE_DIR)):
+            print(f"mlff-ins {args.command}: warning: {text}", file=sys.stderr)
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
+    default_show = warnings.showwarning
+    warnings.showwarning = show
     try:
         return int(args.func(args) or 0)
     except InputError as err:
@@ -730,6 +744,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlff-ins {args.command}: interrupted; rerun the same command (with --resume "
               "for train) to continue", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = default_show
 
 
 if __name__ == "__main__":

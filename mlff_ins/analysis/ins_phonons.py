@@ -65,22 +65,55 @@ def thermal_displacements(freqs_THz, eigvecs, weights, masses, temperature_K,
 
 
 def site_dos(freqs_THz, eigvecs, weights, n_atoms: int, energy_meV,
-             freq_min_THz: float = FREQ_MIN_THZ) -> np.ndarray:
-    """Atom-projected DOS on the uniform grid ``energy_meV`` (0, dE, 2dE, ...), area 1 per atom,
-    shape (n, E); modes are binned to the nearest grid energy."""
+             freq_min_THz: float = FREQ_MIN_THZ, warn: bool = True) -> np.ndarray:
+    """Atom-projected DOS on the uniform grid ``energy_meV`` (0, dE, 2dE, ...), shape (n, E),
+    1/meV; modes are binned to the nearest grid energy.
+
+    Normalised by all modes above ``freq_min_THz`` (each atom's DOS has area 1 when every mode
+    lies on the grid): modes above the grid's end are left out of the DOS but not out of the
+    normalisation, so a grid that is too short loses their intensity instead of inflating the
+    rest. A warning names the fraction lost and the highest mode energy.
+    """
     e_grid = np.asarray(energy_meV)
     de = e_grid[1] - e_grid[0]
     w = np.asarray(weights, dtype=float) / np.sum(weights)
     f = np.asarray(freqs_THz)
     proj = (np.abs(np.asarray(eigvecs).reshape(len(w), n_atoms, 3, -1)) ** 2).sum(axis=2) / 3
     idx = np.rint(f * MEV_PER_THZ / de).astype(int)                 # (Q, M)
-    ok = (f > freq_min_THz) & (idx < len(e_grid))
+    valid = f > freq_min_THz
+    ok = valid & (idx < len(e_grid))
     out = np.zeros((n_atoms, len(e_grid)))
+    total = np.zeros(n_atoms)
     for k in range(n_atoms):
-        vals = (proj[:, k, :] * w[:, None])[ok]
-        out[k] = np.bincount(idx[ok], weights=vals, minlength=len(e_grid))[:len(e_grid)]
-    area = out.sum(axis=1, keepdims=True) * de
-    return out / np.where(area > 0, area, 1.0)
+        pw = proj[:, k, :] * w[:, None]
+        out[k] = np.bincount(idx[ok], weights=pw[ok], minlength=len(e_grid))[:len(e_grid)]
+        total[k] = pw[valid].sum()
+    above = valid & ~ok
+    if warn and above.any():
+        import warnings
+
+        lost = 1 - out.sum() / max(total.sum(), 1e-300)
+        warnings.warn(f"{lost:.1%} of the vibrational modes lie above the energy grid "
+                      f"(highest mode {f.max() * MEV_PER_THZ:.1f} meV, grid ends at "
+                      f"{e_grid[-1]:.1f} meV); their intensity is left out; raise --e-max to "
+                      f"include them", stacklevel=2)
+    return out / (np.where(total > 0, total, 1.0)[:, None] * de)
+
+
+def soft_modes(qpoints, freqs_THz, freq_min_THz: float = FREQ_MIN_THZ):
+    """Modes left out of the INS for lying below ``freq_min_THz`` (imaginary ones included),
+    other than the acoustic modes at Γ (|f| <= ``freq_min_THz`` there): list of
+    (q fractional, frequency THz)."""
+    out = []
+    for q, fr in zip(np.asarray(qpoints), np.asarray(freqs_THz)):
+        low = np.flatnonzero(fr <= freq_min_THz)
+        if np.allclose(q - np.rint(q), 0):
+            # Γ: up to three acoustic modes at |f| <= freq_min are expected, not reported
+            acoustic = low[np.argsort(np.abs(fr[low]))][:3]
+            acoustic = acoustic[np.abs(fr[acoustic]) <= freq_min_THz]
+            low = np.setdiff1d(low, acoustic)
+        out.extend((tuple(round(float(x), 4) for x in q), float(fr[i])) for i in low)
+    return out
 
 
 class ModeSet:
@@ -99,6 +132,16 @@ class ModeSet:
         self.B = thermal_displacements(self.freqs, self.eigvecs, self.weights, self.masses,
                                        temperature_K, freq_min_THz)
         self.u2 = np.trace(self.B, axis1=1, axis2=2) / 3
+        self.soft = soft_modes(self.qpoints, self.freqs, freq_min_THz)
+        if self.soft:
+            import warnings
+
+            qs = sorted({q for q, _ in self.soft})
+            shown = ", ".join(str(list(q)) for q in qs[:4]) + (" ..." if len(qs) > 4 else "")
+            warnings.warn(f"{len(self.soft)} soft or imaginary modes (below {freq_min_THz} THz, "
+                          f"lowest {min(x for _, x in self.soft):.3f} THz) at {len(qs)} q-points "
+                          f"({shown}) are left out of the DOS and the Debye-Waller factors",
+                          stacklevel=2)
 
     def site_dos(self, energy_meV):
         return site_dos(self.freqs, self.eigvecs, self.weights, len(self.masses), energy_meV,

@@ -114,6 +114,8 @@ def powder_s_qe_2d(q, energy_meV, partial_dos: dict, weights: dict, masses: dict
     for a, z in partial_dos.items():
         e, orders = phonon_orders(energy_meV, z, temperature_K, n_max)
         w = order_weights(q, masses[a], u2[a], n_max)[:, first_order - 1:] * weights[a]
-        s = w @ np.array(orders[first_order - 1:])
+        # no order in first_order..n_max (e.g. multiphonon asked with n_max = 1): zero
+        s = (w @ np.array(orders[first_order - 1:]) if first_order <= n_max
+             else np.zeros((len(np.atleast_1d(q)), len(e))))
         total = s if total is None else total + s
     return e, total
