@@ -6,7 +6,10 @@ Normalisations (DESIGN.md §4):
   energy, i.e. 3 × its atom fraction at equilibrium). ``gdos``: partials weighted by σ_total/M and
   renormalised to area 3.
 - ``fqt_*`` / ``sqe_*`` partials (``element`` "A-B" or "A"): per atom of the whole cell, unweighted,
-  so F_coh,A-B(Q,0) is the partial static structure factor and ∫ S dE = F(Q,0). Totals (``element``
+  so F_coh,A-B(Q,0) is the partial static structure factor; the classical spectrum
+  (``quantum_correction="none"``) has ∫ S dE = F(Q,0). The harmonic correction keeps the first
+  moment instead (the f-sum rule ∫ E S_inc dE = ħ²Q²/2M), not the zeroth; Schofield's keeps
+  neither, only detailed balance. Totals (``element``
   ""): with ``weighting="neutron"`` each partial is weighted by b_A b_B (coherent) or σ_inc,A/4π
   (incoherent) in barn/sr per atom; ``weighting="number"`` sums the partials unweighted. ``sqe`` is
   the coherent plus incoherent neutron-weighted total.
