@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from mlff_ins import __version__
+from mlff_ins.errors import InputError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-from mlff_ins.errors import InputError
 
 
 def _add_label(sub) -> None:
@@ -221,9 +221,11 @@ def _run_md(args) -> int:
     else:
         from mlff_ins.data.label import build_calculator, read_calculator_spec
         spec = read_calculator_spec(args.calculator)
-        calc = build_calculator(spec, Path(args.output).parent / (Path(args.output).name + ".calc"))
+        calc = build_calculator(spec,
+                                Path(args.output).parent / (Path(args.output).name + ".calc"))
         model_id = f"calculator sha256:{spec.sha256[:16]}"
-    opts = MDOptions(model=model_id, temperature_K=args.temperature, steps=args.steps, dt_fs=args.dt,
+    opts = MDOptions(model=model_id, temperature_K=args.temperature, steps=args.steps,
+                     dt_fs=args.dt,
                      ensemble=args.ensemble, thermostat=args.thermostat,
                      barostat=args.barostat, pressure_GPa=args.pressure,
                      friction_per_fs=args.friction, tdamp_fs=args.tdamp, pdamp_fs=args.pdamp,

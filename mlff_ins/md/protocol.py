@@ -86,7 +86,7 @@ def load_protocol(path: str | Path, base: MDOptions) -> list[tuple[str, MDOption
         start, end = end, end + n
         extra.setdefault("ensemble", base.ensemble)
         out.append((name, replace(base, dt_fs=dt, every=every, steps=end, ramp_start_step=start,
-                                  **extra)))
+                                  stage=name, **extra)))
     return out
 
 

@@ -98,7 +98,8 @@ _SETTINGS = {
     "temperature_end_K": ("the protocol's T_end", "stage"), "pressure_GPa": ("-P", "stage"),
     "friction_per_fs": ("--friction", "stage"), "tdamp_fs": ("--tdamp", "stage"),
     "pdamp_fs": ("--pdamp", "stage"), "seed": ("--seed", "stage"),
-    "ramp_start_step": ("the protocol's stages", "stage"), "stage": ("the protocol's stage", "stage"),
+    "ramp_start_step": ("the protocol's stages", "stage"),
+    "stage": ("the protocol's stage", "stage"),
 }
 
 
