@@ -11,7 +11,6 @@ a Gaussian resolution (FWHM a fraction of Ei) are applied.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,8 +19,8 @@ from mlff_ins.analysis.ins_phonons import (ModeSet, coherent_powder_sqe, incoher
                                            incoherent_sqe)
 from mlff_ins.neutron.instruments import get_instrument
 from mlff_ins.neutron.kinematics import broaden_energy, kinematic_mask
-from mlff_ins.neutron.scattering_lengths import (b_coh_fm, mass_amu, sigma_inc_barn,
-                                                 sigma_total_barn)
+from mlff_ins.neutron.scattering_lengths import (b_coh_fm, mass_amu, sigma_coh_barn,
+                                                 sigma_inc_barn, sigma_total_barn)
 from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D
 
 
@@ -56,7 +55,7 @@ def _site_table(ph, isotopes):
                          zip(symbols, iso, ph.primitive.masses)]),
         b_coh=np.array([b_coh_fm(s, i) for s, i in zip(symbols, iso)]),
         sigma_inc=np.array([sigma_inc_barn(s, i) for s, i in zip(symbols, iso)]),
-        sigma_coh=np.array([4 * math.pi * b_coh_fm(s, i) ** 2 / 100 for s, i in zip(symbols, iso)]),
+        sigma_coh=np.array([sigma_coh_barn(s, i) for s, i in zip(symbols, iso)]),
         sigma_total=np.array([sigma_total_barn(s, i) for s, i in zip(symbols, iso)]),
     )
 

@@ -1,7 +1,8 @@
 """Neutron scattering lengths and cross sections per element (Sears 1992, via ``periodictable``).
 
-Coherent weights use b_coh (fm); incoherent weights use the tabulated σ_inc (barn), not a mean
-b_inc², so isotopic and spin incoherence are both included. 1 barn = 100 fm².
+Coherent amplitudes use b_coh (fm, real part); cross sections are the tabulated σ_coh and σ_inc
+(barn), not 4π Re(b_coh)² or a mean b_inc², so absorbers' imaginary lengths and isotopic and spin
+incoherence are all included. 1 barn = 100 fm².
 """
 
 from __future__ import annotations
@@ -56,10 +57,20 @@ def sigma_inc_barn(symbol: str, isotope: int | None = None) -> float:
     return float(s)
 
 
+def sigma_coh_barn(symbol: str, isotope: int | None = None) -> float:
+    """Bound coherent cross section σ_coh (barn) as tabulated. For absorbers (B, Cd, Sm, Gd, ...)
+    b_coh has a large imaginary part that 4π Re(b)² misses (Gd: 11.3 instead of 29.3 barn);
+    4π|b|² is the fallback where no σ_coh is tabulated."""
+    n = _element(symbol, isotope).neutron
+    if n.coherent is not None:
+        return float(n.coherent)
+    b = complex(b_coh_fm(symbol, isotope), n.b_c_i or 0.0)
+    return 4 * math.pi * abs(b) ** 2 / 100.0
+
+
 def sigma_total_barn(symbol: str, isotope: int | None = None) -> float:
-    """Total bound scattering cross section σ_coh + σ_inc (barn)."""
-    return (4 * math.pi * b_coh_fm(symbol, isotope) ** 2 / 100.0
-            + sigma_inc_barn(symbol, isotope))
+    """Total bound scattering cross section σ_coh + σ_inc (barn), both tabulated."""
+    return sigma_coh_barn(symbol, isotope) + sigma_inc_barn(symbol, isotope)
 
 
 def mass_amu(symbol: str, isotope: int | None = None) -> float:
