@@ -135,6 +135,7 @@ def test_trajectory_survives_sigkill_at_random_moments(tmp_path):
         else:                    # mid-run, once new frames are being written
             deadline = time.time() + 120
             while time.time() < deadline and _frames_written(out) <= before:
+                assert proc.poll() is None, f"kill {kill}: md exited by itself ({proc.returncode})"
                 time.sleep(0.02)
             time.sleep(rng.uniform(0.0, 0.4))
         os.killpg(proc.pid, signal.SIGKILL)

@@ -63,8 +63,10 @@ def open_h5md(path: str | Path):
     import h5py
 
     path = Path(path)
+    # no file lock: a reader must never make a writer's open (md --resume) fail; the writer
+    # replaces a file only by an atomic rename, so a reader sees the old or the new one
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(path, "r", locking=False)
     except OSError as exc:
         if not _is_open_for_write(exc):
             raise InputError(f"{path}: cannot open as HDF5 ({exc})") from None
