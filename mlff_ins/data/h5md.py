@@ -216,6 +216,10 @@ class H5MDWriter:
                 raise InputError(f"{self.path}: cannot open as HDF5 ({exc})") from None
             f = None   # a writer was killed (or is running: refused in _rebuild)
         if f is not None:
+            if GROUP not in f:
+                f.close()
+                raise InputError(f"{self.path}: not a trajectory written by mlff-ins md "
+                                 f"(no /{GROUP})")
             self._check_atoms(f)
             ok = (SETTINGS in f and "mass" in f[GROUP]
                   and all(name in f[GROUP] for name in self.fields)
