@@ -172,7 +172,8 @@ class _ASE:
         self.n_frames = len(times)
         self.has_velocities = first.has("momenta")
         self.dt_fs = None
-        if self.n_frames > 1 and all(t is not None for t in times):
+        if (self.n_frames > 1 and all(t is not None for t in times)
+                and np.ptp(np.asarray(times, dtype=float)) > 0):   # a constant time_fs: none
             self.dt_fs = uniform_spacing(np.asarray(times, dtype=float), path)
 
     def _symbols(self, atoms, frame: int) -> list[str]:
@@ -330,5 +331,5 @@ def uniform_spacing(times, path) -> float:
         k = int(bad[0]) + 1
         raise InputError(f"{path}: frames are not equally spaced in time (frame {k} is "
                          f"{steps[k - 1]:g} after frame {k - 1}, frame 1 is {dt:g} after frame "
-                         f"0); analyse a uniform part with --start/--stop")
+                         f"0)")
     return dt
