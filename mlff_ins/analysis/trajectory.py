@@ -331,5 +331,5 @@ def uniform_spacing(times, path) -> float:
         k = int(bad[0]) + 1
         raise InputError(f"{path}: frames are not equally spaced in time (frame {k} is "
                          f"{steps[k - 1]:g} after frame {k - 1}, frame 1 is {dt:g} after frame "
-                         f"0)")
+                         "0)")
     return dt
