@@ -150,8 +150,7 @@ class H5MDWriter:
             self.file = self._reopen()
         else:
             with atomic_path(self.path) as tmp:
-                h5py.File(tmp, "w", libver="latest").close()
-                with h5py.File(tmp, "r+", libver="latest") as f:
+                with h5py.File(tmp, "w", libver="latest") as f:
                     self._skeleton(f)
             self.file = h5py.File(self.path, "r+", libver="latest")
             self.file.swmr_mode = True
@@ -214,7 +213,9 @@ class H5MDWriter:
         except OSError as exc:
             if not _is_open_for_write(exc):
                 raise InputError(f"{self.path}: cannot open as HDF5 ({exc})") from None
-            f = None   # a writer was killed (or is running: refused in _rebuild)
+            # a writer was killed; one that is still running is not told apart (there is no
+            # lock of ours on the file): never resume a run that is going
+            f = None
         if f is not None:
             if GROUP not in f:
                 f.close()
