@@ -61,7 +61,8 @@ def _add_check(sub) -> None:
         "check", help="validate a training set and list every problem",
         description="Check labelled frames before training: missing or non-finite energies and "
                     "forces, forces above --max-force (eV/Å), duplicate frames, atoms closer than "
-                    "--min-distance (Å), elements without an isolated-atom energy.")
+                    "--min-distance (Å). Elements without an isolated-atom frame are "
+                    "not an error: a note says that training will fit their E0s (eV).")
     p.add_argument("data", help="labelled frames (extxyz, OUTCAR, vasprun.xml, ...)")
     p.add_argument("--max-force", type=float, default=50.0, help="eV/Å (default 50)")
     p.add_argument("--min-distance", type=float, default=0.5, help="Å (default 0.5)")
@@ -70,13 +71,15 @@ def _add_check(sub) -> None:
 
 def _run_check(args) -> int:
     from mlff_ins.data.ingest import read_frames, split_isolated_atoms
-    from mlff_ins.data.validate import find_problems
+    from mlff_ins.data.validate import e0s_note, find_problems
 
     frames, e0s = split_isolated_atoms(read_frames(args.data))
-    problems = find_problems(frames, e0s=e0s, max_force=args.max_force,
-                             min_distance=args.min_distance)
+    problems = find_problems(frames, max_force=args.max_force, min_distance=args.min_distance)
     for line in problems:
         print(line)
+    note = e0s_note(frames, e0s)
+    if note:
+        print(note)
     n_atoms = sum(len(a) for a in frames)
     print(f"{args.data}: {len(frames)} frames, {n_atoms} atoms, isolated-atom energies for "
           f"{', '.join(sorted(e0s)) or 'no element'}: "
@@ -90,7 +93,11 @@ def _add_train(sub) -> None:
         description="Train NequIP force fields with the nequip package and write a model bundle: "
                     "packaged members, bundle.json, metrics.json (test-split errors), "
                     "parity.png, learning_curve.png, report.md. Start from a YAML config "
-                    "(see configs/train/) or from --data and --preset.")
+                    "(see configs/train/) or from --data and --preset. Per-element reference "
+                    "energies (E0s, eV) come from e0s: in the config, else from isolated-atom "
+                    "frames (config_type=IsolatedAtom) in the data, else they are fitted by "
+                    "least squares to the training frames' energies (printed, and kept in "
+                    "bundle.json).")
     p.add_argument("config", nargs="?", help="training YAML (optional)")
     p.add_argument("--data", metavar="FILE", help="labelled frames with energy and forces (eV, eV/Å)")
     p.add_argument("--preset", choices=["tiny", "small", "medium"],
@@ -282,9 +289,10 @@ def _add_deploy(sub) -> None:
         "deploy", help="compile a model bundle for LAMMPS (pair_nequip, ML-IAP) or nequip's ASE",
         description="Write what LAMMPS loads: an AOT-compiled model for pair_style nequip "
                     "(nequip-compile, minutes per member on a CPU) and the ML-IAP file "
-                    "(nequip-prepare-lmp-mliap), with an example in.lammps and a README on "
-                    "building LAMMPS with pair_nequip. --target ase writes TorchScript models "
-                    "for nequip's NequIPCalculator.")
+                    "(nequip-prepare-lmp-mliap), with structure.data, an in.lammps that runs it "
+                    "(pair_style nequip, or mliap unified with --no-aot; units metal) and a "
+                    "README on building LAMMPS with pair_nequip. --target ase writes TorchScript "
+                    "models for nequip's NequIPCalculator.")
     p.add_argument("bundle", help="model bundle folder, e.g. models/si")
     p.add_argument("--target", choices=["lammps", "ase"], default="lammps")
     p.add_argument("-o", "--output", required=True, help="output folder")
@@ -292,15 +300,21 @@ def _add_deploy(sub) -> None:
                    help="ensemble members to deploy (default: 0)")
     p.add_argument("--device", default="cpu", help="device the compiled model runs on (cpu, cuda)")
     p.add_argument("--no-aot", action="store_true",
-                   help="lammps: skip the slow pair_nequip compile, write only the ML-IAP file")
+                   help="lammps: skip the slow pair_nequip compile, write only the ML-IAP file "
+                        "(in.lammps then uses pair_style mliap unified)")
+    p.add_argument("--structure", metavar="FILE",
+                   help="lammps: structure in.lammps runs, written to structure.data (any "
+                        "ase.io-readable file, its last frame; periodic; positions in Å); "
+                        "default: the first periodic frame of the bundle's test data")
     p.set_defaults(func=_run_deploy)
 
 
 def _run_deploy(args) -> int:
     from mlff_ins.md.deploy import deploy
 
+    atoms = _read_structure(args.structure) if args.structure else None
     for path in deploy(args.bundle, args.target, args.output, args.members, args.device,
-                       compile_aot=not args.no_aot):
+                       compile_aot=not args.no_aot, structure=atoms):
         print(path)
     return 0
 
@@ -401,6 +415,9 @@ def _add_spectra(sub) -> None:
     p.add_argument("--resolution", type=float, default=0.0, metavar="FRACTION",
                    help="direct geometry: Gaussian energy resolution FWHM as a fraction of Ei "
                         "(default 0: none beyond the time window)")
+    p.add_argument("--isotope", action="append", default=[], metavar="EL=A",
+                   help="scatter as this isotope (cross sections and recoil mass), e.g. H=2; "
+                        "repeatable. The dynamics stay those of the masses the trajectory stores")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--float32", action="store_true", help="single precision (default float64)")
     p.add_argument("--plot", action="store_true", help="also write OUTPUT.png")
@@ -409,6 +426,7 @@ def _add_spectra(sub) -> None:
 
 def _run_spectra(args) -> int:
     from mlff_ins.analysis.pipeline import SpectraOptions, spectra_from_trajectory
+    from mlff_ins.neutron.scattering_lengths import parse_isotopes
     from mlff_ins.neutron.spectrum import write_spectra
 
     opts = SpectraOptions(
@@ -419,7 +437,7 @@ def _run_spectra(args) -> int:
         seed=args.seed, partials=not args.no_partials, instrument=args.instrument,
         ei_meV=args.ei, angles_deg=tuple(args.angles), resolution_fraction=args.resolution,
         debye_waller=args.debye_waller, n_phonon=args.phonon_orders,
-        device=args.device, float32=args.float32)
+        isotopes=parse_isotopes(args.isotope), device=args.device, float32=args.float32)
     types = [t.strip() for t in args.types.split(",")] if args.types else None
     spectra, summary = spectra_from_trajectory(args.trajectory, opts, dt_fs=args.dt,
                                                stride=args.stride, types=types,
@@ -473,9 +491,26 @@ def _add_phonons(sub) -> None:
     src_ = p.add_mutually_exclusive_group(required=True)
     src_.add_argument("--model", metavar="DIR", help="model bundle folder, e.g. models/si")
     src_.add_argument("--force-sets", metavar="DIR",
-                      help="folder with phonopy_params.yaml, or phonopy_disp.yaml + FORCE_SETS")
-    p.add_argument("--supercell", type=int, nargs="+", default=[2, 2, 2], metavar="N",
-                   help="supercell: 3 integers (diagonal) or 9 (matrix); default 2 2 2")
+                      help="phonopy folder, any layout phonopy.load takes: phonopy_params.yaml, "
+                           "phonopy_disp.yaml or phonopy.yaml (with FORCE_SETS, FORCE_CONSTANTS "
+                           "or force_constants.hdf5 when forces are not inside), or a unit cell "
+                           "(POSCAR-unitcell, POSCAR, --unitcell) with FORCE_SETS (type 1 or 2) "
+                           "and --supercell; bohr-based calculators (ABACUS, QE, ...) are "
+                           "converted to Å")
+    p.add_argument("--supercell", type=int, nargs="+", default=None, metavar="N",
+                   help="supercell: 3 integers (diagonal) or 9 (matrix); default 2 2 2 with "
+                        "--model; with --force-sets the supercell of the force set (as "
+                        "phonopy --dim), needed for a bare unit cell + FORCE_SETS")
+    p.add_argument("--unitcell", metavar="FILE",
+                   help="--force-sets: the unit cell (any file ASE reads, or the --calculator's "
+                        "own format), instead of POSCAR-unitcell/POSCAR or the yaml's")
+    p.add_argument("--calculator", metavar="NAME",
+                   help="--force-sets: the DFT code of a folder without a yaml, phonopy's name "
+                        "(vasp, qe, abacus, abinit, cp2k, ...): its cell file and units (bohr "
+                        "for qe, abacus, ...); default vasp (Å, eV/Å)")
+    p.add_argument("--fc-calculator", choices=["traditional", "symfc", "alm"], default=None,
+                   help="--force-sets: phonopy's force-constant solver (default: phonopy's; "
+                        "traditional, with a warning, when that fails)")
     p.add_argument("--primitive", default="auto",
                    help="primitive cell: auto (default), P, F, I, A, C, R (phonopy's names)")
     p.add_argument("--relax", action="store_true",
@@ -517,8 +552,17 @@ def _run_phonons(args) -> int:
     if args.force_sets:
         if args.structure:
             raise InputError("give either STRUCTURE with --model, or --force-sets DIR alone")
-        pset = phonons_from_force_sets(args.force_sets, symmetrize=not args.no_symmetrize,
-                                       nac=not args.no_nac)
+        pset = phonons_from_force_sets(args.force_sets, supercell=args.supercell,
+                                       primitive=args.primitive, unitcell=args.unitcell,
+                                       calculator=args.calculator,
+                                       fc_calculator=args.fc_calculator,
+                                       symmetrize=not args.no_symmetrize, nac=not args.no_nac)
+        prov = pset.provenance
+        conv = prov.get("converted_to_angstrom_eV")
+        print(f"read {' + '.join(prov['files'])} ({prov['calculator']}"
+              + (f"; lengths in {conv['length']}, force constants in {conv['force_constants']}"
+                 " converted to Å and eV/Å²)" if conv else ")")
+              + f"; force constants: {prov['force_constants_from']}")
         print("non-analytical correction: " + (
             "on (Born charges and dielectric tensor found)" if pset.provenance["nac"] else
             "off" + (" (--no-nac)" if args.no_nac else " (no BORN file or nac_params)")))
@@ -528,6 +572,12 @@ def _run_phonons(args) -> int:
         if args.no_nac:
             raise InputError("--no-nac: only with --force-sets (a model gives no Born charges, "
                              "so its phonons have no non-analytical correction)")
+        for opt in ("unitcell", "calculator", "fc_calculator"):
+            if getattr(args, opt):
+                raise InputError(f"--{opt.replace('_', '-')}: only with --force-sets (with "
+                                 "--model the structure is STRUCTURE)")
+        if args.supercell is None:
+            args.supercell = [2, 2, 2]
         from mlff_ins.model.calculator import load_calculator
         from mlff_ins.phonons.finite_displacement import supercell_matrix
 
@@ -624,7 +674,7 @@ def _add_ins(sub) -> None:
 
 
 def _run_ins(args) -> int:
-    from mlff_ins.analysis.ins_pipeline import InsOptions, ins_from_phonons
+    from mlff_ins.ins.from_phonons import InsOptions, ins_from_phonons
     from mlff_ins.neutron.scattering_lengths import parse_isotopes
     from mlff_ins.neutron.spectrum import write_spectra
     from mlff_ins.phonons.io import read_phonons

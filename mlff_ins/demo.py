@@ -69,7 +69,7 @@ def run_phonon_demo(bundle: Path, output: str | Path) -> dict:
     """Phonons and the VISION S(E) of diamond Si with the demo model; returns the file paths
     and the frequencies (THz) at Γ, X, L."""
     from ase.build import bulk
-    from mlff_ins.analysis.ins_pipeline import InsOptions, ins_from_phonons
+    from mlff_ins.ins.from_phonons import InsOptions, ins_from_phonons
     from mlff_ins.model.calculator import load_calculator
     from mlff_ins.neutron.plot import plot_spectra
     from mlff_ins.neutron.spectrum import write_spectra

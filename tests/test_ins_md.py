@@ -7,7 +7,7 @@ import pytest
 from mlff_ins.analysis.pipeline import SpectraOptions, spectra_from_trajectory
 from mlff_ins.analysis.synthetic import damped_oscillators
 from mlff_ins.analysis.trajectory import ArrayTrajectory
-from mlff_ins.neutron.incoherent_approximation import (phonon_orders, powder_s_qe,
+from mlff_ins.ins.incoherent import (phonon_orders, powder_s_qe,
                                                        recoil_energy_meV, u2_from_dos)
 from mlff_ins.neutron.instruments import INSTRUMENTS, MEV_PER_INVCM
 from mlff_ins.neutron.kinematics import E_PER_K2
@@ -83,3 +83,138 @@ def test_vision_spectrum_from_md_of_oscillators(tmp_path):
     between = (s.x > 1.5 * e0 - 2) & (s.x < 1.5 * e0 + 2)
     assert s.intensity[near_2].max() > 3 * s.intensity[between].max()  # a real overtone
     assert summary["u2_A2"]["H"] > 0
+
+
+def test_one_engine_einstein_solid_from_phonons_and_from_md():
+    """The same Einstein solid (H, ħω₀ = 39.5 meV, 300 K) as phonon modes and as an MD trajectory
+    goes through one INS engine: the same output groups, and the same absolute VISION S(E) —
+    fundamental and first overtone areas, and the total — within what the MD line shape allows.
+
+    Expected differences: the MD DOS is a Lorentzian of HWHM γ/2 = 0.66 meV (Langevin friction),
+    whose tails beyond ±20 meV carry ~2% (~4% for the overtone, twice as wide); the DOS is
+    normalised to area 1 on both routes, so the MD statistics enter only through its shape.
+    Tolerances: 5% (fundamental, total) and 8% (overtone); peaks within 1 meV.
+    """
+    from ase.build import bulk
+    from phonopy import Phonopy
+
+    from mlff_ins.ins.from_phonons import InsOptions, ins_from_phonons
+    from mlff_ins.ins.modes import MEV_PER_THZ
+    from mlff_ins.phonons.finite_displacement import PhononSet, to_phonopy_atoms
+
+    hbar_mev_fs = 658.2119569509066
+    w0, T, mass = 0.06, 300.0, 1.008
+    e0 = w0 * hbar_mev_fs
+    prim = bulk("H", "sc", a=3.0)
+    prim.set_masses([mass])
+    ph = Phonopy(to_phonopy_atoms(prim), supercell_matrix=np.eye(3, dtype=int))
+    k = mass * (e0 / MEV_PER_THZ / 15.633302) ** 2           # ω² = k/M in phonopy's units
+    ph.force_constants = k * np.eye(3)[None, None]
+    phon = ins_from_phonons(PhononSet([ph], "einstein"),
+                            InsOptions(instrument="vision", temperature_K=T, mesh=[2, 2, 2],
+                                       e_max_meV=400.0, e_step_meV=0.1))
+
+    pos, vel, cell = damped_oscillators(n=64, frames=4000, every=2, h=0.5, mass=mass, omega0=w0,
+                                        gamma=0.002, temperature_K=T, seed=5)
+    traj = ArrayTrajectory(["H"] * 64, pos, cell, 1.0, velocities=vel,
+                           masses=np.full(64, mass))
+    md, _ = spectra_from_trajectory(None, SpectraOptions(instrument="vision", vdos=False,
+                                                         temperature_K=T, debye_waller="vdos",
+                                                         time_window_fs=2000.0),
+                                    traj=traj, progress=False)
+    assert {k for k in md if k.startswith("s_e")} == {k for k in phon if k.startswith("s_e")} \
+        == {"s_e", "s_e_45", "s_e_135"}
+
+    def area(sp, lo, hi):
+        x = sp.x
+        inside = (x >= lo) & (x < hi)
+        return sp.intensity[inside].sum() * (x[1] - x[0])
+
+    for name in ("s_e", "s_e_45", "s_e_135"):
+        a, b = phon[name], md[name]
+        assert a.units == b.units == "barn/sr/meV" and a.instrument == b.instrument == "vision"
+        assert a.x[np.argmax(a.intensity)] == pytest.approx(e0, abs=1.0)
+        assert b.x[np.argmax(b.intensity)] == pytest.approx(e0, abs=1.0)
+        assert area(b, e0 - 20, e0 + 20) == pytest.approx(area(a, e0 - 20, e0 + 20), rel=0.05)
+        assert area(b, 2 * e0 - 20, 2 * e0 + 20) == pytest.approx(
+            area(a, 2 * e0 - 20, 2 * e0 + 20), rel=0.08)
+        assert area(b, 5, 300) == pytest.approx(area(a, 5, 300), rel=0.05)
+
+
+def test_md_debye_waller_says_when_the_msd_has_no_plateau():
+    """⟨u²⟩ from the MSD: an Einstein solid levels off (no warning); free Langevin particles
+    never do, so the Debye–Waller factor depends on the window: a warning names the element and
+    the provenance says what was used."""
+    import warnings
+
+    from mlff_ins.analysis.synthetic import langevin_particles
+
+    pos, vel, cell = damped_oscillators(n=32, frames=2000, every=2, h=0.5, mass=12.0,
+                                        omega0=0.05, gamma=0.01, temperature_K=300.0, seed=1)
+    traj = ArrayTrajectory(["C"] * 32, pos, cell, 1.0, velocities=vel)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, _ = spectra_from_trajectory(None, SpectraOptions(instrument="tosca", vdos=False),
+                                         traj=traj, progress=False)
+    assert out["s_e"].provenance["u2_source"]["C"].endswith("(plateau)")
+    pos, vel, cell, _ = langevin_particles(n=40, frames=400, every=5, mass=39.95, box=15.0)
+    liquid = ArrayTrajectory(["Ar"] * 40, pos, cell, 5.0, velocities=vel)
+    with pytest.warns(UserWarning, match="MSD of Ar does not level off"):
+        out, _ = spectra_from_trajectory(None, SpectraOptions(instrument="tosca", vdos=False),
+                                         traj=liquid, progress=False)
+    assert "no plateau" in out["s_e"].provenance["u2_source"]["Ar"]
+
+
+def test_md_masses_come_from_the_trajectory_and_isotopes_from_the_option(tmp_path):
+    """A deuterated run stored with its masses (H5MD ``mass``) is analysed with them: the kinetic
+    temperature is right (with H's mass it would come out halved) and the recoil uses 2.014 amu;
+    `--isotope H=2` gives the cross sections of D."""
+    from mlff_ins.analysis.trajectory import Trajectory
+    from mlff_ins.data.h5md import H5MDWriter
+    from mlff_ins.neutron.scattering_lengths import mass_amu, sigma_inc_barn, sigma_total_barn
+
+    m_d = mass_amu("H", 2)
+    pos, vel, cell = damped_oscillators(n=32, frames=1500, every=2, h=0.5, mass=m_d,
+                                        omega0=0.05, gamma=0.01, temperature_K=300.0, seed=2)
+    path = tmp_path / "deuterium.h5md"
+    with H5MDWriter(path, ["H"] * 32, forces=False, masses=np.full(32, m_d)) as w:
+        for i, (p, v) in enumerate(zip(pos, vel)):
+            w.append(i, float(i), p, cell, velocities=v)
+    traj = Trajectory(path)
+    np.testing.assert_allclose(traj.masses, m_d)
+    opts = SpectraOptions(instrument="vision", qens=True, q_max=2.0, q_per_shell=8)
+    plain, summary = spectra_from_trajectory(path, opts, progress=False)
+    # equipartition within the sampling of 32 oscillators x 1500 frames (5 %)
+    assert summary["kinetic_temperature_K"] == pytest.approx(300.0, rel=0.05)
+    assert plain["s_e"].provenance["masses_amu"]["H"] == pytest.approx(m_d)
+    opts.isotopes = {"H": 2}
+    deut, _ = spectra_from_trajectory(path, opts, progress=False)
+    assert deut["s_e"].provenance["isotopes"] == {"H": 2}
+    # same dynamics and mass: S(E) scales with σ_total, S_inc with σ_inc
+    # (round-off: the FFT convolutions of the orders leave ~1e-16 of the maximum everywhere)
+    for name, sigma in (("s_e", sigma_total_barn), ("sqe_inc", sigma_inc_barn)):
+        expected = plain[name].intensity * sigma("H", 2) / sigma("H")
+        np.testing.assert_allclose(deut[name].intensity, expected, rtol=1e-10,
+                                   atol=1e-12 * np.abs(expected).max())
+
+
+def test_spectra_isotope_option_on_the_command_line(tmp_path, capsys):
+    """`spectra --isotope`: an element the trajectory lacks is refused in one line; an isotope
+    whose mass differs from the mass the run used is applied with a warning that says so."""
+    from mlff_ins.cli import main
+    from mlff_ins.data.h5md import H5MDWriter
+
+    pos, vel, cell = damped_oscillators(n=8, frames=200, every=2, h=0.5, mass=1.008,
+                                        omega0=0.05, gamma=0.01, temperature_K=300.0, seed=4)
+    path = tmp_path / "h.h5md"
+    with H5MDWriter(path, ["H"] * 8, forces=False) as w:
+        for i, (p, v) in enumerate(zip(pos, vel)):
+            w.append(i, float(i), p, cell, velocities=v)
+    out = tmp_path / "s.h5"
+    assert main(["spectra", str(path), "-o", str(out), "--isotope", "O=18"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--isotope O=18" in err and "has no O" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+    assert main(["spectra", str(path), "-o", str(out), "--isotope", "H=2"]) == 0
+    err = capsys.readouterr().err
+    assert "ran H with mass 1.008" in err

@@ -10,10 +10,10 @@ import pytest
 from ase.build import bulk
 from ase.neighborlist import neighbor_list
 
-from mlff_ins.analysis.ins_phonons import (ModeSet, coherent_modes, coherent_powder_sqe,
-                                           incoherent_sqe)
 from mlff_ins.cli import main
-from mlff_ins.neutron.incoherent_approximation import NEUTRON_MASS_AMU
+from mlff_ins.ins.engine import incoherent_sqe
+from mlff_ins.ins.modes import ModeSet, coherent_modes, coherent_powder_sqe
+from mlff_ins.ins.incoherent import NEUTRON_MASS_AMU
 from mlff_ins.neutron.instruments import INSTRUMENTS, MEV_PER_INVCM
 from mlff_ins.neutron.kinematics import E_PER_K2, q_limits
 from mlff_ins.neutron.spectrum import read_spectra
@@ -158,7 +158,7 @@ def test_einstein_solid_poisson_series_and_debye_waller():
     q = np.array([3.0, 6.0, 9.0])
     de = e0 / 400          # ħω₀ on the grid: modes are binned to the nearest grid energy
     e = np.arange(0.0, 12 * e0, de)
-    energies, s = incoherent_sqe(modes, q, e, [4 * np.pi], n_max=10)
+    energies, s = incoherent_sqe(modes.source(e), q, [4 * np.pi], n_phonon=10)
     x = E_PER_K2 * NEUTRON_MASS_AMU / mass * q ** 2 / e0
     for n in range(1, 5):
         window = np.abs(energies - n * e0) < 0.5 * e0
@@ -168,7 +168,7 @@ def test_einstein_solid_poisson_series_and_debye_waller():
     tail = 1 - sum(np.exp(-x) * x ** n / math.factorial(n) for n in range(11))
     np.testing.assert_allclose(total, 1 - np.exp(-x) - tail, rtol=1e-6)
     # convergence with order: the 6-order sum misses only the Poisson tail beyond n = 6
-    _, s6 = incoherent_sqe(modes, q, e, [4 * np.pi], n_max=6)
+    _, s6 = incoherent_sqe(modes.source(e), q, [4 * np.pi], n_phonon=6)
     missing = (total - s6.sum(axis=1) * de)
     expect = sum(np.exp(-x) * x ** n / math.factorial(n) for n in range(7, 11))
     np.testing.assert_allclose(missing, expect, rtol=1e-5, atol=1e-12)
@@ -180,7 +180,7 @@ def test_vision_overtones_of_an_einstein_solid_have_poisson_weights():
     (the resolution keeps areas)."""
     from types import SimpleNamespace
 
-    from mlff_ins.analysis.ins_pipeline import InsOptions, ins_from_phonons
+    from mlff_ins.ins.from_phonons import InsOptions, ins_from_phonons
     from mlff_ins.neutron.scattering_lengths import sigma_total_barn
 
     ph = _einstein_solid()
@@ -205,7 +205,7 @@ def test_vision_overtones_of_an_einstein_solid_have_poisson_weights():
 def test_site_dos_keeps_the_weight_of_modes_above_the_grid():
     """Modes at 10, 10 and 300 meV on a 0–150 meV grid: the DOS has area 2/3, not 1, and a
     warning says a third of the modes are off the grid."""
-    from mlff_ins.analysis.ins_phonons import site_dos
+    from mlff_ins.ins.modes import site_dos
 
     freqs = np.array([[10.0, 10.0, 300.0]]) / MEV_PER_THZ
     grid = np.arange(0.0, 150.0, 0.5)
@@ -236,8 +236,8 @@ def test_anisotropic_oscillator_above_the_grid_keeps_the_absolute_intensity():
         modes = ModeSet(ph, [2, 2, 2], 1.0)
         q = np.array([0.5, 1.0, 2.0])
         de = 0.5
-        energies, s = incoherent_sqe(modes, q, np.arange(0.0, 150.0 + de / 2, de), [4 * np.pi],
-                                     n_max=1)
+        energies, s = incoherent_sqe(modes.source(np.arange(0.0, 150.0 + de / 2, de)), q,
+                                     [4 * np.pi], n_phonon=1)
     window = np.abs(energies - 40.0) < 5
     area = s[:, window].sum(axis=1) * de
     er = E_PER_K2 * NEUTRON_MASS_AMU / 1.0 * q ** 2

@@ -117,9 +117,8 @@ def test_spectrum_round_trip(tmp_path):
 
 
 def test_unknown_element_is_named():
-    traj = ArrayTrajectory(["Xx", "H"], np.zeros((4, 2, 3)), np.eye(3) * 5, 1.0)
     with pytest.raises(Exception, match="unknown element 'Xx'"):
-        correlate(traj, 2)
+        correlate(ArrayTrajectory(["Xx", "H"], np.zeros((4, 2, 3)), np.eye(3) * 5, 1.0), 2)
 
 
 def test_lammps_dump_with_types(small_traj, tmp_path, capsys):

@@ -227,3 +227,46 @@ def test_cuda_equals_cpu(binary_liquid):
     for x, y in ((a.fqt_coh[("H", "H")], b.fqt_coh[("H", "H")]), (a.fqt_inc["H"], b.fqt_inc["H"]),
                  (a.vacf["H"], b.vacf["H"]), (a.msd["H"], b.msd["H"])):
         np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-10)
+
+
+def test_each_quantum_correction_keeps_its_moment():
+    """Free particles with whitened Maxwell velocities (⟨(Q·v)²⟩ = Q²kT/M exactly): with no
+    correction ∫S_inc dE = F_s(Q,0) = 1; the harmonic correction keeps the first moment instead,
+    the f-sum rule ∫E S_inc dE = E_R = ħ²Q²/2M, plus σ_res²/2kT from the Gaussian time window
+    (its second moment adds σ_res² to that of the classical S), and not the zeroth (x coth(x/2)
+    ≥ 2 raises it). Tolerance 1%: what is left is the discrete sampling of a smooth F_s(Q,t)."""
+    from mlff_ins.ins.incoherent import recoil_energy_meV
+
+    mass, T = 1.008, 300.0
+    pos, vel, cell = ideal_gas(n=1500, mass=mass, temperature_K=T, frames=200, dt=2.0)
+    traj = ArrayTrajectory(["H"] * pos.shape[1], pos, cell, 2.0, velocities=vel)
+    shells = spherical_shells(cell, q_max=1.5, q_min=0.5, width=0.5, per_shell=20)
+    r = correlate(traj, 100, vacf=False, shells=shells, incoherent=True)
+    q2 = shells.shell_average(np.sum(shells.vectors(cell) ** 2, axis=1))
+    none = scattering_spectra(r, T, quantum_correction="none", weighting="number")["sqe_inc"]
+    harm = scattering_spectra(r, T, quantum_correction="harmonic", weighting="number")["sqe_inc"]
+    de = none.y[1] - none.y[0]
+    np.testing.assert_allclose(none.intensity.sum(axis=1) * de, 1.0, rtol=1e-10)
+    sigma_res = harm.provenance["resolution_fwhm_meV"] / (2 * np.sqrt(2 * np.log(2)))
+    first = (harm.intensity * harm.y).sum(axis=1) * de
+    expected = recoil_energy_meV(np.sqrt(q2), mass) + sigma_res ** 2 / (2 * KB_MEV_PER_K * T)
+    np.testing.assert_allclose(first, expected, rtol=0.01)
+    assert np.all(harm.intensity.sum(axis=1) * de > 1.01)
+
+
+def test_variable_cell_q_shells_use_each_frames_reciprocal_vectors():
+    """NPT-like cell growing by 6 % over the run: Miller indices stay fixed, the phases use each
+    frame's own cell, and the |Q| of each shell is its mean over frames (exactly q0·⟨1/s⟩)."""
+    pos, vel, cell = ideal_gas(n=200, frames=40, dt=5.0, box=12.0)
+    scale = np.linspace(1.0, 1.06, len(pos))
+    cells = cell[None] * scale[:, None, None]
+    frac = pos / 12.0
+    traj = ArrayTrajectory(["Ar"] * 200, frac * 12.0 * scale[:, None, None], cells, 5.0,
+                           velocities=vel)
+    shells = spherical_shells(cell, q_max=2.0, q_min=0.5, width=0.3, per_shell=10)
+    r = correlate(traj, 10, vacf=False, shells=shells, incoherent=True, coherent=True)
+    np.testing.assert_allclose(r.shells.q, shells.q * np.mean(1 / scale), rtol=1e-12)
+    assert r.q_mean_change == pytest.approx(1 - np.mean(1 / scale), rel=1e-9)
+    # the particles move with the cell (fixed fractional coordinates + free flight): F_s(Q,0) = 1
+    fs = r.shells.shell_average(r.fqt_inc["Ar"])
+    np.testing.assert_allclose(fs[:, 0], 1.0, atol=1e-12)

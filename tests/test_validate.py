@@ -86,7 +86,26 @@ def test_check_command_lists_problems(tmp_path, capsys):
     assert main(["check", str(tmp_path / "d.xyz")]) == 1
     out = capsys.readouterr().out
     assert "d.xyz: frame 1: duplicates frame 0" in out
-    assert "element Si has no isolated-atom energy" in out
+    # no isolated atom: a note that training fits the E0s, not a problem
+    assert "note: no isolated-atom frames (config_type=IsolatedAtom): training will fit the " \
+           "E0s of Si" in out
+    assert "has no isolated-atom energy" not in out and out.rstrip().endswith(": 1 problems")
+    write(tmp_path / "a.xyz", [_atom(), _frame(0), _frame(1)])
+    assert main(["check", str(tmp_path / "a.xyz")]) == 0
+    out = capsys.readouterr().out
+    assert "note:" not in out and "isolated-atom energies for Si: OK" in out
+
+
+def test_check_notes_fixed_composition():
+    from mlff_ins.data.validate import e0s_note
+
+    frames = [_frame(0), _frame(1)]
+    for a in frames:
+        a.symbols[:4] = "C"  # every frame Si4C4
+    note = e0s_note(frames, {})
+    assert "all frames have the same composition" in note and "\n" not in note
+    assert e0s_note(frames, {"Si": -1.0, "C": -2.0}) is None
+    assert "isolated-atom energies for Si but not for C" in e0s_note(frames, {"Si": -1.0})
 
 
 def test_missing_file_is_one_line(tmp_path, capsys):

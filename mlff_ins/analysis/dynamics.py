@@ -10,12 +10,12 @@
 
 All averages run over every time origin (see :mod:`mlff_ins.analysis.correlation`); Q-vectors are
 integer Miller indices of each frame's own cell, applied to fractional coordinates, so the result does
-not depend on wrapping. The numerics run in torch on ``device`` (float64 unless float32 is asked).
+not depend on wrapping; when the cell changes (NPT) each shell's |Q| is its mean over the frames. The numerics run in torch on ``device`` (float64 unless float32 is asked).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -24,7 +24,6 @@ from mlff_ins.analysis.correlation import (BlockStream, block_autocorrelation, f
                                            lagged_fft_products, lags_from_fft, origin_counts)
 from mlff_ins.analysis.qpoints import QShells
 from mlff_ins.analysis.unwrap import Unwrapper
-from mlff_ins.neutron.scattering_lengths import mass_amu
 
 #: Elements of a complex work array allowed at once (sets the atom chunk size).
 _WORK_ELEMENTS = 2**18
@@ -43,6 +42,8 @@ class Correlations:
     fqt_coh: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (n_q, M+1)
     fqt_inc: dict[str, np.ndarray] = field(default_factory=dict)       # (n_q, M+1)
     shells: QShells | None = None
+    masses: dict[str, float] = field(default_factory=dict)             # mean mass per element
+    q_mean_change: float = 0.0   # largest |mean |Q| over frames / |Q| of frame 0 − 1| of a shell
 
     @property
     def dt_fs(self) -> float:
@@ -67,8 +68,9 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
     symbols = np.array(traj.symbols)
     type_index = torch.tensor([species.index(s) for s in traj.symbols], device=device)
     onehot = torch.nn.functional.one_hot(type_index, len(species)).to(dtype)      # (N, S)
-    masses = torch.tensor([mass_amu(s) for s in traj.symbols], dtype=dtype, device=device)
+    masses = torch.tensor(np.asarray(traj.masses), dtype=dtype, device=device)
     counts = {s: int(np.sum(symbols == s)) for s in species}
+    species_mass = {s: float(np.mean(np.asarray(traj.masses)[symbols == s])) for s in species}
     n_s = len(species)
     species_atoms = [torch.as_tensor(np.flatnonzero(symbols == s), device=device) for s in species]
     miller, expand = None, None
@@ -139,8 +141,15 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
     need_unwrapped = msd or (vacf and not traj.has_velocities)
     bar = _progress(traj.n_frames, progress)
     reference = None
+    q_sum, q_first, q_frames = None, None, 0
     for pos_np, cells_np, unwrapped_np, vel_np in _frames(traj, chunk, need_unwrapped,
                                                           vacf and not traj.has_velocities):
+        if shells is not None:  # |Q| of each shell in each frame's own cell (NPT: it changes)
+            qn = shells.shell_average(np.linalg.norm(np.einsum(
+                "vi,tji->tvj", shells.miller, 2 * np.pi * np.linalg.inv(cells_np)), axis=2).T)
+            q_first = qn[:, 0] if q_first is None else q_first
+            q_sum = qn.sum(axis=1) + (0 if q_sum is None else q_sum)
+            q_frames += qn.shape[1]
         pos = torch.as_tensor(pos_np, dtype=dtype, device=device)
         cells = torch.as_tensor(cells_np, dtype=dtype, device=device)
         arrays = {}
@@ -162,8 +171,16 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
     n_frames = stream.n_frames
     norm = torch.as_tensor(origin_counts(n_frames, max_lag), dtype=dtype, device=device)
     norm = torch.clamp(norm, min=1.0)  # lags beyond the trajectory stay zero
+    if shells is not None:
+        # shells keep their Miller indices; |Q| is the mean over frames, and the largest
+        # relative change from the first frame is recorded
+        q_mean = q_sum / q_frames
+        shells = replace(shells, q=q_mean)
+        q_change = float(np.max(np.abs(q_mean / q_first - 1)))
     res = Correlations(species=species, counts=counts, n_frames=n_frames,
-                       time_fs=np.arange(max_lag + 1) * traj.dt_fs, shells=shells)
+                       time_fs=np.arange(max_lag + 1) * traj.dt_fs, shells=shells,
+                       masses=species_mass,
+                       q_mean_change=q_change if shells is not None else 0.0)
     n_atoms = traj.n_atoms
     if vacf:
         c = (acc["vacf"] / norm[:, None]).cpu().numpy()

@@ -7,7 +7,7 @@ converts them to :mod:`mlff_ins.neutron.spectrum` objects and applies instrument
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -15,14 +15,16 @@ import torch
 from mlff_ins.analysis import qens
 from mlff_ins.analysis.dynamics import correlate
 from mlff_ins.analysis.qpoints import spherical_shells
-from mlff_ins.analysis.spectra_md import msd_spectra, scattering_spectra, vdos_spectra
+from mlff_ins.analysis.spectra_md import (element_mass, msd_spectra, scattering_spectra,
+                                          vdos_spectra)
 from mlff_ins.analysis.trajectory import Trajectory
 from mlff_ins.errors import InputError
-from mlff_ins.neutron.incoherent_approximation import powder_s_qe, u2_from_dos
+from mlff_ins.ins.engine import VibrationalSource, indirect_s_e, s_e_spectra
+from mlff_ins.ins.incoherent import u2_from_dos
 from mlff_ins.neutron.instruments import get_instrument
 from mlff_ins.neutron.kinematics import broaden_energy, kinematic_mask
 from mlff_ins.neutron.quantum import KB_MEV_PER_K
-from mlff_ins.neutron.scattering_lengths import mass_amu, sigma_total_barn
+from mlff_ins.neutron.scattering_lengths import sigma_total_barn
 from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D
 
 #: 1 amu Å²/fs² in meV
@@ -52,6 +54,7 @@ class SpectraOptions:
     q_max_fickian: float = 1.0              # QENS: Γ = ħDQ² fitted below this Q (1/Å)
     debye_waller: str = "msd"               # VISION/TOSCA: ⟨u²⟩ from the MD MSD or the VDOS
     n_phonon: int = 10                      # VISION/TOSCA: phonon orders
+    isotopes: dict = field(default_factory=dict)  # element -> mass number (cross sections, mass)
     device: str = "cpu"
     float32: bool = False
 
@@ -75,6 +78,7 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
         raise InputError(f"--debye-waller must be msd or vdos, not {opts.debye_waller!r}")
     traj = traj if traj is not None else Trajectory(path, dt_fs=dt_fs, stride=stride, types=types,
                                                           topology=topology)
+    _check_isotopes(traj, opts.isotopes)
     if opts.time_window_fs is None:
         max_lag = min(traj.n_frames // 2, 2000)
     else:
@@ -99,18 +103,22 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
                 provenance={"trajectory": str(traj.path), "trajectory_sha256": _sha256(traj.path),
                             "options": {k: v for k, v in asdict(opts).items()},
                             "dt_fs": traj.dt_fs, "n_frames": corr.n_frames,
-                            "n_atoms": corr.n_atoms})
+                            "n_atoms": corr.n_atoms, "masses_amu": corr.masses})
+    if shells is not None:
+        meta["provenance"]["q_shells"] = (
+            "fixed Miller indices in each frame's own cell; |Q| of a shell is its mean over the "
+            f"frames (largest change from the first frame {corr.q_mean_change:.2%})")
     summary = {"n_frames": corr.n_frames, "n_atoms": corr.n_atoms, "dt_fs": traj.dt_fs,
                "time_window_fs": float(corr.time_fs[-1]), "kinetic_temperature_K": kinetic_T,
                "temperature_K": temperature}
     out: dict = {}
     if opts.vdos:
-        out.update(vdos_spectra(corr, opts.window, **_meta(meta)))
+        out.update(vdos_spectra(corr, opts.window, opts.isotopes, **_meta(meta)))
     if opts.sqe or opts.qens:
         kw = _meta(meta)
         kw.pop("temperature_K")
         sp = scattering_spectra(corr, temperature, opts.window, opts.quantum_correction,
-                                opts.weighting, opts.partials, **kw)
+                                opts.weighting, opts.partials, opts.isotopes, **kw)
         if not opts.sqe:
             sp = {k: v for k, v in sp.items() if k.endswith("inc") or "_inc_" in k}
         out.update(sp)
@@ -125,37 +133,82 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
 
 
 def indirect_ins(corr, opts, temperature, summary, meta) -> dict:
-    """S(E) on VISION/TOSCA from the MD partial DOS in the incoherent approximation."""
+    """S(E) on VISION/TOSCA: the MD partial DOS and ⟨u²⟩ per element as the INS engine's
+    vibrational source (:mod:`mlff_ins.ins.engine`, the same engine as ``mlff-ins ins``)."""
     instrument = get_instrument(opts.instrument)
+    iso = opts.isotopes or {}
     vd = vdos_spectra(corr, opts.window)
     e = vd["vdos"].x
-    dos, weights, masses, u2 = {}, {}, {}, {}
+    dos, masses, u2, how = [], [], {}, {}
     for s in corr.species:
         g = vd[f"vdos_{s}"].intensity
-        dos[s] = g / (np.sum(g) * (e[1] - e[0]))          # area 1 per degree of freedom
-        weights[s] = corr.counts[s] / corr.n_atoms * sigma_total_barn(s) / (4 * np.pi)
-        masses[s] = mass_amu(s)
+        dos.append(g / (np.sum(g) * (e[1] - e[0])))          # area 1 per degree of freedom
+        masses.append(element_mass(corr, s, iso))
         if opts.debye_waller == "msd":
-            msd = corr.msd[s]
-            u2[s] = float(np.mean(msd[-max(1, len(msd) // 5):])) / 6.0
+            u2[s], how[s] = u2_from_msd(corr.time_fs, corr.msd[s], s)
         else:
-            u2[s] = u2_from_dos(e, dos[s], masses[s], temperature)
+            u2[s] = u2_from_dos(e, dos[-1], masses[-1], temperature)
+            how[s] = "from the VDOS, harmonic quantum form"
+    source = VibrationalSource(e, dos, [u2[s] for s in corr.species], masses, corr.species,
+                               [corr.counts[s] / corr.n_atoms for s in corr.species], temperature)
+    sigma = [sigma_total_barn(s, iso.get(s)) for s in corr.species]
+    energies, arrays = indirect_s_e(source, instrument, sigma, opts.n_phonon)
     summary["u2_A2"] = u2
-    banks = []
-    for angle in instrument.bank_angles_deg:
-        energies, s_total, _ = powder_s_qe(lambda x: instrument.q_of_energy(np.abs(x), angle),
-                                           e, dos, weights, masses, u2, temperature, opts.n_phonon)
-        banks.append(s_total)
-    s = instrument.broaden(energies, np.mean(banks, axis=0))
-    keep = energies >= 0
-    meta = dict(meta, instrument=instrument.name)
-    meta["provenance"] = {**meta["provenance"], "debye_waller": opts.debye_waller,
-                          "u2_A2": u2, "phonon_orders": opts.n_phonon,
-                          "final_energy_meV": instrument.final_energy_meV,
-                          "bank_angles_deg": list(instrument.bank_angles_deg),
-                          "cross_section": "sigma_total (incoherent approximation)"}
-    return {"s_e": Spectrum1D(kind="s_e", x=energies[keep], intensity=s[keep],
-                              units="barn/sr/meV", **meta)}
+    prov = {**meta["provenance"], "debye_waller": opts.debye_waller, "u2_A2": u2,
+            "u2_source": how, "masses_amu": dict(zip(corr.species, masses)), "isotopes": iso,
+            "phonon_orders": opts.n_phonon,
+            "cross_section": "sigma_total (incoherent approximation)"}
+    return s_e_spectra(energies, arrays, instrument, temperature_K=meta["temperature_K"],
+                       source=meta["source"], provenance=prov)
+
+
+#: the MSD counts as levelled off when it grows by less than this fraction of its value over the
+#: last half of the time window
+MSD_PLATEAU_TOLERANCE = 0.1
+
+
+def u2_from_msd(time_fs, msd, element: str) -> tuple[float, str]:
+    """⟨u_x²⟩ = MSD/6 over the last fifth of the window (classical), and how it was obtained.
+    An MSD that still grows over the last half of the window (a liquid, a diffusing species, a
+    window too short) has no plateau: ⟨u²⟩ then depends on the window, which a warning says."""
+    msd = np.asarray(msd, dtype=float)
+    n = len(msd)
+    tail = msd[-max(1, n // 5):]
+    value = float(np.mean(tail)) / 6.0
+    half = slice(n // 2, n)
+    t = np.asarray(time_fs, dtype=float)[half]
+    slope = np.polyfit(t, msd[half], 1)[0] if len(t) > 2 else 0.0
+    growth = slope * (t[-1] - t[0]) / max(float(np.mean(msd[half])), 1e-300)
+    if growth > MSD_PLATEAU_TOLERANCE:
+        import warnings
+
+        warnings.warn(f"the MSD of {element} does not level off: it grows {growth:.0%} over the "
+                      f"last half of the {time_fs[-1]:g} fs window ({element} diffuses, or the "
+                      f"window is too short), so its Debye-Waller factor depends on the window; "
+                      f"--debye-waller vdos takes <u^2> from the VDOS instead", stacklevel=2)
+        return value, (f"MSD/6 over the last fifth of the window; no plateau (grows "
+                       f"{growth:.0%} over the last half), depends on the window")
+    return value, "MSD/6 over the last fifth of the window (plateau)"
+
+
+def _check_isotopes(traj, isotopes: dict) -> None:
+    """An isotope names an element of the trajectory; when its mass differs from the mass the
+    dynamics ran with, say so (the spectra then mix the two: dynamics of one, scattering of the
+    other)."""
+    import warnings
+
+    from mlff_ins.neutron.scattering_lengths import mass_amu
+
+    symbols = np.array(traj.symbols)
+    for el, a in (isotopes or {}).items():
+        if el not in traj.species:
+            raise InputError(f"--isotope {el}={a}: {traj.path} has no {el} "
+                             f"(elements: {', '.join(traj.species)})")
+        ran = float(np.mean(np.asarray(traj.masses)[symbols == el]))
+        if abs(ran - mass_amu(el, a)) > 0.01 * ran:
+            warnings.warn(f"--isotope {el}={a}: the trajectory ran {el} with mass {ran:.3f} amu, "
+                          f"not {mass_amu(el, a):.3f}; the spectra use the dynamics as run and "
+                          f"the cross sections and recoil of {el}-{a}", stacklevel=2)
 
 
 def _meta(meta):

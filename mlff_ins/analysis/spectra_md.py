@@ -29,8 +29,11 @@ from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D
 WEIGHTINGS = ("neutron", "number")
 
 
-def vdos_spectra(corr: Correlations, window: str = "gaussian", **meta) -> dict[str, Spectrum1D]:
-    """Total and per-element VDOS and the neutron-weighted GDOS (1/meV, area 3 per atom)."""
+def vdos_spectra(corr: Correlations, window: str = "gaussian", isotopes: dict | None = None,
+                 **meta) -> dict[str, Spectrum1D]:
+    """Total and per-element VDOS and the neutron-weighted GDOS (1/meV, area 3 per atom); the
+    GDOS weights σ_total/M use the trajectory's masses and ``isotopes`` (element -> A)."""
+    iso = isotopes or {}
     e = energy_axis(len(corr.time_fs), corr.dt_fs)
     c0 = sum(v[0] for v in corr.vacf.values())
     partial = {}
@@ -43,7 +46,8 @@ def vdos_spectra(corr: Correlations, window: str = "gaussian", **meta) -> dict[s
     for s, g in partial.items():
         out[f"vdos_{s}"] = Spectrum1D(kind="vdos", x=e, intensity=g, units="1/meV", element=s,
                                       **meta)
-    weights = {s: sigma_total_barn(s) / mass_amu(s) for s in partial}
+    weights = {s: sigma_total_barn(s, iso.get(s)) / element_mass(corr, s, iso)
+               for s in partial}
     gdos = sum(weights[s] * g for s, g in partial.items())
     area = np.sum(gdos) * (e[1] - e[0])
     out["gdos"] = Spectrum1D(kind="gdos", x=e, intensity=gdos * 3.0 / area, units="1/meV", **meta)
@@ -53,24 +57,36 @@ def vdos_spectra(corr: Correlations, window: str = "gaussian", **meta) -> dict[s
     return out
 
 
-def _weights(corr: Correlations, weighting: str):
+def element_mass(corr: Correlations, element: str, isotopes: dict) -> float:
+    """The mass an element scatters with: the isotope's when one is named, else the mean mass
+    of its atoms in the trajectory (which stores deuterated or mass-scaled runs as run)."""
+    if isotopes.get(element):
+        return mass_amu(element, isotopes[element])
+    return corr.masses.get(element) or mass_amu(element)
+
+
+def _weights(corr: Correlations, weighting: str, isotopes: dict | None = None):
+    iso = isotopes or {}
     if weighting == "number":
         return ({k: 1.0 for k in corr.fqt_coh}, {s: 1.0 for s in corr.fqt_inc}, "")
-    coh = {(a, b): b_coh_fm(a) * b_coh_fm(b) / 100.0 for (a, b) in corr.fqt_coh}
-    inc = {s: sigma_inc_barn(s) / (4 * np.pi) for s in corr.fqt_inc}
+    coh = {(a, b): b_coh_fm(a, iso.get(a)) * b_coh_fm(b, iso.get(b)) / 100.0
+           for (a, b) in corr.fqt_coh}
+    inc = {s: sigma_inc_barn(s, iso.get(s)) / (4 * np.pi) for s in corr.fqt_inc}
     return coh, inc, "barn/sr"
 
 
 def scattering_spectra(corr: Correlations, temperature_K: float, window: str = "gaussian",
                        quantum_correction: str = "harmonic", weighting: str = "neutron",
-                       partials: bool = True, **meta) -> dict[str, Spectrum2D]:
+                       partials: bool = True, isotopes: dict | None = None,
+                       **meta) -> dict[str, Spectrum2D]:
     """F(Q,t) and S(Q,E), coherent and incoherent, shell-averaged, partials and totals."""
     shells = corr.shells
     e_one = energy_axis(len(corr.time_fs), corr.dt_fs)
-    w_coh, w_inc, wunit = _weights(corr, weighting)
+    w_coh, w_inc, wunit = _weights(corr, weighting, isotopes)
     out: dict[str, Spectrum2D] = {}
     meta = dict(meta, temperature_K=temperature_K)
-    prov = {**meta.pop("provenance", {}), "window": window, "quantum_correction": quantum_correction, "weighting": weighting,
+    prov = {**meta.pop("provenance", {}), "window": window,
+            "quantum_correction": quantum_correction, "weighting": weighting,
             "resolution_fwhm_meV": resolution_fwhm_meV(len(corr.time_fs), corr.dt_fs, window),
             "q_vectors_per_shell": shells.counts.tolist()}
 

@@ -1,6 +1,8 @@
 """Read trajectories in chunks of frames: H5MD (ours, MDAnalysis') and anything ``ase.io`` reads.
 
-A :class:`Trajectory` knows its species, its number of frames and the time between frames (fs),
+A :class:`Trajectory` knows its species, the mass of every atom (amu: as stored in the file —
+H5MD ``mass``, ASE ``masses``, MDAnalysis' topology — else the standard atomic mass), its number
+of frames and the time between frames (fs),
 and yields :class:`Chunk` objects of at most ``chunk`` frames with positions (Å), cells (Å),
 velocities (Å/fs, when stored) — so no analysis ever holds the whole trajectory in memory.
 Units found in H5MD ``unit`` attributes (nm, ps, ...) are converted.
@@ -59,6 +61,7 @@ class Trajectory:
         self.dt_fs = stored_dt * self.stride
         self.symbols: list[str] = self._impl.symbols
         self.n_atoms = len(self.symbols)
+        self.masses = _masses(getattr(self._impl, "masses", None), self.symbols, self.path)
         self.n_frames = (self._impl.n_frames + self.stride - 1) // self.stride
         self.has_velocities = self._impl.has_velocities
         if self.n_frames < 2:
@@ -82,10 +85,11 @@ class ArrayTrajectory(Trajectory):
     """A trajectory held in memory: positions (T, N, 3) Å, cells (T, 3, 3) or (3, 3) Å,
     velocities (T, N, 3) Å/fs or None, ``dt_fs`` between frames."""
 
-    def __init__(self, symbols, positions, cells, dt_fs: float, velocities=None):
+    def __init__(self, symbols, positions, cells, dt_fs: float, velocities=None, masses=None):
         self.path = Path("<memory>")
         self.stride = 1
         self.symbols = list(symbols)
+        self.masses = _masses(masses, self.symbols, self.path)
         self.positions = np.asarray(positions, dtype=float)
         cells = np.asarray(cells, dtype=float)
         self.cells = np.broadcast_to(cells, (len(self.positions), 3, 3)) if cells.ndim == 2 \
@@ -127,6 +131,7 @@ class _H5MD:
                 self.velocity_scale = _velocity_scale(v.attrs.get("unit", "angstrom fs-1"),
                                                       path)
             self.symbols = _h5md_symbols(g, path)
+            self.masses = _h5md_masses(g)
             self.dt_fs = _h5md_dt(g["position"], path, self.n_frames)
 
     def chunks(self, size: int, stride: int) -> Iterator[Chunk]:
@@ -167,6 +172,7 @@ class _ASE:
         except Exception as exc:  # ase raises many types for unreadable files
             raise InputError(f"{path}: cannot read as a trajectory ({exc})") from None
         self.symbols = self._symbols(first, 0)
+        self.masses = first.get_masses() if first.has("masses") else None
         times = [a.info.get("time_fs") for a in ase.io.iread(path, index=":",
                                                                format=self.format)]
         self.n_frames = len(times)
@@ -241,6 +247,8 @@ class _MDAnalysis:
                 raise InputError(f"{topology}: no element names and none could be guessed "
                                  f"({exc})") from None
         self.symbols = [str(e).capitalize() for e in u.atoms.elements]
+        self.masses = np.asarray(u.atoms.masses, dtype=float) if hasattr(u.atoms, "masses") \
+            else None
         self.n_frames = len(u.trajectory)
         self.has_velocities = bool(u.trajectory.ts.has_velocities)
         self.dt_fs = float(u.trajectory.dt) * 1000.0 if self.n_frames > 1 else None
@@ -305,6 +313,28 @@ def _h5md_symbols(g, path: Path) -> list[str]:
         names = [_text(n) for n in names]
         return [names[int(i)] for i in values]
     return [chemical_symbols[int(z)] for z in values]
+
+
+def _h5md_masses(g):
+    """Per-atom masses of an H5MD particle group (a fixed array or a time series: first frame)."""
+    if "mass" not in g:
+        return None
+    m = g["mass"]
+    values = m["value"][0] if hasattr(m, "keys") else m[()]
+    return np.asarray(values, dtype=float).reshape(-1)
+
+
+def _masses(stored, symbols, path) -> np.ndarray:
+    """Stored masses when the file has them (checked), else the standard atomic masses."""
+    from mlff_ins.neutron.scattering_lengths import mass_amu
+
+    if stored is None:
+        return np.array([mass_amu(s) for s in symbols])
+    stored = np.asarray(stored, dtype=float).reshape(-1)
+    if len(stored) != len(symbols) or not np.all(stored > 0):
+        raise InputError(f"{path}: the stored masses are not one positive mass per atom "
+                         f"({len(stored)} values for {len(symbols)} atoms)")
+    return stored
 
 
 def _h5md_dt(position, path: Path, n_frames: int) -> float | None:

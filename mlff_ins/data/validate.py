@@ -1,8 +1,9 @@
 """Check a training set before any training: each problem is one line naming file and frame.
 
 Checked: missing energy or forces, NaN or infinite values, absurd forces (above 50 eV/Angstrom
-by default), duplicate frames, atoms closer than 0.5 Angstrom, and elements that have no
-isolated-atom energy.
+by default), duplicate frames, atoms closer than 0.5 Angstrom. An element without an
+isolated-atom energy is not a problem (training then fits the E0s to the energies,
+see mlff_ins.data.e0s); :func:`e0s_note` says so.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def find_problems(frames: list[Atoms], *, e0s: dict[str, float] | None = None,
     Parameters
     ----------
     frames : labelled frames (energies in eV, forces in eV/Angstrom).
-    e0s : element -> isolated-atom energy (eV); when given, every element must have one.
+    e0s : element -> isolated-atom energy (eV); when given, every element must have one (for
+        callers that require them; training does not, see :func:`e0s_note`).
     max_force : largest plausible force component norm, eV/Angstrom.
     min_distance : smallest plausible interatomic distance, Angstrom.
     """
@@ -99,6 +101,40 @@ def find_problems(frames: list[Atoms], *, e0s: dict[str, float] | None = None,
                 problems.append(f"element {el} has no isolated-atom energy: add a frame with "
                                 f"config_type=IsolatedAtom or give e0s: {{{el}: ...}} (eV)")
     return problems
+
+
+def e0s_note(frames: list[Atoms], isolated: dict[str, float]) -> str | None:
+    """A one-line note on the E0s training will use for ``frames`` (never a problem).
+
+    None when ``isolated`` (element -> isolated-atom energy, eV) covers every element;
+    otherwise the note says that training will fit the E0s to the training frames' energies,
+    and whether the compositions of ``frames`` leave some of them undetermined.
+    """
+    elements = sorted({s for a in frames for s in a.get_chemical_symbols()})
+    lacking = [el for el in elements if el not in isolated]
+    if not lacking or not frames:
+        return None
+    if isolated:
+        have = (f"isolated-atom energies for {', '.join(sorted(isolated))} but not for "
+                f"{', '.join(lacking)}")
+    else:
+        have = "no isolated-atom frames (config_type=IsolatedAtom)"
+    note = (f"note: {have}: training will fit the E0s of "
+            f"{', '.join(elements)} to the training frames' energies by least squares")
+    col = {el: k for k, el in enumerate(elements)}
+    x = np.zeros((len(frames), len(elements)))
+    for f, atoms in enumerate(frames):
+        for z in atoms.get_chemical_symbols():
+            x[f, col[z]] += 1.0 / len(atoms)
+    if len(elements) > 1 and np.allclose(x, x[0], rtol=0, atol=1e-12):
+        note += ("; all frames have the same composition, so every element will get the mean "
+                 "energy per atom")
+    else:
+        rank = int(np.linalg.matrix_rank(x, tol=1e-9 * np.abs(x).max()))
+        if rank < len(elements):
+            note += (f"; the compositions determine only {rank} of {len(elements)} independent "
+                     f"E0 combinations")
+    return note + " (isolated-atom frames or e0s: in the config are more transferable)"
 
 
 def validate(frames: list[Atoms], **kwargs) -> None:

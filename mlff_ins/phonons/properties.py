@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-MEV_PER_THZ = 4.135667696
+from mlff_ins.ins.modes import MEV_PER_THZ, mesh_modes  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -30,16 +30,6 @@ class PhononProperties:
     band_labels: list                # [(distance, label), ...]
     band_frequencies_THz: np.ndarray  # (K, B, 3n)
     imaginary: list = field(default_factory=list)  # [(q frac, frequency THz, where), ...]
-
-
-def mesh_modes(ph, mesh, with_eigenvectors: bool = True):
-    """Full-grid (no symmetry reduction) mesh: qpoints, weights, frequencies, eigenvectors.
-    The full grid keeps per-atom projections and displacement tensors exact for every atom."""
-    ph.run_mesh(mesh, is_mesh_symmetry=False, with_eigenvectors=with_eigenvectors,
-                is_gamma_center=True)
-    m = ph.mesh
-    return (np.array(m.mesh_numbers), np.array(m.qpoints), np.array(m.weights, dtype=float),
-            np.array(m.frequencies), np.array(m.eigenvectors) if with_eigenvectors else None)
 
 
 def band_path(ph, npoints: int = 200):

@@ -1,8 +1,9 @@
 """Training settings: presets in configs/train/, a user's YAML on top, command-line flags on top.
 
 A training config is a small YAML file (see configs/train/small.yaml): data path, elements,
-cutoff, isolated-atom energies, model size, training length, split, ensemble size. It is
-translated into a full ``nequip-train`` config by :mod:`mlff_ins.train.nequip_config`.
+cutoff, per-element reference energies (E0s, see :mod:`mlff_ins.data.e0s`), model size,
+training length, split, ensemble size. It is translated into a full ``nequip-train`` config
+by :mod:`mlff_ins.train.nequip_config`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import copy
 import os
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from mlff_ins.errors import InputError
@@ -101,8 +103,17 @@ def check_train_config(cfg: dict) -> None:
     if not (0 < split["test"] < 1 and 0 < split["val"] < 1 and split["val"] + split["test"] < 1):
         raise InputError("split: val and test must be fractions in (0, 1) with a sum below 1")
     e0s = cfg["e0s"]
-    if not (e0s == "auto" or isinstance(e0s, dict)):
-        raise InputError("e0s: `auto` or a mapping element -> energy in eV")
+    if not (e0s in ("auto", "fit") or isinstance(e0s, dict)):
+        raise InputError("e0s: `auto` (isolated-atom frames, else fitted), `fit` (fitted to the "
+                         "training energies) or a mapping element -> energy in eV")
+    if isinstance(e0s, dict):
+        for el, value in e0s.items():
+            try:
+                ok = np.isfinite(float(value))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise InputError(f"e0s: {el} needs a finite energy in eV (got {value!r})")
     over = cfg["training"].get("oversample") or {}
     if not isinstance(over, dict):
         raise InputError("training.oversample: a mapping config_type pattern -> repeat count "

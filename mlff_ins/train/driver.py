@@ -8,7 +8,8 @@ killed run: finished members are kept, an unfinished one restarts from its ``las
 
 Bundle layout (``out/``)::
 
-    bundle.json          elements, cutoff, E0s, dtype, data hash, metrics, versions, members
+    bundle.json          elements, cutoff, E0s (and their source: e0s_method), dtype, data hash,
+                         metrics, versions, members
     metrics.json         MAE/RMSE of energy, forces, stress on the test split, per member + mean
     parity.png, learning_curve.png, report.md
     data/{train_pool,val,test}.xyz, split.json
@@ -35,6 +36,7 @@ from mlff_ins.atomic_io import atomic_path, write_json_atomic, write_text_atomic
 from mlff_ins.data.ingest import read_frames, split_isolated_atoms
 from mlff_ins.data.validate import validate
 from mlff_ins.errors import InputError
+from mlff_ins.data.e0s import choose_e0s
 from mlff_ins.train.nequip_config import nequip_config
 
 PACKAGE_NAME = "model.nequip.zip"
@@ -49,31 +51,25 @@ def _file_sha256(path: Path) -> str:
 
 
 def prepare_data(cfg: dict):
-    """Read, check and split the data of ``cfg``.
+    """Read and check the data of ``cfg``.
 
-    Returns ``(frames, e0s, elements)``: the non-isolated frames, the isolated-atom energies (eV)
-    and the model's elements in order.
+    Returns ``(frames, isolated, elements)``: the non-isolated frames, the energies of the
+    data's isolated-atom frames (element -> eV; possibly empty) and the model's elements in
+    order. The E0s are decided after the split (:func:`mlff_ins.data.e0s.choose_e0s`), since a
+    fit may use the training frames only.
     """
     frames = read_frames(cfg["data"])
-    frames, found_e0s = split_isolated_atoms(frames)
+    frames, isolated = split_isolated_atoms(frames)
     if not frames:
         raise InputError(f"{cfg['data']}: no frames besides isolated atoms")
-    if cfg["e0s"] == "auto":
-        e0s = found_e0s
-    else:
-        e0s = {str(k): float(v) for k, v in cfg["e0s"].items()}
     data_elements = sorted({s for a in frames for s in a.get_chemical_symbols()})
     elements = list(cfg["elements"]) if cfg.get("elements") else data_elements
     extra = sorted(set(data_elements) - set(elements))
     if extra:
         raise InputError(f"{cfg['data']}: element {extra[0]} is in the data but not in "
                          f"elements: {elements}")
-    validate(frames, e0s=e0s)
-    missing = [el for el in elements if el not in e0s]
-    if missing:
-        raise InputError(f"element {missing[0]} has no isolated-atom energy: add a frame with "
-                         "config_type=IsolatedAtom or give e0s in the config")
-    return frames, e0s, elements
+    validate(frames)
+    return frames, isolated, elements
 
 
 def split_indices(n: int, *, val: float, test: float, seed: int,
@@ -259,20 +255,25 @@ def train_bundle(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
             if old.get("data_sha256") != _file_sha256(Path(cfg["data"])):
                 raise InputError(f"{out}: --resume with a changed data file {cfg['data']} "
                                  "(it differs from the one the run started with)")
-    frames, e0s, elements = prepare_data(cfg)  # before anything is written
+    frames, isolated, elements = prepare_data(cfg)  # before anything is written
     check_oversample(frames, cfg["training"].get("oversample") or {}, source=str(cfg["data"]))
+    split = split_indices(len(frames), val=cfg["split"]["val"], test=cfg["split"]["test"],
+                          seed=int(cfg["split"]["seed"]),
+                          groups=[str(a.info.get("config_type", "")) for a in frames])
+    pool = [frames[i] for i in split["train"]]
+    val_frames = [frames[i] for i in split["val"]]
+    test_frames = [frames[i] for i in split["test"]]
+    # E0s from the config or isolated atoms, else fitted to the training pool (not val/test);
+    # every member shares them, so the bundle has one energy baseline
+    e0 = choose_e0s(cfg["e0s"], isolated, elements, pool, source=str(cfg["data"]))
+    e0s = e0.values
+    print(e0.message, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     data_sha256 = _file_sha256(Path(cfg["data"]))
     write_json_atomic(state_path, {"settings": cfg, "data_sha256": data_sha256})
     data_dir = out / "data"
     data_dir.mkdir(exist_ok=True)
-    split = split_indices(len(frames), val=cfg["split"]["val"], test=cfg["split"]["test"],
-                          seed=int(cfg["split"]["seed"]),
-                          groups=[str(a.info.get("config_type", "")) for a in frames])
     write_json_atomic(data_dir / "split.json", split)
-    pool = [frames[i] for i in split["train"]]
-    val_frames = [frames[i] for i in split["val"]]
-    test_frames = [frames[i] for i in split["test"]]
     for name, fr in (("train_pool", pool), ("val", val_frames), ("test", test_frames)):
         _write_xyz(data_dir / f"{name}.xyz", fr)
     has_stress = all(a.calc is not None and "stress" in a.calc.results for a in frames)
@@ -317,6 +318,9 @@ def train_bundle(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         "elements": elements,
         "cutoff_A": float(cfg["cutoff"]),
         "e0s_eV": {el: e0s[el] for el in elements},
+        "e0s_method": e0.method,
+        "e0s_fit": e0.fit,
+        "e0s_note": e0.message,
         "dtype": cfg["model"]["dtype"],
         "members": [str(m.relative_to(out) / PACKAGE_NAME) for m in members],
         "training_data": {"file": str(cfg["data"]), "sha256": data_sha256,

@@ -3,7 +3,8 @@
 The generated config uses nequip's own pieces: ``ASEDataModule`` on the split files we write,
 ``NequIPGNNModel``, the EMA Lightning module, nequip's energy/force(/stress) loss and metrics, and
 Lightning checkpoints (``last.ckpt`` for resuming, ``best.ckpt`` for the packaged model). The
-isolated-atom energies become fixed per-type energy shifts, as nequip's docs recommend.
+E0s (isolated-atom energies, or fitted ones, see :mod:`mlff_ins.data.e0s`) become fixed
+per-type energy shifts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
     ----------
     cfg : mlff-ins training settings (see configs/train/*.yaml).
     elements : chemical symbols, in the model's type order.
-    e0s : element -> isolated-atom energy in eV (per-type energy shifts).
+    e0s : element -> reference energy E0 in eV (per-type energy shifts).
     train_file, val_file, test_file : extxyz files of the splits.
     run_dir : where checkpoints and logs go.
     seed : model initialisation and data-loader seed of this member.

@@ -17,6 +17,10 @@ import numpy as np
 from mlff_ins.atomic_io import atomic_path, write_text_atomic
 
 
+_E0_SOURCE = {"isolated_atoms": "isolated-atom frames", "config": "e0s: in the config",
+              "fitted": "fitted by least squares to the training frames' energies"}
+
+
 def _errors(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     d = np.asarray(pred, float) - np.asarray(ref, float)
     return {"mae": float(np.mean(np.abs(d))), "rmse": float(np.sqrt(np.mean(d ** 2)))}
@@ -165,7 +169,8 @@ def write_report(out: Path, metrics: dict, col: dict, members: list[Path], test_
              f"{bundle['training_data']['n_val']} validation, "
              f"{bundle['training_data']['n_test']} test",
              f"- elements {', '.join(bundle['elements'])}; cutoff {bundle['cutoff_A']} Å; "
-             f"isolated-atom energies (eV) {bundle['e0s_eV']}",
+             f"E0s (eV, {_E0_SOURCE.get(bundle.get('e0s_method'), 'isolated-atom frames')}) "
+             f"{bundle['e0s_eV']}",
              f"- preset {bundle['preset']}, {bundle['dtype']}, ensemble of {len(members)}", "",
              "## Errors on the held-out test frames", "",
              "| model | energy MAE / RMSE (meV/atom) | force MAE / RMSE (meV/Å) "

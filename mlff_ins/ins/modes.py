@@ -10,7 +10,7 @@ the primitive cell, from the modes (q, ν) of a full q-mesh with weights w_q (Σ
 - atom-projected DOS  Z_κ(E) = Σ w_q |e_κ|²/3 δ(E − ħω), area 1;
 - incoherent approximation, powder:
   S(Q,E) = Σ_κ (σ_κ/4π n) e^{−Q²⟨u²⟩_κ} Σ_n (E_R,κ)ⁿ/n! T_n,κ(E), ⟨u²⟩_κ = Tr B_κ/3
-  (neutron/incoherent_approximation.py), each atom with its own Debye–Waller factor;
+  (ins/incoherent.py, through ins/engine.py), each atom with its own Debye–Waller factor;
 - coherent one phonon (energy loss):
   S(Q,E) = (1/n) Σ_ν |Σ_κ (b_κ/10) √(ħ²/2M_κ) e^{−Q·B_κ·Q/2} (Q·e*_κν(Q))|² (n_ν+1)/ħω_ν δ(E − ħω_ν)
   with the eigenvectors of the dynamical matrix at Q itself (phonopy's convention includes the
@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlff_ins.neutron.incoherent_approximation import (NEUTRON_MASS_AMU, order_weights,
-                                                       phonon_orders, powder_s_qe_2d)
+from mlff_ins.ins.engine import VibrationalSource
+from mlff_ins.ins.incoherent import NEUTRON_MASS_AMU
 from mlff_ins.neutron.kinematics import E_PER_K2
 from mlff_ins.neutron.quantum import KB_MEV_PER_K
-from mlff_ins.phonons.properties import MEV_PER_THZ, mesh_modes
+
+MEV_PER_THZ = 4.135667696  # E = h f
 
 #: modes below this (THz) carry no weight (acoustic modes at Γ, imaginary modes)
 FREQ_MIN_THZ = 0.05
@@ -48,6 +49,16 @@ def _bose(e_meV, temperature_K):
     if temperature_K <= 0:
         return np.zeros_like(e_meV)
     return 1.0 / np.expm1(e_meV / (KB_MEV_PER_K * temperature_K))
+
+
+def mesh_modes(ph, mesh, with_eigenvectors: bool = True):
+    """Full-grid (no symmetry reduction) mesh: qpoints, weights, frequencies, eigenvectors.
+    The full grid keeps per-atom projections and displacement tensors exact for every atom."""
+    ph.run_mesh(mesh, is_mesh_symmetry=False, with_eigenvectors=with_eigenvectors,
+                is_gamma_center=True)
+    m = ph.mesh
+    return (np.array(m.mesh_numbers), np.array(m.qpoints), np.array(m.weights, dtype=float),
+            np.array(m.frequencies), np.array(m.eigenvectors) if with_eigenvectors else None)
 
 
 def thermal_displacements(freqs_THz, eigvecs, weights, masses, temperature_K,
@@ -147,37 +158,13 @@ class ModeSet:
         return site_dos(self.freqs, self.eigvecs, self.weights, len(self.masses), energy_meV,
                         self.freq_min_THz)
 
-
-def incoherent_s_e(modes: ModeSet, energy_meV, q_of_e_banks, sigma_barn, n_max: int = 10):
-    """Powder S(E) along kinematic lines in the incoherent approximation, per-atom Debye–Waller;
-    ``q_of_e_banks`` one Q(E) function per detector bank, ``sigma_barn[κ]`` the cross section of
-    each primitive atom. Orders are built once per atom and reused for every bank.
-    Returns (E symmetric grid, {element: [S per bank]})."""
-    dos = modes.site_dos(energy_meV)
-    n = len(modes.masses)
-    out: dict[str, list] = {}
-    for k in range(n):
-        e, orders = phonon_orders(energy_meV, dos[k], modes.temperature_K, n_max)
-        orders = np.array(orders)                                      # (n_max, E)
-        per_bank = []
-        for q_of_e in q_of_e_banks:
-            w = order_weights(q_of_e(e), modes.masses[k], modes.u2[k], n_max)   # (E, n_max)
-            per_bank.append(np.einsum("en,ne->e", w, orders) * sigma_barn[k] / (4 * np.pi * n))
-        el = modes.symbols[k]
-        out[el] = per_bank if el not in out else [a + b for a, b in zip(out[el], per_bank)]
-    return e, out
-
-
-def incoherent_sqe(modes: ModeSet, q, energy_meV, sigma_barn, n_max: int = 10,
-                   first_order: int = 1):
-    """Powder S(Q,E) (rows |Q|) in the incoherent approximation, orders first_order..n_max."""
-    dos = modes.site_dos(energy_meV)
-    n = len(modes.masses)
-    keys = range(n)
-    return powder_s_qe_2d(q, energy_meV, {k: dos[k] for k in keys},
-                          {k: sigma_barn[k] / (4 * np.pi * n) for k in keys},
-                          {k: modes.masses[k] for k in keys}, {k: modes.u2[k] for k in keys},
-                          modes.temperature_K, n_max, first_order)
+    def source(self, energy_meV) -> VibrationalSource:
+        """The modes as the INS engine's source: one site per atom of the primitive cell, each
+        with its own projected DOS and ⟨u²⟩ (mode-resolved Debye–Waller factors)."""
+        n = len(self.masses)
+        return VibrationalSource(energy_meV, self.site_dos(energy_meV), self.u2, self.masses,
+                                 self.symbols, np.full(n, 1.0 / n), self.temperature_K,
+                                 provenance={"vibrations": "phonon modes"})
 
 
 def fibonacci_sphere(n: int) -> np.ndarray:

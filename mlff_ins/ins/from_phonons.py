@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlff_ins.analysis.ins_phonons import (ModeSet, coherent_powder_sqe, incoherent_s_e,
-                                           incoherent_sqe)
+from mlff_ins.ins.engine import incoherent_sqe, indirect_s_e, s_e_spectra
+from mlff_ins.ins.modes import ModeSet, coherent_powder_sqe
 from mlff_ins.neutron.instruments import get_instrument
 from mlff_ins.neutron.kinematics import broaden_energy, kinematic_mask
 from mlff_ins.neutron.scattering_lengths import (b_coh_fm, mass_amu, sigma_coh_barn,
                                                  sigma_inc_barn, sigma_total_barn)
-from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D
+from mlff_ins.neutron.spectrum import Spectrum2D
 
 
 @dataclass
@@ -67,33 +67,19 @@ def _member_modes(ph, opts, sites):
 
 
 def _indirect(modes: ModeSet, sites, opts) -> tuple[np.ndarray, dict]:
-    inst = get_instrument(opts.instrument)
     e = np.arange(0.0, opts.e_max_meV + 0.5 * opts.e_step_meV, opts.e_step_meV)
-    angles = inst.bank_angles_deg
-    energies, parts = incoherent_s_e(
-        modes, e, [lambda x, a=a: inst.q_of_energy(np.abs(x), a) for a in angles],
-        sites["sigma_total"], opts.n_phonon)
-    keep = energies >= 0
-    # resolution on the energy-loss side only (the instruments measure nothing else)
-    parts = {el: [inst.broaden(energies[keep], b[keep]) for b in banks]
-             for el, banks in parts.items()}
-    out = {}
-    for i, a in enumerate(angles):
-        out[f"s_e_{a:g}"] = sum(banks[i] for banks in parts.values())
-    out["s_e"] = np.mean([out[f"s_e_{a:g}"] for a in angles], axis=0)
-    if len(parts) > 1:
-        for el, banks in parts.items():
-            out[f"s_e_{el}"] = np.mean(banks, axis=0)
-    return energies[keep], out
+    return indirect_s_e(modes.source(e), get_instrument(opts.instrument), sites["sigma_total"],
+                        opts.n_phonon)
 
 
 def _two_d(modes: ModeSet, sites, opts) -> tuple[np.ndarray, np.ndarray, dict]:
     q = np.arange(0.0, opts.q_max + 0.5 * opts.q_step, opts.q_step)
     e = np.arange(0.0, opts.e_max_2d_meV + 0.5 * opts.e_step_2d_meV, opts.e_step_2d_meV)
     coh1 = coherent_powder_sqe(modes, q, e, sites["b_coh"], opts.n_directions, opts.seed)
-    energies, coh_multi = incoherent_sqe(modes, q, e, sites["sigma_coh"], opts.n_phonon,
+    source = modes.source(e)
+    energies, coh_multi = incoherent_sqe(source, q, sites["sigma_coh"], opts.n_phonon,
                                          first_order=2)
-    _, inc = incoherent_sqe(modes, q, e, sites["sigma_inc"], opts.n_phonon)
+    _, inc = incoherent_sqe(source, q, sites["sigma_inc"], opts.n_phonon)
     keep = energies >= 0
     out = {"sqe_coh": coh1 + coh_multi[:, keep], "sqe_inc": inc[:, keep]}
     out["sqe"] = out["sqe_coh"] + out["sqe_inc"]
@@ -136,19 +122,12 @@ def ins_from_phonons(pset, opts: InsOptions, meta: dict | None = None) -> dict:
             "sigma_coh multiphonon, sigma_inc all orders"}
     base = dict(temperature_K=opts.temperature_K, source="phonons", units="barn/sr/meV")
     spectra = {}
+    s_e_mean, s_e_std = {}, {}
     for name in per_member[0]:
         stack = np.array([m[name] for m in per_member])
         mean, std = stack.mean(axis=0), (stack.std(axis=0) if len(stack) > 1 else None)
         if name.startswith("s_e"):
-            inst = get_instrument(opts.instrument)
-            suffix = name[4:]
-            bank = [float(suffix)] if suffix.replace(".", "").isdigit() else \
-                list(inst.bank_angles_deg)
-            element = "" if (not suffix or bank != list(inst.bank_angles_deg)) else suffix
-            p = dict(prov, final_energy_meV=inst.final_energy_meV, bank_angles_deg=bank)
-            spectra[name] = Spectrum1D(kind="s_e", x=axes[0], intensity=mean, intensity_std=std,
-                                       element=element, instrument=inst.name, provenance=p,
-                                       **base)
+            s_e_mean[name], s_e_std[name] = mean, std
         else:
             p = dict(prov, n_directions=opts.n_directions, ei_meV=opts.ei_meV,
                      angles_deg=list(opts.angles_deg),
@@ -157,4 +136,8 @@ def ins_from_phonons(pset, opts: InsOptions, meta: dict | None = None) -> dict:
             spectra[name] = Spectrum2D(kind=name, q=axes[1], y=axes[2], intensity=mean,
                                        intensity_std=std, instrument="direct", provenance=p,
                                        **base)
+    if s_e_mean:
+        spectra.update(s_e_spectra(axes[0], s_e_mean, get_instrument(opts.instrument), s_e_std,
+                                   temperature_K=opts.temperature_K, source="phonons",
+                                   provenance=prov))
     return spectra
