@@ -22,8 +22,9 @@ from mlff_ins.errors import InputError
 from mlff_ins.ins.engine import VibrationalSource, indirect_s_e, s_e_spectra
 from mlff_ins.ins.incoherent import u2_from_dos
 from mlff_ins.neutron.instruments import get_instrument
-from mlff_ins.neutron.kinematics import broaden_energy, kinematic_mask
+from mlff_ins.neutron.kinematics import kinematic_mask
 from mlff_ins.neutron.quantum import KB_MEV_PER_K
+from mlff_ins.neutron.resolution import CHOPPER_INSTRUMENTS, direct_resolution
 from mlff_ins.neutron.scattering_lengths import sigma_total_barn
 from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D
 
@@ -51,6 +52,8 @@ class SpectraOptions:
     ei_meV: float | None = None
     angles_deg: tuple[float, float] = (3.0, 135.0)
     resolution_fraction: float = 0.0        # direct geometry: Gaussian FWHM / E_i
+    chopper_frequency_hz: float | None = None   # a named chopper spectrometer's settings
+    chopper_package: str | None = None
     q_max_fickian: float = 1.0              # QENS: Γ = ħDQ² fitted below this Q (1/Å)
     debye_waller: str = "msd"               # VISION/TOSCA: ⟨u²⟩ from the MD MSD or the VDOS
     n_phonon: int = 10                      # VISION/TOSCA: phonon orders
@@ -68,12 +71,16 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
     elements of LAMMPS atom types 1, 2, ... for LAMMPS dumps; ``topology`` makes MDAnalysis read
     the trajectory.
     """
-    indirect = opts.instrument != "direct"
+    indirect = opts.instrument in ("vision", "tosca")
     if indirect:
-        get_instrument(opts.instrument)  # fail early on an unknown name
         if opts.ei_meV is not None:
             raise InputError(f"--ei applies to direct geometry; {opts.instrument} has a fixed "
                              f"final energy")
+    elif opts.instrument != "direct" and opts.instrument not in CHOPPER_INSTRUMENTS:
+        get_instrument(opts.instrument)  # an unknown name: the error lists the instruments
+    resolution = None if indirect else direct_resolution(
+        opts.instrument, opts.ei_meV, opts.resolution_fraction, opts.chopper_frequency_hz,
+        opts.chopper_package)                            # bad settings fail before any work
     if opts.debye_waller not in ("msd", "vdos"):
         raise InputError(f"--debye-waller must be msd or vdos, not {opts.debye_waller!r}")
     traj = traj if traj is not None else Trajectory(path, dt_fs=dt_fs, stride=stride, types=types,
@@ -128,7 +135,7 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
     if indirect:
         out.update(indirect_ins(corr, opts, temperature, summary, _meta(meta)))
     if opts.ei_meV is not None:
-        _apply_direct_geometry(out, opts)
+        _apply_direct_geometry(out, opts, resolution)
     return out, summary
 
 
@@ -235,14 +242,15 @@ def _qens_fits(corr, opts, out, meta) -> dict:
     return res
 
 
-def _apply_direct_geometry(out: dict, opts: SpectraOptions) -> None:
+def _apply_direct_geometry(out: dict, opts: SpectraOptions, resolution) -> None:
     for sp in out.values():
         if isinstance(sp, Spectrum2D) and sp.axis_name == "energy":
-            if opts.resolution_fraction > 0:
-                sp.intensity = broaden_energy(sp.y, sp.intensity,
-                                              opts.resolution_fraction * opts.ei_meV)
+            if resolution is not None:
+                sp.intensity = resolution.broaden(sp.y, sp.intensity)
+                sp.provenance.update(resolution.provenance())
             mask = kinematic_mask(sp.q, sp.y, opts.ei_meV, opts.angles_deg)
             sp.intensity = np.where(mask, sp.intensity, np.nan)
+            sp.instrument = opts.instrument
             sp.provenance.update(ei_meV=opts.ei_meV, angles_deg=list(opts.angles_deg),
                                  resolution_fwhm_fraction_of_ei=opts.resolution_fraction)
 

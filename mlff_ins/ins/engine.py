@@ -118,7 +118,7 @@ def s_e_spectra(energies, mean: dict, instrument, std: dict | None = None,
         else:
             bank, element = angles, name[len("s_e_"):] if name != "s_e" else ""
         prov = {**meta.get("provenance", {}), "final_energy_meV": instrument.final_energy_meV,
-                "bank_angles_deg": bank}
+                "bank_angles_deg": bank, **instrument.resolution.provenance()}
         out[name] = Spectrum1D(kind="s_e", x=np.asarray(energies), intensity=y,
                                intensity_std=None if std is None else std.get(name),
                                element=element, instrument=instrument.name,

@@ -6,7 +6,8 @@ two banks, ``s_e_<angle>`` each bank, ``s_e_<El>`` element partials (bank mean).
 Direct geometry / ``two_d``: powder S(Q,E) on a (Q, E) grid: ``sqe_coh`` = coherent one-phonon
 (Q directions on spheres) + coherent multiphonon (orders ≥ 2 in the incoherent approximation with
 σ_coh), ``sqe_inc`` = σ_inc, all orders; ``sqe`` their sum; with ``ei_meV`` the kinematic mask and
-a Gaussian resolution (FWHM a fraction of Ei) are applied.
+the resolution is applied: a chopper spectrometer's own (``instrument`` mari, maps, merlin, let,
+sequoia, arcs, cncs, hyspec through ResINS) or a Gaussian whose FWHM is a fraction of Ei.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import numpy as np
 
 from mlff_ins.ins.engine import incoherent_sqe, indirect_s_e, s_e_spectra
 from mlff_ins.ins.modes import ModeSet, coherent_powder_sqe
+from mlff_ins.errors import InputError
 from mlff_ins.neutron.instruments import get_instrument
+from mlff_ins.neutron.resolution import CHOPPER_INSTRUMENTS, direct_resolution
 from mlff_ins.neutron.kinematics import broaden_energy, kinematic_mask
 from mlff_ins.neutron.scattering_lengths import (b_coh_fm, mass_amu, sigma_coh_barn,
                                                  sigma_inc_barn, sigma_total_barn)
@@ -26,7 +29,7 @@ from mlff_ins.neutron.spectrum import Spectrum2D
 
 @dataclass
 class InsOptions:
-    instrument: str = "vision"           # vision | tosca | direct
+    instrument: str = "vision"           # vision | tosca | direct | a chopper spectrometer
     temperature_K: float = 10.0
     n_phonon: int = 10
     mesh: object = 40.0                  # phonopy mesh: a length (Angstrom) or three integers
@@ -41,6 +44,8 @@ class InsOptions:
     ei_meV: float | None = None
     angles_deg: tuple = (3.0, 135.0)
     resolution_fraction: float = 0.0
+    chopper_frequency_hz: float | None = None
+    chopper_package: str | None = None
     fwhm_2d_meV: float = 0.0             # constant Gaussian broadening of the maps (no --ei)
     isotopes: dict = field(default_factory=dict)
     seed: int = 0
@@ -85,18 +90,26 @@ def _two_d(modes: ModeSet, sites, opts) -> tuple[np.ndarray, np.ndarray, dict]:
     out["sqe"] = out["sqe_coh"] + out["sqe_inc"]
     if opts.ei_meV is not None:
         mask = kinematic_mask(q, e, opts.ei_meV, opts.angles_deg)
+        res = _direct_resolution(opts)
         for k in out:
-            v = broaden_energy(e, out[k], opts.resolution_fraction * opts.ei_meV)
+            v = res.broaden(e, out[k]) if res is not None else out[k]
             out[k] = np.where(mask, v, np.nan)
     elif opts.fwhm_2d_meV > 0:
         out = {k: broaden_energy(e, v, opts.fwhm_2d_meV) for k, v in out.items()}
     return q, e, out
 
 
+def _direct_resolution(opts):
+    return direct_resolution(opts.instrument, opts.ei_meV, opts.resolution_fraction,
+                             opts.chopper_frequency_hz, opts.chopper_package)
+
+
 def ins_from_phonons(pset, opts: InsOptions, meta: dict | None = None) -> dict:
     """Spectra (name -> Spectrum1D/2D) of every member of ``pset``: mean with intensity_std."""
-    if opts.instrument not in ("vision", "tosca", "direct"):
-        raise ValueError(opts.instrument)
+    indirect = opts.instrument in ("vision", "tosca")
+    if not (indirect or opts.instrument == "direct" or opts.instrument in CHOPPER_INSTRUMENTS):
+        raise InputError(f"--instrument {opts.instrument}: not an instrument mlff-ins knows")
+    resolution = None if indirect else _direct_resolution(opts)  # bad settings fail first
     per_member = []
     axes = None
     sites = _site_table(pset.members[0], opts.isotopes)
@@ -105,11 +118,11 @@ def ins_from_phonons(pset, opts: InsOptions, meta: dict | None = None) -> dict:
         modes = _member_modes(ph, opts, sites)
         u2.append(modes.u2)
         res = {}
-        if opts.instrument in ("vision", "tosca"):
+        if indirect:
             e1, one = _indirect(modes, sites, opts)
             res.update(one)
             axes = (e1, axes[1] if axes else None, axes[2] if axes else None)
-        if opts.two_d or opts.instrument == "direct":
+        if opts.two_d or not indirect:
             q, e2, two = _two_d(modes, sites, opts)
             res.update(two)
             axes = (axes[0] if axes else None, q, e2)
@@ -132,10 +145,11 @@ def ins_from_phonons(pset, opts: InsOptions, meta: dict | None = None) -> dict:
             p = dict(prov, n_directions=opts.n_directions, ei_meV=opts.ei_meV,
                      angles_deg=list(opts.angles_deg),
                      resolution_fwhm_fraction=opts.resolution_fraction,
-                     fwhm_meV=opts.fwhm_2d_meV if opts.ei_meV is None else None)
+                     fwhm_meV=opts.fwhm_2d_meV if opts.ei_meV is None else None,
+                     **(resolution.provenance() if resolution is not None else {}))
             spectra[name] = Spectrum2D(kind=name, q=axes[1], y=axes[2], intensity=mean,
-                                       intensity_std=std, instrument="direct", provenance=p,
-                                       **base)
+                                       intensity_std=std, provenance=p, **base,
+                                       instrument="direct" if indirect else opts.instrument)
     if s_e_mean:
         spectra.update(s_e_spectra(axes[0], s_e_mean, get_instrument(opts.instrument), s_e_std,
                                    temperature_K=opts.temperature_K, source="phonons",

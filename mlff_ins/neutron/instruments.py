@@ -3,8 +3,8 @@ resolution; used to turn an S(Q,E) model into the S(E) these instruments record.
 
 Both analyser banks sit at 45° (forward) and 135° (backward) scattering, so each energy transfer E
 is seen at one Q per bank: Q² = k_i² + k_f² − 2 k_i k_f cos 2θ, E_i = E + E_f, E = 2.0721 k²
-(meV, Å⁻¹). Resolution: Gaussian σ(E) = 2.5 + 0.005 E + 1e−7 E² with E and σ in cm⁻¹ (the form
-AbINS uses for TOSCA and OCLIMAX's defaults use for VISION).
+(meV, Å⁻¹). Resolution: :mod:`mlff_ins.neutron.resolution` (TOSCA: AbINS' polynomial; VISION:
+the same polynomial as an approximation, said in the provenance).
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import numpy as np
 
 from mlff_ins.errors import InputError
 from mlff_ins.neutron.kinematics import E_PER_K2
-
-MEV_PER_INVCM = 0.1239841984
+from mlff_ins.neutron.resolution import MEV_PER_INVCM, Resolution, indirect_resolution  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,6 @@ class IndirectInstrument:
     name: str
     final_energy_meV: float
     bank_angles_deg: tuple[float, ...]
-    resolution_invcm: tuple[float, float, float] = (2.5, 0.005, 1e-7)
 
     def q_of_energy(self, energy_meV, angle_deg: float) -> np.ndarray:
         """|Q| (1/Å) seen at energy transfer E (meV) by the bank at scattering angle 2θ."""
@@ -34,27 +32,17 @@ class IndirectInstrument:
         return np.sqrt(np.maximum(ki2 + kf2 - 2 * np.sqrt(ki2 * kf2) * np.cos(np.radians(angle_deg)),
                                   0.0))
 
+    @property
+    def resolution(self) -> Resolution:
+        return indirect_resolution(self.name)
+
     def sigma_meV(self, energy_meV) -> np.ndarray:
         """Gaussian resolution σ (meV) at energy transfer E (meV)."""
-        a, b, c = self.resolution_invcm
-        w = np.asarray(energy_meV, dtype=float) / MEV_PER_INVCM
-        return (a + b * w + c * w * w) * MEV_PER_INVCM
+        return self.resolution.sigma_meV(energy_meV)
 
-    def broaden(self, energy_meV, intensity, chunk: int = 1024) -> np.ndarray:
-        """Apply the energy-dependent Gaussian resolution: the intensity in each bin at E' is
-        spread over the output grid as a Gaussian of width σ(|E'|) with unit area, so the total
-        area is kept (up to what spills past the grid ends). Memory is chunk × len(E)."""
-        e = np.asarray(energy_meV, dtype=float)
-        y = np.asarray(intensity, dtype=float)
-        sigma = self.sigma_meV(np.abs(e))
-        de = e[1] - e[0]
-        out = np.zeros_like(y)
-        for lo in range(0, len(e), chunk):
-            src = slice(lo, lo + chunk)
-            k = np.exp(-0.5 * ((e[:, None] - e[None, src]) / sigma[None, src]) ** 2)
-            k /= np.sqrt(2 * np.pi) * sigma[None, src]          # unit area per source bin
-            out += k @ y[src] * de
-        return out
+    def broaden(self, energy_meV, intensity) -> np.ndarray:
+        """The instrument's energy-dependent Gaussian resolution (area kept)."""
+        return self.resolution.broaden(energy_meV, intensity)
 
 
 INSTRUMENTS = {
