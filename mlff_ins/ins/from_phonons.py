@@ -49,6 +49,7 @@ class InsOptions:
     fwhm_2d_meV: float = 0.0             # constant Gaussian broadening of the maps (no --ei)
     isotopes: dict = field(default_factory=dict)
     seed: int = 0
+    max_memory_gb: float = 2.0           # budget of the coherent powder average (GiB)
 
 
 def _site_table(ph, isotopes):
@@ -80,7 +81,8 @@ def _indirect(modes: ModeSet, sites, opts) -> tuple[np.ndarray, dict]:
 def _two_d(modes: ModeSet, sites, opts) -> tuple[np.ndarray, np.ndarray, dict]:
     q = np.arange(0.0, opts.q_max + 0.5 * opts.q_step, opts.q_step)
     e = np.arange(0.0, opts.e_max_2d_meV + 0.5 * opts.e_step_2d_meV, opts.e_step_2d_meV)
-    coh1 = coherent_powder_sqe(modes, q, e, sites["b_coh"], opts.n_directions, opts.seed)
+    coh1 = coherent_powder_sqe(modes, q, e, sites["b_coh"], opts.n_directions, opts.seed,
+                               max_memory_bytes=int(opts.max_memory_gb * 1024 ** 3))
     source = modes.source(e)
     energies, coh_multi = incoherent_sqe(source, q, sites["sigma_coh"], opts.n_phonon,
                                          first_order=2)

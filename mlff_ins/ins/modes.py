@@ -212,11 +212,26 @@ def coherent_modes(modes: ModeSet, q_cart, b_coh_fm):
     return e, inten
 
 
+#: default memory budget of the coherent powder average (the `--max-memory` default)
+DEFAULT_MAX_MEMORY = 2 * 1024 ** 3
+
+
+def coherent_chunk(n_atoms: int, max_memory_bytes: int = DEFAULT_MAX_MEMORY) -> int:
+    """Q-vectors per batch so that the batch's eigenvectors — (3n)² complex numbers per Q, held
+    about four times over (phonopy's dynamical matrices and eigenvectors, the phase-shifted copy,
+    temporaries) — use at most half the budget; at most 4096."""
+    per_q = (3 * n_atoms) ** 2 * 16 * 4
+    return int(max(1, min(4096, 0.5 * max_memory_bytes // per_q)))
+
+
 def coherent_powder_sqe(modes: ModeSet, q, energy_meV, b_coh_fm, n_directions: int = 200,
-                        seed: int = 0, chunk: int = 4096):
+                        seed: int = 0, chunk: int | None = None,
+                        max_memory_bytes: int = DEFAULT_MAX_MEMORY):
     """One-phonon coherent powder S(Q,E) (rows |Q|, columns the uniform grid ``energy_meV`` of
     bin centres), barn/(sr meV) per atom. Each |Q| uses ``n_directions`` directions on a
-    Fibonacci sphere given a random rotation (``seed``) so shells do not share directions."""
+    Fibonacci sphere given a random rotation (``seed``) so shells do not share directions.
+    Q-vectors go through phonopy in batches sized by ``max_memory_bytes`` (or ``chunk``)."""
+    chunk = chunk or coherent_chunk(len(modes.masses), max_memory_bytes)
     from scipy.spatial.transform import Rotation
 
     e_grid = np.asarray(energy_meV)
