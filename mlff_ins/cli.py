@@ -355,6 +355,35 @@ def _run_build(args) -> int:
     return 0
 
 
+INSTRUMENT_CHOICES = ["vision", "tosca", "direct", "mari", "maps", "merlin", "let", "sequoia",
+                      "arcs", "cncs", "hyspec"]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _add_max_memory(p, what: str) -> None:
+    p.add_argument("--max-memory", type=_positive_float, default=2.0, metavar="GB",
+                   help=f"memory budget of {what}, GiB (default 2): work is split into pieces "
+                        "that fit; results do not depend on it")
+
+
+def _add_chopper_options(p) -> None:
+    p.add_argument("--chopper-frequency", type=float, metavar="HZ",
+                   help="chopper spectrometers: frequency of the resolution-defining chopper, Hz "
+                        "(default: ResINS' default for the instrument)")
+    p.add_argument("--chopper-package", metavar="NAME",
+                   help="chopper spectrometers: chopper package, e.g. A for MARI, "
+                        "High-Resolution for SEQUOIA (default: ResINS' default)")
+
+
 def _add_spectra(sub) -> None:
     p = sub.add_parser(
         "spectra", help="VDOS, S(Q,E) and QENS from an MD trajectory",
@@ -399,9 +428,11 @@ def _add_spectra(sub) -> None:
                    help="at most N Q-vectors per shell, drawn at random (default 50)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Q-vector draw (default 0)")
     p.add_argument("--no-partials", action="store_true", help="write totals only")
-    p.add_argument("--instrument", choices=["direct", "vision", "tosca"], default="direct",
-                   help="direct geometry (default), or the indirect VISION/TOSCA S(E) in the "
-                        "incoherent approximation (partial DOS, Debye-Waller, multiphonon)")
+    p.add_argument("--instrument", choices=INSTRUMENT_CHOICES, default="direct",
+                   help="direct geometry (default; with --ei a Gaussian of --resolution), a "
+                        "chopper spectrometer whose resolution ResINS models (with --ei), or the "
+                        "indirect VISION/TOSCA S(E) in the incoherent approximation (partial "
+                        "DOS, Debye-Waller, multiphonon)")
     p.add_argument("--debye-waller", choices=["msd", "vdos"], default="msd",
                    help="VISION/TOSCA: <u²> from the MD mean-square displacement (classical, "
                         "default) or from the VDOS with zero-point motion (better below ~100 K)")
@@ -415,11 +446,13 @@ def _add_spectra(sub) -> None:
     p.add_argument("--resolution", type=float, default=0.0, metavar="FRACTION",
                    help="direct geometry: Gaussian energy resolution FWHM as a fraction of Ei "
                         "(default 0: none beyond the time window)")
+    _add_chopper_options(p)
     p.add_argument("--isotope", action="append", default=[], metavar="EL=A",
                    help="scatter as this isotope (cross sections and recoil mass), e.g. H=2; "
                         "repeatable. The dynamics stay those of the masses the trajectory stores")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--float32", action="store_true", help="single precision (default float64)")
+    _add_max_memory(p, "the correlations")
     p.add_argument("--plot", action="store_true", help="also write OUTPUT.png")
     p.set_defaults(func=_run_spectra)
 
@@ -436,8 +469,10 @@ def _run_spectra(args) -> int:
         q_min=args.q_min, q_max=args.q_max, q_width=args.q_width, q_per_shell=args.q_per_shell,
         seed=args.seed, partials=not args.no_partials, instrument=args.instrument,
         ei_meV=args.ei, angles_deg=tuple(args.angles), resolution_fraction=args.resolution,
+        chopper_frequency_hz=args.chopper_frequency, chopper_package=args.chopper_package,
         debye_waller=args.debye_waller, n_phonon=args.phonon_orders,
-        isotopes=parse_isotopes(args.isotope), device=args.device, float32=args.float32)
+        isotopes=parse_isotopes(args.isotope), device=args.device, float32=args.float32,
+        max_memory_gb=args.max_memory)
     types = [t.strip() for t in args.types.split(",")] if args.types else None
     spectra, summary = spectra_from_trajectory(args.trajectory, opts, dt_fs=args.dt,
                                                stride=args.stride, types=types,
@@ -633,8 +668,9 @@ def _add_ins(sub) -> None:
                     "meV (neutron energy loss), Q 1/Å, intensities barn/(sr meV) per atom.")
     p.add_argument("phonons", help="phonons HDF5 file written by `mlff-ins phonons`")
     p.add_argument("-o", "--output", required=True, help="spectra HDF5 file, e.g. si_vision.h5")
-    p.add_argument("--instrument", choices=["vision", "tosca", "direct"], default="vision",
-                   help="default vision")
+    p.add_argument("--instrument", choices=INSTRUMENT_CHOICES, default="vision",
+                   help="vision (default) or tosca: S(E) of both banks; direct, or a chopper "
+                        "spectrometer whose resolution ResINS models (with --ei): powder S(Q,E)")
     p.add_argument("-T", "--temperature", type=float, default=10.0, metavar="K",
                    help="sample temperature, K (default 10): Bose factors and Debye-Waller")
     p.add_argument("--mesh", nargs="+", default=["40"], metavar="N",
@@ -663,12 +699,14 @@ def _add_ins(sub) -> None:
                    help="direct geometry: scattering angles 2θ, degrees (default 3 135)")
     p.add_argument("--resolution", type=float, default=0.0, metavar="FRACTION",
                    help="direct geometry: Gaussian FWHM as a fraction of Ei (default 0)")
+    _add_chopper_options(p)
     p.add_argument("--fwhm", type=float, default=0.0, metavar="MEV",
                    help="S(Q,E) without --ei: constant Gaussian energy broadening, FWHM meV "
                         "(default 0: modes binned as they are)")
     p.add_argument("--isotope", action="append", default=[], metavar="EL=A",
                    help="substitute an isotope (mass and cross sections), e.g. H=2; repeatable")
     p.add_argument("--seed", type=int, default=0, help="seed of the Q-direction rotations")
+    _add_max_memory(p, "the coherent powder average")
     p.add_argument("--plot", action="store_true", help="also write OUTPUT.png")
     p.set_defaults(func=_run_ins)
 
@@ -681,6 +719,11 @@ def _run_ins(args) -> int:
 
     if args.instrument == "direct" and args.ei is None and not args.two_d:
         args.two_d = True
+    if args.instrument not in ("vision", "tosca"):
+        args.two_d = True
+    if args.fwhm and args.ei is not None:
+        raise InputError("--fwhm broadens maps without --ei; with --ei the resolution is the "
+                         "instrument's (or --resolution FRACTION with --instrument direct)")
     for name in ("e_max", "e_step", "q_max", "q_step", "e_max_2d", "e_step_2d"):
         if not getattr(args, name) > 0:
             raise InputError(f"--{name.replace('_', '-')} must be positive")
@@ -702,7 +745,9 @@ def _run_ins(args) -> int:
                       e_step_2d_meV=args.e_step_2d, n_directions=args.directions,
                       ei_meV=args.ei, angles_deg=tuple(args.angles),
                       resolution_fraction=args.resolution, fwhm_2d_meV=args.fwhm,
-                      isotopes=isotopes, seed=args.seed)
+                      chopper_frequency_hz=args.chopper_frequency,
+                      chopper_package=args.chopper_package, isotopes=isotopes, seed=args.seed,
+                      max_memory_gb=args.max_memory)
     spectra = ins_from_phonons(pset, opts, {"phonons_file": str(args.phonons),
                                             "phonons_source": pset.source})
     write_spectra(args.output, spectra)

@@ -5,6 +5,7 @@ import sys
 
 BENCHMARKS = {
     "md": "mlff_ins.bench.md_bench",
+    "memory": "mlff_ins.bench.memory_bench",
     "phonons": "mlff_ins.bench.phonons_bench",
     "spectra": "mlff_ins.bench.spectra_bench",
     "train": "mlff_ins.bench.train_bench",
