@@ -357,6 +357,7 @@ def _run_build(args) -> int:
 
 INSTRUMENT_CHOICES = ["vision", "tosca", "direct", "mari", "maps", "merlin", "let", "sequoia",
                       "arcs", "cncs", "hyspec"]
+INDIRECT = ("vision", "tosca")
 
 
 def _positive_float(text: str) -> float:
@@ -369,91 +370,152 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _add_max_memory(p, what: str) -> None:
-    p.add_argument("--max-memory", type=_positive_float, default=2.0, metavar="GB",
-                   help=f"memory budget of {what}, GiB (default 2): work is split into pieces "
-                        "that fit; results do not depend on it")
-
-
-def _add_chopper_options(p) -> None:
-    p.add_argument("--chopper-frequency", type=float, metavar="HZ",
-                   help="chopper spectrometers: frequency of the resolution-defining chopper, Hz "
-                        "(default: ResINS' default for the instrument)")
+def _add_neutron_options(p, *, instrument_default: str, instrument_help: str,
+                         directions_default: int, directions_help: str,
+                         q_min_default: float) -> None:
+    """The options `spectra` and `ins` share: same names, meanings, units (and defaults where
+    the physics is the same). Options that only apply in some modes default to None here and
+    get their defaults in :func:`_neutron_defaults`, so an option given where it has no effect
+    can be refused."""
+    p.add_argument("--instrument", choices=INSTRUMENT_CHOICES, default=instrument_default,
+                   help=instrument_help)
+    p.add_argument("--e-max", type=_positive_float, metavar="MEV",
+                   help="highest energy transfer written, meV (default 500)")
+    p.add_argument("--q-min", type=float, metavar="INV_A",
+                   help=f"S(Q,E): lowest |Q|, 1/Å (default {q_min_default:g})")
+    p.add_argument("--q-max", type=_positive_float, metavar="INV_A",
+                   help="S(Q,E): highest |Q|, 1/Å (default 10)")
+    p.add_argument("--q-step", "--q-width", dest="q_step", type=_positive_float,
+                   metavar="INV_A", help="S(Q,E): width of a |Q| bin, 1/Å (default 0.1)")
+    p.add_argument("--directions", "--q-per-shell", dest="directions", type=int, metavar="N",
+                   help=directions_help + f" (default {directions_default})")
+    p.add_argument("--phonon-orders", type=int, metavar="N",
+                   help="VISION/TOSCA S(E) and multiphonon maps: phonon orders 1..N of the "
+                        "incoherent approximation (default 10)")
+    p.add_argument("--ei", type=_positive_float, metavar="MEV",
+                   help="direct geometry: incident energy, meV; masks S(Q,E) to the (Q,E) region "
+                        "the instrument reaches and applies its resolution")
+    p.add_argument("--angles", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="direct geometry (with --ei): scattering angles 2θ covered, degrees "
+                        "(default 3 135)")
+    p.add_argument("--resolution", type=_positive_float, metavar="FRACTION",
+                   help="--instrument direct with --ei: Gaussian energy resolution, FWHM as a "
+                        "fraction of Ei (dimensionless; default none)")
+    p.add_argument("--chopper-frequency", type=_positive_float, metavar="HZ",
+                   help="chopper spectrometers (with --ei): frequency of the resolution-defining "
+                        "chopper, Hz (default: ResINS' default for the instrument)")
     p.add_argument("--chopper-package", metavar="NAME",
-                   help="chopper spectrometers: chopper package, e.g. A for MARI, "
+                   help="chopper spectrometers (with --ei): chopper package, e.g. A for MARI, "
                         "High-Resolution for SEQUOIA (default: ResINS' default)")
+    p.add_argument("--fwhm", type=_positive_float, metavar="MEV",
+                   help="S(Q,E) without --ei: constant Gaussian energy broadening, FWHM meV "
+                        "(default none)")
+    p.add_argument("--isotope", action="append", default=[], metavar="EL=A",
+                   help="scatter as this isotope (cross sections and mass), e.g. H=2; repeatable")
+    p.add_argument("--seed", type=int, metavar="N",
+                   help="seed of the random Q-vector draw / Q-direction rotations (default 0)")
+    p.add_argument("--max-memory", type=_positive_float, default=2.0, metavar="GB",
+                   help="memory budget, GiB (default 2): work is split into pieces that fit; "
+                        "results do not depend on it")
+    p.add_argument("--plot", action="store_true", help="also write OUTPUT.png")
+
+
+_NEUTRON_DEFAULTS = {"e_max": 500.0, "q_max": 10.0, "q_step": 0.1, "phonon_orders": 10,
+                     "angles": (3.0, 135.0), "resolution": 0.0, "fwhm": 0.0, "seed": 0,
+                     "ei": None, "chopper_frequency": None, "chopper_package": None}
+
+
+def _neutron_defaults(args, **more) -> set:
+    """Fill the options left unset with their defaults; return the names the user gave."""
+    defaults = {**_NEUTRON_DEFAULTS, **more}
+    given = {k for k in defaults if getattr(args, k, None) not in (None, [], False)}
+    for k, v in defaults.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    return given
+
+
+def _refuse(given: set, names, why: str) -> None:
+    """One-line error for the first of ``names`` the user gave although it has no effect."""
+    for name in names:
+        if name in given:
+            raise InputError(f"--{name.replace('_', '-')} {why}")
+
+
+def _check_direct_geometry(args, given: set) -> None:
+    if args.ei is None:
+        _refuse(given, ["angles", "resolution", "chopper_frequency", "chopper_package"],
+                "applies to direct geometry with --ei; give --ei MEV")
+    else:
+        _refuse(given, ["fwhm"], "broadens maps without --ei; with --ei the resolution is the "
+                                 "instrument's (or --resolution FRACTION with --instrument direct)")
 
 
 def _add_spectra(sub) -> None:
     p = sub.add_parser(
-        "spectra", help="VDOS, S(Q,E) and QENS from an MD trajectory",
+        "spectra", help="VDOS, S(Q,E), QENS and VISION/TOSCA S(E) from an MD trajectory",
         description="Compute spectra from a trajectory (H5MD, extxyz or anything ase.io reads) in "
                     "one streamed pass: VDOS/GDOS (area 3 per atom), coherent and incoherent "
                     "F(Q,t) and S(Q,E) powder-averaged over Q shells commensurate with the cell, "
-                    "and QENS (MSD, EISF, diffusion from the MSD slope and from Lorentzian widths). "
-                    "Energies in meV (positive = neutron energy loss), Q in 1/Å including 2π, "
-                    "time in fs. Output: NeXus NXdata groups in one HDF5 file.")
-    p.add_argument("trajectory", help="trajectory file (.h5/.h5md H5MD, .extxyz, ...)")
+                    "QENS (MSD, EISF, diffusion from the MSD slope and from Lorentzian widths), "
+                    "and with --instrument vision|tosca the indirect-geometry S(E) (the same INS "
+                    "engine as `mlff-ins ins`). Energies in meV (positive = neutron energy loss), "
+                    "Q in 1/Å including 2π, time in fs, intensities barn/(sr meV) per atom. "
+                    "Output: NeXus NXdata groups in one HDF5 file.",
+        epilog="example: mlff-ins spectra md/si.h5md --sqe --q-max 6 -T 300 -o si_sqe.h5 --plot",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("trajectory", help="trajectory file (.h5md H5MD, .extxyz, a LAMMPS dump, "
+                                      "or with --topology anything MDAnalysis reads)")
     p.add_argument("-o", "--output", required=True, help="spectra HDF5 file, e.g. spectra.h5")
     p.add_argument("--vdos", action="store_true", help="VDOS and neutron-weighted GDOS (default "
                    "when nothing else is asked)")
     p.add_argument("--sqe", action="store_true", help="coherent + incoherent F(Q,t), S(Q,E)")
     p.add_argument("--qens", action="store_true", help="MSD, F_s(Q,t), S_inc(Q,E), EISF, D fits")
-    p.add_argument("-T", "--temperature", type=float, metavar="K",
-                   help="temperature for the quantum correction, K (default: kinetic temperature "
-                        "of the trajectory)")
-    p.add_argument("--dt", type=float, metavar="FS",
+    p.add_argument("-T", "--temperature", type=_positive_float, metavar="K",
+                   help="temperature for the quantum correction and Bose factors, K (default: "
+                        "kinetic temperature of the frames analysed)")
+    frames = p.add_argument_group("frames analysed")
+    frames.add_argument("--start", type=int, metavar="FRAME",
+                        help="first frame (0-based; default 0)")
+    frames.add_argument("--stop", type=int, metavar="FRAME",
+                        help="frame to stop before (default: the end)")
+    frames.add_argument("--step", "--stride", dest="stride", type=int, default=1, metavar="N",
+                        help="use every N-th frame (default 1)")
+    frames.add_argument("--skip-ps", type=float, metavar="PS",
+                        help="skip this much simulated time at the start, ps (equilibration)")
+    frames.add_argument("--stage", metavar="NAME",
+                        help="only the frames of this stage of a `md --protocol` trajectory")
+    p.add_argument("--dt", type=_positive_float, metavar="FS",
                    help="time between frames in fs, for files that do not store it (extxyz)")
-    p.add_argument("--stride", type=int, default=1, help="use every N-th frame (default 1)")
     p.add_argument("--topology", metavar="FILE",
                    help="read TRAJECTORY with MDAnalysis (DCD, XTC, TRR, NetCDF, ...) using this "
                         "topology (PDB, PSF, GRO, LAMMPS data) for the elements")
     p.add_argument("--types", metavar="EL,EL,...",
                    help="LAMMPS dumps: elements of atom types 1, 2, ... (e.g. Si,O)")
-    p.add_argument("--time-window", type=float, metavar="FS",
-                   help="longest correlation time, fs (default: half the trajectory, at most "
-                        "2000 frames); sets the energy resolution")
+    p.add_argument("--time-window", type=_positive_float, metavar="FS",
+                   help="longest correlation time, fs (default: half the frames analysed, at "
+                        "most 2000 frames); sets the energy resolution")
     p.add_argument("--window", choices=["gaussian", "hann", "none"], default="gaussian",
                    help="taper of the correlations before the Fourier transform (default "
                         "gaussian, σ = window/3)")
     p.add_argument("--quantum-correction", choices=["harmonic", "schofield", "none"],
-                   default="harmonic", help="classical -> quantum S(Q,E) (default harmonic)")
-    p.add_argument("--weighting", choices=["neutron", "number"], default="neutron",
-                   help="totals weighted by b_coh and σ_inc (barn/sr per atom) or unweighted")
-    p.add_argument("--q-min", type=float, default=0.2, metavar="INV_A", help="1/Å (default 0.2)")
-    p.add_argument("--q-max", type=float, default=5.0, metavar="INV_A", help="1/Å (default 5)")
-    p.add_argument("--q-width", type=float, default=0.1, metavar="INV_A",
-                   help="Q shell width, 1/Å (default 0.1)")
-    p.add_argument("--q-per-shell", type=int, default=50, metavar="N",
-                   help="at most N Q-vectors per shell, drawn at random (default 50)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Q-vector draw (default 0)")
-    p.add_argument("--no-partials", action="store_true", help="write totals only")
-    p.add_argument("--instrument", choices=INSTRUMENT_CHOICES, default="direct",
-                   help="direct geometry (default; with --ei a Gaussian of --resolution), a "
-                        "chopper spectrometer whose resolution ResINS models (with --ei), or the "
-                        "indirect VISION/TOSCA S(E) in the incoherent approximation (partial "
-                        "DOS, Debye-Waller, multiphonon)")
-    p.add_argument("--debye-waller", choices=["msd", "vdos"], default="msd",
+                   help="S(Q,E): classical -> quantum (default harmonic)")
+    p.add_argument("--weighting", choices=["neutron", "number"],
+                   help="S(Q,E): totals weighted by b_coh and σ_inc (barn/sr per atom, default) "
+                        "or unweighted")
+    p.add_argument("--no-partials", action="store_true", help="S(Q,E): write totals only")
+    p.add_argument("--debye-waller", choices=["msd", "vdos"],
                    help="VISION/TOSCA: <u²> from the MD mean-square displacement (classical, "
                         "default) or from the VDOS with zero-point motion (better below ~100 K)")
-    p.add_argument("--phonon-orders", type=int, default=10, metavar="N",
-                   help="VISION/TOSCA: phonon orders in the multiphonon sum (default 10)")
-    p.add_argument("--ei", type=float, metavar="MEV",
-                   help="direct geometry: incident energy, meV; masks S(Q,E) to the reachable "
-                        "(Q,E) region")
-    p.add_argument("--angles", type=float, nargs=2, default=(3.0, 135.0), metavar=("MIN", "MAX"),
-                   help="direct geometry: scattering angles 2θ covered, degrees (default 3 135)")
-    p.add_argument("--resolution", type=float, default=0.0, metavar="FRACTION",
-                   help="direct geometry: Gaussian energy resolution FWHM as a fraction of Ei "
-                        "(default 0: none beyond the time window)")
-    _add_chopper_options(p)
-    p.add_argument("--isotope", action="append", default=[], metavar="EL=A",
-                   help="scatter as this isotope (cross sections and recoil mass), e.g. H=2; "
-                        "repeatable. The dynamics stay those of the masses the trajectory stores")
+    _add_neutron_options(
+        p, instrument_default="direct",
+        instrument_help="direct (default): S(Q,E) as computed, or with --ei masked to the "
+                        "reachable region; a chopper spectrometer (with --ei) adds its ResINS "
+                        "resolution; vision or tosca adds the indirect-geometry S(E)",
+        directions_default=50, q_min_default=0.2,
+        directions_help="S(Q,E): at most N commensurate Q-vectors per |Q| bin, drawn at random")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--float32", action="store_true", help="single precision (default float64)")
-    _add_max_memory(p, "the correlations")
-    p.add_argument("--plot", action="store_true", help="also write OUTPUT.png")
     p.set_defaults(func=_run_spectra)
 
 
@@ -462,26 +524,52 @@ def _run_spectra(args) -> int:
     from mlff_ins.neutron.scattering_lengths import parse_isotopes
     from mlff_ins.neutron.spectrum import write_spectra
 
+    given = _neutron_defaults(args, q_min=0.2, directions=50, quantum_correction="harmonic",
+                              weighting="neutron", debye_waller="msd")
+    maps = args.sqe or args.qens
+    if not maps:
+        _refuse(given, ["q_min", "q_max", "q_step", "directions", "seed", "quantum_correction",
+                        "weighting", "fwhm"], "applies to S(Q,E); add --sqe or --qens")
+        if args.no_partials:
+            raise InputError("--no-partials applies to S(Q,E); add --sqe or --qens")
+    if args.instrument not in INDIRECT:
+        _refuse(given, ["debye_waller", "phonon_orders"],
+                "applies to --instrument vision or tosca (the incoherent-approximation S(E))")
+    _check_direct_geometry(args, given)
+    start, stop = args.start or 0, args.stop
+    if args.stage is not None:
+        if args.start is not None or args.stop is not None or args.skip_ps is not None:
+            raise InputError("--stage chooses the frames itself; drop --start/--stop/--skip-ps")
+        from mlff_ins.analysis.trajectory import stage_frames
+
+        start, stop = stage_frames(args.trajectory, args.stage)
+    elif args.skip_ps is not None:
+        if args.start is not None:
+            raise InputError("--skip-ps and --start both set the first frame; give one")
+        start = None                              # resolved from the time step below
     opts = SpectraOptions(
         vdos=args.vdos or not (args.sqe or args.qens), sqe=args.sqe, qens=args.qens,
         temperature_K=args.temperature, time_window_fs=args.time_window, window=args.window,
         quantum_correction=args.quantum_correction, weighting=args.weighting,
-        q_min=args.q_min, q_max=args.q_max, q_width=args.q_width, q_per_shell=args.q_per_shell,
+        q_min=args.q_min, q_max=args.q_max, q_width=args.q_step, q_per_shell=args.directions,
         seed=args.seed, partials=not args.no_partials, instrument=args.instrument,
         ei_meV=args.ei, angles_deg=tuple(args.angles), resolution_fraction=args.resolution,
         chopper_frequency_hz=args.chopper_frequency, chopper_package=args.chopper_package,
+        fwhm_meV=args.fwhm, e_max_meV=args.e_max,
         debye_waller=args.debye_waller, n_phonon=args.phonon_orders,
         isotopes=parse_isotopes(args.isotope), device=args.device, float32=args.float32,
         max_memory_gb=args.max_memory)
     types = [t.strip() for t in args.types.split(",")] if args.types else None
     spectra, summary = spectra_from_trajectory(args.trajectory, opts, dt_fs=args.dt,
                                                stride=args.stride, types=types,
-                                               topology=args.topology)
+                                               topology=args.topology, start=start, stop=stop,
+                                               skip_fs=None if args.skip_ps is None
+                                               else 1000.0 * args.skip_ps)
     write_spectra(args.output, spectra)
-    print(f"{args.output}: {len(spectra)} spectra from {summary['n_frames']} frames of "
-          f"{summary['n_atoms']} atoms, dt {summary['dt_fs']:g} fs, correlation window "
-          f"{summary['time_window_fs']:g} fs, T {summary['temperature_K']:.1f} K (kinetic "
-          f"{summary['kinetic_temperature_K']:.1f} K)")
+    print(f"{args.output}: {len(spectra)} spectra from {summary['n_frames']} frames "
+          f"({summary['first_frame']}..{summary['last_frame']}) of {summary['n_atoms']} atoms, "
+          f"dt {summary['dt_fs']:g} fs, correlation window {summary['time_window_fs']:g} fs, "
+          f"T {summary['temperature_K']:.1f} K (kinetic {summary['kinetic_temperature_K']:.1f} K)")
     for element, fits in summary.get("qens", {}).items():
         d, f = fits["D_msd_A2_per_ps"], fits["D_fickian_A2_per_ps"]
         print(f"  {element}: D from MSD {d['value']:.4g} ± {d['std']:.2g} Å²/ps; "
@@ -658,56 +746,38 @@ def _run_phonons(args) -> int:
 def _add_ins(sub) -> None:
     p = sub.add_parser(
         "ins", help="INS spectra from a phonons file: VISION/TOSCA S(E), powder S(Q,E)",
-        description="INS from harmonic phonons (the OCLIMAX/AbINS route). VISION/TOSCA: powder "
-                    "S(E) of both banks (45°, 135°) in the incoherent approximation with a "
-                    "Debye-Waller factor per atom, phonon orders 1..N by isotropic convolution, "
-                    "the instrument's kinematics and resolution. --2d (or --instrument direct): "
-                    "powder S(Q,E) = coherent one-phonon (Q directions on spheres) + multiphonon "
-                    "and incoherent parts; --ei applies the direct-geometry kinematic mask. With "
-                    "an ensemble, every member is computed and intensity_std written. Energies "
-                    "meV (neutron energy loss), Q 1/Å, intensities barn/(sr meV) per atom.")
+        description="INS from harmonic phonons (the OCLIMAX/AbINS route, the same INS engine as "
+                    "`mlff-ins spectra --instrument vision`). VISION/TOSCA: powder S(E) of both "
+                    "banks (45°, 135°) in the incoherent approximation with a Debye-Waller "
+                    "factor per atom, phonon orders 1..N by isotropic convolution, the "
+                    "instrument's kinematics and resolution. --2d (or a direct-geometry "
+                    "--instrument): powder S(Q,E) = coherent one-phonon (Q directions on spheres) "
+                    "+ multiphonon and incoherent parts; --ei applies the kinematic mask and the "
+                    "resolution. With an ensemble, every member is computed and intensity_std "
+                    "written. Energies meV (neutron energy loss), Q 1/Å, intensities "
+                    "barn/(sr meV) per atom.",
+        epilog="example: mlff-ins ins si_phonons.h5 --instrument vision -T 10 -o si_vision.h5 "
+               "--plot",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("phonons", help="phonons HDF5 file written by `mlff-ins phonons`")
     p.add_argument("-o", "--output", required=True, help="spectra HDF5 file, e.g. si_vision.h5")
-    p.add_argument("--instrument", choices=INSTRUMENT_CHOICES, default="vision",
-                   help="vision (default) or tosca: S(E) of both banks; direct, or a chopper "
-                        "spectrometer whose resolution ResINS models (with --ei): powder S(Q,E)")
     p.add_argument("-T", "--temperature", type=float, default=10.0, metavar="K",
                    help="sample temperature, K (default 10): Bose factors and Debye-Waller")
     p.add_argument("--mesh", nargs="+", default=["40"], metavar="N",
                    help="q-mesh for DOS and Debye-Waller: a length in Å (default 40) or 3 integers")
-    p.add_argument("--phonon-orders", type=int, default=10, metavar="N",
-                   help="phonon orders in the multiphonon sum (default 10)")
-    p.add_argument("--e-max", type=float, default=500.0, metavar="MEV",
-                   help="S(E): highest energy transfer, meV (default 500)")
-    p.add_argument("--e-step", type=float, default=0.1, metavar="MEV",
-                   help="S(E): energy bin, meV (default 0.1)")
+    p.add_argument("--e-step", type=_positive_float, metavar="MEV",
+                   help="VISION/TOSCA S(E): energy bin, meV (default 0.1)")
     p.add_argument("--2d", dest="two_d", action="store_true", help="also powder S(Q,E)")
-    p.add_argument("--q-max", type=float, default=15.0, metavar="INV_A", help="S(Q,E): 1/Å "
-                   "(default 15)")
-    p.add_argument("--q-step", type=float, default=0.1, metavar="INV_A",
-                   help="S(Q,E): Q bin, 1/Å (default 0.1)")
-    p.add_argument("--e-max-2d", type=float, default=150.0, metavar="MEV",
+    p.add_argument("--e-max-2d", type=_positive_float, metavar="MEV",
                    help="S(Q,E): highest energy, meV (default 150)")
-    p.add_argument("--e-step-2d", type=float, default=0.5, metavar="MEV",
+    p.add_argument("--e-step-2d", type=_positive_float, metavar="MEV",
                    help="S(Q,E): energy bin, meV (default 0.5)")
-    p.add_argument("--directions", type=int, default=200, metavar="N",
-                   help="S(Q,E): Q directions per |Q| for the coherent powder average "
-                        "(default 200)")
-    p.add_argument("--ei", type=float, metavar="MEV",
-                   help="direct geometry: incident energy, meV (mask to the reachable region)")
-    p.add_argument("--angles", type=float, nargs=2, default=(3.0, 135.0), metavar=("MIN", "MAX"),
-                   help="direct geometry: scattering angles 2θ, degrees (default 3 135)")
-    p.add_argument("--resolution", type=float, default=0.0, metavar="FRACTION",
-                   help="direct geometry: Gaussian FWHM as a fraction of Ei (default 0)")
-    _add_chopper_options(p)
-    p.add_argument("--fwhm", type=float, default=0.0, metavar="MEV",
-                   help="S(Q,E) without --ei: constant Gaussian energy broadening, FWHM meV "
-                        "(default 0: modes binned as they are)")
-    p.add_argument("--isotope", action="append", default=[], metavar="EL=A",
-                   help="substitute an isotope (mass and cross sections), e.g. H=2; repeatable")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Q-direction rotations")
-    _add_max_memory(p, "the coherent powder average")
-    p.add_argument("--plot", action="store_true", help="also write OUTPUT.png")
+    _add_neutron_options(
+        p, instrument_default="vision",
+        instrument_help="vision (default) or tosca: S(E) of both banks; direct, or a chopper "
+                        "spectrometer whose resolution ResINS models (with --ei): powder S(Q,E)",
+        directions_default=200, q_min_default=0.0,
+        directions_help="S(Q,E): Q directions per |Q| for the coherent powder average")
     p.set_defaults(func=_run_ins)
 
 
@@ -717,20 +787,22 @@ def _run_ins(args) -> int:
     from mlff_ins.neutron.spectrum import write_spectra
     from mlff_ins.phonons.io import read_phonons
 
-    if args.instrument == "direct" and args.ei is None and not args.two_d:
+    given = _neutron_defaults(args, q_min=0.0, directions=200, e_step=0.1, e_max_2d=150.0,
+                              e_step_2d=0.5)
+    indirect = args.instrument in INDIRECT
+    if not indirect:
         args.two_d = True
-    if args.instrument not in ("vision", "tosca"):
-        args.two_d = True
-    if args.fwhm and args.ei is not None:
-        raise InputError("--fwhm broadens maps without --ei; with --ei the resolution is the "
-                         "instrument's (or --resolution FRACTION with --instrument direct)")
-    for name in ("e_max", "e_step", "q_max", "q_step", "e_max_2d", "e_step_2d"):
-        if not getattr(args, name) > 0:
-            raise InputError(f"--{name.replace('_', '-')} must be positive")
-    if args.fwhm < 0 or args.resolution < 0:
-        raise InputError("--fwhm and --resolution must not be negative")
+        _refuse(given, ["e_max", "e_step"], f"sets the VISION/TOSCA S(E); --instrument "
+                                            f"{args.instrument} writes S(Q,E) (--e-max-2d)")
+    elif not args.two_d:
+        _refuse(given, ["q_min", "q_max", "q_step", "directions", "e_max_2d", "e_step_2d",
+                        "fwhm", "seed", "ei", "angles", "resolution", "chopper_frequency",
+                        "chopper_package"], "applies to S(Q,E); add --2d")
+    _check_direct_geometry(args, given)
     if args.phonon_orders < 1 or args.directions < 1:
         raise InputError("--phonon-orders and --directions must be at least 1")
+    if args.q_min < 0 or args.q_min >= args.q_max:
+        raise InputError(f"--q-min {args.q_min} must be >= 0 and below --q-max {args.q_max}")
     pset = read_phonons(args.phonons)
     elements = set(pset.members[0].unitcell.symbols)
     isotopes = parse_isotopes(args.isotope)
@@ -741,11 +813,11 @@ def _run_ins(args) -> int:
     opts = InsOptions(instrument=args.instrument, temperature_K=args.temperature,
                       n_phonon=args.phonon_orders, mesh=_mesh_arg(args.mesh),
                       e_max_meV=args.e_max, e_step_meV=args.e_step, two_d=args.two_d,
-                      q_max=args.q_max, q_step=args.q_step, e_max_2d_meV=args.e_max_2d,
-                      e_step_2d_meV=args.e_step_2d, n_directions=args.directions,
-                      ei_meV=args.ei, angles_deg=tuple(args.angles),
-                      resolution_fraction=args.resolution, fwhm_2d_meV=args.fwhm,
-                      chopper_frequency_hz=args.chopper_frequency,
+                      q_min=args.q_min, q_max=args.q_max, q_step=args.q_step,
+                      e_max_2d_meV=args.e_max_2d, e_step_2d_meV=args.e_step_2d,
+                      n_directions=args.directions, ei_meV=args.ei,
+                      angles_deg=tuple(args.angles), resolution_fraction=args.resolution,
+                      fwhm_2d_meV=args.fwhm, chopper_frequency_hz=args.chopper_frequency,
                       chopper_package=args.chopper_package, isotopes=isotopes, seed=args.seed,
                       max_memory_gb=args.max_memory)
     spectra = ins_from_phonons(pset, opts, {"phonons_file": str(args.phonons),

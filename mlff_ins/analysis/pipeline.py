@@ -24,7 +24,7 @@ from mlff_ins.ins.incoherent import u2_from_dos
 from mlff_ins.neutron.instruments import get_instrument
 from mlff_ins.neutron.kinematics import kinematic_mask
 from mlff_ins.neutron.quantum import KB_MEV_PER_K
-from mlff_ins.neutron.resolution import CHOPPER_INSTRUMENTS, direct_resolution
+from mlff_ins.neutron.resolution import CHOPPER_INSTRUMENTS, constant_fwhm, direct_resolution
 from mlff_ins.neutron.scattering_lengths import sigma_total_barn
 from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D
 
@@ -52,6 +52,8 @@ class SpectraOptions:
     ei_meV: float | None = None
     angles_deg: tuple[float, float] = (3.0, 135.0)
     resolution_fraction: float = 0.0        # direct geometry: Gaussian FWHM / E_i
+    fwhm_meV: float = 0.0                   # S(Q,E) without E_i: constant Gaussian broadening
+    e_max_meV: float | None = 500.0         # energy axes cut at |E| <= e_max (None: all)
     chopper_frequency_hz: float | None = None   # a named chopper spectrometer's settings
     chopper_package: str | None = None
     q_max_fickian: float = 1.0              # QENS: Γ = ħDQ² fitted below this Q (1/Å)
@@ -65,12 +67,14 @@ class SpectraOptions:
 
 def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = None,
                             stride: int = 1, progress: bool = True, traj=None,
-                            types: list[str] | None = None, topology=None):
+                            types: list[str] | None = None, topology=None, start: int = 0,
+                            stop: int | None = None, skip_fs: float | None = None):
     """Compute the requested spectra; returns ({name: spectrum}, summary dict).
 
     ``traj`` (e.g. an :class:`ArrayTrajectory`) replaces reading ``path``; ``types`` names the
     elements of LAMMPS atom types 1, 2, ... for LAMMPS dumps; ``topology`` makes MDAnalysis read
-    the trajectory.
+    the trajectory. Frames ``start``..``stop`` (every ``stride``-th) are analysed; ``skip_fs``
+    instead skips that much simulated time at the start.
     """
     indirect = opts.instrument in ("vision", "tosca")
     if indirect:
@@ -84,8 +88,14 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
         opts.chopper_package)                            # bad settings fail before any work
     if opts.debye_waller not in ("msd", "vdos"):
         raise InputError(f"--debye-waller must be msd or vdos, not {opts.debye_waller!r}")
-    traj = traj if traj is not None else Trajectory(path, dt_fs=dt_fs, stride=stride, types=types,
-                                                          topology=topology)
+    if traj is None:
+        if skip_fs is not None:
+            if skip_fs < 0:
+                raise InputError(f"--skip-ps must not be negative, not {skip_fs / 1000:g}")
+            first = Trajectory(path, dt_fs=dt_fs, types=types, topology=topology)
+            start = int(np.ceil(skip_fs / first.dt_fs - 1e-9))
+        traj = Trajectory(path, dt_fs=dt_fs, stride=stride, types=types, topology=topology,
+                          start=start or 0, stop=stop)
     _check_isotopes(traj, opts.isotopes)
     if opts.time_window_fs is None:
         max_lag = min(traj.n_frames // 2, 2000)
@@ -117,7 +127,12 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
         meta["provenance"]["q_shells"] = (
             "fixed Miller indices in each frame's own cell; |Q| of a shell is its mean over the "
             f"frames (largest change from the first frame {corr.q_mean_change:.2%})")
+    first_frame = getattr(traj, "start", 0)
+    meta["provenance"]["frames"] = {"start": first_frame, "stop": getattr(traj, "stop", None),
+                                    "step": getattr(traj, "stride", 1)}
     summary = {"n_frames": corr.n_frames, "n_atoms": corr.n_atoms, "dt_fs": traj.dt_fs,
+               "first_frame": first_frame,
+               "last_frame": first_frame + (corr.n_frames - 1) * getattr(traj, "stride", 1),
                "time_window_fs": float(corr.time_fs[-1]), "kinetic_temperature_K": kinetic_T,
                "temperature_K": temperature}
     out: dict = {}
@@ -138,7 +153,31 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
         out.update(indirect_ins(corr, opts, temperature, summary, _meta(meta)))
     if opts.ei_meV is not None:
         _apply_direct_geometry(out, opts, resolution)
+    elif opts.fwhm_meV > 0:
+        broad = constant_fwhm(opts.fwhm_meV)
+        for sp in out.values():
+            if isinstance(sp, Spectrum2D) and sp.axis_name == "energy":
+                sp.intensity = broad.broaden(sp.y, sp.intensity)
+                sp.provenance.update(broad.provenance())
+    if opts.e_max_meV is not None:
+        _cut_energy(out, opts.e_max_meV)
     return out, summary
+
+
+def _cut_energy(out: dict, e_max: float) -> None:
+    """Keep |E| <= e_max on every energy axis (VDOS, S(E), S(Q,E))."""
+    for sp in out.values():
+        if isinstance(sp, Spectrum2D):
+            if sp.axis_name == "energy":
+                keep = np.abs(sp.y) <= e_max
+                sp.y, sp.intensity = sp.y[keep], sp.intensity[:, keep]
+                if sp.intensity_std is not None:
+                    sp.intensity_std = sp.intensity_std[:, keep]
+        elif getattr(sp, "axis_name", "energy") == "energy":
+            keep = np.abs(sp.x) <= e_max
+            sp.x, sp.intensity = sp.x[keep], sp.intensity[keep]
+            if sp.intensity_std is not None:
+                sp.intensity_std = sp.intensity_std[keep]
 
 
 def indirect_ins(corr, opts, temperature, summary, meta) -> dict:

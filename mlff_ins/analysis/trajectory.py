@@ -34,12 +34,13 @@ class Trajectory:
     """A trajectory on disk, read lazily. ``dt_fs`` is the time between stored frames."""
 
     def __init__(self, path: str | Path, dt_fs: float | None = None, stride: int = 1,
-                 types: list[str] | None = None, topology: str | Path | None = None):
+                 types: list[str] | None = None, topology: str | Path | None = None,
+                 start: int = 0, stop: int | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such trajectory file")
         if stride < 1:
-            raise InputError(f"--stride must be a positive integer, not {stride}")
+            raise InputError(f"--step must be a positive integer, not {stride}")
         self.stride = int(stride)
         if self.path.suffix.lower() in (".h5", ".h5md", ".hdf5"):
             self._impl = _H5MD(self.path)
@@ -62,15 +63,21 @@ class Trajectory:
         self.symbols: list[str] = self._impl.symbols
         self.n_atoms = len(self.symbols)
         self.masses = _masses(getattr(self._impl, "masses", None), self.symbols, self.path)
-        self.n_frames = (self._impl.n_frames + self.stride - 1) // self.stride
+        total = self._impl.n_frames
+        stop = total if stop is None else int(stop)
+        if not 0 <= start < total or not start < stop <= total:
+            raise InputError(f"{self.path}: frames {start}..{stop} (--start/--stop) are not "
+                             f"within its {total} frames")
+        self.start, self.stop = int(start), stop
+        self.n_frames = (stop - start + self.stride - 1) // self.stride
         self.has_velocities = self._impl.has_velocities
         if self.n_frames < 2:
-            raise InputError(f"{self.path}: {self._impl.n_frames} frame(s); correlations need "
-                             f"at least two")
+            raise InputError(f"{self.path}: {self.n_frames} frame(s) selected of {total}; "
+                             f"correlations need at least two")
 
     def chunks(self, size: int = 64) -> Iterator[Chunk]:
-        """Yield consecutive chunks of at most ``size`` (strided) frames."""
-        yield from self._impl.chunks(size, self.stride)
+        """Yield consecutive chunks of at most ``size`` of the selected (strided) frames."""
+        yield from self._impl.chunks(size, self.stride, self.start, self.stop)
 
     @property
     def species(self) -> list[str]:
@@ -79,6 +86,38 @@ class Trajectory:
 
     def first_cell(self) -> np.ndarray:
         return next(self.chunks(1)).cells[0]
+
+
+def stage_frames(path, name: str) -> tuple[int, int]:
+    """(start, stop) of the frames of protocol stage ``name`` in an H5MD file written by
+    `mlff-ins md --protocol` (each frame stores its stage in /parameters/md_settings)."""
+    import json
+
+    from mlff_ins.data.h5md import SETTINGS
+
+    path = Path(path)
+    if path.suffix.lower() not in (".h5", ".h5md", ".hdf5"):
+        raise InputError(f"--stage {name}: {path} is not an H5MD trajectory of `mlff-ins md`")
+    with open_h5md(path) as f:
+        if SETTINGS not in f:
+            raise InputError(f"--stage {name}: {path} stores no run settings (not written by "
+                             f"`mlff-ins md`)")
+        n = complete_frames(f)
+        values = f[SETTINGS]["value"][:n]
+    stages = []
+    for v in values:
+        try:
+            stages.append(json.loads(_text(v).rstrip("\x00") or "{}").get("stage", ""))
+        except ValueError:
+            stages.append("")
+    names = [s for s in dict.fromkeys(stages) if s]
+    hits = np.flatnonzero(np.array(stages, dtype=object) == name)
+    if not len(hits):
+        raise InputError(f"--stage {name}: {path} has " + (
+            f"the stages {', '.join(names)}" if names else "no protocol stages"))
+    if np.any(np.diff(hits) != 1):
+        raise InputError(f"--stage {name}: its frames in {path} are not one contiguous run")
+    return int(hits[0]), int(hits[-1]) + 1
 
 
 class ArrayTrajectory(Trajectory):
@@ -134,7 +173,8 @@ class _H5MD:
             self.masses = _h5md_masses(g)
             self.dt_fs = _h5md_dt(g["position"], path, self.n_frames)
 
-    def chunks(self, size: int, stride: int) -> Iterator[Chunk]:
+    def chunks(self, size: int, stride: int, start: int = 0,
+               stop: int | None = None) -> Iterator[Chunk]:
         import h5py
 
         with open_h5md(self.path) as f:
@@ -143,8 +183,9 @@ class _H5MD:
             edges = g["box"]["edges"]
             vel = g["velocity"]["value"] if self.has_velocities else None
             box_scale = _scale(_box_unit(edges), _LENGTH, self.path)
-            for start in range(0, self.n_frames, size * stride):
-                sl = slice(start, min(start + size * stride, self.n_frames), stride)
+            stop = self.n_frames if stop is None else stop
+            for first in range(start, stop, size * stride):
+                sl = slice(first, min(first + size * stride, stop), stride)
                 p = pos[sl].astype(float) * self.length_scale
                 if isinstance(edges, h5py.Group):
                     cells = edges["value"][sl].astype(float)
@@ -196,15 +237,17 @@ class _ASE:
             out.append(self.types[t - 1])
         return out
 
-    def chunks(self, size: int, stride: int) -> Iterator[Chunk]:
+    def chunks(self, size: int, stride: int, start: int = 0,
+               stop: int | None = None) -> Iterator[Chunk]:
         import ase.io
         from ase import units
 
         buf = []
-        for i, atoms in enumerate(ase.io.iread(self.path, index=f"::{stride}",
-                                               format=self.format)):
-            if len(atoms) != len(self.symbols) or self._symbols(atoms, i) != self.symbols:
-                raise InputError(f"{self.path}: frame {i * stride} has different atoms than "
+        index = f"{start}:{'' if stop is None else stop}:{stride}"
+        for i, atoms in enumerate(ase.io.iread(self.path, index=index, format=self.format)):
+            frame = start + i * stride
+            if len(atoms) != len(self.symbols) or self._symbols(atoms, frame) != self.symbols:
+                raise InputError(f"{self.path}: frame {frame} has different atoms than "
                                  f"frame 0")
             buf.append(atoms)
             if len(buf) == size:
@@ -254,12 +297,13 @@ class _MDAnalysis:
         self.dt_fs = float(u.trajectory.dt) * 1000.0 if self.n_frames > 1 else None
         self._universe = u
 
-    def chunks(self, size: int, stride: int) -> Iterator[Chunk]:
+    def chunks(self, size: int, stride: int, start: int = 0,
+               stop: int | None = None) -> Iterator[Chunk]:
         from MDAnalysis.lib.mdamath import triclinic_vectors
 
         traj = self._universe.trajectory
         buf_p, buf_c, buf_v = [], [], []
-        for ts in traj[::stride]:
+        for ts in traj[start:stop:stride]:
             if ts.dimensions is None:
                 raise InputError(f"{self.path}: frame {ts.frame} has no periodic cell")
             buf_p.append(ts.positions.astype(float))

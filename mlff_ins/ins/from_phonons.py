@@ -36,7 +36,8 @@ class InsOptions:
     e_max_meV: float = 500.0
     e_step_meV: float = 0.1
     two_d: bool = False
-    q_max: float = 15.0
+    q_min: float = 0.0
+    q_max: float = 10.0
     q_step: float = 0.1
     e_max_2d_meV: float = 150.0
     e_step_2d_meV: float = 0.5
@@ -79,7 +80,7 @@ def _indirect(modes: ModeSet, sites, opts) -> tuple[np.ndarray, dict]:
 
 
 def _two_d(modes: ModeSet, sites, opts) -> tuple[np.ndarray, np.ndarray, dict]:
-    q = np.arange(0.0, opts.q_max + 0.5 * opts.q_step, opts.q_step)
+    q = np.arange(opts.q_min, opts.q_max + 0.5 * opts.q_step, opts.q_step)
     e = np.arange(0.0, opts.e_max_2d_meV + 0.5 * opts.e_step_2d_meV, opts.e_step_2d_meV)
     coh1 = coherent_powder_sqe(modes, q, e, sites["b_coh"], opts.n_directions, opts.seed,
                                max_memory_bytes=int(opts.max_memory_gb * 1024 ** 3))
