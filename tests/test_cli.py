@@ -111,8 +111,9 @@ def test_options_that_would_be_ignored_are_refused(argv, option, tmp_path, capsy
 def test_spectra_and_ins_share_their_vocabulary():
     """Options describing the same physics have the same name, unit and default in both."""
     subs = _subparsers()
-    opts = {cmd: {max(a.option_strings, key=len): a for a in subs[cmd]._actions
-                  if a.option_strings} for cmd in ("spectra", "ins")}
+    opts = {cmd: {next(o for o in a.option_strings if o.startswith("--")): a
+                  for a in subs[cmd]._actions if a.option_strings}
+            for cmd in ("spectra", "ins")}
     shared = ["--instrument", "--temperature", "--e-max", "--q-min", "--q-max", "--q-step",
               "--directions", "--phonon-orders", "--ei", "--angles", "--resolution",
               "--chopper-frequency", "--chopper-package", "--fwhm", "--isotope", "--seed",
