@@ -113,3 +113,23 @@ def test_ins_on_a_chopper_spectrometer(tmp_path, capsys):
     assert main(["ins", str(ph5), "--instrument", "direct", "--ei", "100", "--fwhm", "2",
                  "-o", str(tmp_path / "x.h5")]) == 2
     assert "--fwhm" in capsys.readouterr().err
+
+
+def test_a_kernel_wider_than_the_spectrum(tmp_path):
+    """A FWHM far wider than the energy range spreads the intensity past both ends: the shape
+    is kept, the values stay finite, and what remains on the grid is the Gaussian's share
+    (here the fraction of a σ = 212 meV Gaussian centred in a 20 meV window, < 5 %)."""
+    from mlff_ins.neutron.resolution import constant_fwhm
+
+    e = np.arange(0.0, 20.0, 0.5)
+    y = np.ones((3, len(e)))
+    out = constant_fwhm(500.0).broaden(e, y)
+    assert out.shape == y.shape and np.isfinite(out).all()
+    kept = out.sum(axis=1) / y.sum(axis=1)
+    assert np.all(kept < 0.05) and np.all(kept > 0)
+    ph5 = tmp_path / "mgo.h5"
+    assert main(["phonons", "--force-sets", str(DATA / "MgO"), "--mesh", "4", "4", "4",
+                 "-o", str(ph5)]) == 0
+    assert main(["ins", str(ph5), "--2d", "--fwhm", "500", "--e-max-2d", "20", "--mesh", "4",
+                 "4", "4", "--directions", "5", "--q-max", "3", "-o",
+                 str(tmp_path / "wide.h5")]) == 0

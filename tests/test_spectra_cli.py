@@ -189,3 +189,24 @@ def test_plot_maps_share_one_energy_range(tmp_path):
     for low, high in limits:
         assert low == 0.0 and high == pytest.approx(149.5 * 1.1, rel=1e-12)
     assert (tmp_path / "maps.png").stat().st_size > 10_000
+
+
+def test_malformed_trajectories_are_one_line_errors(tmp_path, capsys):
+    """An H5MD file without /box and an empty trajectory: exit 2, one line naming the file."""
+    import h5py
+
+    from mlff_ins.cli import main
+    from mlff_ins.data.h5md import H5MDWriter
+
+    nobox = tmp_path / "nobox.h5md"
+    with h5py.File(nobox, "w") as f:
+        g = f.create_group("particles/all")
+        g.create_dataset("position/value", data=np.zeros((3, 2, 3)))
+        g.create_dataset("species", data=np.array([14, 14]))
+    empty = tmp_path / "empty.h5md"
+    with H5MDWriter(empty, ["Si", "Si"], forces=False):
+        pass
+    for path, words in ((nobox, "has no box"), (empty, "0 frame(s)")):
+        assert main(["spectra", str(path), "-o", str(tmp_path / "s.h5")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(path) in err and words in err, err

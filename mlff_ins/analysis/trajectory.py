@@ -48,6 +48,9 @@ class Trajectory:
             self._impl = _MDAnalysis(self.path, Path(topology))
         else:
             self._impl = _ASE(self.path, types)
+        if self._impl.n_frames < 2:
+            raise InputError(f"{self.path}: {self._impl.n_frames} frame(s); correlations need "
+                             f"at least two")
         stored_dt = self._impl.dt_fs
         if dt_fs is not None:
             if dt_fs <= 0:
@@ -158,8 +161,10 @@ class _H5MD:
                 raise InputError(f"{path}: /particles holds no particle group")
             self.group = "all" if "all" in groups else groups[0]
             g = f["particles"][self.group]
-            if "position" not in g:
-                raise InputError(f"{path}: particles/{self.group} has no position")
+            for need in ("position", "box"):
+                if need not in g:
+                    raise InputError(f"{path}: particles/{self.group} has no {need} (an H5MD "
+                                     f"trajectory needs /particles/{self.group}/{need})")
             pos = g["position"]["value"]
             complete = complete_frames(f)  # a frame our writer had not finished is ignored
             self.n_frames = pos.shape[0] if complete is None else min(complete, pos.shape[0])

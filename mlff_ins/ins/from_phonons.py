@@ -20,8 +20,8 @@ from mlff_ins.ins.engine import incoherent_sqe, indirect_s_e, s_e_spectra
 from mlff_ins.ins.modes import ModeSet, coherent_powder_sqe
 from mlff_ins.errors import InputError
 from mlff_ins.neutron.instruments import get_instrument
-from mlff_ins.neutron.resolution import CHOPPER_INSTRUMENTS, direct_resolution
-from mlff_ins.neutron.kinematics import broaden_energy, kinematic_mask
+from mlff_ins.neutron.resolution import CHOPPER_INSTRUMENTS, constant_fwhm, direct_resolution
+from mlff_ins.neutron.kinematics import kinematic_mask
 from mlff_ins.neutron.scattering_lengths import (b_coh_fm, mass_amu, sigma_coh_barn,
                                                  sigma_inc_barn, sigma_total_barn)
 from mlff_ins.neutron.spectrum import Spectrum2D
@@ -98,7 +98,8 @@ def _two_d(modes: ModeSet, sites, opts) -> tuple[np.ndarray, np.ndarray, dict]:
             v = res.broaden(e, out[k]) if res is not None else out[k]
             out[k] = np.where(mask, v, np.nan)
     elif opts.fwhm_2d_meV > 0:
-        out = {k: broaden_energy(e, v, opts.fwhm_2d_meV) for k, v in out.items()}
+        broad = constant_fwhm(opts.fwhm_2d_meV)
+        out = {k: broad.broaden(e, v) for k, v in out.items()}
     return q, e, out
 
 

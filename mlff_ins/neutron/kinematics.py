@@ -2,8 +2,7 @@
 
 Accessible region: for incident energy E_i, energy transfer E < E_i and scattering angles
 2θ ∈ [2θ_min, 2θ_max], Q² = k_i² + k_f² − 2 k_i k_f cos 2θ with E = 2.0721 k² (meV, Å⁻¹).
-Resolution: a Gaussian in energy whose FWHM is a fixed fraction of E_i (a first-order model of a
-chopper spectrometer; give the fraction your instrument's elastic resolution has).
+Resolution: :mod:`mlff_ins.neutron.resolution`.
 """
 
 from __future__ import annotations
@@ -35,18 +34,3 @@ def kinematic_mask(q, energy_meV, ei_meV: float, angles_deg=(3.0, 135.0)) -> np.
     q = np.asarray(q)[:, None]
     with np.errstate(invalid="ignore"):
         return (q >= qmin[None, :]) & (q <= qmax[None, :])
-
-
-def broaden_energy(energy_meV, intensity, fwhm_meV: float) -> np.ndarray:
-    """Convolve along the last axis (uniform energy grid) with a Gaussian of the given FWHM."""
-    if fwhm_meV <= 0:
-        return np.asarray(intensity)
-    de = float(energy_meV[1] - energy_meV[0])
-    sigma = fwhm_meV / (2 * np.sqrt(2 * np.log(2))) / de
-    half = int(np.ceil(5 * sigma))
-    x = np.arange(-half, half + 1)
-    kernel = np.exp(-0.5 * (x / sigma) ** 2)
-    kernel /= kernel.sum()
-    flat = np.asarray(intensity).reshape(-1, intensity.shape[-1])
-    out = np.stack([np.convolve(row, kernel, mode="same") for row in flat])
-    return out.reshape(intensity.shape)
