@@ -227,8 +227,8 @@ def _memory_plan(n_atoms, n_s, n_q, max_lag, dtype, vacf, msd, incoherent, coher
     buffer_budget = 0.45 * max_memory_bytes
     need = 2 * (2 * max_lag + 1) * per_frame
     if need > buffer_budget:
-        raise InputError(f"--max-memory {max_memory_bytes / 1024 ** 3:.3g} GiB is too small for a "
-                         f"{max_lag}-frame correlation window over {n_atoms} atoms (about "
+        raise InputError(f"--max-memory {max_memory_bytes / 1024 ** 3:.3g} GiB is too small for "
+                         f"a {max_lag}-frame correlation window over {n_atoms} atoms (about "
                          f"{need / 0.45 / 1024 ** 3:.3g} GiB needed); shorten --time-window, use "
                          f"--stride, or raise --max-memory")
     block = int(min(32 * (max_lag + 1), buffer_budget / (2 * per_frame) - max_lag))
