@@ -97,7 +97,15 @@ def _add_train(sub) -> None:
                     "energies (E0s, eV) come from e0s: in the config, else from isolated-atom "
                     "frames (config_type=IsolatedAtom) in the data, else they are fitted by "
                     "least squares to the training frames' energies (printed, and kept in "
-                    "bundle.json).")
+                    "bundle.json).",
+        epilog="Several devices: --devices N runs each member as N Lightning DDP processes "
+               "(nequip's SimpleDDPStrategy; gloo on CPU, NCCL on CUDA); on one machine "
+               "mlff-ins starts them itself. On SLURM start one task per device with srun, "
+               "Lightning needs ntasks-per-node = --devices and nodes = --num-nodes: "
+               "srun --nodes=M --ntasks-per-node=N --kill-on-bad-exit=1 mlff-ins train ... "
+               "--devices N --num-nodes M (the output folder must be on a file system all "
+               "nodes share; rank 0 writes it). --resume continues on any device count. "
+               "See docs/training.md.")
     p.add_argument("config", nargs="?", help="training YAML (optional)")
     p.add_argument("--data", metavar="FILE", help="labelled frames with energy and forces (eV, eV/Å)")
     p.add_argument("--preset", choices=["tiny", "small", "medium"],
@@ -110,6 +118,17 @@ def _add_train(sub) -> None:
     p.add_argument("--device", metavar="DEV", help="cpu, cuda or auto")
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="bundle folder, e.g. models/si")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --output")
+    p.add_argument("--devices", type=int, default=1, metavar="N",
+                   help="processes per node that train each member together (distributed data "
+                        "parallel: GPUs with --device cuda, CPU processes on gloo with --device "
+                        "cpu); the batch size stays that of one optimizer step, split over the "
+                        "processes (default 1)")
+    p.add_argument("--num-nodes", type=int, default=1, metavar="M",
+                   help="nodes that train each member together; needs srun (see below; "
+                        "default 1)")
+    p.add_argument("--parallel-members", type=int, default=1, metavar="K",
+                   help="ensemble members trained at the same time, each a single process with "
+                        "cores/K torch threads (default 1: one after another)")
     p.set_defaults(func=_run_train)
 
 
@@ -122,8 +141,10 @@ def _run_train(args) -> int:
         "ensemble": args.ensemble, "elements": args.elements, "cutoff": args.cutoff,
         "training.max_epochs": args.epochs, "training.max_minutes": args.max_minutes,
         "device": args.device})
-    out = train_bundle(cfg, args.output, resume=args.resume)
-    _print_metrics(out)
+    out = train_bundle(cfg, args.output, resume=args.resume, devices=args.devices,
+                       num_nodes=args.num_nodes, parallel_members=args.parallel_members)
+    if out is not None:  # None: a non-zero srun rank, whose rank 0 reports
+        _print_metrics(out)
     return 0
 
 
@@ -147,20 +168,27 @@ def _print_metrics(out: Path) -> None:
 def _add_md(sub) -> None:
     p = sub.add_parser(
         "md", help="molecular dynamics with a model bundle, written to an H5MD trajectory",
-        description="Run MD on STRUCTURE (any ase.io-readable file; its last frame) with a model "
-                    "bundle (--model) or any ASE calculator described in YAML (--calculator). "
-                    "Frames (positions Å, velocities Å/fs, forces eV/Å, cell, energies eV, "
-                    "temperature K, pressure GPa, ensemble force spread eV/Å) go to an H5MD file "
-                    "every --every steps, flushed at once; --resume continues a killed run from "
+        description="Run MD on STRUCTURE (any ase.io-readable file; its last frame unless "
+                    "--index) with a model bundle (--model) or any ASE calculator described in "
+                    "YAML (--calculator). Frames (positions Å, velocities Å/fs, forces kJ/(mol Å), "
+                    "i.e. eV/Å × 96.485, as MDAnalysis reads no eV-based force unit; cell Å, "
+                    "energies eV, temperature K, pressure GPa, ensemble force spread eV/Å) go to "
+                    "an H5MD file "
+                    "(.h5md, the extension MDAnalysis recognises) every --every steps, flushed "
+                    "at once; --resume continues a killed run from "
                     "its last complete frame. A watchdog stops the run cleanly on NaN, a force "
                     "above --max-force, a temperature blow-up, an ensemble force spread above "
                     "--max-force-std or (npt) a cell volume below half or above twice its "
                     "start, naming the step and atom.")
-    p.add_argument("structure", help="starting structure (extxyz, CIF, POSCAR, ...)")
+    p.add_argument("structure", help="starting structure (extxyz, CIF, POSCAR, LAMMPS data, "
+                                     "...)")
+    _add_structure_options(p)
     src_ = p.add_mutually_exclusive_group(required=True)
     src_.add_argument("--model", metavar="DIR", help="model bundle folder, e.g. models/si")
     src_.add_argument("--calculator", metavar="YAML", help="ASE calculator YAML instead of a model")
-    p.add_argument("-o", "--output", required=True, help="trajectory file (H5MD), e.g. traj.h5")
+    p.add_argument("-o", "--output", required=True,
+                   help="trajectory file (H5MD), e.g. traj.h5md (another extension is written "
+                        "but warned about: MDAnalysis picks its H5MD reader by .h5md)")
     p.add_argument("-T", "--temperature", type=float, default=300.0, metavar="K",
                    help="target (and initial) temperature, K (default 300)")
     p.add_argument("--steps", type=int, default=1000, help="total MD steps (default 1000)")
@@ -186,8 +214,11 @@ def _add_md(sub) -> None:
     p.add_argument("--max-temperature", type=float, metavar="K",
                    help="watchdog: stop above this temperature (default 10 × T, at least 5000 K)")
     p.add_argument("--max-force-std", type=float, metavar="EV_PER_A",
-                   help="watchdog: stop when the ensemble force spread on an atom exceeds this")
-    p.add_argument("--device", default="cpu", help="model device: cpu, cuda (default cpu)")
+                   help="watchdog: stop when the ensemble force spread on an atom exceeds "
+                        "this, eV/Å (default: no limit)")
+    p.add_argument("--device", default="cpu",
+                   help="model device: cpu, cuda, cuda:N or auto (cuda if available, else cpu; "
+                        "default cpu)")
     p.add_argument("--protocol", metavar="YAML",
                    help="run the stages of a protocol YAML, or a shipped one by name "
                         "(melt_quench, anneal); it sets T, steps and ensembles per stage")
@@ -195,16 +226,24 @@ def _add_md(sub) -> None:
     p.set_defaults(func=_run_md)
 
 
-def _read_structure(path: str):
-    """The last frame of any ase.io-readable file, or a one-line InputError."""
-    import ase.io
+def _read_structure(path: str, index: int | None = None, types: str | None = None):
+    """One frame (default the last) of any ase.io-readable file, or a one-line InputError;
+    ``types``: the --types text, elements of LAMMPS atom types 1, 2, ..."""
+    from mlff_ins.data.ingest import read_structure
 
-    try:
-        return ase.io.read(path)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such structure file") from None
-    except Exception as exc:  # ase raises many types for unreadable files
-        raise InputError(f"{path}: cannot read a structure ({exc})") from None
+    return read_structure(path, index=index,
+                          types=[t.strip() for t in types.split(",")] if types else None)
+
+
+def _add_structure_options(p) -> None:
+    """--index and --types, for the commands that read STRUCTURE with :func:`_read_structure`."""
+    p.add_argument("--index", type=int, metavar="N",
+                   help="frame of a multi-frame STRUCTURE file (extxyz, ASE .traj, LAMMPS "
+                        "dump, ...), 0-based, negative from the end; default -1: the last "
+                        "frame, as ase.io.read (for an MD trajectory, its final frame)")
+    p.add_argument("--types", metavar="EL,EL,...",
+                   help="LAMMPS data or dump STRUCTURE: elements of atom types 1, 2, ... "
+                        "(e.g. Si,O); without it, taken from type labels or guessed from masses")
 
 
 def _watchdog_exit(stopped: str | None) -> int:
@@ -216,12 +255,14 @@ def _watchdog_exit(stopped: str | None) -> int:
 
 
 def _run_md(args) -> int:
-    from mlff_ins.md.run import MDOptions, run_md
+    from mlff_ins.md.run import MDOptions, check_trajectory_name, run_md
 
-    atoms = _read_structure(args.structure)
+    check_trajectory_name(args.output)
+    atoms = _read_structure(args.structure, args.index, args.types)
     if args.model:
         from mlff_ins.model.calculator import load_calculator
         calc = load_calculator(args.model, device=args.device)
+        calc.check_elements(atoms, source=args.structure)
         bundle_json = Path(args.model) / "bundle.json"
         model_id = ("bundle sha256:" + hashlib.sha256(bundle_json.read_bytes()).hexdigest()[:16]
                     if bundle_json.is_file() else f"model {args.model}")
@@ -268,7 +309,7 @@ def _add_select(sub) -> None:
                     "per-atom force spread (eV/Å) and write the top N as extxyz for `mlff-ins "
                     "label`, skipping frames within --min-gap of one already chosen so the "
                     "selection covers different events.")
-    p.add_argument("trajectory", help="H5MD trajectory written by mlff-ins md")
+    p.add_argument("trajectory", help="H5MD trajectory written by mlff-ins md (.h5md)")
     p.add_argument("--top", type=int, required=True, metavar="N", help="number of frames")
     p.add_argument("--min-gap", type=int, metavar="FRAMES",
                    help="minimum distance between chosen frames (default: frames / 4N)")
@@ -325,7 +366,8 @@ def _add_build(sub) -> None:
         description="Build the cell to simulate from STRUCTURE: repeat it, substitute atoms, "
                     "remove atoms (vacancies), insert interstitials at the emptiest place. "
                     "Random choices use --seed.")
-    p.add_argument("structure", help="input structure (CIF, POSCAR, extxyz, ...)")
+    p.add_argument("structure", help="input structure (CIF, POSCAR, extxyz, LAMMPS data, ...)")
+    _add_structure_options(p)
     p.add_argument("--supercell", type=int, nargs=3, metavar=("NA", "NB", "NC"),
                    help="repetitions along the three cell vectors")
     p.add_argument("--vacancies", type=int, default=0, metavar="N", help="remove N atoms")
@@ -345,7 +387,7 @@ def _run_build(args) -> int:
     from mlff_ins.atomic_io import atomic_path
     from mlff_ins.md.build import build_cell
 
-    atoms = _read_structure(args.structure)
+    atoms = _read_structure(args.structure, args.index, args.types)
     out = build_cell(atoms, args.supercell, args.vacancies, args.vacancy_element,
                      args.substitute, args.interstitial, args.seed)
     fmt = ase.io.formats.filetype(args.output, read=False)
@@ -609,8 +651,9 @@ def _add_phonons(sub) -> None:
                     "(NAME = OUTPUT without .h5; mean force constants, for phonopy and "
                     "Euphonic). Frequencies in THz and meV; imaginary modes are negative and "
                     "reported.")
-    p.add_argument("structure", nargs="?", help="unit cell (CIF, POSCAR, extxyz, ...); not with "
-                   "--force-sets")
+    p.add_argument("structure", nargs="?", help="unit cell (CIF, POSCAR, extxyz, LAMMPS data, "
+                   "...); not with --force-sets")
+    _add_structure_options(p)
     src_ = p.add_mutually_exclusive_group(required=True)
     src_.add_argument("--model", metavar="DIR", help="model bundle folder, e.g. models/si")
     src_.add_argument("--force-sets", metavar="DIR",
@@ -654,7 +697,9 @@ def _add_phonons(sub) -> None:
     p.add_argument("--no-nac", action="store_true",
                    help="--force-sets: leave out the non-analytical correction (LO-TO splitting) "
                         "that a BORN file or nac_params in phonopy_params.yaml otherwise add")
-    p.add_argument("--device", default="cpu", help="model device: cpu, cuda (default cpu)")
+    p.add_argument("--device", default="cpu",
+                   help="model device: cpu, cuda, cuda:N or auto (cuda if available, else cpu; "
+                        "default cpu)")
     p.add_argument("-o", "--output", required=True, help="phonons HDF5 file, e.g. si_phonons.h5")
     p.add_argument("--plot", action="store_true", help="also write OUTPUT.png (bands + DOS)")
     p.set_defaults(func=_run_phonons)
@@ -675,6 +720,10 @@ def _run_phonons(args) -> int:
     if args.force_sets:
         if args.structure:
             raise InputError("give either STRUCTURE with --model, or --force-sets DIR alone")
+        for opt in ("index", "types"):
+            if getattr(args, opt) is not None:
+                raise InputError(f"--{opt}: only with STRUCTURE and --model (--force-sets "
+                                 "reads its own cell; see --unitcell)")
         pset = phonons_from_force_sets(args.force_sets, supercell=args.supercell,
                                        primitive=args.primitive, unitcell=args.unitcell,
                                        calculator=args.calculator,
@@ -705,8 +754,9 @@ def _run_phonons(args) -> int:
         from mlff_ins.phonons.finite_displacement import supercell_matrix
 
         supercell_matrix(args.supercell)          # a bad --supercell fails before any work
-        atoms = _read_structure(args.structure)
+        atoms = _read_structure(args.structure, args.index, args.types)
         calc = load_calculator(args.model, device=args.device)
+        calc.check_elements(atoms, source=args.structure)
         if args.relax:
             atoms = relax(atoms, calc, fmax=args.fmax)
             print(f"relaxed: cell lengths {np.round(atoms.cell.lengths(), 5).tolist()} Å")

@@ -35,7 +35,7 @@ def _read(path):
 
 
 def test_nve_conserves_energy(tmp_path):
-    out = tmp_path / "nve.h5"
+    out = tmp_path / "nve.h5md"
     s = run_md(_cu(), EMT(), MDOptions(ensemble="nve", temperature_K=300, steps=400, dt_fs=2.0,
                                        every=10), out, progress=False)
     d = _read(out)
@@ -46,7 +46,7 @@ def test_nve_conserves_energy(tmp_path):
 
 
 def test_langevin_reaches_target_temperature(tmp_path):
-    out = tmp_path / "nvt.h5"
+    out = tmp_path / "nvt.h5md"
     s = run_md(_cu(2), EMT(), MDOptions(ensemble="nvt", temperature_K=600, steps=1000, dt_fs=4.0,
                                         friction_per_fs=0.02, every=10, seed=1), out,
                progress=False)
@@ -57,7 +57,7 @@ def test_langevin_reaches_target_temperature(tmp_path):
 
 def test_npt_reaches_target_pressure(tmp_path):
     """A Cu cell started 3 % expanded (under tension) relaxes to the target pressure."""
-    out = tmp_path / "npt.h5"
+    out = tmp_path / "npt.h5md"
     run_md(_cu(2, a=3.72), EMT(), MDOptions(ensemble="npt", temperature_K=300, pressure_GPa=0.0,
                                             steps=1000, dt_fs=4.0, every=10, tdamp_fs=100,
                                             pdamp_fs=400), out, progress=False)
@@ -75,7 +75,7 @@ def test_anisotropic_npt_relaxes_a_uniaxial_strain(tmp_path):
     atoms.set_cell(atoms.cell.array * np.array([1.03, 1.0, 1.0])[:, None], scale_atoms=True)
     ratios = {}
     for barostat in ("aniso", "iso"):
-        out = tmp_path / f"{barostat}.h5"
+        out = tmp_path / f"{barostat}.h5md"
         run_md(atoms, EMT(), MDOptions(ensemble="npt", barostat=barostat, temperature_K=100,
                                        pressure_GPa=0.0, steps=600, dt_fs=4.0, every=10,
                                        tdamp_fs=100, pdamp_fs=400), out, progress=False)
@@ -88,7 +88,7 @@ def test_anisotropic_npt_relaxes_a_uniaxial_strain(tmp_path):
 
 
 def test_h5md_round_trip_and_mdanalysis(tmp_path):
-    out = tmp_path / "t.h5"
+    out = tmp_path / "t.h5md"
     run_md(_cu(), EMT(), MDOptions(ensemble="nvt", temperature_K=300, steps=50, every=5),
            out, progress=False)
     d = _read(out)
@@ -105,6 +105,86 @@ def test_h5md_round_trip_and_mdanalysis(tmp_path):
     reader[3]
     np.testing.assert_allclose(reader.ts.positions, d["pos"][3], rtol=1e-6)
     assert reader.ts.time == pytest.approx(15.0 / 1000, rel=1e-9)  # MDAnalysis works in ps
+
+
+def _emt_args(tmp_path, atoms=None):
+    """A Cu structure file and an EMT calculator YAML: `md` in a second."""
+    structure = tmp_path / "cu.xyz"
+    write(structure, _cu(2) if atoms is None else atoms)
+    calc = tmp_path / "emt.yaml"
+    calc.write_text("calculator: emt\n")
+    return [str(structure), "--calculator", str(calc)]
+
+
+def test_md_trajectory_opens_as_an_mdanalysis_universe(tmp_path, capsys):
+    """What `mlff-ins md` writes opens with MDAnalysis.Universe(path) (which picks its H5MD
+    reader by the .h5md extension): the atoms, frames, positions (Å) and forces (kJ/(mol Å), the
+    unit `md --help` states) are ours. Another extension is written too, with a one-line
+    warning."""
+    import MDAnalysis
+
+    from mlff_ins.data.h5md import KJ_PER_MOL_PER_EV, read_forces
+
+    out = tmp_path / "cu.h5md"
+    argv = ["md", *_emt_args(tmp_path), "-T", "300", "--steps", "20", "--every", "5"]
+    assert main(argv + ["-o", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    ours = _read(out)
+    with h5py.File(out) as f:
+        forces = np.stack([read_forces(f, i) for i in range(len(ours["step"]))])
+    u = MDAnalysis.Universe(str(out))
+    assert len(u.atoms) == 32 and len(u.trajectory) == 5
+    for i, ts in enumerate(u.trajectory):
+        np.testing.assert_allclose(ts.positions, ours["pos"][i], rtol=1e-6, atol=1e-5)  # float32
+        np.testing.assert_allclose(ts.forces, forces[i] * KJ_PER_MOL_PER_EV, rtol=1e-5,
+                                   atol=1e-4)
+        assert ts.time == pytest.approx(ours["step"][i] * 1e-3)             # 1 fs steps, in ps
+    assert np.abs(forces).max() > 0.01                                   # the check can fail
+    other = tmp_path / "cu.h5"
+    capsys.readouterr()
+    assert main(argv + ["-o", str(other)]) == 0
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert len(warned) == 1 and str(other) in warned[0] and "cu.h5md" in warned[0]
+    assert len(_read(other)["step"]) == 5
+
+
+def test_md_device_auto_and_structures_it_cannot_run(tiny_bundle, tmp_path, capsys):
+    """--device auto runs (on the CPU here); a structure with an element the model lacks, an
+    empty file and an unreadable one end with exit status 2, one line on stderr naming the file
+    (and element), and no trajectory written."""
+    import torch
+
+    from mlff_ins.model.calculator import resolve_device
+
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    si = tmp_path / "si.xyz"
+    write(si, bulk("Si", "diamond", a=5.43, cubic=True))
+    out = tmp_path / "si.h5md"
+    assert main(["md", str(si), "--model", str(tiny_bundle), "--device", "auto", "--steps", "4",
+                 "--every", "2", "-o", str(out)]) == 0
+    assert len(_read(out)["step"]) == 3
+    capsys.readouterr()
+    ge = tmp_path / "sige.xyz"
+    atoms = bulk("Si", "diamond", a=5.5, cubic=True)
+    atoms[3].symbol = "Ge"
+    write(ge, atoms)
+    empty = tmp_path / "empty.xyz"
+    empty.write_text("")
+    junk = tmp_path / "junk.xyz"
+    junk.write_text("not a structure\n")
+    for path, needles in [(ge, ["element Ge", str(tiny_bundle)]), (empty, ["empty"]),
+                          (junk, ["cannot read"])]:
+        bad = tmp_path / "bad.h5md"
+        assert main(["md", str(path), "--model", str(tiny_bundle), "--steps", "4",
+                     "-o", str(bad)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(path) in err, err
+        assert all(n in err for n in needles), err
+        assert not bad.exists()
+    if not torch.cuda.is_available():
+        assert main(["md", str(si), "--model", str(tiny_bundle), "--device", "cuda",
+                     "-o", str(tmp_path / "c.h5md")]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
 
 
 def test_trajectory_survives_sigkill_at_random_moments(tmp_path):
@@ -175,11 +255,11 @@ def test_resumed_nvt_run_repeats_the_uninterrupted_one(tmp_path, thermostat):
     args = ["md", str(structure), "--calculator", str(calc), "--ensemble", "nvt",
             "--thermostat", thermostat, "-T", "300", "--every", "10", "--dt", "2",
             "--tdamp", "50", "--friction", "0.02"]
-    assert main(args + ["--steps", "120", "-o", str(tmp_path / "ref.h5")]) == 0
-    part = tmp_path / "part.h5"
+    assert main(args + ["--steps", "120", "-o", str(tmp_path / "ref.h5md")]) == 0
+    part = tmp_path / "part.h5md"
     assert main(args + ["--steps", "60", "-o", str(part)]) == 0
     assert main(args + ["--steps", "120", "-o", str(part), "--resume"]) == 0
-    ref, got = _read(tmp_path / "ref.h5"), _read(part)
+    ref, got = _read(tmp_path / "ref.h5md"), _read(part)
     np.testing.assert_array_equal(got["step"], np.arange(0, 121, 10))
     np.testing.assert_allclose(got["pos"], ref["pos"], rtol=0, atol=1e-9)
 
@@ -198,10 +278,10 @@ def test_resumed_nose_hoover_and_npt_runs_repeat_the_uninterrupted_one(tmp_path,
     calc.write_text("calculator: emt\n")
     args = ["md", str(structure), "--calculator", str(calc), "--ensemble", *ensemble,
             "-T", "300", "--every", "10", "--dt", "2", "--tdamp", "50"]
-    assert main(args + ["--steps", "120", "-o", str(tmp_path / "ref.h5")]) == 0
-    part = tmp_path / "part.h5"
+    assert main(args + ["--steps", "120", "-o", str(tmp_path / "ref.h5md")]) == 0
+    part = tmp_path / "part.h5md"
     assert main(args + ["--steps", "60", "-o", str(part)]) == 0
-    wiped = tmp_path / "wiped.h5"
+    wiped = tmp_path / "wiped.h5md"
     wiped.write_bytes(part.read_bytes())
     with h5py.File(wiped, "r+") as f:
         state = f["observables/integrator_state/value"]
@@ -209,7 +289,7 @@ def test_resumed_nose_hoover_and_npt_runs_repeat_the_uninterrupted_one(tmp_path,
         state[-1] = np.nan
     assert main(args + ["--steps", "120", "-o", str(part), "--resume"]) == 0
     assert main(args + ["--steps", "120", "-o", str(wiped), "--resume"]) == 0
-    ref, got, lost = _read(tmp_path / "ref.h5"), _read(part), _read(wiped)
+    ref, got, lost = _read(tmp_path / "ref.h5md"), _read(part), _read(wiped)
     np.testing.assert_array_equal(got["step"], np.arange(0, 121, 10))
     np.testing.assert_allclose(got["pos"], ref["pos"], rtol=0, atol=1e-9)
     np.testing.assert_allclose(got["cell"], ref["cell"], rtol=0, atol=1e-9)
@@ -247,7 +327,7 @@ class _Faulty(Calculator):
 @pytest.mark.parametrize("kind,needle", [("nan", "non-finite position or force on atom 5"),
                                          ("huge", "on atom 5 (Cu) exceeds --max-force")])
 def test_watchdog_stops_cleanly(tmp_path, kind, needle):
-    out = tmp_path / "w.h5"
+    out = tmp_path / "w.h5md"
     s = run_md(_cu(), _Faulty(after=25, kind=kind),
                MDOptions(ensemble="nve", temperature_K=300, steps=100, every=5), out,
                progress=False)
@@ -269,7 +349,7 @@ def test_md_command_with_a_model_bundle(tiny_bundle, si_subset, tmp_path, capsys
                         or run_member(model, data, stress))
     structure = tmp_path / "si.xyz"
     write(structure, read(si_subset, index=1))
-    out = tmp_path / "si.h5"
+    out = tmp_path / "si.h5md"
     assert main(["md", str(structure), "--model", str(tiny_bundle), "-T", "300", "--steps", "20",
                  "--every", "5", "-o", str(out)]) == 0
     assert "ns/day" in capsys.readouterr().out
@@ -290,7 +370,7 @@ def test_select_takes_uncertain_frames_spread_in_time(tmp_path):
     from mlff_ins.md.run import OBSERVABLES
     from mlff_ins.md.select import select_uncertain
 
-    out = tmp_path / "u.h5"
+    out = tmp_path / "u.h5md"
     atoms = _cu(1)
     std = np.full(100, 0.01)
     std[40:45] = [0.5, 0.9, 0.8, 0.7, 0.6]   # one uncertain event, five neighbouring frames
@@ -328,7 +408,7 @@ def test_protocol_runs_stages_into_one_trajectory(tmp_path, capsys):
     write(structure, _cu(2))
     calc = tmp_path / "emt.yaml"
     calc.write_text("calculator: emt\n")
-    out = tmp_path / "p.h5"
+    out = tmp_path / "p.h5md"
     args = ["md", str(structure), "--calculator", str(calc), "--protocol", str(proto),
             "-o", str(out)]
     assert main(args) == 0
@@ -341,7 +421,7 @@ def test_protocol_runs_stages_into_one_trajectory(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("stages:\n  - {name: x, ensemble: nvt, T: 300, minutes: 3}\n")
     assert main(["md", str(structure), "--calculator", str(calc), "--protocol", str(bad),
-                 "-o", str(tmp_path / "b.h5")]) == 2
+                 "-o", str(tmp_path / "b.h5md")]) == 2
     assert "stage x: unknown key 'minutes'" in capsys.readouterr().err
 
 
@@ -349,7 +429,7 @@ def test_md_trajectory_feeds_spectra(tmp_path):
     """md -> H5MD -> spectra: the VDOS of EMT copper has area 3 and lies in copper's phonon band."""
     from mlff_ins.neutron.spectrum import read_spectra
 
-    out = tmp_path / "cu.h5"
+    out = tmp_path / "cu.h5md"
     # NVE: a Langevin thermostat would add the Lorentzian tail of its friction to the spectrum
     # (weight ≈ (2/π)ħγ/E above E: 1.4 % above 60 meV for γ = 0.002/fs, measured)
     run_md(_cu(2), EMT(), MDOptions(ensemble="nve", temperature_K=300, steps=600, dt_fs=4.0,
@@ -369,7 +449,7 @@ def test_watchdog_stops_a_collapsing_npt_cell(tmp_path):
     together; the run stops once the volume is below half its start, with frames kept."""
     from ase.calculators.lj import LennardJones
 
-    out = tmp_path / "collapse.h5"
+    out = tmp_path / "collapse.h5md"
     s = run_md(_cu(2), LennardJones(sigma=1.2, rc=6.0),
                MDOptions(ensemble="npt", temperature_K=300, steps=2000, dt_fs=2.0, every=5,
                          pdamp_fs=200), out, progress=False)
@@ -396,7 +476,7 @@ def test_h5md_elements_share_one_clock_and_an_older_file_resumes(tmp_path):
     observable it lacks adds it (NaN for the frames before) with its own step and time."""
     from mlff_ins.data.h5md import H5MDWriter
 
-    path, zeros = tmp_path / "t.h5", np.zeros((2, 3))
+    path, zeros = tmp_path / "t.h5md", np.zeros((2, 3))
     w = H5MDWriter(path, ["Cu", "Cu"], observables=("temperature",))
     for k in range(3):
         w.append(10 * k, 10.0 * k, zeros, np.eye(3), velocities=zeros, forces=zeros,

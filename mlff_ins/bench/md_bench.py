@@ -52,7 +52,7 @@ def run_ours(atoms, model_zip: Path, steps: int, device: str, scratch: Path) -> 
     from mlff_ins.model.calculator import BundleCalculator
 
     calc = BundleCalculator([model_zip], device=device, name="bench")
-    out = scratch / f"md_{len(atoms)}_{time.time_ns()}.h5"
+    out = scratch / f"md_{len(atoms)}_{time.time_ns()}.h5md"
     run_md(atoms, calc, MDOptions(ensemble="nve", steps=2, dt_fs=1.0, every=2), out,
            progress=False)  # warm-up
     out.unlink()

@@ -6,21 +6,211 @@ vasprun.xml, Quantum ESPRESSO output (``espresso-out``), and more. CP2K trajecto
 forces in Hartree/Bohr) have no reader in ase.io and are read here.
 Isolated-atom frames (``config_type=IsolatedAtom``) carry the reference energies E0 that the
 model uses as per-type energy shifts; :func:`split_isolated_atoms` takes them out of the data.
+
+:func:`read_structure` reads the one structure a command works on (md, phonons, build): any
+``ase.io`` format, one frame of it, with the checks a simulation needs (CIF sites fully occupied,
+elements of LAMMPS atom types known).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 
 import ase.io
 import numpy as np
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.data import atomic_numbers
 
 from mlff_ins.errors import InputError
 
 ISOLATED_ATOM = "IsolatedAtom"
+#: a CIF site counts as fully occupied within this much of 1 (CIFs round occupancies)
+OCCUPANCY_TOLERANCE = 0.005
+_LAMMPS_SNIFF_BYTES = 65536
+
+
+def read_structure(path: str | os.PathLike, *, index: int | None = None,
+                   types: list[str] | None = None) -> Atoms:
+    """One structure from any file ``ase.io.read`` reads, checked for simulation.
+
+    Parameters
+    ----------
+    path : CIF, POSCAR, extxyz, ASE trajectory, LAMMPS data or dump, ... (format from the name,
+        LAMMPS files from their content).
+    index : frame of a multi-frame file, 0-based, negative from the end; default -1, the last
+        frame (``ase.io.read``'s default: for an MD trajectory, its final frame).
+    types : elements of LAMMPS atom types 1, 2, ... (LAMMPS data and dump files only). Without
+        it, elements come from the file's element column or type labels, else are guessed from
+        its Masses section (with a warning), else the file is refused.
+
+    Returns
+    -------
+    Atoms, positions in Å. A CIF whose sites are not each one element at occupancy 1 (within
+    ``OCCUPANCY_TOLERANCE``) is refused naming the site; warnings of ASE's readers are passed
+    on as one-line warnings naming the file.
+
+    Raises
+    ------
+    InputError : one line naming the file (and frame, site, type or option) at fault.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such structure file")
+    if path.is_dir():
+        raise InputError(f"{path}: a folder, not a structure file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file, no structure in it")
+    fmt = _lammps_format(path)
+    kwargs: dict = {}
+    if types is not None:
+        for el in types:
+            if el not in atomic_numbers:
+                raise InputError(f"--types {','.join(types)}: {el!r} is not an element symbol")
+        if fmt is None:
+            raise InputError(f"--types: {path} is not a LAMMPS data or dump file (other formats "
+                             f"name their elements)")
+        if fmt == "lammps-data":
+            kwargs["Z_of_type"] = {t + 1: atomic_numbers[el] for t, el in enumerate(types)}
+        else:
+            kwargs["specorder"] = list(types)
+    elif fmt == "lammps-dump-text":
+        columns = _lammps_dump_columns(path)
+        if "element" not in columns and "mass" not in columns:
+            raise InputError(f"{path}: a LAMMPS dump without element or mass columns; give "
+                             f"--types EL,EL,... (elements of atom types 1, 2, ...)")
+    if fmt is None:
+        try:
+            fmt = ase.io.formats.filetype(str(path), read=True)
+        except Exception:  # noqa: BLE001 - ase.io.read below gives the user its own message
+            fmt = None
+    if fmt == "cif":
+        kwargs["store_tags"] = True        # the site labels, to name a partly occupied site
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            atoms = ase.io.read(path, index=-1 if index is None else index, format=fmt,
+                                **kwargs)
+        except KeyError as err:
+            if types is not None and isinstance(err.args[0], (int, np.integer)):
+                raise InputError(f"--types {','.join(types)}: {path} has atom type "
+                                 f"{err.args[0]}, which --types gives no element") from None
+            raise InputError(f"{path}: cannot read a structure ({_first_line(err)})") from None
+        except Exception as err:  # noqa: BLE001 - ase.io raises many types for unreadable files
+            if index not in (None, 0, -1):
+                n = _count_frames(path, fmt, kwargs)
+                if n is not None and not -n <= index < n:
+                    raise InputError(f"--index {index}: {path} has {n} frame"
+                                     f"{'s' if n != 1 else ''} (0..{n - 1})") from None
+            raise InputError(f"{path}: cannot read a structure"
+                             + (f" as {fmt}" if fmt else "")
+                             + f" ({_first_line(err)})") from None
+    if isinstance(atoms, list):     # a format whose reader returns a list for one index
+        atoms = atoms[-1]
+    if len(atoms) == 0:
+        raise InputError(f"{path}: the structure has no atoms")
+    if fmt == "cif":
+        _check_occupancy(atoms, path)
+        for key in [k for k in atoms.info if k.startswith("_")]:  # store_tags' CIF tags
+            del atoms.info[key]
+    if fmt == "lammps-data" and types is None:
+        _check_lammps_data_elements(atoms, path)
+    elif fmt == "lammps-dump-text" and types is None and "element" not in columns:
+        warnings.warn(f"{path}: elements guessed from the atomic masses "
+                      f"({_type_elements(atoms)}); give --types to set them", stacklevel=2)
+    for message in dict.fromkeys(str(w.message).splitlines()[0] for w in caught
+                                 if str(w.message)):
+        warnings.warn(f"{path}: {message}", stacklevel=2)
+    return atoms
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _lammps_format(path: Path) -> str | None:
+    """``lammps-data`` or ``lammps-dump-text`` when the file starts like one (ase.io guesses
+    neither from the content, and takes ``.data`` for RuNNer's format), else None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_LAMMPS_SNIFF_BYTES).decode("utf-8", errors="replace")
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({_first_line(err)})") from None
+    lines = head.splitlines()
+    first = next((ln.strip() for ln in lines if ln.strip()), "")
+    if first.startswith("ITEM: TIMESTEP"):
+        return "lammps-dump-text"
+    # a data file's header: the first line is a comment, then counts and box bounds
+    if any(re.match(r"^\s*\S+\s+\S+\s+xlo\s+xhi\b", ln) for ln in lines[1:200]):
+        return "lammps-data"
+    return None
+
+
+def _lammps_dump_columns(path: Path) -> list[str]:
+    with open(path, "rb") as fh:
+        head = fh.read(_LAMMPS_SNIFF_BYTES).decode("utf-8", errors="replace")
+    for line in head.splitlines():
+        if line.startswith("ITEM: ATOMS"):
+            return line.split()[2:]
+    return []
+
+
+def _type_elements(atoms: Atoms) -> str:
+    types = atoms.arrays.get("type")
+    symbols = atoms.get_chemical_symbols()
+    if types is None:
+        return ", ".join(sorted(set(symbols)))
+    first = {}
+    for t, s in zip(types, symbols):
+        first.setdefault(int(t), s)
+    return ", ".join(f"type {t} = {s}" for t, s in sorted(first.items()))
+
+
+def _check_lammps_data_elements(atoms: Atoms, path: Path) -> None:
+    """Without --types, ASE takes elements from type labels, else guesses them from the Masses
+    section, else makes type 1 hydrogen, type 2 helium, ...: refuse that, warn on a guess."""
+    if atoms.has("masses"):
+        warnings.warn(f"{path}: elements guessed from the Masses section "
+                      f"({_type_elements(atoms)}); give --types to set them", stacklevel=3)
+    elif np.array_equal(atoms.numbers, atoms.arrays.get("type")):
+        raise InputError(f"{path}: a LAMMPS data file names no elements (no Masses or type "
+                         f"labels); give --types EL,EL,... (elements of atom types 1, 2, ...)")
+
+
+def _count_frames(path: Path, fmt: str | None, kwargs: dict) -> int | None:
+    try:
+        frames = ase.io.read(path, index=":", format=fmt, **kwargs)
+    except Exception:  # noqa: BLE001 - only used to word an error message
+        return None
+    return len(frames) if isinstance(frames, list) else 1
+
+
+def _check_occupancy(atoms: Atoms, path: Path) -> None:
+    """Refuse a CIF with partly occupied or mixed sites. ASE (3.2x) reads occupancies into
+    ``atoms.info["occupancy"]``: {site kind (str): {element: occupancy}}, the kind being the
+    row of the CIF's atom_site loop (``atoms.arrays["spacegroup_kinds"]`` per atom), with the
+    element of largest occupancy as the atom's symbol."""
+    occupancy = atoms.info.get("occupancy") or {}
+    labels = atoms.info.get("_atom_site_label")
+    kinds = atoms.arrays.get("spacegroup_kinds")
+    for kind in sorted(occupancy, key=lambda k: int(k)):
+        shares = occupancy[kind]
+        if len(shares) == 1 and abs(next(iter(shares.values())) - 1.0) <= OCCUPANCY_TOLERANCE:
+            continue
+        k = int(kind)
+        name = str(labels[k]) if labels is not None and k < len(labels) else f"#{k + 1}"
+        where = ""
+        if kinds is not None and np.any(kinds == k):
+            frac = atoms.get_scaled_positions()[int(np.flatnonzero(kinds == k)[0])]
+            where = " at " + " ".join(f"{x:.4g}" for x in frac)
+        content = " + ".join(f"{el} {occ:g}" for el, occ in shares.items())
+        raise InputError(f"{path}: site {name} ({content}{where}) is not one element at "
+                         f"occupancy 1; a simulation needs an ordered cell: choose the "
+                         f"occupants (e.g. an ordered supercell from pymatgen or `supercell`)")
 
 
 def read_frames(path: str | os.PathLike, *, format: str | None = None) -> list[Atoms]:

@@ -123,8 +123,9 @@ def deploy(bundle: str | Path, target: str, output: str | Path, members: list[in
     default the first periodic frame of the bundle's test, validation or training data.
     Returns the paths written.
     """
-    from mlff_ins.model.calculator import read_bundle
+    from mlff_ins.model.calculator import read_bundle, resolve_device
 
+    device = resolve_device(device).type    # "auto" -> the GPU if there is one, for the compile
     meta = read_bundle(bundle)
     bundle = Path(bundle)
     paths = sorted((bundle / "members").glob("member_*/model.nequip.zip"))

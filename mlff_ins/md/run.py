@@ -319,6 +319,22 @@ def _watchdog(atoms, step: int, opts: MDOptions, volume0: float | None = None) -
                            f"{opts.max_force_std:g}; the model is extrapolating")
 
 
+#: the extension MDAnalysis (and so most analysis tools) recognise an H5MD file by
+TRAJECTORY_SUFFIX = ".h5md"
+
+
+def check_trajectory_name(path: str | Path) -> None:
+    """Warn (one line) when ``path`` does not end in ``.h5md``: the file is H5MD all the same,
+    but ``MDAnalysis.Universe("traj.h5")`` refuses it ("'H5' isn't a valid topology format")."""
+    import warnings
+
+    path = Path(path)
+    if path.suffix.lower() != TRAJECTORY_SUFFIX:
+        warnings.warn(f"{path}: MDAnalysis opens H5MD trajectories by the {TRAJECTORY_SUFFIX} "
+                      f"extension; {path.with_suffix(TRAJECTORY_SUFFIX).name} would open there "
+                      f"as it is", stacklevel=2)
+
+
 def run_md(atoms, calc, opts: MDOptions, output: str | Path, resume: bool = False,
            progress: bool = True) -> MDSummary:
     """Run MD on ``atoms`` with ``calc`` and write ``output`` (H5MD). See the module docstring."""
@@ -335,9 +351,22 @@ def run_md(atoms, calc, opts: MDOptions, output: str | Path, resume: bool = Fals
             check_resume_settings(output, last[1], opts, last[0])
     atoms = atoms.copy()
     atoms.calc = calc
+
+    def start() -> None:
+        if not atoms.has("momenta") or not np.any(atoms.get_momenta()):
+            thermalize = getattr(vd, "thermalize_momenta", None) or \
+                vd.MaxwellBoltzmannDistribution  # ASE < 3.29
+            thermalize(atoms, temperature_K=max(opts.temperature_K, 0.0),
+                       rng=np.random.default_rng(opts.seed))
+            vd.Stationary(atoms)
+        atoms.get_forces()
+
+    fresh = not (resume and output.exists())
+    if fresh:   # a calculator that fails on the structure leaves no empty trajectory behind
+        start()
     writer = H5MDWriter(output, atoms.get_chemical_symbols(),
                         observables=OBSERVABLES + (("integrator_state", STATE_SIZE),),
-                        resume=resume and output.exists(), masses=atoms.get_masses())
+                        resume=not fresh, masses=atoms.get_masses())
     step = 0
     state = None
     try:
@@ -349,13 +378,8 @@ def run_md(atoms, calc, opts: MDOptions, output: str | Path, resume: bool = Fals
             atoms.set_velocities(last["velocities"] / units.fs)
             step = last["step"]
         else:
-            if not atoms.has("momenta") or not np.any(atoms.get_momenta()):
-                thermalize = getattr(vd, "thermalize_momenta", None) or \
-                    vd.MaxwellBoltzmannDistribution  # ASE < 3.29
-                thermalize(atoms, temperature_K=max(opts.temperature_K, 0.0),
-                           rng=np.random.default_rng(opts.seed))
-                vd.Stationary(atoms)
-            atoms.get_forces()
+            if not fresh:
+                start()
             try:
                 _watchdog(atoms, 0, opts)
             except WatchdogStop as stop:

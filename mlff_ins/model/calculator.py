@@ -113,6 +113,31 @@ def _run_member(model, data: dict, stress: bool) -> dict:
     return out
 
 
+def resolve_device(name: str = "cpu"):
+    """The torch device a ``--device`` option names: ``cpu``, ``cuda``, ``cuda:N``, or ``auto``
+    (cuda when torch sees a GPU, else cpu). Raises :class:`InputError` for an unknown name or
+    for cuda on a machine without one (instead of torch's error deep inside model loading)."""
+    import torch
+
+    text = str(name).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise InputError(f"--device {name!r} is not a device (cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {name}: CUDA is not available on this machine (use cpu "
+                             f"or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} "
+                             f"CUDA device(s)")
+    elif device.type != "cpu":
+        raise InputError(f"--device {name!r}: only cpu, cuda, cuda:N or auto")
+    return device
+
+
 def default_batch_atoms(device) -> int:
     """Atoms per batched model call: 4096 on a GPU; 512 on a CPU, where large batches were
     slower (vacancy phonons, 70 supercells of 215 atoms, l_max 2 small preset, 2 cores: force
@@ -128,7 +153,7 @@ class BundleCalculator(Calculator):
     Parameters
     ----------
     member_paths : packaged NequIP models (``.nequip.zip``) or checkpoints, one per member.
-    device : "cpu", "cuda", "cuda:1", ... (torch device string).
+    device : "cpu", "cuda", "cuda:1", ... or "auto" (see :func:`resolve_device`).
     name : what error messages call the model (the bundle folder).
     skin : Å; successive calls reuse one neighbour list of radius cutoff + skin while it still
         holds every pair within the cutoff (see :mod:`mlff_ins.model.neighbours`); 0 builds a
@@ -153,7 +178,7 @@ class BundleCalculator(Calculator):
 
         super().__init__(**kwargs)
         self.model_name = str(name)
-        self.device = torch.device(device)
+        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         self.compute_stress = True
         loaded = [_load_member(Path(p), self.device) for p in member_paths]
         self.models = [m for m, _ in loaded]
@@ -166,11 +191,14 @@ class BundleCalculator(Calculator):
         if len(nl) == 1 and nl[0] is self.transforms[-1] and nl[0]._pruner is None:
             self._skin_nl = SkinNeighbourList(nl[0].r_max, skin, backend=nl[0].backend)
 
-    def _check_elements(self, atoms) -> None:
+    def check_elements(self, atoms, source=None) -> None:
+        """Raise :class:`InputError` if ``atoms`` hold an element the model was not trained on;
+        ``source`` (the structure's file) starts the message."""
         unknown = sorted(set(atoms.get_chemical_symbols()) - set(self.elements))
         if unknown:
-            raise InputError(f"element {unknown[0]} is not known to the model {self.model_name} "
-                             f"(its elements: {', '.join(self.elements)})")
+            raise InputError((f"{source}: " if source is not None else "")
+                             + f"element {unknown[0]} is not known to the model "
+                             f"{self.model_name} (its elements: {', '.join(self.elements)})")
 
     def _member_outputs(self, atoms, keys, stress: bool = True) -> list[dict]:
         """Run every member on ``atoms`` (neighbour list built once); return the ``keys`` of each
@@ -178,7 +206,7 @@ class BundleCalculator(Calculator):
         import torch
         from nequip.data import AtomicDataDict, from_ase
 
-        self._check_elements(atoms)
+        self.check_elements(atoms)
         with _float64_default():
             data = from_ase(atoms)
             if self._skin_nl is not None:
@@ -265,7 +293,7 @@ class BundleCalculator(Calculator):
                 chunk = structures[start:start + per_batch]
                 graphs = []
                 for atoms in chunk:
-                    self._check_elements(atoms)
+                    self.check_elements(atoms)
                     data = from_ase(atoms)
                     for t in self.transforms:
                         data = t(data)
