@@ -19,6 +19,15 @@ from mlff_ins.errors import InputError
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions as usual but prints an ``example:`` epilog line by line."""
+
+    def _fill_text(self, text, width, indent):
+        if text.startswith("example"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
 def _add_label(sub) -> None:
     p = sub.add_parser(
         "label", help="compute DFT energies, forces and stresses of frames (resumable)",
@@ -26,7 +35,9 @@ def _add_label(sub) -> None:
                     "(CP2K by default: configs/label/cp2k_si.yaml). Finished frames are appended "
                     "to the output one at a time; rerunning the same command after a kill resumes "
                     "where it stopped. Frames whose SCF did not converge are refused and listed in "
-                    "OUTPUT.rejected.jsonl. Output units: eV, eV/Å, eV/Å³.")
+                    "OUTPUT.rejected.jsonl. Output units: eV, eV/Å, eV/Å³.",
+        epilog="example: mlff-ins label frames.xyz --calculator configs/label/cp2k_si.yaml -o labelled.xyz",
+        formatter_class=_HelpFormatter)
     p.add_argument("frames", help="structures to label (any ase.io-readable file, all frames)")
     p.add_argument("--calculator", required=True, metavar="YAML",
                    help="calculator description, e.g. configs/label/cp2k_si.yaml")
@@ -62,7 +73,9 @@ def _add_check(sub) -> None:
         description="Check labelled frames before training: missing or non-finite energies and "
                     "forces, forces above --max-force (eV/Å), duplicate frames, atoms closer than "
                     "--min-distance (Å). Elements without an isolated-atom frame are "
-                    "not an error: a note says that training will fit their E0s (eV).")
+                    "not an error: a note says that training will fit their E0s (eV).",
+        epilog="example: mlff-ins check labelled.xyz",
+        formatter_class=_HelpFormatter)
     p.add_argument("data", help="labelled frames (extxyz, OUTCAR, vasprun.xml, ...)")
     p.add_argument("--max-force", type=float, default=50.0, help="eV/Å (default 50)")
     p.add_argument("--min-distance", type=float, default=0.5, help="Å (default 0.5)")
@@ -179,7 +192,9 @@ def _add_md(sub) -> None:
                     "its last complete frame. A watchdog stops the run cleanly on NaN, a force "
                     "above --max-force, a temperature blow-up, an ensemble force spread above "
                     "--max-force-std or (npt) a cell volume below half or above twice its "
-                    "start, naming the step and atom.")
+                    "start, naming the step and atom.",
+        epilog="example: mlff-ins md si_216.xyz --model models/si -T 300 --steps 20000 --every 10 -o si.h5md",
+        formatter_class=_HelpFormatter)
     p.add_argument("structure", help="starting structure (extxyz, CIF, POSCAR, LAMMPS data, "
                                      "...)")
     _add_structure_options(p)
@@ -308,7 +323,9 @@ def _add_select(sub) -> None:
         description="Rank the frames of an mlff-ins md trajectory by the ensemble's largest "
                     "per-atom force spread (eV/Å) and write the top N as extxyz for `mlff-ins "
                     "label`, skipping frames within --min-gap of one already chosen so the "
-                    "selection covers different events.")
+                    "selection covers different events.",
+        epilog="example: mlff-ins select si.h5md --top 20 -o uncertain.xyz",
+        formatter_class=_HelpFormatter)
     p.add_argument("trajectory", help="H5MD trajectory written by mlff-ins md (.h5md)")
     p.add_argument("--top", type=int, required=True, metavar="N", help="number of frames")
     p.add_argument("--min-gap", type=int, metavar="FRAMES",
@@ -333,7 +350,9 @@ def _add_deploy(sub) -> None:
                     "(nequip-prepare-lmp-mliap), with structure.data, an in.lammps that runs it "
                     "(pair_style nequip, or mliap unified with --no-aot; units metal) and a "
                     "README on building LAMMPS with pair_nequip. --target ase writes TorchScript "
-                    "models for nequip's NequIPCalculator.")
+                    "models for nequip's NequIPCalculator.",
+        epilog="example: mlff-ins deploy models/si --target lammps -o lammps_si",
+        formatter_class=_HelpFormatter)
     p.add_argument("bundle", help="model bundle folder, e.g. models/si")
     p.add_argument("--target", choices=["lammps", "ase"], default="lammps")
     p.add_argument("-o", "--output", required=True, help="output folder")
@@ -365,7 +384,9 @@ def _add_build(sub) -> None:
         "build", help="make supercells with vacancies, substitutions and interstitials",
         description="Build the cell to simulate from STRUCTURE: repeat it, substitute atoms, "
                     "remove atoms (vacancies), insert interstitials at the emptiest place. "
-                    "Random choices use --seed.")
+                    "Random choices use --seed.",
+        epilog="example: mlff-ins build si.cif --supercell 3 3 3 --vacancies 1 -o si_vacancy.xyz",
+        formatter_class=_HelpFormatter)
     p.add_argument("structure", help="input structure (CIF, POSCAR, extxyz, LAMMPS data, ...)")
     _add_structure_options(p)
     p.add_argument("--supercell", type=int, nargs=3, metavar=("NA", "NB", "NC"),
@@ -505,7 +526,7 @@ def _add_spectra(sub) -> None:
                     "Q in 1/Å including 2π, time in fs, intensities barn/(sr meV) per atom. "
                     "Output: NeXus NXdata groups in one HDF5 file.",
         epilog="example: mlff-ins spectra md/si.h5md --sqe --q-max 6 -T 300 -o si_sqe.h5 --plot",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=_HelpFormatter)
     p.add_argument("trajectory", help="trajectory file (.h5md H5MD, .extxyz, a LAMMPS dump, "
                                       "or with --topology anything MDAnalysis reads)")
     p.add_argument("-o", "--output", required=True, help="spectra HDF5 file, e.g. spectra.h5")
@@ -650,7 +671,9 @@ def _add_phonons(sub) -> None:
                     "structure, imaginary modes) and, next to it, NAME_phonopy_params.yaml "
                     "(NAME = OUTPUT without .h5; mean force constants, for phonopy and "
                     "Euphonic). Frequencies in THz and meV; imaginary modes are negative and "
-                    "reported.")
+                    "reported.",
+        epilog="example: mlff-ins phonons si.cif --model models/si --supercell 3 3 3 -o si_phonons.h5 --plot\n         mlff-ins phonons --force-sets phonopy_dir --supercell 2 2 2 -o dft_phonons.h5",
+        formatter_class=_HelpFormatter)
     p.add_argument("structure", nargs="?", help="unit cell (CIF, POSCAR, extxyz, LAMMPS data, "
                    "...); not with --force-sets")
     _add_structure_options(p)
@@ -808,7 +831,7 @@ def _add_ins(sub) -> None:
                     "barn/(sr meV) per atom.",
         epilog="example: mlff-ins ins si_phonons.h5 --instrument vision -T 10 -o si_vision.h5 "
                "--plot",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=_HelpFormatter)
     p.add_argument("phonons", help="phonons HDF5 file written by `mlff-ins phonons`")
     p.add_argument("-o", "--output", required=True, help="spectra HDF5 file, e.g. si_vision.h5")
     p.add_argument("-T", "--temperature", type=float, default=10.0, metavar="K",
@@ -888,7 +911,9 @@ def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo", help="run the pipeline on the embedded silicon DFT data (minutes on 2 cores)",
         description="Check the embedded CP2K silicon data set, train a tiny NequIP model on it, "
-                    "print its errors on held-out frames and write the training report.")
+                    "print its errors on held-out frames and write the training report.",
+        epilog="example: mlff-ins demo -o demo",
+        formatter_class=_HelpFormatter)
     p.add_argument("-o", "--output", default="mlff-ins-demo", help="output folder")
     p.add_argument("--epochs", type=int, default=None, help="override the tiny preset's epochs")
     p.set_defaults(func=_run_demo)
