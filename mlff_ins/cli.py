@@ -32,7 +32,7 @@ def _add_label(sub) -> None:
     p = sub.add_parser(
         "label", help="compute DFT energies, forces and stresses of frames (resumable)",
         description="Label every frame of FRAMES with the ASE calculator described in a YAML file "
-                    "(CP2K by default: configs/label/cp2k_si.yaml). Finished frames are appended "
+                    "(e.g. CP2K: configs/label/cp2k_si.yaml). Finished frames are appended "
                     "to the output one at a time; rerunning the same command after a kill resumes "
                     "where it stopped. Frames whose SCF did not converge are refused and listed in "
                     "OUTPUT.rejected.jsonl. Output units: eV, eV/Å, eV/Å³.",
@@ -110,15 +110,18 @@ def _add_train(sub) -> None:
                     "energies (E0s, eV) come from e0s: in the config, else from isolated-atom "
                     "frames (config_type=IsolatedAtom) in the data, else they are fitted by "
                     "least squares to the training frames' energies (printed, and kept in "
-                    "bundle.json).",
-        epilog="Several devices: --devices N runs each member as N Lightning DDP processes "
-               "(nequip's SimpleDDPStrategy; gloo on CPU, NCCL on CUDA); on one machine "
-               "mlff-ins starts them itself. On SLURM start one task per device with srun, "
-               "Lightning needs ntasks-per-node = --devices and nodes = --num-nodes: "
-               "srun --nodes=M --ntasks-per-node=N --kill-on-bad-exit=1 mlff-ins train ... "
-               "--devices N --num-nodes M (the output folder must be on a file system all "
-               "nodes share; rank 0 writes it). --resume continues on any device count. "
-               "See docs/training.md.")
+                    "bundle.json). Several devices: --devices N trains each member with N "
+                    "Lightning DDP processes (nequip's SimpleDDPStrategy; gloo on CPU, NCCL on "
+                    "CUDA), which mlff-ins starts itself on one machine. On SLURM start one task "
+                    "per device with srun: Lightning needs ntasks-per-node = --devices and "
+                    "nodes = --num-nodes, and the output folder on a file system all nodes "
+                    "share (rank 0 writes it). --resume continues on any device count. See "
+                    "docs/training.md.",
+        epilog="example: mlff-ins train --data labelled.xyz --preset small --ensemble 4 "
+               "--parallel-members 2 -o models/si\n"
+               "         srun --nodes=2 --ntasks-per-node=4 --kill-on-bad-exit=1 mlff-ins train "
+               "config.yaml --device cuda --devices 4 --num-nodes 2 -o models/si",
+        formatter_class=_HelpFormatter)
     p.add_argument("config", nargs="?", help="training YAML (optional)")
     p.add_argument("--data", metavar="FILE", help="labelled frames with energy and forces (eV, eV/Å)")
     p.add_argument("--preset", choices=["tiny", "small", "medium"],
@@ -137,8 +140,8 @@ def _add_train(sub) -> None:
                         "cpu); the batch size stays that of one optimizer step, split over the "
                         "processes (default 1)")
     p.add_argument("--num-nodes", type=int, default=1, metavar="M",
-                   help="nodes that train each member together; needs srun (see below; "
-                        "default 1)")
+                   help="nodes that train each member together; needs srun, see "
+                        "docs/training.md (default 1)")
     p.add_argument("--parallel-members", type=int, default=1, metavar="K",
                    help="ensemble members trained at the same time, each a single process with "
                         "cores/K torch threads (default 1: one after another)")
@@ -354,7 +357,9 @@ def _add_deploy(sub) -> None:
         epilog="example: mlff-ins deploy models/si --target lammps -o lammps_si",
         formatter_class=_HelpFormatter)
     p.add_argument("bundle", help="model bundle folder, e.g. models/si")
-    p.add_argument("--target", choices=["lammps", "ase"], default="lammps")
+    p.add_argument("--target", choices=["lammps", "ase"], default="lammps",
+                   help="lammps (default): models for pair_style nequip / mliap, in.lammps and "
+                        "structure.data; ase: nequip's compiled model for its ASE calculator")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--members", type=int, nargs="+", metavar="K",
                    help="ensemble members to deploy (default: 0)")
@@ -911,7 +916,9 @@ def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo", help="run the pipeline on the embedded silicon DFT data (minutes on 2 cores)",
         description="Check the embedded CP2K silicon data set, train a tiny NequIP model on it, "
-                    "print its errors on held-out frames and write the training report.",
+                    "print its errors on held-out frames and write the training report, then "
+                    "compute the model's phonons (band plot, X-point frequencies against "
+                    "experiment) and the VISION S(E) from them.",
         epilog="example: mlff-ins demo -o demo",
         formatter_class=_HelpFormatter)
     p.add_argument("-o", "--output", default="mlff-ins-demo", help="output folder")
