@@ -1,10 +1,12 @@
 """Training: resume after a kill, settings and options errors, the demo pieces."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 import pytest
 
@@ -15,34 +17,55 @@ from mlff_ins.errors import InputError
 
 
 def test_train_resumes_after_kill(si_subset, tmp_path):
-    """SIGKILL a training run after its first checkpoint; --resume continues from that epoch."""
+    """Two members side by side (--parallel-members 2): SIGKILL the run once both have a
+    checkpoint; --resume continues each from its checkpoint, again side by side."""
     out = tmp_path / "m"
     cmd = [sys.executable, "-m", "mlff_ins.cli", "train", "--data", str(si_subset),
-           "--preset", "tiny", "--epochs", "8", "-o", str(out)]
+           "--preset", "tiny", "--epochs", "12", "--ensemble", "2", "--parallel-members", "2",
+           "-o", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    last = out / "members" / "member_0" / "last.ckpt"
+    members = [out / "members" / f"member_{k}" for k in (0, 1)]
     deadline = time.time() + 300
-    while time.time() < deadline and not last.exists():
+    while time.time() < deadline and not all((m / "last.ckpt").exists() for m in members):
         time.sleep(0.2)
     time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its nequip-train child
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its nequip-train children
     proc.wait()
-    assert last.exists(), "no checkpoint was written before the kill"
+    assert all((m / "last.ckpt").exists() for m in members), "no checkpoint before the kill"
     assert not (out / "bundle.json").exists()
     # without --resume the half-finished run is protected
-    assert main(["train", "--data", str(si_subset), "--preset", "tiny", "--epochs", "8",
-                 "-o", str(out)]) == 2
+    assert main(["train", "--data", str(si_subset), "--preset", "tiny", "--epochs", "12",
+                 "--ensemble", "2", "-o", str(out)]) == 2
     res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (out / "bundle.json").exists()
-    logs = sorted((out / "members" / "member_0" / "logs").glob("version_*/metrics.csv"))
-    assert len(logs) == 2
-    col = _epoch_col(logs[1])
-    rows = [line.split(",") for line in logs[1].read_text().splitlines()[1:]]
-    first_epoch_after_resume = min(int(float(r[col])) for r in rows if r[col])
-    assert first_epoch_after_resume >= 1  # continued, not restarted from epoch 0
+    spans = []
+    for m in members:
+        logs = sorted((m / "logs").glob("version_*/metrics.csv"))
+        assert len(logs) == 2
+        col = _epoch_col(logs[1])
+        rows = [line.split(",") for line in logs[1].read_text().splitlines()[1:]]
+        first_epoch_after_resume = min(int(float(r[col])) for r in rows if r[col])
+        assert first_epoch_after_resume >= 1  # continued, not restarted from epoch 0
+        spans.append(_last_train_span(m / "train.log"))
+    # the two resumed members trained at the same time
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans
+    launch = json.loads((out / "bundle.json").read_text())["launch_this_run"]
+    assert launch["parallel_members"] == 2
+    if "OMP_NUM_THREADS" not in os.environ:
+        assert launch["torch_threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
     assert "forces" in res.stdout and "meV/Å" in res.stdout
+
+
+def _last_train_span(log):
+    """(start, end) in seconds of the last nequip-train fit logged in ``log``."""
+    stamps = {}
+    for line in log.read_text().splitlines():
+        for tag in ("TRAIN RUN START", "TRAIN RUN END"):
+            if tag in line:
+                stamps[tag] = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return stamps["TRAIN RUN START"], stamps["TRAIN RUN END"]
 
 
 def _epoch_col(path):

@@ -6,6 +6,14 @@ and, for K > 1, in a bootstrap resample of the training pool; validation and tes
 same for all members so the ensemble can be scored on held-out data. ``resume=True`` continues a
 killed run: finished members are kept, an unfinished one restarts from its ``last.ckpt``.
 
+Members run one after another, or ``parallel_members`` at a time (each a single process with
+cores/K torch threads; every file a member writes is in its own folder). One member can also be
+trained by several processes (``devices`` per node times ``num_nodes``) with Lightning's
+distributed data parallel through nequip's ``SimpleDDPStrategy``: on one machine Lightning starts
+the extra processes itself; under ``srun`` every task runs the driver, rank 0 prepares the data,
+packages and scores, and the other ranks only join each member's training (they wait for rank 0's
+word in ``out/.ddp/JOB.STEP.REQUEUE/``). See docs/training.md.
+
 Bundle layout (``out/``)::
 
     bundle.json          elements, cutoff, E0s (and their source: e0s_method), dtype, data hash,
@@ -22,8 +30,10 @@ import fnmatch
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -158,71 +168,350 @@ def _read_csv_last_epoch(csv_path: Path) -> tuple[int, float | None]:
     return epoch, fmae
 
 
-def _run_member(member_dir: Path, ncfg: dict, *, resume: bool, max_epochs: int,
-                progress: bool, label: str) -> None:
-    """Run nequip-train for one member (resuming from last.ckpt when asked and present)."""
-    cfg_path = member_dir / "nequip.yaml"
-    write_text_atomic(cfg_path, yaml.safe_dump(ncfg, sort_keys=False))
+# --- launching nequip-train: several members at once, several processes per member -----------
+
+POLL_S = 0.5
+#: how long rank 0 of an srun launch waits for the other tasks to report (seconds)
+RANK_WAIT_S = 300.0
+DDP_STRATEGY = "nequip.train.SimpleDDPStrategy"
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _slurm_tasks(env) -> int:
+    """Tasks of the SLURM job step as Lightning sees them (0: Lightning will not use SLURM).
+
+    Lightning's ``SLURMEnvironment`` takes over when ``SLURM_NTASKS`` is set and the job is not
+    named ``bash`` or ``interactive``; then every rank must be a task started by ``srun``.
+    """
+    if "SLURM_NTASKS" not in env or env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return 0
+    try:
+        return int(env["SLURM_NTASKS"])
+    except ValueError:
+        return 0
+
+
+def _int_env(env, name: str) -> int | None:
+    try:
+        return int(env[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def check_launch(cfg: dict, *, devices: int = 1, num_nodes: int = 1, parallel_members: int = 1,
+                 env=None) -> dict:
+    """Check how the members are to run and return the plan; raise :class:`InputError` naming
+    the option at fault.
+
+    ``devices`` processes per node times ``num_nodes`` nodes train each member together
+    (Lightning distributed data parallel, nequip's ``SimpleDDPStrategy``; gloo on CPU, NCCL on
+    CUDA); ``parallel_members`` single-process members train side by side. ``training.batch_size``
+    stays the batch of one optimizer step: each of the ``devices * num_nodes`` processes takes
+    ``batch_size / (devices * num_nodes)`` frames of it.
+
+    Returns a dict: ``world_size``, ``rank`` and ``tasks`` (this driver among the tasks ``srun``
+    started; 0 and 1 otherwise), ``threads`` (torch threads per process; None = leave torch's
+    default), ``hide_slurm`` (Lightning is to start the local processes itself, so the SLURM
+    variables of a single-task job must not reach it), ``gpus`` (visible CUDA devices when the
+    members run on CUDA, else []).
+    """
+    env = os.environ if env is None else env
+    for opt, value in (("--devices", devices), ("--num-nodes", num_nodes),
+                       ("--parallel-members", parallel_members)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{opt}: must be a whole number >= 1 (got {value!r})")
+    world = devices * num_nodes
+    if parallel_members > 1 and world > 1:
+        raise InputError("--parallel-members: runs single-process members side by side and "
+                         "cannot be combined with --devices or --num-nodes above 1 (there every "
+                         "member already uses all the processes)")
+    dev = cfg.get("device", "cpu")
+    gpus: list[str] = []
+    if dev in ("cuda", "auto"):
+        import torch
+        n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev == "cuda" and n_gpu < devices) or (dev == "auto" and 0 < n_gpu < devices):
+            opt = "--device cuda" if devices == 1 else f"--devices {devices}"
+            raise InputError(f"{opt}: needs {devices} CUDA GPU{'s' if devices > 1 else ''} on "
+                             f"this node, {n_gpu} visible"
+                             + (" (give --device cpu to run the processes on CPU cores)"
+                                if devices > 1 else ""))
+        if n_gpu:
+            listed = [g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+            gpus = listed[:n_gpu] if listed else [str(i) for i in range(n_gpu)]
+    batch = int(cfg["training"]["batch_size"])
+    if world > 1 and batch % world:
+        raise InputError(f"--devices {devices}" + (f" --num-nodes {num_nodes}" if num_nodes > 1
+                                                   else "")
+                         + f": training.batch_size {batch} is the batch of one optimizer step, "
+                         f"split over the {world} processes; make it a multiple of {world}")
+    tasks = _slurm_tasks(env)
+    rank, hide_slurm = 0, False
+    if tasks > 1:
+        per_node = _int_env(env, "SLURM_NTASKS_PER_NODE")
+        nodes = _int_env(env, "SLURM_NNODES")
+        if world == 1:
+            raise InputError(f"--devices: this SLURM job step runs {tasks} copies of the command "
+                             "(SLURM_NTASKS) but --devices 1 --num-nodes 1 trains on one process; "
+                             "give --devices (tasks per node) and --num-nodes, or start one task")
+        if per_node is None:
+            raise InputError("--devices: start the tasks with srun --ntasks-per-node="
+                             f"{devices} (Lightning places its ranks by tasks per node; "
+                             "--ntasks alone is not enough)")
+        if per_node != devices:
+            raise InputError(f"--devices {devices}: SLURM starts {per_node} tasks per node; "
+                             f"Lightning needs one task per device: srun --ntasks-per-node="
+                             f"{devices}")
+        if nodes is not None and nodes != num_nodes:
+            raise InputError(f"--num-nodes {num_nodes}: the SLURM job step spans {nodes} nodes")
+        if tasks != world:
+            raise InputError(f"--devices {devices} --num-nodes {num_nodes}: {world} processes, "
+                             f"but SLURM started {tasks} tasks")
+        rank = _int_env(env, "SLURM_PROCID") or 0
+    elif num_nodes > 1:
+        raise InputError(f"--num-nodes {num_nodes}: several nodes need one process per device "
+                         f"started by SLURM: srun --nodes={num_nodes} --ntasks-per-node="
+                         f"{devices} mlff-ins train ... (see docs/training.md)")
+    elif world > 1:
+        hide_slurm = tasks == 1  # a one-task SLURM job: Lightning starts the processes itself
+    threads = None
+    if "OMP_NUM_THREADS" not in env:
+        if tasks > 1:
+            per_task = _int_env(env, "SLURM_CPUS_PER_TASK")
+            threads = per_task or max(1, _cores() // devices)
+        elif parallel_members > 1 or world > 1:
+            threads = max(1, _cores() // max(parallel_members, devices))
+    return {"world_size": world, "rank": rank, "tasks": max(tasks, 1), "threads": threads,
+            "hide_slurm": hide_slurm, "gpus": gpus if dev != "cpu" else []}
+
+
+def _member_cmd(member_dir: Path, hydra_dir: Path, ckpt: str | None) -> list[str]:
     cmd = [sys.executable, "-m", "nequip.scripts.train", "-cp", str(member_dir.resolve()),
-           "-cn", "nequip", f"hydra.run.dir={member_dir.resolve() / 'hydra'}"]
-    last = member_dir / "last.ckpt"
-    if resume and last.exists():
-        cmd.append(f"++ckpt_path={last.resolve()}")
-    log_path = member_dir / "train.log"
-    log_csv = (Path(ncfg["trainer"]["logger"]["save_dir"]) / "logs" /
-               f"version_{ncfg['trainer']['logger']['version']}" / "metrics.csv")
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=max_epochs, desc=label, unit="epoch")
-    env = dict(os.environ)
-    env.setdefault("TEST_VAL_TWO", "2")
-    with open(log_path, "a") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=member_dir)
-        try:
-            shown = None
-            while proc.poll() is None:
-                time.sleep(1.0)
-                if bar is not None:
-                    state = _read_csv_last_epoch(log_csv)
-                    if state != shown:  # redraw only on news (keeps logs short)
-                        shown = state
-                        epoch, fmae = state
-                        bar.n = min(epoch + 1, max_epochs)
-                        if fmae is not None:
-                            bar.set_postfix(val_force_mae=f"{1000 * fmae:.0f} meV/A")
-                        bar.refresh()
-        except BaseException:
-            proc.terminate()
-            proc.wait()
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-    if proc.returncode != 0:
-        tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
-        raise RuntimeError(f"nequip-train failed for {member_dir} (exit {proc.returncode}); "
-                           f"last lines of {log_path}:\n{tail}")
+           "-cn", "nequip", f"hydra.run.dir={hydra_dir.resolve()}"]
+    if ckpt:
+        cmd.append(f"++ckpt_path={ckpt}")
+    return cmd
 
 
-def _package(member_dir: Path) -> Path:
+class _MemberRun:
+    """One member's nequip-train subprocess, then (optionally) its packaging subprocess.
+
+    Everything it writes is inside its member folder, so members can run side by side.
+    """
+
+    def __init__(self, member_dir: Path, cmd: list[str], *, log_name: str = "train.log",
+                 csv: Path | None = None, label: str = "", package: bool = True):
+        self.member_dir, self.cmd, self.log_name = member_dir, cmd, log_name
+        self.csv, self.label, self.package = csv, label, package
+        self.proc: subprocess.Popen | None = None
+        self.stage, self.slot, self.bar, self.shown, self.log = "train", 0, None, None, None
+        self.max_epochs = 0
+
+    def start(self, env: dict, slot: int, progress: bool, max_epochs: int) -> None:
+        self.slot, self.max_epochs = slot, max_epochs
+        if progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=max_epochs, desc=self.label, unit="epoch", position=slot,
+                            leave=True)
+        self.log = open(self.member_dir / self.log_name, "a")
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=env, cwd=self.member_dir)
+
+    def _update_bar(self) -> None:
+        if self.bar is None or self.csv is None:
+            return
+        state = _read_csv_last_epoch(self.csv)
+        if state != self.shown:  # redraw only on news (keeps logs short)
+            self.shown = state
+            epoch, fmae = state
+            self.bar.n = min(epoch + 1, self.max_epochs)
+            if fmae is not None:
+                self.bar.set_postfix(val_force_mae=f"{1000 * fmae:.0f} meV/A")
+            self.bar.refresh()
+
+    def poll(self) -> bool:
+        """Advance; True once the member is trained (and packaged). Raises on a failure."""
+        if self.stage == "train":
+            self._update_bar()
+            rc = self.proc.poll()
+            if rc is None:
+                return False
+            self._close()
+            if rc != 0:
+                log_path = self.member_dir / self.log_name
+                tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
+                raise RuntimeError(f"nequip-train failed for {self.member_dir} (exit {rc}); "
+                                   f"last lines of {log_path}:\n{tail}")
+            if not self.package:
+                return True
+            self.stage = "package"
+            self.proc, self.tmp_pkg = _start_package(self.member_dir)
+            return False
+        rc = self.proc.poll()
+        if rc is None:
+            return False
+        _finish_package(self.member_dir, self.proc, self.tmp_pkg)
+        return True
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._close()
+
+
+def _run_members(runs: list[_MemberRun], *, parallel: int, progress: bool, max_epochs: int,
+                 env_for_slot, before_start=None, check=None) -> None:
+    """Run ``runs`` with at most ``parallel`` at a time; on any failure (or Ctrl-C, or an
+    exception from ``check()``, called every poll) stop the others (each keeps its last
+    checkpoint for --resume) and raise."""
+    pending, running = list(runs), []
+    free = list(range(parallel))
+    installed = threading.current_thread() is threading.main_thread()
+    if installed:
+        # `kill PID` (or SLURM's SIGTERM) must not orphan nequip-train children that would keep
+        # writing into the bundle while a --resume starts new ones: stop them first
+        old_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        while pending or running:
+            while pending and free:
+                run = pending.pop(0)
+                if before_start is not None:
+                    before_start(run)
+                slot = free.pop(0)
+                run.start(env_for_slot(slot), slot, progress, max_epochs)
+                running.append(run)
+            time.sleep(POLL_S)
+            if check is not None:
+                check()
+            for run in list(running):
+                if run.poll():
+                    running.remove(run)
+                    free.append(run.slot)
+                    free.sort()
+    except BaseException:
+        for run in running:
+            run.stop()
+        raise
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if old_handler is None else old_handler)
+
+
+class Terminated(KeyboardInterrupt):
+    """The driver received SIGTERM (handled like Ctrl-C: children stopped, --resume later)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated("terminated (SIGTERM); rerun with --resume to continue")
+
+
+def _start_package(member_dir: Path):
     member_dir = member_dir.resolve()
     ckpt = member_dir / "best.ckpt"
     if not ckpt.exists():
         ckpt = member_dir / "last.ckpt"
-    out = member_dir / PACKAGE_NAME
     tmp = member_dir / ("tmp_" + PACKAGE_NAME)
-    res = subprocess.run([sys.executable, "-m", "nequip.scripts.package", "build", str(ckpt),
-                          str(tmp)], capture_output=True, text=True, cwd=member_dir)
-    if res.returncode != 0:
-        raise RuntimeError(f"nequip-package failed for {ckpt}:\n{res.stderr[-3000:]}")
+    log = open(member_dir / "package.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "nequip.scripts.package", "build", str(ckpt),
+                             str(tmp)], stdout=log, stderr=subprocess.STDOUT, cwd=member_dir)
+    log.close()  # the child holds its own descriptor
+    return proc, tmp
+
+
+def _finish_package(member_dir: Path, proc, tmp: Path) -> Path:
+    member_dir = member_dir.resolve()
+    rc = proc.wait()
+    if rc != 0:
+        text = (member_dir / "package.log").read_text()
+        raise RuntimeError(f"nequip-package failed for {member_dir}:\n{text[-3000:]}")
+    out = member_dir / PACKAGE_NAME
     os.replace(tmp, out)
     return out
 
 
+def _package(member_dir: Path) -> Path:
+    """Package a member's best (else last) checkpoint as ``model.nequip.zip``."""
+    proc, tmp = _start_package(member_dir)
+    return _finish_package(member_dir, proc, tmp)
+
+
+# --- srun: one copy of the driver per task; rank 0 prepares and packages, all ranks train --------
+
+def _sync_dir(out: Path, env) -> Path:
+    """Where the ranks of this srun step meet: one folder per job, step and requeue, so that no
+    rank reads the files of an earlier step."""
+    step = env.get("SLURM_STEP_ID", env.get("SLURM_STEPID", "0"))
+    restart = env.get("SLURM_RESTART_COUNT", "0")
+    return out / ".ddp" / f"{env.get('SLURM_JOB_ID', '0')}.{step}.{restart}"
+
+
+def _check_abort(sync: Path) -> None:
+    if (sync / "abort").exists():
+        raise InputError(f"rank 0 stopped: {(sync / 'abort').read_text().strip()}")
+
+
+def _wait_for(sync: Path, name: str) -> dict:
+    """Wait for rank 0's file ``name`` in ``sync``; raise if rank 0 gave up instead."""
+    while True:
+        _check_abort(sync)
+        if (sync / name).exists():
+            return json.loads((sync / name).read_text())
+        time.sleep(POLL_S)
+
+
+def _wait_for_ranks(sync: Path, tasks: int) -> None:
+    deadline = time.time() + RANK_WAIT_S
+    while True:
+        ready = [r for r in range(1, tasks) if (sync / f"ready_{r}").exists()]
+        if len(ready) == tasks - 1:
+            return
+        if time.time() > deadline:
+            raise InputError(f"--devices: only {len(ready) + 1} of the {tasks} SLURM tasks "
+                             f"started within {RANK_WAIT_S:.0f} s; start the command with srun "
+                             "(one task per device), not as a plain line of the batch script")
+        time.sleep(POLL_S)
+
+
+def _follow_rank0(cfg: dict, out: Path, plan: dict, env: dict) -> None:
+    """A non-zero srun task: run this rank of every member that rank 0 trains."""
+    rank = plan["rank"]
+    sync = _sync_dir(out, os.environ)
+    sync.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(sync / f"ready_{rank}", f"{os.getpid()}\n")
+    for k in range(int(cfg["ensemble"])):
+        step = _wait_for(sync, f"member_{k}.json")
+        if not step["train"]:
+            continue
+        member_dir = out / "members" / f"member_{k}"
+        cmd = _member_cmd(member_dir, member_dir / "hydra" / f"rank_{rank}", step["ckpt"])
+        run = _MemberRun(member_dir, cmd, log_name=f"train.rank{rank}.log", package=False)
+        _run_members([run], parallel=1, progress=False, max_epochs=0,
+                     env_for_slot=lambda slot: env, check=lambda: _check_abort(sync))
+    _wait_for(sync, "done")
+
+
 def train_bundle(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
-                 progress: bool = True) -> Path:
+                 progress: bool = True, devices: int = 1, num_nodes: int = 1,
+                 parallel_members: int = 1) -> Path | None:
     """Train the model bundle described by ``cfg`` into the folder ``out``.
 
     Parameters
@@ -231,16 +520,51 @@ def train_bundle(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     out : bundle folder. It must not hold a finished bundle; with ``resume`` an unfinished one
         is continued (same settings required).
     resume : continue a killed run in ``out``.
+    devices, num_nodes : processes per node and nodes that train each member together
+        (distributed data parallel through Lightning; see :func:`check_launch`). Under ``srun``
+        every task runs this function: rank 0 prepares, packages and scores, the others only
+        train.
+    parallel_members : members trained at the same time (single-process members only).
 
     Returns
     -------
-    Path of the bundle folder (holding bundle.json once finished).
+    Path of the bundle folder (holding bundle.json once finished); None on a non-zero srun rank.
     """
+    plan = check_launch(cfg, devices=devices, num_nodes=num_nodes,
+                        parallel_members=parallel_members)
+    out = Path(out)
+    env = dict(os.environ)
+    if plan["threads"] is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(plan["threads"])
+    if plan["hide_slurm"]:
+        env.pop("SLURM_NTASKS", None)
+    if plan["rank"] > 0:
+        _follow_rank0(cfg, out, plan, env)
+        return None
+    if plan["tasks"] == 1:
+        return _train_bundle(cfg, out, resume=resume, progress=progress, plan=plan, env=env,
+                             devices=devices, num_nodes=num_nodes,
+                             parallel_members=parallel_members)
+    sync = _sync_dir(out, os.environ)
+    try:
+        result = _train_bundle(cfg, out, resume=resume, progress=progress, plan=plan, env=env,
+                               devices=devices, num_nodes=num_nodes,
+                               parallel_members=parallel_members, sync=sync)
+    except BaseException as err:
+        sync.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(sync / "abort", (str(err).splitlines() or [type(err).__name__])[0])
+        raise
+    write_json_atomic(sync / "done", {})
+    return result
+
+
+def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: dict, env: dict,
+                  devices: int, num_nodes: int, parallel_members: int,
+                  sync: Path | None = None) -> Path:
     from mlff_ins.train.report import evaluate_bundle_members, write_report
 
-    out = Path(out)
     state_path = out / "train_settings.json"
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != ".ddp" for p in out.iterdir()):
         if (out / "bundle.json").exists():
             raise InputError(f"{out}: a finished model bundle is already there "
                              "(choose another -o or delete it)")
@@ -279,14 +603,19 @@ def train_bundle(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     has_stress = all(a.calc is not None and "stress" in a.calc.results for a in frames)
 
     K = int(cfg["ensemble"])
-    members = []
+    max_epochs = int(cfg["training"]["max_epochs"])
+    members, runs = [], []
     t_start = time.time()
-    for k in range(K):
+    for k in range(K):  # every member's files and decisions first, then the runs
         member_dir = out / "members" / f"member_{k}"
         member_dir.mkdir(parents=True, exist_ok=True)
         members.append(member_dir)
         if (member_dir / PACKAGE_NAME).exists():
+            if sync is not None:
+                write_json_atomic(sync / f"member_{k}.json", {"train": False})
             continue
+        if not resume and (member_dir / "last.ckpt").exists():
+            raise InputError(f"{member_dir}: an unfinished member is there; add --resume")
         seed = int(cfg["split"]["seed"]) * 1000 + k
         over = cfg["training"].get("oversample") or {}
         if K > 1 or over:
@@ -304,15 +633,35 @@ def train_bundle(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
                              val_file=(data_dir / "val.xyz").resolve(),
                              test_file=(data_dir / "test.xyz").resolve(),
                              run_dir=member_dir.resolve(), seed=seed, has_stress=has_stress,
-                             log_version=len(list(member_dir.glob("logs/version_*"))))
-        if not resume and (member_dir / "last.ckpt").exists():
-            raise InputError(f"{member_dir}: an unfinished member is there; add --resume")
-        _run_member(member_dir, ncfg, resume=resume, max_epochs=int(cfg["training"]["max_epochs"]),
-                    progress=progress, label=f"train member {k + 1}/{K}")
-        _package(member_dir)
+                             log_version=len(list(member_dir.glob("logs/version_*"))),
+                             devices=devices, num_nodes=num_nodes)
+        write_text_atomic(member_dir / "nequip.yaml", yaml.safe_dump(ncfg, sort_keys=False))
+        last = member_dir / "last.ckpt"
+        ckpt = str(last.resolve()) if resume and last.exists() else None
+        log_csv = (member_dir / "logs" / f"version_{ncfg['trainer']['logger']['version']}" /
+                   "metrics.csv")
+        run = _MemberRun(member_dir, _member_cmd(member_dir, member_dir / "hydra", ckpt),
+                         csv=log_csv, label=f"train member {k + 1}/{K}")
+        run.k, run.ckpt = k, ckpt
+        runs.append(run)
+
+    def env_for_slot(slot: int) -> dict:
+        if not plan["gpus"] or parallel_members == 1:
+            return env
+        # side-by-side members on CUDA: one visible GPU each, round robin
+        return {**env, "CUDA_VISIBLE_DEVICES": plan["gpus"][slot % len(plan["gpus"])]}
+
+    def before_start(run) -> None:  # srun: tell the other ranks to start the same member
+        write_json_atomic(sync / f"member_{run.k}.json", {"train": True, "ckpt": run.ckpt})
+
+    if sync is not None:
+        _wait_for_ranks(sync, plan["tasks"])
+    _run_members(runs, parallel=parallel_members, progress=progress, max_epochs=max_epochs,
+                 env_for_slot=env_for_slot, before_start=before_start if sync else None)
     train_minutes = (time.time() - t_start) / 60
 
     metrics, parity = evaluate_bundle_members(members, test_frames, device=_device(cfg))
+    world = devices * num_nodes
     bundle = {
         "format": "mlff-ins-bundle/1",
         "elements": elements,
@@ -330,6 +679,14 @@ def train_bundle(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         "preset": cfg["preset"],
         "settings": cfg,
         "train_minutes_this_run": round(train_minutes, 2),
+        "launch_this_run": {
+            "devices": devices, "num_nodes": num_nodes, "world_size": world,
+            "strategy": DDP_STRATEGY if world > 1 else None,
+            "process_group_backend": ("gloo" if _device(cfg) == "cpu" else "nccl")
+            if world > 1 else None,
+            "batch_size_per_process": int(cfg["training"]["batch_size"]) // world,
+            "parallel_members": parallel_members, "torch_threads": plan["threads"],
+            "srun_tasks": plan["tasks"]},
         "versions": _versions(),
     }
     write_json_atomic(out / "metrics.json", metrics)

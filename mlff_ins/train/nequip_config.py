@@ -14,7 +14,8 @@ from pathlib import Path
 
 def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], train_file: Path,
                   val_file: Path, test_file: Path, run_dir: Path, seed: int,
-                  has_stress: bool, log_version: int = 0) -> dict:
+                  has_stress: bool, log_version: int = 0, devices: int = 1,
+                  num_nodes: int = 1) -> dict:
     """Return a nequip-train config (a plain dict, written as YAML by the caller).
 
     Parameters
@@ -28,6 +29,11 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
     has_stress : every training frame carries a stress, so a stress loss term is possible.
     log_version : CSV log folder number; a resumed run logs to a new one (Lightning's CSV logger
         would otherwise delete the earlier epochs).
+    devices, num_nodes : processes per node and nodes that train this member together. Above
+        one process in all, Lightning runs distributed data parallel with nequip's
+        ``SimpleDDPStrategy`` (gloo on CPU), and ``training.batch_size`` stays the batch of one
+        optimizer step: each process loads ``batch_size / (devices * num_nodes)`` frames, and
+        the gradients are averaged over the processes, as one process with the whole batch would.
     """
     m, t = cfg["model"], cfg["training"]
     loss_w = dict(t["loss"])
@@ -38,7 +44,11 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
          "model_type_names": list(elements)},
         {"_target_": "nequip.data.transforms.NeighborListTransform", "r_max": cutoff},
     ]
-    loader = {"_target_": "torch.utils.data.DataLoader", "batch_size": int(t["batch_size"]),
+    world = int(devices) * int(num_nodes)
+    batch = int(t["batch_size"])
+    if world > 1 and batch % world:
+        raise ValueError(f"batch_size {batch} is not a multiple of {world} processes")
+    loader = {"_target_": "torch.utils.data.DataLoader", "batch_size": batch // world,
               "num_workers": 0}
     if use_stress:
         loss = {"_target_": "nequip.train.EnergyForceStressLoss", "per_atom_energy": True,
@@ -63,6 +73,12 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
     max_minutes = float(t["max_minutes"])
     hours, minutes = divmod(int(max_minutes), 60)
     seconds = int(round((max_minutes - int(max_minutes)) * 60))
+    parallel = {"devices": int(devices), "num_nodes": int(num_nodes)}
+    if world > 1:
+        strategy = {"_target_": "nequip.train.SimpleDDPStrategy"}
+        if cfg.get("device") == "cpu":
+            strategy["process_group_backend"] = "gloo"
+        parallel["strategy"] = strategy
     return {
         "run": ["train"],
         "data": {
@@ -82,7 +98,7 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
         "trainer": {
             "_target_": "lightning.Trainer",
             "accelerator": "cpu" if cfg.get("device") == "cpu" else "auto",
-            "devices": 1,
+            **parallel,
             "max_epochs": int(t["max_epochs"]),
             "max_time": f"00:{hours:02d}:{minutes:02d}:{seconds:02d}",
             "check_val_every_n_epoch": 1,
