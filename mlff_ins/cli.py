@@ -752,6 +752,12 @@ def _run_phonons(args) -> int:
             if getattr(args, opt) is not None:
                 raise InputError(f"--{opt}: only with STRUCTURE and --model (--force-sets "
                                  "reads its own cell; see --unitcell)")
+        # options of the model route that a force set has no use for
+        for opt, default in (("relax", False), ("fmax", 1e-3), ("distance", 0.01),
+                             ("plusminus", "auto"), ("batch_atoms", None), ("device", "cpu")):
+            if getattr(args, opt) != default:
+                raise InputError(f"--{opt.replace('_', '-')}: only with --model (a force set "
+                                 "carries its own displacements and forces)")
         pset = phonons_from_force_sets(args.force_sets, supercell=args.supercell,
                                        primitive=args.primitive, unitcell=args.unitcell,
                                        calculator=args.calculator,

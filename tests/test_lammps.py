@@ -269,6 +269,9 @@ def test_lammps_input_types_follow_the_model_element_order(tmp_path, monkeypatch
     masses[[0, 2]] = 18.0  # 18O
     atoms.set_masses(masses)
     atoms.positions += 0.05 * np.random.default_rng(0).standard_normal((len(atoms), 3))
+    # a structure read from a LAMMPS data file keeps that file's type numbers (O = 1, Si = 2
+    # here): they must not survive into the model's type order
+    atoms.set_array("type", np.where(atoms.numbers == 8, 1, 2))
     paths = write_lammps_input(tmp_path, atoms, ["Si", "O"], "m.nequip.pt2", "nequip")
     assert sorted(p.name for p in paths) == ["in.lammps", "structure.data"]
     commands = _lammps_commands(tmp_path / "in.lammps")

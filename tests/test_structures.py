@@ -118,6 +118,17 @@ def test_lammps_data_with_types(tmp_path, capsys):
     assert status == 0 and atoms.get_chemical_symbols() == nacl.get_chemical_symbols()
     warned = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
     assert len(warned) == 1 and "type 1 = Na, type 2 = Cl" in warned[0]
+    # --types whose elements contradict the file's Masses section: refused, not simulated with
+    # a Na mass on K atoms; an isotope's mass is fine (a deuterated type named H)
+    status, _ = _build(tmp_path, with_masses, "--types", "K,Cl")
+    err = _one_error_line(capsys)
+    assert status == 2 and "atom type 1 the mass 22.990" in err and "K's" in err
+    heavy = nacl.copy()
+    heavy.set_masses([36.97 if s == "Cl" else 22.99 for s in nacl.get_chemical_symbols()])
+    cl37 = tmp_path / "nacl37.lmp"
+    write(cl37, heavy, format="lammps-data", specorder=["Na", "Cl"], masses=True)
+    status, atoms = _build(tmp_path, cl37, "--types", "Na,Cl")
+    assert status == 0 and atoms.get_chemical_symbols() == nacl.get_chemical_symbols()
     # --types is for LAMMPS files only
     xyz = tmp_path / "nacl.xyz"
     write(xyz, nacl)

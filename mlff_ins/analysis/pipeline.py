@@ -297,14 +297,9 @@ def _apply_direct_geometry(out: dict, opts: SpectraOptions, resolution) -> None:
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device {name!r} is not a torch device (cpu, cuda, auto)") from None
+    from mlff_ins.model.calculator import resolve_device
+
+    return resolve_device(name)
 
 
 def _sha256(path) -> str:

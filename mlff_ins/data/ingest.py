@@ -95,7 +95,7 @@ def read_structure(path: str | os.PathLike, *, index: int | None = None,
             atoms = ase.io.read(path, index=-1 if index is None else index, format=fmt,
                                 **kwargs)
         except KeyError as err:
-            if types is not None and isinstance(err.args[0], (int, np.integer)):
+            if types is not None and err.args and isinstance(err.args[0], (int, np.integer)):
                 raise InputError(f"--types {','.join(types)}: {path} has atom type "
                                  f"{err.args[0]}, which --types gives no element") from None
             raise InputError(f"{path}: cannot read a structure ({_first_line(err)})") from None
@@ -118,6 +118,8 @@ def read_structure(path: str | os.PathLike, *, index: int | None = None,
             del atoms.info[key]
     if fmt == "lammps-data" and types is None:
         _check_lammps_data_elements(atoms, path)
+    elif fmt == "lammps-data":
+        _check_type_masses(atoms, path, types)
     elif fmt == "lammps-dump-text" and types is None and "element" not in columns:
         warnings.warn(f"{path}: elements guessed from the atomic masses "
                       f"({_type_elements(atoms)}); give --types to set them", stacklevel=2)
@@ -125,6 +127,26 @@ def read_structure(path: str | os.PathLike, *, index: int | None = None,
                                  if str(w.message)):
         warnings.warn(f"{path}: {message}", stacklevel=2)
     return atoms
+
+
+def _check_type_masses(atoms, path: Path, types) -> None:
+    """--types names the elements; a Masses section that fits neither the element nor one of
+    its isotopes (a Si mass on a type named C) is refused rather than carried into the dynamics.
+    A deuterated type named H (2.014 amu) is kept as written."""
+    import periodictable
+
+    masses = atoms.get_masses()
+    for t, el in enumerate(types, start=1):
+        sel = atoms.numbers == atomic_numbers[el]
+        if not sel.any():
+            continue
+        m = float(masses[sel][0])
+        element = periodictable.elements.symbol(el)
+        known = [float(element.mass)] + [float(element[a].mass) for a in element.isotopes]
+        if min(abs(m - k) for k in known) > 0.05:
+            raise InputError(f"--types {','.join(types)}: {path} gives atom type {t} the mass "
+                             f"{m:.3f} amu, which is neither {el}'s {float(element.mass):.3f} "
+                             f"nor one of its isotopes")
 
 
 def _first_line(err: BaseException) -> str:

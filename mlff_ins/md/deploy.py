@@ -198,6 +198,7 @@ def write_lammps_input(out: str | Path, atoms, elements: list[str], model: str, 
     else:
         raise ValueError(f"route must be nequip or mliap, not {route!r}")
     atoms = atoms.copy()
+    atoms.arrays.pop("type", None)   # a LAMMPS file's own type numbers: ours follow `elements`
     atoms.wrap()
     buf = io.StringIO()
     write_lammps_data(buf, atoms, specorder=list(elements), masses=True, units="metal",

@@ -205,10 +205,11 @@ def _read_cell(path: Path, calculator: str | None, *, with_ase: bool):
     """A unit cell file: phonopy's reader for ``calculator`` (its own units), or ASE (Å)."""
     try:
         if with_ase:
-            from ase.io import read
             from phonopy.structure.atoms import PhonopyAtoms
 
-            atoms = read(path)
+            from mlff_ins.data.ingest import read_structure
+
+            atoms = read_structure(path)   # partial occupancies refused, LAMMPS files sniffed
             # phonopy's own masses unless the file sets some (as `phonopy -c FILE` would)
             return PhonopyAtoms(symbols=atoms.get_chemical_symbols(), cell=np.array(atoms.cell),
                                 scaled_positions=atoms.get_scaled_positions(wrap=False),
@@ -216,6 +217,8 @@ def _read_cell(path: Path, calculator: str | None, *, with_ase: bool):
         from phonopy.interface.calculator import read_crystal_structure
 
         cell, _ = read_crystal_structure(path, interface_mode=calculator)
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - phonopy raises many kinds
         how = "ASE" if with_ase else f"phonopy ({calculator or 'vasp'} format)"
         raise InputError(f"{path}: {how} could not read a unit cell from it "
@@ -265,6 +268,8 @@ def _read_force_constants_file(path: Path, ph, where: str):
         else:
             with open(path) as f:
                 header = [int(x) for x in f.readline().split()]
+            if len(header) not in (1, 2):
+                raise ValueError("its first line is not one or two atom counts")
             shape = header if len(header) == 2 else header * 2
     except Exception as exc:  # noqa: BLE001 - phonopy raises many kinds
         raise InputError(f"{path}: not a phonopy force-constants file ({_one_line(exc)})") \
@@ -534,6 +539,9 @@ def phonons_from_force_sets(directory: str | os.PathLike, *, supercell=None,
         ph.nac_params = nac_params
 
     if inputs.force_constants is not None:
+        if fc_calculator is not None:
+            raise InputError(f"--fc-calculator {fc_calculator}: {fc_source} holds force "
+                             "constants already; it applies to forces (FORCE_SETS)")
         factor = inputs.fc_factor if inputs.fc_factor is not None else force / length
         ph.force_constants = inputs.force_constants * factor
         solver = f"read from {fc_source}"

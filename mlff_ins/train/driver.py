@@ -232,6 +232,9 @@ def check_launch(cfg: dict, *, devices: int = 1, num_nodes: int = 1, parallel_me
                          "cannot be combined with --devices or --num-nodes above 1 (there every "
                          "member already uses all the processes)")
     dev = cfg.get("device", "cpu")
+    from mlff_ins.model.calculator import resolve_device
+
+    resolve_device(dev)   # an unknown name, or cuda without a GPU, fails before any training
     gpus: list[str] = []
     if dev in ("cuda", "auto"):
         import torch
