@@ -289,7 +289,8 @@ def check_launch(cfg: dict, *, devices: int = 1, num_nodes: int = 1, parallel_me
             per_task = _int_env(env, "SLURM_CPUS_PER_TASK")
             threads = per_task or max(1, _cores() // devices)
         elif parallel_members > 1 or world > 1:
-            threads = max(1, _cores() // max(parallel_members, devices))
+            side_by_side = min(parallel_members, int(cfg.get("ensemble", parallel_members)))
+            threads = max(1, _cores() // max(side_by_side, devices))
     return {"world_size": world, "rank": rank, "tasks": max(tasks, 1), "threads": threads,
             "hide_slurm": hide_slurm, "gpus": gpus if dev != "cpu" else []}
 
@@ -313,6 +314,7 @@ class _MemberRun:
         self.member_dir, self.cmd, self.log_name = member_dir, cmd, log_name
         self.csv, self.label, self.package = csv, label, package
         self.proc: subprocess.Popen | None = None
+        self.env: dict | None = None
         self.stage, self.slot, self.bar, self.shown, self.log = "train", 0, None, None, None
         self.max_epochs = 0
 
@@ -323,6 +325,7 @@ class _MemberRun:
             self.bar = tqdm(total=max_epochs, desc=self.label, unit="epoch", position=slot,
                             leave=True)
         self.log = open(self.member_dir / self.log_name, "a")
+        self.env = env
         self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      env=env, cwd=self.member_dir)
 
@@ -354,7 +357,7 @@ class _MemberRun:
             if not self.package:
                 return True
             self.stage = "package"
-            self.proc, self.tmp_pkg = _start_package(self.member_dir)
+            self.proc, self.tmp_pkg = _start_package(self.member_dir, self.env)
             return False
         rc = self.proc.poll()
         if rc is None:
@@ -427,16 +430,19 @@ def _raise_terminated(signum, frame):
     raise Terminated("terminated (SIGTERM); rerun with --resume to continue")
 
 
-def _start_package(member_dir: Path):
+def _start_package(member_dir: Path, env: dict | None = None):
     member_dir = member_dir.resolve()
     ckpt = member_dir / "best.ckpt"
     if not ckpt.exists():
         ckpt = member_dir / "last.ckpt"
     tmp = member_dir / ("tmp_" + PACKAGE_NAME)
     log = open(member_dir / "package.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "nequip.scripts.package", "build", str(ckpt),
-                             str(tmp)], stdout=log, stderr=subprocess.STDOUT, cwd=member_dir)
-    log.close()  # the child holds its own descriptor
+    try:   # the member's own environment: its threads and GPU, not the whole machine
+        proc = subprocess.Popen([sys.executable, "-m", "nequip.scripts.package", "build",
+                                 str(ckpt), str(tmp)], stdout=log, stderr=subprocess.STDOUT,
+                                cwd=member_dir, env=env)
+    finally:
+        log.close()  # the child holds its own descriptor
     return proc, tmp
 
 
