@@ -202,7 +202,10 @@ def _add_md(sub) -> None:
                                      "...)")
     _add_structure_options(p)
     src_ = p.add_mutually_exclusive_group(required=True)
-    src_.add_argument("--model", metavar="DIR", help="model bundle folder, e.g. models/si")
+    src_.add_argument("--model", metavar="DIR|NAME",
+                      help="model bundle folder, e.g. models/si, or a universal model whose "
+                           "weights ship in its wheel: sevennet-0, sevennet-l3i5, "
+                           "sevennet-mf-0, chgnet")
     src_.add_argument("--calculator", metavar="YAML", help="ASE calculator YAML instead of a model")
     p.add_argument("-o", "--output", required=True,
                    help="trajectory file (H5MD), e.g. traj.h5md (another extension is written "
@@ -282,7 +285,10 @@ def _run_md(args) -> int:
         calc = load_calculator(args.model, device=args.device)
         calc.check_elements(atoms, source=args.structure)
         bundle_json = Path(args.model) / "bundle.json"
-        model_id = ("bundle sha256:" + hashlib.sha256(bundle_json.read_bytes()).hexdigest()[:16]
+        universal = getattr(calc, "bundle", {}).get("universal")
+        model_id = (f"universal {universal} {calc.bundle['package']} "
+                    f"{calc.bundle['version']}" if universal else
+                    "bundle sha256:" + hashlib.sha256(bundle_json.read_bytes()).hexdigest()[:16]
                     if bundle_json.is_file() else f"model {args.model}")
     else:
         from mlff_ins.data.label import build_calculator, read_calculator_spec
@@ -683,7 +689,10 @@ def _add_phonons(sub) -> None:
                    "...); not with --force-sets")
     _add_structure_options(p)
     src_ = p.add_mutually_exclusive_group(required=True)
-    src_.add_argument("--model", metavar="DIR", help="model bundle folder, e.g. models/si")
+    src_.add_argument("--model", metavar="DIR|NAME",
+                      help="model bundle folder, e.g. models/si, or a universal model whose "
+                           "weights ship in its wheel: sevennet-0, sevennet-l3i5, "
+                           "sevennet-mf-0, chgnet")
     src_.add_argument("--force-sets", metavar="DIR",
                       help="phonopy folder, any layout phonopy.load takes: phonopy_params.yaml, "
                            "phonopy_disp.yaml or phonopy.yaml (with FORCE_SETS, FORCE_CONSTANTS "

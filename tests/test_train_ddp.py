@@ -127,8 +127,12 @@ def test_cuda_devices_beyond_the_node_are_refused(si_subset, tmp_path, capsys):
             "--device", "cuda", "--devices", str(n)]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"--devices {n}: needs {n} CUDA GPUs on this node, {n_gpu} visible" in err
+    # no GPU at all: the device itself is refused first; else the count is
+    expected = (f"--devices {n}: needs {n} CUDA GPUs on this node, {n_gpu} visible" if n_gpu
+                else "--device cuda: CUDA is not available on this machine")
+    assert expected in err
     assert err.count("\n") == 1
+    assert not (tmp_path / "m").exists()
 
 
 def test_slurm_task_layout_checks(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ BENCHMARKS = {
     "memory": "mlff_ins.bench.memory_bench",
     "phonons": "mlff_ins.bench.phonons_bench",
     "spectra": "mlff_ins.bench.spectra_bench",
+    "teachers": "mlff_ins.bench.teachers_bench",
     "train": "mlff_ins.bench.train_bench",
 }
 

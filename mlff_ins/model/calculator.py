@@ -37,6 +37,11 @@ def read_bundle(path: str | os.PathLike) -> dict:
         if (path / "train_settings.json").exists():
             raise InputError(f"{path}: training has not finished (no bundle.json); "
                              "continue it with `mlff-ins train ... --resume`")
+        if not path.exists():
+            from mlff_ins.model.universal import UNIVERSAL
+
+            raise InputError(f"{path}: not a model bundle folder nor a universal model (those "
+                             f"are {', '.join(UNIVERSAL)})")
         raise InputError(f"{path}: not a model bundle (no bundle.json)")
     try:
         meta = json.loads(meta_path.read_text())
@@ -312,7 +317,12 @@ class BundleCalculator(Calculator):
 def load_calculator(bundle_dir: str | os.PathLike, device: str = "cpu",
                     skin: float = 1.0) -> BundleCalculator:
     """Load a model bundle as an ASE calculator (ensemble mean, with ``energy_std`` and
-    ``forces_std`` in ``results``). See :class:`BundleCalculator`."""
+    ``forces_std`` in ``results``), see :class:`BundleCalculator`; or, when ``bundle_dir`` is no
+    folder but the name of a universal model (:mod:`mlff_ins.model.universal`), that model."""
+    from mlff_ins.model.universal import UniversalCalculator, is_universal
+
+    if is_universal(bundle_dir) and not Path(bundle_dir).exists():
+        return UniversalCalculator(str(bundle_dir), device=device)
     meta = read_bundle(bundle_dir)
     calc = BundleCalculator([Path(bundle_dir) / m for m in meta["members"]], device=device,
                             name=str(bundle_dir), skin=skin)
