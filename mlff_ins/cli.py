@@ -19,7 +19,6 @@ from mlff_ins.errors import InputError
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-
 class _HelpFormatter(argparse.HelpFormatter):
     """Wraps descriptions as usual but prints an ``example:`` epilog line by line."""
 
@@ -27,6 +26,7 @@ class _HelpFormatter(argparse.HelpFormatter):
         if text.startswith("example"):
             return "".join(indent + line for line in text.splitlines(keepends=True))
         return super()._fill_text(text, width, indent)
+
 
 def _add_label(sub) -> None:
     p = sub.add_parser(
@@ -36,7 +36,8 @@ def _add_label(sub) -> None:
                     "to the output one at a time; rerunning the same command after a kill resumes "
                     "where it stopped. Frames whose SCF did not converge are refused and listed in "
                     "OUTPUT.rejected.jsonl. Output units: eV, eV/Å, eV/Å³.",
-        epilog="example: mlff-ins label frames.xyz --calculator configs/label/cp2k_si.yaml -o labelled.xyz",
+        epilog="example: mlff-ins label frames.xyz --calculator configs/label/cp2k_si.yaml "
+               "-o labelled.xyz",
         formatter_class=_HelpFormatter)
     p.add_argument("frames", help="structures to label (any ase.io-readable file, all frames)")
     p.add_argument("--calculator", required=True, metavar="YAML",
