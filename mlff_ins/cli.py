@@ -728,6 +728,9 @@ def _add_phonons(sub) -> None:
                         "relate + and - (auto, phonopy's default)")
     p.add_argument("--mesh", nargs="+", default=["40"], metavar="N",
                    help="q-mesh: one length in Å (phonopy's rule, default 40) or three integers")
+    p.add_argument("--t-max", type=_positive_float, default=1000.0, metavar="K",
+                   help="thermal properties (C_V, S, F, zero-point energy; phonopy's) from 0 to "
+                        "this temperature, K (default 1000)")
     p.add_argument("--batch-atoms", type=int, default=None, metavar="N",
                    help="atoms per batched model call (default 4096 on a GPU, 512 on a CPU)")
     p.add_argument("--no-symmetrize", action="store_true",
@@ -812,7 +815,7 @@ def _run_phonons(args) -> int:
         bar.close()
         pset.provenance.update(model=str(args.model), structure=str(args.structure),
                                relaxed=bool(args.relax))
-    props = compute_properties(pset.members, mesh)
+    props = compute_properties(pset.members, mesh, t_max=args.t_max)
     paths = write_phonons(args.output, pset, props)
     f = props.frequencies_THz
     prov = pset.provenance
@@ -823,6 +826,17 @@ def _run_phonons(args) -> int:
               f"atoms; model calls {pset.timings_s['forces']:.1f} s, force constants "
               f"{pset.timings_s['force_constants']:.1f} s, total {time.perf_counter() - t0:.1f} s")
     print(f"  {paths[1]}")
+    th = props.thermal
+    if th is not None:
+        fu = th["per_formula_unit"]
+        line = f"  per formula unit {th['formula']}: zero-point energy " \
+               f"{fu['zero_point_energy'].mean():.3f} kJ/mol"
+        t = th["temperature_K"]
+        if t[-1] >= 300:
+            i = int(np.argmin(np.abs(t - 300)))
+            line += (f", C_V({t[i]:g} K) {fu['heat_capacity'][:, i].mean():.2f} J/(K mol), "
+                     f"S {fu['entropy'][:, i].mean():.2f} J/(K mol)")
+        print(line + f" ({paths[0]}:/thermal)")
     if props.imaginary:
         worst = min(props.imaginary, key=lambda x: x[1])
         print(f"  imaginary modes at {len(props.imaginary)} q-points (listed in "
@@ -834,6 +848,12 @@ def _run_phonons(args) -> int:
         png = Path(args.output).with_suffix(".png")
         plot_phonons(props, png, title=Path(args.output).stem)
         print(f"  plot: {png}")
+        if th is not None:
+            from mlff_ins.phonons.plot import plot_heat_capacity
+
+            png = Path(args.output).with_name(Path(args.output).stem + "_heat_capacity.png")
+            plot_heat_capacity(th, png, title=Path(args.output).stem)
+            print(f"  plot: {png}")
     return 0
 
 

@@ -94,6 +94,17 @@ def write_phonons(path: str | os.PathLike, pset: PhononSet, props: PhononPropert
         b["label_distance"] = np.array([x for x, _ in props.band_labels])
         b["labels"] = np.array([lab for _, lab in props.band_labels], dtype="S")
         b["frequency_THz"] = props.band_frequencies_THz
+        if props.thermal is not None:
+            th = props.thermal
+            g = f.create_group("thermal")
+            g["temperature_K"] = th["temperature_K"]
+            g.attrs["formula_unit"] = th["formula"]
+            g.attrs["source"] = "phonopy thermal properties (harmonic), on the mesh above"
+            for label in ("per_atom", "per_formula_unit"):
+                sub = g.create_group(label)
+                for name, values in th[label].items():
+                    _stats(sub, name, values)
+                    sub[f"{name}_mean"].attrs["units"] = th["units"][name]
         im = f.create_group("imaginary")
         im["qpoints"] = np.array([q for q, _, _ in props.imaginary]).reshape(-1, 3)
         im["frequency_THz"] = np.array([x for _, x, _ in props.imaginary])

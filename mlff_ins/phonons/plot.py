@@ -64,3 +64,31 @@ def plot_phonons(props: PhononProperties, path: str | Path, title: str = "") -> 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def plot_heat_capacity(thermal: dict, path: str | Path, title: str = "") -> None:
+    """C_V(T) per atom (ensemble mean ± std) with the Dulong–Petit limit 3R."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = thermal["temperature_K"]
+    cv = thermal["per_atom"]["heat_capacity"]
+    mean, std = cv.mean(axis=0), cv.std(axis=0)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot(t, mean, color="C0", label="harmonic C_V (phonopy)")
+    if len(cv) > 1:
+        ax.fill_between(t, mean - std, mean + std, color="C0", alpha=0.3,
+                        label="ensemble spread")
+    ax.axhline(3 * 8.314462618, color="grey", ls="--", lw=1, label="Dulong–Petit 3R")
+    ax.set_xlabel("temperature (K)")
+    ax.set_ylabel("C_V per atom (J/(K mol))")
+    ax.set_xlim(0, t[-1])
+    ax.set_ylim(0, 3 * 8.314462618 * 1.1)
+    ax.legend(loc="lower right")
+    ax.set_title(f"{title}  ({thermal['formula']})" if title else thermal["formula"])
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)

@@ -30,6 +30,7 @@ class PhononProperties:
     band_labels: list                # [(distance, label), ...]
     band_frequencies_THz: np.ndarray  # (K, B, 3n)
     imaginary: list = field(default_factory=list)  # [(q frac, frequency THz, where), ...]
+    thermal: dict | None = None      # :func:`thermal_properties`
 
 
 def band_path(ph, npoints: int = 200):
@@ -54,10 +55,60 @@ def imaginary_modes(qpoints, frequencies_THz, where: str, tol_THz: float):
     return out
 
 
+#: the three lowest modes at Γ count as the acoustic ones when below this (THz)
+GAMMA_ACOUSTIC_THZ = 0.05
+
+
+def thermal_properties(members, mesh, t_max: float = 1000.0, t_step: float = 10.0) -> dict:
+    """Harmonic heat capacity C_V, entropy S, Helmholtz free energy F and zero-point energy of
+    every member, by phonopy's own thermal properties on ``mesh`` (T = 0..t_max K).
+
+    phonopy gives them per mole of primitive cells; here they are per mole of atoms and per mole
+    of formula units (the primitive cell's composition reduced by its greatest common divisor),
+    in J/(K mol) and kJ/mol. Modes below phonopy's cutoff (imaginary ones included) and the
+    acoustic modes at Γ are left out. Returns {"temperature_K", "per_atom": {...}, "per_formula_unit": {...},
+    "formula", "n_atoms_primitive"}, each quantity of shape (members, T)."""
+    from math import gcd
+
+    from mlff_ins.phonons.finite_displacement import mean_phonopy
+
+    symbols = list(mean_phonopy(members).primitive.symbols)
+    counts = {s: symbols.count(s) for s in dict.fromkeys(symbols)}
+    n_fu = 0
+    for c in counts.values():
+        n_fu = gcd(n_fu, c)
+    formula = "".join(f"{s}{c // n_fu if c // n_fu > 1 else ''}" for s, c in counts.items())
+    rows = {"heat_capacity": [], "entropy": [], "free_energy": []}
+    temps = None
+    for m in members:
+        # the three acoustic modes at Γ (zero frequency, up to round-off) are left out, as phonopy
+        # advises; a model without them (an Einstein solid) keeps all its modes
+        m.run_qpoints([[0.0, 0.0, 0.0]])
+        acoustic = np.sort(np.abs(m.qpoints.frequencies[0]))[:3].max() < GAMMA_ACOUSTIC_THZ
+        m.run_mesh(mesh, is_gamma_center=True)
+        m.run_thermal_properties(t_min=0.0, t_max=t_max, t_step=t_step,
+                                 exclude_gamma_acoustic=bool(acoustic))
+        tp = m.get_thermal_properties_dict()
+        temps = np.array(tp["temperatures"])
+        for k in rows:
+            rows[k].append(np.array(tp[k]))
+    n = len(symbols)
+    out = {"temperature_K": temps, "formula": formula, "n_atoms_primitive": n,
+           "units": {"heat_capacity": "J/(K mol)", "entropy": "J/(K mol)",
+                     "free_energy": "kJ/mol", "zero_point_energy": "kJ/mol"}}
+    for label, per in (("per_atom", n), ("per_formula_unit", n_fu)):
+        q = {k: np.array(v) / per for k, v in rows.items()}
+        q["zero_point_energy"] = q["free_energy"][:, 0]      # F(T = 0)
+        out[label] = q
+    return out
+
+
 def compute_properties(members, mesh, *, band_points: int = 200, dos_pitch_THz: float = 0.05,
-                       imaginary_tol_THz: float = 0.05) -> PhononProperties:
+                       imaginary_tol_THz: float = 0.05, t_max: float | None = 1000.0
+                       ) -> PhononProperties:
     """Mesh, DOS (phonopy's tetrahedron method), partial DOS per element and bands for every
-    member; eigenvectors and imaginary modes from the member-mean force constants."""
+    member; eigenvectors and imaginary modes from the member-mean force constants; thermal
+    properties up to ``t_max`` K (None: none)."""
     from mlff_ins.phonons.finite_displacement import mean_phonopy
 
     mean = mean_phonopy(members)
@@ -97,9 +148,10 @@ def compute_properties(members, mesh, *, band_points: int = 200, dos_pitch_THz: 
     band = np.array(band)
     imag = (imaginary_modes(qpoints, freqs.mean(axis=0), "mesh", imaginary_tol_THz)
             + imaginary_modes(bq, band.mean(axis=0), "band", imaginary_tol_THz))
+    thermal = thermal_properties(members, grid, t_max) if t_max else None
     return PhononProperties(grid, qpoints, weights, freqs, eigvecs, dos_freq,
                             np.array(dos_total), {e: np.array(v) for e, v in dos_partial.items()},
-                            bq, bx, blabels, band, imag)
+                            bq, bx, blabels, band, imag, thermal)
 
 
 #: branch names of the sorted frequencies at Γ, X and L of diamond-structure crystals (Si, Ge, C)
