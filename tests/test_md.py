@@ -565,3 +565,21 @@ def test_spectra_refuses_a_time_axis_that_is_not_uniform_anywhere(tmp_path):
             w.append(step, float(step), zeros, 5 * np.eye(3), velocities=zeros, forces=zeros)
     with pytest.raises(InputError, match="frame 1201 is 20 after frame 1200"):
         Trajectory(path)
+
+
+def test_md_with_a_calculator_that_lacks_an_element(tmp_path, capsys):
+    """An ASE calculator that cannot handle the structure (EMT has no Li): one line naming it,
+    and no trajectory left behind."""
+    from ase.build import bulk
+    from ase.io import write
+
+    structure = tmp_path / "li.xyz"
+    write(structure, bulk("Li", "bcc", a=3.5, cubic=True))
+    calc = tmp_path / "emt.yaml"
+    calc.write_text("calculator: emt\n")
+    out = tmp_path / "li.h5md"
+    assert main(["md", str(structure), "--calculator", str(calc), "--steps", "2",
+                 "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "EMT cannot compute forces" in err and "Li" in err
+    assert not out.exists()

@@ -359,7 +359,16 @@ def run_md(atoms, calc, opts: MDOptions, output: str | Path, resume: bool = Fals
             thermalize(atoms, temperature_K=max(opts.temperature_K, 0.0),
                        rng=np.random.default_rng(opts.seed))
             vd.Stationary(atoms)
-        atoms.get_forces()
+        try:
+            atoms.get_forces()
+        except InputError:
+            raise
+        except (NotImplementedError, KeyError, ValueError) as exc:
+            # an ASE calculator that cannot handle the structure (EMT and an element it lacks)
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            raise InputError(f"{type(calc).__name__} cannot compute forces for this structure "
+                             f"({', '.join(sorted(set(atoms.get_chemical_symbols())))}): "
+                             f"{text}") from None
 
     fresh = not (resume and output.exists())
     if fresh:   # a calculator that fails on the structure leaves no empty trajectory behind
