@@ -285,3 +285,30 @@ def test_lammps_input_types_follow_the_model_element_order(tmp_path, monkeypatch
     if not _pair_style_available(lmp, style):
         assert err is not None and "Last input line: pair_style" in str(err), err
     _assert_lammps_holds(lmp, atoms, type_names)
+
+
+def test_deploy_for_nequips_ase_calculator(tiny_bundle, tmp_path, capsys):
+    """`deploy --target ase` compiles member 0 for nequip's own NequIPCalculator (ahead of time
+    with torch ≥ 2.10, where nequip refuses TorchScript): it gives the energy and forces of the
+    bundle's calculator on a rattled test frame, to 1e-8 (float64 both ways)."""
+    from ase.io import read
+    from nequip.ase import NequIPCalculator
+
+    from mlff_ins.cli import main
+    from mlff_ins.md.deploy import _torch_at_least
+    from mlff_ins.model.calculator import BundleCalculator
+
+    out = tmp_path / "ase"
+    assert main(["deploy", str(tiny_bundle), "--target", "ase", "-o", str(out)]) == 0
+    model = out / ("member_0.nequip.pt2" if _torch_at_least(2, 10) else "member_0.nequip.pth")
+    assert str(model) in capsys.readouterr().out
+    atoms = read(tiny_bundle / "data" / "test.xyz", index=0)
+    atoms.rattle(0.03, seed=3)
+    ours = atoms.copy()
+    ours.calc = BundleCalculator([tiny_bundle / "members" / "member_0" / "model.nequip.zip"])
+    theirs = atoms.copy()
+    theirs.calc = (NequIPCalculator.from_compiled_model(str(model), device="cpu")
+                   if model.suffix == ".pt2" else
+                   NequIPCalculator.from_deployed_model(str(model), device="cpu"))
+    assert theirs.get_potential_energy() == pytest.approx(ours.get_potential_energy(), abs=1e-8)
+    np.testing.assert_allclose(theirs.get_forces(), ours.get_forces(), atol=1e-8)

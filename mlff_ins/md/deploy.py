@@ -11,8 +11,10 @@ chosen member, and a README. ``in.lammps`` names only files written here: ``pair
 with the ``.nequip.pt2`` file when it was compiled, else ``pair_style mliap unified`` with the
 ML-IAP file. LAMMPS atom types are the bundle's elements in the bundle's order (``pair_coeff``
 lists them in that order); masses are in ``structure.data``.
-``--target ase`` compiles TorchScript models (``--mode torchscript --target ase``) for nequip's
-``NequIPCalculator``. LAMMPS runs one model: deploy several members to compare them.
+``--target ase`` compiles models for nequip's ``NequIPCalculator``: ahead of time
+(``--mode aotinductor --target ase`` -> ``member_K.nequip.pt2``, minutes per member) with torch
+≥ 2.10, where nequip refuses TorchScript; TorchScript (``member_K.nequip.pth``) before.
+LAMMPS runs one model: deploy several members to compare them.
 """
 
 from __future__ import annotations
@@ -149,9 +151,12 @@ def deploy(bundle: str | Path, target: str, output: str | Path, members: list[in
     for k in chosen:
         src = bundle / "members" / f"member_{k}" / "model.nequip.zip"
         if target == "ase":
-            written.append(_run([_tool("nequip-compile"), str(src), "--mode", "torchscript",
+            # nequip refuses TorchScript from torch 2.10 on: compile ahead of time there
+            mode, ext = (("aotinductor", "pt2") if _torch_at_least(2, 10)
+                         else ("torchscript", "pth"))
+            written.append(_run([_tool("nequip-compile"), str(src), "--mode", mode,
                                  "--device", device, "--target", "ase"],
-                                out / f"member_{k}.nequip.pth"))
+                                out / f"member_{k}.nequip.{ext}"))
             continue
         if compile_aot:
             written.append(_run([_tool("nequip-compile"), str(src), "--mode", "aotinductor",
@@ -178,6 +183,13 @@ def deploy(bundle: str | Path, target: str, output: str | Path, members: list[in
             pair_nequip=pair_nequip))
         written.append(out / "README.md")
     return written
+
+
+def _torch_at_least(major: int, minor: int) -> bool:
+    import torch
+
+    version = torch.__version__.split("+")[0].split(".")
+    return (int(version[0]), int(version[1])) >= (major, minor)
 
 
 def write_lammps_input(out: str | Path, atoms, elements: list[str], model: str, route: str,
