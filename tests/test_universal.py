@@ -31,6 +31,20 @@ def test_universal_model_by_name(sevennet):
     assert np.isfinite(atoms.get_potential_energy()) and forces.shape == (8, 3)
     assert abs(forces.sum(axis=0)).max() < 1e-4           # momentum conservation
     assert atoms.get_stress().shape == (6,)
+    # nequip sets torch's global default dtype to float64 when imported: the float32 universal
+    # models must run regardless, and leave the default as they found it
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        again = atoms.copy()
+        again.calc = sevennet
+        assert again.get_potential_energy() == pytest.approx(atoms.get_potential_energy(),
+                                                             abs=1e-6)
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(old)
     batched = sevennet.member_forces_batched([atoms, atoms])
     np.testing.assert_allclose(batched, np.stack([forces, forces])[None], atol=1e-5)
     with pytest.raises(InputError, match="not a model bundle folder nor a universal model"):

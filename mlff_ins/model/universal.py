@@ -20,6 +20,8 @@ name                      model
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
@@ -32,6 +34,20 @@ UNIVERSAL = {
     "sevennet-mf-0": ("sevenn", {"model": "7net-mf-0", "modal": "PBE"}, "SevenNet-MF-0 (PBE)"),
     "chgnet": ("chgnet", {"model": "0.3.0"}, "CHGNet 0.3.0"),
 }
+
+
+@contextmanager
+def _float32_default():
+    """The universal models run in float32 and read torch's default dtype; nequip (imported by
+    the bundle calculator) sets the global default to float64, so set float32 while they run."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 def is_universal(name) -> bool:
@@ -58,20 +74,21 @@ class UniversalCalculator(Calculator):
         import warnings
 
         try:
-            if package == "sevenn":
-                from sevenn.calculator import SevenNetCalculator
+            with _float32_default():
+                if package == "sevenn":
+                    from sevenn.calculator import SevenNetCalculator
 
-                with warnings.catch_warnings():  # "no tensor product accelerator": speed only
-                    warnings.simplefilter("ignore", UserWarning)
-                    self.inner = SevenNetCalculator(device=str(self.device), **kwargs)
-                self.elements = {int(z) for z in self.inner.type_map}
-            else:
-                from chgnet.model import CHGNet
-                from chgnet.model.dynamics import CHGNetCalculator
+                    with warnings.catch_warnings():  # "no tensor product accelerator": speed
+                        warnings.simplefilter("ignore", UserWarning)
+                        self.inner = SevenNetCalculator(device=str(self.device), **kwargs)
+                    self.elements = {int(z) for z in self.inner.type_map}
+                else:
+                    from chgnet.model import CHGNet
+                    from chgnet.model.dynamics import CHGNetCalculator
 
-                model = CHGNet.load(model_name=kwargs["model"], verbose=False)
-                self.inner = CHGNetCalculator(model=model, use_device=str(self.device))
-                self.elements = set(range(1, 95))   # CHGNet's embedding covers H..Pu
+                    model = CHGNet.load(model_name=kwargs["model"], verbose=False)
+                    self.inner = CHGNetCalculator(model=model, use_device=str(self.device))
+                    self.elements = set(range(1, 95))   # CHGNet's embedding covers H..Pu
         except ImportError:
             raise InputError(f"--model {name} needs the {package} package (its wheel holds the "
                              f"weights): pip install -e '.[universal]'") from None
@@ -94,11 +111,12 @@ class UniversalCalculator(Calculator):
         self.check_elements(self.atoms)
         a = self.atoms.copy()
         a.calc = self.inner
-        energy = float(a.get_potential_energy())
-        self.results = {"energy": energy, "free_energy": energy,
-                        "forces": np.asarray(a.get_forces(), dtype=float)}
-        if self.compute_stress or "stress" in properties:
-            self.results["stress"] = np.asarray(a.get_stress(), dtype=float)
+        with _float32_default():
+            energy = float(a.get_potential_energy())
+            self.results = {"energy": energy, "free_energy": energy,
+                            "forces": np.asarray(a.get_forces(), dtype=float)}
+            if self.compute_stress or "stress" in properties:
+                self.results["stress"] = np.asarray(a.get_stress(), dtype=float)
 
     def member_forces_batched(self, structures, max_batch_atoms=None, progress=None) -> np.ndarray:
         """Forces of the one member for S structures, shape (1, S, N, 3), eV/Å."""
@@ -107,7 +125,8 @@ class UniversalCalculator(Calculator):
             self.check_elements(atoms)
             a = atoms.copy()
             a.calc = self.inner
-            out.append(np.asarray(a.get_forces(), dtype=float))
+            with _float32_default():
+                out.append(np.asarray(a.get_forces(), dtype=float))
             if progress is not None:
                 progress(1)
         return np.asarray(out)[None]
