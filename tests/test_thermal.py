@@ -49,11 +49,11 @@ def test_dulong_petit_limit():
 
 def test_einstein_solid_heat_capacity():
     """Independent oscillators of one frequency ν: C_V = 3R x² eˣ/(eˣ − 1)², x = hν/kT, per
-    atom, at every temperature (no acoustic modes, so none is left out). Tolerance 1e-5: the
-    exact SI 2019 h, k and R here against phonopy's own constants differ at the 1e-6 level,
-    which C_V amplifies by up to ~3 at x ≈ 5."""
+    atom, at every temperature (no acoustic modes, so none is left out). h/k and R are taken
+    from phonopy's own physical constants, so the comparison is exact up to round-off (1e-9)."""
     from ase.build import bulk
     from phonopy import Phonopy
+    from phonopy.physical_units import get_physical_units
 
     from mlff_ins.phonons.finite_displacement import to_phonopy_atoms
 
@@ -65,9 +65,11 @@ def test_einstein_solid_heat_capacity():
     nu = float(ph.qpoints.frequencies[0].mean())                  # phonopy's own conversion
     th = thermal_properties([ph], [4, 4, 4], t_max=400, t_step=50)
     t = th["temperature_K"][1:]
-    x = 6.62607015e-34 * nu * 1e12 / (1.380649e-23 * t)
-    exact = 3 * R * x ** 2 * np.exp(x) / np.expm1(x) ** 2
-    np.testing.assert_allclose(th["per_atom"]["heat_capacity"][0, 1:], exact, rtol=1e-5)
+    u = get_physical_units()
+    x = nu * u.THzToEv / (u.KB * t)
+    r = u.KB * u.EvTokJmol * 1000                                 # R in J/(K mol), phonopy's
+    exact = 3 * r * x ** 2 * np.exp(x) / np.expm1(x) ** 2
+    np.testing.assert_allclose(th["per_atom"]["heat_capacity"][0, 1:], exact, rtol=1e-9)
 
 
 def test_phonons_writes_thermal_properties(tmp_path, capsys):

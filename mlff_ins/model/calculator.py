@@ -64,18 +64,25 @@ def read_bundle(path: str | os.PathLike) -> dict:
 
 
 @contextlib.contextmanager
+def default_dtype(dtype):
+    """Set torch's global default dtype while the block runs, and restore it after."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
 def _float64_default():
     """nequip expects data in float64 (it sets that as torch's global default); we set it only
     while our calls run, so loading a model changes nothing global for the user. Without it,
     positions are rounded to float32 before the model sees them (errors ~1e-6 Angstrom)."""
     import torch
 
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
+    return default_dtype(torch.float64)
 
 
 def _load_member(model_path: Path, device):

@@ -20,8 +20,6 @@ name                      model
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
@@ -36,18 +34,14 @@ UNIVERSAL = {
 }
 
 
-@contextmanager
 def _float32_default():
     """The universal models run in float32 and read torch's default dtype; nequip (imported by
     the bundle calculator) sets the global default to float64, so set float32 while they run."""
     import torch
 
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
+    from mlff_ins.model.calculator import default_dtype
+
+    return default_dtype(torch.float32)
 
 
 def is_universal(name) -> bool:
