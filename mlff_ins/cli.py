@@ -982,6 +982,127 @@ def _run_demo(args) -> int:
     return 0
 
 
+def _add_database(sub) -> None:
+    p = sub.add_parser(
+        "database", help="build the direct predictor's training database (relax, phonons, INS)",
+        description="The training database of the direct predictor: every crystal of a "
+                    "structure source relaxed with a teacher, its finite-displacement phonons "
+                    "and INS spectra computed with the same code as `phonons` and `ins`.",
+        epilog="example: mlff-ins database build --structures aflow,substitutions "
+               "--teacher sevennet-0 -o db.h5 --workers 2",
+        formatter_class=_HelpFormatter)
+    dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    b = dsub.add_parser(
+        "build", help="compute every structure not yet in the database (resumable)",
+        description="Relax -> phonons -> INS for every structure of --structures not yet in "
+                    "OUTPUT. Each finished entry is saved at once (OUTPUT.parts/, merged into "
+                    "OUTPUT every --consolidate-every entries and at the end), so a killed "
+                    "build loses only the entries in flight: rerun the same command to go on. "
+                    "Entries with imaginary modes are kept and flagged; failures are kept with "
+                    "their reason and not retried.",
+        epilog="example: mlff-ins database build --structures aflow,ase-bulk,dcdft,"
+               "substitutions --teacher sevennet-0 -o db.h5",
+        formatter_class=_HelpFormatter)
+    b.add_argument("--structures", required=True, metavar="SOURCE",
+                   help="comma-separated sources: aflow (pymatgen's 288 AFLOW prototypes), "
+                        "ase-bulk, dcdft, substitutions (charge-balanced element substitutions "
+                        "on the prototypes), or a structure file or folder")
+    b.add_argument("--teacher", default="sevennet-0", metavar="NAME|DIR|YAML",
+                   help="universal model name (sevennet-0, sevennet-l3i5, sevennet-mf-0, "
+                        "chgnet), a model bundle folder or a calculator YAML "
+                        "(default: sevennet-0; docs/benchmarks.md: teachers)")
+    b.add_argument("-o", "--output", required=True, help="database file (HDF5)")
+    b.add_argument("--max-atoms", type=int, default=12, metavar="N",
+                   help="skip structures whose primitive cell has more atoms")
+    b.add_argument("--per-prototype", type=int, default=40, metavar="N",
+                   help="substitutions: at most N per AFLOW prototype")
+    b.add_argument("--supercell-length", type=float, default=9.0, metavar="Å",
+                   help="smallest width of the phonon supercell (Å)")
+    b.add_argument("--max-supercell-atoms", type=int, default=256, metavar="N",
+                   help="cap on the phonon supercell (atoms)")
+    b.add_argument("--limit", type=int, metavar="N", help="compute at most N new entries")
+    b.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="local processes (torch threads are split between them)")
+    b.add_argument("--dask", metavar="ADDRESS",
+                   help="a running dask.distributed scheduler (e.g. tcp://host:8786) to hand "
+                        "the entries to, instead of local processes")
+    b.add_argument("--consolidate-every", type=int, default=20, metavar="N",
+                   help="merge finished entries into OUTPUT every N entries")
+    b.add_argument("-T", "--temperature", type=float, default=10.0, metavar="K",
+                   help="temperature of the spectra (K)")
+    b.add_argument("--device", default="cpu", help="teacher device: cpu, cuda, cuda:N or auto")
+    b.set_defaults(func=_run_database_build)
+    r = dsub.add_parser(
+        "respectra", help="recompute every spectrum from the stored force constants",
+        description="A copy of DATABASE with every spectrum recomputed from the stored force "
+                    "constants (no teacher needed) at another temperature or on other grids.",
+        epilog="example: mlff-ins database respectra db.h5 -T 300 -o db_300K.h5",
+        formatter_class=_HelpFormatter)
+    r.add_argument("database", help="database file written by `database build`")
+    r.add_argument("-o", "--output", required=True, help="new database file")
+    r.add_argument("-T", "--temperature", type=float, default=10.0, metavar="K",
+                   help="temperature (K)")
+    r.add_argument("--e-max", type=float, default=500.0, metavar="MEV",
+                   help="end of the 1D energy grid (meV)")
+    r.add_argument("--e-step", type=float, default=0.5, metavar="MEV",
+                   help="step of the 1D energy grid (meV)")
+    r.add_argument("--q-max", type=float, default=15.0, metavar="1/Å",
+                   help="end of the S(Q,E) |Q| grid (1/Å)")
+    r.add_argument("--q-step", type=float, default=0.15, metavar="1/Å",
+                   help="step of the S(Q,E) |Q| grid (1/Å)")
+    r.add_argument("--e-max-2d", type=float, default=150.0, metavar="MEV",
+                   help="end of the S(Q,E) energy grid (meV)")
+    r.add_argument("--e-step-2d", type=float, default=1.5, metavar="MEV",
+                   help="step of the S(Q,E) energy grid (meV)")
+    r.set_defaults(func=_run_database_respectra)
+    i = dsub.add_parser("info", help="count the entries, elements and flags of a database",
+                        epilog="example: mlff-ins database info db.h5",
+                        formatter_class=_HelpFormatter)
+    i.add_argument("database", help="database file")
+    i.set_defaults(func=_run_database_info)
+
+
+def _run_database_build(args) -> int:
+    from mlff_ins.predict.database import BuildOptions, SpectraOptions, build_database
+    from mlff_ins.predict.sources import iter_structures
+
+    for opt in ("max_atoms", "workers", "consolidate_every", "max_supercell_atoms"):
+        if getattr(args, opt) < 1:
+            raise InputError(f"--{opt.replace('_', '-')} must be at least 1")
+    opts = BuildOptions(teacher=args.teacher, device=args.device,
+                        spectra=SpectraOptions(temperature_K=args.temperature),
+                        supercell_length_A=args.supercell_length,
+                        max_supercell_atoms=args.max_supercell_atoms)
+    structures = iter_structures(args.structures, max_atoms=args.max_atoms,
+                                 per_prototype=args.per_prototype)
+    print(f"collecting the structures of {args.structures} ...", flush=True)
+    summary = build_database(list(structures), args.output, opts, workers=args.workers,
+                             dask=args.dask, limit=args.limit,
+                             consolidate_every=args.consolidate_every)
+    print(f"{args.output}: {summary['entries']} entries; this run added {summary['added']} "
+          f"({summary['ok']} ok, {summary['imaginary']} with imaginary modes, "
+          f"{summary['failed']} failed); {summary['skipped_done']} were done before")
+    return 0
+
+
+def _run_database_respectra(args) -> int:
+    from mlff_ins.predict.database import SpectraOptions, respectra
+
+    opts = SpectraOptions(temperature_K=args.temperature, e_max_meV=args.e_max,
+                          e_step_meV=args.e_step, q_max=args.q_max, q_step=args.q_step,
+                          e_max_2d_meV=args.e_max_2d, e_step_2d_meV=args.e_step_2d)
+    n = respectra(args.database, args.output, opts)
+    print(f"{args.output}: {n} entries, spectra recomputed at {args.temperature:g} K")
+    return 0
+
+
+def _run_database_info(args) -> int:
+    from mlff_ins.predict.database import database_summary
+
+    print(database_summary(args.database))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlff-ins",
@@ -1001,6 +1122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spectra(sub)
     _add_phonons(sub)
     _add_ins(sub)
+    _add_database(sub)
     return parser
 
 

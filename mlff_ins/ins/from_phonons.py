@@ -53,7 +53,9 @@ class InsOptions:
     max_memory_gb: float = 2.0           # budget of the coherent powder average (GiB)
 
 
-def _site_table(ph, isotopes):
+def site_table(ph, isotopes):
+    """Per atom of the primitive cell: symbols, masses (isotopes applied), b_coh (fm) and the
+    cross sections (barn) the INS formulas use."""
     symbols = list(ph.primitive.symbols)
     iso = [isotopes.get(s) for s in symbols]
     return dict(
@@ -67,19 +69,23 @@ def _site_table(ph, isotopes):
     )
 
 
-def _member_modes(ph, opts, sites):
+def member_modes(ph, opts, sites):
+    """The mesh modes of one phonopy object (one ensemble member)."""
     # isotope masses go on the primitive cell (phonopy maps them to the supercell)
     return ModeSet(ph, opts.mesh, opts.temperature_K,
                    masses=sites["masses"] if opts.isotopes else None)
 
 
-def _indirect(modes: ModeSet, sites, opts) -> tuple[np.ndarray, dict]:
+def indirect_arrays(modes: ModeSet, sites, opts) -> tuple[np.ndarray, dict]:
+    """(E, {name: S(E)}) on ``opts.instrument`` (vision or tosca), see ``indirect_s_e``."""
     e = np.arange(0.0, opts.e_max_meV + 0.5 * opts.e_step_meV, opts.e_step_meV)
     return indirect_s_e(modes.source(e), get_instrument(opts.instrument), sites["sigma_total"],
                         opts.n_phonon)
 
 
-def _two_d(modes: ModeSet, sites, opts) -> tuple[np.ndarray, np.ndarray, dict]:
+def two_d_arrays(modes: ModeSet, sites, opts) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(|Q|, E, {sqe_coh, sqe_inc, sqe}) powder maps, masked and broadened when ``opts`` names
+    a direct-geometry setting."""
     q = np.arange(opts.q_min, opts.q_max + 0.5 * opts.q_step, opts.q_step)
     e = np.arange(0.0, opts.e_max_2d_meV + 0.5 * opts.e_step_2d_meV, opts.e_step_2d_meV)
     coh1 = coherent_powder_sqe(modes, q, e, sites["b_coh"], opts.n_directions, opts.seed,
@@ -116,18 +122,18 @@ def ins_from_phonons(pset, opts: InsOptions, meta: dict | None = None) -> dict:
     resolution = None if indirect else _direct_resolution(opts)  # bad settings fail first
     per_member = []
     axes = None
-    sites = _site_table(pset.members[0], opts.isotopes)
+    sites = site_table(pset.members[0], opts.isotopes)
     u2 = []
     for ph in pset.members:
-        modes = _member_modes(ph, opts, sites)
+        modes = member_modes(ph, opts, sites)
         u2.append(modes.u2)
         res = {}
         if indirect:
-            e1, one = _indirect(modes, sites, opts)
+            e1, one = indirect_arrays(modes, sites, opts)
             res.update(one)
             axes = (e1, axes[1] if axes else None, axes[2] if axes else None)
         if opts.two_d or not indirect:
-            q, e2, two = _two_d(modes, sites, opts)
+            q, e2, two = two_d_arrays(modes, sites, opts)
             res.update(two)
             axes = (axes[0] if axes else None, q, e2)
         per_member.append(res)

@@ -24,7 +24,7 @@ from mlff_ins.errors import InputError
 KINDS = ("vdos", "gdos", "fqt_coh", "fqt_inc", "sqe_coh", "sqe_inc", "sqe", "s_e", "eisf", "msd")
 #: Units of each axis dataset.
 AXIS_UNITS = {"energy": "meV", "q": "1/angstrom", "time": "fs"}
-SOURCES = ("phonons", "md", "predictor")
+SOURCES = ("phonons", "md", "predictor", "measured")
 
 
 @dataclass

@@ -1,0 +1,540 @@
+"""The predictor's training database: relax -> finite-displacement phonons -> INS over many crystals.
+
+``mlff-ins database build --structures SOURCE --teacher NAME -o db.h5`` runs every structure of
+:mod:`mlff_ins.predict.sources` through the same code as ``phonons`` and ``ins``
+(:func:`~mlff_ins.phonons.finite_displacement.relax`,
+:func:`~mlff_ins.phonons.finite_displacement.phonons_from_model`,
+:mod:`mlff_ins.ins.from_phonons`) with a teacher: a universal model by name, a model bundle or a
+calculator YAML.
+
+Crash safety and resuming
+    Every finished entry (failed ones too, with their reason, so they are not retried for ever)
+    is written to its own small HDF5 file in ``db.h5.parts/`` under a temporary name and moved
+    into place; a kill loses at most the entries in flight. Every ``consolidate_every`` entries
+    and at the end the parts are merged into ``db.h5`` (written to a temporary file, then moved
+    into place) and removed. An entry is identified by its structure key, so a resumed, a
+    parallel or a Dask build skips what is done and can never hold an entry twice.
+
+Parallelism
+    ``workers`` local processes (each loads the teacher once, torch threads split between them) or
+    ``dask`` = the address of a running ``dask.distributed`` scheduler, which receives the same
+    tasks; the client process alone writes the files.
+
+File layout (``db.h5``)
+    ``/grids``: ``energy_meV`` (1D spectra and DOS), ``q_invA`` and ``energy_2d_meV`` (S(Q,E));
+    attributes: temperature, mesh, teacher, options (JSON).
+    ``/entries/<name>`` (``name`` a hash of the key) with attributes ``key``, ``formula``,
+    ``status`` (``ok`` | ``imaginary`` | ``failed``), ``message``, ``seconds``, ``teacher`` and
+    datasets ``numbers``, ``cell`` (Å), ``positions`` (Å) of the relaxed primitive cell,
+    ``supercell_matrix``, ``force_constants`` (eV/Å², phonopy's compact layout), ``lowest_THz``,
+    ``elements`` (element order of the partials), ``dos`` and ``dos_partial`` (states/meV per atom,
+    area 3 per atom), ``vision``, ``vision_partial``, ``tosca`` (S(E), barn/sr/meV per atom) and
+    ``sqe`` (powder S(Q,E) on the 2D grid, float32). Failed entries hold attributes only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlff_ins import __version__
+from mlff_ins.atomic_io import atomic_path
+from mlff_ins.errors import InputError
+
+ARRAYS = ("numbers", "cell", "positions", "supercell_matrix", "force_constants", "lowest_THz",
+          "dos", "dos_partial", "vision", "vision_partial", "tosca", "sqe")
+
+
+@dataclass
+class SpectraOptions:
+    """Grids and conditions of every stored spectrum (``database respectra`` changes them)."""
+
+    temperature_K: float = 10.0
+    mesh: float = 30.0                   # phonopy mesh length (Å)
+    e_max_meV: float = 500.0
+    e_step_meV: float = 0.5
+    q_max: float = 15.0                  # the 2D grid of Cheng et al. 2023: 0-15 1/Å x 0-150 meV
+    q_step: float = 0.15
+    e_max_2d_meV: float = 150.0
+    e_step_2d_meV: float = 1.5
+    n_directions: int = 50
+    n_phonon: int = 10
+    imaginary_tol_THz: float = 0.3       # modes below -tol (Γ acoustic aside) flag the entry
+
+    def energy(self) -> np.ndarray:
+        return np.arange(0.0, self.e_max_meV + 0.5 * self.e_step_meV, self.e_step_meV)
+
+
+@dataclass
+class BuildOptions:
+    teacher: str
+    spectra: SpectraOptions = field(default_factory=SpectraOptions)
+    relax: bool = True
+    fmax: float = 5e-3                   # eV/Å
+    relax_steps: int = 300
+    supercell_length_A: float = 9.0      # smallest width of the supercell
+    max_supercell_atoms: int = 256
+    device: str = "cpu"
+
+
+def entry_name(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()[:20]
+
+
+# --------------------------------------------------------------------------------------------
+# the teacher
+
+class _AseMembers:
+    """A plain ASE calculator with the bundle interface ``member_forces_batched``."""
+
+    def __init__(self, calc):
+        self.calc = calc
+
+    def member_forces_batched(self, structures, max_batch_atoms=None, progress=None):
+        out = []
+        for a in structures:
+            a = a.copy()
+            a.calc = self.calc
+            out.append(a.get_forces())
+            if progress is not None:
+                progress(1)
+        return np.array(out)[None]
+
+
+def check_teacher(teacher: str) -> Path:
+    """Refuse a teacher that is neither a universal model name, a bundle folder nor a
+    calculator YAML file, before any work starts."""
+    from mlff_ins.model.universal import is_universal
+
+    path = Path(teacher)
+    if (path.suffix in (".yaml", ".yml") and path.is_file()) or path.is_dir() \
+            or is_universal(teacher):
+        return path
+    raise InputError(f"--teacher {teacher}: neither a universal model name, a model bundle "
+                     "folder nor a calculator YAML file")
+
+
+def load_teacher(teacher: str, device: str = "cpu", workdir: str | os.PathLike = "."):
+    """(calculator, description) of a universal model name, a model bundle folder or a
+    calculator YAML file (a documented trust boundary: YAML names the class it imports)."""
+    path = check_teacher(teacher)
+    if path.suffix in (".yaml", ".yml"):
+        from mlff_ins.data.label import build_calculator, read_calculator_spec
+
+        spec = read_calculator_spec(path)
+        return (build_calculator(spec, Path(workdir) / "teacher.calc"),
+                f"calculator {spec.name} sha256:{spec.sha256[:16]}")
+    from mlff_ins.model.calculator import load_calculator
+
+    calc = load_calculator(teacher, device=device)
+    meta = getattr(calc, "bundle", {})
+    if meta.get("universal"):
+        return calc, f"{meta['universal']} ({meta['package']} {meta['version']})"
+    digest = hashlib.sha256((path / "bundle.json").read_bytes()).hexdigest()[:16]
+    return calc, f"bundle {path.name} sha256:{digest}"
+
+
+def _forces_interface(calc):
+    return calc if hasattr(calc, "member_forces_batched") else _AseMembers(calc)
+
+
+# --------------------------------------------------------------------------------------------
+# one entry
+
+def supercell_for(atoms, length_A: float, max_atoms: int) -> list[int]:
+    """Diagonal supercell whose every width is at least ``length_A`` (Å), shrunk (the longest
+    widths first) until it has at most ``max_atoms`` atoms."""
+    cell = np.asarray(atoms.cell[:])
+    volume = abs(np.linalg.det(cell))
+    widths = np.array([volume / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3]))
+                       for i in range(3)])
+    n = np.maximum(1, np.ceil(length_A / widths - 1e-9)).astype(int)
+    while n.prod() * len(atoms) > max_atoms and n.max() > 1:
+        i = int(np.argmax(np.where(n > 1, n * widths, -1)))
+        n[i] -= 1
+    return n.tolist()
+
+
+def entry_spectra(ph, opts: SpectraOptions) -> dict:
+    """Every stored array of one entry from a phonopy object with force constants: DOS and
+    element partials, VISION and TOSCA S(E) (with element partials for VISION), powder S(Q,E),
+    and the lowest mesh frequency. The same engine as ``mlff-ins ins``."""
+    from mlff_ins.ins.from_phonons import (InsOptions, indirect_arrays, member_modes,
+                                           site_table, two_d_arrays)
+
+    ins = InsOptions(instrument="vision", temperature_K=opts.temperature_K,
+                     n_phonon=opts.n_phonon, mesh=opts.mesh, e_max_meV=opts.e_max_meV,
+                     e_step_meV=opts.e_step_meV, two_d=True, q_min=0.0, q_max=opts.q_max,
+                     q_step=opts.q_step, e_max_2d_meV=opts.e_max_2d_meV,
+                     e_step_2d_meV=opts.e_step_2d_meV, n_directions=opts.n_directions)
+    sites = site_table(ph, {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # soft modes are flagged below, not printed
+        modes = member_modes(ph, ins, sites)
+        energy = opts.energy()
+        site_dos = modes.site_dos(energy)                              # (n, E), area 1 each
+        _, vision = indirect_arrays(modes, sites, ins)
+        ins.instrument = "tosca"
+        _, tosca = indirect_arrays(modes, sites, ins)
+        _, _, two = two_d_arrays(modes, sites, ins)
+    elements = list(dict.fromkeys(sites["symbols"]))
+    n = len(sites["symbols"])
+    partial = np.array([3 * site_dos[[s == el for s in sites["symbols"]]].sum(axis=0) / n
+                        for el in elements])
+    freqs = np.asarray(modes.freqs)
+    gamma = np.all(np.isclose(modes.qpoints - np.rint(modes.qpoints), 0), axis=1)
+    # the three acoustic modes at Γ are zero by construction; the lowest of the rest decides
+    lowest = min(np.sort(freqs[gamma], axis=1)[:, 3:].min(initial=np.inf),
+                 freqs[~gamma].min(initial=np.inf))
+    return dict(
+        elements=elements, dos=partial.sum(axis=0), dos_partial=partial,
+        vision=vision["s_e"],
+        vision_partial=np.array([vision.get(f"s_e_{el}", vision["s_e"]) for el in elements]),
+        tosca=tosca["s_e"], sqe=two["sqe"].astype(np.float32),
+        lowest_THz=np.array(lowest))
+
+
+def compute_entry(key: str, atoms, opts: BuildOptions, calc) -> dict:
+    """One database entry (a dict of attributes and arrays); failures become ``status: failed``
+    with a one-line reason instead of an exception."""
+    from mlff_ins.phonons.finite_displacement import phonons_from_model, relax
+
+    t0 = time.perf_counter()
+    entry = dict(key=key, formula=atoms.get_chemical_formula(mode="metal"), status="ok",
+                 message="")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            relaxed = (relax(atoms, calc, fmax=opts.fmax, steps=opts.relax_steps)
+                       if opts.relax else atoms.copy())
+            sc = supercell_for(relaxed, opts.supercell_length_A, opts.max_supercell_atoms)
+            pset = phonons_from_model(relaxed, _forces_interface(calc), sc, primitive=None)
+        ph = pset.members[0]
+        arrays = entry_spectra(ph, opts.spectra)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of one crystal is recorded, not fatal
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        entry.update(status="failed", message=f"{type(exc).__name__}: {text}"[:500],
+                     seconds=time.perf_counter() - t0)
+        return entry
+    if arrays["lowest_THz"] < -opts.spectra.imaginary_tol_THz:
+        entry.update(status="imaginary",
+                     message=f"lowest mode {float(arrays['lowest_THz']):.2f} THz")
+    entry.update(arrays, numbers=relaxed.numbers, cell=np.array(relaxed.cell[:]),
+                 positions=relaxed.positions, supercell_matrix=np.diag(sc),
+                 force_constants=np.array(ph.force_constants),
+                 seconds=time.perf_counter() - t0)
+    return entry
+
+
+# --------------------------------------------------------------------------------------------
+# storage
+
+def parts_dir(db: str | os.PathLike) -> Path:
+    return Path(str(db) + ".parts")
+
+
+def _write_entry(group, entry: dict) -> None:
+    for k in ("key", "formula", "status", "message", "teacher"):
+        group.attrs[k] = str(entry.get(k, ""))
+    group.attrs["seconds"] = float(entry.get("seconds", float("nan")))
+    if "elements" in entry:
+        group.attrs["elements"] = json.dumps(list(entry["elements"]))
+    for k in ARRAYS:
+        if k in entry:
+            group.create_dataset(k, data=np.asarray(entry[k]))
+
+
+def write_part(db: str | os.PathLike, entry: dict) -> Path:
+    """One finished entry as its own file in ``db.h5.parts/``, atomically."""
+    import h5py
+
+    path = parts_dir(db) / f"{entry_name(entry['key'])}.h5"
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            _write_entry(f.create_group("entry"), entry)
+    return path
+
+
+def _read_part(path: Path):
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f["entry"].attrs["key"])
+    except (OSError, KeyError):
+        return None            # not a finished part (cannot happen with atomic moves)
+
+
+def _write_grids(f, spectra: SpectraOptions, meta: dict) -> None:
+    g = f.require_group("grids")
+    for name, values in (("energy_meV", spectra.energy()),
+                         ("q_invA", np.arange(0.0, spectra.q_max + 0.5 * spectra.q_step,
+                                              spectra.q_step)),
+                         ("energy_2d_meV", np.arange(0.0, spectra.e_max_2d_meV
+                                                     + 0.5 * spectra.e_step_2d_meV,
+                                                     spectra.e_step_2d_meV))):
+        if name in g:
+            del g[name]
+        g.create_dataset(name, data=values)
+    g.attrs["spectra_options"] = json.dumps(asdict(spectra))
+    for k, v in meta.items():
+        g.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+
+
+def done_keys(db: str | os.PathLike) -> set[str]:
+    """Keys of every finished entry: in ``db.h5`` and in its parts folder."""
+    import h5py
+
+    keys = set()
+    db = Path(db)
+    if db.is_file():
+        with h5py.File(db, "r") as f:
+            keys.update(str(g.attrs["key"]) for g in f.get("entries", {}).values())
+    parts = parts_dir(db)
+    if parts.is_dir():
+        keys.update(k for k in (_read_part(p) for p in sorted(parts.glob("*.h5"))) if k)
+    return keys
+
+
+def consolidate(db: str | os.PathLike, spectra: SpectraOptions, meta: dict) -> int:
+    """Merge the parts into ``db.h5`` (a new file moved into place), then remove them; returns
+    the number of entries in the database. Safe to interrupt at any point."""
+    import shutil
+
+    import h5py
+
+    db = Path(db)
+    parts = sorted(parts_dir(db).glob("*.h5")) if parts_dir(db).is_dir() else []
+    with atomic_path(db) as tmp:
+        if db.is_file():
+            shutil.copyfile(db, tmp)
+        with h5py.File(tmp, "a") as f:
+            f.attrs["creator"] = f"mlff-ins {__version__}"
+            _write_grids(f, spectra, meta)
+            entries = f.require_group("entries")
+            for p in parts:
+                with h5py.File(p, "r") as src:
+                    name = p.stem
+                    if name not in entries:
+                        src.copy(src["entry"], entries, name=name)
+            n = len(entries)
+    for p in parts:
+        p.unlink()
+    return n
+
+
+def read_database(db: str | os.PathLike, status: tuple = ("ok",)) -> tuple[dict, list[dict]]:
+    """(grids, entries) of a consolidated database, entries with ``status`` in ``status``
+    (None: all), each a dict of attributes and arrays."""
+    import h5py
+
+    db = Path(db)
+    if not db.is_file():
+        raise InputError(f"{db}: no such database")
+    try:
+        f = h5py.File(db, "r")
+    except OSError as exc:
+        raise InputError(f"{db}: not an HDF5 file ({exc})") from None
+    with f:
+        if "grids" not in f or "entries" not in f:
+            raise InputError(f"{db}: not an mlff-ins database (no /grids or /entries)")
+        grids = {k: v[()] for k, v in f["grids"].items()}
+        grids.update({k: str(v) for k, v in f["grids"].attrs.items()})
+        out = []
+        for name, g in f["entries"].items():
+            if status is not None and str(g.attrs["status"]) not in status:
+                continue
+            e = {k: (v if isinstance(v, (int, float)) else str(v)) for k, v in g.attrs.items()}
+            e["elements"] = json.loads(e.get("elements", "[]"))
+            e.update({k: g[k][()] for k in g})
+            e["name"] = name
+            out.append(e)
+    return grids, out
+
+
+# --------------------------------------------------------------------------------------------
+# the build loop
+
+_WORKER_TEACHER = {}
+
+
+def _worker_init(teacher: str, device: str, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+
+
+def _task(key: str, atoms_dict: dict, opts: BuildOptions) -> dict:
+    """One entry in whatever process runs it; the teacher is loaded once per process."""
+    from ase import Atoms
+
+    if opts.teacher not in _WORKER_TEACHER:
+        _WORKER_TEACHER[opts.teacher] = load_teacher(opts.teacher, opts.device,
+                                                     workdir=f".teacher-{os.getpid()}")
+    calc, desc = _WORKER_TEACHER[opts.teacher]
+    entry = compute_entry(key, Atoms(**atoms_dict), opts, calc)
+    entry["teacher"] = desc
+    return entry
+
+
+def _atoms_dict(atoms) -> dict:
+    return dict(numbers=atoms.numbers.tolist(), cell=np.array(atoms.cell[:]).tolist(),
+                positions=atoms.positions.tolist(), pbc=True)
+
+
+def build_database(structures, db: str | os.PathLike, opts: BuildOptions, *, workers: int = 1,
+                   dask: str | None = None, limit: int | None = None,
+                   consolidate_every: int = 20, progress: bool = True) -> dict:
+    """Compute every structure ``(key, atoms)`` of ``structures`` not yet in ``db``; returns a
+    summary (entries added, failures, database size)."""
+    from tqdm.auto import tqdm
+
+    db = Path(db)
+    check_teacher(opts.teacher)
+    done = done_keys(db)
+    todo = [(k, a) for k, a in structures if k not in done]
+    if limit is not None:
+        todo = todo[:limit]
+    meta = {"teacher": opts.teacher, "code_version": __version__,
+            "build_options": {k: v for k, v in asdict(opts).items() if k != "spectra"}}
+    bar = tqdm(total=len(todo), unit="entry", desc="database", disable=not progress,
+               dynamic_ncols=True)
+    counts = {"ok": 0, "imaginary": 0, "failed": 0}
+    since = 0
+
+    def finished(entry):
+        nonlocal since
+        write_part(db, entry)
+        counts[entry["status"]] += 1
+        since += 1
+        bar.set_postfix_str(f"{entry['formula']} {entry['status']}", refresh=False)
+        bar.update(1)
+        if since >= consolidate_every:
+            consolidate(db, opts.spectra, meta)
+            since = 0
+
+    try:
+        if dask:
+            _run_dask(dask, todo, opts, finished)
+        elif workers > 1:
+            _run_processes(workers, todo, opts, finished)
+        else:
+            for key, atoms in todo:
+                finished(_task(key, _atoms_dict(atoms), opts))
+    finally:
+        bar.close()
+        n = consolidate(db, opts.spectra, meta) if sum(counts.values()) or \
+            (parts_dir(db).is_dir() and any(parts_dir(db).glob("*.h5"))) else len(done)
+    return {"added": sum(counts.values()), **counts, "entries": n,
+            "skipped_done": len(done)}
+
+
+def _run_processes(workers: int, todo, opts, finished) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                             initializer=_worker_init,
+                             initargs=(opts.teacher, opts.device, threads)) as pool:
+        items = iter(todo)
+        pending = set()
+        # keep the pool a little ahead of the workers, not the whole list in flight
+        for key, atoms in items:
+            pending.add(pool.submit(_task, key, _atoms_dict(atoms), opts))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            finished_now, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished_now:
+                finished(fut.result())
+                nxt = next(items, None)
+                if nxt is not None:
+                    pending.add(pool.submit(_task, nxt[0], _atoms_dict(nxt[1]), opts))
+
+
+def _run_dask(address: str, todo, opts, finished) -> None:
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise InputError("--dask needs dask.distributed (pip install 'mlff-ins[database]')") \
+            from None
+    try:
+        client = Client(address, timeout=30)
+    except OSError as exc:
+        raise InputError(f"--dask {address}: cannot reach the scheduler ({exc})") from None
+    with client:
+        futures = [client.submit(_task, k, _atoms_dict(a), opts, key=f"entry-{entry_name(k)}",
+                                 pure=False) for k, a in todo]
+        for fut in as_completed(futures):
+            finished(fut.result())
+            fut.release()
+
+
+# --------------------------------------------------------------------------------------------
+# spectra again, from the stored force constants
+
+def phonopy_of_entry(entry: dict):
+    """A phonopy object carrying an entry's stored force constants (no teacher needed)."""
+    from ase import Atoms
+
+    from mlff_ins.phonons.finite_displacement import make_phonopy
+
+    atoms = Atoms(numbers=entry["numbers"], cell=entry["cell"], positions=entry["positions"],
+                  pbc=True)
+    ph = make_phonopy(atoms, np.diag(entry["supercell_matrix"]), primitive=None)
+    ph.force_constants = entry["force_constants"]
+    return ph
+
+
+def respectra(db: str | os.PathLike, out: str | os.PathLike, spectra: SpectraOptions,
+              progress: bool = True) -> int:
+    """A copy of database ``db`` with every spectrum recomputed from the stored force constants
+    for new grids or temperature; written to ``out`` atomically. Returns the entry count."""
+    import h5py
+    from tqdm.auto import tqdm
+
+    grids, entries = read_database(db, status=None)
+    meta = {k: grids[k] for k in ("teacher", "code_version") if k in grids}
+    meta["respectra_of"] = str(db)
+    with atomic_path(out) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["creator"] = f"mlff-ins {__version__}"
+            _write_grids(f, spectra, meta)
+            g = f.create_group("entries")
+            for e in tqdm(entries, unit="entry", desc="respectra", disable=not progress):
+                if "force_constants" in e:
+                    e.update(entry_spectra(phonopy_of_entry(e), spectra))
+                    e["status"] = ("imaginary" if e["lowest_THz"] < -spectra.imaginary_tol_THz
+                                   else "ok")
+                _write_entry(g.create_group(e["name"]), e)
+    return len(entries)
+
+
+def database_summary(db: str | os.PathLike) -> str:
+    """A few lines on a database: entries by status, elements, teacher, median seconds."""
+    import collections
+
+    grids, entries = read_database(db, status=None)
+    status = collections.Counter(e["status"] for e in entries)
+    elements = sorted({el for e in entries if e["status"] == "ok" for el in e["elements"]})
+    seconds = [e["seconds"] for e in entries if e["status"] != "failed"]
+    lines = [f"{db}: {len(entries)} entries ({', '.join(f'{n} {k}' for k, n in status.items())})",
+             f"teacher: {grids.get('teacher', '?')}",
+             f"elements in ok entries ({len(elements)}): {' '.join(elements)}"]
+    if seconds:
+        lines.append(f"seconds per entry: median {np.median(seconds):.1f}, "
+                     f"total {np.sum(seconds) / 3600:.2f} h")
+    failed = [e for e in entries if e["status"] == "failed"]
+    for e in failed[:5]:
+        lines.append(f"failed: {e['key']} ({e['formula']}): {e['message']}")
+    return "\n".join(lines)

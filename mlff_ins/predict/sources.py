@@ -1,0 +1,224 @@
+"""Crystal structures for the predictor's database, all available offline.
+
+Each source yields ``(key, atoms)`` pairs in a fixed order; ``key`` names the entry for ever
+(resuming a build skips the keys already done), so it is built from the source's own labels:
+
+``aflow``
+    pymatgen's AFLOW prototype library (288 ordered structures of real compounds), key
+    ``aflow:<AFLOW label>``.
+``ase-bulk``
+    ASE's ground-state crystal of every element with a reference state (``ase.build.bulk``),
+    key ``bulk:<symbol>``.
+``dcdft``
+    ASE's Delta-test set of elemental crystals (``ase.collections.dcdft``), key ``dcdft:<name>``.
+``substitutions``
+    Chemically sensible substitutions on the AFLOW prototypes: each species is replaced by
+    another element sharing the oxidation state it has in a charge-balanced guess of the
+    composition (pymatgen's common oxidation states), the volume scaled by the cube of the ratio
+    of covalent radii. Key ``sub:<AFLOW label>:<old>-<new>,...``.
+
+A structure is kept when its primitive cell has at most ``max_atoms`` atoms and every element has
+neutron cross sections (``periodictable``) and is no noble gas. ``sources`` takes a
+comma-separated list of these names, or a structure file / folder (every file ASE reads; key
+``file:<name>[:<index>]``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from mlff_ins.errors import InputError
+
+SOURCES = ("aflow", "ase-bulk", "dcdft", "substitutions")
+
+#: elements left out: noble gases (no bonded crystal a teacher knows), radioactive and rare
+#: elements outside the universal models' training data
+EXCLUDED = {"He", "Ne", "Ar", "Kr", "Xe", "Rn", "Tc", "Pm", "Po", "At", "Fr", "Ra", "Ac", "Pa",
+            "Np", "Pu", "Am", "Cm", "Bk", "Cf", "Es", "Fm"}
+
+
+def _usable(symbols) -> bool:
+    from mlff_ins.neutron.scattering_lengths import sigma_total_barn
+
+    for s in set(symbols):
+        if s in EXCLUDED:
+            return False
+        try:
+            if not np.isfinite(sigma_total_barn(s)):
+                return False
+        except Exception:  # noqa: BLE001 - an element periodictable lacks is simply not used
+            return False
+    return True
+
+
+def primitive(atoms: Atoms, symprec: float = 1e-3) -> Atoms:
+    """The spglib primitive cell of ``atoms`` (standardised), or ``atoms`` when spglib fails."""
+    import spglib
+
+    cell = (atoms.cell[:], atoms.get_scaled_positions(), atoms.numbers)
+    found = spglib.standardize_cell(cell, to_primitive=True, symprec=symprec)
+    if found is None:
+        return atoms.copy()
+    lattice, positions, numbers = found
+    return Atoms(numbers=numbers, cell=lattice, scaled_positions=positions, pbc=True)
+
+
+def _aflow_entries():
+    import os
+
+    try:
+        import pymatgen.analysis.prototypes as proto
+    except ImportError:
+        raise InputError("--structures aflow/substitutions need pymatgen "
+                         "(pip install 'mlff-ins[database]')") from None
+    from monty.serialization import loadfn
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    data = loadfn(os.path.join(os.path.dirname(proto.__file__), "aflow_prototypes.json.gz"))
+    seen = set()
+    for entry in data:
+        label = entry["tags"]["aflow"]
+        if label in seen:
+            continue
+        seen.add(label)
+        yield label, AseAtomsAdaptor.get_atoms(entry["snl"].structure)
+
+
+def aflow():
+    for label, atoms in _aflow_entries():
+        yield f"aflow:{label}", atoms
+
+
+def ase_bulk():
+    from ase.build import bulk
+    from ase.data import chemical_symbols, reference_states
+
+    for z, ref in enumerate(reference_states):
+        if not ref or ref.get("symmetry") not in ("fcc", "bcc", "hcp", "diamond", "sc",
+                                                   "rocksalt", "zincblende"):
+            continue
+        symbol = chemical_symbols[z]
+        try:
+            yield f"bulk:{symbol}", bulk(symbol)
+        except (ValueError, KeyError):   # a reference state ase.build.bulk cannot build
+            continue
+
+
+def dcdft():
+    from ase.collections import dcdft as collection
+
+    for name in collection.names:
+        yield f"dcdft:{name}", collection[name]
+
+
+def _oxidation_guess(symbols) -> dict | None:
+    from pymatgen.core import Composition
+
+    try:
+        guesses = Composition("".join(symbols)).oxi_state_guesses(max_sites=-50)
+    except (ValueError, KeyError):
+        return None
+    return dict(guesses[0]) if guesses else None
+
+
+def _candidates(state: float, exclude: str) -> list[str]:
+    """Elements whose common oxidation states include ``state``, by atomic number."""
+    from pymatgen.core import Element
+
+    out = []
+    for el in Element:
+        if el.Z > 83 or el.symbol == exclude or el.symbol in EXCLUDED:
+            continue
+        if state in el.common_oxidation_states:
+            out.append(el.symbol)
+    return out
+
+
+def _covalent_radius(symbol: str) -> float:
+    from ase.data import atomic_numbers, covalent_radii
+
+    return float(covalent_radii[atomic_numbers[symbol]])
+
+
+def substitute(atoms: Atoms, mapping: dict) -> Atoms:
+    """``atoms`` with species replaced by ``mapping`` (old -> new) and the volume scaled by the
+    mean cube of the covalent-radius ratios of the replaced atoms."""
+    symbols = atoms.get_chemical_symbols()
+    ratios = [(_covalent_radius(mapping[s]) / _covalent_radius(s)) ** 3
+              for s in symbols if s in mapping]
+    out = atoms.copy()
+    out.set_chemical_symbols([mapping.get(s, s) for s in symbols])
+    out.set_masses()
+    scale = (1.0 + (np.mean(ratios) - 1.0) * len(ratios) / len(symbols)) ** (1.0 / 3.0)
+    out.set_cell(out.cell[:] * scale, scale_atoms=True)
+    return out
+
+
+def substitutions(per_prototype: int = 40):
+    """Single- and multi-site substitutions of every charge-balanced AFLOW prototype, at most
+    ``per_prototype`` per prototype spread over the periodic table, interleaved round-robin over
+    the prototypes (so a build stopped early still covers every prototype)."""
+    lists = []
+    for label, atoms in _aflow_entries():
+        symbols = sorted(set(atoms.get_chemical_symbols()))
+        guess = _oxidation_guess(atoms.get_chemical_symbols())
+        if not guess or any(guess.get(s) is None for s in symbols):
+            continue
+        options = [[s] + _candidates(guess[s], s) for s in symbols]
+        combos = [c for c in itertools.product(*options) if tuple(c) != tuple(symbols)
+                  and len(set(c)) == len(c)]
+        if not combos:
+            continue
+        # spread the cap evenly over the list rather than taking its alphabetical head
+        picks = np.unique(np.linspace(0, len(combos) - 1, min(per_prototype, len(combos)))
+                          .round().astype(int))
+        lists.append([(label, atoms, {s: n for s, n in zip(symbols, combos[i]) if s != n})
+                      for i in picks])
+    for round_ in itertools.zip_longest(*lists):
+        for item in round_:
+            if item is not None:
+                label, atoms, mapping = item
+                text = ",".join(f"{s}-{n}" for s, n in mapping.items())
+                yield f"sub:{label}:{text}", substitute(atoms, mapping)
+
+
+def _files(path: Path):
+    from ase.io import read
+
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        try:
+            frames = read(f, index=":")
+        except Exception as exc:  # noqa: BLE001 - any reader error is the user's file
+            raise InputError(f"{f}: cannot read a structure ({str(exc).splitlines()[0]})") \
+                from None
+        for i, a in enumerate(frames):
+            yield (f"file:{f.name}" + (f":{i}" if len(frames) > 1 else "")), a
+
+
+def iter_structures(spec: str, max_atoms: int = 12, per_prototype: int = 40):
+    """``(key, primitive atoms)`` of every usable structure named by ``spec`` (comma-separated
+    source names, or a structure file / folder), in a fixed order, without repeated keys."""
+    makers = {"aflow": aflow, "ase-bulk": ase_bulk, "dcdft": dcdft,
+              "substitutions": lambda: substitutions(per_prototype)}
+    seen = set()
+    for name in [s.strip() for s in str(spec).split(",") if s.strip()]:
+        if name in makers:
+            gen = makers[name]()
+        elif Path(name).exists():
+            gen = _files(Path(name))
+        else:
+            raise InputError(f"--structures {name}: neither a source ({', '.join(SOURCES)}) "
+                             "nor an existing structure file or folder")
+        for key, atoms in gen:
+            if key in seen or not _usable(atoms.get_chemical_symbols()):
+                continue
+            prim = primitive(atoms)
+            if len(prim) > max_atoms:
+                continue
+            seen.add(key)
+            yield key, prim

@@ -1,0 +1,194 @@
+"""The predictor's database builder: real relaxations, phonopy phonons and the INS engine with
+ASE's EMT as the teacher (seconds per entry); resuming after SIGKILL, local processes and a Dask
+LocalCluster must all give the entries of one serial run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.io import write
+
+from mlff_ins.errors import InputError
+from mlff_ins.predict.database import (BuildOptions, SpectraOptions, build_database,
+                                       done_keys, entry_spectra, parts_dir, phonopy_of_entry,
+                                       read_database, respectra, supercell_for)
+from mlff_ins.predict.sources import iter_structures, substitute
+
+HERE = Path(__file__).resolve().parent
+EMT_YAML = HERE.parent / "mlff_ins" / "configs" / "label" / "emt.yaml"
+# a coarse, small grid: every array stays the same code path at a fraction of the cost
+SMALL = SpectraOptions(mesh=12.0, e_max_meV=60.0, e_step_meV=0.5, q_max=6.0, q_step=0.5,
+                       e_max_2d_meV=60.0, e_step_2d_meV=2.0, n_directions=8)
+
+
+def _structures(tmp_path):
+    """Five EMT crystals (elements, an L1_2 alloy) and Fe, which EMT lacks (a failed entry)."""
+    frames = [bulk(s, "fcc", a) for s, a in (("Al", 4.05), ("Cu", 3.61), ("Ni", 3.52),
+                                              ("Ag", 4.09))]
+    cu3au = bulk("Cu", "fcc", 3.75, cubic=True)
+    cu3au[0].symbol = "Au"
+    frames += [cu3au, bulk("Fe", "bcc", 2.87)]
+    path = tmp_path / "crystals.xyz"
+    write(path, frames)
+    return path
+
+
+def _opts(teacher=EMT_YAML):
+    return BuildOptions(teacher=str(teacher), spectra=SMALL, supercell_length_A=7.0,
+                        max_supercell_atoms=64)
+
+
+def _entries(db):
+    _, entries = read_database(db, status=None)
+    return {e["key"]: e for e in entries}
+
+
+def _assert_same(a, b):
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert a[key]["status"] == b[key]["status"], key
+        for name in ("cell", "positions", "force_constants", "dos", "vision", "tosca", "sqe"):
+            if name in a[key]:
+                # the same arithmetic in another process: equal up to BLAS summation order
+                np.testing.assert_allclose(a[key][name], b[key][name], rtol=1e-7, atol=1e-9,
+                                           err_msg=f"{key} {name}")
+
+
+@pytest.fixture(scope="module")
+def serial_db(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("db")
+    structures = list(iter_structures(str(_structures(tmp)), max_atoms=8))
+    db = tmp / "serial.h5"
+    summary = build_database(structures, db, _opts(), progress=False)
+    return db, structures, summary
+
+
+def test_serial_build_stores_physical_entries(serial_db):
+    db, structures, summary = serial_db
+    assert summary["added"] == 6 and summary["ok"] == 5 and summary["failed"] == 1
+    grids, entries = read_database(db, status=None)
+    by_formula = {e["formula"]: e for e in entries}
+    fe = by_formula["Fe"]
+    assert fe["status"] == "failed" and "Fe" in fe["message"]      # EMT has no Fe: the reason
+    e_step = SMALL.e_step_meV
+    for e in entries:
+        if e["status"] != "ok":
+            continue
+        n_el = len(e["elements"])
+        assert e["dos_partial"].shape == (n_el, len(grids["energy_meV"]))
+        # the DOS is per atom with area 3 (every mode of these metals lies below 60 meV)
+        assert e["dos"].sum() * e_step == pytest.approx(3.0, abs=1e-6)
+        counts = {el: _symbols(e).count(el) for el in e["elements"]}
+        for el, part in zip(e["elements"], e["dos_partial"]):
+            assert part.sum() * e_step == pytest.approx(3.0 * counts[el] / len(e["numbers"]),
+                                                        abs=1e-6)
+        assert e["sqe"].shape == (len(grids["q_invA"]), len(grids["energy_2d_meV"]))
+        assert e["vision"].max() > 0 and e["tosca"].max() > 0
+        assert float(e["lowest_THz"]) > 0                       # stable fcc crystals
+    # the L1_2 alloy keeps its 4-atom primitive cell and both partials
+    assert set(by_formula["AuCu3"]["elements"]) == {"Au", "Cu"}
+
+
+def _symbols(e):
+    from ase.data import chemical_symbols
+
+    return [chemical_symbols[n] for n in e["numbers"]]
+
+
+def test_stored_force_constants_give_back_the_spectra(serial_db, tmp_path):
+    """respectra on the stored force constants with the same options equals the build's arrays;
+    at 300 K the one-phonon S(E) grows by the Bose factor (n+1) at low energy."""
+    db, _, _ = serial_db
+    same = tmp_path / "same.h5"
+    respectra(db, same, SMALL, progress=False)
+    _assert_same(_entries(db), _entries(same))
+    # an entry's phonopy object rebuilt from the file gives the stored DOS directly too
+    al = next(e for e in _entries(db).values() if e["formula"] == "Al")
+    again = entry_spectra(phonopy_of_entry(al), SMALL)
+    np.testing.assert_allclose(again["dos"], al["dos"], rtol=1e-10, atol=1e-12)
+
+
+def test_kill_and_resume_loses_and_duplicates_nothing(serial_db, tmp_path):
+    db_ref, structures, _ = serial_db
+    src = _structures(tmp_path)
+    slow = tmp_path / "slow.yaml"
+    slow.write_text("calculator: slow_emt:SlowEMT\nparameters: {delay_s: 0.05}\n")
+    db = tmp_path / "killed.h5"
+    env = dict(os.environ, PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    cmd = [sys.executable, "-m", "mlff_ins.cli", "database", "build", "--structures", str(src),
+           "--teacher", str(slow), "-o", str(db), "--max-atoms", "8",
+           "--supercell-length", "7", "--max-supercell-atoms", "64", "--consolidate-every", "2"]
+    # the CLI's grids are the defaults; compare against a serial run of the same options
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(done_keys(db)) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_before = len(done_keys(db))
+    assert 3 <= n_before < 6, "the kill must land mid-run"
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert f"{n_before} were done before" in res.stdout
+    assert not list(parts_dir(db).glob("*.h5"))                 # everything merged
+    with h5py.File(db) as f:
+        keys = [str(g.attrs["key"]) for g in f["entries"].values()]
+    assert sorted(keys) == sorted(k for k, _ in structures)     # nothing lost or duplicated
+    ref = tmp_path / "ref.h5"
+    opts = BuildOptions(teacher=str(EMT_YAML), supercell_length_A=7.0, max_supercell_atoms=64)
+    build_database(structures, ref, opts, progress=False)
+    _assert_same(_entries(ref), _entries(db))
+
+
+def test_local_processes_equal_the_serial_run(serial_db, tmp_path):
+    db_ref, structures, _ = serial_db
+    db = tmp_path / "workers.h5"
+    build_database(structures, db, _opts(), workers=2, progress=False)
+    _assert_same(_entries(db_ref), _entries(db))
+
+
+def test_dask_local_cluster_equals_the_serial_run(serial_db, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    db_ref, structures, _ = serial_db
+    db = tmp_path / "dask.h5"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        build_database(structures, db, _opts(), dask=cluster.scheduler_address, progress=False)
+    _assert_same(_entries(db_ref), _entries(db))
+
+
+def test_supercell_widths_and_cap():
+    al = bulk("Al", "fcc", 4.05)                   # primitive fcc: widths a/sqrt(3) = 2.338 Å
+    assert supercell_for(al, 9.0, 1000) == [4, 4, 4]
+    n = supercell_for(al, 9.0, 30)
+    assert np.prod(n) <= 30 and max(n) - min(n) <= 1
+    cube = bulk("Cu", "fcc", 3.61, cubic=True)
+    assert supercell_for(cube, 7.0, 1000) == [2, 2, 2]
+
+
+def test_substitution_keeps_structure_and_scales_volume():
+    from ase.data import atomic_numbers, covalent_radii
+
+    nacl = bulk("NaCl", "rocksalt", 5.64)
+    kbr = substitute(nacl, {"Na": "K", "Cl": "Br"})
+    assert kbr.get_chemical_symbols() == ["K", "Br"]
+    r = {s: covalent_radii[atomic_numbers[s]] for s in ("Na", "Cl", "K", "Br")}
+    ratio = ((r["K"] / r["Na"]) ** 3 + (r["Br"] / r["Cl"]) ** 3) / 2
+    assert kbr.get_volume() / nacl.get_volume() == pytest.approx(ratio, rel=1e-12)
+    np.testing.assert_allclose(kbr.get_scaled_positions(), nacl.get_scaled_positions())
+
+
+def test_bad_sources_and_teachers_are_one_line_errors(tmp_path):
+    with pytest.raises(InputError, match="--structures nowhere"):
+        list(iter_structures("nowhere"))
+    with pytest.raises(InputError, match="--teacher no-such-model"):
+        build_database([("bulk:Al", bulk("Al"))], tmp_path / "x.h5",
+                       BuildOptions(teacher="no-such-model"), progress=False)
+    assert not (tmp_path / "x.h5").exists()
