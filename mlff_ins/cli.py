@@ -1103,6 +1103,125 @@ def _run_database_info(args) -> int:
     return 0
 
 
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare", help="lay spectra of any route and measured data over each other, with metrics",
+        description="Put calculated spectra (files of phonons/ins, spectra, predict: FILE or "
+                    "FILE:GROUP) and measured files (--measured) on one grid after one "
+                    "resolution, compute every pair's agreement metrics (README: Comparing "
+                    "with measurements) and write OUTPUT/compare.png, metrics.json and "
+                    "report.md.",
+        epilog="example: mlff-ins compare phonons_ins.h5 md_spectra.h5 --measured vision.txt "
+               "--measured-unit cm-1 -o report/",
+        formatter_class=_HelpFormatter)
+    p.add_argument("files", nargs="*", metavar="FILE[:GROUP]",
+                   help="spectra files of this package; :GROUP picks one group")
+    p.add_argument("--measured", action="append", default=[], metavar="FILE",
+                   help="measured data: Mantid SaveAscii v1/v2, ISIS/aCLIMAX .dat, NXSPE, "
+                        "Mantid NeXus (SofQW, MDHisto); repeatable")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="report folder")
+    p.add_argument("--kind", default="s_e",
+                   choices=["s_e", "vdos", "gdos", "sqe", "sqe_coh", "sqe_inc"],
+                   help="which spectrum of each file")
+    p.add_argument("--element", default="", metavar="EL",
+                   help="compare this element's partial (default: totals)")
+    p.add_argument("--label", action="append", default=[], metavar="TEXT",
+                   help="legend label of each input, in order (files, then --measured)")
+    p.add_argument("--background", default="none", choices=["none", "flat", "linear"],
+                   help="background fitted with the scale factor against a measurement")
+    p.add_argument("--e-range", nargs=2, type=float, metavar=("LO", "HI"),
+                   help="compare and fit only between these energies (meV)")
+    p.add_argument("--unit", default="meV", choices=["meV", "cm-1", "THz"],
+                   help="energy unit of the plots and the report (metrics.json stays in meV)")
+    p.add_argument("--instrument", choices=["vision", "tosca"],
+                   help="resolution of the measured spectra (calculations are broadened to it)")
+    p.add_argument("--bank", metavar="N|NAME",
+                   help="which spectrum of a measured file with several (index, or backward, "
+                        "forward, average for VISION)")
+    p.add_argument("--measured-unit", choices=["meV", "cm-1", "THz"],
+                   help="energy unit of a measured text file that does not name it")
+    p.add_argument("--q-bins", type=float, nargs=3, metavar=("QMIN", "QMAX", "DQ"),
+                   help="|Q| bins (1/Å) for NXSPE measurements (default: 100 bins to the "
+                        "largest |Q|)")
+    p.add_argument("--residual", action="store_true",
+                   help="2D: write measured − scaled calculated S(Q,E) (phonon-magnon "
+                        "separation) to OUTPUT/residual.h5 and residual.png")
+    p.add_argument("--residual-q-min", type=float, metavar="1/Å",
+                   help="scale the calculation to the measurement at |Q| above this (1/Å; "
+                        "default: upper half of the Q range)")
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args) -> int:
+    from mlff_ins.compare.report import CompareOptions, run_compare
+
+    bank = args.bank
+    if bank is not None and bank.lstrip("-").isdigit():
+        bank = int(bank)
+    q_edges = None
+    if args.q_bins:
+        lo, hi, dq = args.q_bins
+        if not (hi > lo >= 0 and dq > 0):
+            raise InputError("--q-bins: need 0 <= QMIN < QMAX and DQ > 0 (1/Å)")
+        q_edges = np.arange(lo, hi + 0.5 * dq, dq)
+    if args.e_range and not args.e_range[1] > args.e_range[0]:
+        raise InputError("--e-range: HI must be above LO (meV)")
+    opts = CompareOptions(kind=args.kind, element=args.element, background=args.background,
+                          e_range=tuple(args.e_range) if args.e_range else None,
+                          unit=args.unit, instrument=args.instrument, bank=bank,
+                          q_edges=q_edges, measured_unit=args.measured_unit,
+                          residual=args.residual, residual_q_min=args.residual_q_min,
+                          labels=args.label)
+    doc = run_compare(args.files, args.measured, args.output, opts)
+    out = Path(args.output)
+    for p in doc["pairs"]:
+        line = f"{p['a']} vs {p['b']}: MSE {p['mse']:.4g}, cosine {p['cosine']:.4f}"
+        if p.get("wasserstein_meV") is not None:
+            line += f", W1 {p['wasserstein_meV']:.3f} meV"
+        shifts = (p.get("peaks") or {}).get("shifts_meV") or []
+        if shifts:
+            line += f", peak shifts {', '.join(f'{s:+.2f}' for s in shifts)} meV"
+        if p.get("fit"):
+            line += f", χ²/N {p['fit']['chi2_per_dof']:.4g} (scale {p['fit']['scale']:.4g})"
+        print(line)
+    print(f"{out / 'compare.png'}, {out / 'metrics.json'}, {out / 'report.md'}"
+          + (f", {out / 'residual.h5'}" if args.residual else ""))
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="write spectra as CSV or Mantid ASCII for other tools",
+        description="Write every spectrum of a spectra file as CSV (one file per spectrum, "
+                    "units in the header; 2D as Q, E, I rows like OCLIMAX) and/or in Mantid's "
+                    "SaveAscii v2 layout (LoadAscii reads it back).",
+        epilog="example: mlff-ins export ins.h5 --csv csv/ --mantid-ascii mantid/ --unit cm-1",
+        formatter_class=_HelpFormatter)
+    p.add_argument("spectra", help="spectra file of this package")
+    p.add_argument("--csv", metavar="DIR", help="folder for the CSV files")
+    p.add_argument("--mantid-ascii", metavar="DIR", help="folder for the Mantid ASCII files")
+    p.add_argument("--unit", default="meV", choices=["meV", "cm-1", "THz"],
+                   help="energy unit of the written files")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from mlff_ins.compare.export import export_csv, export_mantid_ascii
+    from mlff_ins.neutron.spectrum import read_spectra
+
+    if not (args.csv or args.mantid_ascii):
+        raise InputError("export: give --csv DIR and/or --mantid-ascii DIR")
+    spectra = read_spectra(args.spectra)
+    written = []
+    if args.csv:
+        written += export_csv(spectra, args.csv, unit=args.unit)
+    if args.mantid_ascii:
+        written += export_mantid_ascii(spectra, args.mantid_ascii, unit=args.unit)
+    print(f"{len(written)} files: " + ", ".join(str(p) for p in written[:6])
+          + (" ..." if len(written) > 6 else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlff-ins",
@@ -1123,6 +1242,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_phonons(sub)
     _add_ins(sub)
     _add_database(sub)
+    _add_compare(sub)
+    _add_export(sub)
     return parser
 
 

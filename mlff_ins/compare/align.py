@@ -1,0 +1,357 @@
+"""Putting spectra side by side: one energy (and Q) grid, one energy resolution.
+
+Two spectra can only be compared bin by bin when they sit on the same grid and have been seen
+with the same resolution. :func:`common_grid` picks the grid (the overlap of the inputs' ranges at
+the coarsest of their steps), :func:`resample` moves a spectrum onto it by linear interpolation,
+and :func:`match_resolution` broadens each calculated spectrum to the coarsest resolution among
+the inputs — or to the measured one's instrument — by the Gaussian that adds in quadrature.
+
+Where a spectrum's own resolution comes from (:func:`own_resolution`, read from what the
+routes of this package record):
+
+- ``instrument`` "vision" or "tosca": that instrument's resolution
+  (:func:`mlff_ins.neutron.resolution.indirect_resolution`), which the INS engine applied;
+- provenance ``resolution_model`` written by a direct-geometry resolution: "Gaussian, FWHM X meV"
+  (``--fwhm``), "FWHM f x Ei" (``--resolution``; FWHM = f·E_i from ``ei_meV`` and
+  ``resolution_fwhm_fraction[_of_ei]``) or a ResINS PyChop model (rebuilt from the settings its
+  name records; needs ResINS);
+- provenance ``fwhm_meV`` > 0 (the constant broadening of ``mlff-ins ins`` maps without E_i);
+- provenance ``resolution_fwhm_meV`` (the width an MD correlation window imposes on every MD
+  spectrum), counted as a Gaussian of that FWHM — exact for the Gaussian window, an
+  approximation for "hann" and "none";
+- none of these (phonon VDOS/GDOS, unbroadened S(Q,E)): no resolution, σ = 0.
+
+Independent sources of width add in quadrature (σ² = Σ σ_i²).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlff_ins.errors import InputError
+from mlff_ins.neutron.resolution import (Resolution, broaden_variable, chopper_resolution,
+                                         constant_fwhm, indirect_resolution)
+from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D
+
+#: a grid point this close (in units of the step) to an input's end counts as inside it, so that
+#: rounding in ``lo + k·step`` does not turn the last point into NaN
+_END_TOL = 1e-9
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A common grid: bin-centre energies (meV) and, for 2D spectra, |Q| values (1/Å)."""
+
+    energy_meV: np.ndarray
+    q_invA: np.ndarray | None = None
+
+
+# --------------------------------------------------------------------------------------- grids
+
+def _energy_axis(sp) -> np.ndarray:
+    if isinstance(sp, Spectrum2D):
+        if sp.axis_name != "energy":
+            raise InputError(f"{sp.kind}: a (q, {sp.axis_name}) spectrum has no energy axis to "
+                             f"compare on")
+        return sp.y
+    if sp.axis_name != "energy":
+        raise InputError(f"{sp.kind}: a spectrum along {sp.axis_name} has no energy axis to "
+                         f"compare on")
+    return sp.x
+
+
+def _step(x: np.ndarray) -> float:
+    """The bin step of an axis: the median spacing (the spacing itself on a uniform grid)."""
+    if len(x) < 2:
+        raise InputError("an axis with fewer than two points has no step")
+    return float(np.median(np.abs(np.diff(x))))
+
+
+def _overlap_axis(axes: list[np.ndarray], limits, step, what: str) -> np.ndarray:
+    lo = max(float(np.min(a)) for a in axes)
+    hi = min(float(np.max(a)) for a in axes)
+    if limits is not None:
+        lo, hi = max(lo, float(limits[0])), min(hi, float(limits[1]))
+    step = max(_step(a) for a in axes) if step is None else float(step)
+    if not step > 0:
+        raise InputError(f"the {what} step must be positive, not {step}")
+    if hi < lo:
+        raise InputError(f"the spectra share no {what} range (overlap {lo:g} to {hi:g})")
+    n = int(np.floor((hi - lo) / step * (1 + _END_TOL))) + 1
+    return lo + step * np.arange(n)
+
+
+def common_grid(spectra, e_range=None, step=None, *, q_step=None) -> Grid:
+    """The grid every spectrum of ``spectra`` covers.
+
+    Parameters
+    ----------
+    spectra : sequence or mapping of Spectrum1D / Spectrum2D
+        All 1D (energy axis) or all 2D (q, energy).
+    e_range : (lo, hi) in meV, optional
+        Clip the overlap of the energy ranges to this window.
+    step : float, optional
+        Energy step (meV); default the coarsest of the inputs' steps (a finer grid would invent
+        detail no input has).
+    q_step : float, optional
+        Q step (1/Å) for 2D spectra; default the coarsest of the inputs'.
+
+    Returns
+    -------
+    Grid
+        ``energy_meV`` from the highest lower end to the lowest upper end at ``step``; for 2D
+        also ``q_invA`` on the common Q range.
+    """
+    items = list(spectra.values()) if isinstance(spectra, Mapping) else list(spectra)
+    if not items:
+        raise InputError("no spectra to put on a common grid")
+    two_d = [isinstance(s, Spectrum2D) for s in items]
+    if any(two_d) and not all(two_d):
+        raise InputError("cannot put 1D and 2D spectra on one grid; compare like with like")
+    energy = _overlap_axis([_energy_axis(s) for s in items], e_range, step, "energy")
+    q = _overlap_axis([s.q for s in items], None, q_step, "Q") if all(two_d) else None
+    return Grid(energy, q)
+
+
+def _interp_last(x: np.ndarray, y: np.ndarray, xq: np.ndarray) -> np.ndarray:
+    """Linear interpolation of ``y`` (..., len(x)) along its last axis at ``xq``; NaN outside
+    [min x, max x] (with a tolerance of 1e-9 steps at the ends)."""
+    order = np.argsort(x)
+    x, y = x[order], y[..., order]
+    tol = _END_TOL * _step(x)
+    inside = (xq >= x[0] - tol) & (xq <= x[-1] + tol)
+    xc = np.clip(xq, x[0], x[-1])
+    flat = y.reshape(-1, len(x))
+    out = np.array([np.interp(xc, x, row) for row in flat])
+    out[:, ~inside] = np.nan
+    return out.reshape(y.shape[:-1] + (len(xq),))
+
+
+def resample(spectrum, grid) -> Spectrum1D | Spectrum2D:
+    """A copy of ``spectrum`` on ``grid`` by linear interpolation (NaN outside its range).
+
+    Parameters
+    ----------
+    spectrum : Spectrum1D (energy axis) or Spectrum2D (q, energy)
+    grid : Grid or array of energies (meV)
+        2D spectra need ``grid.q_invA``; they are interpolated along E, then along Q (bilinear,
+        so exact for a + bQ + cE + dQE).
+
+    Notes
+    -----
+    ``intensity_std`` is interpolated like the intensity. For independent errors of measured
+    data the exact σ of an interpolated point, sqrt(w² σ_a² + (1−w)² σ_b²), is at most the
+    interpolated σ, so χ² on resampled data is conservative (smaller) between the input points,
+    and neighbouring resampled points are correlated. For χ² against measured data, resample
+    the calculation onto the measured energies (pass them as ``grid``) rather than the reverse.
+    """
+    grid = grid if isinstance(grid, Grid) else Grid(np.asarray(grid, dtype=float))
+    energy = np.asarray(grid.energy_meV, dtype=float)
+    out = copy.deepcopy(spectrum)
+    e_in = _energy_axis(spectrum)
+
+    def move(values):
+        if values is None:
+            return None
+        v = _interp_last(e_in, values, energy)
+        if isinstance(spectrum, Spectrum2D):
+            v = np.moveaxis(_interp_last(spectrum.q, np.moveaxis(v, 0, -1), grid.q_invA), -1, 0)
+        return v
+
+    if isinstance(spectrum, Spectrum2D):
+        if grid.q_invA is None:
+            raise InputError(f"{spectrum.kind}: a 2D spectrum needs a grid with Q values")
+        out.q = np.asarray(grid.q_invA, dtype=float)
+        out.y = energy
+    else:
+        out.x = energy
+    out.intensity, out.intensity_std = move(spectrum.intensity), move(spectrum.intensity_std)
+    out.provenance = {**spectrum.provenance, "resampled": "linear interpolation onto a common "
+                      "grid (NaN outside the input's range)"}
+    return out
+
+
+# ------------------------------------------------------------------------------ resolutions
+
+def _quadrature(parts: list[Resolution]) -> Resolution | None:
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return Resolution(" (+) ".join(p.name for p in parts),
+                      lambda e: np.sqrt(sum(p.sigma_meV(e) ** 2 for p in parts)),
+                      [c for p in parts for c in p.citation],
+                      note="independent widths added in quadrature")
+
+
+def _number(text: str) -> float:
+    return float(text.strip())
+
+
+def _from_model_name(model: str, instrument: str, prov: dict) -> Resolution | None:
+    """The direct-geometry resolution a ``resolution_model`` name stands for (None if unknown)."""
+    m = re.fullmatch(r"Gaussian, FWHM ([^ ]+) meV", model)
+    if m:
+        return constant_fwhm(_number(m.group(1)))
+    m = re.fullmatch(r"Gaussian, FWHM [^ ]+ x Ei = ([^ ]+) meV", model)
+    if m:
+        ei = prov.get("ei_meV")
+        frac = prov.get("resolution_fwhm_fraction", prov.get("resolution_fwhm_fraction_of_ei"))
+        # the name keeps 6 digits; E_i and the fraction, when recorded, are exact
+        return constant_fwhm(ei * frac if ei and frac else _number(m.group(1)))
+    m = re.search(r"PyChop model \(ResINS; (.*)\)$", model)
+    if m:
+        settings = dict(kv.split("=", 1) for kv in m.group(1).split(", ") if "=" in kv)
+        freq = next((float(v) for k, v in settings.items() if k.endswith("frequency")), None)
+        return chopper_resolution(instrument, float(settings["e_init"]), freq,
+                                  settings.get("chopper_package"))
+    return None
+
+
+def own_resolution(spectrum) -> Resolution | None:
+    """The resolution a spectrum already carries, from its ``instrument`` and ``provenance``
+    (see the module docstring); None when it carries none (σ = 0)."""
+    prov = spectrum.provenance or {}
+    instrument = (spectrum.instrument or "").lower()
+    parts = []
+    window = prov.get("resolution_fwhm_meV")
+    if window:
+        parts.append(constant_fwhm(float(window)))
+    if instrument in ("vision", "tosca"):
+        parts.append(indirect_resolution(instrument))
+    elif prov.get("resolution_model"):
+        r = _from_model_name(str(prov["resolution_model"]), instrument, prov)
+        if r is None:
+            raise InputError(f"{spectrum.kind}: cannot tell the resolution "
+                             f"{prov['resolution_model']!r} from its provenance; pass "
+                             f"resolution_of")
+        parts.append(r)
+    elif prov.get("fwhm_meV"):
+        parts.append(constant_fwhm(float(prov["fwhm_meV"])))
+    return _quadrature(parts)
+
+
+def _instrument_resolution(instrument) -> Resolution | None:
+    if instrument is None or isinstance(instrument, Resolution):
+        return instrument
+    name = str(instrument).lower()
+    if name in ("vision", "tosca"):
+        return indirect_resolution(name)
+    raise InputError(f"instrument {instrument!r}: give vision, tosca or a Resolution object "
+                     f"(e.g. mlff_ins.neutron.resolution.chopper_resolution(...))")
+
+
+def _sigma(res: Resolution | None, energy: np.ndarray) -> np.ndarray:
+    return np.zeros_like(energy) if res is None else res.sigma_meV(np.abs(energy))
+
+
+def _lattice_norm(ratio: np.ndarray) -> np.ndarray:
+    """Σ_k exp(−k²/2r²) / (√(2π) r): the area a unit-area Gaussian of width r bins keeps when
+    sampled at the bin centres. 1 to < 1e-8 for r ≥ 1 (Poisson summation: the error is
+    2 exp(−2π² r²)); computed by the sum for narrower ones, which would otherwise gain area
+    (a σ → 0 Gaussian sampled at its centre is a spike of height 1/(√(2π) σ))."""
+    out = np.ones_like(ratio)
+    narrow = ratio < 1
+    k = np.arange(-12, 13)[None, :]
+    r = ratio[narrow][:, None]
+    out[narrow] = np.sum(np.exp(-0.5 * (k / r) ** 2), axis=1) / (np.sqrt(2 * np.pi) * r[:, 0])
+    return out
+
+
+def broaden_added(energy_meV, intensity, sigma_meV) -> np.ndarray:
+    """Broaden ``intensity`` (..., len(E)) along E with a Gaussian of width ``sigma_meV`` (per
+    source bin, meV; 0 leaves the bin as it is) with
+    :func:`mlff_ins.neutron.resolution.broaden_variable`, each source bin scaled so its
+    Gaussian keeps unit area on the grid even when narrower than a bin. NaN bins (outside a
+    kinematic range) are taken as zero while broadening and stay NaN."""
+    e = np.asarray(energy_meV, dtype=float)
+    y = np.asarray(intensity, dtype=float)
+    steps = np.diff(e)
+    if not np.allclose(steps, steps[0], rtol=1e-6, atol=0):
+        raise InputError("broadening needs a uniform energy grid; resample first")
+    nan = np.isnan(y)
+    sigma = np.maximum(np.broadcast_to(np.asarray(sigma_meV, dtype=float), e.shape), 1e-12)
+    norm = _lattice_norm(sigma / abs(steps[0]))
+    out = broaden_variable(e, np.where(nan, 0.0, y) / norm, sigma)
+    return np.where(nan, np.nan, out)
+
+
+def match_resolution(spectra, resolution_of: Callable = own_resolution, *, instrument=None):
+    """Broaden every calculated spectrum to one common resolution.
+
+    The target width at each energy is σ_t(E) = the coarsest σ(E) among the inputs — or, when a
+    measured spectrum's resolution is known, the coarsest among the measured ones only (the
+    calculation must look like the measurement). Each calculated spectrum is broadened by the
+    Gaussian σ_add(E) = sqrt(max(σ_t(E)² − σ_own(E)², 0)) (E of the source bin, |E| on a
+    two-sided axis), so its resolution becomes σ_t. Measured spectra (``source == "measured"``)
+    are never broadened. ``intensity_std`` is broadened with the same kernel: exact when the
+    ensemble's deviations are fully correlated across bins, an upper bound otherwise.
+
+    Parameters
+    ----------
+    spectra : mapping name -> spectrum, or sequence of spectra
+        Spectrum1D on an energy axis or Spectrum2D on (q, energy), each on a uniform grid.
+    resolution_of : callable spectrum -> Resolution | None
+        A spectrum's own resolution; default :func:`own_resolution` (from its provenance).
+    instrument : "vision", "tosca", a Resolution or None
+        The resolution of the measured spectra, when known; overrides what ``resolution_of``
+        says of them. Without a measured spectrum it is ignored.
+
+    Returns
+    -------
+    (broadened, record)
+        ``broadened``: the same container type with broadened copies (unchanged ones copied
+        too). ``record``: JSON-serialisable dict ``{"target": str, "spectra": {name: {"own":
+        str, "broadened": bool, "added_sigma_max_meV": float, "note": str}}}`` for the report.
+    """
+    is_map = isinstance(spectra, Mapping)
+    named = dict(spectra) if is_map else {str(i): s for i, s in enumerate(spectra)}
+    own = {k: resolution_of(s) for k, s in named.items()}
+    measured = [k for k, s in named.items() if s.source == "measured"]
+    inst = _instrument_resolution(instrument)
+    if measured and inst is not None:
+        own.update({k: inst for k in measured})
+    known_measured = [k for k in measured if own[k] is not None]
+    basis = known_measured or [k for k in named if own[k] is not None]
+    if known_measured:
+        target_text = "the measured spectra's resolution: " + "; ".join(
+            sorted({own[k].name for k in known_measured}))
+    elif basis:
+        target_text = "the coarsest of: " + "; ".join(sorted({own[k].name for k in basis}))
+    else:
+        target_text = "none (no spectrum carries a resolution)"
+
+    def target(e):
+        return np.max([_sigma(own[k], e) for k in basis], axis=0) if basis else np.zeros_like(e)
+
+    out, rec = {}, {}
+    for k, sp in named.items():
+        new = copy.deepcopy(sp)
+        e = _energy_axis(sp)
+        entry = {"own": own[k].name if own[k] is not None else "none (unbroadened)",
+                 "broadened": False, "added_sigma_max_meV": 0.0, "note": ""}
+        if sp.source == "measured":
+            entry["note"] = "measured: never broadened"
+        else:
+            add2 = target(e) ** 2 - _sigma(own[k], e) ** 2
+            add = np.sqrt(np.clip(add2, 0.0, None))
+            if np.any(add2 < -1e-12):
+                entry["note"] = "coarser than the target at some energies: left as it is there"
+            if np.max(add, initial=0.0) > 0:
+                new.intensity = broaden_added(e, sp.intensity, add)
+                if sp.intensity_std is not None:
+                    new.intensity_std = broaden_added(e, sp.intensity_std, add)
+                new.provenance = {**sp.provenance, "matched_resolution": target_text}
+                entry.update(broadened=True, added_sigma_max_meV=float(np.max(add)))
+        out[k], rec[k] = new, entry
+    result = out if is_map else [out[str(i)] for i in range(len(out))]
+    return result, {"target": target_text, "spectra": rec}
+
+
+__all__ = ["Grid", "broaden_added", "common_grid", "match_resolution", "own_resolution",
+           "resample"]
