@@ -205,7 +205,10 @@ def indirect_ins(corr, opts, temperature, summary, meta) -> dict:
     prov = {**meta["provenance"], "debye_waller": opts.debye_waller, "u2_A2": u2,
             "u2_source": how, "masses_amu": dict(zip(corr.species, masses)), "isotopes": iso,
             "phonon_orders": opts.n_phonon,
-            "cross_section": "sigma_total (incoherent approximation)"}
+            "cross_section": "sigma_total (incoherent approximation)",
+            # the correlation window's width is in the DOS, so in S(E) beside the instrument's
+            "window": vd["vdos"].provenance.get("window"),
+            "resolution_fwhm_meV": vd["vdos"].provenance.get("resolution_fwhm_meV")}
     return s_e_spectra(energies, arrays, instrument, temperature_K=meta["temperature_K"],
                        source=meta["source"], provenance=prov)
 

@@ -215,7 +215,7 @@ def compute_entry(key: str, atoms, opts: BuildOptions, calc) -> dict:
             relaxed = (relax(atoms, calc, fmax=opts.fmax, steps=opts.relax_steps)
                        if opts.relax else atoms.copy())
             sc = supercell_for(relaxed, opts.supercell_length_A, opts.max_supercell_atoms)
-            pset = phonons_from_model(relaxed, _forces_interface(calc), sc, primitive=None)
+            pset = phonons_from_model(relaxed, _forces_interface(calc), sc, primitive="P")
         ph = pset.members[0]
         arrays = entry_spectra(ph, opts.spectra)
     except (KeyboardInterrupt, SystemExit):
@@ -491,7 +491,7 @@ def phonopy_of_entry(entry: dict):
 
     atoms = Atoms(numbers=entry["numbers"], cell=entry["cell"], positions=entry["positions"],
                   pbc=True)
-    ph = make_phonopy(atoms, np.diag(entry["supercell_matrix"]), primitive=None)
+    ph = make_phonopy(atoms, np.diag(entry["supercell_matrix"]), primitive="P")
     ph.force_constants = entry["force_constants"]
     return ph
 
