@@ -15,7 +15,7 @@ import re
 import numpy as np
 
 COMMANDS = ["demo", "label", "check", "train", "build", "md", "select", "deploy", "spectra",
-            "phonons", "ins"]
+            "phonons", "ins", "database", "compare", "export"]
 
 #: a unit as the help texts write them
 UNIT = re.compile(r"(\b(K|fs|ps|meV|eV|GPa|Hz|GiB|GB|amu|minutes|degrees|1/fs|eV/Å|eV/Å²)\b"
@@ -28,6 +28,17 @@ def _subparsers():
     parser = build_parser()
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return action.choices
+
+
+def _all_parsers():
+    """(name, parser) of every sub-command, nested ones (database build, ...) included."""
+    todo = list(_subparsers().items())
+    while todo:
+        name, sub = todo.pop(0)
+        yield name, sub
+        for a in sub._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                todo.extend((f"{name} {n}", p) for n, p in a.choices.items())
 
 
 def test_every_command_listed_and_has_help():
@@ -45,7 +56,7 @@ def test_every_physical_option_states_its_unit():
     """Every option that takes a real number names its unit in its help (or is listed as
     dimensionless with the reason), in every sub-command."""
     missing = []
-    for cmd, sub in _subparsers().items():
+    for cmd, sub in _all_parsers():
         for a in sub._actions:
             if not a.option_strings or a.type is None:
                 continue

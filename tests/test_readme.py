@@ -52,7 +52,8 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
 ]
 
 #: every task of the walk-through must appear in it
-TASKS = ("label", "check", "train", "build", "md", "select", "spectra", "phonons", "ins", "deploy")
+TASKS = ("label", "check", "train", "build", "md", "select", "spectra", "phonons", "ins",
+         "compare", "export", "deploy")
 
 #: longest time one command may take (s); the whole walk-through takes about 2-3 minutes
 COMMAND_TIMEOUT_S = 600
