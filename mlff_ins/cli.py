@@ -1222,6 +1222,184 @@ def _run_export(args) -> int:
     return 0
 
 
+def _add_predictor(sub) -> None:
+    p = sub.add_parser(
+        "predictor", help="train the direct structure-to-spectrum predictor on a database",
+        description="Train an ensemble of e3nn networks (Chen et al. 2021) that map a crystal "
+                    "structure to its max-normalised VISION/TOSCA S(E) on 120 bins of "
+                    "10-1200 cm-1, on a database written by `mlff-ins database build`; the "
+                    "split is by composition. Writes OUTPUT/predictor.json, member_K.pt, "
+                    "report.md and report.png.",
+        epilog="example: mlff-ins predictor train db.h5 -o predictor/ --members 3",
+        formatter_class=_HelpFormatter)
+    psub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = psub.add_parser("train", help="train a predictor ensemble on a database",
+                        epilog="example: mlff-ins predictor train db.h5 -o predictor/",
+                        formatter_class=_HelpFormatter)
+    t.add_argument("database", help="database file (mlff-ins database build)")
+    t.add_argument("-o", "--output", required=True, help="predictor folder")
+    t.add_argument("--members", type=int, default=3, metavar="K", help="ensemble members")
+    t.add_argument("--epochs", type=int, default=60, metavar="N", help="epochs per member")
+    t.add_argument("--batch-size", type=int, default=16, metavar="N", help="structures per step")
+    t.add_argument("--lr", type=float, default=5e-3, metavar="RATE",
+                   help="AdamW learning rate (dimensionless), decayed by 0.96 per epoch")
+    t.add_argument("--cutoff", type=float, default=5.0, metavar="Å",
+                   help="graph cutoff radius (Å)")
+    t.add_argument("--targets", default="vision,tosca",
+                   help="comma-separated spectra to learn: vision, tosca")
+    t.add_argument("--seed", type=int, default=0, help="seed of the first member")
+    t.set_defaults(func=_run_predictor_train)
+
+
+def _run_predictor_train(args) -> int:
+    from mlff_ins.predict.predictor import train_predictor
+
+    for opt in ("members", "epochs", "batch_size"):
+        if getattr(args, opt) < 1:
+            raise InputError(f"--{opt.replace('_', '-')} must be at least 1")
+    meta = train_predictor(args.database, args.output, members=args.members, epochs=args.epochs,
+                           batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                           targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
+                           hyper={"cutoff_A": args.cutoff})
+    t = meta["test"]
+    print(f"{args.output}: {len(meta['members'])} members, split {meta['split_sizes']}, "
+          + (f"test median MSE {t['median_mse']:.4f} (quartiles {t['quartiles_mse'][0]:.4f} / "
+             f"{t['quartiles_mse'][1]:.4f})" if t["n"] else "no test structures"))
+    print(f"  report: {Path(args.output) / 'report.md'}")
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict", help="INS spectra straight from a structure (the direct predictor)",
+        description="Predict the VISION or TOSCA S(E) of a structure with a trained predictor "
+                    "(the one shipped in the package unless --predictor): max-normalised, with "
+                    "the ensemble spread as intensity_std and element partials. Structures "
+                    "unlike the training data get a warning.",
+        epilog="example: mlff-ins predict si.cif --instrument vision -T 10 -o si_pred.h5 --plot",
+        formatter_class=_HelpFormatter)
+    p.add_argument("structure", help="structure file (CIF, POSCAR, extxyz, ...)")
+    _add_structure_options(p)
+    p.add_argument("--predictor", metavar="DIR",
+                   help="predictor folder (default: the one shipped in the package)")
+    p.add_argument("--instrument", default="vision", choices=["vision", "tosca"],
+                   help="indirect-geometry instrument")
+    p.add_argument("-T", "--temperature", type=float, default=None, metavar="K",
+                   help="temperature (K; default the database's, 10 K)")
+    p.add_argument("--2d", dest="two_d", action="store_true",
+                   help="powder S(Q,E) (not available yet: refused)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("-o", "--output", required=True, help="spectra file (HDF5)")
+    p.add_argument("--plot", action="store_true", help="also write OUTPUT.png")
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args) -> int:
+    from mlff_ins.model.calculator import resolve_device
+    from mlff_ins.neutron.spectrum import write_spectra
+    from mlff_ins.predict.predictor import Predictor, shipped_predictor
+
+    if args.two_d:
+        raise InputError("--2d: the S(Q,E) predictor (autoencoder + latent network) is not "
+                         "built yet; use `mlff-ins phonons` + `mlff-ins ins --2d`")
+    atoms = _read_structure(args.structure, args.index, args.types)
+    predictor = Predictor(args.predictor or shipped_predictor(), resolve_device(args.device))
+    spectra, warnings_ = predictor.predict(atoms, args.instrument, args.temperature,
+                                           source_name=str(args.structure))
+    for w in warnings_:
+        print(f"mlff-ins predict: warning: {w}", file=sys.stderr)
+    write_spectra(args.output, spectra)
+    print(f"{args.output}: {', '.join(spectra)} ({atoms.get_chemical_formula()}, "
+          f"{len(predictor.models)} member(s), {args.instrument})")
+    if args.plot:
+        from mlff_ins.neutron.plot import plot_spectra
+
+        png = Path(args.output).with_suffix(".png")
+        plot_spectra(spectra, png)
+        print(f"  plot: {png}")
+    return 0
+
+
+def _add_thermo(sub) -> None:
+    p = sub.add_parser(
+        "thermo", help="harmonic C_V, S, F and zero-point energy from a VDOS in a spectra file",
+        description="Harmonic thermodynamics from a phonon DOS alone (the MD VDOS of "
+                    "`mlff-ins spectra --vdos`, or any vdos group of a spectra file), through "
+                    "pymatgen's PhononDos: heat capacity C_V and entropy S (J/(K mol), and k_B "
+                    "per atom), Helmholtz free energy F (kJ/mol) and zero-point energy, per mole "
+                    "of atoms and per mole of formula units. The DOS must have an area of 3 per "
+                    "atom (within 2 %); it is rescaled to exactly 3, and points at E <= 0 "
+                    "(imaginary or diffusive modes) are left out and counted. Needs pymatgen "
+                    "(pip install pymatgen).",
+        epilog="example: mlff-ins thermo md_spectra.h5 --t-max 800 -o thermo.csv --plot",
+        formatter_class=_HelpFormatter)
+    p.add_argument("spectra", help="spectra file of this package holding a vdos group")
+    p.add_argument("--group", metavar="NAME",
+                   help="vdos group to use (default: the total, 'vdos'); an element's partial "
+                        "(vdos_El) gives values per atom of that element")
+    p.add_argument("--t-max", type=_positive_float, default=1000.0, metavar="K",
+                   help="highest temperature, K (default 1000)")
+    p.add_argument("--t-step", type=_positive_float, default=10.0, metavar="K",
+                   help="temperature step from 0 K, K (default 10)")
+    p.add_argument("--atoms-per-formula", type=int, default=1, metavar="N",
+                   help="atoms in one formula unit, for the per-formula-unit columns "
+                        "(default 1: per atom)")
+    p.add_argument("-o", "--output", metavar="OUT.csv",
+                   help="CSV of C_V, S, F against T, units in the header (default: "
+                        "SPECTRA's name with _thermo.csv)")
+    p.add_argument("--plot", action="store_true",
+                   help="also write OUT_heat_capacity.png (C_V per atom with 3R)")
+    p.set_defaults(func=_run_thermo)
+
+
+def _run_thermo(args) -> int:
+    from mlff_ins.atomic_io import write_text_atomic
+    from mlff_ins.phonons.thermo_dos import thermal_csv, thermal_from_spectra_file
+
+    if args.atoms_per_formula < 1:
+        raise InputError(f"--atoms-per-formula: must be at least 1 (got {args.atoms_per_formula})")
+    if args.t_step > args.t_max:
+        raise InputError(f"--t-step {args.t_step:g} K is above --t-max {args.t_max:g} K")
+    try:
+        import pymatgen.phonon.dos  # noqa: F401
+    except ImportError:
+        raise InputError("thermo needs pymatgen: pip install pymatgen") from None
+    out = Path(args.output) if args.output else \
+        Path(args.spectra).with_name(Path(args.spectra).stem + "_thermo.csv")
+    th = thermal_from_spectra_file(args.spectra, args.group, args.t_max, args.t_step,
+                                   n_atoms_per_formula=args.atoms_per_formula)
+    pa, pf = th["per_atom"], th["per_formula_unit"]
+    t = th["temperature_K"]
+    who = f"per atom of {th['element']}" if th["element"] else "per atom"
+    print(f"{th['path']}:{th['group']}: DOS area {th['dos_area_per_atom']:.4f} (rescaled to 3), "
+          f"{th['n_dropped']} points at E <= 0 left out "
+          f"({th['dropped_modes_per_atom']:.3g} modes per atom)")
+    print(f"  zero-point energy {pa['zero_point_energy_meV'][0]:.2f} meV "
+          f"({pa['zero_point_energy'][0]:.4f} kJ/mol) {who}"
+          + (f"; {pf['zero_point_energy'][0]:.4f} kJ/mol per formula unit of "
+             f"{th['n_atoms_per_formula']} atoms" if th["n_atoms_per_formula"] > 1 else ""))
+    print(f"  {'T (K)':>8} {'C_V (J/(K mol))':>16} {'C_V (k_B)':>10} {'S (J/(K mol))':>14} "
+          f"{'F (kJ/mol)':>11}   {who}")
+    shown = []
+    for target in (100.0, 300.0, float(t[-1])):
+        if target <= t[-1] + 1e-9:
+            i = int(np.argmin(np.abs(t - target)))
+            if i not in shown:
+                shown.append(i)
+    for i in shown:
+        print(f"  {t[i]:8g} {pa['heat_capacity'][0, i]:16.3f} {pa['heat_capacity_kB'][0, i]:10.4f} "
+              f"{pa['entropy'][0, i]:14.3f} {pa['free_energy'][0, i]:11.4f}")
+    write_text_atomic(out, thermal_csv(th))
+    print(f"  {out}")
+    if args.plot:
+        from mlff_ins.phonons.plot import plot_heat_capacity
+
+        png = out.with_name(out.stem + "_heat_capacity.png")
+        plot_heat_capacity(th, png, title=f"{out.stem} ({th['group']})")
+        print(f"  plot: {png}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlff-ins",
@@ -1242,8 +1420,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_phonons(sub)
     _add_ins(sub)
     _add_database(sub)
+    _add_predictor(sub)
+    _add_predict(sub)
     _add_compare(sub)
     _add_export(sub)
+    _add_thermo(sub)
     return parser
 
 

@@ -15,13 +15,14 @@ import re
 import numpy as np
 
 COMMANDS = ["demo", "label", "check", "train", "build", "md", "select", "deploy", "spectra",
-            "phonons", "ins", "database", "compare", "export"]
+            "phonons", "ins", "database", "compare", "export", "predictor",
+            "predict", "thermo"]
 
 #: a unit as the help texts write them
 UNIT = re.compile(r"(\b(K|fs|ps|meV|eV|GPa|Hz|GiB|GB|amu|minutes|degrees|1/fs|eV/Å|eV/Å²)\b"
                   r"|Å|1/Å)")
 #: options that take a number without a unit, and why
-DIMENSIONLESS = {"--resolution": "a fraction of Ei"}
+DIMENSIONLESS = {"--resolution": "a fraction of Ei", "--lr": "a learning rate"}
 
 
 def _subparsers():

@@ -1,0 +1,117 @@
+"""The predictor's network: an e3nn gated equivariant convolution network on the periodic graph of a
+crystal, in the style of Chen et al., Adv. Sci. 8, 2004214 (2021).
+
+Nodes carry a mass-weighted one-hot species vector, embedded linearly (once as features, once as
+attributes); edges join atoms closer than ``cutoff`` across periodic boundaries and carry spherical
+harmonics of their direction times a smooth cutoff, and a Gaussian basis of their length. The
+layers are those of e3nn's ``gate_points_2101.Network`` (convolution + gate, a last convolution
+to ``n_out`` scalars per atom). Each atom's output goes through softplus (non-negative), and the
+crystal's spectrum is the mean over its atoms, so a supercell gives the same spectrum and each
+element's share of the mean is its partial spectrum. Spectra are max-normalised at the end (the
+targets are too), as in the papers.
+
+Everything that defines a network is in its ``hyper`` dict, saved beside the weights
+(:mod:`mlff_ins.predict.predictor`); nothing here is a hidden constant.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+#: species known to the embedding: Z = 1 .. N_SPECIES
+N_SPECIES = 94
+
+
+def default_hyper(n_out: int) -> dict:
+    return {"cutoff_A": 5.0, "lmax": 2, "embed_dim": 32,
+            "hidden": "32x0e+32x0o+8x1e+8x1o+4x2e+4x2o",
+            "layers": 2, "number_of_basis": 10, "radial_layers": 1, "radial_neurons": 64,
+            "num_neighbors": 30.0, "n_out": int(n_out), "n_species": N_SPECIES}
+
+
+def graph(atoms, cutoff: float) -> dict:
+    """Node and edge arrays of one periodic structure (numpy): ``z`` (atomic numbers), ``mass``,
+    ``src``, ``dst``, ``vec`` (Å, from src to dst across the boundaries)."""
+    from ase.neighborlist import neighbor_list
+
+    i, j, d = neighbor_list("ijD", atoms, cutoff)
+    return {"z": atoms.numbers.astype(np.int64), "mass": atoms.get_masses().astype(np.float64),
+            "src": i.astype(np.int64), "dst": j.astype(np.int64), "vec": d.astype(np.float64)}
+
+
+def collate(graphs: list[dict], dtype=torch.float32, device="cpu") -> dict:
+    """One batch of graphs as tensors, node indices offset, ``batch`` giving each node's graph."""
+    offsets = np.cumsum([0] + [len(g["z"]) for g in graphs[:-1]])
+    cat = lambda key: np.concatenate([g[key] for g in graphs])  # noqa: E731
+    return {
+        "z": torch.as_tensor(cat("z"), device=device),
+        "mass": torch.as_tensor(cat("mass"), dtype=dtype, device=device),
+        "src": torch.as_tensor(np.concatenate([g["src"] + o for g, o in zip(graphs, offsets)]),
+                               device=device),
+        "dst": torch.as_tensor(np.concatenate([g["dst"] + o for g, o in zip(graphs, offsets)]),
+                               device=device),
+        "vec": torch.as_tensor(cat("vec"), dtype=dtype, device=device),
+        "batch": torch.as_tensor(np.repeat(np.arange(len(graphs)), [len(g["z"]) for g in graphs]),
+                                 device=device),
+        "n_graphs": len(graphs),
+    }
+
+
+class SpectrumNetwork(torch.nn.Module):
+    """Structure -> non-negative per-atom spectra (``n_out`` bins) -> their mean per crystal."""
+
+    def __init__(self, hyper: dict):
+        super().__init__()
+        from e3nn import o3
+        from e3nn.nn.models.gate_points_2101 import Network
+
+        self.hyper = dict(hyper)
+        em = int(hyper["embed_dim"])
+        self.embed_x = torch.nn.Linear(hyper["n_species"], em)
+        self.embed_z = torch.nn.Linear(hyper["n_species"], em)
+        self.irreps_sh = o3.Irreps.spherical_harmonics(int(hyper["lmax"]))
+        self.net = Network(irreps_in=f"{em}x0e", irreps_hidden=hyper["hidden"],
+                           irreps_out=f"{int(hyper['n_out'])}x0e",
+                           irreps_node_attr=f"{em}x0e", irreps_edge_attr=self.irreps_sh,
+                           layers=int(hyper["layers"]), max_radius=float(hyper["cutoff_A"]),
+                           number_of_basis=int(hyper["number_of_basis"]),
+                           radial_layers=int(hyper["radial_layers"]),
+                           radial_neurons=int(hyper["radial_neurons"]),
+                           num_neighbors=float(hyper["num_neighbors"]), num_nodes=1.0,
+                           reduce_output=False)
+
+    def atom_outputs(self, data: dict) -> torch.Tensor:
+        """(atoms, n_out) non-negative per-atom spectra, before pooling."""
+        from e3nn import o3
+        from e3nn.math import soft_one_hot_linspace
+        from e3nn.nn.models.gate_points_2101 import smooth_cutoff
+
+        h = self.hyper
+        onehot = torch.nn.functional.one_hot(data["z"] - 1, h["n_species"]).to(data["vec"].dtype)
+        x = torch.relu(self.embed_x(onehot * data["mass"][:, None]))
+        z = torch.relu(self.embed_z(onehot))
+        vec = data["vec"]
+        length = vec.norm(dim=1)
+        sh = o3.spherical_harmonics(self.irreps_sh, vec, True, normalization="component")
+        basis = soft_one_hot_linspace(length, 0.0, float(h["cutoff_A"]), int(h["number_of_basis"]),
+                                      basis="gaussian", cutoff=False) * h["number_of_basis"] ** 0.5
+        edge_attr = smooth_cutoff(length / float(h["cutoff_A"]))[:, None] * sh
+        for layer in self.net.layers:
+            x = layer(x, z, data["src"], data["dst"], edge_attr, basis)
+        return torch.nn.functional.softplus(x)
+
+    def forward(self, data: dict) -> torch.Tensor:
+        """(graphs, n_blocks, bins) crystal spectra, each block (one target spectrum) divided by
+        its maximum."""
+        per_atom = self.atom_outputs(data)
+        total = pool_mean(per_atom, data["batch"], data["n_graphs"])
+        total = total.reshape(data["n_graphs"], int(self.hyper.get("n_blocks", 1)), -1)
+        return total / total.max(dim=2, keepdim=True).values.clamp_min(1e-12)
+
+
+def pool_mean(values: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> torch.Tensor:
+    out = values.new_zeros((n_graphs, values.shape[1])).index_add_(0, batch, values)
+    count = values.new_zeros(n_graphs).index_add_(0, batch,
+                                                   torch.ones_like(batch, dtype=values.dtype))
+    return out / count[:, None]

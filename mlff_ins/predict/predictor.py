@@ -1,0 +1,438 @@
+"""Train the direct predictor on a database, save it, load it and predict spectra from a structure.
+
+Targets (``targets``): the database's VISION and/or TOSCA S(E) at its temperature, each averaged
+into the 120 bins of 10–1200 cm⁻¹ of Cheng et al. 2023 and divided by its maximum. The split is by
+composition (reduced formula, hashed): no formula is in two of train / validation / test. An
+ensemble of ``members`` networks (different seeds) gives ``intensity_std``.
+
+A predictor folder holds ``predictor.json`` (every hyper-parameter, the grid, targets, database
+temperature, the elements and neighbour statistics it was trained on, split sizes, metrics) and one
+``member_K.pt`` per network: a plain state dict, loaded with ``torch.load(weights_only=True)``, so
+opening a predictor runs no code from the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mlff_ins import __version__
+from mlff_ins.atomic_io import atomic_path, write_json_atomic, write_text_atomic
+from mlff_ins.errors import InputError
+
+TARGETS = ("vision", "tosca")
+#: the S(E) grid of Cheng et al. 2023: 120 bins over 10-1200 cm^-1 (edges, cm^-1)
+GRID_EDGES_INVCM = np.linspace(10.0, 1200.0, 121)
+
+
+def _mev_per_invcm() -> float:
+    from mlff_ins.neutron.resolution import MEV_PER_INVCM
+
+    return MEV_PER_INVCM
+
+
+def grid_edges_meV(edges_invcm=GRID_EDGES_INVCM) -> np.ndarray:
+    return np.asarray(edges_invcm) * _mev_per_invcm()
+
+
+def rebin(energy_meV, values, edges_meV) -> np.ndarray:
+    """Mean of the piecewise-linear ``values`` over each bin [edges[k], edges[k+1]] (meV)."""
+    e = np.asarray(energy_meV, dtype=float)
+    y = np.asarray(values, dtype=float)
+    running = np.concatenate([[0.0], np.cumsum(0.5 * (y[1:] + y[:-1]) * np.diff(e))])
+    at = np.interp(edges_meV, e, running)
+    return np.diff(at) / np.diff(edges_meV)
+
+
+def _normalised(y):
+    m = np.max(y)
+    return y / m if m > 0 else y
+
+
+def shipped_predictor() -> Path:
+    """The predictor folder shipped inside the package."""
+    path = Path(__file__).resolve().parents[1] / "resources" / "predictor"
+    if not (path / "predictor.json").is_file():
+        raise InputError("no predictor is shipped with this installation; train one with "
+                         "`mlff-ins predictor train DB -o DIR` and pass --predictor DIR")
+    return path
+
+
+def composition_split(formulas, fractions=(0.8, 0.1)) -> list[str]:
+    """'train', 'valid' or 'test' for each reduced formula: the distinct formulas ordered by
+    their SHA-256 (the same on every machine), the first ``fractions[0]`` of them for training,
+    the next ``fractions[1]`` (at least one) for validation, the rest (at least one, from three
+    formulas on) for the test. No formula is in two splits."""
+    unique = sorted(set(formulas), key=lambda f: hashlib.sha256(f.encode()).hexdigest())
+    n = len(unique)
+    n_valid = max(1, int(round(fractions[1] * n))) if n >= 2 else 0
+    n_test = max(1, int(round((1 - sum(fractions)) * n))) if n >= 3 else 0
+    n_train = n - n_valid - n_test
+    label = {f: "train" if i < n_train else "valid" if i < n_train + n_valid else "test"
+             for i, f in enumerate(unique)}
+    return [label[f] for f in formulas]
+
+
+def _atoms(entry):
+    from ase import Atoms
+
+    return Atoms(numbers=entry["numbers"], cell=entry["cell"], positions=entry["positions"],
+                 pbc=True)
+
+
+def neighbour_stats(atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per atom: nearest-neighbour distance (Å) and number of neighbours within ``cutoff``."""
+    from ase.neighborlist import neighbor_list
+
+    i, d = neighbor_list("id", atoms, cutoff)
+    nn = np.full(len(atoms), np.inf)
+    np.minimum.at(nn, i, d)
+    return nn, np.bincount(i, minlength=len(atoms))
+
+
+def load_examples(db, targets=TARGETS, limit: int | None = None):
+    """(structures, target arrays (n, n_targets, 120), formulas, db temperature) of every
+    ``ok`` entry of a database."""
+    from mlff_ins.predict.database import read_database
+
+    grids, entries = read_database(db)
+    if not entries:
+        raise InputError(f"{db}: no entries with status ok to train on")
+    entries = entries[:limit] if limit else entries
+    edges = grid_edges_meV()
+    e = grids["energy_meV"]
+    ys = np.array([[_normalised(rebin(e, entry[t], edges)) for t in targets] for entry in entries])
+    options = json.loads(grids.get("spectra_options", "{}"))
+    formulas = [_atoms(x).get_chemical_formula(empirical=True) for x in entries]
+    return [_atoms(x) for x in entries], ys, formulas, float(options.get("temperature_K", 10.0))
+
+
+def _loss(model, batch, target):
+    import torch
+
+    pred = model(batch)
+    return torch.mean((pred - target) ** 2)
+
+
+def train_member(model, train, valid, *, epochs: int, batch_size: int, lr: float,
+                 weight_decay: float, seed: int, progress=None) -> dict:
+    """AdamW with exponential decay (Chen 2021), best validation state kept."""
+    import copy
+
+    import torch
+
+    from mlff_ins.predict.network import collate
+
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.96)
+    best, best_state, history = np.inf, None, []
+    dtype = next(model.parameters()).dtype
+    vbatch = [(collate([g for g, _ in valid[k:k + 64]], dtype),
+               torch.as_tensor(np.array([y for _, y in valid[k:k + 64]]), dtype=dtype))
+              for k in range(0, len(valid), 64)]
+    for epoch in range(epochs):
+        model.train()
+        order = rng.permutation(len(train))
+        total = 0.0
+        for k in range(0, len(order), batch_size):
+            idx = order[k:k + batch_size]
+            batch = collate([train[i][0] for i in idx], dtype)
+            target = torch.as_tensor(np.array([train[i][1] for i in idx]), dtype=dtype)
+            opt.zero_grad()
+            loss = _loss(model, batch, target)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        sched.step()
+        model.eval()
+        with torch.no_grad():
+            vloss = sum(float(_loss(model, b, t)) * len(t) for b, t in vbatch) / max(len(valid), 1)
+        history.append({"epoch": epoch + 1, "train_mse": total / len(train), "valid_mse": vloss})
+        if vloss < best:
+            best, best_state = vloss, copy.deepcopy(model.state_dict())
+        if progress is not None:
+            progress(epoch + 1, total / len(train), vloss)
+    model.load_state_dict(best_state)
+    return {"best_valid_mse": best, "history": history}
+
+
+def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: int = 60,
+                    batch_size: int = 16, lr: float = 5e-3, weight_decay: float = 0.05,
+                    seed: int = 0, hyper: dict | None = None, limit: int | None = None,
+                    progress: bool = True) -> dict:
+    """Train ``members`` networks on database ``db`` and write the predictor folder ``out_dir``
+    with its report; returns the metadata written to ``predictor.json``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from mlff_ins.predict.network import SpectrumNetwork, default_hyper, graph
+
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise InputError(f"--targets {','.join(unknown)}: choose from {', '.join(TARGETS)}")
+    structures, ys, formulas, db_temperature = load_examples(db, targets, limit)
+    hyper = {**default_hyper(len(GRID_EDGES_INVCM) - 1), **(hyper or {}),
+             "n_blocks": len(targets)}
+    hyper["n_out"] = hyper["n_blocks"] * (len(GRID_EDGES_INVCM) - 1)
+    split = composition_split(formulas)
+    graphs = [graph(a, hyper["cutoff_A"]) for a in structures]
+    idx = {s: [i for i, x in enumerate(split) if x == s] for s in ("train", "valid", "test")}
+    if len(idx["train"]) < 2 or not idx["valid"]:
+        raise InputError(f"{db}: {len(structures)} usable entries are too few to split by "
+                         "composition (need several formulas in train and validation)")
+    train_idx = idx["train"]
+    hyper["num_neighbors"] = float(np.mean([len(graphs[i]["src"]) / len(graphs[i]["z"])
+                                            for i in train_idx]))
+    data = [(g, y.reshape(len(targets), -1)) for g, y in zip(graphs, ys)]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    member_files, fits = [], []
+    t0 = time.perf_counter()
+    for k in range(members):
+        torch.manual_seed(seed + k)
+        model = SpectrumNetwork(hyper)
+        bar = tqdm(total=epochs, desc=f"member {k + 1}/{members}", unit="epoch",
+                   disable=not progress, leave=False)
+
+        def tick(epoch, tr, va, bar=bar):
+            bar.set_postfix_str(f"train {tr:.4f} valid {va:.4f}", refresh=False)
+            bar.update(1)
+
+        fit = train_member(model, [data[i] for i in train_idx], [data[i] for i in idx["valid"]],
+                           epochs=epochs, batch_size=batch_size, lr=lr,
+                           weight_decay=weight_decay, seed=seed + k, progress=tick)
+        bar.close()
+        name = f"member_{k}.pt"
+        with atomic_path(out_dir / name) as tmp:
+            torch.save(model.state_dict(), tmp)
+        member_files.append(name)
+        fits.append(fit)
+    stats = _training_stats(structures, train_idx, hyper["cutoff_A"])
+    meta = {"code_version": __version__, "kind": "mlff-ins predictor", "targets": list(targets),
+            "grid_edges_invcm": GRID_EDGES_INVCM.tolist(), "hyper": hyper,
+            "database": str(db), "database_temperature_K": db_temperature,
+            "split_sizes": {s: len(v) for s, v in idx.items()},
+            "members": member_files, "training": {"epochs": epochs, "batch_size": batch_size,
+                                                  "lr": lr, "weight_decay": weight_decay,
+                                                  "seed": seed, "seconds":
+                                                  time.perf_counter() - t0},
+            "best_valid_mse": [f["best_valid_mse"] for f in fits], **stats}
+    write_json_atomic(out_dir / "predictor.json", meta)
+    predictor = Predictor(out_dir)
+    test = [(structures[i], ys[i], formulas[i]) for i in idx["test"]]
+    meta["test"] = evaluate(predictor, test)
+    write_json_atomic(out_dir / "predictor.json", meta)
+    write_report(out_dir, meta, test, predictor, fits)
+    return meta
+
+
+def _training_stats(structures, train_idx, cutoff) -> dict:
+    nn_all, coord_all, elements = [], [], set()
+    for i in train_idx:
+        nn, coord = neighbour_stats(structures[i], cutoff)
+        nn_all.append(nn[np.isfinite(nn)])
+        coord_all.append(coord)
+        elements.update(structures[i].get_chemical_symbols())
+    nn_all, coord_all = np.concatenate(nn_all), np.concatenate(coord_all)
+    return {"elements": sorted(elements),
+            "nearest_neighbour_A": [float(nn_all.min()), float(nn_all.max())],
+            "neighbours_within_cutoff": [int(coord_all.min()), int(coord_all.max())]}
+
+
+def evaluate(predictor, examples) -> dict:
+    """MSE of the max-normalised ensemble mean against each test target, per target and all."""
+    if not examples:
+        return {"n": 0}
+    mses = []
+    for atoms, y, _ in examples:
+        mean, _, _ = predictor.predict_arrays(atoms)
+        mses.append(float(np.mean((mean - y.reshape(mean.shape)) ** 2)))
+    q = np.percentile(mses, [25, 50, 75])
+    return {"n": len(mses), "mse": mses, "median_mse": float(q[1]),
+            "quartiles_mse": [float(q[0]), float(q[2])], "mean_mse": float(np.mean(mses))}
+
+
+class Predictor:
+    """A trained predictor folder: ``predict_arrays`` (ensemble mean, std, per-element partials on
+    the target grid) and ``predict`` (Spectrum1D objects, warnings for unfamiliar inputs)."""
+
+    def __init__(self, directory, device: str = "cpu"):
+        import torch
+
+        from mlff_ins.predict.network import SpectrumNetwork
+
+        self.directory = Path(directory)
+        meta_path = self.directory / "predictor.json"
+        if not meta_path.is_file():
+            raise InputError(f"{self.directory}: not a predictor folder (no predictor.json)")
+        self.meta = json.loads(meta_path.read_text())
+        self.device = device
+        self.models = []
+        for name in self.meta["members"]:
+            path = (self.directory / name).resolve()
+            if self.directory.resolve() not in path.parents:
+                raise InputError(f"{meta_path}: member {name} lies outside the predictor folder")
+            model = SpectrumNetwork(self.meta["hyper"]).to(device)
+            model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+            model.eval()
+            self.models.append(model)
+        edges = grid_edges_meV(self.meta["grid_edges_invcm"])
+        self.energy_meV = 0.5 * (edges[1:] + edges[:-1])
+
+    def predict_arrays(self, atoms):
+        """(mean, std, partials) with shapes (targets, bins), (targets, bins) and
+        {element: (targets, bins)}: max-normalised totals; partials on the same scale, summing
+        to the total."""
+        import torch
+
+        from mlff_ins.predict.network import collate, graph
+
+        h = self.meta["hyper"]
+        nb = int(h["n_blocks"])
+        data = collate([graph(atoms, h["cutoff_A"])], torch.float32, self.device)
+        symbols = np.array(atoms.get_chemical_symbols())
+        totals, parts = [], []
+        with torch.no_grad():
+            for model in self.models:
+                per_atom = model.atom_outputs(data).reshape(len(atoms), nb, -1).cpu().numpy()
+                total = per_atom.mean(axis=0)
+                scale = total.max(axis=1, keepdims=True)
+                scale[scale <= 0] = 1.0
+                totals.append(total / scale)
+                parts.append({str(el): per_atom[symbols == el].sum(axis=0) / len(atoms) / scale
+                              for el in dict.fromkeys(symbols)})
+        stack = np.array(totals)
+        partials = {el: np.mean([p[el] for p in parts], axis=0) for el in parts[0]}
+        return stack.mean(axis=0), stack.std(axis=0) if len(stack) > 1 else None, partials
+
+    def familiarity(self, atoms) -> list[str]:
+        """Warnings for elements the predictor never saw and neighbour distances or counts
+        outside those of its training structures."""
+        out = []
+        unseen = sorted(set(atoms.get_chemical_symbols()) - set(self.meta["elements"]))
+        if unseen:
+            out.append(f"element(s) {', '.join(unseen)} were not in the predictor's training "
+                       "data: its spectrum is extrapolated and may be wrong")
+        nn, coord = neighbour_stats(atoms, self.meta["hyper"]["cutoff_A"])
+        lo, hi = self.meta["nearest_neighbour_A"]
+        finite = nn[np.isfinite(nn)]
+        if len(finite) < len(nn) or (len(finite) and (finite.min() < 0.9 * lo
+                                                      or finite.max() > 1.1 * hi)):
+            out.append(f"nearest-neighbour distances {finite.min():.2f}-{finite.max():.2f} Å "
+                       f"(isolated atoms: {len(nn) - len(finite)}) lie outside the training "
+                       f"range {lo:.2f}-{hi:.2f} Å")
+        clo, chi = self.meta["neighbours_within_cutoff"]
+        if coord.min() < clo or coord.max() > chi:
+            out.append(f"neighbours within {self.meta['hyper']['cutoff_A']:g} Å: "
+                       f"{coord.min()}-{coord.max()}, training range {clo}-{chi}")
+        return out
+
+    def predict(self, atoms, instrument: str = "vision", temperature_K: float | None = None,
+                source_name: str = "") -> tuple[dict, list[str]]:
+        """{name: Spectrum1D} (s_e and element partials) and the familiarity warnings."""
+        from mlff_ins.ins.modes import _bose  # noqa: PLC2701 - the one Bose factor
+        from mlff_ins.neutron.spectrum import Spectrum1D
+
+        targets = self.meta["targets"]
+        if instrument not in targets:
+            raise InputError(f"--instrument {instrument}: this predictor was trained for "
+                             f"{', '.join(targets)}")
+        k = targets.index(instrument)
+        mean, std, partials = self.predict_arrays(atoms)
+        y, s = mean[k], (None if std is None else std[k])
+        parts = {el: p[k] for el, p in partials.items()}
+        t_db = float(self.meta["database_temperature_K"])
+        factor = np.ones_like(y)
+        if temperature_K is not None and temperature_K != t_db:
+            e = self.energy_meV
+            factor = (1 + _bose(e, temperature_K)) / (1 + _bose(e, t_db))
+        scale = 1.0 / max(float(np.max(y * factor)), 1e-300)
+        warnings = self.familiarity(atoms)
+        prov = {"predictor": str(self.directory), "predictor_version": self.meta["code_version"],
+                "structure": source_name, "formula": atoms.get_chemical_formula(),
+                "n_members": len(self.models), "warnings": warnings,
+                "database_temperature_K": t_db,
+                "temperature_note": "predicted at the database temperature; other temperatures "
+                                    "by the one-phonon Bose factor (n(E,T)+1)/(n(E,T_db)+1)",
+                "normalisation": "max-normalised"}
+        common = dict(kind="s_e", x=self.energy_meV, units="max-normalised", source="predictor",
+                      instrument=instrument,
+                      temperature_K=t_db if temperature_K is None else temperature_K,
+                      provenance=prov)
+        out = {"s_e": Spectrum1D(intensity=y * factor * scale,
+                                 intensity_std=None if s is None else s * factor * scale,
+                                 **common)}
+        if len(parts) > 1:
+            for el, p in parts.items():
+                out[f"s_e_{el}"] = Spectrum1D(intensity=p * factor * scale, element=el, **common)
+        return out, warnings
+
+
+def write_report(out_dir: Path, meta: dict, test, predictor, fits) -> None:
+    """report.md and report.png: learning curves, test-MSE distribution with quartiles, one
+    example overlay per quartile."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = meta["test"]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    ax = axes[0, 0]
+    for k, f in enumerate(fits):
+        ax.semilogy([h["valid_mse"] for h in f["history"]], label=f"member {k} validation")
+        ax.semilogy([h["train_mse"] for h in f["history"]], ls=":", color=ax.lines[-1].get_color(),
+                    label=f"member {k} training")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE")
+    ax.legend(fontsize=7)
+    ax = axes[0, 1]
+    lines = [f"# Predictor report", "",
+             f"Database {meta['database']} (spectra at {meta['database_temperature_K']:g} K), "
+             f"targets {', '.join(meta['targets'])} on 120 bins of 10-1200 cm⁻¹, max-normalised.",
+             f"Split by composition: {meta['split_sizes']}.",
+             f"Elements in training ({len(meta['elements'])}): {' '.join(meta['elements'])}.",
+             f"{len(meta['members'])} members; best validation MSE "
+             f"{', '.join(f'{v:.4f}' for v in meta['best_valid_mse'])}.", ""]
+    if t["n"]:
+        mses = np.array(t["mse"])
+        ax.hist(mses, bins=30, color="0.6")
+        for v in (t["quartiles_mse"][0], t["median_mse"], t["quartiles_mse"][1]):
+            ax.axvline(v, color="k", ls="--", lw=0.8)
+        ax.set_xlabel("test MSE (max-normalised)")
+        ax.set_title(f"test: median {t['median_mse']:.4f}, n={t['n']}", fontsize=9)
+        lines.append(f"Test set ({t['n']} structures): median MSE {t['median_mse']:.4f}, "
+                     f"quartiles {t['quartiles_mse'][0]:.4f} / {t['quartiles_mse'][1]:.4f}, "
+                     f"mean {t['mean_mse']:.4f}.")
+        order = np.argsort(mses)
+        picks = list(dict.fromkeys(order[int(q * (len(order) - 1))]
+                                   for q in (0.125, 0.375, 0.625, 0.875)))   # one per quartile
+        for ax in list(axes.flat[2 + len(picks):]):
+            ax.axis("off")
+        for ax, i in zip(list(axes.flat[2:]), picks):
+            atoms, y, formula = test[i]
+            mean, std, _ = predictor.predict_arrays(atoms)
+            e = predictor.energy_meV
+            ax.plot(e, y.reshape(mean.shape)[0], color="k", label="teacher (phonons)")
+            ax.plot(e, mean[0], color="C1", label="predictor")
+            if std is not None:
+                ax.fill_between(e, mean[0] - std[0], mean[0] + std[0], color="C1", alpha=0.3)
+            ax.set_title(f"{formula}: MSE {mses[i]:.4f}", fontsize=9)
+            ax.set_xlabel(f"energy (meV), {meta['targets'][0]}")
+        axes.flat[2].legend(fontsize=7)
+    else:
+        lines.append("No test structures (too few formulas).")
+    fig.tight_layout()
+    with atomic_path(out_dir / "report.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    lines += ["", "![report](report.png)", ""]
+    write_text_atomic(out_dir / "report.md", "\n".join(lines))
+
+
+__all__ = ["Predictor", "TARGETS", "composition_split", "evaluate", "rebin", "train_predictor"]

@@ -1,0 +1,193 @@
+"""The direct predictor: invariances of the network, the composition split, training on a real
+(small, EMT-taught) database, loading without running code, and `mlff-ins predict`."""
+
+import json
+from itertools import combinations
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+
+from mlff_ins.cli import main
+from mlff_ins.errors import InputError
+from mlff_ins.predict.database import BuildOptions, SpectraOptions, build_database
+from mlff_ins.predict.network import SpectrumNetwork, collate, default_hyper, graph
+from mlff_ins.predict.predictor import Predictor, composition_split, rebin, train_predictor
+
+from test_database import EMT_YAML
+
+EMT_METALS = {"Al": 4.05, "Cu": 3.61, "Ni": 3.52, "Ag": 4.09, "Au": 4.08, "Pd": 3.89,
+              "Pt": 3.92}
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    hyper = {**default_hyper(24), "n_blocks": 2, "cutoff_A": 4.0}
+    return SpectrumNetwork(hyper).double().eval()
+
+
+def _spectrum(net, atoms):
+    with torch.no_grad():
+        return net(collate([graph(atoms, net.hyper["cutoff_A"])], torch.float64)).numpy()
+
+
+def _crystal():
+    """A low-symmetry 3-element cell, so no invariance holds by accident."""
+    a = bulk("Cu", "fcc", 3.7, cubic=True)
+    a[1].symbol, a[2].symbol = "Au", "Al"
+    a.rattle(0.08, seed=3)
+    a.set_cell(a.cell[:] @ np.array([[1, 0.05, 0], [0, 1, 0.02], [0.03, 0, 1]]),
+               scale_atoms=True)
+    return a
+
+
+def test_predictions_are_invariant():
+    """Rotation, translation, permutation of atoms and a 2x2x2 supercell give the same spectrum
+    (float64: to 1e-10, rounding only; the issue's bar is 1e-5)."""
+    from scipy.spatial.transform import Rotation
+
+    net = _net()
+    a = _crystal()
+    ref = _spectrum(net, a)
+    assert np.all(np.isfinite(ref)) and ref.shape == (1, 2, 12)
+    r = a.copy()
+    rot = Rotation.from_euler("xyz", [0.3, 1.1, -0.7]).as_matrix()
+    r.set_cell(a.cell[:] @ rot.T, scale_atoms=True)
+    t = a.copy()
+    t.translate([0.31, -1.2, 2.05])
+    t.wrap()
+    p = a[[3, 0, 2, 1]]
+    s = a.repeat((2, 2, 2))
+    for other in (r, t, p, s):
+        np.testing.assert_allclose(_spectrum(net, other), ref, atol=1e-10)
+
+
+def test_composition_split_keeps_formulas_apart():
+    formulas = ["NaCl", "KBr", "NaCl", "MgO", "Si", "KBr", "GaAs", "ZnO", "CaF2", "Al2O3"] * 2
+    split = composition_split(formulas)
+    by_formula = {}
+    for f, s in zip(formulas, split):
+        by_formula.setdefault(f, set()).add(s)
+    assert all(len(s) == 1 for s in by_formula.values())          # no formula in two splits
+    assert {"train", "valid", "test"} <= set(split)
+    assert split == composition_split(list(formulas))            # the same every time
+
+
+def test_rebin_keeps_bin_means():
+    e = np.linspace(0, 100, 1001)
+    edges = np.array([10.0, 20.0, 35.5])
+    np.testing.assert_allclose(rebin(e, 2 + 0.5 * e, edges), 2 + 0.5 * (edges[1:] + edges[:-1]) / 2,
+                               rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def small_predictor(tmp_path_factory):
+    """A database of 7 fcc metals and their L1_2 alloys taught by EMT, and a 2-member predictor
+    trained on it for a few epochs (a smoke-sized model: the point is the machinery)."""
+    from ase.io import write
+
+    tmp = tmp_path_factory.mktemp("pred")
+    frames = [bulk(s, "fcc", a) for s, a in EMT_METALS.items()]
+    for x, y in list(combinations(EMT_METALS, 2))[:10]:
+        c = bulk(x, "fcc", 0.5 * (EMT_METALS[x] + EMT_METALS[y]), cubic=True)
+        c[0].symbol = y
+        frames.append(c)
+    write(tmp / "crystals.xyz", frames)
+    from mlff_ins.predict.sources import iter_structures
+
+    db = tmp / "db.h5"
+    opts = BuildOptions(teacher=str(EMT_YAML), supercell_length_A=7.0, max_supercell_atoms=64,
+                        spectra=SpectraOptions(mesh=12.0, q_max=3.0, q_step=0.5,
+                                               e_max_2d_meV=30.0, e_step_2d_meV=3.0,
+                                               n_directions=4))
+    build_database(list(iter_structures(str(tmp / "crystals.xyz"), max_atoms=8)), db, opts,
+                   progress=False)
+    out = tmp / "predictor"
+    meta = train_predictor(db, out, members=2, epochs=4, batch_size=4,
+                           hyper={"cutoff_A": 4.0, "hidden": "8x0e+8x0o+4x1e+4x1o",
+                                  "embed_dim": 8}, progress=False)
+    return db, out, meta
+
+
+def test_training_writes_a_complete_predictor(small_predictor):
+    db, out, meta = small_predictor
+    saved = json.loads((out / "predictor.json").read_text())
+    assert saved["split_sizes"]["train"] >= 10 and saved["split_sizes"]["valid"] >= 1
+    assert saved["test"]["n"] == saved["split_sizes"]["test"] >= 1
+    for key in ("cutoff_A", "lmax", "hidden", "num_neighbors", "n_out", "n_blocks"):
+        assert key in saved["hyper"]                              # everything in the checkpoint
+    assert saved["grid_edges_invcm"][0] == 10 and saved["grid_edges_invcm"][-1] == 1200
+    assert set(saved["elements"]) <= set(EMT_METALS)
+    for name in ("report.md", "report.png", "member_0.pt", "member_1.pt"):
+        assert (out / name).stat().st_size > 0
+    # weights are a plain state dict: loadable without running code from the file
+    state = torch.load(out / "member_0.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_predict_command_with_partials_spread_and_warnings(small_predictor, tmp_path, capsys):
+    _, out, _ = small_predictor
+    cif = tmp_path / "cu3au.cif"
+    c = bulk("Cu", "fcc", 3.75, cubic=True)
+    c[0].symbol = "Au"
+    c.write(cif)
+    h5 = tmp_path / "pred.h5"
+    assert main(["predict", str(cif), "--predictor", str(out), "-o", str(h5), "--plot"]) == 0
+    from mlff_ins.neutron.spectrum import read_spectra
+
+    spectra = read_spectra(h5)
+    s = spectra["s_e"]
+    assert s.source == "predictor" and s.intensity.max() == pytest.approx(1.0)
+    assert s.intensity_std is not None and s.intensity_std.shape == s.intensity.shape
+    # element partials share the total's scale and add up to it
+    np.testing.assert_allclose(spectra["s_e_Au"].intensity + spectra["s_e_Cu"].intensity,
+                               s.intensity, rtol=1e-5, atol=1e-7)
+    assert h5.with_suffix(".png").stat().st_size > 0
+    # an element it never saw, and a squeezed cell: warnings on stderr and in the provenance
+    fe = tmp_path / "fe.cif"
+    bulk("Fe", "bcc", 2.0).write(fe)
+    assert main(["predict", str(fe), "--predictor", str(out), "-o", str(tmp_path / "fe.h5")]) == 0
+    err = capsys.readouterr().err
+    assert "Fe were not in the predictor's training data" in err
+    assert "outside the training range" in err
+    prov = read_spectra(tmp_path / "fe.h5")["s_e"].provenance
+    assert any("Fe" in w for w in prov["warnings"])
+
+
+def test_temperature_applies_the_bose_factor(small_predictor):
+    """S(E, 300 K) / S(E, 10 K) = (n(E,300)+1)/(n(E,10)+1) before max-normalisation (to 1e-6:
+    the network runs in float32, whose rounding, 6e-8 per value, enters both sides differently)."""
+    from mlff_ins.ins.modes import _bose
+
+    _, out, _ = small_predictor
+    p = Predictor(out)
+    a = bulk("Cu", "fcc", 3.61)
+    cold, _ = p.predict(a, "vision")
+    warm, _ = p.predict(a, "vision", temperature_K=300.0)
+    e = cold["s_e"].x
+    ratio = (1 + _bose(e, 300.0)) / (1 + _bose(e, 10.0))
+    expect = cold["s_e"].intensity * ratio
+    np.testing.assert_allclose(warm["s_e"].intensity, expect / expect.max(), rtol=1e-6)
+
+
+def test_a_predictor_folder_cannot_point_outside_itself(small_predictor, tmp_path):
+    import shutil
+
+    _, out, _ = small_predictor
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    meta = json.loads((bad / "predictor.json").read_text())
+    meta["members"] = ["../../etc/passwd"]
+    (bad / "predictor.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="outside the predictor folder"):
+        Predictor(bad)
+    with pytest.raises(InputError, match="not a predictor folder"):
+        Predictor(tmp_path)
+
+
+def test_predict_2d_is_refused_in_one_line(tmp_path, capsys):
+    cif = tmp_path / "si.cif"
+    bulk("Si").write(cif)
+    assert main(["predict", str(cif), "--2d", "-o", str(tmp_path / "x.h5")]) == 2
+    assert "--2d" in capsys.readouterr().err
