@@ -7,6 +7,7 @@ BENCHMARKS = {
     "md": "mlff_ins.bench.md_bench",
     "memory": "mlff_ins.bench.memory_bench",
     "phonons": "mlff_ins.bench.phonons_bench",
+    "predictor": "mlff_ins.bench.predictor_bench",
     "spectra": "mlff_ins.bench.spectra_bench",
     "teachers": "mlff_ins.bench.teachers_bench",
     "train": "mlff_ins.bench.train_bench",

@@ -77,7 +77,7 @@ def plot_heat_capacity(thermal: dict, path: str | Path, title: str = "") -> None
     cv = thermal["per_atom"]["heat_capacity"]
     mean, std = cv.mean(axis=0), cv.std(axis=0)
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.plot(t, mean, color="C0", label="harmonic C_V (phonopy)")
+    ax.plot(t, mean, color="C0", label=thermal.get("label", "harmonic C_V (phonopy)"))
     if len(cv) > 1:
         ax.fill_between(t, mean - std, mean + std, color="C0", alpha=0.3,
                         label="ensemble spread")

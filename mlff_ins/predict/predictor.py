@@ -95,8 +95,8 @@ def neighbour_stats(atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_examples(db, targets=TARGETS, limit: int | None = None):
-    """(structures, target arrays (n, n_targets, 120), formulas, db temperature) of every
-    ``ok`` entry of a database."""
+    """(structures, target arrays (n, n_targets, 120), formulas, database facts: temperature,
+    teacher) of every ``ok`` entry of a database."""
     from mlff_ins.predict.database import read_database
 
     grids, entries = read_database(db)
@@ -108,7 +108,9 @@ def load_examples(db, targets=TARGETS, limit: int | None = None):
     ys = np.array([[_normalised(rebin(e, entry[t], edges)) for t in targets] for entry in entries])
     options = json.loads(grids.get("spectra_options", "{}"))
     formulas = [_atoms(x).get_chemical_formula(empirical=True) for x in entries]
-    return [_atoms(x) for x in entries], ys, formulas, float(options.get("temperature_K", 10.0))
+    facts = {"temperature_K": float(options.get("temperature_K", 10.0)),
+             "teacher": grids.get("teacher", "")}
+    return [_atoms(x) for x in entries], ys, formulas, facts
 
 
 def _loss(model, batch, target):
@@ -175,7 +177,7 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
     unknown = [t for t in targets if t not in TARGETS]
     if unknown:
         raise InputError(f"--targets {','.join(unknown)}: choose from {', '.join(TARGETS)}")
-    structures, ys, formulas, db_temperature = load_examples(db, targets, limit)
+    structures, ys, formulas, facts = load_examples(db, targets, limit)
     hyper = {**default_hyper(len(GRID_EDGES_INVCM) - 1), **(hyper or {}),
              "n_blocks": len(targets)}
     hyper["n_out"] = hyper["n_blocks"] * (len(GRID_EDGES_INVCM) - 1)
@@ -215,7 +217,8 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
     stats = _training_stats(structures, train_idx, hyper["cutoff_A"])
     meta = {"code_version": __version__, "kind": "mlff-ins predictor", "targets": list(targets),
             "grid_edges_invcm": GRID_EDGES_INVCM.tolist(), "hyper": hyper,
-            "database": str(db), "database_temperature_K": db_temperature,
+            "database": str(db), "database_temperature_K": facts["temperature_K"],
+            "teacher": facts["teacher"],
             "split_sizes": {s: len(v) for s, v in idx.items()},
             "members": member_files, "training": {"epochs": epochs, "batch_size": batch_size,
                                                   "lr": lr, "weight_decay": weight_decay,
