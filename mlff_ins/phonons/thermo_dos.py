@@ -129,7 +129,8 @@ def thermal_from_dos(energy_meV, dos_per_atom, temperatures_K, n_atoms_per_formu
     per_fu = {k: per_atom[k] * n_fu
               for k in ("heat_capacity", "entropy", "free_energy", "zero_point_energy")}
     return {"temperature_K": t, "per_atom": per_atom, "per_formula_unit": per_fu,
-            "units": dict(UNITS), "label": "harmonic C_V from the DOS (pymatgen)", "formula": formula, "n_atoms_per_formula": n_fu,
+            "units": dict(UNITS), "label": "harmonic C_V from the DOS (pymatgen)",
+            "formula": formula, "n_atoms_per_formula": n_fu,
             "dos_area_per_atom": area, "n_dropped": int((~keep).sum()),
             "dropped_modes_per_atom": (MODES_PER_ATOM - kept_area) if (~keep).any() else 0.0,
             "source": "harmonic thermodynamics from a DOS by pymatgen's PhononDos"}
