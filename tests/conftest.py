@@ -7,7 +7,10 @@ from ase.io import read, write
 
 from mlff_ins.demo import SI_DATA
 
-N_FRAMES = 30  # frames of the embedded set used for the test model (keeps the suite fast)
+N_FRAMES = 30
+EMT_YAML = Path(__file__).resolve().parent.parent / "mlff_ins" / "configs" / "label" / "emt.yaml"
+EMT_METALS = {"Al": 4.05, "Cu": 3.61, "Ni": 3.52, "Ag": 4.09, "Au": 4.08, "Pd": 3.89,
+              "Pt": 3.92}  # frames of the embedded set used for the test model (keeps the suite fast)
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +34,37 @@ def tiny_bundle(si_subset, tmp_path_factory) -> Path:
         "data": str(si_subset), "ensemble": 2, "training.max_epochs": 12})
     out = tmp_path_factory.mktemp("models") / "si_tiny"
     return train_bundle(cfg, out, progress=False)
+
+
+@pytest.fixture(scope="session")
+def small_predictor(tmp_path_factory):
+    """A database of 7 fcc metals and their L1_2 alloys taught by EMT, and a 2-member predictor
+    trained on it for a few epochs (a smoke-sized model: the point is the machinery)."""
+    from itertools import combinations
+
+    from ase.build import bulk
+    from ase.io import write
+
+    from mlff_ins.predict.database import BuildOptions, SpectraOptions, build_database
+    from mlff_ins.predict.predictor import train_predictor
+    from mlff_ins.predict.sources import iter_structures
+
+    tmp = tmp_path_factory.mktemp("pred")
+    frames = [bulk(s, "fcc", a) for s, a in EMT_METALS.items()]
+    for x, y in list(combinations(EMT_METALS, 2))[:10]:
+        c = bulk(x, "fcc", 0.5 * (EMT_METALS[x] + EMT_METALS[y]), cubic=True)
+        c[0].symbol = y
+        frames.append(c)
+    write(tmp / "crystals.xyz", frames)
+    db = tmp / "db.h5"
+    opts = BuildOptions(teacher=str(EMT_YAML), supercell_length_A=7.0, max_supercell_atoms=64,
+                        spectra=SpectraOptions(mesh=12.0, q_max=3.0, q_step=0.5,
+                                               e_max_2d_meV=30.0, e_step_2d_meV=3.0,
+                                               n_directions=4))
+    build_database(list(iter_structures(str(tmp / "crystals.xyz"), max_atoms=8)), db, opts,
+                   progress=False)
+    out = tmp / "predictor"
+    meta = train_predictor(db, out, members=2, epochs=4, batch_size=4,
+                           hyper={"cutoff_A": 4.0, "hidden": "8x0e+8x0o+4x1e+4x1o",
+                                  "embed_dim": 8}, progress=False)
+    return db, out, meta

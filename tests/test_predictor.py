@@ -2,7 +2,6 @@
 (small, EMT-taught) database, loading without running code, and `mlff-ins predict`."""
 
 import json
-from itertools import combinations
 
 import numpy as np
 import pytest
@@ -11,14 +10,10 @@ from ase.build import bulk
 
 from mlff_ins.cli import main
 from mlff_ins.errors import InputError
-from mlff_ins.predict.database import BuildOptions, SpectraOptions, build_database
 from mlff_ins.predict.network import SpectrumNetwork, collate, default_hyper, graph
 from mlff_ins.predict.predictor import Predictor, composition_split, rebin, train_predictor
 
-from test_database import EMT_YAML
-
-EMT_METALS = {"Al": 4.05, "Cu": 3.61, "Ni": 3.52, "Ag": 4.09, "Au": 4.08, "Pd": 3.89,
-              "Pt": 3.92}
+from conftest import EMT_METALS
 
 
 def _net(seed=0):
@@ -79,35 +74,6 @@ def test_rebin_keeps_bin_means():
     edges = np.array([10.0, 20.0, 35.5])
     np.testing.assert_allclose(rebin(e, 2 + 0.5 * e, edges), 2 + 0.5 * (edges[1:] + edges[:-1]) / 2,
                                rtol=1e-12)
-
-
-@pytest.fixture(scope="module")
-def small_predictor(tmp_path_factory):
-    """A database of 7 fcc metals and their L1_2 alloys taught by EMT, and a 2-member predictor
-    trained on it for a few epochs (a smoke-sized model: the point is the machinery)."""
-    from ase.io import write
-
-    tmp = tmp_path_factory.mktemp("pred")
-    frames = [bulk(s, "fcc", a) for s, a in EMT_METALS.items()]
-    for x, y in list(combinations(EMT_METALS, 2))[:10]:
-        c = bulk(x, "fcc", 0.5 * (EMT_METALS[x] + EMT_METALS[y]), cubic=True)
-        c[0].symbol = y
-        frames.append(c)
-    write(tmp / "crystals.xyz", frames)
-    from mlff_ins.predict.sources import iter_structures
-
-    db = tmp / "db.h5"
-    opts = BuildOptions(teacher=str(EMT_YAML), supercell_length_A=7.0, max_supercell_atoms=64,
-                        spectra=SpectraOptions(mesh=12.0, q_max=3.0, q_step=0.5,
-                                               e_max_2d_meV=30.0, e_step_2d_meV=3.0,
-                                               n_directions=4))
-    build_database(list(iter_structures(str(tmp / "crystals.xyz"), max_atoms=8)), db, opts,
-                   progress=False)
-    out = tmp / "predictor"
-    meta = train_predictor(db, out, members=2, epochs=4, batch_size=4,
-                           hyper={"cutoff_A": 4.0, "hidden": "8x0e+8x0o+4x1e+4x1o",
-                                  "embed_dim": 8}, progress=False)
-    return db, out, meta
 
 
 def test_training_writes_a_complete_predictor(small_predictor):
