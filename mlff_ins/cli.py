@@ -493,6 +493,8 @@ def _add_neutron_options(p, *, instrument_default: str, instrument_help: str,
                    help="memory budget, GiB (default 2): work is split into pieces that fit; "
                         "results do not depend on it")
     p.add_argument("--plot", action="store_true", help="also write OUTPUT.png")
+    p.add_argument("--unit", default="meV", choices=["meV", "cm-1", "THz"],
+                   help="energy unit of the plot's axes (files stay in meV)")
 
 
 _NEUTRON_DEFAULTS = {"e_max": 500.0, "q_max": 10.0, "q_step": 0.1, "phonon_orders": 10,
@@ -653,7 +655,7 @@ def _run_spectra(args) -> int:
         from mlff_ins.neutron.plot import plot_spectra
 
         png = Path(args.output).with_suffix(".png")
-        plot_spectra(spectra, png)
+        plot_spectra(spectra, png, unit=args.unit)
         print(f"  plot: {png}")
     return 0
 
@@ -943,7 +945,7 @@ def _run_ins(args) -> int:
         from mlff_ins.neutron.plot import plot_spectra
 
         png = Path(args.output).with_suffix(".png")
-        plot_spectra(spectra, png)
+        plot_spectra(spectra, png, unit=args.unit)
         print(f"  plot: {png}")
     return 0
 
@@ -1291,6 +1293,8 @@ def _add_predict(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("-o", "--output", required=True, help="spectra file (HDF5)")
     p.add_argument("--plot", action="store_true", help="also write OUTPUT.png")
+    p.add_argument("--unit", default="meV", choices=["meV", "cm-1", "THz"],
+                   help="energy unit of the plot's axes (files stay in meV)")
     p.set_defaults(func=_run_predict)
 
 
@@ -1315,7 +1319,7 @@ def _run_predict(args) -> int:
         from mlff_ins.neutron.plot import plot_spectra
 
         png = Path(args.output).with_suffix(".png")
-        plot_spectra(spectra, png)
+        plot_spectra(spectra, png, unit=args.unit)
         print(f"  plot: {png}")
     return 0
 

@@ -129,7 +129,7 @@ def test_spectra_and_ins_share_their_vocabulary():
     shared = ["--instrument", "--temperature", "--e-max", "--q-min", "--q-max", "--q-step",
               "--directions", "--phonon-orders", "--ei", "--angles", "--resolution",
               "--chopper-frequency", "--chopper-package", "--fwhm", "--isotope", "--seed",
-              "--max-memory", "--plot"]
+              "--max-memory", "--plot", "--unit"]
     for name in shared:
         a, b = opts["spectra"][name], opts["ins"][name]
         assert a.metavar == b.metavar and a.choices == b.choices, name

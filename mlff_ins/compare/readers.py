@@ -37,8 +37,8 @@ Where the layouts come from, and what is assumed:
 - Intensities are not rescaled when the energy axis is converted (a density per cm⁻¹ read from a
   file stays in the file's intensity units, stated in ``units``).
 
-The energy-unit conversion lives here, in one place: :data:`MEV_PER_UNIT`,
-:func:`energy_to_meV` and :func:`convert_energy` (meV, cm⁻¹, THz).
+Energy units are recognised and converted by :mod:`mlff_ins.neutron.units` (meV, cm⁻¹, THz),
+whose functions are re-exported here.
 """
 
 from __future__ import annotations
@@ -51,56 +51,17 @@ from pathlib import Path
 import numpy as np
 
 from mlff_ins.errors import InputError
-from mlff_ins.ins.modes import MEV_PER_THZ
 from mlff_ins.neutron.kinematics import E_PER_K2
-from mlff_ins.neutron.resolution import MEV_PER_INVCM
+from mlff_ins.neutron.units import (MEV_PER_INVCM, MEV_PER_THZ, MEV_PER_UNIT,  # noqa: F401
+                                    _UNIT_PATTERNS,
+                                    _check_unit, convert_energy, energy_to_meV, energy_unit)
 from mlff_ins.neutron.spectrum import Spectrum, Spectrum1D, Spectrum2D
 
-# ---------------------------------------------------------------------------------------------
-# energy units: the one place where meV, cm^-1 and THz are converted
-# ---------------------------------------------------------------------------------------------
-
-#: meV per unit of each energy unit the package reads and writes. 1 cm⁻¹ = 0.1239841984 meV
-#: (1 meV = 8.065544 cm⁻¹; hc, CODATA 2018) and 1 THz = 4.135667696 meV (1 meV = 0.2417990 THz;
-#: h), both from the modules that already hold them (neutron.resolution, ins.modes).
-MEV_PER_UNIT = {"meV": 1.0, "cm-1": MEV_PER_INVCM, "THz": MEV_PER_THZ}
-
-#: how each unit is spelt in files: Mantid unit IDs (DeltaE, DeltaE_inWavenumber), their labels
-#: (meV, cm^-1), the ISIS database's "CM-1" and the words people write
-_UNIT_PATTERNS = {
-    "cm-1": re.compile(r"cm\s*(?:\^|\*\*)?\s*\(?\s*[-\u2212]\s*1\b|cm\u207b\u00b9|\b1\s*/\s*cm\b|"
-                       r"\bwave\s*numbers?\b|\bwavenumbers?\b|\bdeltae_inwavenumber\b", re.I),
-    "meV": re.compile(r"\bmev\b|\bdeltae\b|\bmilli[- ]?electron[- ]?volts?\b", re.I),
-    "THz": re.compile(r"\bthz\b|\bterahertz\b", re.I),
-}
+# energy units live in mlff_ins.neutron.units (re-exported here for the readers' callers)
 #: spellings of |Q| units (1/Å); Mantid writes "MomentumTransfer" (unit ID) or "Angstrom^-1"
 _Q_UNIT = re.compile(r"^\s*(momentumtransfer|angstrom\s*\^\s*-\s*1|1\s*/\s*(angstrom|a|\u00c5)|"
                      r"a\s*\^\s*-\s*1|\u00c5\s*\^?\s*-\s*1|\u00c5\u207b\u00b9|inv_?a(ngstrom)?|"
                      r"q\s*\(\s*(1/angstrom|1/\u00c5|\u00c5\^-1|angstrom\^-1)\s*\))\s*$", re.I)
-
-
-def energy_unit(text: str) -> str | None:
-    """The energy unit ("meV", "cm-1" or "THz") that ``text`` names, or None if none or several."""
-    found = [u for u, pattern in _UNIT_PATTERNS.items() if pattern.search(text or "")]
-    return found[0] if len(found) == 1 else None
-
-
-def _check_unit(unit: str, what: str = "unit") -> str:
-    canonical = energy_unit(unit) if isinstance(unit, str) else None
-    if canonical is None:
-        raise InputError(f"{what} {unit!r} is not an energy unit; choose one of "
-                         f"{', '.join(MEV_PER_UNIT)}")
-    return canonical
-
-
-def energy_to_meV(values, unit: str) -> np.ndarray:
-    """Energies in ``unit`` ("meV", "cm-1", "THz"; spellings as :func:`energy_unit`) -> meV."""
-    return np.asarray(values, dtype=float) * MEV_PER_UNIT[_check_unit(unit)]
-
-
-def convert_energy(values_meV, unit: str) -> np.ndarray:
-    """Energies in meV -> ``unit`` ("meV", "cm-1" or "THz"); an unknown unit is an InputError."""
-    return np.asarray(values_meV, dtype=float) / MEV_PER_UNIT[_check_unit(unit)]
 
 
 # ---------------------------------------------------------------------------------------------

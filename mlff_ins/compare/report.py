@@ -32,13 +32,14 @@ from mlff_ins import __version__
 from mlff_ins.atomic_io import atomic_path, write_json_atomic, write_text_atomic
 from mlff_ins.compare.align import Grid, common_grid, match_resolution, resample
 from mlff_ins.compare.metrics import BACKGROUNDS, fit_scale_background, pair_metrics
-from mlff_ins.compare.readers import convert_energy, energy_unit, read_measured
+from mlff_ins.compare.readers import read_measured
 from mlff_ins.errors import InputError
 from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D, read_spectra, write_spectra
+from mlff_ins.neutron.units import UNIT_LABEL as _UNIT_LABEL
+from mlff_ins.neutron.units import convert_energy, energy_unit
 
 KINDS_1D = ("s_e", "vdos", "gdos")
 KINDS_2D = ("sqe", "sqe_coh", "sqe_inc")
-_UNIT_LABEL = {"meV": "meV", "cm-1": "cm⁻¹", "THz": "THz"}
 
 
 @dataclass

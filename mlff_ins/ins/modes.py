@@ -27,7 +27,7 @@ from mlff_ins.ins.incoherent import NEUTRON_MASS_AMU
 from mlff_ins.neutron.kinematics import E_PER_K2
 from mlff_ins.neutron.quantum import KB_MEV_PER_K
 
-MEV_PER_THZ = 4.135667696  # E = h f
+from mlff_ins.neutron.units import MEV_PER_THZ  # noqa: F401  (re-exported)
 
 #: modes below this (THz) carry no weight (acoustic modes at Γ, imaginary modes)
 FREQ_MIN_THZ = 0.05

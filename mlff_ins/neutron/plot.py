@@ -12,10 +12,14 @@ from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D
 _LABELS = {"energy": "energy transfer (meV)", "time": "time (fs)", "q": "Q (1/Å)"}
 
 
-def plot_spectra(spectra: dict, path: str | Path):
+def plot_spectra(spectra: dict, path: str | Path, unit: str = "meV"):
     """Panels: each 1D kind (totals and partials overlaid), then each 2D total (maps share one
-    energy range). Returns the (closed) matplotlib figure, or None when there is nothing to
-    plot."""
+    energy range); energy axes in ``unit`` (meV, cm-1 or THz). Returns the (closed) matplotlib
+    figure, or None when there is nothing to plot."""
+    from mlff_ins.neutron.units import UNIT_LABEL, convert_energy
+
+    conv = lambda e: convert_energy(e, unit)  # noqa: E731
+    energy_label = f"energy transfer ({UNIT_LABEL[unit]})"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,14 +47,17 @@ def plot_spectra(spectra: dict, path: str | Path):
         for name, sp in items:
             total = not sp.element and name == sp.kind     # e.g. "s_e", not the bank "s_e_45"
             style = dict(lw=1.6, color="k") if total else dict(lw=1.0)
-            ax.plot(sp.x, sp.intensity, label="total" if total else (sp.element or name),
+            x = conv(sp.x) if sp.axis_name == "energy" else sp.x
+            ax.plot(x, sp.intensity, label="total" if total else (sp.element or name),
                     **style)
             if sp.intensity_std is not None:
-                ax.fill_between(sp.x, sp.intensity - sp.intensity_std,
+                ax.fill_between(x, sp.intensity - sp.intensity_std,
                                 sp.intensity + sp.intensity_std, alpha=0.25)
         if items[0][1].axis_name == "energy":
-            ax.set_xlim(0, _extent(items[0][1].x, items[0][1].intensity))
-        ax.set_xlabel(_LABELS[items[0][1].axis_name])
+            ax.set_xlim(0, conv(_extent(items[0][1].x, items[0][1].intensity)))
+            ax.set_xlabel(energy_label)
+        else:
+            ax.set_xlabel(_LABELS[items[0][1].axis_name])
         ax.set_ylabel(f"{kind} ({items[0][1].units or 'dimensionless'})")
         ax.legend(fontsize=7)
     # one energy range for every map, so that sqe, sqe_coh and sqe_inc can be compared
@@ -62,12 +69,14 @@ def plot_spectra(spectra: dict, path: str | Path):
         positive = data[data > 0]
         norm = LogNorm(vmin=max(positive.max() * 1e-4, positive.min()), vmax=positive.max()) \
             if positive.size else None
-        mesh = ax.pcolormesh(sp.q, sp.y, np.ma.masked_less_equal(data, 0).T, norm=norm,
+        y = conv(sp.y) if sp.axis_name == "energy" else sp.y
+        mesh = ax.pcolormesh(sp.q, y, np.ma.masked_less_equal(data, 0).T, norm=norm,
                              shading="nearest")
         fig.colorbar(mesh, ax=ax, label=sp.units)
         ax.set_xlabel(_LABELS["q"])
-        ax.set_ylabel(_LABELS[sp.axis_name])
-        ax.set_ylim(-top if sp.y.min() < 0 else 0, top)
+        ax.set_ylabel(energy_label if sp.axis_name == "energy" else _LABELS[sp.axis_name])
+        top_ = conv(top) if sp.axis_name == "energy" else top
+        ax.set_ylim(-top_ if sp.y.min() < 0 else 0, top_)
         ax.set_title(f"{name} ({sp.temperature_K:.0f} K)", fontsize=9)
     for ax in panels:
         ax.axis("off")

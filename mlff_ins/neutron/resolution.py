@@ -26,7 +26,7 @@ import numpy as np
 
 from mlff_ins.errors import InputError
 
-MEV_PER_INVCM = 0.1239841984
+from mlff_ins.neutron.units import MEV_PER_INVCM  # noqa: F401  (re-exported)
 FWHM_PER_SIGMA = 2 * np.sqrt(2 * np.log(2))
 TOSCA_SIGMA_INVCM = (2.5, 0.005, 1e-7)
 TOSCA_CITATION = ("K. Dymkowski, S. F. Parker, F. Fernandez-Alonso, S. Mukhopadhyay, "
