@@ -1229,9 +1229,11 @@ def _add_predictor(sub) -> None:
         "predictor", help="train the direct structure-to-spectrum predictor on a database",
         description="Train an ensemble of e3nn networks (Chen et al. 2021) that map a crystal "
                     "structure to its max-normalised VISION/TOSCA S(E) on 120 bins of "
-                    "10-1200 cm-1, on a database written by `mlff-ins database build`; the "
-                    "split is by composition. Writes OUTPUT/predictor.json, member_K.pt, "
-                    "report.md and report.png.",
+                    "10-1200 cm-1, and a convolutional autoencoder of the powder S(Q,E) maps "
+                    "with e3nn networks for its latent code (Cheng et al. 2023), on a database "
+                    "written by `mlff-ins database build`; the split is by composition. Writes "
+                    "OUTPUT/predictor.json, member_K.pt, autoencoder.pt, latent_K.pt, report.md "
+                    "and report.png.",
         epilog="example: mlff-ins predictor train db.h5 -o predictor/ --members 3",
         formatter_class=_HelpFormatter)
     psub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -1250,6 +1252,10 @@ def _add_predictor(sub) -> None:
     t.add_argument("--targets", default="vision,tosca",
                    help="comma-separated spectra to learn: vision, tosca")
     t.add_argument("--seed", type=int, default=0, help="seed of the first member")
+    t.add_argument("--no-2d", dest="two_d", action="store_false",
+                   help="skip the S(Q,E) autoencoder and latent networks")
+    t.add_argument("--ae-epochs", type=int, metavar="N",
+                   help="autoencoder epochs (default: --epochs)")
     t.set_defaults(func=_run_predictor_train)
 
 
@@ -1262,7 +1268,8 @@ def _run_predictor_train(args) -> int:
     meta = train_predictor(args.database, args.output, members=args.members, epochs=args.epochs,
                            batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                            targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
-                           hyper={"cutoff_A": args.cutoff})
+                           hyper={"cutoff_A": args.cutoff}, two_d=args.two_d,
+                           ae_epochs=args.ae_epochs)
     t = meta["test"]
     print(f"{args.output}: {len(meta['members'])} members, split {meta['split_sizes']}, "
           + (f"test median MSE {t['median_mse']:.4f} (quartiles {t['quartiles_mse'][0]:.4f} / "
@@ -1289,7 +1296,8 @@ def _add_predict(sub) -> None:
     p.add_argument("-T", "--temperature", type=float, default=None, metavar="K",
                    help="temperature (K; default the database's, 10 K)")
     p.add_argument("--2d", dest="two_d", action="store_true",
-                   help="powder S(Q,E) (not available yet: refused)")
+                   help="also the powder S(Q,E) map (0-15 1/Å x 0-150 meV, unbroadened, "
+                        "max-normalised), decoded from the predicted latent code")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("-o", "--output", required=True, help="spectra file (HDF5)")
     p.add_argument("--plot", action="store_true", help="also write OUTPUT.png")
@@ -1303,13 +1311,10 @@ def _run_predict(args) -> int:
     from mlff_ins.neutron.spectrum import write_spectra
     from mlff_ins.predict.predictor import Predictor, shipped_predictor
 
-    if args.two_d:
-        raise InputError("--2d: the S(Q,E) predictor (autoencoder + latent network) is not "
-                         "built yet; use `mlff-ins phonons` + `mlff-ins ins --2d`")
     atoms = _read_structure(args.structure, args.index, args.types)
     predictor = Predictor(args.predictor or shipped_predictor(), resolve_device(args.device))
     spectra, warnings_ = predictor.predict(atoms, args.instrument, args.temperature,
-                                           source_name=str(args.structure))
+                                           source_name=str(args.structure), two_d=args.two_d)
     for w in warnings_:
         print(f"mlff-ins predict: warning: {w}", file=sys.stderr)
     write_spectra(args.output, spectra)

@@ -152,8 +152,37 @@ def test_a_predictor_folder_cannot_point_outside_itself(small_predictor, tmp_pat
         Predictor(tmp_path)
 
 
-def test_predict_2d_is_refused_in_one_line(tmp_path, capsys):
-    cif = tmp_path / "si.cif"
-    bulk("Si").write(cif)
-    assert main(["predict", str(cif), "--2d", "-o", str(tmp_path / "x.h5")]) == 2
-    assert "--2d" in capsys.readouterr().err
+def test_two_d_prediction_and_its_report(small_predictor, tmp_path):
+    """The S(Q,E) part: autoencoder reconstruction and end-to-end errors are reported; --2d
+    writes a max-normalised map on the database's grid with the members' spread."""
+    from mlff_ins.neutron.spectrum import read_spectra
+
+    db, out, meta = small_predictor
+    two = meta["two_d"]
+    assert two["reconstruction_test_mse"] is not None and two["test"]["n"] >= 1
+    assert (out / "autoencoder.pt").is_file() and len(two["members"]) == 2
+    cif = tmp_path / "cu.cif"
+    bulk("Cu", "fcc", 3.61).write(cif)
+    h5 = tmp_path / "cu2d.h5"
+    assert main(["predict", str(cif), "--predictor", str(out), "--2d", "-o", str(h5)]) == 0
+    sqe = read_spectra(h5)["sqe"]
+    assert sqe.intensity.shape == (len(two["q_invA"]), len(two["energy_meV"]))
+    assert sqe.intensity.max() == pytest.approx(1.0) and sqe.intensity.min() >= 0
+    assert sqe.intensity_std is not None
+
+
+def test_two_d_on_a_predictor_without_it_is_one_line(small_predictor, tmp_path, capsys):
+    import shutil
+
+    _, out, _ = small_predictor
+    one_d = tmp_path / "one_d"
+    shutil.copytree(out, one_d)
+    meta = json.loads((one_d / "predictor.json").read_text())
+    meta["two_d"] = None
+    (one_d / "predictor.json").write_text(json.dumps(meta))
+    cif = tmp_path / "cu.cif"
+    bulk("Cu", "fcc", 3.61).write(cif)
+    assert main(["predict", str(cif), "--predictor", str(one_d), "--2d",
+                 "-o", str(tmp_path / "x.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "--2d" in err and len(err.strip().splitlines()) == 1

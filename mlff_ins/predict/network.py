@@ -6,7 +6,8 @@ attributes); edges join atoms closer than ``cutoff`` across periodic boundaries 
 harmonics of their direction times a smooth cutoff, and a Gaussian basis of their length. The
 layers are those of e3nn's ``gate_points_2101.Network`` (convolution + gate, a last convolution
 to ``n_out`` scalars per atom). Each atom's output goes through softplus (non-negative), and the
-crystal's spectrum is the mean over its atoms, so a supercell gives the same spectrum and each
+crystal's spectrum is the mean over its atoms (a latent head, ``head: latent``, returns the plain
+mean: the autoencoder code of a S(Q,E) map, :mod:`mlff_ins.predict.autoencoder`), so a supercell gives the same spectrum and each
 element's share of the mean is its partial spectrum. Spectra are max-normalised at the end (the
 targets are too), as in the papers.
 
@@ -24,9 +25,9 @@ N_SPECIES = 94
 
 
 def default_hyper(n_out: int) -> dict:
-    return {"cutoff_A": 5.0, "lmax": 2, "embed_dim": 32,
+    return {"cutoff_A": 5.0, "lmax": 2, "embed_dim": 16,
             "hidden": "32x0e+32x0o+8x1e+8x1o+4x2e+4x2o",
-            "layers": 2, "number_of_basis": 10, "radial_layers": 1, "radial_neurons": 64,
+            "layers": 2, "number_of_basis": 10, "radial_layers": 1, "radial_neurons": 32,
             "num_neighbors": 30.0, "n_out": int(n_out), "n_species": N_SPECIES}
 
 
@@ -82,7 +83,8 @@ class SpectrumNetwork(torch.nn.Module):
                            reduce_output=False)
 
     def atom_outputs(self, data: dict) -> torch.Tensor:
-        """(atoms, n_out) non-negative per-atom spectra, before pooling."""
+        """(atoms, n_out) per-atom outputs before pooling: non-negative spectra (softplus), or
+        the raw values for a latent head (``hyper['head'] == 'latent'``)."""
         from e3nn import o3
         from e3nn.math import soft_one_hot_linspace
         from e3nn.nn.models.gate_points_2101 import smooth_cutoff
@@ -99,13 +101,15 @@ class SpectrumNetwork(torch.nn.Module):
         edge_attr = smooth_cutoff(length / float(h["cutoff_A"]))[:, None] * sh
         for layer in self.net.layers:
             x = layer(x, z, data["src"], data["dst"], edge_attr, basis)
-        return torch.nn.functional.softplus(x)
+        return x if h.get("head") == "latent" else torch.nn.functional.softplus(x)
 
     def forward(self, data: dict) -> torch.Tensor:
         """(graphs, n_blocks, bins) crystal spectra, each block (one target spectrum) divided by
         its maximum."""
         per_atom = self.atom_outputs(data)
         total = pool_mean(per_atom, data["batch"], data["n_graphs"])
+        if self.hyper.get("head") == "latent":
+            return total                      # (graphs, latent_dim): the code of a map
         total = total.reshape(data["n_graphs"], int(self.hyper.get("n_blocks", 1)), -1)
         return total / total.max(dim=2, keepdim=True).values.clamp_min(1e-12)
 

@@ -109,7 +109,9 @@ def load_examples(db, targets=TARGETS, limit: int | None = None):
     options = json.loads(grids.get("spectra_options", "{}"))
     formulas = [_atoms(x).get_chemical_formula(empirical=True) for x in entries]
     facts = {"temperature_K": float(options.get("temperature_K", 10.0)),
-             "teacher": grids.get("teacher", "")}
+             "teacher": grids.get("teacher", ""), "q_invA": grids["q_invA"],
+             "energy_2d_meV": grids["energy_2d_meV"],
+             "maps": np.array([x["sqe"] for x in entries], dtype=np.float32)}
     return [_atoms(x) for x in entries], ys, formulas, facts
 
 
@@ -166,8 +168,10 @@ def train_member(model, train, valid, *, epochs: int, batch_size: int, lr: float
 def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: int = 60,
                     batch_size: int = 16, lr: float = 5e-3, weight_decay: float = 0.05,
                     seed: int = 0, hyper: dict | None = None, limit: int | None = None,
+                    two_d: bool = True, ae_epochs: int | None = None,
                     progress: bool = True) -> dict:
-    """Train ``members`` networks on database ``db`` and write the predictor folder ``out_dir``
+    """Train ``members`` networks on database ``db`` (and, with ``two_d``, the S(Q,E)
+    autoencoder and ``members`` latent networks) and write the predictor folder ``out_dir``
     with its report; returns the metadata written to ``predictor.json``."""
     import torch
     from tqdm.auto import tqdm
@@ -214,6 +218,12 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
             torch.save(model.state_dict(), tmp)
         member_files.append(name)
         fits.append(fit)
+    two_d_meta = None
+    if two_d:
+        two_d_meta = _train_two_d(out_dir, graphs, facts, idx, hyper, members=members,
+                                  epochs=epochs, ae_epochs=ae_epochs or epochs,
+                                  batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                  seed=seed, progress=progress)
     stats = _training_stats(structures, train_idx, hyper["cutoff_A"])
     meta = {"code_version": __version__, "kind": "mlff-ins predictor", "targets": list(targets),
             "grid_edges_invcm": GRID_EDGES_INVCM.tolist(), "hyper": hyper,
@@ -224,14 +234,90 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
                                                   "lr": lr, "weight_decay": weight_decay,
                                                   "seed": seed, "seconds":
                                                   time.perf_counter() - t0},
-            "best_valid_mse": [f["best_valid_mse"] for f in fits], **stats}
+            "best_valid_mse": [f["best_valid_mse"] for f in fits], **stats,
+            "two_d": two_d_meta}
     write_json_atomic(out_dir / "predictor.json", meta)
     predictor = Predictor(out_dir)
     test = [(structures[i], ys[i], formulas[i]) for i in idx["test"]]
     meta["test"] = evaluate(predictor, test)
+    if two_d:
+        meta["two_d"]["test"] = evaluate_two_d(predictor, [structures[i] for i in idx["test"]],
+                                               facts["maps"][idx["test"]])
     write_json_atomic(out_dir / "predictor.json", meta)
     write_report(out_dir, meta, test, predictor, fits)
     return meta
+
+
+def _train_two_d(out_dir, graphs, facts, idx, hyper, *, members, epochs, ae_epochs, batch_size,
+                 lr, weight_decay, seed, progress) -> dict:
+    """The autoencoder on the training maps, then ``members`` latent networks on their codes."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from mlff_ins.predict.autoencoder import MapAutoencoder, default_ae_hyper, prepare
+    from mlff_ins.predict.network import SpectrumNetwork
+
+    maps = prepare(facts["maps"])
+    ae_hyper = default_ae_hyper(maps.shape[1:])
+    torch.manual_seed(seed)
+    ae = MapAutoencoder(ae_hyper)
+    bar = tqdm(total=ae_epochs, desc="autoencoder", unit="epoch", disable=not progress,
+               leave=False)
+    from mlff_ins.predict.autoencoder import train_autoencoder
+
+    ae_fit = train_autoencoder(ae, maps[idx["train"]], maps[idx["valid"]], epochs=ae_epochs,
+                               batch_size=batch_size, seed=seed,
+                               progress=lambda *_: bar.update(1))
+    bar.close()
+    with atomic_path(out_dir / "autoencoder.pt") as tmp:
+        torch.save(ae.state_dict(), tmp)
+    ae.eval()
+    with torch.no_grad():
+        codes = ae.encode(torch.as_tensor(maps)).numpy()
+        recon = ae(torch.as_tensor(maps[idx["test"]])).numpy() if idx["test"] else None
+    latent_hyper = {**hyper, "head": "latent", "n_out": ae_hyper["latent_dim"], "n_blocks": 1}
+    # the networks learn standardised codes (each component: training mean 0, std 1)
+    mu = codes[idx["train"]].mean(axis=0)
+    sd = codes[idx["train"]].std(axis=0) + 1e-6
+    data = [(g, (c - mu) / sd) for g, c in zip(graphs, codes)]
+    files, fits = [], []
+    for k in range(members):
+        torch.manual_seed(seed + 100 + k)
+        model = SpectrumNetwork(latent_hyper)
+        fit = train_member(model, [data[i] for i in idx["train"]],
+                           [data[i] for i in idx["valid"]], epochs=epochs,
+                           batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                           seed=seed + 100 + k)
+        name = f"latent_{k}.pt"
+        with atomic_path(out_dir / name) as tmp:
+            torch.save(model.state_dict(), tmp)
+        files.append(name)
+        fits.append(fit["best_valid_mse"])
+    return {"autoencoder": "autoencoder.pt", "autoencoder_hyper": ae_hyper,
+            "latent_hyper": latent_hyper, "members": files,
+            "code_mean": mu.tolist(), "code_std": sd.tolist(),
+            "q_invA": np.asarray(facts["q_invA"]).tolist(),
+            "energy_meV": np.asarray(facts["energy_2d_meV"]).tolist(),
+            "transform": "max-normalised, brightened g(x) = 1 - (1 - x)^3",
+            "autoencoder_best_valid_mse": ae_fit["best_valid_mse"],
+            "latent_best_valid_mse": fits,
+            "reconstruction_test_mse": (float(np.mean((recon - maps[idx["test"]]) ** 2))
+                                        if recon is not None else None)}
+
+
+def evaluate_two_d(predictor, structures, raw_maps) -> dict:
+    """End-to-end MSE (brightened, max-normalised maps, as the autoencoder sees them) of the
+    predicted maps against the teacher's, with the autoencoder's own reconstruction beside it."""
+    from mlff_ins.predict.autoencoder import brighten, prepare
+
+    if not structures:
+        return {"n": 0}
+    targets = prepare(raw_maps)
+    mses = []
+    for atoms, target in zip(structures, targets):
+        mean, _ = predictor.predict_map_arrays(atoms)
+        mses.append(float(np.mean((brighten(mean) - target) ** 2)))
+    return {"n": len(mses), "mse": mses, "median_mse": float(np.median(mses))}
 
 
 def _training_stats(structures, train_idx, cutoff) -> dict:
@@ -277,15 +363,57 @@ class Predictor:
         self.device = device
         self.models = []
         for name in self.meta["members"]:
-            path = (self.directory / name).resolve()
-            if self.directory.resolve() not in path.parents:
-                raise InputError(f"{meta_path}: member {name} lies outside the predictor folder")
             model = SpectrumNetwork(self.meta["hyper"]).to(device)
-            model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+            model.load_state_dict(self._state(name))
             model.eval()
             self.models.append(model)
         edges = grid_edges_meV(self.meta["grid_edges_invcm"])
         self.energy_meV = 0.5 * (edges[1:] + edges[:-1])
+        self.autoencoder, self.latent_models = None, []
+        two = self.meta.get("two_d")
+        if two:
+            from mlff_ins.predict.autoencoder import MapAutoencoder
+
+            self.autoencoder = MapAutoencoder(two["autoencoder_hyper"]).to(device)
+            self.autoencoder.load_state_dict(self._state(two["autoencoder"]))
+            self.autoencoder.eval()
+            for name in two["members"]:
+                model = SpectrumNetwork(two["latent_hyper"]).to(device)
+                model.load_state_dict(self._state(name))
+                model.eval()
+                self.latent_models.append(model)
+
+    def _state(self, name: str):
+        """A state dict of a file inside the predictor folder, loaded as plain tensors."""
+        import torch
+
+        path = (self.directory / name).resolve()
+        if self.directory.resolve() not in path.parents:
+            raise InputError(f"{self.directory / 'predictor.json'}: member {name} lies outside "
+                             "the predictor folder")
+        return torch.load(path, map_location=self.device, weights_only=True)
+
+    def predict_map_arrays(self, atoms):
+        """(mean, std) of the members' decoded S(Q,E) maps (max-normalised, brightening undone),
+        shape (nQ, nE); std None for one member."""
+        import torch
+
+        from mlff_ins.predict.autoencoder import darken
+        from mlff_ins.predict.network import collate, graph
+
+        if self.autoencoder is None:
+            raise InputError(f"--2d: the predictor {self.directory} has no S(Q,E) part; train "
+                             "one with `mlff-ins predictor train` (2D is on by default)")
+        two = self.meta["two_d"]
+        h = two["latent_hyper"]
+        data = collate([graph(atoms, h["cutoff_A"])], torch.float32, self.device)
+        mu = torch.as_tensor(two["code_mean"], dtype=torch.float32, device=self.device)
+        sd = torch.as_tensor(two["code_std"], dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            maps = [darken(self.autoencoder.decode(m(data) * sd + mu).cpu().numpy()[0])
+                    for m in self.latent_models]
+        stack = np.array(maps)
+        return stack.mean(axis=0), stack.std(axis=0) if len(stack) > 1 else None
 
     def predict_arrays(self, atoms):
         """(mean, std, partials) with shapes (targets, bins), (targets, bins) and
@@ -336,8 +464,9 @@ class Predictor:
         return out
 
     def predict(self, atoms, instrument: str = "vision", temperature_K: float | None = None,
-                source_name: str = "") -> tuple[dict, list[str]]:
-        """{name: Spectrum1D} (s_e and element partials) and the familiarity warnings."""
+                source_name: str = "", two_d: bool = False) -> tuple[dict, list[str]]:
+        """{name: spectrum} (s_e and element partials; with ``two_d`` the powder S(Q,E) map
+        ``sqe``) and the familiarity warnings."""
         from mlff_ins.ins.modes import _bose  # noqa: PLC2701 - the one Bose factor
         from mlff_ins.neutron.spectrum import Spectrum1D
 
@@ -373,7 +502,29 @@ class Predictor:
         if len(parts) > 1:
             for el, p in parts.items():
                 out[f"s_e_{el}"] = Spectrum1D(intensity=p * factor * scale, element=el, **common)
+        if two_d:
+            out["sqe"] = self._map(atoms, temperature_K, t_db, prov)
         return out, warnings
+
+    def _map(self, atoms, temperature_K, t_db, prov):
+        from mlff_ins.ins.modes import _bose  # noqa: PLC2701 - the one Bose factor
+        from mlff_ins.neutron.spectrum import Spectrum2D
+
+        two = self.meta["two_d"]
+        mean, std = self.predict_map_arrays(atoms)
+        e = np.asarray(two["energy_meV"])
+        factor = np.ones_like(e)
+        if temperature_K is not None and temperature_K != t_db:
+            ok = e > 0
+            factor[ok] = (1 + _bose(e[ok], temperature_K)) / (1 + _bose(e[ok], t_db))
+        scale = 1.0 / max(float(np.max(mean * factor)), 1e-300)
+        return Spectrum2D(kind="sqe", q=two["q_invA"], y=e, intensity=mean * factor * scale,
+                          intensity_std=None if std is None else std * factor * scale,
+                          units="max-normalised", source="predictor", instrument="direct",
+                          temperature_K=t_db if temperature_K is None else temperature_K,
+                          provenance={**prov, "map": "powder S(Q,E), coherent + incoherent, "
+                                      "unbroadened, decoded from the predicted latent code",
+                                      "transform": two["transform"]})
 
 
 def write_report(out_dir: Path, meta: dict, test, predictor, fits) -> None:
@@ -430,6 +581,16 @@ def write_report(out_dir: Path, meta: dict, test, predictor, fits) -> None:
         axes.flat[2].legend(fontsize=7)
     else:
         lines.append("No test structures (too few formulas).")
+    two = meta.get("two_d")
+    if two:
+        rec, e2e = two.get("reconstruction_test_mse"), (two.get("test") or {}).get("median_mse")
+        lines.append("")
+        lines.append(f"S(Q,E) ({len(two['q_invA'])} |Q| x {len(two['energy_meV'])} E, "
+                     f"{two['transform']}): autoencoder reconstruction test MSE "
+                     f"{rec if rec is None else format(rec, '.4f')}, end to end (predicted "
+                     f"code, decoded) median test MSE "
+                     f"{e2e if e2e is None else format(e2e, '.4f')}; latent dimension "
+                     f"{two['autoencoder_hyper']['latent_dim']}.")
     fig.tight_layout()
     with atomic_path(out_dir / "report.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
