@@ -11,7 +11,7 @@ from ase.build import bulk
 from mlff_ins.cli import main
 from mlff_ins.errors import InputError
 from mlff_ins.predict.network import SpectrumNetwork, collate, default_hyper, graph
-from mlff_ins.predict.predictor import Predictor, composition_split, rebin, train_predictor
+from mlff_ins.predict.predictor import Predictor, composition_split, rebin
 
 from conftest import EMT_METALS
 

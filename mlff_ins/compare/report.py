@@ -21,7 +21,6 @@ Outputs (``out_dir``)
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from mlff_ins.compare.align import Grid, common_grid, match_resolution, resample
 from mlff_ins.compare.metrics import BACKGROUNDS, fit_scale_background, pair_metrics
 from mlff_ins.compare.readers import read_measured
 from mlff_ins.errors import InputError
-from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D, read_spectra, write_spectra
+from mlff_ins.neutron.spectrum import Spectrum2D, read_spectra, write_spectra
 from mlff_ins.neutron.units import UNIT_LABEL as _UNIT_LABEL
 from mlff_ins.neutron.units import convert_energy, energy_unit
 

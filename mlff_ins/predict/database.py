@@ -1,4 +1,4 @@
-"""The predictor's training database: relax -> finite-displacement phonons -> INS over many crystals.
+"""The predictor's training database: relax -> finite-displacement phonons -> INS, many crystals.
 
 ``mlff-ins database build --structures SOURCE --teacher NAME -o db.h5`` runs every structure of
 :mod:`mlff_ins.predict.sources` through the same code as ``phonons`` and ``ins``

@@ -7,8 +7,8 @@ harmonics of their direction times a smooth cutoff, and a Gaussian basis of thei
 layers are those of e3nn's ``gate_points_2101.Network`` (convolution + gate, a last convolution
 to ``n_out`` scalars per atom). Each atom's output goes through softplus (non-negative), and the
 crystal's spectrum is the mean over its atoms (a latent head, ``head: latent``, returns the plain
-mean: the autoencoder code of a S(Q,E) map, :mod:`mlff_ins.predict.autoencoder`), so a supercell gives the same spectrum and each
-element's share of the mean is its partial spectrum. Spectra are max-normalised at the end (the
+mean: the autoencoder code of a S(Q,E) map, :mod:`mlff_ins.predict.autoencoder`), so a supercell
+gives the same spectrum and each element's share of the mean is its partial spectrum. Spectra are max-normalised at the end (the
 targets are too), as in the papers.
 
 Everything that defines a network is in its ``hyper`` dict, saved beside the weights

@@ -351,8 +351,6 @@ class Predictor:
     the target grid) and ``predict`` (Spectrum1D objects, warnings for unfamiliar inputs)."""
 
     def __init__(self, directory, device: str = "cpu"):
-        import torch
-
         from mlff_ins.predict.network import SpectrumNetwork
 
         self.directory = Path(directory)
@@ -546,7 +544,7 @@ def write_report(out_dir: Path, meta: dict, test, predictor, fits) -> None:
     ax.set_ylabel("MSE")
     ax.legend(fontsize=7)
     ax = axes[0, 1]
-    lines = [f"# Predictor report", "",
+    lines = ["# Predictor report", "",
              f"Database {meta['database']} (spectra at {meta['database_temperature_K']:g} K), "
              f"targets {', '.join(meta['targets'])} on 120 bins of 10-1200 cm⁻¹, max-normalised.",
              f"Split by composition: {meta['split_sizes']}.",
