@@ -250,7 +250,11 @@ def _write_entry(group, entry: dict) -> None:
         group.attrs["elements"] = json.dumps(list(entry["elements"]))
     for k in ARRAYS:
         if k in entry:
-            group.create_dataset(k, data=np.asarray(entry[k]))
+            value = np.asarray(entry[k])
+            # spectra are mostly zeros above the highest mode: lossless gzip shrinks them
+            extra = dict(compression="gzip", compression_opts=4, shuffle=True) \
+                if value.size > 64 else {}
+            group.create_dataset(k, data=value, **extra)
 
 
 def write_part(db: str | os.PathLike, entry: dict) -> Path:
