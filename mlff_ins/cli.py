@@ -1409,6 +1409,76 @@ def _run_thermo(args) -> int:
     return 0
 
 
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="local web page: upload a structure, get spectra, overlay measurements",
+        description="Start a web page on this machine: drop a structure file (CIF, POSCAR, "
+                    "extxyz) to see its formula, space group and predicted VISION or TOSCA S(E) "
+                    "with the ensemble spread and element partials; overlay a measured file with "
+                    "the comparison metrics; with --model, compute phonons and the INS spectra "
+                    "and powder S(Q,E) in the background. The same JSON API serves scripts "
+                    "(/docs). Local only unless --host says otherwise; there is no "
+                    "authentication. The page loads nothing from the internet (FastAPI's /docs "
+                    "page fetches its Swagger UI from a CDN when opened).",
+        epilog="example: mlff-ins serve --predictor predictor/ --model sevennet-0 --port 8000",
+        formatter_class=_HelpFormatter)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 0.0.0.0 lets other machines connect (at your "
+                        "own risk: no authentication)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--predictor", metavar="DIR",
+                   help="predictor folder (default: the one shipped in the package, if any)")
+    p.add_argument("--model", metavar="NAME|DIR",
+                   help="universal model name (e.g. sevennet-0), model bundle folder or "
+                        "calculator YAML for the phonon route (runs code: trusted files only)")
+    p.add_argument("--max-atoms", type=int, default=5000,
+                   help="largest structure accepted (atoms)")
+    p.add_argument("--max-upload-mb", type=_positive_float, default=20.0, metavar="MB",
+                   help="largest uploaded file (MiB = 2^20 bytes; 1024 MiB = 1 GiB)")
+    p.add_argument("--max-queued", type=int, default=4,
+                   help="most phonon calculations waiting or running at once; more are refused")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args) -> int:
+    import socket
+
+    try:
+        import uvicorn
+
+        from mlff_ins.web.app import Settings, create_app
+    except ImportError as err:
+        raise InputError(f"serve needs the web extra ({err.name} is missing): pip install "
+                         "'mlff-ins[web]'") from None
+    try:
+        with socket.create_server((args.host, args.port)):
+            pass
+    except OSError as err:
+        raise InputError(f"--host {args.host} --port {args.port}: cannot listen there "
+                         f"({err.strerror or err}); choose another --port") from None
+    settings = Settings(host=args.host, port=args.port, predictor=args.predictor,
+                        model=args.model, max_atoms=args.max_atoms,
+                        max_upload_mb=args.max_upload_mb, device=args.device,
+                        max_queued=args.max_queued)
+    app = create_app(settings)
+    server = app.state.server
+    shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
+    print(f"mlff-ins serve: open http://{shown}:{args.port}/ in a browser (API: /docs); "
+          "Ctrl-C stops it and deletes its uploads and results")
+    print(f"  predictor: {server.predictor.directory if server.predictor else 'none'}; "
+          f"phonons with: {args.model or 'none (add --model NAME|DIR)'}")
+    if args.host in ("127.0.0.1", "localhost", "::1"):
+        print("  only this machine can connect; to expose it deliberately, rerun with --host "
+              "0.0.0.0 (at your own risk: no authentication, anyone who reaches the port can "
+              "upload files and use this machine's CPU)")
+    else:
+        print(f"  listening on {args.host}: anyone who reaches port {args.port} can use it "
+              "(no authentication)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlff-ins",
@@ -1434,6 +1504,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_export(sub)
     _add_thermo(sub)
+    _add_serve(sub)
     return parser
 
 

@@ -1,0 +1,186 @@
+"""The page of `mlff-ins serve` in a real headless Chromium (selenium + chromedriver).
+
+uvicorn serves the app (the session's small predictor, EMT for phonons) on a free local port in
+a thread. The browser uploads a CIF through the file input and must then show the formula and
+a Plotly S(E) with data; switching the unit to cm⁻¹ must change the axis title and the energies
+(by 8.065544 per meV, to 1e-9 relative); a measured file must bring the metrics table; a phonon
+job must survive a reload of the page and end with its S(Q,E) map. A screenshot is saved in
+tmp_path and copied to /tmp/mlff_ins_web_screenshot.png.
+
+Chromium and chromedriver come from the Debian packages (scripts/install.sh). Without them the
+test is skipped, except under CI=true, where a missing browser is a failure.
+"""
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.io import write
+from conftest import EMT_YAML
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOT_COPY = Path("/tmp/mlff_ins_web_screenshot.png")
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1280,2700"]
+WAIT_S = 120
+MEV_PER_INVCM = 0.1239841984
+
+
+def _missing(what: str):
+    """Skip outside CI; in CI (CI=true) a missing browser or driver fails the test."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is missing; scripts/install.sh installs chromium and "
+                    "chromium-driver")
+    pytest.skip(f"{what} is missing (apt-get install chromium chromium-driver)")
+
+
+@pytest.fixture(scope="module")
+def webdriver_module():
+    try:
+        from selenium import webdriver
+    except ImportError:
+        _missing("selenium")
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not path.exists():
+            _missing(str(path))
+    return webdriver
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url(small_predictor, webdriver_module):
+    import uvicorn
+
+    from mlff_ins.web.app import Settings, create_app
+
+    _, predictor_dir, _ = small_predictor
+    port = _free_port()
+    app = create_app(Settings(port=port, predictor=str(predictor_dir), model=str(EMT_YAML)))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    t0 = time.time()
+    while not server.started and time.time() - t0 < 60:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(15)
+    assert not app.state.server.workdir.exists()      # the uploads went with the server
+
+
+@pytest.fixture
+def browser(webdriver_module, tmp_path):
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver_module.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in CHROME_FLAGS + [f"--user-data-dir={tmp_path / 'chrome-profile'}"]:
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver_module.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver, script: str, what: str, timeout_s: float = WAIT_S):
+    """Run ``script`` (JavaScript returning a value) until it is truthy; return the value."""
+    t0 = time.time()
+    while time.time() - t0 < timeout_s:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.2)
+    error = driver.execute_script("return document.getElementById('error').textContent")
+    raise AssertionError(f"timed out waiting for {what} (page error: {error!r})")
+
+
+PLOT_READY = ("const d = document.getElementById('plot-se');"
+              "return d && d.data && d.data.length > 0 && d.layout ? d.layout.xaxis.title.text"
+              " : null;")
+FIRST_X = ("const d = document.getElementById('plot-se');"
+           "const t = d.data.find(t => t.name && t.name.startsWith('predicted ') && "
+           "t.mode === 'lines' && !t.fill); return t ? t.x[0] : null;")
+
+
+def _measured_file(path: Path) -> Path:
+    """A measured-looking S(E): one Gaussian peak at 20 meV on a flat background, with errors,
+    as a Mantid ASCII file that names its unit."""
+    x = np.linspace(2.0, 140.0, 300)
+    y = np.exp(-0.5 * ((x - 20.0) / 3.0) ** 2) + 0.1
+    rows = "\n".join(f"{a!r},{b!r},{0.01!r}" for a, b in zip(x.tolist(), y.tolist()))
+    path.write_text("# X unit: meV\n# X , Y , E\n1\n" + rows + "\n")
+    return path
+
+
+def test_page_in_headless_chromium(server_url, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    atoms = bulk("Cu", "fcc", 3.7, cubic=True)
+    atoms[0].symbol = "Au"
+    cif = tmp_path / "Cu3Au.cif"
+    write(cif, atoms)
+
+    browser.get(server_url)
+    _wait(browser, "return document.getElementById('server-status').textContent"
+                   ".includes('Predictor for')", "the server status")
+    browser.find_element(By.ID, "structure-file").send_keys(str(cif))
+    assert _wait(browser, PLOT_READY, "the S(E) plot") == "energy transfer (meV)"
+    assert browser.find_element(By.ID, "formula").text == "AuCu3"
+    assert browser.find_element(By.ID, "spacegroup").text == "Pm-3m (221)"
+    x_mev = browser.execute_script(FIRST_X)
+    n_traces = browser.execute_script("return document.getElementById('plot-se').data.length")
+    assert n_traces >= 4                       # band (2 traces), total, partials Au and Cu
+
+    Select(browser.find_element(By.ID, "unit")).select_by_value("cm-1")
+    _wait(browser, PLOT_READY.replace("d.layout.xaxis.title.text",
+                                      "d.layout.xaxis.title.text.includes('cm⁻¹')"),
+          "the axis in cm⁻¹")
+    assert browser.execute_script(PLOT_READY) == "energy transfer (cm⁻¹)"
+    assert browser.execute_script(FIRST_X) * MEV_PER_INVCM == pytest.approx(x_mev, rel=1e-9)
+
+    measured = _measured_file(tmp_path / "measured.txt")
+    browser.find_element(By.ID, "measured-file").send_keys(str(measured))
+    _wait(browser, "return !document.getElementById('metrics').hidden && "
+                   "document.querySelectorAll('#metrics tbody tr').length > 0", "the metrics")
+    row = browser.find_element(By.CSS_SELECTOR, "#metrics tbody tr").text
+    assert row.startswith("predicted vs measured")
+
+    browser.find_element(By.ID, "compute-phonons").click()
+    _wait(browser, "return location.hash.includes('job=')", "the job id in the URL")
+    browser.refresh()                          # the job survives a reload of the page
+    _wait(browser, "return document.getElementById('job-message').textContent"
+                   ".startsWith('done')", "the phonon job", timeout_s=240)
+    _wait(browser, "const d = document.getElementById('plot-map');"
+                   "return !d.hidden && d.data && d.data.length > 0", "the S(Q,E) map")
+    assert browser.find_element(By.ID, "formula").text == "AuCu3"
+    _wait(browser, "return [...document.querySelectorAll('#metrics tbody tr')]"
+                   ".some(r => r.textContent.startsWith('phonons vs measured'))",
+          "the phonons in the metrics table")
+    labels = browser.execute_script("return document.getElementById('plot-se').data"
+                                    ".map(t => t.name)")
+    assert any(str(n).startswith("phonons × ") for n in labels), labels
+
+    shot = tmp_path / "page.png"
+    assert browser.save_screenshot(str(shot))
+    shutil.copyfile(shot, SCREENSHOT_COPY)
+    problems = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not problems, problems              # no script errors, nothing blocked by the CSP
