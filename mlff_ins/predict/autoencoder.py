@@ -66,6 +66,7 @@ class MapAutoencoder(torch.nn.Module):
                        torch.nn.SiLU() if ch != 1 else torch.nn.Identity()]
             prev = ch
         self.decoder = torch.nn.Sequential(*layers)
+        self.float()           # float32 whatever torch's default (nequip sets float64)
 
     def _pad(self, maps: torch.Tensor) -> torch.Tensor:
         nq, ne = self.hyper["shape"]

@@ -81,6 +81,8 @@ class SpectrumNetwork(torch.nn.Module):
                            radial_neurons=int(hyper["radial_neurons"]),
                            num_neighbors=float(hyper["num_neighbors"]), num_nodes=1.0,
                            reduce_output=False)
+        # float32 whatever torch's default (nequip sets float64 globally when imported)
+        self.float()
 
     def atom_outputs(self, data: dict) -> torch.Tensor:
         """(atoms, n_out) per-atom outputs before pooling: non-negative spectra (softplus), or
