@@ -20,8 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ase.build import bulk
-from ase.io import write
 from conftest import EMT_YAML
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -44,6 +42,8 @@ def _missing(what: str):
 
 @pytest.fixture(scope="module")
 def webdriver_module():
+    # Selenium Manager must not try to download a driver: the driver path is given explicitly
+    os.environ["SE_OFFLINE"] = "true"
     try:
         from selenium import webdriver
     except ImportError:
@@ -115,6 +115,10 @@ def _wait(driver, script: str, what: str, timeout_s: float = WAIT_S):
 PLOT_READY = ("const d = document.getElementById('plot-se');"
               "return d && d.data && d.data.length > 0 && d.layout ? d.layout.xaxis.title.text"
               " : null;")
+#: the predicted total S(E) as plotted: (x, y) read back from the Plotly graph
+PREDICTED_TOTAL = ("const d = document.getElementById('plot-se');"
+                   "const t = d.data.find(t => t.name === 'predicted VISION');"
+                   "return t ? [t.x, t.y] : null;")
 FIRST_X = ("const d = document.getElementById('plot-se');"
            "const t = d.data.find(t => t.name && t.name.startsWith('predicted ') && "
            "t.mode === 'lines' && !t.fill); return t ? t.x[0] : null;")
@@ -130,14 +134,14 @@ def _measured_file(path: Path) -> Path:
     return path
 
 
-def test_page_in_headless_chromium(server_url, browser, tmp_path):
+def test_page_in_headless_chromium(server_url, browser, tmp_path, small_predictor):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    atoms = bulk("Cu", "fcc", 3.7, cubic=True)
-    atoms[0].symbol = "Au"
-    cif = tmp_path / "Cu3Au.cif"
-    write(cif, atoms)
+    from mlff_ins.cli import main
+    from mlff_ins.neutron.spectrum import read_spectra
+
+    cif = Path(__file__).resolve().parent / "data" / "structures" / "Cu3Au.cif"
 
     browser.get(server_url)
     _wait(browser, "return document.getElementById('server-status').textContent"
@@ -146,6 +150,14 @@ def test_page_in_headless_chromium(server_url, browser, tmp_path):
     assert _wait(browser, PLOT_READY, "the S(E) plot") == "energy transfer (meV)"
     assert browser.find_element(By.ID, "formula").text == "AuCu3"
     assert browser.find_element(By.ID, "spacegroup").text == "Pm-3m (221)"
+    # the plotted values are those of `mlff-ins predict` on the same file and predictor
+    x_plot, y_plot = browser.execute_script(PREDICTED_TOTAL)
+    h5 = tmp_path / "cli.h5"
+    assert main(["predict", str(cif), "--predictor", str(small_predictor[1]), "-o",
+                 str(h5)]) == 0
+    ref = read_spectra(h5)["s_e"]
+    np.testing.assert_allclose(x_plot, ref.x, rtol=1e-9)      # JSON round trip of floats
+    np.testing.assert_allclose(y_plot, ref.intensity, rtol=1e-6, atol=1e-9)
     x_mev = browser.execute_script(FIRST_X)
     n_traces = browser.execute_script("return document.getElementById('plot-se').data.length")
     assert n_traces >= 4                       # band (2 traces), total, partials Au and Cu
@@ -182,5 +194,9 @@ def test_page_in_headless_chromium(server_url, browser, tmp_path):
     shot = tmp_path / "page.png"
     assert browser.save_screenshot(str(shot))
     shutil.copyfile(shot, SCREENSHOT_COPY)
+    import matplotlib.image as mpimg
+
+    pixels = mpimg.imread(shot)
+    assert pixels.shape[0] > 500 and pixels[..., :3].std() > 0.05     # not a blank page
     problems = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not problems, problems              # no script errors, nothing blocked by the CSP
