@@ -12,7 +12,8 @@ Each source yields ``(key, atoms)`` pairs in a fixed order; ``key`` names the en
 ``dcdft``
     ASE's Delta-test set of elemental crystals (``ase.collections.dcdft``), key ``dcdft:<name>``.
 ``substitutions``
-    Chemically sensible substitutions on the AFLOW prototypes: each species is replaced by
+    Chemically sensible substitutions on the AFLOW prototypes of compounds (elemental
+    prototypes are left to ``ase-bulk`` and ``dcdft``): each species is replaced by
     another element sharing the oxidation state it has in a charge-balanced guess of the
     composition (pymatgen's common oxidation states), the volume scaled by the cube of the ratio
     of covalent radii. Key ``sub:<AFLOW label>:<old>-<new>,...``.
@@ -165,6 +166,9 @@ def substitutions(per_prototype: int = 40):
     lists = []
     for label, atoms in _aflow_entries():
         symbols = sorted(set(atoms.get_chemical_symbols()))
+        if len(symbols) < 2:
+            continue            # elements: ase-bulk and dcdft cover them; "oxidation state 0"
+            #                     substitutions put any element into any elemental prototype
         guess = _oxidation_guess(atoms.get_chemical_symbols())
         if not guess or any(guess.get(s) is None for s in symbols):
             continue
