@@ -248,6 +248,16 @@ def _add_md(sub) -> None:
     p.set_defaults(func=_run_md)
 
 
+def _plot_spectra_if_asked(args, spectra) -> None:
+    """With --plot: OUTPUT.png of ``spectra`` (energies in --unit), and say where it is."""
+    if args.plot:
+        from mlff_ins.neutron.plot import plot_spectra
+
+        png = Path(args.output).with_suffix(".png")
+        plot_spectra(spectra, png, unit=args.unit)
+        print(f"  plot: {png}")
+
+
 def _read_structure(path: str, index: int | None = None, types: str | None = None):
     """One frame (default the last) of any ase.io-readable file, or a one-line InputError;
     ``types``: the --types text, elements of LAMMPS atom types 1, 2, ..."""
@@ -651,12 +661,7 @@ def _run_spectra(args) -> int:
         d, f = fits["D_msd_A2_per_ps"], fits["D_fickian_A2_per_ps"]
         print(f"  {element}: D from MSD {d['value']:.4g} ± {d['std']:.2g} Å²/ps; "
               f"from Lorentzian widths {f['value']:.4g} ± {f['std']:.2g} Å²/ps")
-    if args.plot:
-        from mlff_ins.neutron.plot import plot_spectra
-
-        png = Path(args.output).with_suffix(".png")
-        plot_spectra(spectra, png, unit=args.unit)
-        print(f"  plot: {png}")
+    _plot_spectra_if_asked(args, spectra)
     return 0
 
 
@@ -941,12 +946,7 @@ def _run_ins(args) -> int:
     write_spectra(args.output, spectra)
     print(f"{args.output}: {', '.join(spectra)} ({len(pset.members)} member(s), "
           f"T {args.temperature:g} K)")
-    if args.plot:
-        from mlff_ins.neutron.plot import plot_spectra
-
-        png = Path(args.output).with_suffix(".png")
-        plot_spectra(spectra, png, unit=args.unit)
-        print(f"  plot: {png}")
+    _plot_spectra_if_asked(args, spectra)
     return 0
 
 
@@ -1320,12 +1320,7 @@ def _run_predict(args) -> int:
     write_spectra(args.output, spectra)
     print(f"{args.output}: {', '.join(spectra)} ({atoms.get_chemical_formula()}, "
           f"{len(predictor.models)} member(s), {args.instrument})")
-    if args.plot:
-        from mlff_ins.neutron.plot import plot_spectra
-
-        png = Path(args.output).with_suffix(".png")
-        plot_spectra(spectra, png, unit=args.unit)
-        print(f"  plot: {png}")
+    _plot_spectra_if_asked(args, spectra)
     return 0
 
 
