@@ -263,7 +263,7 @@ def test_predict_spectra_band_partials_and_units(client, files):
 
 @pytest.mark.parametrize("body, status, words", [
     ({"id": "nope"}, 404, "upload it again"),
-    ({"instrument": "mari"}, 400, "choose vision or tosca"),
+    ({"instrument": "mira"}, 400, "choose vision, tosca, direct or a chopper"),
     ({"unit": "K"}, 400, "choose meV, cm-1 or THz"),
     ({"temperature_K": -5}, 400, "above 0"),
     ({"temperature_K": "warm"}, 422, "temperature_K"),
@@ -271,6 +271,132 @@ def test_predict_spectra_band_partials_and_units(client, files):
 def test_bad_predict_requests(client, files, body, status, words):
     sid = _structure_id(client, files)
     assert words in _one_sentence(client.post("/api/predict", json={"id": sid, **body}), status)
+
+
+# ---------------------------------------------------------------------- direct geometry
+
+def _reachable(q, e, ei_meV, angles_deg):
+    """(len(E), len(Q)) True where |Q|, E can be measured, from Q² = (2m/ħ²)(2 Ei − E −
+    2 √(Ei (Ei − E)) cos 2θ) with 2m/ħ² = 1/E_PER_K2 (the package's constant, CODATA); a
+    point within 1e-9 of a boundary is None (either answer is right)."""
+    from mlff_ins.neutron.kinematics import E_PER_K2
+
+    e = np.asarray(e, dtype=float)[:, None]
+    q2 = np.asarray(q, dtype=float)[None, :] ** 2
+    ef = np.clip(ei_meV - e, 0.0, None)
+    lo, hi = ((2 * ei_meV - e - 2 * np.sqrt(ei_meV * ef) * np.cos(np.radians(a))) / E_PER_K2
+              for a in angles_deg)
+    inside = (e < ei_meV) & (q2 >= lo) & (q2 <= hi)
+    edge = (np.abs(q2 - lo) < 1e-9) | (np.abs(q2 - hi) < 1e-9) | (np.abs(e - ei_meV) < 1e-9)
+    out = inside.astype(object)
+    out[edge] = None
+    return out
+
+
+def _z(answer_map):
+    return np.array(answer_map["z"], dtype=float)        # JSON null -> NaN
+
+
+DIRECT = {"instrument": "direct", "ei_meV": 25.0, "angles_deg": [10.0, 60.0]}
+
+
+def test_direct_geometry_masks_broadens_and_integrates_the_map(client, files):
+    """The predicted map (|Q| 0-3 1/Å, E 0-30 meV) at Ei 25 meV, 2θ 10-60°: null exactly
+    outside the reachable region, inside the unmasked prediction (max-normalised again) without
+    resolution, and that broadened by a Gaussian of FWHM 0.1 Ei with it (1e-9); S(E) is the
+    |Q| sum of the masked map (1e-12)."""
+    sid = _structure_id(client, files)
+    plain = client.post("/api/predict", json={"id": sid}).json()["map"]
+    q, e, z0 = np.array(plain["q"]), np.array(plain["e"]), _z(plain)
+    reach = _reachable(q, e, 25.0, (10.0, 60.0))
+    sure_in, sure_out = reach == True, reach == False  # noqa: E712 - None: on an edge
+    assert sure_in.sum() >= 10 and sure_out.sum() >= 10     # the cut goes through the grid
+
+    bare = client.post("/api/predict", json={"id": sid, **DIRECT}).json()
+    assert bare["instrument"] == "direct" and bare["geometry"]["ei_meV"] == 25.0
+    assert bare["geometry"]["angles_deg"] == [10.0, 60.0]
+    z = _z(bare["map"])
+    assert np.isnan(z[sure_out]).all() and np.isfinite(z[sure_in]).all()
+    assert (z[sure_in & (z0 > 0)] > 0).all()          # nonzero where the prediction is
+    inside = z0 * np.where(np.isfinite(z), 1.0, np.nan)
+    np.testing.assert_allclose(z, inside / np.nanmax(inside), rtol=1e-9, equal_nan=True)
+    s_e = bare["spectra"]["s_e"]
+    assert set(bare["spectra"]) == {"s_e"} and s_e["units"] == "max-normalised"
+    total = np.nansum(z, axis=1)
+    total[~np.isfinite(z).any(axis=1)] = np.nan              # E >= Ei: nothing reachable
+    np.testing.assert_allclose(np.array(s_e["y"], dtype=float), total / np.nanmax(total),
+                               rtol=1e-12, equal_nan=True)
+
+    fwhm = 0.1 * 25.0
+    wide = client.post("/api/predict", json={"id": sid, **DIRECT,
+                                             "resolution_fraction": 0.1}).json()
+    assert wide["result_id"] != bare["result_id"]
+    sigma = fwhm / (2 * np.sqrt(2 * np.log(2)))
+    kernel = np.exp(-0.5 * ((e[:, None] - e[None, :]) / sigma) ** 2) / (np.sqrt(2 * np.pi)
+                                                                       * sigma)
+    broadened = (kernel * (e[1] - e[0])) @ z0                 # column E_src -> row E
+    zw = _z(wide["map"])
+    assert np.isnan(zw[sure_out]).all()
+    expected = np.where(np.isfinite(zw), broadened, np.nan)
+    np.testing.assert_allclose(zw, expected / np.nanmax(expected), rtol=1e-9, atol=1e-12,
+                               equal_nan=True)
+
+    # the downloads are the direct-geometry spectra, and say so
+    h5 = client.get(wide["downloads"]["h5"])
+    assert "direct_Ei25meV" in h5.headers["content-disposition"]
+    path = Path(client.app.state.server.workdir) / "direct.h5"
+    path.write_bytes(h5.content)
+    spectra = read_spectra(path)
+    assert set(spectra) == {"s_e", "sqe"} and spectra["sqe"].instrument == "direct"
+    prov = spectra["sqe"].provenance
+    assert prov["ei_meV"] == 25.0 and prov["angles_deg"] == [10.0, 60.0]
+    assert prov["resolution_model"] == "Gaussian, FWHM 0.1 x Ei = 2.5 meV"
+    np.testing.assert_allclose(spectra["sqe"].intensity.T, zw, rtol=RTOL, equal_nan=True)
+    csv = client.get(wide["downloads"]["csv"])
+    assert "direct_Ei25meV" in csv.headers["content-disposition"]
+    assert "# instrument: direct" in zipfile.ZipFile(io.BytesIO(csv.content)).read(
+        "sqe.csv").decode()
+    assert client.get(wide["downloads"]["png"]).content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"ei_meV": 0}, "ei_meV 0"),
+    ({"ei_meV": -3}, "ei_meV -3"),
+    ({"ei_meV": None}, "ei_meV"),
+    ({"angles_deg": [60, 10]}, "angles_deg 60, 10"),
+    ({"angles_deg": [20, 20]}, "angles_deg 20, 20"),
+    ({"angles_deg": [-5, 60]}, "angles_deg -5, 60"),
+    ({"angles_deg": [10, 181]}, "angles_deg 10, 181"),
+    ({"angles_deg": [10]}, "angles_deg"),
+    ({"resolution_fraction": -0.1}, "resolution_fraction -0.1"),
+    ({"instrument": "vision"}, "ei_meV"),
+])
+def test_bad_direct_geometry_is_one_sentence_naming_the_field(client, files, body, words):
+    sid = _structure_id(client, files)
+    text = _one_sentence(client.post("/api/predict", json={"id": sid, **DIRECT, **body}), 400)
+    assert text.startswith(words), text
+
+
+def test_phonon_job_in_direct_geometry(client, files):
+    """EMT fcc Cu at Ei 40 meV, 2θ 5-90°, FWHM 0.04 Ei: the job's map is null exactly outside
+    the reachable region and positive inside (E > 0), S(E) its |Q| integral (1e-12)."""
+    geometry = {"instrument": "direct", "ei_meV": 40.0, "angles_deg": [5.0, 90.0],
+                "resolution_fraction": 0.04}
+    sid = _structure_id(client, files, "Cu.cif")
+    job = _wait(client, client.post("/api/jobs", json={"id": sid, **geometry}).json()["job_id"])
+    assert job["state"] == "done", job["message"]
+    result = job["result"]
+    assert result["geometry"]["label"] == "direct geometry, Ei 40 meV, 2θ 5–90°, FWHM 0.04 Ei"
+    q, e, z = np.array(result["map"]["q"]), np.array(result["map"]["e"]), _z(result["map"])
+    reach = _reachable(q, e, 40.0, (5.0, 90.0))
+    assert np.isnan(z[reach == False]).all()  # noqa: E712
+    assert (z[(reach == True) & (e[:, None] > 0)] > 0).all()  # noqa: E712
+    dq = q[1] - q[0]
+    expected = np.where(np.isfinite(z).any(axis=1), np.nansum(z, axis=1) * dq, np.nan)
+    s_e = result["spectra"]["s_e"]
+    np.testing.assert_allclose(np.array(s_e["y"], dtype=float), expected, rtol=1e-12,
+                               equal_nan=True)
+    assert s_e["units"] == "barn/sr/meV × 1/Å"
 
 
 def test_downloads_h5_csv_png(client, files):
@@ -485,9 +611,11 @@ def test_failed_job_says_why(client, files):
 
 def test_bad_job_requests(client, files):
     _one_sentence(client.get("/api/jobs/unknown"), 404)
-    assert "vision or tosca" in _one_sentence(
-        client.post("/api/jobs", json={"id": _structure_id(client, files),
-                                       "instrument": "maps"}), 400)
+    sid = _structure_id(client, files)
+    assert "choose vision, tosca, direct" in _one_sentence(
+        client.post("/api/jobs", json={"id": sid, "instrument": "nope"}), 400)
+    assert "ei_meV" in _one_sentence(
+        client.post("/api/jobs", json={"id": sid, "instrument": "maps"}), 400)
     _one_sentence(client.post("/api/jobs", json={"id": "unknown"}), 404)
 
 

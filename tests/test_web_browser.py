@@ -4,8 +4,13 @@ uvicorn serves the app (the session's small predictor, EMT for phonons) on a fre
 a thread. The browser uploads a CIF through the file input and must then show the formula and
 a Plotly S(E) with data; switching the unit to cm⁻¹ must change the axis title and the energies
 (by 8.065544 per meV, to 1e-9 relative); a measured file must bring the metrics table; a phonon
-job must survive a reload of the page and end with its S(Q,E) map. A screenshot is saved in
-tmp_path and copied to /tmp/mlff_ins_web_screenshot.png.
+job must survive a reload of the page and end with its S(Q,E) map; direct geometry must bring
+a map cut to the reachable (Q, E) region, and a bad Ei a message naming ``ei_meV``. A screenshot
+is saved in tmp_path and copied to /tmp/mlff_ins_web_screenshot.png.
+
+The page times each structure upload itself (performance.now() from the file input's change to
+the S(E) drawn: the S(E) panel's data-upload-to-plot-ms); the test prints these figures for the
+CIF and for a 216-atom cell (3x3x3 diamond Si) and asserts nothing on them.
 
 Chromium and chromedriver come from the Debian packages (scripts/install.sh). Without them the
 test is skipped, except under CI=true, where a missing browser is a failure.
@@ -122,6 +127,22 @@ PREDICTED_TOTAL = ("const d = document.getElementById('plot-se');"
 FIRST_X = ("const d = document.getElementById('plot-se');"
            "const t = d.data.find(t => t.name && t.name.startsWith('predicted ') && "
            "t.mode === 'lines' && !t.fill); return t ? t.x[0] : null;")
+#: the page's own upload-to-plot time (ms) of the last structure upload
+UPLOAD_TO_PLOT_MS = "return document.getElementById('plot-se').dataset.uploadToPlotMs || null;"
+
+
+def _upload_timed(browser, path: Path, label: str) -> float:
+    """Upload ``path`` through the file input and wait for the S(E) drawn; print and return
+    the page's upload-to-plot time (s)."""
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.ID, "structure-file").send_keys(str(path))
+    seconds = float(_wait(browser, UPLOAD_TO_PLOT_MS, f"the S(E) of {path.name}")) / 1000
+    assert browser.execute_script("return document.getElementById('plot-se').data.some("
+                                  "t => t.name && t.name.startsWith('predicted ') && "
+                                  "t.y.some(v => v > 0))")
+    print(f"\nbrowser upload-to-plot: {label} {seconds:.2f} s")
+    return seconds
 
 
 def _measured_file(path: Path) -> Path:
@@ -136,6 +157,7 @@ def _measured_file(path: Path) -> Path:
 
 def test_page_in_headless_chromium(server_url, browser, tmp_path, small_predictor):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
 
     from mlff_ins.cli import main
@@ -146,7 +168,7 @@ def test_page_in_headless_chromium(server_url, browser, tmp_path, small_predicto
     browser.get(server_url)
     _wait(browser, "return document.getElementById('server-status').textContent"
                    ".includes('Predictor for')", "the server status")
-    browser.find_element(By.ID, "structure-file").send_keys(str(cif))
+    _upload_timed(browser, cif, "4 atoms (Cu3Au.cif, the first upload)")
     assert _wait(browser, PLOT_READY, "the S(E) plot") == "energy transfer (meV)"
     assert browser.find_element(By.ID, "formula").text == "AuCu3"
     assert browser.find_element(By.ID, "spacegroup").text == "Pm-3m (221)"
@@ -161,6 +183,16 @@ def test_page_in_headless_chromium(server_url, browser, tmp_path, small_predicto
     x_mev = browser.execute_script(FIRST_X)
     n_traces = browser.execute_script("return document.getElementById('plot-se').data.length")
     assert n_traces >= 4                       # band (2 traces), total, partials Au and Cu
+
+    from ase.build import bulk
+    from ase.io import write
+
+    si = tmp_path / "Si216.cif"
+    write(si, bulk("Si", "diamond", 5.43, cubic=True).repeat((3, 3, 3)))
+    _upload_timed(browser, si, "216 atoms (Si, 3x3x3 diamond)")
+    assert browser.find_element(By.ID, "n-atoms").text == "216"
+    _upload_timed(browser, cif, "4 atoms (Cu3Au.cif again)")      # the rest goes on with it
+    assert browser.find_element(By.ID, "formula").text == "AuCu3"
 
     Select(browser.find_element(By.ID, "unit")).select_by_value("cm-1")
     _wait(browser, PLOT_READY.replace("d.layout.xaxis.title.text",
@@ -191,6 +223,26 @@ def test_page_in_headless_chromium(server_url, browser, tmp_path, small_predicto
                                     ".map(t => t.name)")
     assert any(str(n).startswith("phonons × ") for n in labels), labels
 
+    # direct geometry (Ei 80 meV, 2θ 3-135°, FWHM 3 % of Ei: the page's defaults): the
+    # predicted map, cut to the reachable region (|Q| = 0 never is), replaces the VISION job's
+    Select(browser.find_element(By.ID, "instrument")).select_by_value("direct")
+    title = _wait(browser, "const d = document.getElementById('plot-map');"
+                           "return !d.hidden && d.data && d.data.length > 0 && d.layout.title"
+                           " && d.layout.title.text.includes('direct') ? d.layout.title.text"
+                           " : null;", "the direct-geometry map")
+    assert "Ei 80 meV" in title
+    z = browser.execute_script("return document.getElementById('plot-map').data[0].z")
+    flat = [v for row in z for v in row]
+    assert None in flat and any(v is not None for v in flat)
+    assert all(row[0] is None for row in z)                   # |Q| = 0 is out of reach
+    _wait(browser, "return document.getElementById('prediction-note').textContent"
+                   ".includes('Predicted S(E) for direct geometry, Ei 80 meV')",
+          "the direct-geometry S(E)")
+    labels = browser.execute_script("return document.getElementById('plot-se').data"
+                                    ".map(t => t.name)")
+    assert any(str(n).startswith("predicted × ") for n in labels), labels   # overlay on data
+    assert browser.find_element(By.ID, "error").text == ""
+
     shot = tmp_path / "page.png"
     assert browser.save_screenshot(str(shot))
     shutil.copyfile(shot, SCREENSHOT_COPY)
@@ -200,3 +252,11 @@ def test_page_in_headless_chromium(server_url, browser, tmp_path, small_predicto
     assert pixels.shape[0] > 500 and pixels[..., :3].std() > 0.05     # not a blank page
     problems = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not problems, problems              # no script errors, nothing blocked by the CSP
+
+    # a bad incident energy: the server's one sentence, naming the field, on the page
+    ei = browser.find_element(By.ID, "ei")
+    ei.clear()
+    ei.send_keys("-5", Keys.TAB)
+    _wait(browser, "return document.getElementById('error').textContent.includes("
+                   "'ei_meV -5: the incident energy Ei must be above 0 meV')", "the error")
+    assert browser.find_element(By.ID, "error").is_displayed()

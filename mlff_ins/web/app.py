@@ -16,21 +16,43 @@ Endpoints (energies in the requested ``unit``: meV, cm-1 or THz; |Q| in 1/Å)
     loads Swagger UI from FastAPI's CDN when opened).
 ``GET /api/status``
     ``{version, predictor: {available, message, elements, instruments, two_d},
-    model: {available, name}, limits: {max_atoms, max_upload_mb, max_queued}}``.
+    model: {available, name}, direct: {instruments, angles_deg},
+    limits: {max_atoms, max_upload_mb, max_queued}}``; ``direct.instruments`` are the
+    direct-geometry choices of this server (``direct``, and the chopper spectrometers when
+    ResINS is installed), ``direct.angles_deg`` the default 2θ range.
 ``POST /api/structure`` (multipart: ``file``; CIF, POSCAR/CONTCAR/.vasp/.poscar or
     extxyz/.xyz, the format chosen by the file's name)
     ``{id, name, formula, n_atoms, spacegroup, cell: {a_A, b_A, c_A, alpha_deg, beta_deg,
     gamma_deg, volume_A3, matrix_A}, elements, warnings}``. 413 when the file is over
     ``--max-upload-mb`` (checked while it streams in), 422 when it cannot be read, has partly
     occupied sites or more atoms than ``--max-atoms``. ``GET /api/structure/{id}`` the same.
-``POST /api/predict`` (JSON ``{id, instrument: vision|tosca, temperature_K, unit}``)
-    The direct predictor's S(E): ``{result_id, structure_id, instrument, temperature_K, unit,
-    energy_label, units, spectra: {name: {x, y, std, element, kind, units}}, map, warnings,
-    downloads: {h5, csv, png}}``; ``spectra`` holds ``s_e`` (``std`` the ensemble spread) and
-    the element partials ``s_e_<El>``; ``map`` is the predicted powder S(Q,E) ``{q, e, z, units}``
-    (``z[i][j]`` at energy ``e[i]`` and |Q| ``q[j]``) when the predictor has a 2D part, else null.
-    ``warnings`` lists what makes the prediction doubtful (an element it never saw, neighbour
-    distances outside its training range). 409 when no predictor is loaded.
+The instrument fields (``predict``, ``compare`` and ``jobs`` take the same ones)
+    ``instrument``: ``vision`` or ``tosca`` (indirect geometry), or direct geometry: ``direct``
+    (a Gaussian energy resolution whose FWHM is ``resolution_fraction`` × Ei; 0, the default:
+    none) or a chopper spectrometer whose resolution ResINS models (``mari``, ``maps``,
+    ``merlin``, ``let``, ``sequoia``, ``arcs``, ``cncs``, ``hyspec``; optional
+    ``chopper_frequency_hz``, ``chopper_package``). Direct geometry needs ``ei_meV`` (incident
+    energy, meV, > 0) and takes ``angles_deg`` ``[min, max]`` (scattering angles 2θ covered,
+    degrees, 0 ≤ min < max ≤ 180; default 3, 135). These are the options ``--instrument``,
+    ``--ei``, ``--angles``, ``--resolution``, ``--chopper-frequency`` and ``--chopper-package``
+    of ``mlff-ins ins`` and ``mlff-ins spectra``, applied with the same functions
+    (:func:`mlff_ins.neutron.resolution.direct_resolution`,
+    :func:`mlff_ins.neutron.kinematics.kinematic_mask`): the powder S(Q,E) is broadened with
+    the instrument's energy resolution, then NaN (JSON null: not measured) outside the (|Q|, E)
+    region it reaches. The direct-geometry S(E) is that masked map integrated over |Q| (see
+    :func:`q_integrated`). A bad value is a 400 naming the field (a chopper setting that ResINS
+    refuses: 422); direct-geometry fields with vision or tosca are refused too.
+``POST /api/predict`` (JSON ``{id, instrument fields, temperature_K, unit}``)
+    The direct predictor's S(E): ``{result_id, structure_id, instrument, geometry,
+    temperature_K, unit, energy_label, units, spectra: {name: {x, y, std, element, kind,
+    units}}, map, warnings, downloads: {h5, csv, png}}``; ``geometry`` the instrument fields as
+    used, with a ``label`` and a ``key`` that tells settings apart; ``spectra`` holds ``s_e``
+    (``std`` the ensemble spread) and, for VISION/TOSCA, the element partials ``s_e_<El>``;
+    ``map`` is the predicted powder S(Q,E) ``{q, e, z, units}`` (``z[i][j]`` at energy ``e[i]``
+    and |Q| ``q[j]``) when the predictor has a 2D part, else null; in direct geometry it is
+    broadened and masked as above (409 when the predictor has no 2D part). ``warnings`` lists
+    what makes the prediction doubtful (an element it never saw, neighbour distances outside
+    its training range). 409 when no predictor is loaded.
 ``POST /api/measured`` (multipart: ``file``, optional ``unit`` = the file's energy unit, for
     Mantid ASCII files that name none)
     ``{id, name, format, spectra: [{name, dims, kind, units, energy_meV: [lo, hi],
@@ -38,7 +60,7 @@ Endpoints (energies in the requested ``unit``: meV, cm-1 or THz; |Q| in 1/Å)
     ``GET /api/measured/{id}?unit=`` the data: ``{id, name, energy_label, spectra: {name:
     curve | map}}``.
 ``POST /api/compare`` (JSON ``{measured_id, id (structure), job_id, measured_name,
-    instrument, temperature_K, unit, background: none|flat|linear, e_range_meV}``)
+    instrument fields, temperature_K, unit, background: none|flat|linear, e_range_meV}``)
     The measurement against the prediction for structure ``id`` and/or the finished phonon job
     ``job_id``, broadened and put on the measured grid as ``mlff-ins compare`` does:
     ``{kind: s_e|sqe, unit, energy_label, resolution, pairs: [{a, b, mse, cosine,
@@ -46,15 +68,16 @@ Endpoints (energies in the requested ``unit``: meV, cm-1 or THz; |Q| in 1/Å)
     onto the measurement), maps (2D: measured, each calculation, and ``residual`` = measured −
     scaled calculation when a 2D calculation exists), notes}``. Metric keys as
     :data:`mlff_ins.compare.metrics.METRICS_DOC`.
-``POST /api/jobs`` (JSON ``{id, instrument, temperature_K}``; needs ``--model``)
+``POST /api/jobs`` (JSON ``{id, instrument fields, temperature_K}``; needs ``--model``)
     Queues the phonon route: relax (positions and cell) -> finite-displacement phonons in a
     supercell at least 9 Å wide (at most 256 atoms) -> INS S(E) for the instrument and the
-    powder S(Q,E) map. ``202 {job_id, state, position}``; 429 when ``--max-queued`` jobs are
+    powder S(Q,E) map (direct geometry: the map as ``mlff-ins ins --ei`` makes it, and its
+    |Q| integral as S(E)). ``202 {job_id, state, position}``; 429 when ``--max-queued`` jobs are
     waiting or running; 409 without a model.
 ``GET /api/jobs/{job_id}?unit=``
     ``{job_id, state: queued|running|done|failed, progress (0..1), message, position, info,
     result}``; ``result`` (when done): ``{spectra, map, energy_label, supercell, formula,
-    downloads}``; a failed job's ``message`` says why in one sentence.
+    instrument, geometry, downloads}``; a failed job's ``message`` says why in one sentence.
 ``GET /api/download/{kind}/{id}?format=h5|csv|png&unit=&name=``
     ``kind`` ``prediction`` (``id`` a ``result_id``) or ``job`` (a ``job_id``): the spectra as
     this package's HDF5 file, as CSV (one spectrum with ``name``, else a zip of one CSV per
@@ -75,7 +98,7 @@ import uuid
 import warnings
 import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +113,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlff_ins import __version__
 from mlff_ins.errors import InputError
+from mlff_ins.neutron.resolution import CHOPPER_INSTRUMENTS
 from mlff_ins.web.jobs import JobQueue, QueueFull
 
 _LOG = logging.getLogger("mlff_ins.web")
@@ -101,7 +125,11 @@ STRUCTURE_SUFFIXES = {".cif": "cif", ".vasp": "vasp", ".poscar": "vasp", ".xyz":
                       ".extxyz": "extxyz"}
 _VASP_NAMES = re.compile(r"^(POSCAR|CONTCAR)", re.IGNORECASE)
 UNITS = ("meV", "cm-1", "THz")
-INSTRUMENTS = ("vision", "tosca")
+INDIRECT = ("vision", "tosca")
+#: direct geometry: ``direct`` (resolution a fraction of Ei) or a chopper spectrometer (ResINS),
+#: the `--instrument` choices of `mlff-ins ins` and `mlff-ins spectra`
+DIRECT = ("direct", *CHOPPER_INSTRUMENTS)
+INSTRUMENTS = INDIRECT + DIRECT
 BACKGROUNDS = ("none", "flat", "linear")
 #: the phonon job: supercell widths of at least this (Å), with at most this many atoms
 JOB_SUPERCELL_A, JOB_MAX_SUPERCELL_ATOMS = 9.0, 256
@@ -149,29 +177,115 @@ class Refused(Exception):
 
 # ----------------------------------------------------------------------------- request bodies
 
-class PredictRequest(BaseModel):
-    id: str
+class InstrumentFields(BaseModel):
+    """The instrument and, for direct geometry, its settings (module docstring; None: unset)."""
+
     instrument: str = "vision"
+    ei_meV: float | None = None
+    angles_deg: list[float] | None = None
+    resolution_fraction: float | None = None
+    chopper_frequency_hz: float | None = None
+    chopper_package: str | None = None
+
+
+class PredictRequest(InstrumentFields):
+    id: str
     temperature_K: float | None = None
     unit: str = "meV"
 
 
-class CompareRequest(BaseModel):
+class CompareRequest(InstrumentFields):
     measured_id: str
     id: str | None = None
     job_id: str | None = None
     measured_name: str | None = None
-    instrument: str = "vision"
     temperature_K: float | None = None
     unit: str = "meV"
     background: str = "none"
     e_range_meV: list[float] | None = None
 
 
-class JobRequest(BaseModel):
+class JobRequest(InstrumentFields):
     id: str
-    instrument: str = "vision"
     temperature_K: float | None = None
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The instrument a spectrum is computed for: VISION/TOSCA, or a direct-geometry setting.
+
+    instrument : vision, tosca, direct or a chopper spectrometer (:data:`DIRECT`).
+    ei_meV : incident energy, meV (direct geometry only).
+    angles_deg : (min, max) scattering angles 2θ covered, degrees (direct geometry only).
+    resolution_fraction : ``direct``: Gaussian FWHM as a fraction of Ei (0: no broadening).
+    chopper_frequency_hz, chopper_package : a chopper spectrometer's settings (None: ResINS'
+        defaults).
+    """
+
+    instrument: str
+    ei_meV: float | None = None
+    angles_deg: tuple[float, float] | None = None
+    resolution_fraction: float = 0.0
+    chopper_frequency_hz: float | None = None
+    chopper_package: str | None = None
+
+    @property
+    def direct(self) -> bool:
+        return self.instrument in DIRECT
+
+    def resolution(self):
+        """The energy resolution `mlff-ins ins --ei` applies for these settings
+        (:func:`mlff_ins.neutron.resolution.direct_resolution`); None for VISION/TOSCA (the INS
+        engine applies theirs) and for ``direct`` without ``resolution_fraction``."""
+        from mlff_ins.neutron.resolution import direct_resolution
+
+        if not self.direct:
+            return None
+        return direct_resolution(self.instrument, self.ei_meV, self.resolution_fraction,
+                                 self.chopper_frequency_hz, self.chopper_package)
+
+    def ins_options(self) -> dict:
+        """The :class:`~mlff_ins.ins.from_phonons.InsOptions` fields of these settings."""
+        if not self.direct:
+            return {"instrument": self.instrument}
+        return {"instrument": self.instrument, "ei_meV": self.ei_meV,
+                "angles_deg": tuple(self.angles_deg),
+                "resolution_fraction": self.resolution_fraction,
+                "chopper_frequency_hz": self.chopper_frequency_hz,
+                "chopper_package": self.chopper_package}
+
+    def label(self) -> str:
+        """``VISION``; ``direct geometry, Ei 50 meV, 2θ 3–135°, FWHM 0.03 Ei``; ``MARI, Ei 50
+        meV, 2θ 3–135°``."""
+        if not self.direct:
+            return self.instrument.upper()
+        lo, hi = self.angles_deg
+        parts = ["direct geometry" if self.instrument == "direct" else self.instrument.upper(),
+                 f"Ei {self.ei_meV:g} meV", f"2θ {lo:g}–{hi:g}°"]
+        if self.resolution_fraction:
+            parts.append(f"FWHM {self.resolution_fraction:g} Ei")
+        if self.chopper_frequency_hz:
+            parts.append(f"{self.chopper_frequency_hz:g} Hz")
+        if self.chopper_package:
+            parts.append(f"package {self.chopper_package}")
+        return ", ".join(parts)
+
+    def key(self) -> str:
+        """A text that differs between any two settings (cache keys, the page's matching)."""
+        return repr((self.instrument, self.ei_meV, self.angles_deg, self.resolution_fraction,
+                     self.chopper_frequency_hz, self.chopper_package))
+
+    def stem(self) -> str:
+        """A file-name part: ``vision``, ``direct_Ei50meV``."""
+        return self.instrument + (f"_Ei{self.ei_meV:g}meV" if self.direct else "")
+
+    def as_json(self) -> dict:
+        return {"instrument": self.instrument, "ei_meV": self.ei_meV,
+                "angles_deg": list(self.angles_deg) if self.angles_deg else None,
+                "resolution_fraction": self.resolution_fraction if self.direct else None,
+                "chopper_frequency_hz": self.chopper_frequency_hz,
+                "chopper_package": self.chopper_package, "direct": self.direct,
+                "label": self.label(), "key": self.key()}
 
 
 # ---------------------------------------------------------------------------- server state
@@ -505,10 +619,85 @@ def check_unit(unit: str) -> str:
     return canonical
 
 
-def check_instrument(name: str) -> str:
-    if str(name).lower() not in INSTRUMENTS:
-        raise Refused(400, f"instrument {name!r}: choose vision or tosca")
-    return str(name).lower()
+def default_angles_deg() -> tuple[float, float]:
+    """The 2θ range of `--angles` when it is not given (``InsOptions``' default)."""
+    from mlff_ins.ins.from_phonons import InsOptions
+
+    return tuple(float(a) for a in InsOptions.angles_deg)
+
+
+def direct_instruments() -> list[str]:
+    """The direct-geometry choices this server can compute: ``direct``, and the chopper
+    spectrometers when ResINS (their resolution) is installed."""
+    import importlib.util
+
+    return list(DIRECT) if importlib.util.find_spec("resins") is not None else ["direct"]
+
+
+#: the command-line names in messages of the resolution functions, and the API's fields
+_CLI_NAMES = {"--resolution FRACTION": "resolution_fraction", "--resolution": "resolution_fraction",
+              "--chopper-frequency": "chopper_frequency_hz",
+              "--chopper-package": "chopper_package", "--instrument": "instrument",
+              "--ei": "ei_meV"}
+
+
+def _api_names(message: str) -> str:
+    pattern = "|".join(re.escape(k) for k in _CLI_NAMES)
+    return re.sub(rf"({pattern})(?![\w-])", lambda m: _CLI_NAMES[m.group(1)], message)
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def check_geometry(req: InstrumentFields) -> Geometry:
+    """The request's instrument fields as a :class:`Geometry`; every bad value is a 400 that
+    names the field, a chopper setting ResINS refuses a 422."""
+    name = str(req.instrument).lower()
+    if name not in INSTRUMENTS:
+        raise Refused(400, f"instrument {req.instrument!r}: choose vision, tosca, direct or a "
+                           f"chopper spectrometer ({', '.join(CHOPPER_INSTRUMENTS)})")
+    fields = {"ei_meV": req.ei_meV, "angles_deg": req.angles_deg,
+              "resolution_fraction": req.resolution_fraction,
+              "chopper_frequency_hz": req.chopper_frequency_hz,
+              "chopper_package": req.chopper_package}
+    if name in INDIRECT:
+        given = [k for k, v in fields.items() if v not in (None, "")]
+        if given:
+            raise Refused(400, f"{given[0]}: applies to direct geometry (instrument direct or a "
+                               f"chopper spectrometer); {name} has a fixed final energy")
+        return Geometry(name)
+    ei = req.ei_meV
+    if ei is None:
+        raise Refused(400, f"ei_meV: instrument {name} is direct geometry and needs the "
+                           "incident energy Ei in meV")
+    if not (_finite(ei) and ei > 0):
+        raise Refused(400, f"ei_meV {ei:g}: the incident energy Ei must be above 0 meV")
+    angles = default_angles_deg() if req.angles_deg is None else tuple(req.angles_deg)
+    if len(angles) != 2:
+        raise Refused(400, "angles_deg: give two scattering angles 2θ in degrees, the smallest "
+                           "then the largest")
+    lo, hi = angles
+    if not all(_finite(a) and 0 <= a <= 180 for a in angles):
+        raise Refused(400, f"angles_deg {lo:g}, {hi:g}: scattering angles 2θ lie from 0 to "
+                           "180 degrees")
+    if not lo < hi:
+        raise Refused(400, f"angles_deg {lo:g}, {hi:g}: the smallest angle 2θ comes first and "
+                           "must be below the largest")
+    fraction = 0.0 if req.resolution_fraction is None else req.resolution_fraction
+    if not (_finite(fraction) and 0 <= fraction < 1):
+        raise Refused(400, f"resolution_fraction {fraction:g}: give the resolution FWHM as a "
+                           "fraction of Ei, from 0 (none) to below 1")
+    freq = req.chopper_frequency_hz
+    if freq is not None and not (_finite(freq) and freq > 0):
+        raise Refused(400, f"chopper_frequency_hz {freq:g}: give a frequency above 0 Hz")
+    geometry = Geometry(name, float(ei), (float(lo), float(hi)), float(fraction),
+                        None if freq is None else float(freq), req.chopper_package or None)
+    try:
+        geometry.resolution()              # the resolution's own checks (ResINS) fail here
+    except InputError as err:
+        raise Refused(422, _api_names(str(err))) from None
+    return geometry
 
 
 def check_temperature(value: float | None) -> float | None:
@@ -538,28 +727,132 @@ def _finished_job(server: _Server, job_id: str):
 
 # ------------------------------------------------------------------------------- prediction
 
-def predict(server: _Server, sid: str, instrument: str, temperature_K: float | None) -> dict:
+def predict(server: _Server, sid: str, geometry: Geometry,
+            temperature_K: float | None) -> dict:
     """The prediction record (``id``, ``spectra``, ``warnings``) for a structure, made once per
-    (structure, instrument, temperature) and kept."""
+    (structure, instrument settings, temperature) and kept. Direct geometry: the predicted
+    powder map through :func:`direct_geometry_map`, and its :func:`q_integrated` S(E)."""
     record = _structure(server, sid)
     if server.predictor is None:
         raise Refused(409, server.predictor_message)
     targets = server.predictor.meta["targets"]
-    if instrument not in targets:
-        raise Refused(400, f"instrument {instrument}: this predictor was trained for "
+    two_d = server.predictor.autoencoder is not None
+    if geometry.direct and not two_d:
+        raise Refused(409, f"instrument {geometry.instrument}: direct geometry needs the "
+                           "predicted S(Q,E) map and this predictor has no S(Q,E) part; choose "
+                           f"{' or '.join(targets)}, or compute the phonons")
+    if not geometry.direct and geometry.instrument not in targets:
+        raise Refused(400, f"instrument {geometry.instrument}: this predictor was trained for "
                            f"{', '.join(targets)} only")
-    key = "p" + hashlib.sha1(f"{sid}|{instrument}|{temperature_K}".encode()).hexdigest()[:12]
+    key = "p" + hashlib.sha1(f"{sid}|{geometry.key()}|{temperature_K}".encode()).hexdigest()[:12]
     done = server.predictions.get(key)
     if done is not None:
         return done
-    two_d = server.predictor.autoencoder is not None
-    spectra, notes = server.predictor.predict(record["atoms"], instrument, temperature_K,
+    # direct geometry uses only the map, which does not depend on the predictor's 1D target
+    target = targets[0] if geometry.direct else geometry.instrument
+    spectra, notes = server.predictor.predict(record["atoms"], target, temperature_K,
                                               source_name=record["name"], two_d=two_d)
+    if geometry.direct:
+        sqe = direct_geometry_map(spectra["sqe"], geometry)
+        spectra = {"s_e": q_integrated(sqe), "sqe": sqe}
     result = {"id": key, "structure_id": sid, "spectra": spectra, "warnings": notes,
-              "instrument": instrument, "temperature_K": temperature_K,
-              "stem": f"{record['atoms'].get_chemical_formula()}_{instrument}_predicted"}
+              "instrument": geometry.instrument, "geometry": geometry,
+              "temperature_K": temperature_K,
+              "stem": f"{record['atoms'].get_chemical_formula()}_{geometry.stem()}_predicted"}
     server.predictions.put(key, result)
     return result
+
+
+def _max_normalised(sp):
+    """``sp`` scaled to a maximum of 1 when its units say it is max-normalised (masking can
+    remove the maximum), else as it is."""
+    if sp.units != "max-normalised":
+        return sp
+    top = float(np.nanmax(sp.intensity)) if np.any(np.isfinite(sp.intensity)) else 0.0
+    if not top > 0:
+        return sp
+    std = None if sp.intensity_std is None else sp.intensity_std / top
+    return replace(sp, intensity=sp.intensity / top, intensity_std=std)
+
+
+def direct_geometry_map(sqe, geometry: Geometry):
+    """An unbroadened powder S(Q,E) as the direct-geometry instrument ``geometry`` sees it.
+
+    The steps of ``mlff-ins ins --ei`` (:func:`mlff_ins.ins.from_phonons.two_d_arrays`) with its
+    functions: broadened along E with :meth:`Geometry.resolution`
+    (:func:`mlff_ins.neutron.resolution.direct_resolution`), then NaN outside
+    :func:`mlff_ins.neutron.kinematics.kinematic_mask` (the (|Q|, E) region Ei and the 2θ range
+    reach). ``intensity_std`` (the ensemble spread) goes through the same two steps: an upper
+    bound of the spread of the broadened members. A max-normalised map is normalised again.
+
+    Parameters
+    ----------
+    sqe : Spectrum2D
+        Intensity shape (len(q), len(E)), |Q| in 1/Å, E in meV on a uniform grid.
+    geometry : Geometry
+        A direct-geometry setting (``geometry.direct``).
+
+    Returns
+    -------
+    Spectrum2D
+        The same grid; ``instrument`` the geometry's, provenance with ``ei_meV``,
+        ``angles_deg``, ``resolution_fwhm_fraction`` and the resolution model, as the CLI writes.
+    """
+    from mlff_ins.neutron.kinematics import kinematic_mask
+
+    mask = kinematic_mask(sqe.q, sqe.y, geometry.ei_meV, geometry.angles_deg)
+    res = geometry.resolution()
+
+    def seen(values):
+        if values is None:
+            return None
+        broadened = res.broaden(sqe.y, values) if res is not None else values
+        return np.where(mask, broadened, np.nan)
+
+    prov = {**sqe.provenance, "ei_meV": geometry.ei_meV, "angles_deg": list(geometry.angles_deg),
+            "resolution_fwhm_fraction": geometry.resolution_fraction,
+            **(res.provenance() if res is not None else {})}
+    return _max_normalised(replace(
+        sqe, intensity=seen(sqe.intensity), intensity_std=seen(sqe.intensity_std),
+        instrument=geometry.instrument, provenance=prov))
+
+
+def q_integrated(sqe):
+    """The direct-geometry S(E) of a masked map: S(E) = Σ_j S(Q_j, E) ΔQ over the |Q| bins the
+    instrument reaches at E (NaN bins count 0; rectangle rule, ΔQ the |Q| step), NaN where it
+    reaches none (E ≥ Ei). The CLI has no 1D direct-geometry S(E); this is the page's
+    convention. Units: the map's × 1/Å; a max-normalised map gives a max-normalised S(E).
+    ``intensity_std`` is the same sum of the map's std (an upper bound of the members' spread).
+
+    Parameters
+    ----------
+    sqe : Spectrum2D
+        Intensity shape (len(q), len(E)) with NaN outside the reachable region.
+
+    Returns
+    -------
+    Spectrum1D
+        ``kind`` s_e on the map's energies (meV), its instrument, temperature and provenance.
+    """
+    from mlff_ins.neutron.spectrum import Spectrum1D
+
+    dq = float(np.median(np.diff(sqe.q))) if len(sqe.q) > 1 else 1.0
+    reached = np.isfinite(sqe.intensity).any(axis=0)
+
+    def integral(values):
+        if values is None:
+            return None
+        return np.where(reached, np.nansum(values, axis=0) * dq, np.nan)
+
+    normalised = sqe.units == "max-normalised"
+    out = Spectrum1D(kind="s_e", x=sqe.y, intensity=integral(sqe.intensity),
+                     intensity_std=integral(sqe.intensity_std),
+                     units=sqe.units if normalised else f"{sqe.units} × 1/Å",
+                     source=sqe.source, instrument=sqe.instrument,
+                     temperature_K=sqe.temperature_K,
+                     provenance={**sqe.provenance, "s_e": "direct geometry: the masked S(Q,E) "
+                                 "integrated over the reachable |Q| (sum × ΔQ)"})
+    return _max_normalised(out)
 
 
 def _downloads(kind: str, rid: str, unit: str) -> dict:
@@ -571,7 +864,8 @@ def prediction_json(result: dict, unit: str) -> dict:
     curves, sqe = spectra_json(result["spectra"], unit)
     s_e = result["spectra"]["s_e"]
     return {"result_id": result["id"], "structure_id": result["structure_id"],
-            "instrument": result["instrument"], "temperature_K": s_e.temperature_K,
+            "instrument": result["instrument"], "geometry": result["geometry"].as_json(),
+            "temperature_K": s_e.temperature_K,
             "unit": unit, "energy_label": energy_label(unit), "units": s_e.units,
             "spectra": curves, "map": sqe, "warnings": result["warnings"],
             "downloads": _downloads("prediction", result["id"], unit)}
@@ -678,7 +972,7 @@ def _overlay(aligned: dict, pairs: list[dict], unit: str, partials: dict) -> lis
     return curves
 
 
-def _calculations(server: _Server, req: CompareRequest, two_d: bool, instrument: str,
+def _calculations(server: _Server, req: CompareRequest, two_d: bool, geometry: Geometry,
                   temperature: float | None) -> tuple[dict, dict, list[str]]:
     """({label: calculated spectrum}, {label: partials}, notes) to compare with."""
     calcs, partials, notes = {}, {}, []
@@ -691,7 +985,7 @@ def _calculations(server: _Server, req: CompareRequest, two_d: bool, instrument:
         if server.predictor is None:
             notes.append(server.predictor_message)
         else:
-            pred = predict(server, req.id, instrument, temperature)["spectra"]
+            pred = predict(server, req.id, geometry, temperature)["spectra"]
             if name in pred:
                 calcs["predicted"] = pred[name]
                 partials["predicted"] = {n: s for n, s in pred.items()
@@ -712,7 +1006,7 @@ def compare(server: _Server, req: CompareRequest) -> dict:
     from mlff_ins.compare.report import CompareOptions, align, phonon_residual
     from mlff_ins.neutron.spectrum import Spectrum2D
 
-    unit, instrument = check_unit(req.unit), check_instrument(req.instrument)
+    unit, geometry = check_unit(req.unit), check_geometry(req)
     temperature = check_temperature(req.temperature_K)
     if req.background not in BACKGROUNDS:
         raise Refused(400, f"background {req.background!r}: choose none, flat or linear")
@@ -723,9 +1017,12 @@ def compare(server: _Server, req: CompareRequest) -> dict:
                            "again")
     mname, msp = _pick_measured(record, req.measured_name)
     two_d = isinstance(msp, Spectrum2D)
-    calcs, partials, notes = _calculations(server, req, two_d, instrument, temperature)
+    calcs, partials, notes = _calculations(server, req, two_d, geometry, temperature)
+    # the measurement's resolution: the instrument's (direct geometry: that of its settings,
+    # None for `direct` without resolution_fraction); 2D maps keep their own
+    measured_resolution = geometry.resolution() if geometry.direct else geometry.instrument
     opts = CompareOptions(kind="sqe" if two_d else "s_e", background=req.background,
-                          e_range=e_range, instrument=None if two_d else instrument)
+                          e_range=e_range, instrument=None if two_d else measured_resolution)
     try:
         aligned, rec = align({**calcs, "measured": msp}, opts)
         pairs = compare_pairs(aligned, opts)
@@ -758,8 +1055,10 @@ def _e_range(values) -> tuple | None:
 
 # --------------------------------------------------------------------------------- the job
 
-def phonon_work(server: _Server, atoms, instrument: str, temperature_K: float, out_dir: Path):
-    """The phonon route as a job function ``work(report)`` -> result dict."""
+def phonon_work(server: _Server, atoms, geometry: Geometry, temperature_K: float,
+                out_dir: Path):
+    """The phonon route as a job function ``work(report)`` -> result dict. Direct geometry:
+    the maps as ``mlff-ins ins --ei`` makes them, and :func:`q_integrated` as ``s_e``."""
 
     def work(report):
         from mlff_ins.ins.from_phonons import InsOptions, ins_from_phonons
@@ -788,19 +1087,22 @@ def phonon_work(server: _Server, atoms, instrument: str, temperature_K: float, o
 
         report(0.2, f"forces: 0 of {total} displaced supercells")
         pset = phonons_from_model(relaxed, forces, supercell, primitive="auto", progress=tick)
-        report(0.72, f"INS: {instrument.upper()} S(E) and the powder S(Q,E) map")
-        opts = InsOptions(instrument=instrument, temperature_K=temperature_K, two_d=True,
+        report(0.72, f"INS: the powder S(Q,E) map for {geometry.label()}" if geometry.direct
+               else f"INS: {geometry.label()} S(E) and the powder S(Q,E) map")
+        opts = InsOptions(temperature_K=temperature_K, two_d=True, **geometry.ins_options(),
                           **{**JOB_TWO_D, **server.settings.job_ins})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             spectra = ins_from_phonons(pset, opts, {"structure": atoms.get_chemical_formula(),
                                                     "model": str(server.settings.model)})
+        if geometry.direct:
+            spectra = {"s_e": q_integrated(spectra["sqe"]), **spectra}
         write_spectra(out_dir / "phonons.h5", spectra)
         return {"spectra": spectra, "supercell": supercell, "n_displacements": total,
-                "formula": relaxed.get_chemical_formula(), "instrument": instrument,
-                "temperature_K": temperature_K,
+                "formula": relaxed.get_chemical_formula(), "instrument": geometry.instrument,
+                "geometry": geometry, "temperature_K": temperature_K,
                 "volume_change": relaxed.get_volume() / atoms.get_volume() - 1.0,
-                "stem": f"{relaxed.get_chemical_formula()}_{instrument}_phonons"}
+                "stem": f"{relaxed.get_chemical_formula()}_{geometry.stem()}_phonons"}
 
     return work
 
@@ -814,7 +1116,8 @@ def job_json(server: _Server, job, unit: str) -> dict:
         curves, sqe = spectra_json(r["spectra"], unit)
         out["result"] = {"spectra": curves, "map": sqe, "energy_label": energy_label(unit),
                          "unit": unit, "supercell": r["supercell"], "formula": r["formula"],
-                         "instrument": r["instrument"], "temperature_K": r["temperature_K"],
+                         "instrument": r["instrument"], "geometry": r["geometry"].as_json(),
+                         "temperature_K": r["temperature_K"],
                          "n_displacements": r["n_displacements"],
                          "volume_change": r["volume_change"],
                          "downloads": _downloads("job", job.id, unit)}
@@ -833,14 +1136,15 @@ def submit_job(server: _Server, req: JobRequest):
     if len(atoms) > JOB_MAX_SUPERCELL_ATOMS:
         raise Refused(422, f"{record['name']}: {len(atoms)} atoms; the phonon route here takes "
                            f"at most {JOB_MAX_SUPERCELL_ATOMS} atoms in the supercell")
-    instrument = check_instrument(req.instrument)
+    geometry = check_geometry(req)
     temperature = check_temperature(req.temperature_K) or 10.0
     out_dir = server.new_dir("results")
-    work = phonon_work(server, atoms, instrument, temperature, out_dir)
+    work = phonon_work(server, atoms, geometry, temperature, out_dir)
     try:
         return server.jobs.submit(work, info={"structure_id": record["id"],
                                               "formula": atoms.get_chemical_formula(),
-                                              "instrument": instrument,
+                                              "instrument": geometry.instrument,
+                                              "geometry": geometry.as_json(),
                                               "temperature_K": temperature})
     except QueueFull as err:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -1019,6 +1323,8 @@ def _add_api_routes(app: FastAPI, server: _Server) -> None:
                               "instruments": p.meta["targets"] if p else [],
                               "two_d": bool(p is not None and p.autoencoder is not None)},
                 "model": {"available": bool(s.model), "name": str(s.model or "")},
+                "direct": {"instruments": direct_instruments(),
+                           "angles_deg": list(default_angles_deg())},
                 "limits": {"max_atoms": s.max_atoms, "max_upload_mb": s.max_upload_mb,
                            "max_queued": s.max_queued}}
 
@@ -1048,8 +1354,8 @@ def _add_api_routes(app: FastAPI, server: _Server) -> None:
 
     @app.post("/api/predict")
     def post_predict(req: PredictRequest):
-        unit, instrument = check_unit(req.unit), check_instrument(req.instrument)
-        result = predict(server, req.id, instrument, check_temperature(req.temperature_K))
+        unit, geometry = check_unit(req.unit), check_geometry(req)
+        result = predict(server, req.id, geometry, check_temperature(req.temperature_K))
         return _strict(prediction_json(result, unit))
 
     @app.post("/api/measured")

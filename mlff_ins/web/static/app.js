@@ -12,6 +12,7 @@ const state = {
   job: null,          // GET /api/jobs/{id} answer
   pollTimer: null,
   busy: 0,
+  sePlotted: null,    // the promise of the last S(E) drawing (Plotly.react)
 };
 
 const $ = (id) => document.getElementById(id);
@@ -19,6 +20,7 @@ const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b
   "#17becf", "#7f7f7f", "#bcbd22"];
 const PLOT_CONFIG = {responsive: true, displaylogo: false, showLink: false,
   showSendToCloud: false, toImageButtonOptions: {format: "png"}};
+const INDIRECT = ["vision", "tosca"];
 
 // ------------------------------------------------------------------------------ talking
 
@@ -88,15 +90,64 @@ function currentWarnings() {
 
 // ------------------------------------------------------------------------------ settings
 
+function numberIn(id) {
+  const v = parseFloat($(id).value);
+  return Number.isFinite(v) ? v : null;
+}
+
+/**
+ * The instrument fields of the API: the instrument, and for direct geometry Ei, the 2θ range
+ * and the resolution (a FWHM fraction of Ei for `direct`, chopper settings for a chopper
+ * spectrometer). Empty fields go as null; the server answers what is wrong with them.
+ */
+function geometry() {
+  const instrument = $("instrument").value;
+  if (INDIRECT.includes(instrument)) return {instrument};
+  const out = {instrument, ei_meV: numberIn("ei"),
+    angles_deg: [numberIn("angle-min"), numberIn("angle-max")]};
+  if (instrument === "direct") {
+    const percent = numberIn("resolution-percent");
+    out.resolution_fraction = percent === null ? null : percent / 100;
+  } else {
+    out.chopper_frequency_hz = numberIn("chopper-frequency");
+    out.chopper_package = $("chopper-package").value.trim() || null;
+  }
+  return out;
+}
+
 function settings() {
-  const t = parseFloat($("temperature").value);
+  const t = numberIn("temperature");
   return {
-    instrument: $("instrument").value,
-    temperature_K: Number.isFinite(t) ? t : null,
+    geometry: geometry(),
+    temperature_K: t,
     unit: $("unit").value,
     background: $("background").value,
   };
 }
+
+/** Show the direct-geometry fields that apply to the chosen instrument. */
+function renderGeometryControls() {
+  const instrument = $("instrument").value;
+  const direct = !INDIRECT.includes(instrument);
+  for (const el of document.querySelectorAll(".direct-only")) el.hidden = !direct;
+  for (const el of document.querySelectorAll(".direct-fraction")) {
+    el.hidden = instrument !== "direct";
+  }
+  for (const el of document.querySelectorAll(".chopper-only")) {
+    el.hidden = !direct || instrument === "direct";
+  }
+}
+
+/** "VISION", "direct Ei 80 meV", "MARI Ei 80 meV": a legend's name for a geometry. */
+function shortLabel(g) {
+  if (!g.direct) return g.instrument.toUpperCase();
+  const name = g.instrument === "direct" ? "direct" : g.instrument.toUpperCase();
+  return `${name} Ei ${g.ei_meV} meV`;
+}
+
+// the fragment's names of the direct-geometry inputs
+const GEOMETRY_INPUTS = {ei: "ei", a1: "angle-min", a2: "angle-max",
+  res: "resolution-percent", chf: "chopper-frequency", chp: "chopper-package"};
 
 /** The ids that let a reload come back to the same structure, measurement and job. */
 function writeFragment() {
@@ -105,7 +156,12 @@ function writeFragment() {
   if (state.measured) p.set("measured", state.measured.id);
   if (state.job) p.set("job", state.job.job_id);
   const s = settings();
-  p.set("instrument", s.instrument);
+  p.set("instrument", s.geometry.instrument);
+  if (s.geometry.ei_meV !== undefined) {
+    for (const [key, id] of Object.entries(GEOMETRY_INPUTS)) {
+      if ($(id).value !== "") p.set(key, $(id).value);
+    }
+  }
   p.set("unit", s.unit);
   if (s.temperature_K !== null) p.set("T", String(s.temperature_K));
   history.replaceState(null, "", "#" + p.toString());
@@ -127,8 +183,15 @@ function tooLarge(file) {
 
 // ------------------------------------------------------------------------------ actions
 
+/**
+ * Upload a structure and show its spectra. The time from here (the file input's change) to
+ * the S(E) drawn on the screen (Plotly done and the next frame) goes to the S(E) panel's
+ * data-upload-to-plot-ms attribute (milliseconds, performance.now()).
+ */
 async function uploadStructure(file) {
+  const t0 = performance.now();
   if (!file || tooLarge(file)) return;
+  delete $("plot-se").dataset.uploadToPlotMs;
   showError("");
   setBusy(+1);
   try {
@@ -138,6 +201,11 @@ async function uploadStructure(file) {
     renderStructure();
     writeFragment();
     await refresh();
+    if (state.sePlotted) {
+      await state.sePlotted;
+      await new Promise((done) => requestAnimationFrame(() => done()));
+      $("plot-se").dataset.uploadToPlotMs = (performance.now() - t0).toFixed(1);
+    }
   } catch (err) {
     showError(err.message);
   } finally {
@@ -169,7 +237,7 @@ async function refresh() {
   if (state.structure && state.status && state.status.predictor.available) {
     try {
       state.prediction = await postJSON("/api/predict", {id: state.structure.id,
-        instrument: s.instrument, temperature_K: s.temperature_K, unit: s.unit});
+        ...s.geometry, temperature_K: s.temperature_K, unit: s.unit});
     } catch (err) {
       state.prediction = null;
       errors.push(err.message);
@@ -185,7 +253,7 @@ async function refresh() {
         state.comparison = await postJSON("/api/compare", {
           measured_id: state.measured.id, id: state.prediction ? state.structure.id : null,
           job_id: jobDone ? state.job.job_id : null,
-          measured_name: $("measured-name").value || null, instrument: s.instrument,
+          measured_name: $("measured-name").value || null, ...s.geometry,
           temperature_K: s.temperature_K, unit: s.unit, background: s.background});
       } catch (err) {
         errors.push(err.message);
@@ -200,7 +268,7 @@ async function refresh() {
       }
     }
   }
-  showError(errors.join(" "));
+  showError([...new Set(errors)].join(" "));     // predict and compare may say the same
   writeFragment();
   render();
 }
@@ -213,7 +281,7 @@ async function startJob() {
   const s = settings();
   try {
     const answer = await postJSON("/api/jobs", {id: state.structure.id,
-      instrument: s.instrument, temperature_K: s.temperature_K});
+      ...s.geometry, temperature_K: s.temperature_K});
     state.job = {job_id: answer.job_id, state: answer.state, progress: 0,
       message: "waiting for the worker", position: answer.position, result: null};
     showError("");
@@ -283,10 +351,24 @@ function renderStatus() {
       "wide, at most 256 atoms), then INS S(E) and the powder S(Q,E) map. Runs in the " +
       "background; the page can be reloaded meanwhile."
     : "No force field on this server: start it with --model NAME|DIR to compute phonons.";
+  const choppers = $("chopper-options");
+  choppers.replaceChildren();
+  for (const name of st.direct.instruments.filter((n) => n !== "direct")) {
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = name.toUpperCase();
+    choppers.appendChild(option);
+  }
+  choppers.hidden = choppers.children.length === 0;
+  $("angle-min").value = st.direct.angles_deg[0];
+  $("angle-max").value = st.direct.angles_deg[1];
   const instruments = st.predictor.instruments;
   if (st.predictor.available) {
     for (const option of $("instrument").options) {
-      option.disabled = !instruments.includes(option.value) && !st.model.available;
+      // direct geometry comes from the predicted S(Q,E) map (or the phonons)
+      const predicted = INDIRECT.includes(option.value) ? instruments.includes(option.value)
+        : st.predictor.two_d;
+      option.disabled = !predicted && !st.model.available;
     }
   }
 }
@@ -311,6 +393,11 @@ function renderPredictionNote() {
   const note = $("prediction-note");
   if (state.status && !state.status.predictor.available) {
     note.textContent = state.status.predictor.message;
+  } else if (state.prediction && state.prediction.geometry.direct) {
+    note.textContent = `Predicted S(E) for ${state.prediction.geometry.label} at ` +
+      `${state.prediction.temperature_K} K: the predicted S(Q,E) map below, broadened with ` +
+      "the instrument's resolution and cut to the (Q, E) region it reaches, integrated over " +
+      "Q (max-normalised); the band is ± the spread of the ensemble.";
   } else if (state.prediction) {
     note.textContent = `Predicted ${state.prediction.instrument.toUpperCase()} S(E) at ` +
       `${state.prediction.temperature_K} K (max-normalised); the band is ± the spread of ` +
@@ -387,8 +474,7 @@ function seTraces() {
   }
   const p = state.prediction;
   if (p) {
-    traces.push(...lineTraces(p.spectra.s_e, `predicted ${p.instrument.toUpperCase()}`,
-      next()));
+    traces.push(...lineTraces(p.spectra.s_e, `predicted ${shortLabel(p.geometry)}`, next()));
     for (const [name, curve] of Object.entries(p.spectra)) {
       if (name !== "s_e" && curve.element) {
         traces.push(...lineTraces(curve, `predicted ${curve.element}`, next(),
@@ -399,7 +485,7 @@ function seTraces() {
   const job = state.job && state.job.result;
   if (job && job.spectra.s_e) {
     const curve = maxNormalised(job.spectra.s_e);
-    traces.push(...lineTraces(curve, `phonons ${job.instrument.toUpperCase()}`, next()));
+    traces.push(...lineTraces(curve, `phonons ${shortLabel(job.geometry)}`, next()));
   }
   const m = state.measuredData;
   if (m) {
@@ -430,13 +516,14 @@ function renderSE() {
   const {traces, ytitle} = seTraces();
   if (!traces.length) {
     if (window.Plotly) Plotly.purge(div);
+    state.sePlotted = null;
     return;
   }
   const layout = {margin: {t: 30, r: 20, b: 50, l: 70}, hovermode: "closest",
     xaxis: {title: {text: energyLabel()}, zeroline: false},
     yaxis: {title: {text: ytitle}, zeroline: true},
     legend: {orientation: "h", y: -0.2}};
-  Plotly.react(div, traces, layout, PLOT_CONFIG);
+  state.sePlotted = Plotly.react(div, traces, layout, PLOT_CONFIG);
 }
 
 function fmt(v, digits = 3) {
@@ -534,8 +621,16 @@ function renderMaps() {
       residual = {map: c.maps.residual, title: c.maps.residual.label, signed: true};
     }
   } else {
-    if (job && job.map) calc = {map: job.map, title: "phonons: powder S(Q,E)", crop: true};
-    else if (p && p.map) calc = {map: p.map, title: "predicted powder S(Q,E)", crop: true};
+    // the phonons' map when they were computed for the settings shown, else the prediction's
+    const jobShown = job && job.map &&
+      (!p || !p.map || job.geometry.key === p.geometry.key);
+    const seenBy = (g) => (g.direct ? `, ${g.label}` : "");
+    if (jobShown) {
+      calc = {map: job.map, title: `phonons: powder S(Q,E)${seenBy(job.geometry)}`,
+        crop: true};
+    } else if (p && p.map) {
+      calc = {map: p.map, title: `predicted powder S(Q,E)${seenBy(p.geometry)}`, crop: true};
+    }
     const m = state.measuredData;
     if (m) {
       const name = Object.keys(m.data).find((k) => m.data[k].z);
@@ -585,8 +680,7 @@ function renderJob() {
   if (job.state === "done" && job.result) {
     const r = job.result;
     text = `done: ${r.formula}, supercell ${r.supercell.join("×")}, ` +
-      `${r.n_displacements} displacements, ${r.instrument.toUpperCase()} at ` +
-      `${r.temperature_K} K`;
+      `${r.n_displacements} displacements, ${r.geometry.label} at ${r.temperature_K} K`;
   }
   $("job-message").textContent = text;
   $("compute-phonons").disabled = !(state.structure && state.status &&
@@ -615,6 +709,10 @@ function wireDrop(zone, input, handler) {
 async function restore() {
   const p = readFragment();
   if (p.get("instrument")) $("instrument").value = p.get("instrument");
+  for (const [key, id] of Object.entries(GEOMETRY_INPUTS)) {
+    if (p.get(key) !== null) $(id).value = p.get(key);
+  }
+  renderGeometryControls();
   if (p.get("unit")) $("unit").value = p.get("unit");
   if (p.get("T")) $("temperature").value = p.get("T");
   try {
@@ -642,9 +740,12 @@ async function restore() {
 async function main() {
   wireDrop($("drop-structure"), $("structure-file"), uploadStructure);
   wireDrop($("drop-measured"), $("measured-file"), uploadMeasured);
-  for (const id of ["instrument", "unit", "background", "measured-name"]) {
+  $("instrument").addEventListener("change", renderGeometryControls);
+  for (const id of ["instrument", "unit", "background", "measured-name",
+    ...Object.values(GEOMETRY_INPUTS)]) {
     $(id).addEventListener("change", refresh);
   }
+  renderGeometryControls();
   $("temperature").addEventListener("change", refresh);
   $("compute-phonons").addEventListener("click", startJob);
   try {
