@@ -1,6 +1,7 @@
 """The predictor's database builder: real relaxations, phonopy phonons and the INS engine with
 ASE's EMT as the teacher (seconds per entry); resuming after SIGKILL, local processes and a Dask
-LocalCluster must all give the entries of one serial run."""
+LocalCluster must all give the entries of one serial run, and a build from the teacher records
+alone (a fresh checkout) must give them without calling the teacher."""
 
 import os
 import signal
@@ -16,9 +17,12 @@ from ase.build import bulk
 from ase.io import write
 
 from mlff_ins.errors import InputError
-from mlff_ins.predict.database import (BuildOptions, SpectraOptions, build_database,
-                                       done_keys, entry_spectra, parts_dir, phonopy_of_entry,
-                                       read_database, respectra, supercell_for)
+from mlff_ins.predict import database
+from mlff_ins.predict.database import (RECORD_ARRAYS, TEACHER_ARRAYS, BuildOptions,
+                                       SpectraOptions, build_database, done_keys, entry_name,
+                                       entry_spectra, export_records, parts_dir,
+                                       phonopy_of_entry, read_database, read_records,
+                                       record_keys, respectra, supercell_for)
 from mlff_ins.predict.sources import iter_structures, substitute
 
 HERE = Path(__file__).resolve().parent
@@ -50,23 +54,42 @@ def _entries(db):
     return {e["key"]: e for e in entries}
 
 
-def _assert_same(a, b):
+def _assert_same(a, b, float32_forces=False):
+    """Equal keys, statuses and arrays. ``float32_forces``: ``b`` was rebuilt from teacher
+    records, whose forces are float32 (relative rounding 2**-24 = 6e-8 of each force). Force
+    constants are linear in the forces (FC ~ F / 0.01 Å), so they move by ~6e-8 of the largest
+    one (measured: 2e-8); frequencies by half that relatively (the lowest mode, measured: 8e-8
+    THz), and the spectra, smooth functions of the frequencies, by less (measured: 3e-9 of their
+    maximum; S(Q,E) is float32 itself: one float32 step). The tolerance, 1e-6 of each array's
+    largest value (1e-6 THz for the lowest mode), leaves a factor 12 or more over the rounding
+    and is far below anything physical."""
     assert sorted(a) == sorted(b)
     for key in a:
         assert a[key]["status"] == b[key]["status"], key
-        for name in ("cell", "positions", "force_constants", "dos", "vision", "tosca", "sqe"):
-            if name in a[key]:
+        for name in ("cell", "positions", "force_constants", "dos", "vision", "tosca", "sqe",
+                     "lowest_THz"):
+            if name not in a[key]:
+                continue
+            x, y = np.asarray(a[key][name], float), np.asarray(b[key][name], float)
+            if float32_forces and name not in ("cell", "positions"):
+                tol = 1e-6 if name == "lowest_THz" else 1e-6 * np.abs(x).max()
+                np.testing.assert_allclose(y, x, rtol=0, atol=tol, err_msg=f"{key} {name}")
+            else:
                 # the same arithmetic in another process: equal up to BLAS summation order
-                np.testing.assert_allclose(a[key][name], b[key][name], rtol=1e-7, atol=1e-9,
-                                           err_msg=f"{key} {name}")
+                np.testing.assert_allclose(x, y, rtol=1e-7, atol=1e-9, err_msg=f"{key} {name}")
+
+
+def _records(db):
+    return Path(db).parent / "records.h5"
 
 
 @pytest.fixture(scope="module")
 def serial_db(tmp_path_factory):
+    """The serial build, keeping teacher records (``--records``) beside it."""
     tmp = tmp_path_factory.mktemp("db")
     structures = list(iter_structures(str(_structures(tmp)), max_atoms=8))
     db = tmp / "serial.h5"
-    summary = build_database(structures, db, _opts(), progress=False)
+    summary = build_database(structures, db, _opts(), progress=False, records=_records(db))
     return db, structures, summary
 
 
@@ -122,9 +145,11 @@ def test_kill_and_resume_loses_and_duplicates_nothing(serial_db, tmp_path):
     slow.write_text("calculator: slow_emt:SlowEMT\nparameters: {delay_s: 0.05}\n")
     db = tmp_path / "killed.h5"
     env = dict(os.environ, PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    records = tmp_path / "records.h5"
     cmd = [sys.executable, "-m", "mlff_ins.cli", "database", "build", "--structures", str(src),
            "--teacher", str(slow), "-o", str(db), "--max-atoms", "8",
-           "--supercell-length", "7", "--max-supercell-atoms", "64", "--consolidate-every", "2"]
+           "--supercell-length", "7", "--max-supercell-atoms", "64", "--consolidate-every", "2",
+           "--records", str(records)]
     # the CLI's grids are the defaults; compare against a serial run of the same options
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -132,19 +157,106 @@ def test_kill_and_resume_loses_and_duplicates_nothing(serial_db, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    n_before = len(done_keys(db))
+    done = done_keys(db)
+    n_before = len(done)
     assert 3 <= n_before < 6, "the kill must land mid-run"
+    # the records file is whole, every saved entry has its record (written first) and at most
+    # the entry in flight has a record but no part yet; no key twice
+    recorded = _record_key_list(records)
+    assert len(recorded) == len(set(recorded)) and done <= set(recorded)
+    assert len(set(recorded) - done) <= 1
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert f"{n_before} were done before" in res.stdout
+    assert f"{len(set(recorded) - done)} entries rebuilt from it without the teacher" \
+        in res.stdout
     assert not list(parts_dir(db).glob("*.h5"))                 # everything merged
     with h5py.File(db) as f:
         keys = [str(g.attrs["key"]) for g in f["entries"].values()]
     assert sorted(keys) == sorted(k for k, _ in structures)     # nothing lost or duplicated
+    assert sorted(_record_key_list(records)) == sorted(keys)
+    assert not list(tmp_path.glob(".records.h5.*"))              # no temporary file left over
     ref = tmp_path / "ref.h5"
     opts = BuildOptions(teacher=str(EMT_YAML), supercell_length_A=7.0, max_supercell_atoms=64)
     build_database(structures, ref, opts, progress=False)
-    _assert_same(_entries(ref), _entries(db))
+    _assert_same(_entries(ref), _entries(db), float32_forces=True)
+
+
+def _record_key_list(path):
+    """Every record's key, as stored (a name that is not its key's hash would be a bug)."""
+    with h5py.File(path, "r") as f:
+        out = [str(g.attrs["key"]) for g in f["records"].values()]
+        assert all(name == entry_name(str(g.attrs["key"])) for name, g in f["records"].items())
+    return out
+
+
+def test_records_alone_rebuild_the_database_without_the_teacher(serial_db, tmp_path,
+                                                                 monkeypatch):
+    """A fresh checkout: no db.h5, no parts, the committed records file. The same build
+    command rebuilds every entry from the records, the teacher is called zero times, and the
+    entries equal those the teacher's build wrote (to the float32 rounding of the forces)."""
+    db_ref, structures, _ = serial_db
+    records = tmp_path / "records.h5"
+    records.write_bytes(_records(db_ref).read_bytes())
+    # what a record holds: float32 forces; the failed entry only its key, status and message
+    recs = {r["key"]: r for r in read_records(records)}
+    assert sorted(recs) == sorted(k for k, _ in structures)
+    for r in recs.values():
+        if r["status"] == "failed":
+            assert sorted(r) == ["key", "message", "status"] and "Fe" in r["message"]
+        else:
+            assert set(RECORD_ARRAYS) <= set(r) and r["forces"].dtype == np.float32
+            assert r["forces"].shape == (len(r["displacements"]),
+                                         round(abs(np.linalg.det(r["supercell_matrix"])))
+                                         * len(r["numbers"]), 3)
+    calls = []
+
+    def no_teacher(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("the teacher was called")
+
+    monkeypatch.setattr(database, "load_teacher", no_teacher)
+    monkeypatch.setattr(database, "compute_entry", no_teacher)
+    db = tmp_path / "db.h5"
+    summary = build_database(structures, db, _opts(), progress=False, records=records)
+    assert calls == []
+    assert summary["restored"] == summary["added"] == 6 and summary["failed"] == 1
+    assert records.read_bytes() == _records(db_ref).read_bytes()   # nothing to add to it
+    _assert_same(_entries(db_ref), _entries(db), float32_forces=True)
+    fe = next(e for e in _entries(db).values() if e["status"] == "failed")
+    assert fe["formula"] == "Fe" and "Fe" in fe["message"]         # named from the source
+    # and once more: everything is there, nothing is rebuilt twice
+    again = build_database(structures, db, _opts(), progress=False, records=records)
+    assert again["added"] == 0 and again["skipped_done"] == 6 and calls == []
+
+
+def test_records_export_from_a_database(serial_db, tmp_path):
+    """`database records DB -o FILE` writes the records the build kept; a database without the
+    displacement data (built before records existed) is refused with that reason."""
+    from mlff_ins.cli import main
+
+    db_ref, _, _ = serial_db
+    out = tmp_path / "exported.h5"
+    assert main(["database", "records", str(db_ref), "-o", str(out)]) == 0
+    kept = {r["key"]: r for r in read_records(_records(db_ref))}
+    exported = {r["key"]: r for r in read_records(out)}
+    assert sorted(kept) == sorted(exported)
+    for key, r in kept.items():
+        for name in RECORD_ARRAYS:
+            if name in r:
+                np.testing.assert_array_equal(r[name], exported[key][name])
+    assert main(["database", "records", str(db_ref), "-o", str(out)]) == 0   # no duplicates
+    assert sorted(record_keys(out).values()) == sorted(kept)
+    old = tmp_path / "old.h5"
+    old.write_bytes(db_ref.read_bytes())
+    with h5py.File(old, "a") as f:
+        for g in f["entries"].values():
+            for name in TEACHER_ARRAYS:
+                if name in g:
+                    del g[name]
+    with pytest.raises(InputError, match="displacement data"):
+        export_records(old, tmp_path / "none.h5")
+    assert not (tmp_path / "none.h5").exists()
 
 
 def test_local_processes_equal_the_serial_run(serial_db, tmp_path):

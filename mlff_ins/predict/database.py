@@ -29,11 +29,27 @@ File layout (``db.h5``)
     ``supercell_matrix``, ``force_constants`` (eV/Å², phonopy's compact layout), ``lowest_THz``,
     ``elements`` (element order of the partials), ``dos`` and ``dos_partial`` (states/meV per atom,
     area 3 per atom), ``vision``, ``vision_partial``, ``tosca`` (S(E), barn/sr/meV per atom) and
-    ``sqe`` (powder S(Q,E) on the 2D grid, float32). Failed entries hold attributes only.
+    ``sqe`` (powder S(Q,E) on the 2D grid, float32), and the teacher's work behind the force
+    constants: ``displacement_atoms`` (supercell index of each displaced atom),
+    ``displacements`` (Å) and ``forces`` (eV/Å, float32) of phonopy's displacement dataset.
+    Failed entries hold attributes only.
+
+Teacher records (``--records FILE``)
+    The teacher evaluations are the expensive part, so they can be kept apart in a compact file
+    that is small enough to keep under version control: per entry the attributes ``key``,
+    ``formula``, ``status``, ``message``, ``teacher``, ``seconds`` and the datasets ``numbers``,
+    ``cell``, ``positions``, ``supercell_matrix``, ``displacement_atoms``, ``displacements`` and
+    ``forces`` (float32, gzip) under ``/records/<name>``; failed entries keep only ``key``,
+    ``status`` and ``message``. Every finished entry is added to it (a copy of the file with
+    the entry added, moved into place) before its part file is written, so a kill leaves it
+    whole and holding every finished entry. A build first rebuilds every recorded entry missing
+    from ``db.h5`` from its record (force constants from the stored displacements and forces,
+    then the same spectra), without the teacher.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -50,6 +66,16 @@ from mlff_ins.errors import InputError
 
 ARRAYS = ("numbers", "cell", "positions", "supercell_matrix", "force_constants", "lowest_THz",
           "dos", "dos_partial", "vision", "vision_partial", "tosca", "sqe")
+#: phonopy's displacement dataset with the teacher's forces (type 1: one displaced atom each)
+TEACHER_ARRAYS = ("displacement_atoms", "displacements", "forces")
+#: what a teacher record holds: the relaxed cell, the supercell and the teacher's forces
+RECORD_ARRAYS = ("numbers", "cell", "positions", "supercell_matrix") + TEACHER_ARRAYS
+RECORD_ATTRS = ("key", "formula", "status", "message", "teacher", "seconds")
+RECORDS_FORMAT = "mlff-ins teacher records"
+RECORDS_VERSION = 1
+#: how the force constants are made from a record (as compute_entry makes them)
+PHONOPY_SETTINGS = {"primitive": "P", "symprec": 1e-5, "fc": "traditional, compact",
+                    "symmetrize": True}
 
 
 @dataclass
@@ -230,8 +256,67 @@ def compute_entry(key: str, atoms, opts: BuildOptions, calc) -> dict:
                      message=f"lowest mode {float(arrays['lowest_THz']):.2f} THz")
     entry.update(arrays, numbers=relaxed.numbers, cell=np.array(relaxed.cell[:]),
                  positions=relaxed.positions, supercell_matrix=np.diag(sc),
-                 force_constants=np.array(ph.force_constants),
+                 force_constants=np.array(ph.force_constants), **teacher_arrays(ph.dataset),
                  seconds=time.perf_counter() - t0)
+    return entry
+
+
+def teacher_arrays(dataset: dict) -> dict:
+    """The displacement dataset of phonopy (type 1) with its forces as three arrays; forces in
+    float32 (the universal teachers compute in float32, so nothing is lost for them; for a
+    float64 teacher the force constants move by ~1e-8 of their largest value)."""
+    first = dataset["first_atoms"]
+    return dict(
+        displacement_atoms=np.array([d["number"] for d in first], dtype=np.int32),
+        displacements=np.array([d["displacement"] for d in first], dtype=np.float64),
+        forces=np.array([d["forces"] for d in first], dtype=np.float32))
+
+
+def phonopy_of_record(record: dict):
+    """A phonopy object with the force constants made from a record's displacements and
+    forces, exactly as :func:`compute_entry` makes them (compact, symmetrized)."""
+    from ase import Atoms
+
+    from mlff_ins.phonons.finite_displacement import make_phonopy
+
+    atoms = Atoms(numbers=record["numbers"], cell=record["cell"], positions=record["positions"],
+                  pbc=True)
+    ph = make_phonopy(atoms, np.asarray(record["supercell_matrix"]),
+                      primitive=PHONOPY_SETTINGS["primitive"],
+                      symprec=PHONOPY_SETTINGS["symprec"])
+    forces = np.asarray(record["forces"], dtype=np.float64)
+    if forces.ndim != 3 or forces.shape[1:] != (len(ph.supercell), 3) \
+            or len(forces) != len(record["displacements"]):
+        raise InputError(f"record {record.get('key', '?')}: forces of shape {forces.shape} do "
+                         f"not fit a supercell of {len(ph.supercell)} atoms")
+    ph.dataset = {"natom": len(ph.supercell),
+                  "first_atoms": [{"number": int(i), "displacement": np.array(d, dtype=float),
+                                   "forces": f}
+                                  for i, d, f in zip(record["displacement_atoms"],
+                                                     record["displacements"], forces)]}
+    ph.produce_force_constants(calculate_full_force_constants=False, show_drift=False)
+    if PHONOPY_SETTINGS["symmetrize"]:
+        ph.symmetrize_force_constants(show_drift=False)
+    return ph
+
+
+def entry_from_record(record: dict, opts: SpectraOptions) -> dict:
+    """A database entry rebuilt from a teacher record without the teacher: the force
+    constants from the stored displacements and forces, then :func:`entry_spectra`."""
+    entry = {k: record[k] for k in RECORD_ATTRS if k in record}
+    entry["restored"] = True
+    if record["status"] == "failed":
+        return entry
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # as in compute_entry: phonopy's symmetry notes
+        ph = phonopy_of_record(record)
+    arrays = entry_spectra(ph, opts)
+    entry["status"], entry["message"] = "ok", ""
+    if arrays["lowest_THz"] < -opts.imaginary_tol_THz:
+        entry.update(status="imaginary",
+                     message=f"lowest mode {float(arrays['lowest_THz']):.2f} THz")
+    entry.update(arrays, force_constants=np.array(ph.force_constants),
+                 **{k: record[k] for k in RECORD_ARRAYS})
     return entry
 
 
@@ -248,7 +333,7 @@ def _write_entry(group, entry: dict) -> None:
     group.attrs["seconds"] = float(entry.get("seconds", float("nan")))
     if "elements" in entry:
         group.attrs["elements"] = json.dumps(list(entry["elements"]))
-    for k in ARRAYS:
+    for k in ARRAYS + TEACHER_ARRAYS:
         if k in entry:
             value = np.asarray(entry[k])
             # spectra are mostly zeros above the highest mode: lossless gzip shrinks them
@@ -336,9 +421,11 @@ def consolidate(db: str | os.PathLike, spectra: SpectraOptions, meta: dict) -> i
     return n
 
 
-def read_database(db: str | os.PathLike, status: tuple = ("ok",)) -> tuple[dict, list[dict]]:
+def read_database(db: str | os.PathLike, status: tuple = ("ok",),
+                  teacher_data: bool = False) -> tuple[dict, list[dict]]:
     """(grids, entries) of a consolidated database, entries with ``status`` in ``status``
-    (None: all), each a dict of attributes and arrays."""
+    (None: all), each a dict of attributes and arrays; the teacher's displacements and forces
+    (``TEACHER_ARRAYS``) only with ``teacher_data``."""
     import h5py
 
     db = Path(db)
@@ -359,10 +446,201 @@ def read_database(db: str | os.PathLike, status: tuple = ("ok",)) -> tuple[dict,
                 continue
             e = {k: (v if isinstance(v, (int, float)) else str(v)) for k, v in g.attrs.items()}
             e["elements"] = json.loads(e.get("elements", "[]"))
-            e.update({k: g[k][()] for k in g})
+            e.update({k: g[k][()] for k in g if teacher_data or k not in TEACHER_ARRAYS})
             e["name"] = name
             out.append(e)
     return grids, out
+
+
+# --------------------------------------------------------------------------------------------
+# teacher records
+
+def record_of(entry: dict) -> dict:
+    """The teacher record of an entry: what the teacher computed and nothing derived from it;
+    failed entries keep only their key, status and message."""
+    if entry["status"] == "failed":
+        return {k: entry.get(k, "") for k in ("key", "status", "message")}
+    missing = [k for k in RECORD_ARRAYS if k not in entry]
+    if missing:
+        raise InputError(f"entry {entry['key']}: no {', '.join(missing)} stored (a database "
+                         "built before teacher records existed)")
+    rec = {k: entry.get(k, "") for k in RECORD_ATTRS}
+    rec.update({k: entry[k] for k in RECORD_ARRAYS})
+    rec["forces"] = np.asarray(rec["forces"], dtype=np.float32)
+    return rec
+
+
+def _check_records_file(f, path) -> None:
+    if f.attrs.get("format") != RECORDS_FORMAT or "records" not in f:
+        raise InputError(f"{path}: not an mlff-ins teacher records file")
+    if int(f.attrs.get("version", 0)) > RECORDS_VERSION:
+        raise InputError(f"{path}: teacher records version {f.attrs['version']}; this "
+                         f"mlff-ins {__version__} reads up to {RECORDS_VERSION}")
+
+
+def record_keys(path: str | os.PathLike) -> dict:
+    """``{name: key}`` of every record of a records file (empty when there is no file)."""
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"{path}: not an HDF5 file ({exc})") from None
+    with f:
+        _check_records_file(f, path)
+        return {name: str(g.attrs["key"]) for name, g in f["records"].items()}
+
+
+def read_records(path: str | os.PathLike, names=None) -> list[dict]:
+    """The records (dicts of attributes and arrays) of a records file, those named by
+    ``names`` only when given."""
+    import h5py
+
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        _check_records_file(f, path)
+        group = f["records"]
+        out = []
+        for name in (group if names is None else names):
+            g = group[name]
+            rec = {k: (v if isinstance(v, (int, float)) else str(v)) for k, v in g.attrs.items()}
+            rec.update({k: g[k][()] for k in g})
+            out.append(rec)
+    return out
+
+
+@contextlib.contextmanager
+def _folder_lock(path: Path):
+    """Serialise the read-copy-replace of files in one folder between processes (two builds
+    sharing a records file must not drop each other's records). Yields whether the lock is
+    held (not where flock is missing or fails)."""
+    try:
+        import fcntl
+
+        fd = os.open(path.parent, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = True
+        except OSError:
+            held = False
+        yield held
+    finally:
+        os.close(fd)        # releases the lock
+
+
+def append_records(path: str | os.PathLike, entries, *, compact: bool = False) -> int:
+    """Add the teacher records of ``entries`` not yet in the records file ``path`` (created
+    when missing); returns how many were added. The new file is written beside ``path`` and
+    moved onto it, so ``path`` is always a whole file, with or without the new records, and a
+    record is never there twice (its name is its key's hash). The old file is copied and the
+    records added to the copy, which leaves a few kB of unused space per call in the file;
+    ``compact`` writes every record into a fresh file instead (raw chunk copies, no
+    recompression), which the build does whenever it consolidates."""
+    import shutil
+
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(path) as locked:
+        # what a killed writer left behind (no other writer runs while the lock is held)
+        for stale in path.parent.glob(f".{path.name}.*.tmp") if locked else ():
+            stale.unlink(missing_ok=True)
+        present = record_keys(path)
+        new = {}
+        for e in entries:
+            name = entry_name(e["key"])
+            if name not in present and name not in new:
+                new[name] = record_of(e)
+        if not new and path.exists() and not compact:
+            return 0
+        with atomic_path(path) as tmp:
+            fresh = compact or not path.exists()
+            if not fresh:
+                shutil.copyfile(path, tmp)
+            # HDF5 1.10's object headers: half the size of 1.8's per record
+            with h5py.File(tmp, "w" if fresh else "a", libver=("v110", "latest")) as f:
+                f.attrs["format"] = RECORDS_FORMAT
+                f.attrs["version"] = RECORDS_VERSION
+                f.attrs["creator"] = f"mlff-ins {__version__}"
+                f.attrs["phonopy"] = json.dumps(PHONOPY_SETTINGS)
+                group = f.require_group("records")
+                if fresh and path.exists():
+                    with h5py.File(path, "r") as src:
+                        for name, g in src["records"].items():
+                            src.copy(g, group, name=name)
+                for name, rec in new.items():
+                    _write_record(group.create_group(name), rec)
+            with open(tmp, "rb") as fh:       # on disk before it replaces the old file
+                os.fsync(fh.fileno())
+    return len(new)
+
+
+def _write_record(g, rec: dict) -> None:
+    for k in RECORD_ATTRS:
+        if k in rec:
+            g.attrs[k] = float(rec[k]) if k == "seconds" else str(rec[k])
+    for k in RECORD_ARRAYS:
+        if k in rec:
+            value = np.asarray(rec[k])
+            # gzip at its highest level: the forces are most of a file meant for git
+            extra = dict(compression="gzip", compression_opts=9, shuffle=True) \
+                if value.size > 64 else {}
+            g.create_dataset(k, data=value, **extra)
+
+
+def export_records(db: str | os.PathLike, out: str | os.PathLike, strict: bool = True) -> dict:
+    """Add the teacher record of every entry of database ``db`` (and of its unmerged parts) not
+    yet in the records file ``out``; returns counts (added, already there, lacking the
+    displacement data). ``strict``: refuse a database none of whose computed entries holds the
+    displacements and forces."""
+    import h5py
+
+    db = Path(db)
+    read_database(db, status=())                 # the checks and messages of a database
+    present = set(record_keys(out).values())
+    groups = [(db, "entries/" + name) for name in _group_names(db, "entries")]
+    parts = parts_dir(db)
+    groups += [(p, "entry") for p in (sorted(parts.glob("*.h5")) if parts.is_dir() else [])]
+    new, seen, computed, lacking = [], set(), 0, 0
+    for path, where in groups:
+        with h5py.File(path, "r") as f:
+            g = f[where]
+            key = str(g.attrs["key"])
+            if key in seen:                       # merged into db.h5 but not yet removed
+                continue
+            seen.add(key)
+            failed = str(g.attrs["status"]) == "failed"
+            computed += not failed
+            if not failed and not all(k in g for k in RECORD_ARRAYS):
+                lacking += 1
+                continue
+            if key in present:
+                continue
+            e = {k: (v if isinstance(v, (int, float)) else str(v)) for k, v in g.attrs.items()}
+            e.update({k: g[k][()] for k in RECORD_ARRAYS if k in g})
+            new.append(e)
+    if strict and lacking and lacking == computed:
+        raise InputError(f"{db}: none of its {computed} computed entries holds the teacher's "
+                         f"displacement data ({', '.join(TEACHER_ARRAYS)}; databases built "
+                         "before mlff-ins kept teacher records lack it), so there are no "
+                         "records to export: rebuild with `database build --records FILE`")
+    added = append_records(out, new) if new or not Path(out).exists() else 0
+    return {"added": added, "present": len(seen) - len(new) - lacking, "lacking": lacking}
+
+
+def _group_names(path: Path, group: str) -> list[str]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return list(f.get(group, {}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,10 +655,14 @@ def _worker_init(teacher: str, device: str, threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
-def _task(key: str, atoms_dict: dict, opts: BuildOptions) -> dict:
-    """One entry in whatever process runs it; the teacher is loaded once per process."""
+def _task(key: str, atoms_dict: dict | None, opts: BuildOptions,
+          record: dict | None = None) -> dict:
+    """One entry in whatever process runs it; the teacher is loaded once per process. With a
+    teacher ``record`` the entry is rebuilt from it and the teacher is not touched."""
     from ase import Atoms
 
+    if record is not None:
+        return entry_from_record(record, opts.spectra)
     if opts.teacher not in _WORKER_TEACHER:
         _WORKER_TEACHER[opts.teacher] = load_teacher(opts.teacher, opts.device,
                                                      workdir=f".teacher-{os.getpid()}")
@@ -395,28 +677,59 @@ def _atoms_dict(atoms) -> dict:
                 positions=atoms.positions.tolist(), pbc=True)
 
 
+def _task_args(item) -> tuple:
+    """``_task``'s arguments for a to-do item: ``(key, atoms)`` or ``(key, record dict)``."""
+    key, what = item
+    if isinstance(what, dict):
+        return key, None, what
+    return key, _atoms_dict(what), None
+
+
 def build_database(structures, db: str | os.PathLike, opts: BuildOptions, *, workers: int = 1,
                    dask: str | None = None, limit: int | None = None,
-                   consolidate_every: int = 20, progress: bool = True) -> dict:
+                   consolidate_every: int = 20, progress: bool = True,
+                   records: str | os.PathLike | None = None) -> dict:
     """Compute every structure ``(key, atoms)`` of ``structures`` not yet in ``db``; returns a
-    summary (entries added, failures, database size)."""
+    summary (entries added, failures, database size). With ``records`` (a teacher records
+    file) every recorded entry missing from ``db`` is first rebuilt from its record without
+    the teacher (whether or not it is in ``structures``; ``limit`` does not count them), and
+    every entry the teacher computes is added to the records file before it is saved."""
     from tqdm.auto import tqdm
 
     db = Path(db)
+    structures = list(structures)
     check_teacher(opts.teacher)
     done = done_keys(db)
-    todo = [(k, a) for k, a in structures if k not in done]
+    restore = []
+    if records is not None:
+        records = Path(records)
+        missing = [name for name, key in record_keys(records).items() if key not in done]
+        restore = [(r["key"], r) for r in read_records(records, missing)] if missing else []
+        if any(r["status"] == "failed" for _, r in restore):
+            # failed records keep no structure: name them after the source's structure
+            formulas = {k: a.get_chemical_formula(mode="metal") for k, a in structures}
+            for _, r in restore:
+                r.setdefault("formula", formulas.get(r["key"], ""))
+        if not records.exists():
+            append_records(records, [])      # an empty records file now: the path is writable
+    restored = {k for k, _ in restore}
+    todo = [(k, a) for k, a in structures if k not in done and k not in restored]
     if limit is not None:
         todo = todo[:limit]
+    todo = restore + todo
     meta = {"teacher": opts.teacher, "code_version": __version__,
             "build_options": {k: v for k, v in asdict(opts).items() if k != "spectra"}}
     bar = tqdm(total=len(todo), unit="entry", desc="database", disable=not progress,
                dynamic_ncols=True)
-    counts = {"ok": 0, "imaginary": 0, "failed": 0}
+    counts = {"ok": 0, "imaginary": 0, "failed": 0, "restored": 0}
     since = 0
 
     def finished(entry):
         nonlocal since
+        if entry.pop("restored", False):
+            counts["restored"] += 1
+        elif records is not None:
+            append_records(records, [entry])   # first: a kill in between loses no teacher work
         write_part(db, entry)
         counts[entry["status"]] += 1
         since += 1
@@ -424,6 +737,8 @@ def build_database(structures, db: str | os.PathLike, opts: BuildOptions, *, wor
         bar.update(1)
         if since >= consolidate_every:
             consolidate(db, opts.spectra, meta)
+            if records is not None:
+                append_records(records, [], compact=True)
             since = 0
 
     try:
@@ -432,14 +747,24 @@ def build_database(structures, db: str | os.PathLike, opts: BuildOptions, *, wor
         elif workers > 1:
             _run_processes(workers, todo, opts, finished)
         else:
-            for key, atoms in todo:
-                finished(_task(key, _atoms_dict(atoms), opts))
+            for item in todo:
+                key, atoms_dict, record = _task_args(item)
+                finished(_task(key, atoms_dict, opts, record))
     finally:
         bar.close()
-        n = consolidate(db, opts.spectra, meta) if sum(counts.values()) or \
+        added = counts["ok"] + counts["imaginary"] + counts["failed"]
+        n = consolidate(db, opts.spectra, meta) if added or \
             (parts_dir(db).is_dir() and any(parts_dir(db).glob("*.h5"))) else len(done)
-    return {"added": sum(counts.values()), **counts, "entries": n,
-            "skipped_done": len(done)}
+    exported = {}
+    if records is not None:
+        if done and db.is_file():
+            # entries computed before this records file was used (or by a build without it)
+            exported = export_records(db, records, strict=False)
+        if added - counts["restored"] or exported.get("added"):
+            append_records(records, [], compact=True)
+    return {"added": added, **counts, "entries": n, "skipped_done": len(done),
+            "records_exported": exported.get("added", 0),
+            "records_lacking": exported.get("lacking", 0)}
 
 
 def _run_processes(workers: int, todo, opts, finished) -> None:
@@ -453,8 +778,9 @@ def _run_processes(workers: int, todo, opts, finished) -> None:
         items = iter(todo)
         pending = set()
         # keep the pool a little ahead of the workers, not the whole list in flight
-        for key, atoms in items:
-            pending.add(pool.submit(_task, key, _atoms_dict(atoms), opts))
+        for item in items:
+            key, atoms_dict, record = _task_args(item)
+            pending.add(pool.submit(_task, key, atoms_dict, opts, record))
             if len(pending) >= 2 * workers:
                 break
         while pending:
@@ -463,7 +789,8 @@ def _run_processes(workers: int, todo, opts, finished) -> None:
                 finished(fut.result())
                 nxt = next(items, None)
                 if nxt is not None:
-                    pending.add(pool.submit(_task, nxt[0], _atoms_dict(nxt[1]), opts))
+                    key, atoms_dict, record = _task_args(nxt)
+                    pending.add(pool.submit(_task, key, atoms_dict, opts, record))
 
 
 def _run_dask(address: str, todo, opts, finished) -> None:
@@ -477,8 +804,11 @@ def _run_dask(address: str, todo, opts, finished) -> None:
     except OSError as exc:
         raise InputError(f"--dask {address}: cannot reach the scheduler ({exc})") from None
     with client:
-        futures = [client.submit(_task, k, _atoms_dict(a), opts, key=f"entry-{entry_name(k)}",
-                                 pure=False) for k, a in todo]
+        futures = []
+        for item in todo:
+            key, atoms_dict, record = _task_args(item)
+            futures.append(client.submit(_task, key, atoms_dict, opts, record,
+                                         key=f"entry-{entry_name(key)}", pure=False))
         for fut in as_completed(futures):
             finished(fut.result())
             fut.release()
@@ -507,7 +837,7 @@ def respectra(db: str | os.PathLike, out: str | os.PathLike, spectra: SpectraOpt
     import h5py
     from tqdm.auto import tqdm
 
-    grids, entries = read_database(db, status=None)
+    grids, entries = read_database(db, status=None, teacher_data=True)
     meta = {k: grids[k] for k in ("teacher", "code_version") if k in grids}
     meta["respectra_of"] = str(db)
     with atomic_path(out) as tmp:
