@@ -37,6 +37,10 @@ def test_train_resumes_after_kill(si_subset, tmp_path):
     # without --resume the half-finished run is protected
     assert main(["train", "--data", str(si_subset), "--preset", "tiny", "--epochs", "12",
                  "--ensemble", "2", "-o", str(out)]) == 2
+    # --resume may change the run length (here 2 epochs more), nothing else
+    assert main(["train", "--data", str(si_subset), "--preset", "tiny", "--epochs", "12",
+                 "--ensemble", "2", "--cutoff", "3.5", "-o", str(out), "--resume"]) == 2
+    cmd[cmd.index("--epochs") + 1] = "14"
     res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (out / "bundle.json").exists()
@@ -46,8 +50,9 @@ def test_train_resumes_after_kill(si_subset, tmp_path):
         assert len(logs) == 2
         col = _epoch_col(logs[1])
         rows = [line.split(",") for line in logs[1].read_text().splitlines()[1:]]
-        first_epoch_after_resume = min(int(float(r[col])) for r in rows if r[col])
-        assert first_epoch_after_resume >= 1  # continued, not restarted from epoch 0
+        epochs = [int(float(r[col])) for r in rows if r[col]]
+        assert min(epochs) >= 1  # continued, not restarted from epoch 0
+        assert max(epochs) == 13  # and went on to the new --epochs 14 (0-based epochs)
         spans.append(_last_train_span(m / "train.log"))
     # the two resumed members trained at the same time
     assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans

@@ -18,7 +18,7 @@ import yaml
 from mlff_ins.errors import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-PRESETS = ("tiny", "small", "medium")
+PRESETS = ("tiny", "small", "medium", "reference")
 # options whose value is a free mapping (their keys are the user's, not ours)
 FREE_MAPPINGS = ("e0s", "oversample")
 

@@ -518,6 +518,18 @@ def _follow_rank0(cfg: dict, out: Path, plan: dict, env: dict) -> None:
     _wait_for(sync, "done")
 
 
+#: training settings a --resume may change: how long the run goes on, not what it learns
+RUN_LENGTH = ("max_epochs", "max_minutes")
+
+
+def _fixed_settings(cfg: dict) -> dict:
+    """``cfg`` as plain JSON without the run-length settings of :data:`RUN_LENGTH`."""
+    plain = json.loads(json.dumps(cfg))
+    for key in RUN_LENGTH:
+        plain.get("training", {}).pop(key, None)
+    return plain
+
+
 def train_bundle(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
                  progress: bool = True, devices: int = 1, num_nodes: int = 1,
                  parallel_members: int = 1) -> Path | None:
@@ -582,9 +594,10 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
                              "add --resume to continue it, or choose another -o")
         if state_path.exists():
             old = json.loads(state_path.read_text())
-            if old.get("settings") != json.loads(json.dumps(cfg)):
+            if _fixed_settings(old.get("settings") or {}) != _fixed_settings(cfg):
                 raise InputError(f"{out}: --resume with different settings than the "
-                                 f"unfinished run (see {state_path})")
+                                 f"unfinished run (see {state_path}; only the run length, "
+                                 f"--epochs and --max-minutes, may change)")
             if old.get("data_sha256") != _file_sha256(Path(cfg["data"])):
                 raise InputError(f"{out}: --resume with a changed data file {cfg['data']} "
                                  "(it differs from the one the run started with)")
