@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from mlff_ins import __version__
 from mlff_ins.errors import InputError
+from mlff_ins.train.config import PRESETS
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -125,7 +127,7 @@ def _add_train(sub) -> None:
         formatter_class=_HelpFormatter)
     p.add_argument("config", nargs="?", help="training YAML (optional)")
     p.add_argument("--data", metavar="FILE", help="labelled frames with energy and forces (eV, eV/Å)")
-    p.add_argument("--preset", choices=["tiny", "small", "medium"],
+    p.add_argument("--preset", choices=list(PRESETS),
                    help="model size and training length (default small)")
     p.add_argument("--ensemble", type=int, metavar="K", help="number of members K (bootstrap + seeds)")
     p.add_argument("--elements", nargs="+", metavar="EL", help="element symbols (default: those in the data)")
@@ -134,7 +136,9 @@ def _add_train(sub) -> None:
     p.add_argument("--max-minutes", type=float, metavar="MIN", help="wall-time limit per member, minutes")
     p.add_argument("--device", metavar="DEV", help="cpu, cuda or auto")
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="bundle folder, e.g. models/si")
-    p.add_argument("--resume", action="store_true", help="continue a killed run in --output")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed run in --output; with a larger --epochs or "
+                        "--max-minutes (the only settings it may change), train longer")
     p.add_argument("--devices", type=int, default=1, metavar="N",
                    help="processes per node that train each member together (distributed data "
                         "parallel: GPUs with --device cuda, CPU processes on gloo with --device "
@@ -271,7 +275,7 @@ def _add_structure_options(p) -> None:
     """--index and --types, for the commands that read STRUCTURE with :func:`_read_structure`."""
     p.add_argument("--index", type=int, metavar="N",
                    help="frame of a multi-frame STRUCTURE file (extxyz, ASE .traj, LAMMPS "
-                        "dump, ...), 0-based, negative from the end; default -1: the last "
+                        "dump, an .h5md of mlff-ins md, ...), 0-based, negative from the end; default -1: the last "
                         "frame, as ase.io.read (for an MD trajectory, its final frame)")
     p.add_argument("--types", metavar="EL,EL,...",
                    help="LAMMPS data or dump STRUCTURE: elements of atom types 1, 2, ... "
@@ -957,14 +961,67 @@ def _add_demo(sub) -> None:
                     "print its errors on held-out frames and write the training report, then "
                     "compute the model's phonons (band plot, X-point frequencies against "
                     "experiment) and the VISION S(E) from them.",
-        epilog="example: mlff-ins demo -o demo",
+        epilog="example: mlff-ins demo -o demo\n"
+               "         mlff-ins demo --full --model mlff_ins/resources/si/reference_model "
+               "-o si-case-study",
         formatter_class=_HelpFormatter)
-    p.add_argument("-o", "--output", default="mlff-ins-demo", help="output folder")
+    p.add_argument("-o", "--output", default=None,
+                   help="output folder (default mlff-ins-demo; with --full si-case-study)")
     p.add_argument("--epochs", type=int, default=None, help="override the tiny preset's epochs")
+    full = p.add_argument_group(
+        "the case study (--full)",
+        "c-Si, a-Si (melt-quench) and a vacancy cell from a force field to VISION spectra by "
+        "phonons, MD and the direct predictor, every pair compared; report.md and metrics.json "
+        "in the output folder. Hours on 2 CPU cores at --size full (the default), minutes at "
+        "--size quick. Rerun the same command to continue a killed study.")
+    full.add_argument("--full", action="store_true", help="run the case study")
+    full.add_argument("--model", metavar="DIR|NAME",
+                      help="force field of the case study (a model bundle or a universal model "
+                           "name; default: the shipped silicon reference model)")
+    full.add_argument("--size", choices=["full", "quick"], default="full",
+                      help="cell sizes and run lengths (default full)")
+    full.add_argument("--step", metavar="NAME",
+                      help="run one of the steps that are not a CLI command (structures, "
+                           "vacancy_difference, report), as the shell script does")
+    full.add_argument("--dry-run", action="store_true",
+                      help="print the study as a shell script of mlff-ins commands, run nothing")
+    full.add_argument("--no-predictor", action="store_true",
+                      help="leave out the direct predictor's route")
     p.set_defaults(func=_run_demo)
 
 
+def _run_case_study(args) -> int:
+    from dataclasses import replace
+
+    from mlff_ins.casestudy import SIZES, default_model, plan, run_study, shell_script
+
+    size = SIZES[args.size]
+    if args.no_predictor:
+        size = replace(size, predictor=False)
+    study = plan(args.output or "si-case-study", args.model, size)
+    if args.dry_run:
+        print(shell_script(study))
+        return 0
+    study.model = args.model or default_model()
+    if args.model and not Path(args.model).exists():
+        from mlff_ins.model.universal import is_universal
+
+        if not is_universal(args.model):
+            raise InputError(f"--model {args.model}: no such model bundle folder or universal "
+                             f"model name")
+    run_study(study, only=args.step)
+    if args.step is None:
+        print(f"case study done: {study.out / 'report.md'} and {study.out / 'metrics.json'}")
+    return 0
+
+
 def _run_demo(args) -> int:
+    if args.full:
+        return _run_case_study(args)
+    for name in ("model", "step", "dry_run", "no_predictor"):
+        if getattr(args, name):
+            raise InputError(f"--{name.replace('_', '-')} applies to the case study; add --full")
+    args.output = args.output or "mlff-ins-demo"
     from mlff_ins.demo import run_demo
 
     from mlff_ins.demo import SI_EXPERIMENT_THZ, run_phonon_demo
@@ -1001,7 +1058,10 @@ def _add_database(sub) -> None:
                     "OUTPUT every --consolidate-every entries and at the end), so a killed "
                     "build loses only the entries in flight: rerun the same command to go on. "
                     "Entries with imaginary modes are kept and flagged; failures are kept with "
-                    "their reason and not retried.",
+                    "their reason and not retried. With --records FILE the teacher's work "
+                    "(relaxed cell, displacements, forces) of every entry is also added to FILE, "
+                    "a compact file to keep, and entries recorded there but missing from OUTPUT "
+                    "are rebuilt from it without the teacher.",
         epilog="example: mlff-ins database build --structures aflow,ase-bulk,dcdft,"
                "substitutions --teacher sevennet-0 -o db.h5",
         formatter_class=_HelpFormatter)
@@ -1014,6 +1074,10 @@ def _add_database(sub) -> None:
                         "chgnet), a model bundle folder or a calculator YAML "
                         "(default: sevennet-0; docs/benchmarks.md: teachers)")
     b.add_argument("-o", "--output", required=True, help="database file (HDF5)")
+    b.add_argument("--records", metavar="FILE",
+                   help="teacher records file (HDF5, created if missing): every finished entry "
+                        "is added to it, and its entries missing from OUTPUT are rebuilt from "
+                        "it first, without the teacher")
     b.add_argument("--max-atoms", type=int, default=12, metavar="N",
                    help="skip structures whose primitive cell has more atoms")
     b.add_argument("--per-prototype", type=int, default=40, metavar="N",
@@ -1057,6 +1121,18 @@ def _add_database(sub) -> None:
     r.add_argument("--e-step-2d", type=float, default=1.5, metavar="MEV",
                    help="step of the S(Q,E) energy grid (meV)")
     r.set_defaults(func=_run_database_respectra)
+    x = dsub.add_parser(
+        "records", help="export the teacher records of a database (for `build --records`)",
+        description="Add the teacher record (relaxed cell, supercell, displacements and the "
+                    "teacher's forces in float32) of every entry of DATABASE to OUTPUT, "
+                    "created if missing; entries already there are kept as they are. "
+                    "Databases written before teacher records existed hold no displacement "
+                    "data and cannot be exported.",
+        epilog="example: mlff-ins database records db.h5 -o records.h5",
+        formatter_class=_HelpFormatter)
+    x.add_argument("database", help="database file written by `database build`")
+    x.add_argument("-o", "--output", required=True, help="teacher records file (HDF5)")
+    x.set_defaults(func=_run_database_records)
     i = dsub.add_parser("info", help="count the entries, elements and flags of a database",
                         epilog="example: mlff-ins database info db.h5",
                         formatter_class=_HelpFormatter)
@@ -1080,10 +1156,27 @@ def _run_database_build(args) -> int:
     print(f"collecting the structures of {args.structures} ...", flush=True)
     summary = build_database(list(structures), args.output, opts, workers=args.workers,
                              dask=args.dask, limit=args.limit,
-                             consolidate_every=args.consolidate_every)
+                             consolidate_every=args.consolidate_every, records=args.records)
     print(f"{args.output}: {summary['entries']} entries; this run added {summary['added']} "
           f"({summary['ok']} ok, {summary['imaginary']} with imaginary modes, "
           f"{summary['failed']} failed); {summary['skipped_done']} were done before")
+    if args.records:
+        print(f"{args.records}: {summary['restored']} entries rebuilt from it without the "
+              f"teacher, {summary['added'] - summary['restored']} added to it"
+              + (f", {summary['records_exported']} earlier entries exported to it"
+                 if summary["records_exported"] else "")
+              + (f"; {summary['records_lacking']} entries of {args.output} hold no "
+                 "displacement data and have no record" if summary["records_lacking"] else ""))
+    return 0
+
+
+def _run_database_records(args) -> int:
+    from mlff_ins.predict.database import export_records
+
+    counts = export_records(args.database, args.output)
+    print(f"{args.output}: {counts['added']} records added, {counts['present']} were there"
+          + (f"; {counts['lacking']} entries hold no displacement data and were left out"
+             if counts["lacking"] else ""))
     return 0
 
 
@@ -1404,6 +1497,105 @@ def _run_thermo(args) -> int:
     return 0
 
 
+def _add_structure(sub) -> None:
+    p = sub.add_parser(
+        "structure", help="g(r), coordination and bond angles of a trajectory or structure",
+        description="Structural checks of a model, usually an amorphous one: the radial "
+                    "distribution function g(r) (total and element pairs), its first peak and "
+                    "minimum, the coordination with the fractions of 3-, 4- and 5-fold atoms, "
+                    "and the bond-angle distribution, averaged over the frames chosen. Bonds "
+                    "end at the first minimum of g(r) unless --cutoff is given. For pure Si the "
+                    "report and plot add the amorphous-Si literature values (Laaziri et al., "
+                    "PRL 82, 3460, 1999). Writes OUTPUT.json and OUTPUT.png.",
+        epilog="example: mlff-ins structure asi.h5md --stage production -o asi_structure",
+        formatter_class=_HelpFormatter)
+    p.add_argument("trajectory", help="H5MD trajectory of mlff-ins md, or any file ase.io "
+                                      "reads (extxyz, CIF, POSCAR, ...)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUT",
+                   help="output name; OUTPUT.json and OUTPUT.png are written")
+    p.add_argument("--stage", metavar="NAME",
+                   help="only the frames of this stage of a `md --protocol` trajectory")
+    p.add_argument("--start", type=int, metavar="FRAME", help="first frame (0-based; default 0)")
+    p.add_argument("--stop", type=int, metavar="FRAME",
+                   help="frame to stop before (default: the end)")
+    p.add_argument("--step", "--stride", dest="stride", type=int, default=1, metavar="N",
+                   help="use every N-th frame (default 1)")
+    p.add_argument("--r-max", type=_positive_float, metavar="A",
+                   help="g(r) range, Å (default 8, or half the cell width when that is less: "
+                        "beyond it a periodic model shows its own images)")
+    p.add_argument("--dr", type=_positive_float, default=0.02, metavar="A",
+                   help="g(r) bin, Å (default 0.02)")
+    p.add_argument("--cutoff", type=_positive_float, metavar="A",
+                   help="bond length cutoff, Å (default: the first minimum of g(r))")
+    p.set_defaults(func=_run_structure)
+
+
+def _run_structure(args) -> int:
+    from mlff_ins.analysis.structure import plot_structure, structure_report
+    from mlff_ins.atomic_io import write_text_atomic
+
+    path = Path(args.trajectory)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.suffix.lower() == ".h5md":
+        from mlff_ins.analysis.trajectory import stage_frames
+        from mlff_ins.data.h5md import frame_count, read_frame
+
+        start, stop = args.start or 0, args.stop
+        if args.stage is not None:
+            if args.start is not None or args.stop is not None:
+                raise InputError("--stage chooses the frames itself; drop --start/--stop")
+            start, stop = stage_frames(path, args.stage)
+        stop = frame_count(path) if stop is None else stop
+        chosen = range(start, stop, max(1, args.stride))
+        if not chosen:
+            raise InputError(f"{path}: no frames in {start}..{stop - 1} (--start/--stop)")
+        # frame by frame: structure needs no uniform time step (a protocol's stage ends need not
+        # fall on the frame interval)
+        frames = [read_frame(path, i) for i in chosen]
+        chosen = f"frames {start}..{stop - 1} every {max(1, args.stride)}"
+    else:
+        if args.stage is not None:
+            raise InputError(f"--stage: {path} is not an H5MD trajectory of `mlff-ins md`")
+        from ase.io import read
+
+        try:
+            frames = read(path, index=slice(args.start, args.stop, args.stride))
+        except Exception as err:  # noqa: BLE001 - ase.io raises many types
+            raise InputError(f"{path}: cannot read structures ({str(err).splitlines()[0]})") \
+                from None
+        if not frames:
+            raise InputError(f"{path}: no frames selected")
+        chosen = f"{len(frames)} frame(s)"
+    r_max = args.r_max
+    if r_max is None:
+        from mlff_ins.analysis.structure import half_cell_width
+
+        cell = frames[0].cell.array
+        r_max = min(8.0, float(np.floor(half_cell_width(cell) / args.dr) * args.dr))
+    rep = structure_report(frames, r_max=r_max, dr=args.dr, cutoff=args.cutoff)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = Path(f"{out}.json"), Path(f"{out}.png")
+    write_text_atomic(json_path, json.dumps(rep, indent=1) + "\n")
+    plot_structure(rep, png_path)
+    c, sh, ang = rep["coordination"], rep["first_shell"], rep["bond_angles"]
+    print(f"{path}: {chosen}, {rep['n_atoms']} atoms, {rep['number_density_per_A3']:.4f} "
+          f"atoms/Å³")
+    print(f"  first peak of g(r) {sh['r_peak_A']:.3f} Å, bonds up to {rep['cutoff_A']:.2f} Å "
+          f"({rep['cutoff_source']})")
+    print(f"  coordination {c['mean_coordination']:.3f}: " + ", ".join(
+        f"{n}-fold {100 * f:.1f} %" for n, f in sorted(c["distribution"].items(),
+                                                      key=lambda kv: int(kv[0]))))
+    print(f"  bond angles {ang['mean_deg']:.1f} ± {ang['std_deg']:.1f} deg")
+    if rep.get("reference"):
+        ref = rep["reference"]
+        print(f"  a-Si ({ref['source']}): first peak {ref['first_peak_A']} Å, coordination "
+              f"{ref['coordination']}, tetrahedral angle {ref['tetrahedral_angle_deg']} deg")
+    print(f"  {json_path}, {png_path}")
+    return 0
+
+
 def _add_serve(sub) -> None:
     p = sub.add_parser(
         "serve", help="local web page: upload a structure, get spectra, overlay measurements",
@@ -1499,6 +1691,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_export(sub)
     _add_thermo(sub)
+    _add_structure(sub)
     _add_serve(sub)
     return parser
 

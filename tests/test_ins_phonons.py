@@ -304,6 +304,15 @@ def test_cli_ins_from_force_sets_vision_and_direct(tmp_path, capsys):
     np.testing.assert_allclose(sp["s_e_Mg"].intensity + sp["s_e_O"].intensity,
                                sp["s_e"].intensity, rtol=1e-10, atol=1e-14)
     assert sp["s_e"].source == "phonons" and sp["s_e"].instrument == "vision"
+    # the phonon DOS beside it: 3 modes per atom (area 3 to the rectangle rule, every mode of
+    # MgO lies below the 500 meV grid end), element partials summing to it, equal areas for
+    # Mg and O (one of each per cell, every mode normalised per atom)
+    dos = sp["vdos"]
+    assert dos.kind == "vdos" and dos.source == "phonons"
+    assert dos.area() == pytest.approx(3.0, rel=1e-6)
+    np.testing.assert_allclose(sp["vdos_Mg"].intensity + sp["vdos_O"].intensity, dos.intensity,
+                               rtol=1e-12, atol=1e-14)
+    assert sp["vdos_Mg"].area() == pytest.approx(1.5, rel=1e-6)
     # the highest MgO phonon is near 75 meV: the one-phonon band ends there, overtones beyond
     e = sp["s_e"].x
     assert e[np.argmax(sp["s_e"].intensity)] < 80

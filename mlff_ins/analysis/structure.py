@@ -151,7 +151,7 @@ def _volume(frame: _Frame, n: int, what: str) -> float:
     return vol
 
 
-def _half_width(cell: np.ndarray) -> float:
+def half_cell_width(cell: np.ndarray) -> float:
     """Half the smallest distance between opposite faces of the cell (Å)."""
     vol = abs(np.linalg.det(cell))
     return 0.5 * min(vol / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3]))
@@ -262,7 +262,7 @@ def radial_distribution(frames_or_atoms, r_max: float = 8.0, dr: float = 0.02, p
     rho_sum, n_frames, first_n, species, names = 0.0, 0, 0, None, None
     for t, frame in enumerate(_frames(frames_or_atoms)):
         vol = _volume(frame, t, "g(r)")
-        half = _half_width(frame.cell)
+        half = half_cell_width(frame.cell)
         if r_max > half * (1 + 1e-12) and not beyond_half_cell:
             raise InputError(f"r_max {r_max:g} Å is more than half the smallest width of the "
                              f"cell of frame {t} ({half:.3f} Å); lower r_max or pass "
@@ -565,7 +565,15 @@ def structure_report(frames, species: Sequence[str] | None = None, r_max: float 
         pairs = [(a, b) for k, a in enumerate(sorted(species)) for b in sorted(species)[k:]]
     rdf = radial_distribution(frames, r_max=r_max, dr=dr, pairs=pairs,
                               beyond_half_cell=beyond_half_cell)
-    shell = first_peak(rdf["r_A"], rdf["g_total"])
+    try:
+        shell = first_peak(rdf["r_A"], rdf["g_total"])
+    except InputError:
+        if cutoff is None:
+            raise
+        # a cell too small to show the first minimum: the cutoff was given, keep the peak
+        k = int(np.argmax(rdf["g_total"]))
+        shell = FirstShell(float(rdf["r_A"][k]), float(rdf["g_total"][k]), float("nan"),
+                           float("nan"))
     if cutoff is None:
         cut, source = shell.r_min_A, "first minimum of g(r)"
     else:

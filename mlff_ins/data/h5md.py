@@ -388,3 +388,38 @@ def parse_settings(raw) -> dict:
 def read_forces(f, frame: int) -> np.ndarray:
     """Forces (eV/Å) of one frame from an open h5py file written by :class:`H5MDWriter`."""
     return f[GROUP]["force/value"][frame] / KJ_PER_MOL_PER_EV
+
+
+def frame_count(path: str | Path) -> int:
+    """Complete frames of an mlff-ins H5MD trajectory."""
+    with open_h5md(path) as f:
+        if GROUP not in f:
+            raise InputError(f"{path}: not an mlff-ins H5MD trajectory (no /{GROUP})")
+        n = complete_frames(f)
+        return int(f[GROUP]["position/value"].shape[0] if n is None else n)
+
+
+def read_frame(path: str | Path, index: int = -1):
+    """One frame of an mlff-ins H5MD trajectory as ASE ``Atoms`` (positions, cell, periodic,
+    the masses the run used; ``info`` names the file, frame, step and time). ``index`` is
+    0-based, negative from the end; frames the writer had not finished do not count."""
+    from ase import Atoms
+
+    path = Path(path)
+    with open_h5md(path) as f:
+        if GROUP not in f:
+            raise InputError(f"{path}: not an mlff-ins H5MD trajectory (no /{GROUP})")
+        g = f[GROUP]
+        n = complete_frames(f)
+        n = int(g["position/value"].shape[0] if n is None else n)
+        if not -n <= index < n:
+            raise InputError(f"--index {index}: {path} has {n} complete frame"
+                             f"{'s' if n != 1 else ''}" + (f" (0..{n - 1})" if n else ""))
+        i = index % n
+        atoms = Atoms(numbers=g["species"][()], positions=g["position/value"][i],
+                      cell=g["box/edges/value"][i], pbc=True)
+        if "mass" in g:
+            atoms.set_masses(g["mass"][()])
+        atoms.info.update(source=str(path), source_frame=i, step=int(g["position/step"][i]),
+                          time_fs=float(g["position/time"][i]))
+    return atoms

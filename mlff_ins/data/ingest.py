@@ -40,7 +40,7 @@ def read_structure(path: str | os.PathLike, *, index: int | None = None,
     Parameters
     ----------
     path : CIF, POSCAR, extxyz, ASE trajectory, LAMMPS data or dump, ... (format from the name,
-        LAMMPS files from their content).
+        LAMMPS files from their content), or an H5MD trajectory of ``mlff-ins md`` (``.h5md``).
     index : frame of a multi-frame file, 0-based, negative from the end; default -1, the last
         frame (``ase.io.read``'s default: for an MD trajectory, its final frame).
     types : elements of LAMMPS atom types 1, 2, ... (LAMMPS data and dump files only). Without
@@ -64,6 +64,11 @@ def read_structure(path: str | os.PathLike, *, index: int | None = None,
         raise InputError(f"{path}: a folder, not a structure file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file, no structure in it")
+    if path.suffix.lower() == ".h5md":           # a trajectory of `mlff-ins md`
+        if types is not None:
+            raise InputError(f"--types: {path} is an H5MD trajectory, which names its elements")
+        from mlff_ins.data.h5md import read_frame
+        return read_frame(path, -1 if index is None else index)
     fmt = _lammps_format(path)
     kwargs: dict = {}
     if types is not None:

@@ -2,7 +2,9 @@
 
 Indirect geometry (VISION, TOSCA): S(E) per bank along the bank's kinematic line, incoherent
 approximation with σ_total, orders 1..N, the instrument's resolution; ``s_e`` is the mean of the
-two banks, ``s_e_<angle>`` each bank, ``s_e_<El>`` element partials (bank mean).
+two banks, ``s_e_<angle>`` each bank, ``s_e_<El>`` element partials (bank mean); with them the
+phonon DOS ``vdos`` and ``vdos_<El>`` on the same energy grid (per atom, area 3), the phonon
+route's counterpart of the MD VDOS for ``mlff-ins compare --kind vdos``.
 Direct geometry / ``two_d``: powder S(Q,E) on a (Q, E) grid: ``sqe_coh`` = coherent one-phonon
 (Q directions on spheres) + coherent multiphonon (orders ≥ 2 in the incoherent approximation with
 σ_coh), ``sqe_inc`` = σ_inc, all orders; ``sqe`` their sum; with ``ei_meV`` the kinematic mask and
@@ -24,7 +26,7 @@ from mlff_ins.neutron.resolution import CHOPPER_INSTRUMENTS, constant_fwhm, dire
 from mlff_ins.neutron.kinematics import kinematic_mask
 from mlff_ins.neutron.scattering_lengths import (b_coh_fm, mass_amu, sigma_coh_barn,
                                                  sigma_inc_barn, sigma_total_barn)
-from mlff_ins.neutron.spectrum import Spectrum2D
+from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D
 
 
 @dataclass
@@ -121,6 +123,7 @@ def ins_from_phonons(pset, opts: InsOptions, meta: dict | None = None) -> dict:
         raise InputError(f"--instrument {opts.instrument}: not an instrument mlff-ins knows")
     resolution = None if indirect else _direct_resolution(opts)  # bad settings fail first
     per_member = []
+    dos_members = []
     axes = None
     sites = site_table(pset.members[0], opts.isotopes)
     u2 = []
@@ -132,6 +135,7 @@ def ins_from_phonons(pset, opts: InsOptions, meta: dict | None = None) -> dict:
             e1, one = indirect_arrays(modes, sites, opts)
             res.update(one)
             axes = (e1, axes[1] if axes else None, axes[2] if axes else None)
+            dos_members.append(phonon_dos(modes, sites, e1))
         if opts.two_d or not indirect:
             q, e2, two = two_d_arrays(modes, sites, opts)
             res.update(two)
@@ -164,4 +168,25 @@ def ins_from_phonons(pset, opts: InsOptions, meta: dict | None = None) -> dict:
         spectra.update(s_e_spectra(axes[0], s_e_mean, get_instrument(opts.instrument), s_e_std,
                                    temperature_K=opts.temperature_K, source="phonons",
                                    provenance=prov))
+    for name in (dos_members[0] if dos_members else {}):
+        stack = np.array([m[name] for m in dos_members])
+        spectra[name] = Spectrum1D(
+            kind="vdos", x=axes[0], intensity=stack.mean(axis=0),
+            intensity_std=stack.std(axis=0) if len(stack) > 1 else None, units="1/meV",
+            element=name[5:], temperature_K=opts.temperature_K, source="phonons",
+            provenance={**prov, "note": "phonon DOS per atom, area 3 (element partials: per "
+                                        "atom of the cell, summing to the total); modes "
+                                        "binned to the grid, no broadening"})
     return spectra
+
+
+def phonon_dos(modes: ModeSet, sites, energy) -> dict:
+    """{"vdos": total, "vdos_El": partial} phonon DOS on ``energy`` per atom of the cell (area 3
+    in all, the convention of the MD route's ``vdos``): the atom-projected DOS of the modes."""
+    site = modes.site_dos(energy)                       # (n, E), area 1 per atom
+    symbols = list(sites["symbols"])
+    n = len(symbols)
+    out = {"vdos": 3.0 * site.sum(axis=0) / n}
+    for el in dict.fromkeys(symbols):
+        out[f"vdos_{el}"] = 3.0 * site[[s == el for s in symbols]].sum(axis=0) / n
+    return out

@@ -19,11 +19,9 @@ from mlff_ins.errors import InputError
 
 def select_uncertain(trajectory: str | Path, top: int, output: str | Path,
                      min_gap: int | None = None) -> list[int]:
-    from ase import Atoms
-    from ase.data import chemical_symbols
     from ase.io import write
 
-    from mlff_ins.data.h5md import GROUP, complete_frames, open_h5md
+    from mlff_ins.data.h5md import GROUP, complete_frames, open_h5md, read_frame
 
     trajectory = Path(trajectory)
     if top < 1:
@@ -47,16 +45,11 @@ def select_uncertain(trajectory: str | Path, top: int, output: str | Path,
                 chosen.append(int(i))
             if len(chosen) == top:
                 break
-        g = f[GROUP]
-        symbols = [chemical_symbols[int(z)] for z in g["species"][()]]
-        frames = []
-        for i in chosen:
-            a = Atoms(symbols, positions=g["position/value"][i], cell=g["box/edges/value"][i],
-                      pbc=True)
-            a.info.update(source=str(trajectory), source_frame=i,
-                          step=int(g["position/step"][i]), time_fs=float(g["position/time"][i]),
-                          max_force_std=float(std[i]))
-            frames.append(a)
+    frames = []
+    for i in chosen:
+        a = read_frame(trajectory, i)
+        a.info["max_force_std"] = float(std[i])
+        frames.append(a)
     with atomic_path(output) as tmp:
         write(tmp, frames, format="extxyz")
     return chosen

@@ -1,0 +1,489 @@
+"""The silicon case study, ``mlff-ins demo --full``: crystalline, amorphous and vacancy silicon
+from a force field to VISION spectra by three routes (phonons, MD, the direct predictor), every
+pair of routes compared with ``mlff-ins compare``.
+
+The pipeline is a list of :class:`Step` s. Almost every step is one command of this package's
+CLI, run in-process exactly as a user would type it; ``mlff-ins demo --full --dry-run`` prints
+them as a shell script (kept as ``examples/si_case_study.sh``, which a test keeps equal to it).
+The few steps that are not a CLI command (relaxing the starting crystal and writing the MD
+protocols, the vacancy's difference spectrum, the report) are functions of this module, reached
+from the shell as ``mlff-ins demo --full --step NAME``.
+
+Resuming: every output is written atomically by the command that makes it, so a step whose
+outputs all exist is done and is skipped; MD steps always run with ``--resume`` once their
+trajectory exists (a finished protocol returns at once, a killed one goes on). A killed study
+therefore continues where it stopped when the same command is rerun.
+
+Physics choices, stated once:
+
+* c-Si and the vacancy cell: MD equilibrated at 300 K under the Bussi thermostat, then NVE
+  production (no thermostat acting on the dynamics whose spectrum is taken). The MD route's
+  VISION S(E) comes from the classical VDOS through the same incoherent approximation as the
+  phonon route (quantum Bose and Debye-Waller factors at 300 K: the harmonic quantum
+  correction), and S(Q,E) with the harmonic correction (``spectra``'s default); compared with
+  phonons at the same 300 K (``mlff-ins ins -T 300``).
+* a-Si: melt-quench of the crystal with the model (heat, melt at 2500 K, quench at
+  ``quench_K_per_ps``, NPT anneal at 0 GPa, NVT equilibration, NVE production), the same spectra
+  from the production stage, and phonons of the final frame relaxed with the model (P1, the
+  whole cell as its own supercell, so the Gamma point of the cell is the only commensurate one).
+* vacancy: the 3x3x3 diamond supercell less one atom, phonons of the relaxed cell and of the
+  perfect 216-atom cell on the same footing (each cell its own supercell), and their difference
+  per atom: the defect's local modes.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlff_ins.atomic_io import write_text_atomic
+from mlff_ins.errors import InputError
+
+STRUCTURES = ("c-Si", "a-Si", "vacancy")
+REFERENCE_MODEL = Path(__file__).resolve().parent / "resources" / "si" / "reference_model"
+SI_A0_GUESS = 5.43          # Å, starting lattice constant before relaxing with the model
+
+
+@dataclass(frozen=True)
+class StudySize:
+    """Cell sizes and run lengths of one version of the study (``--size``)."""
+
+    name: str
+    crystal_cells: int         # c-Si MD cell: n x n x n conventional cells of 8 atoms
+    phonon_cells: int          # c-Si phonons: n x n x n conventional supercell
+    defect_cells: int          # vacancy cell (and its perfect reference): n^3 cells less one atom
+    amorphous_cells: int       # a-Si: melt-quench of n^3 conventional cells
+    dt_fs: float
+    every: int                 # MD steps between stored frames
+    equilibrate_ps: float
+    production_ps: float
+    heat_K_per_ps: float
+    melt_ps: float
+    quench_K_per_ps: float
+    anneal_ps: float
+    melt_K: float = 2500.0
+    temperature_K: float = 300.0
+    predictor: bool = True
+    bond_cutoff_A: float | None = None   # a-Si bonds; None: the first minimum of g(r)
+
+    @property
+    def n_crystal(self) -> int:
+        return 8 * self.crystal_cells ** 3
+
+
+SIZES = {
+    # the issue's case study: 512-atom c-Si and a-Si, 215-atom vacancy cell, 20 ps production
+    "full": StudySize("full", crystal_cells=4, phonon_cells=3, defect_cells=3, amorphous_cells=4,
+                      dt_fs=2.0, every=5, equilibrate_ps=2.0, production_ps=20.0,
+                      heat_K_per_ps=1000.0, melt_ps=5.0, quench_K_per_ps=100.0, anneal_ps=5.0),
+    # every step on 64-atom cells and picosecond runs: minutes, for tests and a first look
+    "quick": StudySize("quick", crystal_cells=2, phonon_cells=2, defect_cells=2,
+                       amorphous_cells=2, dt_fs=2.0, every=5, equilibrate_ps=0.2,
+                       production_ps=1.0, heat_K_per_ps=20000.0, melt_ps=0.4,
+                       quench_K_per_ps=5000.0, anneal_ps=0.2),
+}
+
+
+@dataclass
+class Step:
+    """One step: a CLI command (``argv``) or a function of this module (``func``)."""
+
+    name: str
+    structure: str                  # c-Si, a-Si, vacancy or "" (shared)
+    outputs: list[str]              # paths relative to the study folder
+    argv: list[str] | None = None   # paths in it are relative to the study folder
+    func: str | None = None
+    resume: bool = False            # MD: add --resume once the trajectory exists
+    note: str = ""
+
+
+@dataclass
+class Study:
+    out: Path
+    model: str | None              # None: the shipped reference model
+    size: StudySize
+    steps: list[Step] = field(default_factory=list)
+
+
+def default_model() -> str:
+    """The shipped silicon reference ensemble."""
+    if not (REFERENCE_MODEL / "bundle.json").is_file():
+        raise InputError(f"{REFERENCE_MODEL}: the shipped reference model is missing (it is "
+                         f"made by scripts/train_si_reference.sh); give --model")
+    return str(REFERENCE_MODEL)
+
+
+# ------------------------------------------------------------------------------------ the plan
+
+def _md(trajectory: str, structure: str, protocol: str, size: StudySize) -> list[str]:
+    return ["md", structure, "--model", "{model}", "--protocol", protocol,
+            "-T", f"{size.temperature_K:g}", "--seed", "1", "-o", trajectory]
+
+
+def _spectra_md(trajectory: str, output: str, size: StudySize, sqe: bool = False) -> list[str]:
+    argv = ["spectra", trajectory, "--stage", "production", "--vdos", "--instrument", "vision",
+            "-T", f"{size.temperature_K:g}", "--e-max", "100", "-o", output, "--plot"]
+    if sqe:
+        argv[4:4] = ["--sqe", "--q-max", "8"]
+    return argv
+
+
+def _ins(phonons: str, output: str, size: StudySize, two_d: bool = False) -> list[str]:
+    argv = ["ins", phonons, "--instrument", "vision", "-T", f"{size.temperature_K:g}",
+            "--e-max", "100", "-o", output, "--plot"]
+    if two_d:
+        argv[2:2] = ["--2d", "--q-max", "8"]
+    return argv
+
+
+def _compare(structure: str, d: str, inputs: list[str], kind: str) -> Step:
+    folder = f"{d}/compare_{kind}"
+    labels = [s.split("/")[-1].split(".")[0].replace("ins_", "").replace("predict", "predictor")
+              for s in inputs]
+    return Step(f"{structure}: compare {kind}", structure, [f"{folder}/metrics.json"],
+                ["compare", *inputs, "--kind", kind,
+                 *[w for label in labels for w in ("--label", label)], "-o", folder])
+
+
+def plan(out: str | Path, model: str | None, size: StudySize) -> Study:
+    """Every step of the study, in order (``model`` None: the shipped reference model)."""
+    s = size
+    n_c, n_d, n_a = s.crystal_cells, s.defect_cells, s.amorphous_cells
+    conv = "structures/si_conventional.xyz"
+    crystal = f"structures/c-si_{8 * n_c ** 3}.xyz"
+    perfect = f"structures/c-si_{8 * n_d ** 3}.xyz"
+    vacancy = f"structures/vacancy_{8 * n_d ** 3 - 1}.xyz"
+    amorphous_start = f"structures/c-si_{8 * n_a ** 3}.xyz"
+    steps = [
+        Step("structures", "", [conv, "protocols/crystal.yaml", "protocols/melt_quench.yaml"],
+             func="structures",
+             note="relax the diamond cell with the model; write the MD protocols"),
+    ]
+    for n in sorted({n_c, n_d, n_a}):
+        steps.append(Step(f"build {8 * n ** 3}-atom crystal", "", [f"structures/c-si_{8 * n ** 3}.xyz"],
+                          ["build", conv, "--supercell", str(n), str(n), str(n),
+                           "-o", f"structures/c-si_{8 * n ** 3}.xyz"]))
+    steps.append(Step("build vacancy cell", "", [vacancy],
+                      ["build", conv, "--supercell", str(n_d), str(n_d), str(n_d),
+                       "--vacancies", "1", "--seed", "0", "-o", vacancy]))
+    p = str(s.phonon_cells)
+    # c-Si
+    steps += [
+        Step("c-Si: phonons", "c-Si", ["c-si/phonons.h5"],
+             ["phonons", conv, "--model", "{model}", "--supercell", p, p, p,
+              "-o", "c-si/phonons.h5", "--plot"]),
+        Step("c-Si: INS from phonons", "c-Si", ["c-si/ins_phonons.h5"],
+             _ins("c-si/phonons.h5", "c-si/ins_phonons.h5", s, two_d=True)),
+        Step("c-Si: MD", "c-Si", [], _md("c-si/md.h5md", crystal, "protocols/crystal.yaml", s),
+             resume=True),
+        Step("c-Si: spectra from MD", "c-Si", ["c-si/ins_md.h5"],
+             _spectra_md("c-si/md.h5md", "c-si/ins_md.h5", s, sqe=True)),
+    ]
+    # a-Si
+    steps += [
+        Step("a-Si: melt-quench MD", "a-Si", [],
+             _md("a-si/md.h5md", amorphous_start, "protocols/melt_quench.yaml", s), resume=True),
+        Step("a-Si: structure", "a-Si", ["a-si/structure.json"],
+             ["structure", "a-si/md.h5md", "--stage", "production", "-o", "a-si/structure"]
+             + (["--cutoff", f"{s.bond_cutoff_A:g}"] if s.bond_cutoff_A else [])),
+        Step("a-Si: spectra from MD", "a-Si", ["a-si/ins_md.h5"],
+             _spectra_md("a-si/md.h5md", "a-si/ins_md.h5", s)),
+        Step("a-Si: phonons of the quenched cell", "a-Si", ["a-si/phonons.h5"],
+             ["phonons", "a-si/md.h5md", "--model", "{model}", "--relax", "--supercell",
+              "1", "1", "1", "-o", "a-si/phonons.h5", "--plot"]),
+        Step("a-Si: INS from phonons", "a-Si", ["a-si/ins_phonons.h5"],
+             _ins("a-si/phonons.h5", "a-si/ins_phonons.h5", s)),
+    ]
+    # vacancy
+    steps += [
+        Step("vacancy: phonons", "vacancy", ["vacancy/phonons.h5"],
+             ["phonons", vacancy, "--model", "{model}", "--relax", "--supercell", "1", "1", "1",
+              "-o", "vacancy/phonons.h5"]),
+        Step("vacancy: INS from phonons", "vacancy", ["vacancy/ins_phonons.h5"],
+             _ins("vacancy/phonons.h5", "vacancy/ins_phonons.h5", s)),
+        Step("vacancy: phonons of the perfect cell", "vacancy", ["vacancy/perfect_phonons.h5"],
+             ["phonons", perfect, "--model", "{model}", "--supercell", "1", "1", "1",
+              "-o", "vacancy/perfect_phonons.h5"]),
+        Step("vacancy: INS of the perfect cell", "vacancy", ["vacancy/perfect_ins_phonons.h5"],
+             _ins("vacancy/perfect_phonons.h5", "vacancy/perfect_ins_phonons.h5", s)),
+        Step("vacancy: MD", "vacancy", [],
+             _md("vacancy/md.h5md", vacancy, "protocols/crystal.yaml", s), resume=True),
+        Step("vacancy: spectra from MD", "vacancy", ["vacancy/ins_md.h5"],
+             _spectra_md("vacancy/md.h5md", "vacancy/ins_md.h5", s)),
+        Step("vacancy: difference from the perfect crystal", "vacancy",
+             ["vacancy/difference.h5"], func="vacancy_difference"),
+    ]
+    # the direct predictor, then the comparisons
+    sources = {"c-Si": ("c-si", conv), "a-Si": ("a-si", "a-si/md.h5md"),
+               "vacancy": ("vacancy", vacancy)}
+    for name, (d, struct) in sources.items():
+        if s.predictor:
+            steps.append(Step(f"{name}: direct predictor", name, [f"{d}/predict.h5"],
+                              ["predict", struct, "--instrument", "vision",
+                               "-T", f"{s.temperature_K:g}", "-o", f"{d}/predict.h5",
+                               "--plot"]))
+        routes = [f"{d}/ins_md.h5", f"{d}/ins_phonons.h5"] + (
+            [f"{d}/predict.h5"] if s.predictor else [])
+        steps.append(_compare(name, d, routes, "s_e"))
+        steps.append(_compare(name, d, [f"{d}/ins_md.h5", f"{d}/ins_phonons.h5"], "vdos"))
+    steps.append(Step("report", "", ["report.md", "metrics.json"], func="report"))
+    return Study(Path(out), None if model is None else str(model), size, steps)
+
+
+# ---------------------------------------------------------------------------- running the plan
+
+def _argv(step: Step, study: Study) -> list[str]:
+    """The command line with the study folder and model filled in."""
+    out = []
+    for a in step.argv:
+        if a == "{model}":
+            out.append(study.model)
+        elif a.startswith(("structures/", "protocols/", "c-si/", "a-si/", "vacancy/")):
+            out.append(str(study.out / a))
+        else:
+            out.append(a)
+    return out
+
+
+def _done(step: Step, study: Study) -> bool:
+    return bool(step.outputs) and all((study.out / o).exists() for o in step.outputs)
+
+
+def run_study(study: Study, *, only: str | None = None, log=print) -> dict:
+    """Run (or resume) the study; returns {step name: seconds} of the steps that ran.
+
+    ``only``: run just the function step of that name (``mlff-ins demo --full --step NAME``).
+    """
+    from mlff_ins.cli import main as cli_main
+
+    if only is not None:
+        names = [st.func for st in study.steps if st.func]
+        if only not in names:
+            raise InputError(f"--step {only}: not a step of the study (choose from "
+                             f"{', '.join(names)})")
+    if study.model is None:
+        study.model = default_model()
+    study.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(study.out / "study.json", json.dumps(
+        {"model": study.model, "size": asdict(study.size)}, indent=1) + "\n")
+    timings = _read_timings(study.out)
+    for i, step in enumerate(study.steps, 1):
+        if only is not None and step.func != only:
+            continue
+        if only is None and _done(step, study):
+            log(f"[{i}/{len(study.steps)}] {step.name}: done")
+            continue
+        log(f"[{i}/{len(study.steps)}] {step.name}")
+        t0 = time.perf_counter()
+        if step.func:
+            FUNCTIONS[step.func](study)
+        else:
+            argv = _argv(step, study)
+            if step.resume and Path(argv[argv.index("-o") + 1]).exists():
+                argv.append("--resume")
+            log("  $ mlff-ins " + shlex.join(argv))
+            try:
+                rc = cli_main(argv)
+            except SystemExit as exc:         # argparse refused the command line
+                rc = exc.code
+            if rc not in (0, None):
+                raise InputError(f"step '{step.name}' failed (mlff-ins {argv[0]} exit status "
+                                 f"{rc}); fix the cause and rerun to continue from this step")
+        timings[step.name] = time.perf_counter() - t0
+        write_text_atomic(study.out / "timings.json", json.dumps(timings, indent=1) + "\n")
+    return timings
+
+
+def _read_timings(out: Path) -> dict:
+    path = out / "timings.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def shell_script(study: Study) -> str:
+    """The study as a shell script of mlff-ins commands (``--dry-run``)."""
+    s = study.size
+    lines = [
+        "#!/usr/bin/env bash",
+        "# The silicon case study: c-Si, a-Si and a vacancy cell, from the reference force field",
+        "# to VISION spectra by phonons, MD and the direct predictor, each pair compared.",
+        f"# Written by `mlff-ins demo --full{'' if s.name == 'full' else ' --size ' + s.name}"
+        f"{'' if s.predictor else ' --no-predictor'} --dry-run`; `mlff-ins demo --full` runs "
+        "the same steps",
+        "# (and skips those already done). Run from anywhere; OUT and MODEL may be overridden.",
+        "set -euo pipefail",
+        f'OUT=${{OUT:-{study.out}}}',
+        'MODEL=${MODEL:-' + (shlex.quote(study.model) if study.model else
+                             '$(python -c "import mlff_ins.casestudy as c; '
+                             'print(c.REFERENCE_MODEL)")') + '}',
+        "",
+    ]
+    for step in study.steps:
+        lines.append(f"# {step.name}" + (f": {step.note}" if step.note else ""))
+        if step.func:
+            lines.append(f'mlff-ins demo --full --size {s.name} --model "$MODEL" '
+                         f'--step {step.func} -o "$OUT"')
+        else:
+            words = []
+            for a in step.argv:
+                if a == "{model}":
+                    words.append('"$MODEL"')
+                elif a.startswith(("structures/", "protocols/", "c-si/", "a-si/", "vacancy/")):
+                    words.append(f'"$OUT/{a}"')
+                else:
+                    words.append(shlex.quote(a))
+            cmd = "mlff-ins " + " ".join(words)
+            if step.resume:
+                out = f'"$OUT/{step.argv[step.argv.index("-o") + 1]}"'
+                cmd += f' $([ -e {out} ] && echo --resume)'
+            lines.append(cmd)
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- the function steps
+
+def _protocols(size: StudySize) -> dict:
+    s = size
+    equilibrate = {"name": "equilibrate", "ensemble": "nvt", "thermostat": "bussi",
+                   "T": s.temperature_K, "ps": s.equilibrate_ps}
+    production = {"name": "production", "ensemble": "nve", "ps": s.production_ps}
+    crystal = {"dt_fs": s.dt_fs, "every": s.every, "stages": [equilibrate, production]}
+    melt = {"dt_fs": s.dt_fs, "every": s.every, "stages": [
+        {"name": "heat", "ensemble": "nvt", "T_start": s.temperature_K, "T_end": s.melt_K,
+         "rate_K_per_ps": s.heat_K_per_ps},
+        {"name": "melt", "ensemble": "nvt", "T": s.melt_K, "ps": s.melt_ps},
+        {"name": "quench", "ensemble": "nvt", "T_start": s.melt_K, "T_end": s.temperature_K,
+         "rate_K_per_ps": s.quench_K_per_ps},
+        {"name": "anneal", "ensemble": "npt", "T": s.temperature_K, "P_GPa": 0.0,
+         "ps": s.anneal_ps},
+        equilibrate, production]}
+    return {"crystal": crystal, "melt_quench": melt}
+
+
+def structures(study: Study) -> None:
+    """Relax the 8-atom diamond cell with the model (cell and positions, symmetry kept) and write
+    it with the MD protocols of this size."""
+    import yaml
+    from ase.build import bulk
+    from ase.io import write
+
+    from mlff_ins.atomic_io import atomic_path
+    from mlff_ins.model.calculator import load_calculator
+    from mlff_ins.phonons.finite_displacement import relax
+
+    out = study.out
+    (out / "structures").mkdir(parents=True, exist_ok=True)
+    (out / "protocols").mkdir(parents=True, exist_ok=True)
+    for name, proto in _protocols(study.size).items():
+        header = (f"# {name} protocol of the case study (size {study.size.name}), written by "
+                  f"mlff-ins demo --full\n")
+        write_text_atomic(out / "protocols" / f"{name}.yaml",
+                          header + yaml.safe_dump(proto, sort_keys=False))
+    calc = load_calculator(study.model)
+    si = bulk("Si", "diamond", a=SI_A0_GUESS, cubic=True)
+    si = relax(si, calc, fmax=1e-4)
+    si.calc = None
+    si.info["note"] = f"diamond Si relaxed with {study.model}"
+    with atomic_path(out / "structures" / "si_conventional.xyz") as tmp:
+        write(tmp, si, format="extxyz")
+    print(f"  relaxed lattice constant {si.cell.lengths()[0]:.4f} Å (experiment 5.431 Å)")
+
+
+def _s_e(path: Path):
+    from mlff_ins.neutron.spectrum import read_spectra
+
+    sp = read_spectra(path)
+    if "s_e" not in sp:
+        raise InputError(f"{path}: no s_e group")
+    return sp["s_e"]
+
+
+def vacancy_difference(study: Study) -> None:
+    """S(E) of the vacancy cell minus that of the perfect crystal, per atom, for the phonon route
+    (both cells as their own supercells) and the MD route (vacancy MD against c-Si MD); written
+    to vacancy/difference.h5 and .png."""
+    from mlff_ins.neutron.spectrum import Spectrum1D, write_spectra
+
+    out = study.out
+    pairs = {"phonons": ("vacancy/ins_phonons.h5", "vacancy/perfect_ins_phonons.h5"),
+             "md": ("vacancy/ins_md.h5", "c-si/ins_md.h5")}
+    result = {}
+    for route, (defect, perfect) in pairs.items():
+        a, b = _s_e(out / defect), _s_e(out / perfect)
+        grid = a.x
+        other = np.interp(grid, b.x, b.intensity, left=0.0, right=0.0)
+        # S(E) files are per atom of the cell: the difference is per atom too
+        result[f"difference_{route}"] = Spectrum1D(
+            kind="s_e", x=grid, intensity=a.intensity - other, units=a.units,
+            temperature_K=a.temperature_K, instrument=a.instrument, source=a.source,
+            provenance={**a.provenance,
+                        "note": f"vacancy minus perfect crystal ({route} route), per atom"})
+    write_spectra(out / "vacancy" / "difference.h5", result)
+    _plot_difference(out, pairs, result)
+
+
+def _plot_difference(out: Path, pairs: dict, result: dict) -> None:
+    from matplotlib.figure import Figure
+
+    from mlff_ins.atomic_io import atomic_path
+
+    fig = Figure(figsize=(8, 6))
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for k, (route, (defect, perfect)) in enumerate(pairs.items()):
+        a, b = _s_e(out / defect), _s_e(out / perfect)
+        top.plot(a.x, a.intensity, color=f"C{k}", lw=1, label=f"vacancy ({route})")
+        top.plot(b.x, b.intensity, color=f"C{k}", lw=1, ls=":",
+                 label=f"perfect ({route})")
+        d = result[f"difference_{route}"]
+        bottom.plot(d.x, d.intensity, color=f"C{k}", lw=1, label=route)
+    bottom.axhline(0, color="0.6", lw=0.6)
+    top.set_ylabel("VISION S(E), per atom")
+    bottom.set_ylabel("vacancy − perfect")
+    bottom.set_xlabel("energy transfer (meV)")
+    top.set_xlim(0, 80)
+    top.legend(fontsize=8)
+    bottom.legend(fontsize=8)
+    top.set_title("Si vacancy: the defect's modes")
+    fig.tight_layout()
+    with atomic_path(out / "vacancy" / "difference.png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+
+
+def _records(study: Study) -> list[dict]:
+    """metrics.json records {structure, a, b, kind, mse, cosine, wasserstein_meV,
+    peak_shift_meV} exactly as `mlff-ins compare` computed them."""
+    recs = []
+    for step in study.steps:
+        if not step.argv or step.argv[0] != "compare":
+            continue
+        path = study.out / step.outputs[0]
+        if not path.exists():
+            continue
+        doc = json.loads(path.read_text())
+        kind = step.argv[step.argv.index("--kind") + 1]
+        for pair in doc.get("pairs", []):
+            shifts = (pair.get("peaks") or {}).get("shifts_meV") or []
+            recs.append({"structure": step.structure, "a": pair["a"], "b": pair["b"],
+                         "kind": kind, "mse": pair.get("mse"), "cosine": pair.get("cosine"),
+                         "wasserstein_meV": pair.get("wasserstein_meV"),
+                         # the largest |shift| of the matched peaks (all of them below)
+                         "peak_shift_meV": max((abs(x) for x in shifts), default=None),
+                         "peak_shifts_meV": shifts})
+    return recs
+
+
+def report(study: Study) -> None:
+    """metrics.json and report.md from the outputs of the other steps."""
+    from mlff_ins.casestudy_report import write_report
+
+    write_text_atomic(study.out / "metrics.json", json.dumps(_records(study), indent=1) + "\n")
+    write_report(study, _records(study), _read_timings(study.out))
+
+
+FUNCTIONS = {"structures": structures, "vacancy_difference": vacancy_difference,
+             "report": report}

@@ -1,0 +1,96 @@
+"""The silicon case study pipeline (`mlff-ins demo --full`): the shell script in examples/ is
+the plan, and the whole plan runs end to end and resumes, on cells and runs small enough for a
+test (the physics targets are checked by the real study, docs/case-study/)."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlff_ins.casestudy import SIZES, plan, run_study, shell_script
+from mlff_ins.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# 8-atom cells (7 with the vacancy) and runs of a few dozen steps: the machinery, not the physics;
+# every stage a whole number of frame intervals (10 fs), as the spectra's time grid needs, and a
+# production long enough (0.4 ps: 20 meV bins) for the spectra to share a few energy points
+SMOKE = replace(SIZES["quick"], name="smoke", crystal_cells=1, phonon_cells=1, defect_cells=1,
+                amorphous_cells=1, equilibrate_ps=0.02, production_ps=0.4, heat_K_per_ps=45000.0,
+                melt_K=1200.0, melt_ps=0.02, quench_K_per_ps=45000.0, anneal_ps=0.02,
+                bond_cutoff_A=2.85)
+
+
+def test_examples_script_is_the_plan(capsys):
+    assert main(["demo", "--full", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert (ROOT / "examples" / "si_case_study.sh").read_text() == printed
+    # every CLI step of the plan is in it, in order
+    study = plan("si-case-study", None, SIZES["full"])
+    assert shell_script(study) + "\n" == printed
+    names = [line[2:].split(":")[0] for line in printed.splitlines()
+             if line.startswith("# ") and not line.startswith("# The") and ":" in line]
+    assert names[0] == "structures"
+
+
+def test_demo_full_options_are_refused_without_full(capsys, tmp_path):
+    assert main(["demo", "--dry-run"]) == 2
+    assert "--dry-run applies to the case study; add --full" in capsys.readouterr().err
+    assert main(["demo", "--full", "--step", "nonsense", "--model", "sevennet-0",
+                 "-o", str(tmp_path / "unused")]) == 2
+    assert "--step nonsense: not a step of the study" in capsys.readouterr().err
+    assert not (tmp_path / "unused").exists()
+
+
+def test_study_runs_end_to_end_and_resumes(tmp_path):
+    # SevenNet-0 (weights in its wheel): a model with a sensible Si minimum that stays stable
+    # in short MD, which the suite's few-epoch test model is not
+    study = plan(tmp_path / "study", "sevennet-0", SMOKE)
+    log = []
+    timings = run_study(study, log=log.append)
+    out = study.out
+    for step in study.steps:
+        for o in step.outputs:
+            assert (out / o).exists(), f"{step.name}: {o} missing"
+    # the starting cells: 8 atoms, and 7 with the vacancy
+    from ase.io import read
+    assert len(read(out / "structures" / "c-si_8.xyz")) == 8
+    assert len(read(out / "structures" / "vacancy_7.xyz")) == 7
+    # metrics.json: the records of the issue, one per pair of routes and kind, as compare wrote
+    records = json.loads((out / "metrics.json").read_text())
+    keys = {"structure", "a", "b", "kind", "mse", "cosine", "wasserstein_meV", "peak_shift_meV"}
+    assert records and all(keys <= set(r) for r in records)
+    assert {r["structure"] for r in records} == {"c-Si", "a-Si", "vacancy"}
+    pairs = {(r["structure"], r["kind"], frozenset((r["a"], r["b"]))) for r in records}
+    for s in ("c-Si", "a-Si", "vacancy"):
+        assert (s, "s_e", frozenset(("md", "phonons"))) in pairs
+        assert (s, "s_e", frozenset(("phonons", "predictor"))) in pairs
+        assert (s, "vdos", frozenset(("md", "phonons"))) in pairs
+    rec = next(r for r in records if r["structure"] == "c-Si" and r["kind"] == "s_e"
+               and {r["a"], r["b"]} == {"md", "phonons"})
+    compare = json.loads((out / "c-si" / "compare_s_e" / "metrics.json").read_text())
+    pair = next(p for p in compare["pairs"] if {p["a"], p["b"]} == {"md", "phonons"})
+    assert rec["mse"] == pair["mse"] and rec["cosine"] == pair["cosine"]
+    # the vacancy difference is the vacancy's S(E) minus the perfect cell's, per atom
+    from mlff_ins.neutron.spectrum import read_spectra
+    diff = read_spectra(out / "vacancy" / "difference.h5")["difference_phonons"]
+    vac = read_spectra(out / "vacancy" / "ins_phonons.h5")["s_e"]
+    perfect = read_spectra(out / "vacancy" / "perfect_ins_phonons.h5")["s_e"]
+    np.testing.assert_allclose(diff.intensity, vac.intensity
+                               - np.interp(vac.x, perfect.x, perfect.intensity), atol=1e-12)
+    text = (out / "report.md").read_text()
+    for heading in ("## Targets", "## c-Si", "## a-Si", "## Vacancy", "Phonon frequencies"):
+        assert heading in text
+    assert len(timings) == len(study.steps)
+    # a second run finds every step done and runs nothing but the MD steps' --resume (which
+    # return at once for a finished protocol)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.suffix in (".h5", ".json")
+              and p.name not in ("timings.json", "study.json")}
+    log2 = []
+    run_study(study, log=log2.append)
+    done = [m for m in log2 if m.endswith(": done")]
+    assert len(done) == len([s for s in study.steps if s.outputs])
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert after == before
