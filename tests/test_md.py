@@ -148,6 +148,29 @@ def test_md_trajectory_opens_as_an_mdanalysis_universe(tmp_path, capsys):
     assert len(_read(other)["step"]) == 5
 
 
+def test_a_trajectory_frame_is_a_structure(tmp_path, capsys):
+    """Any command that reads a STRUCTURE takes a frame of an `mlff-ins md` trajectory (the
+    last by default, --index N otherwise): positions and cell equal those stored; a frame that
+    is not there is refused naming the file and the frames it has."""
+    from ase.io import read
+
+    out = tmp_path / "cu.h5md"
+    assert main(["md", *_emt_args(tmp_path), "-T", "300", "--steps", "20", "--every", "5",
+                 "-o", str(out)]) == 0
+    ours = _read(out)
+    for index, frame in ((None, -1), (1, 1)):
+        built = tmp_path / f"frame{index}.xyz"
+        argv = ["build", str(out), "-o", str(built)]
+        assert main(argv + ([] if index is None else ["--index", str(index)])) == 0
+        a = read(built)
+        np.testing.assert_allclose(a.positions, ours["pos"][frame], atol=1e-5)   # float32
+        assert a.info["source_frame"] == len(ours["step"]) + frame if frame < 0 else frame
+    capsys.readouterr()
+    assert main(["build", str(out), "--index", "9", "-o", str(tmp_path / "x.xyz")]) == 2
+    err = capsys.readouterr().err
+    assert "--index 9" in err and str(out) in err and "5 complete frames" in err
+
+
 def test_md_device_auto_and_structures_it_cannot_run(tiny_bundle, tmp_path, capsys):
     """--device auto runs (on the CPU here); a structure with an element the model lacks, an
     empty file and an unreadable one end with exit status 2, one line on stderr naming the file

@@ -243,3 +243,28 @@ def test_report_is_json_and_plots(tmp_path):
     plot_structure(rep, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(png.parent.glob(".*.tmp"))
+
+
+def test_cli_structure_on_a_trajectory_stage_and_a_file(tmp_path, capsys):
+    """`mlff-ins structure`: perfect diamond written as a two-frame extxyz gives coordination 4,
+    the first peak at the bond length (within a 0.02 Å bin) and tetrahedral angles; the JSON is
+    the report of structure_report; a 64-atom cell gets r_max = half its width by default."""
+    from ase.io import write
+
+    from mlff_ins.cli import main
+
+    path = tmp_path / "si.xyz"
+    write(path, [diamond(2), diamond(2)])
+    assert main(["structure", str(path), "-o", str(tmp_path / "rep")]) == 0
+    printed = capsys.readouterr().out
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert (tmp_path / "rep.png").stat().st_size > 0
+    assert rep["n_frames"] == 2 and rep["n_atoms"] == 64
+    assert rep["coordination"]["mean_coordination"] == pytest.approx(4.0, abs=1e-12)
+    assert abs(rep["first_shell"]["r_peak_A"] - BOND) <= 0.02
+    assert rep["bond_angles"]["mean_deg"] == pytest.approx(TETRAHEDRAL_ANGLE_DEG, abs=0.5)
+    assert rep["settings"]["r_max_A"] == pytest.approx(A_SI, abs=0.02)   # half of 2a
+    assert "coordination 4.000: 4-fold 100.0 %" in printed
+    assert main(["structure", str(path), "--stage", "production", "-o",
+                 str(tmp_path / "x")]) == 2
+    assert "--stage: " in capsys.readouterr().err
