@@ -165,9 +165,9 @@ def plan(out: str | Path, model: str | None, size: StudySize) -> Study:
              note="relax the diamond cell with the model; write the MD protocols"),
     ]
     for n in sorted({n_c, n_d, n_a}):
-        steps.append(Step(f"build {8 * n ** 3}-atom crystal", "", [f"structures/c-si_{8 * n ** 3}.xyz"],
-                          ["build", conv, "--supercell", str(n), str(n), str(n),
-                           "-o", f"structures/c-si_{8 * n ** 3}.xyz"]))
+        cell = f"structures/c-si_{8 * n ** 3}.xyz"
+        steps.append(Step(f"build {8 * n ** 3}-atom crystal", "", [cell],
+                          ["build", conv, "--supercell", str(n), str(n), str(n), "-o", cell]))
     steps.append(Step("build vacancy cell", "", [vacancy],
                       ["build", conv, "--supercell", str(n_d), str(n_d), str(n_d),
                        "--vacancies", "1", "--seed", "0", "-o", vacancy]))

@@ -14,13 +14,14 @@ from mlff_ins.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# 8-atom cells (7 with the vacancy) and runs of a few dozen steps: the machinery, not the physics;
-# every stage a whole number of frame intervals (10 fs), as the spectra's time grid needs, and a
-# production long enough (0.4 ps: 20 meV bins) for the spectra to share a few energy points
+# 8-atom cells (7 with the vacancy) and runs of a hundred 4-fs steps: the machinery, not the
+# physics; every stage a whole number of frame intervals (20 fs), as the spectra's time grid
+# needs, and a production long enough (0.4 ps: 20 meV bins) for the spectra to share a few
+# energy points below the 100 meV Nyquist energy of 20-fs frames
 SMOKE = replace(SIZES["quick"], name="smoke", crystal_cells=1, phonon_cells=1, defect_cells=1,
-                amorphous_cells=1, equilibrate_ps=0.02, production_ps=0.4, heat_K_per_ps=45000.0,
-                melt_K=1200.0, melt_ps=0.02, quench_K_per_ps=45000.0, anneal_ps=0.02,
-                bond_cutoff_A=2.85)
+                amorphous_cells=1, dt_fs=4.0, equilibrate_ps=0.04, production_ps=0.4,
+                heat_K_per_ps=45000.0, melt_K=1200.0, melt_ps=0.02, quench_K_per_ps=45000.0,
+                anneal_ps=0.02, bond_cutoff_A=2.85)
 
 
 def test_examples_script_is_the_plan(capsys):

@@ -16,7 +16,7 @@ import numpy as np
 
 COMMANDS = ["demo", "label", "check", "train", "build", "md", "select", "deploy", "spectra",
             "phonons", "ins", "database", "compare", "export", "predictor",
-            "predict", "thermo", "serve"]
+            "predict", "thermo", "structure", "serve"]
 
 #: a unit as the help texts write them
 UNIT = re.compile(r"(\b(K|fs|ps|meV|eV|GPa|Hz|GiB|GB|amu|minutes|degrees|1/fs|eV/Å|eV/Å²)\b"

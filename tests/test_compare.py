@@ -139,7 +139,7 @@ def test_bad_inputs_are_one_line_errors(cu_routes, tmp_path, capsys):
     cases = [
         ([str(ph), "-o", str(tmp_path / "a")], "at least two spectra"),
         ([f"{ph}:nope", str(md), "-o", str(tmp_path / "b")], "no group nope"),
-        ([str(ph), str(md), "--kind", "vdos", "-o", str(tmp_path / "c")], "no spectrum of kind"),
+        ([str(ph), str(md), "--kind", "gdos", "-o", str(tmp_path / "c")], "no spectrum of kind"),
         ([str(ph), str(md), "--residual", "-o", str(tmp_path / "d")], "--residual needs"),
     ]
     for argv, text in cases:

@@ -146,3 +146,27 @@ def test_oversample_repeats_matching_frames_and_names_bad_patterns(tmp_path):
     cfg_file.write_text("preset: tiny\ndata: d.xyz\ntraining: {oversample: {liquid: 0.5}}\n")
     with pytest.raises(InputError, match="'liquid' needs a whole repeat count >= 1"):
         load_train_config(cfg_file)
+
+
+def test_bench_per_kind_errors_pool_to_the_training_report(tiny_bundle, capsys):
+    """`python -m mlff_ins.bench train --model DIR`: the per-kind table's pooled force and
+    energy RMSE on the bundle's test split equal the ensemble-mean errors of the bundle's own
+    metrics.json (two codes, one answer), and every frame lands in one kind."""
+    from ase.io import read
+
+    from mlff_ins.bench.train_bench import kind_of, main as bench_main, per_kind_errors
+
+    frames = read(tiny_bundle / "data" / "test.xyz", ":")
+    table = per_kind_errors(tiny_bundle, frames)
+    report = json.loads((tiny_bundle / "metrics.json").read_text())["ensemble_mean"]
+    assert table["all"]["force_rmse"] == pytest.approx(report["forces_meV_per_A"]["rmse"],
+                                                       rel=1e-6)
+    assert table["all"]["energy_rmse"] == pytest.approx(report["energy_meV_per_atom"]["rmse"],
+                                                        rel=1e-6)
+    assert sum(r["n_frames"] for k, r in table.items() if k != "all") == len(frames)
+    assert table["all"]["spread_rms"] > 0            # two members disagree somewhere
+    assert [kind_of(c) for c in ("diamond_300K", "diamond_rattled", "vacancy", "amorphous",
+                                 "liquid", "IsolatedAtom")] == \
+        ["crystal", "crystal", "vacancy", "amorphous", "liquid", "other"]
+    assert bench_main(["--model", str(tiny_bundle)]) == 0
+    assert "energy RMSE" in capsys.readouterr().out

@@ -198,7 +198,9 @@ async function uploadStructure(file) {
     state.structure = await postFile("/api/structure", file);
     state.prediction = null;
     state.comparison = null;
+    state.job = null;        // a phonon job belongs to the structure it was started for
     renderStructure();
+    renderJob();
     writeFragment();
     await refresh();
     if (state.sePlotted) {
