@@ -193,7 +193,7 @@ def entry_spectra(ph, opts: SpectraOptions) -> dict:
     element partials, VISION and TOSCA S(E) (with element partials for VISION), powder S(Q,E),
     and the lowest mesh frequency. The same engine as ``mlff-ins ins``."""
     from mlff_ins.ins.from_phonons import (InsOptions, indirect_arrays, member_modes,
-                                           site_table, two_d_arrays)
+                                           phonon_dos, site_table, two_d_arrays)
 
     ins = InsOptions(instrument="vision", temperature_K=opts.temperature_K,
                      n_phonon=opts.n_phonon, mesh=opts.mesh, e_max_meV=opts.e_max_meV,
@@ -204,23 +204,20 @@ def entry_spectra(ph, opts: SpectraOptions) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")     # soft modes are flagged below, not printed
         modes = member_modes(ph, ins, sites)
-        energy = opts.energy()
-        site_dos = modes.site_dos(energy)                              # (n, E), area 1 each
+        dos = phonon_dos(modes, sites, opts.energy())          # per atom, area 3
         _, vision = indirect_arrays(modes, sites, ins)
         ins.instrument = "tosca"
         _, tosca = indirect_arrays(modes, sites, ins)
         _, _, two = two_d_arrays(modes, sites, ins)
     elements = list(dict.fromkeys(sites["symbols"]))
-    n = len(sites["symbols"])
-    partial = np.array([3 * site_dos[[s == el for s in sites["symbols"]]].sum(axis=0) / n
-                        for el in elements])
+    partial = np.array([dos[f"vdos_{el}"] for el in elements])
     freqs = np.asarray(modes.freqs)
     gamma = np.all(np.isclose(modes.qpoints - np.rint(modes.qpoints), 0), axis=1)
     # the three acoustic modes at Γ are zero by construction; the lowest of the rest decides
     lowest = min(np.sort(freqs[gamma], axis=1)[:, 3:].min(initial=np.inf),
                  freqs[~gamma].min(initial=np.inf))
     return dict(
-        elements=elements, dos=partial.sum(axis=0), dos_partial=partial,
+        elements=elements, dos=dos["vdos"], dos_partial=partial,
         vision=vision["s_e"],
         vision_partial=np.array([vision.get(f"s_e_{el}", vision["s_e"]) for el in elements]),
         tosca=tosca["s_e"], sqe=two["sqe"].astype(np.float32),
