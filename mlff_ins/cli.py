@@ -540,6 +540,13 @@ def _check_direct_geometry(args, given: set) -> None:
     else:
         _refuse(given, ["fwhm"], "broadens maps without --ei; with --ei the resolution is the "
                                  "instrument's (or --resolution FRACTION with --instrument direct)")
+        lo, hi = args.angles
+        if not (0 <= lo <= 180 and 0 <= hi <= 180):
+            raise InputError(f"--angles {lo:g} {hi:g}: scattering angles 2θ lie from 0 to 180 "
+                             f"degrees")
+        if lo >= hi:
+            raise InputError(f"--angles {lo:g} {hi:g}: give the smallest angle 2θ first, then a "
+                             f"larger one")
 
 
 def _add_spectra(sub) -> None:

@@ -85,6 +85,10 @@ def test_h5md_input_with_nm_and_ps_units_matches_extxyz(small_traj, tmp_path):
     (["--dt", "25", "--sqe", "--q-min", "0.01", "--q-max", "0.1"], "no Q-vector of this cell"),
     (["--dt", "25", "--sqe", "--q-max", "0.1"], "--q-min 0.2 must be >= 0 and below --q-max 0.1"),
     (["--dt", "25", "--instrument", "vision", "--ei", "100"], "--ei applies to direct geometry"),
+    (["--dt", "25", "--sqe", "--ei", "80", "--angles", "100", "20"],
+     "--angles 100 20: give the smallest angle"),
+    (["--dt", "25", "--sqe", "--ei", "80", "--angles", "10", "200"],
+     "--angles 10 200: scattering angles 2θ lie from 0 to 180"),
 ])
 def test_bad_input_gives_one_line_and_keeps_old_output(small_traj, tmp_path, capsys, args, message):
     out = tmp_path / "old.h5"
