@@ -228,6 +228,13 @@ def test_records_alone_rebuild_the_database_without_the_teacher(serial_db, tmp_p
     # and once more: everything is there, nothing is rebuilt twice
     again = build_database(structures, db, _opts(), progress=False, records=records)
     assert again["added"] == 0 and again["skipped_done"] == 6 and calls == []
+    # one records file holds one teacher's work: another teacher is refused before any work
+    from dataclasses import replace
+
+    with pytest.raises(InputError, match="records made with the teacher calculator"):
+        build_database(structures, tmp_path / "db2.h5", replace(_opts(), teacher="sevennet-0"),
+                       progress=False, records=records)
+    assert not (tmp_path / "db2.h5").exists() and calls == []
 
 
 def test_records_export_from_a_database(serial_db, tmp_path):

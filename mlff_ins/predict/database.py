@@ -155,16 +155,32 @@ def load_teacher(teacher: str, device: str = "cpu", workdir: str | os.PathLike =
         from mlff_ins.data.label import build_calculator, read_calculator_spec
 
         spec = read_calculator_spec(path)
-        return (build_calculator(spec, Path(workdir) / "teacher.calc"),
-                f"calculator {spec.name} sha256:{spec.sha256[:16]}")
+        return build_calculator(spec, Path(workdir) / "teacher.calc"), teacher_description(teacher)
     from mlff_ins.model.calculator import load_calculator
 
-    calc = load_calculator(teacher, device=device)
-    meta = getattr(calc, "bundle", {})
-    if meta.get("universal"):
-        return calc, f"{meta['universal']} ({meta['package']} {meta['version']})"
+    return load_calculator(teacher, device=device), teacher_description(teacher)
+
+
+def teacher_description(teacher: str) -> str:
+    """What an entry records as its teacher, without loading it: a universal model's name with
+    its package and version, a calculator YAML's name and hash, or a bundle's folder name and
+    the hash of its bundle.json."""
+    import importlib.metadata
+
+    from mlff_ins.model.universal import UNIVERSAL, is_universal
+
+    path = check_teacher(teacher)
+    if path.suffix in (".yaml", ".yml"):
+        from mlff_ins.data.label import read_calculator_spec
+
+        spec = read_calculator_spec(path)
+        return f"calculator {spec.name} sha256:{spec.sha256[:16]}"
+    if is_universal(teacher) and not path.exists():
+        key = str(teacher).lower()
+        package = UNIVERSAL[key][0]
+        return f"{key} ({package} {importlib.metadata.version(package)})"
     digest = hashlib.sha256((path / "bundle.json").read_bytes()).hexdigest()[:16]
-    return calc, f"bundle {path.name} sha256:{digest}"
+    return f"bundle {path.name} sha256:{digest}"
 
 
 def _forces_interface(calc):
@@ -491,6 +507,19 @@ def record_keys(path: str | os.PathLike) -> dict:
         return {name: str(g.attrs["key"]) for name, g in f["records"].items()}
 
 
+def record_teachers(path: str | os.PathLike) -> set[str]:
+    """The teachers named by the records of a records file (failed records name none)."""
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        return set()
+    with h5py.File(path, "r") as f:
+        _check_records_file(f, path)
+        return {str(g.attrs["teacher"]) for g in f["records"].values()
+                if str(g.attrs.get("teacher", ""))}
+
+
 def read_records(path: str | os.PathLike, names=None) -> list[dict]:
     """The records (dicts of attributes and arrays) of a records file, those named by
     ``names`` only when given."""
@@ -700,6 +729,12 @@ def build_database(structures, db: str | os.PathLike, opts: BuildOptions, *, wor
     restore = []
     if records is not None:
         records = Path(records)
+        mine = teacher_description(opts.teacher)
+        other = sorted(record_teachers(records) - {mine})
+        if other:
+            raise InputError(f"{records}: records made with the teacher {other[0]}, not this "
+                             f"build's {mine}; one records file holds one teacher's work "
+                             f"(choose another --records file)")
         missing = [name for name, key in record_keys(records).items() if key not in done]
         restore = [(r["key"], r) for r in read_records(records, missing)] if missing else []
         if any(r["status"] == "failed" for _, r in restore):
