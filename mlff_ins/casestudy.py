@@ -268,9 +268,18 @@ def run_study(study: Study, *, only: str | None = None, log=print) -> dict:
                              f"{', '.join(names)})")
     if study.model is None:
         study.model = default_model()
+    this = {"model": study.model, "size": asdict(study.size)}
+    recorded = study.out / "study.json"
+    if recorded.exists():
+        # the finished steps of another model or size would be skipped as done: refuse
+        before = json.loads(recorded.read_text())
+        if before != json.loads(json.dumps(this)):
+            what = "model" if before.get("model") != this["model"] else "size"
+            raise InputError(f"{study.out}: holds a study with another {what} "
+                             f"({before.get('model')}, size {before['size'].get('name')}); "
+                             f"choose another -o or delete it")
     study.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(study.out / "study.json", json.dumps(
-        {"model": study.model, "size": asdict(study.size)}, indent=1) + "\n")
+    write_text_atomic(recorded, json.dumps(this, indent=1) + "\n")
     timings = _read_timings(study.out)
     for i, step in enumerate(study.steps, 1):
         if only is not None and step.func != only:

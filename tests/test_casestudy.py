@@ -95,3 +95,7 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     assert len(done) == len([s for s in study.steps if s.outputs])
     after = {p: p.stat().st_mtime_ns for p in before}
     assert after == before
+    # the folder belongs to this model and size: another is refused before anything runs
+    from mlff_ins.errors import InputError
+    with pytest.raises(InputError, match="holds a study with another size"):
+        run_study(plan(out, "sevennet-0", replace(SMOKE, production_ps=0.8)), log=log2.append)
