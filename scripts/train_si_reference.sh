@@ -5,9 +5,11 @@
 # on the embedded CP2K frames, then the phonon and training benchmarks on it. Hours in all; stop it
 # with SIGTERM or Ctrl-C at any point and rerun this script: it resumes where it stopped
 # (finished members kept, the unfinished one from its last.ckpt, elapsed time included).
+# The run folder, training/si-reference/, is kept in git (checkpoints included) so that a later
+# session on another machine resumes it: commit it when you stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-runs/si-reference}
+OUT=${OUT:-training/si-reference}
 RESUME=""
 [ -d "$OUT" ] && RESUME="--resume"
 nice -n 19 mlff-ins train --preset reference --data mlff_ins/resources/si/si_cp2k_pbe.xyz \
