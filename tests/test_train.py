@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from mlff_ins.errors import InputError
 
 def test_train_resumes_after_kill(si_subset, tmp_path):
     """Two members side by side (--parallel-members 2): SIGKILL the run once both have a
-    checkpoint; --resume continues each from its checkpoint, again side by side."""
+    checkpoint; --resume continues each from its checkpoint, again side by side, after the run
+    folder and the data file have moved (another checkout: the data is known by its hash)."""
     out = tmp_path / "m"
     cmd = [sys.executable, "-m", "mlff_ins.cli", "train", "--data", str(si_subset),
            "--preset", "tiny", "--epochs", "12", "--ensemble", "2", "--parallel-members", "2",
@@ -41,6 +43,12 @@ def test_train_resumes_after_kill(si_subset, tmp_path):
     assert main(["train", "--data", str(si_subset), "--preset", "tiny", "--epochs", "12",
                  "--ensemble", "2", "--cutoff", "3.5", "-o", str(out), "--resume"]) == 2
     cmd[cmd.index("--epochs") + 1] = "14"
+    moved, data = tmp_path / "elsewhere" / "m", tmp_path / "elsewhere" / "data.xyz"
+    moved.parent.mkdir()
+    shutil.copy(si_subset, data)
+    shutil.move(out, moved)
+    out, members = moved, [moved / "members" / f"member_{k}" for k in (0, 1)]
+    cmd[cmd.index("--data") + 1], cmd[cmd.index("-o") + 1] = str(data), str(moved)
     res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (out / "bundle.json").exists()

@@ -518,15 +518,58 @@ def _follow_rank0(cfg: dict, out: Path, plan: dict, env: dict) -> None:
     _wait_for(sync, "done")
 
 
+def _replace_root(obj, old: str, new: str):
+    if isinstance(obj, dict):      # keys too: ModelCheckpoint keeps {path: score}
+        return {_replace_root(k, old, new): _replace_root(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_replace_root(v, old, new) for v in obj)
+    if isinstance(obj, str) and (obj == old or obj.startswith(old + os.sep)):
+        return new + obj[len(old):]
+    return obj
+
+
+def relocate_checkpoints(member_dir: Path, out: Path) -> int:
+    """Point the checkpoints of a member at the run folder where it is now. A Lightning
+    checkpoint of nequip records absolute paths (the split files nequip reloads on resume, the
+    checkpoint and log folders), so a run folder that moved (another checkout, another machine)
+    would not resume; its old root is read from the recorded validation file
+    (``OLD/data/val.xyz``) and every path under it is rewritten, weights untouched. Returns the
+    number of checkpoints rewritten. The checkpoints are this run's own files: loading them
+    unpickles objects, as Lightning's own resume does (the trust boundary of README)."""
+    import torch
+
+    from mlff_ins.atomic_io import atomic_path
+
+    new_root = str(Path(out).resolve())
+    n = 0
+    for ckpt in sorted(Path(member_dir).glob("*.ckpt")):
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        val = ((state.get("hyper_parameters") or {}).get("info_dict") or {}) \
+            .get("data", {}).get("val_file_path")
+        if not val:
+            continue
+        old_root = str(Path(val).parent.parent)
+        if old_root == new_root:
+            continue
+        for key in [k for k in state if k not in ("state_dict", "optimizer_states")]:
+            state[key] = _replace_root(state[key], old_root, new_root)
+        with atomic_path(ckpt) as tmp:
+            torch.save(state, tmp)
+        n += 1
+    return n
+
+
 #: training settings a --resume may change: how long the run goes on, not what it learns
 RUN_LENGTH = ("max_epochs", "max_minutes")
 
 
 def _fixed_settings(cfg: dict) -> dict:
-    """``cfg`` as plain JSON without the run-length settings of :data:`RUN_LENGTH`."""
+    """``cfg`` as plain JSON without the run-length settings of :data:`RUN_LENGTH` and without
+    the data file's path (its content is checked by hash, so a moved checkout resumes)."""
     plain = json.loads(json.dumps(cfg))
     for key in RUN_LENGTH:
         plain.get("training", {}).pop(key, None)
+    plain.pop("data", None)
     return plain
 
 
@@ -659,6 +702,8 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
                              devices=devices, num_nodes=num_nodes)
         write_text_atomic(member_dir / "nequip.yaml", yaml.safe_dump(ncfg, sort_keys=False))
         last = member_dir / "last.ckpt"
+        if resume:
+            relocate_checkpoints(member_dir, out)
         ckpt = str(last.resolve()) if resume and last.exists() else None
         log_csv = (member_dir / "logs" / f"version_{ncfg['trainer']['logger']['version']}" /
                    "metrics.csv")
