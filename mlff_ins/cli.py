@@ -275,7 +275,8 @@ def _add_structure_options(p) -> None:
     """--index and --types, for the commands that read STRUCTURE with :func:`_read_structure`."""
     p.add_argument("--index", type=int, metavar="N",
                    help="frame of a multi-frame STRUCTURE file (extxyz, ASE .traj, LAMMPS "
-                        "dump, an .h5md of mlff-ins md, ...), 0-based, negative from the end; default -1: the last "
+                        "dump, an .h5md of mlff-ins md, ...), 0-based, negative from the end; "
+                        "default -1: the last "
                         "frame, as ase.io.read (for an MD trajectory, its final frame)")
     p.add_argument("--types", metavar="EL,EL,...",
                    help="LAMMPS data or dump STRUCTURE: elements of atom types 1, 2, ... "
@@ -1000,7 +1001,7 @@ def _add_demo(sub) -> None:
 def _run_case_study(args) -> int:
     from dataclasses import replace
 
-    from mlff_ins.casestudy import SIZES, default_model, plan, run_study, shell_script
+    from mlff_ins.casestudy import SIZES, plan, run_study, shell_script
 
     size = SIZES[args.size]
     if args.no_predictor:
@@ -1009,7 +1010,6 @@ def _run_case_study(args) -> int:
     if args.dry_run:
         print(shell_script(study))
         return 0
-    study.model = args.model or default_model()
     if args.model and not Path(args.model).exists():
         from mlff_ins.model.universal import is_universal
 
