@@ -122,6 +122,8 @@ def _add_train(sub) -> None:
                     "docs/training.md.",
         epilog="example: mlff-ins train --data labelled.xyz --preset small --ensemble 4 "
                "--parallel-members 2 -o models/si\n"
+               "         mlff-ins train --data labelled.xyz --preset small --ensemble 4 "
+               "-o models/si --export models/si-so-far\n"
                "         srun --nodes=2 --ntasks-per-node=4 --kill-on-bad-exit=1 mlff-ins train "
                "config.yaml --device cuda --devices 4 --num-nodes 2 -o models/si",
         formatter_class=_HelpFormatter)
@@ -139,6 +141,11 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue a killed run in --output; with a larger --epochs or "
                         "--max-minutes (the only settings it may change), train longer")
+    p.add_argument("--export", metavar="DIR",
+                   help="train nothing: write a self-contained model bundle DIR from the run in "
+                        "--output, finished or not (an unfinished member's best checkpoint so "
+                        "far, marked partial in bundle.json), scored on the run's test split; "
+                        "give the run's own options, as for --resume")
     p.add_argument("--devices", type=int, default=1, metavar="N",
                    help="processes per node that train each member together (distributed data "
                         "parallel: GPUs with --device cuda, CPU processes on gloo with --device "
@@ -162,6 +169,14 @@ def _run_train(args) -> int:
         "ensemble": args.ensemble, "elements": args.elements, "cutoff": args.cutoff,
         "training.max_epochs": args.epochs, "training.max_minutes": args.max_minutes,
         "device": args.device})
+    if args.export:
+        from mlff_ins.train.driver import export_bundle
+
+        if args.resume:
+            raise InputError("--export and --resume: export writes a bundle and trains nothing; "
+                             "give one of them")
+        _print_metrics(export_bundle(cfg, args.output, args.export))
+        return 0
     out = train_bundle(cfg, args.output, resume=args.resume, devices=args.devices,
                        num_nodes=args.num_nodes, parallel_members=args.parallel_members)
     if out is not None:  # None: a non-zero srun rank, whose rank 0 reports

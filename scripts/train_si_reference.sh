@@ -12,9 +12,12 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-training/si-reference}
 RESUME=""
 [ -d "$OUT" ] && RESUME="--resume"
-nice -n 19 mlff-ins train --preset reference --data mlff_ins/resources/si/si_cp2k_pbe.xyz \
-    -o "$OUT" $RESUME
-rm -rf mlff_ins/resources/si/reference_model.tmp
-cp -r "$OUT" mlff_ins/resources/si/reference_model.tmp
-mv -T mlff_ins/resources/si/reference_model.tmp mlff_ins/resources/si/reference_model
+ARGS=(--preset reference --data mlff_ins/resources/si/si_cp2k_pbe.xyz -o "$OUT")
+nice -n 19 mlff-ins train "${ARGS[@]}" $RESUME
+# ship the members and the report, not the checkpoints (`--export` also ships an unfinished
+# run's best checkpoints so far, marked partial; stop the training first)
+rm -rf mlff_ins/resources/si/reference_model.new
+mlff-ins train "${ARGS[@]}" --export mlff_ins/resources/si/reference_model.new
+rm -rf mlff_ins/resources/si/reference_model
+mv -T mlff_ins/resources/si/reference_model.new mlff_ins/resources/si/reference_model
 python -m mlff_ins.bench phonons --model mlff_ins/resources/si/reference_model --no-speed --no-sevenn

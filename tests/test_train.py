@@ -10,6 +10,7 @@ import time
 from datetime import datetime
 
 import pytest
+from ase.io import read
 
 from mlff_ins.cli import main
 from mlff_ins.demo import check_labels
@@ -178,3 +179,52 @@ def test_bench_per_kind_errors_pool_to_the_training_report(tiny_bundle, capsys):
         ["crystal", "crystal", "vacancy", "amorphous", "liquid", "other"]
     assert bench_main(["--model", str(tiny_bundle)]) == 0
     assert "energy RMSE" in capsys.readouterr().out
+
+
+def test_export_of_an_unfinished_run_is_a_loadable_partial_bundle(tiny_bundle, si_subset,
+                                                                 tmp_path, capsys):
+    """--export: member 1 made unfinished (its package removed, its checkpoints kept) is packaged
+    from its best checkpoint; the exported bundle scores like the run's own members on the
+    test split, loads, says it is partial, and the run folder is left as it was."""
+    import numpy as np
+
+    from mlff_ins.model.calculator import load_calculator
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bundle, run)
+    (run / "bundle.json").unlink()
+    (run / "members" / "member_1" / "model.nequip.zip").unlink()
+    before = sorted(p.relative_to(run) for p in run.rglob("*") if p.name != "package.log")
+    argv = ["train", "--data", str(si_subset), "--preset", "tiny", "--ensemble", "2",
+            "--epochs", "12", "-o", str(run)]
+    dest = tmp_path / "exported"
+    assert main(argv + ["--export", str(dest)]) == 0
+    assert "member 1: unfinished" in capsys.readouterr().out
+    assert sorted(p.relative_to(run) for p in run.rglob("*")
+                  if p.name != "package.log") == before
+    meta = json.loads((dest / "bundle.json").read_text())
+    assert meta["members"] == ["members/member_0/model.nequip.zip",
+                               "members/member_1/model.nequip.zip"]
+    state = meta["partial"]["unfinished_members"]["1"]
+    assert list(meta["partial"]["unfinished_members"]) == ["1"]
+    assert 1 <= state["epochs"] <= 12 and state["max_epochs"] == 12
+    assert not list(dest.rglob("*.ckpt"))
+    # the exported members predict what the run's members predict (member 1 from its best
+    # checkpoint, which is what the finished run had packaged)
+    ref = json.loads((tiny_bundle / "metrics.json").read_text())
+    got = json.loads((dest / "metrics.json").read_text())
+    for a, b in zip(ref["members"], got["members"]):
+        assert b["forces_meV_per_A"]["rmse"] == pytest.approx(a["forces_meV_per_A"]["rmse"],
+                                                              rel=1e-6)
+    atoms = read(dest / "data" / "test.xyz", index=0)
+    atoms.calc = load_calculator(dest)
+    assert np.isfinite(atoms.get_forces()).all()
+    assert "partial export" in (dest / "report.md").read_text()
+    # a second export into the same folder, --export with --resume, and other settings: refused
+    assert main(argv + ["--export", str(dest)]) == 2
+    assert "exists; --export writes a new folder" in capsys.readouterr().err
+    assert main(argv + ["--export", str(tmp_path / "x"), "--resume"]) == 2
+    assert main(argv[:-2] + ["--cutoff", "3.0", "-o", str(run), "--export",
+                             str(tmp_path / "y")]) == 2
+    assert "--export with different settings" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

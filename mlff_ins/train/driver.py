@@ -30,6 +30,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -636,25 +637,8 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
             raise InputError(f"{out}: folder exists with an unfinished training run; "
                              "add --resume to continue it, or choose another -o")
         if state_path.exists():
-            old = json.loads(state_path.read_text())
-            if _fixed_settings(old.get("settings") or {}) != _fixed_settings(cfg):
-                raise InputError(f"{out}: --resume with different settings than the "
-                                 f"unfinished run (see {state_path}; only the run length, "
-                                 f"--epochs and --max-minutes, may change)")
-            if old.get("data_sha256") != _file_sha256(Path(cfg["data"])):
-                raise InputError(f"{out}: --resume with a changed data file {cfg['data']} "
-                                 "(it differs from the one the run started with)")
-    frames, isolated, elements = prepare_data(cfg)  # before anything is written
-    check_oversample(frames, cfg["training"].get("oversample") or {}, source=str(cfg["data"]))
-    split = split_indices(len(frames), val=cfg["split"]["val"], test=cfg["split"]["test"],
-                          seed=int(cfg["split"]["seed"]),
-                          groups=[str(a.info.get("config_type", "")) for a in frames])
-    pool = [frames[i] for i in split["train"]]
-    val_frames = [frames[i] for i in split["val"]]
-    test_frames = [frames[i] for i in split["test"]]
-    # E0s from the config or isolated atoms, else fitted to the training pool (not val/test);
-    # every member shares them, so the bundle has one energy baseline
-    e0 = choose_e0s(cfg["e0s"], isolated, elements, pool, source=str(cfg["data"]))
+            _check_same_run(cfg, out, "--resume")
+    frames, split, pool, val_frames, test_frames, elements, e0 = _split_data(cfg)
     e0s = e0.values
     print(e0.message, flush=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -730,21 +714,10 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
     metrics, parity = evaluate_bundle_members(members, test_frames, device=_device(cfg))
     world = devices * num_nodes
     bundle = {
-        "format": "mlff-ins-bundle/1",
-        "elements": elements,
-        "cutoff_A": float(cfg["cutoff"]),
-        "e0s_eV": {el: e0s[el] for el in elements},
-        "e0s_method": e0.method,
-        "e0s_fit": e0.fit,
-        "e0s_note": e0.message,
-        "dtype": cfg["model"]["dtype"],
-        "members": [str(m.relative_to(out) / PACKAGE_NAME) for m in members],
-        "training_data": {"file": str(cfg["data"]), "sha256": data_sha256,
-                          "n_frames": len(frames), "n_train_pool": len(pool),
-                          "n_val": len(val_frames), "n_test": len(test_frames)},
-        "metrics": metrics["ensemble_mean"],
-        "preset": cfg["preset"],
-        "settings": cfg,
+        **_bundle_meta(cfg, elements=elements, e0=e0, data_sha256=data_sha256,
+                       members=[str(m.relative_to(out) / PACKAGE_NAME) for m in members],
+                       counts=(len(frames), len(pool), len(val_frames), len(test_frames)),
+                       metrics=metrics),
         "train_minutes_this_run": round(train_minutes, 2),
         "launch_this_run": {
             "devices": devices, "num_nodes": num_nodes, "world_size": world,
@@ -760,6 +733,138 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
     write_report(out, metrics, parity, members, test_frames, bundle)
     write_json_atomic(out / "bundle.json", bundle)  # last: marks the bundle finished
     return out
+
+
+def _check_same_run(cfg: dict, out: Path, option: str) -> None:
+    """Refuse settings or data that differ from those the run in ``out`` started with (only the
+    run length, --epochs and --max-minutes, may change)."""
+    state_path = out / "train_settings.json"
+    old = json.loads(state_path.read_text())
+    if _fixed_settings(old.get("settings") or {}) != _fixed_settings(cfg):
+        raise InputError(f"{out}: {option} with different settings than the run there (see "
+                         f"{state_path}; only the run length, --epochs and --max-minutes, may "
+                         f"change)")
+    if old.get("data_sha256") != _file_sha256(Path(cfg["data"])):
+        raise InputError(f"{out}: {option} with a changed data file {cfg['data']} (it differs "
+                         "from the one the run started with)")
+
+
+def _split_data(cfg: dict):
+    """The data of ``cfg`` read, checked and split; the E0s from the config or isolated atoms,
+    else fitted to the training pool (not val/test), shared by every member so the bundle has
+    one energy baseline. Returns (frames, split, pool, val, test, elements, e0)."""
+    frames, isolated, elements = prepare_data(cfg)  # before anything is written
+    check_oversample(frames, cfg["training"].get("oversample") or {}, source=str(cfg["data"]))
+    split = split_indices(len(frames), val=cfg["split"]["val"], test=cfg["split"]["test"],
+                          seed=int(cfg["split"]["seed"]),
+                          groups=[str(a.info.get("config_type", "")) for a in frames])
+    pool = [frames[i] for i in split["train"]]
+    val_frames = [frames[i] for i in split["val"]]
+    test_frames = [frames[i] for i in split["test"]]
+    e0 = choose_e0s(cfg["e0s"], isolated, elements, pool, source=str(cfg["data"]))
+    return frames, split, pool, val_frames, test_frames, elements, e0
+
+
+def _bundle_meta(cfg: dict, *, elements, e0, data_sha256: str, members: list[str],
+                 counts: tuple[int, int, int, int], metrics: dict) -> dict:
+    """The part of bundle.json every bundle has (a trained one and an export alike)."""
+    n, n_pool, n_val, n_test = counts
+    return {
+        "format": "mlff-ins-bundle/1",
+        "elements": elements,
+        "cutoff_A": float(cfg["cutoff"]),
+        "e0s_eV": {el: e0.values[el] for el in elements},
+        "e0s_method": e0.method,
+        "e0s_fit": e0.fit,
+        "e0s_note": e0.message,
+        "dtype": cfg["model"]["dtype"],
+        "members": members,
+        "training_data": {"file": str(cfg["data"]), "sha256": data_sha256,
+                          "n_frames": n, "n_train_pool": n_pool, "n_val": n_val,
+                          "n_test": n_test},
+        "metrics": metrics["ensemble_mean"],
+        "preset": cfg["preset"],
+        "settings": cfg,
+    }
+
+
+def _checkpoint_epochs(ckpt: Path) -> int | None:
+    """Epochs done when a Lightning checkpoint was saved (None if it cannot be read)."""
+    import torch
+
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    except Exception:   # noqa: BLE001 - a checkpoint torch cannot read: the epoch is unknown
+        return None
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    return None if epoch is None else int(epoch) + 1   # Lightning counts from 0
+
+
+def export_bundle(cfg: dict, run: str | os.PathLike, dest: str | os.PathLike, *,
+                  progress: bool = True) -> Path:
+    """Write a self-contained model bundle folder ``dest`` from the training run in ``run``,
+    finished or not: every finished member, and every unfinished member's best checkpoint so
+    far (packaged now), scored on the run's test split with the same report as a finished run.
+    bundle.json says which members are unfinished and at which epoch (``partial``). The run
+    folder is not changed: its training continues with ``train --resume``. ``dest`` holds no
+    checkpoints or logs (what a release ships); it must not exist yet.
+
+    ``cfg`` is the run's configuration, as for a resume (only the run length may differ)."""
+    from mlff_ins.train.report import evaluate_bundle_members, write_report
+
+    run, dest = Path(run), Path(dest)
+    if not (run / "train_settings.json").exists():
+        raise InputError(f"{run}: not a training run folder (no train_settings.json)")
+    if dest.exists():
+        raise InputError(f"{dest}: exists; --export writes a new folder (delete it or choose "
+                         f"another)")
+    _check_same_run(cfg, run, "--export")
+    frames, _, pool, val_frames, test_frames, elements, e0 = _split_data(cfg)
+    tmp = dest.with_name(dest.name + ".tmp")
+    if tmp.exists():   # left by a killed export
+        shutil.rmtree(tmp)
+    members, run_members, unfinished = [], [], {}
+    for k in range(int(cfg["ensemble"])):
+        member_dir = run / "members" / f"member_{k}"
+        target = tmp / "members" / f"member_{k}"
+        if (member_dir / PACKAGE_NAME).exists():
+            target.mkdir(parents=True)
+            shutil.copyfile(member_dir / PACKAGE_NAME, target / PACKAGE_NAME)
+        elif (member_dir / "best.ckpt").exists():
+            target.mkdir(parents=True)
+            if progress:
+                print(f"member {k}: unfinished; packaging its best checkpoint so far", flush=True)
+            proc, ptmp = _start_package(member_dir)
+            _finish_package(member_dir, proc, ptmp)   # member_dir/model.nequip.zip ...
+            os.replace(member_dir / PACKAGE_NAME, target / PACKAGE_NAME)   # ... moved out
+            unfinished[str(k)] = {"epochs": _checkpoint_epochs(member_dir / "best.ckpt"),
+                                  "max_epochs": int(cfg["training"]["max_epochs"])}
+        else:
+            continue
+        members.append(target)
+        run_members.append(member_dir)
+    if not members:
+        raise InputError(f"{run}: no member has a checkpoint yet; nothing to export")
+    metrics, parity = evaluate_bundle_members(members, test_frames, device=_device(cfg))
+    bundle = _bundle_meta(cfg, elements=elements, e0=e0,
+                          data_sha256=_file_sha256(Path(cfg["data"])),
+                          members=[str(m.relative_to(tmp) / PACKAGE_NAME) for m in members],
+                          counts=(len(frames), len(pool), len(val_frames), len(test_frames)),
+                          metrics=metrics)
+    bundle["exported_from"] = {"run": str(run), "members_of_run": int(cfg["ensemble"])}
+    if unfinished or len(members) < int(cfg["ensemble"]):
+        bundle["partial"] = {"unfinished_members": unfinished,
+                             "members_without_checkpoint": int(cfg["ensemble"]) - len(members)}
+    bundle["versions"] = _versions()
+    (tmp / "data").mkdir(parents=True, exist_ok=True)
+    for name in ("split.json", "test.xyz"):
+        if (run / "data" / name).exists():
+            shutil.copyfile(run / "data" / name, tmp / "data" / name)
+    write_json_atomic(tmp / "metrics.json", metrics)
+    write_report(tmp, metrics, parity, run_members, test_frames, bundle, name=dest.name)
+    write_json_atomic(tmp / "bundle.json", bundle)
+    os.replace(tmp, dest)
+    return dest
 
 
 def _device(cfg: dict) -> str:

@@ -112,8 +112,23 @@ def _learning_curve(member_dir: Path):
     return train_f, val_f
 
 
+def _partial_note(bundle: dict) -> list[str]:
+    partial = bundle.get("partial")
+    if not partial:
+        return []
+    lines = [f"- **partial export** of an unfinished training run "
+             f"({bundle['exported_from']['members_of_run']} members planned)"]
+    for k, state in partial["unfinished_members"].items():
+        lines.append(f"  - member {k}: its best checkpoint so far, after {state['epochs']} of "
+                     f"{state['max_epochs']} epochs")
+    if partial["members_without_checkpoint"]:
+        lines.append(f"  - {partial['members_without_checkpoint']} member(s) not started: "
+                     f"left out")
+    return lines
+
+
 def write_report(out: Path, metrics: dict, col: dict, members: list[Path], test_frames,
-                 bundle: dict) -> None:
+                 bundle: dict, name: str | None = None) -> None:
     """Write parity.png, learning_curve.png and report.md into the bundle folder ``out``."""
     import matplotlib
     matplotlib.use("Agg")
@@ -161,7 +176,7 @@ def write_report(out: Path, metrics: dict, col: dict, members: list[Path], test_
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
-    lines = [f"# Training report: {out.name}", "",
+    lines = [f"# Training report: {name or out.name}", "",
              f"- data: {bundle['training_data']['file']} "
              f"(sha256 {bundle['training_data']['sha256'][:12]}), "
              f"{bundle['training_data']['n_frames']} frames: "
@@ -171,7 +186,8 @@ def write_report(out: Path, metrics: dict, col: dict, members: list[Path], test_
              f"- elements {', '.join(bundle['elements'])}; cutoff {bundle['cutoff_A']} Å; "
              f"E0s (eV, {_E0_SOURCE.get(bundle.get('e0s_method'), 'isolated-atom frames')}) "
              f"{bundle['e0s_eV']}",
-             f"- preset {bundle['preset']}, {bundle['dtype']}, ensemble of {len(members)}", "",
+             f"- preset {bundle['preset']}, {bundle['dtype']}, ensemble of {len(members)}",
+             *_partial_note(bundle), "",
              "## Errors on the held-out test frames", "",
              "| model | energy MAE / RMSE (meV/atom) | force MAE / RMSE (meV/Å) "
              "| stress MAE / RMSE (meV/Å³) |", "|---|---|---|---|"]
