@@ -15,7 +15,8 @@ How a block runs:
 - python blocks run as one ``python -c`` in the same folder, and must exit with status 0.
 
 To stay within a few minutes on 2 CPU cores the test makes the runs small through SUBSTITUTIONS,
-an explicit table of textual replacements (fewer epochs and MD steps); nothing else is changed.
+an explicit table of textual replacements (fewer epochs and MD steps, a 2-atom cell for the one
+CP2K frame); nothing else is changed.
 A failure prints the README command, the command as run, the substitutions applied and the end of
 its output. Every entry of the table must be used, so that a README edit cannot leave it stale.
 The commands run with ``OMP_NUM_THREADS=1`` unless the caller sets it: with the models this
@@ -44,6 +45,11 @@ SHELL_LANGS = {"bash", "console", "sh"}
 
 #: (README text, text as run): applied in order to every walk-through command; each must match
 SUBSTITUTIONS: list[tuple[str, str]] = [
+    # labelling: one CP2K frame of a rattled 2-atom cell (~10 s) instead of the embedded frames'
+    # first, the isolated atom in a 12 Å box (~75 s); tests/test_label.py checks the physics of
+    # the same settings on an 8-atom cell
+    ("mlff_ins/resources/si/si_frames_unlabelled.xyz --calculator",
+     "tests/data/structures/si2_rattled.xyz --calculator"),
     # training: one epoch per member instead of the tiny preset's 30
     ("--preset tiny --ensemble 2", "--preset tiny --ensemble 2 --epochs 1"),
     # MD: 40 + 20 steps instead of 1000 + 1000
