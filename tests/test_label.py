@@ -198,14 +198,19 @@ def test_cp2k_unconverged_frame_is_refused(tmp_path):
 @pytest.mark.skipif(shutil.which("cp2k_shell.psmp") is None,
                     reason="CP2K not installed (apt-get install cp2k cp2k-data)")
 def test_shipped_cp2k_config_labels_a_cell(tmp_path):
-    """The embedded data set's CP2K settings, unchanged, on a rattled 8-atom cell (~30 s)."""
+    """The embedded data set's CP2K settings, unchanged, on a rattled 8-atom cell (~30 s), written
+    into a folder whose path is longer than the 80 characters CP2K reads in its input."""
     atoms = bulk("Si", "diamond", 5.466, cubic=True)
     atoms.rattle(0.03, seed=1)
     write(tmp_path / "si8.xyz", atoms)
+    deep = tmp_path / ("a_folder_with_a_long_name_" * 3)
+    deep.mkdir()
+    assert len(str(deep / "out.xyz.work" / "cp2k")) > 80
     report = label_frames(tmp_path / "si8.xyz", REPO / "configs/label/cp2k_si.yaml",
-                          tmp_path / "out.xyz", progress=False)
-    assert report.labelled == [0] and not report.rejected
-    out = read(tmp_path / "out.xyz")
+                          deep / "out.xyz", progress=False)
+    assert report.labelled == [0] and not report.rejected, report.rejected
+    assert (deep / "out.xyz.work" / "cp2k.out").exists()
+    out = read(deep / "out.xyz")
     assert out.info["scf_converged"] and out.info["scf_steps"] < 60
     # a translation-invariant energy: forces sum to zero (eV/A)
     assert np.abs(out.get_forces().sum(axis=0)).max() < 1e-3

@@ -97,8 +97,35 @@ def build_calculator(spec: CalculatorSpec, workdir: str | os.PathLike):
                              f"(= {params['cutoff'] / units.Rydberg:.0f} Ry) is far too low; "
                              "ASE's `cutoff` is in eV, or give `cutoff_Ry`")
         Path(workdir).mkdir(parents=True, exist_ok=True)
-        params.setdefault("label", str(Path(workdir) / "cp2k"))
+        params.setdefault("label", _cp2k_label(Path(workdir)))
     return cls(**params)
+
+
+#: CP2K reads input strings of at most 80 characters; ASE writes the label (a path) as the
+#: GLOBAL PROJECT name, and a longer one aborts CP2K ("has more than 80 characters")
+CP2K_MAX_STRING = 80
+
+
+def _cp2k_label(workdir: Path) -> str:
+    """The label (path prefix of CP2K's files) for ``workdir``: ``workdir/cp2k``, or where that
+    is longer than CP2K accepts, the same through a short symbolic link in the temporary folder
+    (removed when the process exits)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    label = str(workdir / "cp2k")
+    if len(label) <= CP2K_MAX_STRING:
+        return label
+    link_dir = Path(tempfile.mkdtemp(prefix="mlffins-cp2k-"))
+    atexit.register(shutil.rmtree, link_dir, ignore_errors=True)
+    (link_dir / "w").symlink_to(workdir.resolve(), target_is_directory=True)
+    label = str(link_dir / "w" / "cp2k")
+    if len(label) > CP2K_MAX_STRING:
+        raise InputError(f"CP2K accepts paths of at most {CP2K_MAX_STRING} characters and the "
+                         f"temporary folder {link_dir.parent} is too deep; set TMPDIR to a "
+                         f"shorter folder")
+    return label
 
 
 class CP2KConvergence:
