@@ -1,6 +1,20 @@
-"""Session fixtures: the embedded CP2K silicon data and one tiny trained ensemble (float64)."""
+"""Session fixtures: the embedded CP2K silicon data and one tiny trained ensemble (float64).
 
+The suite runs in two pytest-xdist workers (pyproject's addopts: ``-n 2 --dist loadfile``, one
+test file per worker at a time), sized for a 2-core machine: each worker and the processes its
+tests start use one thread (OMP_NUM_THREADS=1, torch.set_num_threads(1)) unless the caller set
+OMP_NUM_THREADS, so two workers do not oversubscribe two cores; the models of the suite are too
+small to gain from more threads. ``-n 0`` runs the suite in one process, as before.
+"""
+
+import os
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 import pytest
 from ase.io import read, write

@@ -46,9 +46,9 @@ def test_demo_full_options_are_refused_without_full(capsys, tmp_path):
 
 
 def test_study_runs_end_to_end_and_resumes(tmp_path):
-    # SevenNet-0 (weights in its wheel): a model with a sensible Si minimum that stays stable
-    # in short MD, which the suite's few-epoch test model is not
-    study = plan(tmp_path / "study", "sevennet-0", SMOKE)
+    # the shipped silicon reference model (the study's default): a sensible Si minimum and
+    # stable in short MD, which the suite's few-epoch test model is not
+    study = plan(tmp_path / "study", None, SMOKE)
     log = []
     timings = run_study(study, log=log.append)
     out = study.out
@@ -98,4 +98,4 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     # the folder belongs to this model and size: another is refused before anything runs
     from mlff_ins.errors import InputError
     with pytest.raises(InputError, match="holds a study with another size"):
-        run_study(plan(out, "sevennet-0", replace(SMOKE, production_ps=0.8)), log=log2.append)
+        run_study(plan(out, None, replace(SMOKE, production_ps=0.8)), log=log2.append)
