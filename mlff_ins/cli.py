@@ -980,10 +980,15 @@ def _run_ins(args) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo", help="run the pipeline on the embedded silicon DFT data (minutes on 2 cores)",
-        description="Check the embedded CP2K silicon data set, train a tiny NequIP model on it, "
-                    "print its errors on held-out frames and write the training report, then "
-                    "compute the model's phonons (band plot, X-point frequencies against "
-                    "experiment) and the VISION S(E) from them.",
+        description="The mission in small (about 5 minutes on 2 CPU cores): check the embedded "
+                    "CP2K silicon data set, train a tiny NequIP model on it and print its errors "
+                    "on held-out frames (to show training); then, with the shipped silicon "
+                    "reference model, diamond Si through the phonon route (relaxed cell, band "
+                    "plot, Γ/X/L frequencies against experiment, VISION S(E) at 300 K) and a "
+                    "64-atom amorphous cell through the MD route (300 K, VDOS and VISION S(E) "
+                    "from the trajectory), laid over each other by `compare`. Each step is "
+                    "printed as the mlff-ins command it runs; report.md in the output folder "
+                    "links the plots.",
         epilog="example: mlff-ins demo -o demo\n"
                "         mlff-ins demo --full --model mlff_ins/resources/si/reference_model "
                "-o si-case-study",
@@ -991,6 +996,11 @@ def _add_demo(sub) -> None:
     p.add_argument("-o", "--output", default=None,
                    help="output folder (default mlff-ins-demo; with --full si-case-study)")
     p.add_argument("--epochs", type=int, default=None, help="override the tiny preset's epochs")
+    p.add_argument("--model", metavar="DIR|NAME",
+                   help="force field of the spectra and of the case study (a model bundle or a "
+                        "universal model name; default: the shipped silicon reference model)")
+    p.add_argument("--md-steps", type=int, default=1000, metavar="N",
+                   help="steps (2 fs) of the amorphous cell's MD (default 1000)")
     full = p.add_argument_group(
         "the case study (--full)",
         "c-Si, a-Si (melt-quench) and a vacancy cell from a force field to VISION spectra by "
@@ -998,9 +1008,6 @@ def _add_demo(sub) -> None:
         "in the output folder. Hours on 2 CPU cores at --size full (the default), minutes at "
         "--size quick. Rerun the same command to continue a killed study.")
     full.add_argument("--full", action="store_true", help="run the case study")
-    full.add_argument("--model", metavar="DIR|NAME",
-                      help="force field of the case study (a model bundle or a universal model "
-                           "name; default: the shipped silicon reference model)")
     full.add_argument("--size", choices=["full", "quick"], default="full",
                       help="cell sizes and run lengths (default full)")
     full.add_argument("--step", metavar="NAME",
@@ -1025,12 +1032,8 @@ def _run_case_study(args) -> int:
     if args.dry_run:
         print(shell_script(study))
         return 0
-    if args.model and not Path(args.model).exists():
-        from mlff_ins.model.universal import is_universal
-
-        if not is_universal(args.model):
-            raise InputError(f"--model {args.model}: no such model bundle folder or universal "
-                             f"model name")
+    if args.model:
+        _check_model_option(args.model)
     run_study(study, only=args.step)
     if args.step is None:
         print(f"case study done: {study.out / 'report.md'} and {study.out / 'metrics.json'}")
@@ -1040,27 +1043,40 @@ def _run_case_study(args) -> int:
 def _run_demo(args) -> int:
     if args.full:
         return _run_case_study(args)
-    for name in ("model", "step", "dry_run", "no_predictor"):
+    for name in ("step", "dry_run", "no_predictor"):
         if getattr(args, name):
             raise InputError(f"--{name.replace('_', '-')} applies to the case study; add --full")
+    if args.md_steps < 100:
+        raise InputError(f"--md-steps: at least 100 (got {args.md_steps})")
     args.output = args.output or "mlff-ins-demo"
-    from mlff_ins.demo import run_demo
+    from mlff_ins.casestudy import default_model
+    from mlff_ins.demo import (SI_EXPERIMENT_THZ, matched_peaks, run_demo, run_mission_demo,
+                               write_demo_report)
 
-    from mlff_ins.demo import SI_EXPERIMENT_THZ, run_phonon_demo
-
+    model = args.model or default_model()
+    _check_model_option(model)
     out = run_demo(args.output, epochs=args.epochs)
     _print_metrics(out)
-    print("phonons of diamond Si with this model (2x2x2 conventional supercell) ...")
-    res = run_phonon_demo(out, args.output)
-    if res["relaxed"]:
-        print(f"  relaxed lattice constant {res['lattice_A']:.4f} Å (experiment 5.431 Å)")
-    else:
-        print("  the cell did not relax with this model; phonons at a = 5.43 Å")
-    print("  " + ", ".join(f"{k} {v:.2f} (exp {SI_EXPERIMENT_THZ[k]:.2f})"
-                           for k, v in res["frequencies_THz"].items()) + " THz")
-    for key in ("phonons", "vision"):
-        print(f"  {res[key]} and {res[key].with_suffix('.png')}")
+    print(f"the mission in small with "
+          f"{model if args.model else 'the shipped reference model'}:")
+    res = run_mission_demo(args.output, model, md_steps=args.md_steps)
+    print(f"c-Si: relaxed lattice constant {res['lattice_A']:.4f} Å (experiment 5.431 Å); "
+          + ", ".join(f"{k} {v:.2f} (exp {SI_EXPERIMENT_THZ[k]:.2f})"
+                      for k, v in res["frequencies_THz"].items()) + " THz")
+    pair = res["compare"]["pairs"][0]
+    print(f"c-Si phonons against a-Si MD: cosine {pair['cosine']:.3f}; {matched_peaks(pair)}")
+    report = write_demo_report(Path(args.output), out, model, res)
+    print(f"report: {report} (overlay: {res['paths']['compare'] / 'compare.png'})")
     return 0
+
+
+def _check_model_option(model: str) -> None:
+    if not Path(model).exists():
+        from mlff_ins.model.universal import is_universal
+
+        if not is_universal(model):
+            raise InputError(f"--model {model}: no such model bundle folder or universal "
+                             f"model name")
 
 
 def _add_database(sub) -> None:

@@ -80,13 +80,35 @@ def test_console_script_runs():
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "-o", str(tmp_path / "demo"), "--epochs", "2"]) == 0
+    """The quick demo: training shown, then the shipped reference model through the phonon
+    route (crystal) and the MD route (amorphous cell), compared, with a report linking it all."""
+    import re
+
+    from mlff_ins.neutron.spectrum import read_spectra
+
+    out_dir = tmp_path / "demo"
+    assert main(["demo", "-o", str(out_dir), "--epochs", "2", "--md-steps", "100"]) == 0
     out = capsys.readouterr().out
     assert "labels OK" in out and "forces  MAE" in out
-    assert (tmp_path / "demo" / "models" / "si_tiny" / "report.md").exists()
+    assert (out_dir / "models" / "si_tiny" / "report.md").exists()
     assert "X TA" in out and "(exp 4.49)" in out
-    for name in ("si_phonons.h5", "si_phonons.png", "si_vision.h5", "si_vision.png"):
-        assert (tmp_path / "demo" / name).stat().st_size > 0
+    assert "$ mlff-ins phonons" in out and "$ mlff-ins md" in out and "$ mlff-ins compare" in out
+    for name in ("c-si/phonons.png", "c-si/ins_phonons.png", "a-si/ins_md.png",
+                 "compare/compare.png", "compare/metrics.json"):
+        assert (out_dir / name).stat().st_size > 0, name
+    report = (out_dir / "report.md").read_text()
+    # every link of the report points at a file the demo wrote
+    links = re.findall(r"\]\(([^)]+)\)", report)
+    assert len(links) == 5 and all((out_dir / link).is_file() for link in links), links
+    assert f"report: {out_dir / 'report.md'}" in out
+
+    # the crystal's S(E) is sharper than the amorphous cell's: its highest point stands higher
+    # over the spectrum's mean (the amorphous cell's bands are broad)
+    def peak_over_mean(path):
+        y = read_spectra(path)["s_e"].intensity
+        return float(y.max() / y.mean())
+    assert (peak_over_mean(out_dir / "c-si" / "ins_phonons.h5")
+            > peak_over_mean(out_dir / "a-si" / "ins_md.h5"))
 
 
 def test_bad_option_value_is_one_line(tmp_path, capsys):
