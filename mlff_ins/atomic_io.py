@@ -58,3 +58,27 @@ def append_durably(path: str | os.PathLike, text: str) -> None:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, busy_message: str):
+    """Hold an exclusive advisory lock on the file ``path`` (created if missing) for the
+    duration of the ``with`` block; if another process holds it, raise InputError with
+    ``busy_message`` at once instead of waiting. The lock goes with the process (a killed run
+    leaves nothing to clean up). Where flock is unavailable the block runs unlocked."""
+    from mlff_ins.errors import InputError
+
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(busy_message) from None
+        yield
+    finally:
+        os.close(fd)        # releases the lock

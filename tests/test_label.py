@@ -218,3 +218,24 @@ def test_shipped_cp2k_config_labels_a_cell(tmp_path):
     assert out.get_stress().shape == (6,)
     # the 4-valence-electron GTH Si: about -105.8 eV per atom in the crystal at this cutoff
     assert -108 < out.get_potential_energy() / len(out) < -103
+
+
+def test_a_second_labelling_run_on_the_same_output_is_refused(tmp_path, capsys):
+    """While one `mlff-ins label` run holds OUTPUT, a second one is refused at once (it would
+    label the same frames again); once the first is gone, labelling resumes."""
+    from mlff_ins.atomic_io import exclusive_lock
+    from mlff_ins.cli import main
+
+    write(tmp_path / "in.xyz", [bulk("Cu", "fcc", 3.6), bulk("Cu", "fcc", 3.7)])
+    out = tmp_path / "out.xyz"
+    argv = ["label", str(tmp_path / "in.xyz"), "--calculator",
+            str(REPO / "configs/label/emt.yaml"), "-o", str(out)]
+    (tmp_path / "out.xyz.work").mkdir()
+    with exclusive_lock(tmp_path / "out.xyz.work" / "label.lock", "held by the test"):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"{out}: another `mlff-ins label` run is writing it; wait for it "
+                            f"to finish or stop it") and len(err.splitlines()) == 1
+        assert not out.exists()
+    assert main(argv) == 0
+    assert len(read(out, ":")) == 2

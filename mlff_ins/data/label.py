@@ -30,7 +30,7 @@ import yaml
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from mlff_ins.atomic_io import append_durably
+from mlff_ins.atomic_io import append_durably, exclusive_lock
 from mlff_ins.data.extxyz_log import append_frame, truncate_incomplete_tail
 from mlff_ins.data.extxyz_log import read_frames as read_log
 from mlff_ins.data.ingest import read_frames
@@ -249,6 +249,21 @@ def label_frames(frames_path: str | os.PathLike, calculator_yaml: str | os.PathL
         raise InputError(f"{output}: exists and was not written by `mlff-ins label` (its first "
                          f"frame lacks source_index/label_config_sha256); refusing to append to "
                          f"it; choose another -o")
+    workdir = output.with_name(output.name + ".work")
+    workdir.mkdir(parents=True, exist_ok=True)
+    # one labelling run per output: a second would label the same frames again and could cut
+    # the first one's frame in the middle of its append as an "incomplete tail"
+    with exclusive_lock(workdir / "label.lock",
+                        f"{output}: another `mlff-ins label` run is writing it; wait for it to "
+                        f"finish or stop it"):
+        return _label_locked(frames, frames_path, spec, output, workdir,
+                             retry_rejected=retry_rejected, progress=progress,
+                             max_frames=max_frames, allow_config_change=allow_config_change)
+
+
+def _label_locked(frames, frames_path: Path, spec, output: Path, workdir: Path, *,
+                  retry_rejected: bool, progress: bool, max_frames: int | None,
+                  allow_config_change: bool) -> LabelReport:
     removed = truncate_incomplete_tail(output)
     if removed and progress:
         print(f"{output}: dropped an incomplete last frame ({removed} bytes) left by a kill")
@@ -280,7 +295,6 @@ def label_frames(frames_path: str | os.PathLike, calculator_yaml: str | os.PathL
     if not todo:
         return report
 
-    workdir = output.with_name(output.name + ".work")
     calc = build_calculator(spec, workdir)
     check = CP2KConvergence(calc) if spec.is_cp2k else _NoConvergenceCheck()
     bar = None
