@@ -447,14 +447,16 @@ def _start_package(member_dir: Path, env: dict | None = None):
     return proc, tmp
 
 
-def _finish_package(member_dir: Path, proc, tmp: Path) -> Path:
+def _finish_package(member_dir: Path, proc, tmp: Path, dest: Path | None = None) -> Path:
+    """Wait for the packaging and move the package to ``dest`` (default: the member's
+    model.nequip.zip, which marks the member finished)."""
     member_dir = member_dir.resolve()
     rc = proc.wait()
     if rc != 0:
         text = (member_dir / "package.log").read_text()
         raise RuntimeError(f"nequip-package failed for {member_dir}:\n{text[-3000:]}")
-    out = member_dir / PACKAGE_NAME
-    os.replace(tmp, out)
+    out = member_dir / PACKAGE_NAME if dest is None else dest
+    shutil.move(tmp, out)     # a rename on one file system
     return out
 
 
@@ -835,8 +837,9 @@ def export_bundle(cfg: dict, run: str | os.PathLike, dest: str | os.PathLike, *,
             if progress:
                 print(f"member {k}: unfinished; packaging its best checkpoint so far", flush=True)
             proc, ptmp = _start_package(member_dir)
-            _finish_package(member_dir, proc, ptmp)   # member_dir/model.nequip.zip ...
-            os.replace(member_dir / PACKAGE_NAME, target / PACKAGE_NAME)   # ... moved out
+            # straight into the export: a model.nequip.zip in the run would mark the member
+            # finished for --resume
+            _finish_package(member_dir, proc, ptmp, dest=target / PACKAGE_NAME)
             unfinished[str(k)] = {"epochs": _checkpoint_epochs(member_dir / "best.ckpt"),
                                   "max_epochs": int(cfg["training"]["max_epochs"])}
         else:
