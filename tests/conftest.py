@@ -83,3 +83,14 @@ def small_predictor(tmp_path_factory):
                                   "embed_dim": 8}, progress=False)
     return db, out, meta
 
+
+#: the longest test files (minutes each on 2 cores) first, so that the two xdist workers do not
+#: end with one of them alone on a long file (largest-first scheduling; --dist loadfile hands out
+#: files in collection order)
+LONG_FILES = ("test_readme.py", "test_train.py", "test_casestudy.py", "test_lammps.py",
+              "test_train_ddp.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: k for k, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable sort
