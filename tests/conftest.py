@@ -85,8 +85,8 @@ def small_predictor(tmp_path_factory):
 
 
 #: the longest test files (minutes each on 2 cores) first, so that the two xdist workers do not
-#: end with one of them alone on a long file (largest-first scheduling; --dist loadfile hands out
-#: files in collection order)
+#: end with one of them alone on a long file (largest-first scheduling; with
+#: --no-loadscope-reorder, --dist loadfile hands out files in collection order)
 LONG_FILES = ("test_readme.py", "test_train.py", "test_casestudy.py", "test_lammps.py",
               "test_train_ddp.py")
 
