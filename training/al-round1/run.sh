@@ -17,6 +17,14 @@ HERE=training/al-round1
 RUN=${RUN:-runs/al1}
 mkdir -p "$RUN"
 
+F=$HERE/frames_unlabelled.xyz
+LABEL=(mlff-ins label $F --calculator configs/label/cp2k_si.yaml
+       -o mlff_ins/resources/si/si_cp2k_pbe_al1.xyz)
+# both batches of frames are in git: only the labelling is left (no MD needed)
+if [ -f $F ] && [ "$(grep -c Lattice $F)" -eq 16 ]; then
+  exec nice -n 19 "${LABEL[@]}"
+fi
+
 # 1. the interim model: member 0's best checkpoint packaged as a one-member bundle
 if [ ! -f "$RUN/m0/bundle.json" ]; then
   rm -rf "$RUN/m0.tmp" && mkdir -p "$RUN/m0.tmp"
@@ -54,7 +62,6 @@ if [ ! -f "$RUN/asi64_2500K.h5md" ]; then
   md "$RUN/si64.xyz" --protocol "$RUN/melt_quench_2500K.yaml" --seed 1 -o "$RUN/asi64_2500K.h5md" || true
 fi
 md "$RUN/asi64_2500K.h5md" --index 52 -T 2500 --steps 1500 --every 5 --seed 2 -o "$RUN/onset.h5md" || true
-F=$HERE/frames_unlabelled.xyz
 [ -f $F ] || python $HERE/pick_frames.py "$RUN" --batch 1 -o $F
 # (stopped by hand after the collapse; a fresh run goes on to the protocol's end, which changes
 # nothing of the two frames taken from it, at 1.5 and 2.8 ps)
@@ -68,5 +75,4 @@ md "$RUN/vac63.xyz" -T 1200 --steps 3000 --every 50 --seed 3 -o "$RUN/vac63_1200
 [ "$(grep -c Lattice $F)" -gt 5 ] || python $HERE/pick_frames.py "$RUN" --batch 2 -o $F
 
 # 4. CP2K with the settings of the embedded data set
-nice -n 19 mlff-ins label $F --calculator configs/label/cp2k_si.yaml \
-    -o mlff_ins/resources/si/si_cp2k_pbe_al1.xyz
+nice -n 19 "${LABEL[@]}"
