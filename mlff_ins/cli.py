@@ -128,7 +128,9 @@ def _add_train(sub) -> None:
                "config.yaml --device cuda --devices 4 --num-nodes 2 -o models/si",
         formatter_class=_HelpFormatter)
     p.add_argument("config", nargs="?", help="training YAML (optional)")
-    p.add_argument("--data", metavar="FILE", help="labelled frames with energy and forces (eV, eV/Å)")
+    p.add_argument("--data", metavar="FILE", action="append",
+                   help="labelled frames with energy and forces (eV, eV/Å); repeat it to train "
+                        "on several files together (a data set and its active-learning rounds)")
     p.add_argument("--preset", choices=list(PRESETS),
                    help="model size and training length (default small)")
     p.add_argument("--ensemble", type=int, metavar="K", help="number of members K (bootstrap + seeds)")
@@ -160,12 +162,20 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_run_train)
 
 
+def _data_option(files: list[str] | None) -> str | list[str] | None:
+    """--data as the training settings hold it: one absolute path, or a list of them."""
+    if not files:
+        return None
+    paths = [str(Path(f).resolve()) for f in files]
+    return paths[0] if len(paths) == 1 else paths
+
+
 def _run_train(args) -> int:
     from mlff_ins.train.config import load_train_config
     from mlff_ins.train.driver import train_bundle
 
     cfg = load_train_config(args.config, preset=args.preset, overrides={
-        "data": str(Path(args.data).resolve()) if args.data else None,
+        "data": _data_option(args.data),
         "ensemble": args.ensemble, "elements": args.elements, "cutoff": args.cutoff,
         "training.max_epochs": args.epochs, "training.max_minutes": args.max_minutes,
         "device": args.device})

@@ -19,6 +19,9 @@ conventional diamond cell at the PBE lattice constant unless noted:
 - finite displacements (appended after the rattled frames, no randomness): one atom of the
   perfect crystal moved 0.02 Angstrom, at lattice strains of -1 to +1 % (never 0: the phonons
   benchmark tests the unstrained lattice).
+- frozen transverse-acoustic phonons (appended last, no randomness; ``--append-modes`` adds them
+  to an existing file): the TA modes at X and L, the branches the models found hardest, with the
+  largest atomic displacement 0.03 or 0.06 Angstrom, at lattice strains of -0.5 and +0.5 %.
 
 The 64-atom frames are interleaved across categories so that any prefix of the labelling run is
 already a diverse data set (labelling takes hours and is resumed across sessions).
@@ -126,11 +129,73 @@ def displaced() -> list[Atoms]:
     return frames
 
 
+def modes() -> list[Atoms]:
+    """Frozen TA phonons at X = (1/2, 0, 1/2) and L = (1/2, 1/2, 1/2) (primitive reciprocal
+    coordinates) in the 64-atom cell, both commensurate with it. The polarisation of these modes
+    is fixed by the diamond structure's symmetry, so Stillinger-Weber force constants give the
+    same pattern as DFT; each pattern is checked to be an eigenvector of them (residual < 1e-8),
+    then scaled so the largest atomic displacement is 0.03 or 0.06 Angstrom, at lattice strains
+    of -0.5 and +0.5 % (the unstrained lattice stays the phonons benchmark's). A frame's forces
+    then carry the TA restoring force itself (some 70-140 meV/Angstrom per atom for the DFT
+    TA(X), about 4.5 THz), which in thermal snapshots is a small part of much larger forces."""
+    from phonopy import Phonopy
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    prim = bulk("Si", "diamond", a=A0_PBE)
+    unit = PhonopyAtoms(symbols=["Si"] * 2, cell=prim.cell[:],
+                        scaled_positions=prim.get_scaled_positions())
+    to_cubic_2x2x2 = [[-2, 2, 2], [2, -2, 2], [2, 2, -2]]   # primitive -> 2x2x2 conventional
+    ph = Phonopy(unit, supercell_matrix=to_cubic_2x2x2)
+    ph.generate_displacements(distance=0.01)
+    forces = []
+    for sc in ph.supercells_with_displacements:
+        atoms = Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
+        atoms.calc = sw_calc()
+        forces.append(atoms.get_forces())
+    ph.forces = forces
+    ph.produce_force_constants()
+    ref = ph.supercell
+    frames = []
+    for name, q in (("X", [0.5, 0.0, 0.5]), ("L", [0.5, 0.5, 0.5])):
+        mod = ph.run_modulations(to_cubic_2x2x2, [[q, 0, 1.0, 0.0]])   # band 0: a TA mode
+        frac = mod.modulated_supercells[0].scaled_positions - ref.scaled_positions
+        pattern = (frac - np.round(frac)) @ ref.cell
+        restoring = -np.einsum("ijab,jb->ia", ph.force_constants, pattern)
+        k = (restoring * pattern).sum() / (pattern * pattern).sum()
+        resid = np.linalg.norm(restoring - k * pattern) / np.linalg.norm(restoring)
+        assert resid < 1e-8, f"TA({name}) pattern is not an eigenvector ({resid:.1e})"
+        pattern /= np.linalg.norm(pattern, axis=1).max()
+        for amplitude in (0.03, 0.06):
+            for eps in (-0.005, 0.005):
+                atoms = Atoms(ref.symbols, cell=ref.cell,
+                              positions=ref.positions + amplitude * pattern, pbc=True)
+                atoms.set_cell(atoms.cell * (1.0 + eps), scale_atoms=True)
+                atoms.info["config_type"] = "diamond_mode"
+                atoms.info["mode"] = f"TA({name})"
+                atoms.info["lattice_strain"] = eps
+                atoms.info["displacement_A"] = amplitude
+                frames.append(atoms)
+    return frames
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", default="si_frames.xyz")
     parser.add_argument("--seed", type=int, default=20261121)
+    parser.add_argument("--append-modes", metavar="FILE",
+                        help="only append the frozen-phonon frames to FILE, an earlier output of "
+                             "this script without them (the MD frames are not recomputed)")
     args = parser.parse_args()
+    if args.append_modes:
+        from ase.io import read
+
+        old = read(args.append_modes, ":")
+        if any(a.info.get("config_type") == "diamond_mode" for a in old):
+            raise SystemExit(f"{args.append_modes}: already has the frozen-phonon frames")
+        new = modes()
+        write(args.append_modes, new, format="extxyz", append=True)
+        print(f"appended {len(new)} frames to {args.append_modes}")
+        return
     rng = np.random.default_rng(args.seed)
 
     groups: list[list[Atoms]] = []
@@ -176,6 +241,7 @@ def main() -> None:
     frames = [atom] + interleaved[:half] + vac_frames + interleaved[half:]
     frames += rattled(args.seed + 1)
     frames += displaced()
+    frames += modes()
     write(args.output, frames, format="extxyz")
     print(f"wrote {len(frames)} frames to {args.output}")
 

@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # How the silicon reference ensemble in mlff_ins/resources/si/reference_model/ is made: the
-# `reference` preset (configs/train/reference.yaml: 3 members of 400 epochs, about 2.5 hours each on 2
-# otherwise idle CPU cores; a --resume may raise the epochs to train longer)
-# on the embedded CP2K frames, then the phonon and training benchmarks on it. Hours in all; stop it
-# with SIGTERM or Ctrl-C at any point and rerun this script: it resumes where it stopped
-# (finished members kept, the unfinished one from its last.ckpt, elapsed time included).
-# The run folder, training/si-reference/, is kept in git (checkpoints included) so that a later
+# `reference` preset (configs/train/reference.yaml: 3 members of 250 epochs, ZBL core repulsion;
+# about 1.5-2 hours per member on 2 otherwise idle CPU cores; a --resume may raise the epochs to
+# train longer) on the embedded CP2K frames (si_cp2k_pbe.xyz, with the frozen TA phonons) and the
+# active-learning round 1 (si_cp2k_pbe_al1.xyz), then the phonon benchmark on it.
+# Round 0 (no ZBL, no frozen phonons, no round-1 frames; 400 epochs) is training/si-reference/:
+# its member 0 after 172 epochs is the interim model the round-1 frames were picked with.
+# Hours in all; stop it with SIGTERM or Ctrl-C at any point and rerun this script: it resumes
+# where it stopped (finished members kept, the unfinished one from its last.ckpt, elapsed time
+# included). The run folder, $OUT, is kept in git (checkpoints included) so that a later
 # session on another machine resumes it: commit it when you stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-training/si-reference}
+OUT=${OUT:-training/si-reference-al1}
 RESUME=""
 [ -d "$OUT" ] && RESUME="--resume"
-ARGS=(--preset reference --data mlff_ins/resources/si/si_cp2k_pbe.xyz -o "$OUT")
+ARGS=(--preset reference --data mlff_ins/resources/si/si_cp2k_pbe.xyz
+      --data mlff_ins/resources/si/si_cp2k_pbe_al1.xyz -o "$OUT")
 nice -n 19 mlff-ins train "${ARGS[@]}" $RESUME
 # ship the members and the report, not the checkpoints (`--export` also ships an unfinished
 # run's best checkpoints so far, marked partial; stop the training first)

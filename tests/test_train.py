@@ -9,6 +9,7 @@ import sys
 import time
 from datetime import datetime
 
+import numpy as np
 import pytest
 from ase.io import read
 
@@ -21,9 +22,13 @@ from mlff_ins.errors import InputError
 def test_train_resumes_after_kill(si_subset, tmp_path):
     """Two members side by side (--parallel-members 2): SIGKILL the run once both have a
     checkpoint; --resume continues each from its checkpoint, again side by side, after the run
-    folder and the data file have moved (another checkout: the data is known by its hash)."""
+    folder and the data file have moved (another checkout: the data is known by its hash).
+    The members carry nequip's ZBL pair term (model.pair_potential), which must survive
+    checkpointing, resuming and packaging."""
     out = tmp_path / "m"
-    cmd = [sys.executable, "-m", "mlff_ins.cli", "train", "--data", str(si_subset),
+    zbl = tmp_path / "zbl.yaml"
+    zbl.write_text("model: {pair_potential: zbl}\n")
+    cmd = [sys.executable, "-m", "mlff_ins.cli", "train", str(zbl), "--data", str(si_subset),
            "--preset", "tiny", "--epochs", "12", "--ensemble", "2", "--parallel-members", "2",
            "-o", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -38,10 +43,10 @@ def test_train_resumes_after_kill(si_subset, tmp_path):
     assert all((m / "last.ckpt").exists() for m in members), "no checkpoint before the kill"
     assert not (out / "bundle.json").exists()
     # without --resume the half-finished run is protected
-    assert main(["train", "--data", str(si_subset), "--preset", "tiny", "--epochs", "12",
-                 "--ensemble", "2", "-o", str(out)]) == 2
+    assert main(["train", str(zbl), "--data", str(si_subset), "--preset", "tiny", "--epochs",
+                 "12", "--ensemble", "2", "-o", str(out)]) == 2
     # --resume may change the run length (here 2 epochs more), nothing else
-    assert main(["train", "--data", str(si_subset), "--preset", "tiny", "--epochs", "12",
+    assert main(["train", str(zbl), "--data", str(si_subset), "--preset", "tiny", "--epochs", "12",
                  "--ensemble", "2", "--cutoff", "3.5", "-o", str(out), "--resume"]) == 2
     cmd[cmd.index("--epochs") + 1] = "14"
     moved, data = tmp_path / "elsewhere" / "m", tmp_path / "elsewhere" / "data.xyz"
@@ -70,6 +75,11 @@ def test_train_resumes_after_kill(si_subset, tmp_path):
     if "OMP_NUM_THREADS" not in os.environ:
         assert launch["torch_threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
     assert "forces" in res.stdout and "meV/Å" in res.stdout
+    from mlff_ins.model.calculator import _load_member, read_bundle
+
+    for member in read_bundle(out)["members"]:
+        model, _ = _load_member(out / member, "cpu")
+        assert any(name.endswith("pair_potential") for name, _ in model.named_modules())
 
 
 def _last_train_span(log):
@@ -228,3 +238,83 @@ def test_export_of_an_unfinished_run_is_a_loadable_partial_bundle(tiny_bundle, s
                              str(tmp_path / "y")]) == 2
     assert "--export with different settings" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def _zbl_analytic(r: float, cutoff: float, z: int) -> float:
+    """Ziegler-Biersack-Littmark pair energy (eV; r in Angstrom) with the universal screening
+    length and function (ZBL 1985), tapered by nequip's polynomial cutoff (p = 6)."""
+    a = 0.46850 / (2 * z ** 0.23)
+    x = r / a
+    phi = (0.18175 * np.exp(-3.19980 * x) + 0.50986 * np.exp(-0.94229 * x)
+           + 0.28022 * np.exp(-0.40290 * x) + 0.02817 * np.exp(-0.20162 * x))
+    p, u = 6, r / cutoff
+    taper = 1 - (p + 1) * (p + 2) / 2 * u**p + p * (p + 2) * u**(p + 1) - p * (p + 1) / 2 * u**(p + 2)
+    return z * z * 14.399645 / r * phi * taper if u < 1 else 0.0
+
+
+def test_zbl_pair_potential_adds_the_screened_nuclear_repulsion(tmp_path):
+    """model.pair_potential: zbl puts the ZBL term under the network: two models of the same seed,
+    with and without it, differ for a Si dimer by exactly the analytic ZBL energy (1e-9 eV)."""
+    import ase
+    from hydra.utils import instantiate
+    from nequip.data import AtomicDataDict, from_ase
+    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
+    from nequip.utils.global_state import set_global_state
+
+    from mlff_ins.train.nequip_config import nequip_config
+
+    with pytest.raises(InputError, match="model.pair_potential: null"):
+        load_train_config(preset="tiny", overrides={"data": "x.xyz",
+                                                    "model.pair_potential": "lj"})
+    set_global_state()
+    cfg = load_train_config(preset="tiny", overrides={"data": "x.xyz"})
+    cutoff = float(cfg["cutoff"])
+
+    def model(pair):
+        cfg["model"]["pair_potential"] = pair
+        nq = nequip_config(cfg, elements=["Si"], e0s={"Si": 0.0}, train_file=tmp_path / "a",
+                           val_file=tmp_path / "b", test_file=tmp_path / "c", run_dir=tmp_path,
+                           seed=3, has_stress=False)
+        spec = dict(nq["training_module"]["model"])
+        assert ("pair_potential" in spec) == (pair is not None)
+        # the statistics nequip fills in from the training data, fixed here
+        spec.update(avg_num_neighbors=4.0, per_type_energy_scales=1.0)
+        return instantiate(spec, _recursive_=False, _convert_="all")
+
+    plain, zbl = model(None), model("zbl")
+    for r in (0.8, 1.5, 2.35, 0.9 * cutoff):
+        data = from_ase(ase.Atoms("Si2", positions=[[0, 0, 0], [r, 0, 0]], cell=[20] * 3))
+        data = ChemicalSpeciesToAtomTypeMapper(["Si"])(NeighborListTransform(r_max=cutoff)(data))
+        e_plain, e_zbl = (float(m(dict(data))[AtomicDataDict.TOTAL_ENERGY_KEY].detach()) for m in (plain, zbl))
+        assert e_zbl - e_plain == pytest.approx(_zbl_analytic(r, cutoff, 14), abs=1e-9, rel=1e-9)
+
+
+def test_several_data_files_train_together(si_subset, tmp_path):
+    """`--data A --data B` trains on A and B together: the split sees every frame of both, the
+    run is tied to both files (and their order, which decides the split), and a bad file is
+    named in the error."""
+    from ase.io import write
+
+    from mlff_ins.cli import build_parser, _data_option
+    from mlff_ins.train.driver import _split_data, data_sha256
+
+    frames = read(si_subset, ":")
+    a, b = tmp_path / "a.xyz", tmp_path / "b.xyz"
+    write(a, frames[:8])   # the isolated atom and 7 frames
+    write(b, frames[8:])
+    args = build_parser().parse_args(["train", "--data", str(a), "--data", str(b), "-o", "x"])
+    both = load_train_config(preset="tiny", overrides={"data": _data_option(args.data)})
+    assert both["data"] == [str(a), str(b)]
+    whole, split, *_ = _split_data(both)
+    assert len(whole) == len(frames) - 1   # all but the isolated atom
+    assert sorted(i for part in split.values() for i in part) == list(range(len(whole)))
+    one = load_train_config(preset="tiny", overrides={"data": str(si_subset)})
+    assert len(_split_data(one)[0]) == len(whole)
+    swapped = dict(both, data=[str(b), str(a)])
+    assert len({data_sha256(both), data_sha256(swapped), data_sha256(one)}) == 3
+    b.write_text("not a structure\n")
+    with pytest.raises(InputError, match="b.xyz: cannot read structures"):
+        _split_data(both)
+    # a config file's list of files is read relative to the config file
+    (tmp_path / "run.yaml").write_text("preset: tiny\ndata: [a.xyz, sub/c.xyz]\n")
+    assert load_train_config(tmp_path / "run.yaml")["data"] == [str(a), str(tmp_path / "sub/c.xyz")]

@@ -70,8 +70,10 @@ def load_train_config(path: str | os.PathLike | None = None, *, preset: str | No
             raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(user, dict):
             raise InputError(f"{path}: expected a mapping of options")
-        if user.get("data") and not Path(user["data"]).is_absolute():
-            user["data"] = str((path.parent / user["data"]).resolve())
+        if user.get("data"):   # one file or a list, relative to the config file
+            files = [user["data"]] if isinstance(user["data"], str) else list(user["data"])
+            files = [str((path.parent / f).resolve()) for f in files]
+            user["data"] = files[0] if len(files) == 1 else files
     name = preset or user.get("preset") or "small"
     cfg = _merge(load_preset(name), user, where)
     cfg["preset"] = name
@@ -93,12 +95,18 @@ def check_train_config(cfg: dict) -> None:
     """Raise :class:`InputError` naming the first bad option."""
     if not cfg.get("data"):
         raise InputError("no training data: give --data FILE or `data:` in the config")
+    if not (isinstance(cfg["data"], str)
+            or (isinstance(cfg["data"], list) and all(isinstance(f, str) for f in cfg["data"]))):
+        raise InputError(f"data: a file or a list of files (got {cfg['data']!r})")
     if not float(cfg["cutoff"]) > 0:
         raise InputError(f"cutoff: must be positive (got {cfg['cutoff']})")
     if int(cfg["ensemble"]) < 1:
         raise InputError(f"--ensemble: must be at least 1 (got {cfg['ensemble']})")
     if cfg["model"]["dtype"] not in ("float32", "float64"):
         raise InputError(f"model.dtype: float32 or float64 (got {cfg['model']['dtype']})")
+    if cfg["model"].get("pair_potential") not in (None, "zbl"):
+        raise InputError(f"model.pair_potential: null (none) or zbl (got "
+                         f"{cfg['model']['pair_potential']!r})")
     split = cfg["split"]
     if not (0 < split["test"] < 1 and 0 < split["val"] < 1 and split["val"] + split["test"] < 1):
         raise InputError("split: val and test must be fractions in (0, 1) with a sum below 1")

@@ -61,6 +61,26 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def data_files(cfg: dict) -> list[Path]:
+    """The labelled-data files of ``cfg`` (``data`` is one path or a list of paths)."""
+    data = cfg["data"]
+    return [Path(f) for f in ([data] if isinstance(data, (str, os.PathLike)) else data)]
+
+
+def data_label(cfg: dict) -> str:
+    """The data files of ``cfg`` as one string for messages and reports."""
+    return " + ".join(str(f) for f in data_files(cfg))
+
+
+def data_sha256(cfg: dict) -> str:
+    """The identity of the training data: one file's SHA-256, or for several files the SHA-256
+    of their hashes in order (so the order is part of it: it decides the split)."""
+    hashes = [_file_sha256(f) for f in data_files(cfg)]
+    if len(hashes) == 1:
+        return hashes[0]
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+
+
 def prepare_data(cfg: dict):
     """Read and check the data of ``cfg``.
 
@@ -69,15 +89,15 @@ def prepare_data(cfg: dict):
     order. The E0s are decided after the split (:func:`mlff_ins.data.e0s.choose_e0s`), since a
     fit may use the training frames only.
     """
-    frames = read_frames(cfg["data"])
+    frames = [a for f in data_files(cfg) for a in read_frames(f)]
     frames, isolated = split_isolated_atoms(frames)
     if not frames:
-        raise InputError(f"{cfg['data']}: no frames besides isolated atoms")
+        raise InputError(f"{data_label(cfg)}: no frames besides isolated atoms")
     data_elements = sorted({s for a in frames for s in a.get_chemical_symbols()})
     elements = list(cfg["elements"]) if cfg.get("elements") else data_elements
     extra = sorted(set(data_elements) - set(elements))
     if extra:
-        raise InputError(f"{cfg['data']}: element {extra[0]} is in the data but not in "
+        raise InputError(f"{data_label(cfg)}: element {extra[0]} is in the data but not in "
                          f"elements: {elements}")
     validate(frames)
     return frames, isolated, elements
@@ -573,6 +593,8 @@ def _fixed_settings(cfg: dict) -> dict:
     for key in RUN_LENGTH:
         plain.get("training", {}).pop(key, None)
     plain.pop("data", None)
+    # settings added later, at their old behaviour, so a run made before them still resumes
+    plain.get("model", {}).setdefault("pair_potential", None)
     return plain
 
 
@@ -644,8 +666,8 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
     e0s = e0.values
     print(e0.message, flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    data_sha256 = _file_sha256(Path(cfg["data"]))
-    write_json_atomic(state_path, {"settings": cfg, "data_sha256": data_sha256})
+    sha256 = data_sha256(cfg)
+    write_json_atomic(state_path, {"settings": cfg, "data_sha256": sha256})
     data_dir = out / "data"
     data_dir.mkdir(exist_ok=True)
     write_json_atomic(data_dir / "split.json", split)
@@ -716,7 +738,7 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
     metrics, parity = evaluate_bundle_members(members, test_frames, device=_device(cfg))
     world = devices * num_nodes
     bundle = {
-        **_bundle_meta(cfg, elements=elements, e0=e0, data_sha256=data_sha256,
+        **_bundle_meta(cfg, elements=elements, e0=e0, sha256=sha256,
                        members=[str(m.relative_to(out) / PACKAGE_NAME) for m in members],
                        counts=(len(frames), len(pool), len(val_frames), len(test_frames)),
                        metrics=metrics),
@@ -746,9 +768,9 @@ def _check_same_run(cfg: dict, out: Path, option: str) -> None:
         raise InputError(f"{out}: {option} with different settings than the run there (see "
                          f"{state_path}; only the run length, --epochs and --max-minutes, may "
                          f"change)")
-    if old.get("data_sha256") != _file_sha256(Path(cfg["data"])):
-        raise InputError(f"{out}: {option} with a changed data file {cfg['data']} (it differs "
-                         "from the one the run started with)")
+    if old.get("data_sha256") != data_sha256(cfg):
+        raise InputError(f"{out}: {option} with changed data {data_label(cfg)} (it differs "
+                         "from the data the run started with)")
 
 
 def _split_data(cfg: dict):
@@ -756,18 +778,18 @@ def _split_data(cfg: dict):
     else fitted to the training pool (not val/test), shared by every member so the bundle has
     one energy baseline. Returns (frames, split, pool, val, test, elements, e0)."""
     frames, isolated, elements = prepare_data(cfg)  # before anything is written
-    check_oversample(frames, cfg["training"].get("oversample") or {}, source=str(cfg["data"]))
+    check_oversample(frames, cfg["training"].get("oversample") or {}, source=data_label(cfg))
     split = split_indices(len(frames), val=cfg["split"]["val"], test=cfg["split"]["test"],
                           seed=int(cfg["split"]["seed"]),
                           groups=[str(a.info.get("config_type", "")) for a in frames])
     pool = [frames[i] for i in split["train"]]
     val_frames = [frames[i] for i in split["val"]]
     test_frames = [frames[i] for i in split["test"]]
-    e0 = choose_e0s(cfg["e0s"], isolated, elements, pool, source=str(cfg["data"]))
+    e0 = choose_e0s(cfg["e0s"], isolated, elements, pool, source=data_label(cfg))
     return frames, split, pool, val_frames, test_frames, elements, e0
 
 
-def _bundle_meta(cfg: dict, *, elements, e0, data_sha256: str, members: list[str],
+def _bundle_meta(cfg: dict, *, elements, e0, sha256: str, members: list[str],
                  counts: tuple[int, int, int, int], metrics: dict) -> dict:
     """The part of bundle.json every bundle has (a trained one and an export alike)."""
     n, n_pool, n_val, n_test = counts
@@ -781,7 +803,8 @@ def _bundle_meta(cfg: dict, *, elements, e0, data_sha256: str, members: list[str
         "e0s_note": e0.message,
         "dtype": cfg["model"]["dtype"],
         "members": members,
-        "training_data": {"file": str(cfg["data"]), "sha256": data_sha256,
+        "training_data": {"file": data_label(cfg),
+                          "files": [str(f) for f in data_files(cfg)], "sha256": sha256,
                           "n_frames": n, "n_train_pool": n_pool, "n_val": n_val,
                           "n_test": n_test},
         "metrics": metrics["ensemble_mean"],
@@ -850,7 +873,7 @@ def export_bundle(cfg: dict, run: str | os.PathLike, dest: str | os.PathLike, *,
         raise InputError(f"{run}: no member has a checkpoint yet; nothing to export")
     metrics, parity = evaluate_bundle_members(members, test_frames, device=_device(cfg))
     bundle = _bundle_meta(cfg, elements=elements, e0=e0,
-                          data_sha256=_file_sha256(Path(cfg["data"])),
+                          sha256=data_sha256(cfg),
                           members=[str(m.relative_to(tmp) / PACKAGE_NAME) for m in members],
                           counts=(len(frames), len(pool), len(val_frames), len(test_frames)),
                           metrics=metrics)

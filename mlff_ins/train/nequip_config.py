@@ -149,6 +149,19 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
                 "per_type_energy_shifts": {el: float(e0s[el]) for el in elements},
                 "per_type_energy_scales_trainable": False,
                 "per_type_energy_shifts_trainable": False,
+                **_pair_potential(m.get("pair_potential"), elements),
             },
         },
     }
+
+
+def _pair_potential(name: str | None, elements: list[str]) -> dict:
+    """The model's fixed pair term: none, or ``zbl``, nequip's Ziegler-Biersack-Littmark
+    screened nuclear repulsion (eV, Angstrom; tapered to zero at the cutoff by the same polynomial
+    as the radial basis). The network learns the rest, so the energies it is trained on are
+    unchanged; the term keeps atoms apart at distances no training frame reaches (in hot MD an
+    unconstrained model can let two atoms fall onto each other)."""
+    if not name:
+        return {}
+    return {"pair_potential": {"_target_": "nequip.nn.pair_potential.ZBL", "units": "metal",
+                               "chemical_species": list(elements)}}
