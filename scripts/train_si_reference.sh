@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # How the silicon reference ensemble in mlff_ins/resources/si/reference_model/ is made: the
 # `reference` preset (configs/train/reference.yaml: 3 members of 250 epochs, ZBL core repulsion;
-# about 1.5-2 hours per member on 2 otherwise idle CPU cores; a --resume may raise the epochs to
-# train longer) on the embedded CP2K frames (si_cp2k_pbe.xyz, with the frozen TA phonons) and the
+# about 5-6 hours for the three on 2 otherwise idle CPU cores; a --resume may raise the epochs
+# to train longer) on the embedded CP2K frames (si_cp2k_pbe.xyz, with the frozen TA phonons) and the
 # active-learning round 1 (si_cp2k_pbe_al1.xyz), then the phonon benchmark on it.
 # Round 0 (no ZBL, no frozen phonons, no round-1 frames; 400 epochs) is training/si-reference/:
 # its member 0 after 172 epochs is the interim model the round-1 frames were picked with.
@@ -17,7 +17,10 @@ RESUME=""
 [ -d "$OUT" ] && RESUME="--resume"
 ARGS=(--preset reference --data mlff_ins/resources/si/si_cp2k_pbe.xyz
       --data mlff_ins/resources/si/si_cp2k_pbe_al1.xyz -o "$OUT")
-nice -n 19 mlff-ins train "${ARGS[@]}" $RESUME
+# the three members side by side, one torch thread each (docs/training.md: on 2 cores this beats
+# one 2-thread member at a time, more so beside other work), so a stopped run already has a
+# partial ensemble to export
+nice -n 19 mlff-ins train "${ARGS[@]}" --parallel-members 3 $RESUME
 # ship the members and the report, not the checkpoints (`--export` also ships an unfinished
 # run's best checkpoints so far, marked partial; stop the training first)
 rm -rf mlff_ins/resources/si/reference_model.new
