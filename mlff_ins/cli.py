@@ -694,6 +694,11 @@ def _run_spectra(args) -> int:
           f"({summary['first_frame']}..{summary['last_frame']}) of {summary['n_atoms']} atoms, "
           f"dt {summary['dt_fs']:g} fs, correlation window {summary['time_window_fs']:g} fs, "
           f"T {summary['temperature_K']:.1f} K (kinetic {summary['kinetic_temperature_K']:.1f} K)")
+    if "e_max" in given and args.e_max > summary["nyquist_meV"]:
+        print(f"warning: {args.trajectory}: frames {summary['dt_fs']:g} fs apart resolve "
+              f"energies up to {summary['nyquist_meV']:.1f} meV only (--e-max {args.e_max:g}); "
+              f"vibrations faster than that fold back into lower energies: write frames more "
+              f"often (mlff-ins md --every)", file=sys.stderr)
     for element, fits in summary.get("qens", {}).items():
         d, f = fits["D_msd_A2_per_ps"], fits["D_fickian_A2_per_ps"]
         print(f"  {element}: D from MSD {d['value']:.4g} ± {d['std']:.2g} Å²/ps; "

@@ -54,6 +54,17 @@ def test_spectra_command_writes_nxdata_and_plot(small_traj, tmp_path, capsys):
     assert spectra["eisf_O"].intensity_std is not None
 
 
+def test_e_max_beyond_the_frames_nyquist_energy_is_warned(small_traj, tmp_path, capsys):
+    """Frames 25 fs apart resolve E <= h / (2 * 25 fs) = 82.7 meV: asking for 100 meV warns
+    (aliasing), 80 meV does not."""
+    path = small_traj[0]
+    for e_max, warned in ((100, True), (80, False)):
+        assert main(["spectra", str(path), "--dt", "25", "--e-max", str(e_max),
+                     "-o", str(tmp_path / f"v{e_max}.h5")]) == 0
+        err = capsys.readouterr().err
+        assert ("resolve energies up to 82.7 meV only" in err) == warned, err
+
+
 def test_h5md_input_with_nm_and_ps_units_matches_extxyz(small_traj, tmp_path):
     path, pos, vel, cell, symbols = small_traj
     h5 = tmp_path / "liquid.h5"

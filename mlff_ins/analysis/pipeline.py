@@ -19,6 +19,7 @@ from mlff_ins.analysis.spectra_md import (element_mass, msd_spectra, scattering_
                                           vdos_spectra)
 from mlff_ins.analysis.trajectory import Trajectory
 from mlff_ins.errors import InputError
+from mlff_ins.neutron.units import MEV_PER_THZ
 from mlff_ins.ins.engine import VibrationalSource, indirect_s_e, s_e_spectra
 from mlff_ins.ins.incoherent import u2_from_dos
 from mlff_ins.neutron.instruments import get_instrument
@@ -134,7 +135,9 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
                "first_frame": first_frame,
                "last_frame": first_frame + (corr.n_frames - 1) * getattr(traj, "stride", 1),
                "time_window_fs": float(corr.time_fs[-1]), "kinetic_temperature_K": kinetic_T,
-               "temperature_K": temperature}
+               "temperature_K": temperature,
+               # the highest energy frames dt apart resolve (E = h / 2 dt); faster motion aliases
+               "nyquist_meV": MEV_PER_THZ * 1000.0 / (2.0 * traj.dt_fs)}
     out: dict = {}
     if opts.vdos:
         out.update(vdos_spectra(corr, opts.window, opts.isotopes, **_meta(meta)))

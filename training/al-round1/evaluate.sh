@@ -59,7 +59,7 @@ for tag in r0:"$RUN/asi64_300K.h5md" r1:"$OUT/asi64_300K_r1.h5md"; do
   name=${tag%%:*} traj=${tag#*:}
   [ -f "$OUT/asi_$name.h5" ] || mlff-ins spectra "$traj" --vdos --instrument vision -T 300 \
       --skip-ps 2 --e-max 100 -o "$OUT/asi_$name.h5" --plot
-  mlff-ins structure "$traj" --index -1 -o "$OUT/structure_$name"
+  mlff-ins structure "$traj" --start 80 -o "$OUT/structure_$name"   # the last 4 ps
 done
 for kind in vdos s_e; do
   mlff-ins compare "$OUT/asi_r0.h5" "$OUT/asi_r1.h5" --kind $kind --label "round 0" \
