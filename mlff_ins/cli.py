@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -695,10 +696,12 @@ def _run_spectra(args) -> int:
           f"dt {summary['dt_fs']:g} fs, correlation window {summary['time_window_fs']:g} fs, "
           f"T {summary['temperature_K']:.1f} K (kinetic {summary['kinetic_temperature_K']:.1f} K)")
     if "e_max" in given and args.e_max > summary["nyquist_meV"]:
-        print(f"warning: {args.trajectory}: frames {summary['dt_fs']:g} fs apart resolve "
-              f"energies up to {summary['nyquist_meV']:.1f} meV only (--e-max {args.e_max:g}); "
-              f"vibrations faster than that fold back into lower energies: write frames more "
-              f"often (mlff-ins md --every)", file=sys.stderr)
+        import warnings
+
+        warnings.warn(f"{args.trajectory}: frames {summary['dt_fs']:g} fs apart resolve "
+                      f"energies up to {summary['nyquist_meV']:.1f} meV only (--e-max "
+                      f"{args.e_max:g}); vibrations faster than that fold back into lower "
+                      f"energies: write frames more often (mlff-ins md --every)")
     for element, fits in summary.get("qens", {}).items():
         d, f = fits["D_msd_A2_per_ps"], fits["D_fickian_A2_per_ps"]
         print(f"  {element}: D from MSD {d['value']:.4g} ± {d['std']:.2g} Å²/ps; "
@@ -1772,6 +1775,10 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"mlff-ins {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:   # output piped into `head` and the like: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"mlff-ins {args.command}: interrupted; rerun the same command (with --resume "
               "for train) to continue", file=sys.stderr)
