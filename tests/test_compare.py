@@ -79,6 +79,18 @@ def test_phonon_and_md_routes_agree(cu_routes, capsys):
     report = (out / "report.md").read_text()
     assert "| phonons | MD |" in report and (out / "compare.png").stat().st_size > 10_000
     assert "peak shifts" in capsys.readouterr().out
+    # absolute intensities (barn/(sr meV) per atom), not only the max-normalised shapes: one
+    # crystal's S(E) has one area by either route, within 5 %
+    s_ph, s_md = read_spectra(ph)["s_e"], read_spectra(md)["s_e"]
+    area_ph, area_md = (np.trapezoid(s.intensity, s.x) for s in (s_ph, s_md))
+    assert area_md == pytest.approx(area_ph, rel=0.05)
+    # also from a short correlation window (200 fs: bins of 10 meV, 25-30 times VISION's σ at
+    # 10-30 meV, where a kernel sampled at the bin centres had multiplied the area by 9.4)
+    short = tmp / "md_short.h5"
+    assert main(["spectra", str(tmp / "md.extxyz"), "--dt", "10", "--instrument", "vision",
+                 "-T", "10", "--time-window", "200", "-o", str(short)]) == 0
+    s_short = read_spectra(short)["s_e"]
+    assert np.trapezoid(s_short.intensity, s_short.x) == pytest.approx(area_ph, rel=0.05)
 
 
 def test_measurement_with_scale_and_background(cu_routes, tmp_path):

@@ -9,8 +9,9 @@ import pytest
 from mlff_ins.cli import main
 from mlff_ins.errors import InputError
 from mlff_ins.neutron import resolution as res_mod
-from mlff_ins.neutron.resolution import (FWHM_PER_SIGMA, chopper_resolution, direct_resolution,
-                                         indirect_resolution)
+from mlff_ins.neutron.instruments import get_instrument
+from mlff_ins.neutron.resolution import (FWHM_PER_SIGMA, chopper_resolution, constant_fwhm,
+                                         direct_resolution, indirect_resolution)
 
 resins = pytest.importorskip("resins")  # in the test extra; the package works without it
 DATA = Path(__file__).parent / "data" / "phonopy"
@@ -73,6 +74,22 @@ def test_broadening_a_line_gives_the_model_width():
     left = np.interp(half, [b[lo - 1], b[lo]], [e[lo - 1], e[lo]])
     right = np.interp(half, [b[hi + 1], b[hi]], [e[hi + 1], e[hi]])
     assert right - left == pytest.approx(float(mari.fwhm_meV(40.0)[0]), rel=1e-3)
+
+
+def test_broadening_keeps_the_area_on_grids_coarser_than_the_resolution():
+    """VISION's σ at 10-60 meV is 0.3-0.5 meV; an MD spectrum of a short run may have bins of
+    4 meV. The broadened spectrum keeps its area to 1e-12 on any grid (a kernel sampled at the
+    bin centres instead multiplied it by 2.85 on the 4 meV grid), and on bins 20σ wide the
+    spectrum is left as it is (each bin keeps all but erfc(10/√2) ~ 1e-23 of its intensity)."""
+    inst = get_instrument("vision")
+    for de in (0.01, 0.1, 1.0, 4.0):
+        e = np.arange(0.0, 100.0 + de / 2, de)
+        y = np.exp(-((e - 50.0) / 10.0) ** 2)
+        b = inst.broaden(e, y)
+        assert np.trapezoid(b, e) == pytest.approx(np.trapezoid(y, e), rel=1e-12)
+    e = np.arange(0.0, 100.0, 4.0)
+    y = np.exp(-((e - 50.0) / 10.0) ** 2)
+    assert np.allclose(constant_fwhm(0.2 * FWHM_PER_SIGMA).broaden(e, y), y, rtol=1e-12, atol=0)
 
 
 def test_settings_that_would_be_ignored_are_refused():

@@ -280,25 +280,12 @@ def _sigma(res: Resolution | None, energy: np.ndarray) -> np.ndarray:
     return np.zeros_like(energy) if res is None else res.sigma_meV(np.abs(energy))
 
 
-def _lattice_norm(ratio: np.ndarray) -> np.ndarray:
-    """Σ_k exp(−k²/2r²) / (√(2π) r): the area a unit-area Gaussian of width r bins keeps when
-    sampled at the bin centres. 1 to < 1e-8 for r ≥ 1 (Poisson summation: the error is
-    2 exp(−2π² r²)); computed by the sum for narrower ones, which would otherwise gain area
-    (a σ → 0 Gaussian sampled at its centre is a spike of height 1/(√(2π) σ))."""
-    out = np.ones_like(ratio)
-    narrow = ratio < 1
-    k = np.arange(-12, 13)[None, :]
-    r = ratio[narrow][:, None]
-    out[narrow] = np.sum(np.exp(-0.5 * (k / r) ** 2), axis=1) / (np.sqrt(2 * np.pi) * r[:, 0])
-    return out
-
-
 def broaden_added(energy_meV, intensity, sigma_meV) -> np.ndarray:
     """Broaden ``intensity`` (..., len(E)) along E with a Gaussian of width ``sigma_meV`` (per
     source bin, meV; 0 leaves the bin as it is) with
-    :func:`mlff_ins.neutron.resolution.broaden_variable`, each source bin scaled so its
-    Gaussian keeps unit area on the grid even when narrower than a bin. NaN bins (outside a
-    kinematic range) are taken as zero while broadening and stay NaN."""
+    :func:`mlff_ins.neutron.resolution.broaden_variable` (bin-integrated kernels: the area is
+    kept also where σ is narrower than a bin). NaN bins (outside a kinematic range) are taken as
+    zero while broadening and stay NaN."""
     e = np.asarray(energy_meV, dtype=float)
     y = np.asarray(intensity, dtype=float)
     steps = np.diff(e)
@@ -306,8 +293,7 @@ def broaden_added(energy_meV, intensity, sigma_meV) -> np.ndarray:
         raise InputError("broadening needs a uniform energy grid; resample first")
     nan = np.isnan(y)
     sigma = np.maximum(np.broadcast_to(np.asarray(sigma_meV, dtype=float), e.shape), 1e-12)
-    norm = _lattice_norm(sigma / abs(steps[0]))
-    out = broaden_variable(e, np.where(nan, 0.0, y) / norm, sigma)
+    out = broaden_variable(e, np.where(nan, 0.0, y), sigma)
     return np.where(nan, np.nan, out)
 
 

@@ -73,7 +73,14 @@ class Resolution:
 def broaden_variable(energy_meV, intensity, sigma_meV, chunk: int = 1024) -> np.ndarray:
     """Gaussian broadening whose width depends on the source energy: the intensity of each bin E'
     is spread over the grid as a unit-area Gaussian of width σ(E'), so the area is kept (up to
-    what spills past the grid ends). Works on the last axis; memory is chunk × len(E)."""
+    what spills past the grid ends). Each target bin receives the Gaussian's integral over its
+    width [E − ΔE/2, E + ΔE/2] (divided by ΔE), not its value at E: so the area is kept on any
+    grid, also one coarser than σ (an MD spectrum of a short run, whose bins may be several meV
+    wide against a resolution of a fraction of a meV; there the broadening leaves the spectrum
+    as it is, where sampled values would multiply its area). On grids much finer than σ the two
+    agree to O((ΔE/σ)²). Works on the last axis; memory is chunk × len(E)."""
+    from scipy.special import ndtr   # the standard normal CDF
+
     e = np.asarray(energy_meV, dtype=float)
     y = np.asarray(intensity, dtype=float)
     sigma = np.maximum(np.broadcast_to(np.asarray(sigma_meV, dtype=float), e.shape), 1e-12)
@@ -82,9 +89,9 @@ def broaden_variable(energy_meV, intensity, sigma_meV, chunk: int = 1024) -> np.
     out = np.zeros_like(flat)
     for lo in range(0, len(e), chunk):
         src = slice(lo, lo + chunk)
-        k = np.exp(-0.5 * ((e[:, None] - e[None, src]) / sigma[None, src]) ** 2)
-        k /= np.sqrt(2 * np.pi) * sigma[None, src]          # unit area per source bin
-        out += flat[:, src] @ k.T * de
+        offset, width = e[:, None] - e[None, src], sigma[None, src]
+        k = ndtr((offset + de / 2) / width) - ndtr((offset - de / 2) / width)   # bin integrals
+        out += flat[:, src] @ k.T
     return out.reshape(y.shape)
 
 
