@@ -2,6 +2,7 @@
 is known (perfect and rattled diamond Si, an ideal gas), against ASE's RDF and direct counts."""
 
 import json
+from pathlib import Path
 
 import ase
 import numpy as np
@@ -268,3 +269,16 @@ def test_cli_structure_on_a_trajectory_stage_and_a_file(tmp_path, capsys):
     assert main(["structure", str(path), "--stage", "production", "-o",
                  str(tmp_path / "x")]) == 2
     assert "--stage: " in capsys.readouterr().err
+
+
+def test_case_study_report_tells_a_crystal_from_amorphous_si():
+    """The case study flags an 'a-Si' cell that is still a crystal: diamond rattled as at 300 K
+    (0.07 Å per component) is flagged; the embedded Stillinger-Weber a-Si frame (source frame 8 of
+    the Si data set, the first 'amorphous' one) is not."""
+    from ase.io import read
+
+    from mlff_ins.casestudy_report import not_amorphous
+
+    assert not_amorphous(structure_report([rattled(s, stdev=0.07) for s in range(2)]))
+    sw = read(Path(__file__).parent / "data" / "structures" / "si64_sw_amorphous.xyz")
+    assert not not_amorphous(structure_report([sw], r_max=5.0))
