@@ -8,9 +8,10 @@
 #   2. the 2500 K melt of the 64-atom cell on which round 0 failed (two atoms collapsed after
 #      1.6 ps): the same start, seed and protocol with the round-1 ensemble, its closest pair and
 #      ensemble force spread along the run;
-#   3. the a-Si cell of round 0 (the embedded Stillinger-Weber frame 8) at 300 K, 8 ps, same seed:
-#      VDOS and VISION S(E) from both models, overlaid and scored by `mlff-ins compare`, and the
-#      round-1 ensemble's force spread along the run (round 0 was one member: no spread).
+#   3. the a-Si cell of round 0 (the embedded Stillinger-Weber frame 8) at 300 K, 8 ps, same seed,
+#      frames every 10 fs: VDOS and VISION S(E) from both models, overlaid and scored by
+#      `mlff-ins compare`, their structure, and the round-1 ensemble's force spread along the run
+#      (round 0 was one member: no spread).
 #
 # Minutes to an hour on 2 cores (the two MD runs); every MD resumes. Outputs in $RUN/eval/.
 # Usage: bash training/al-round1/evaluate.sh [NEW_MODEL]   (default: the exported round-1 run)
@@ -52,18 +53,19 @@ sed -e 's/T_end: 2000, rate/T_end: 2500, rate/' -e 's/T: 2000, ps: 2/T: 2500, ps
     > "$OUT/melt_quench_2500K.yaml"
 nice -n 10 mlff-ins md "$RUN/si64.xyz" --model "$NEW" --protocol "$OUT/melt_quench_2500K.yaml" \
     --seed 1 -o "$OUT/asi64_2500K_r1.h5md" --resume || true
-# 3. a-Si at 300 K (run.sh's asi64_300K.h5md, made by the interim model)
-nice -n 10 mlff-ins md "$RUN/asi64_sw.xyz" --model "$NEW" -T 300 --dt 2 --steps 4000 --every 25 \
-    --thermostat bussi --seed 4 -o "$OUT/asi64_300K_r1.h5md" --resume
-for tag in r0:"$RUN/asi64_300K.h5md" r1:"$OUT/asi64_300K_r1.h5md"; do
-  name=${tag%%:*} traj=${tag#*:}
-  [ -f "$OUT/asi_$name.h5" ] || mlff-ins spectra "$traj" --vdos --instrument vision -T 300 \
-      --skip-ps 2 --e-max 100 -o "$OUT/asi_$name.h5" --plot
-  mlff-ins structure "$traj" --start 80 -o "$OUT/structure_$name"   # the last 4 ps
+# 3. a-Si at 300 K: the cell and seed of run.sh's asi64_300K.h5md, but frames every 10 fs (that
+# run stored one every 50 fs: energies up to 41 meV only), with both models
+for tag in r0:"$OLD" r1:"$NEW"; do
+  name=${tag%%:*} model=${tag#*:}
+  nice -n 10 mlff-ins md "$RUN/asi64_sw.xyz" --model "$model" -T 300 --dt 2 --steps 4000 \
+      --every 5 --thermostat bussi --seed 4 -o "$OUT/asi64_300K_$name.h5md" --resume
+  [ -f "$OUT/asi_$name.h5" ] || mlff-ins spectra "$OUT/asi64_300K_$name.h5md" --vdos \
+      --instrument vision -T 300 --skip-ps 2 --e-max 100 -o "$OUT/asi_$name.h5" --plot
+  mlff-ins structure "$OUT/asi64_300K_$name.h5md" --start 400 -o "$OUT/structure_$name"  # last 4 ps
 done
 for kind in vdos s_e; do
   mlff-ins compare "$OUT/asi_r0.h5" "$OUT/asi_r1.h5" --kind $kind --label "round 0" \
       --label "round 1" -o "$OUT/compare_$kind"
 done
-python training/al-round1/md_summary.py "$OUT/asi64_2500K_r1.h5md" "$RUN/asi64_300K.h5md" \
-    "$OUT/asi64_300K_r1.h5md"
+python training/al-round1/md_summary.py "$RUN/asi64_2500K.h5md" "$OUT/asi64_2500K_r1.h5md" \
+    "$OUT/asi64_300K_r0.h5md" "$OUT/asi64_300K_r1.h5md"
