@@ -57,6 +57,8 @@ def test_label_matches_calculator(tmp_path):
     again = label_frames(tmp_path / "in.xyz", REPO / "configs/label/emt.yaml",
                          tmp_path / "out.xyz", progress=False)
     assert again.labelled == [] and again.skipped_done == 4
+    # EMT writes no files: no OUTPUT.work folder is left behind (CP2K keeps its restart files)
+    assert not (tmp_path / "out.xyz.work").exists()
 
 
 def test_label_resumes_after_kill(tmp_path):

@@ -256,9 +256,14 @@ def label_frames(frames_path: str | os.PathLike, calculator_yaml: str | os.PathL
     with exclusive_lock(workdir / "label.lock",
                         f"{output}: another `mlff-ins label` run is writing it; wait for it to "
                         f"finish or stop it"):
-        return _label_locked(frames, frames_path, spec, output, workdir,
-                             retry_rejected=retry_rejected, progress=progress,
-                             max_frames=max_frames, allow_config_change=allow_config_change)
+        report = _label_locked(frames, frames_path, spec, output, workdir,
+                               retry_rejected=retry_rejected, progress=progress,
+                               max_frames=max_frames, allow_config_change=allow_config_change)
+        # a calculator that writes no files (EMT, a Python potential) leaves nothing to keep
+        if [f.name for f in workdir.iterdir()] == ["label.lock"]:
+            (workdir / "label.lock").unlink()
+            workdir.rmdir()
+        return report
 
 
 def _label_locked(frames, frames_path: Path, spec, output: Path, workdir: Path, *,
