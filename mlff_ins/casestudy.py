@@ -108,6 +108,11 @@ class Study:
     model: str | None              # None: the shipped reference model
     size: StudySize
     steps: list[Step] = field(default_factory=list)
+    device: str | None = None      # the model's device (md, phonons, spectra, predict); None: cpu
+
+
+#: the commands of the study that take --device
+DEVICE_COMMANDS = ("md", "phonons", "spectra", "predict")
 
 
 def default_model() -> str:
@@ -150,8 +155,10 @@ def _compare(structure: str, d: str, inputs: list[str], kind: str) -> Step:
                  *[w for label in labels for w in ("--label", label)], "-o", folder])
 
 
-def plan(out: str | Path, model: str | None, size: StudySize) -> Study:
-    """Every step of the study, in order (``model`` None: the shipped reference model)."""
+def plan(out: str | Path, model: str | None, size: StudySize,
+         device: str | None = None) -> Study:
+    """Every step of the study, in order (``model`` None: the shipped reference model; ``device``
+    for the commands that evaluate a model or correlate a trajectory, None: their default cpu)."""
     s = size
     n_c, n_d, n_a = s.crystal_cells, s.defect_cells, s.amorphous_cells
     conv = "structures/si_conventional.xyz"
@@ -232,7 +239,7 @@ def plan(out: str | Path, model: str | None, size: StudySize) -> Study:
         steps.append(_compare(name, d, routes, "s_e"))
         steps.append(_compare(name, d, [f"{d}/ins_md.h5", f"{d}/ins_phonons.h5"], "vdos"))
     steps.append(Step("report", "", ["report.md", "metrics.json"], func="report"))
-    return Study(Path(out), None if model is None else str(model), size, steps)
+    return Study(Path(out), None if model is None else str(model), size, steps, device)
 
 
 # ---------------------------------------------------------------------------- running the plan
@@ -247,6 +254,8 @@ def _argv(step: Step, study: Study) -> list[str]:
             out.append(str(study.out / a))
         else:
             out.append(a)
+    if study.device and step.argv[0] in DEVICE_COMMANDS:
+        out += ["--device", study.device]
     return out
 
 
@@ -323,9 +332,11 @@ def shell_script(study: Study) -> str:
         f"# Written by `mlff-ins demo --full{'' if s.name == 'full' else ' --size ' + s.name}"
         f"{'' if s.predictor else ' --no-predictor'} --dry-run`; `mlff-ins demo --full` runs "
         "the same steps",
-        "# (and skips those already done). Run from anywhere; OUT and MODEL may be overridden.",
+        "# (and skips those already done). Run from anywhere; OUT, MODEL and DEVICE (cpu, cuda)",
+        "# may be overridden.",
         "set -euo pipefail",
         f'OUT=${{OUT:-{study.out}}}',
+        f'DEVICE=${{DEVICE:-{study.device or "cpu"}}}',
         'MODEL=${MODEL:-' + (shlex.quote(study.model) if study.model else
                              '$(python -c "import mlff_ins.casestudy as c; '
                              'print(c.REFERENCE_MODEL)")') + '}',
@@ -335,7 +346,7 @@ def shell_script(study: Study) -> str:
         lines.append(f"# {step.name}" + (f": {step.note}" if step.note else ""))
         if step.func:
             lines.append(f'mlff-ins demo --full --size {s.name} --model "$MODEL" '
-                         f'--step {step.func} -o "$OUT"')
+                         f'--device "$DEVICE" --step {step.func} -o "$OUT"')
         else:
             words = []
             for a in step.argv:
@@ -345,6 +356,8 @@ def shell_script(study: Study) -> str:
                     words.append(f'"$OUT/{a}"')
                 else:
                     words.append(shlex.quote(a))
+            if step.argv[0] in DEVICE_COMMANDS:
+                words += ["--device", '"$DEVICE"']
             cmd = "mlff-ins " + " ".join(words)
             if step.resume:
                 out = f'"$OUT/{step.argv[step.argv.index("-o") + 1]}"'
@@ -393,7 +406,7 @@ def structures(study: Study) -> None:
                   f"mlff-ins demo --full\n")
         write_text_atomic(out / "protocols" / f"{name}.yaml",
                           header + yaml.safe_dump(proto, sort_keys=False))
-    calc = load_calculator(study.model)
+    calc = load_calculator(study.model, device=study.device or "cpu")
     si = bulk("Si", "diamond", a=SI_A0_GUESS, cubic=True)
     si = relax(si, calc, fmax=1e-4)
     si.calc = None

@@ -143,7 +143,8 @@ def _add_train(sub) -> None:
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="bundle folder, e.g. models/si")
     p.add_argument("--resume", action="store_true",
                    help="continue a killed run in --output; with a larger --epochs or "
-                        "--max-minutes (the only settings it may change), train longer")
+                        "--max-minutes, train longer; --device may change too (a run started "
+                        "on a CPU goes on on a GPU), no other setting")
     p.add_argument("--export", metavar="DIR",
                    help="train nothing: write a self-contained model bundle DIR from the run in "
                         "--output, finished or not (an unfinished member's best checkpoint so "
@@ -1035,6 +1036,10 @@ def _add_demo(sub) -> None:
                       help="print the study as a shell script of mlff-ins commands, run nothing")
     full.add_argument("--no-predictor", action="store_true",
                       help="leave out the direct predictor's route")
+    full.add_argument("--device", metavar="DEV",
+                      help="device of the model and the spectra (md, phonons, spectra, predict): "
+                           "cpu (default), cuda, cuda:N or auto; a study may move between "
+                           "devices when resumed")
     p.set_defaults(func=_run_demo)
 
 
@@ -1046,7 +1051,7 @@ def _run_case_study(args) -> int:
     size = SIZES[args.size]
     if args.no_predictor:
         size = replace(size, predictor=False)
-    study = plan(args.output or "si-case-study", args.model, size)
+    study = plan(args.output or "si-case-study", args.model, size, device=args.device)
     if args.dry_run:
         print(shell_script(study))
         return 0
@@ -1061,7 +1066,7 @@ def _run_case_study(args) -> int:
 def _run_demo(args) -> int:
     if args.full:
         return _run_case_study(args)
-    for name in ("step", "dry_run", "no_predictor"):
+    for name in ("step", "dry_run", "no_predictor", "device"):
         if getattr(args, name):
             raise InputError(f"--{name.replace('_', '-')} applies to the case study; add --full")
     if args.md_steps < 100:

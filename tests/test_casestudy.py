@@ -31,6 +31,7 @@ def test_examples_script_is_the_plan(capsys):
     # every CLI step of the plan is in it, in order
     study = plan("si-case-study", None, SIZES["full"])
     assert shell_script(study) + "\n" == printed
+    assert 'DEVICE=${DEVICE:-cpu}' in printed and '--device "$DEVICE"' in printed
     names = [line[2:].split(":")[0] for line in printed.splitlines()
              if line.startswith("# ") and not line.startswith("# The") and ":" in line]
     assert names[0] == "structures"
@@ -48,9 +49,15 @@ def test_demo_full_options_are_refused_without_full(capsys, tmp_path):
 def test_study_runs_end_to_end_and_resumes(tmp_path):
     # the shipped silicon reference model (the study's default): a sensible Si minimum and
     # stable in short MD, which the suite's few-epoch test model is not
-    study = plan(tmp_path / "study", None, SMOKE)
+    study = plan(tmp_path / "study", None, SMOKE, device="cpu")
     log = []
     timings = run_study(study, log=log.append)
+    # --device reaches every command that evaluates the model or correlates a trajectory
+    commands = [line.split("$ mlff-ins ")[1] for line in log if "$ mlff-ins " in line]
+    assert commands and all(c.endswith("--device cpu") or " --device cpu " in c
+                            for c in commands if c.split()[0] in ("md", "phonons", "spectra",
+                                                                  "predict"))
+    assert not any("--device" in c for c in commands if c.split()[0] in ("ins", "compare"))
     out = study.out
     for step in study.steps:
         for o in step.outputs:

@@ -55,7 +55,9 @@ def test_train_resumes_after_kill(si_subset, tmp_path):
     shutil.move(out, moved)
     out, members = moved, [moved / "members" / f"member_{k}" for k in (0, 1)]
     cmd[cmd.index("--data") + 1], cmd[cmd.index("-o") + 1] = str(data), str(moved)
-    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    # on another device too (here auto: cpu on a machine without a GPU; a run moved to a GPU
+    # machine goes on there)
+    res = subprocess.run(cmd + ["--resume", "--device", "auto"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (out / "bundle.json").exists()
     spans = []

@@ -584,15 +584,21 @@ def relocate_checkpoints(member_dir: Path, out: Path) -> int:
 
 #: training settings a --resume may change: how long the run goes on, not what it learns
 RUN_LENGTH = ("max_epochs", "max_minutes")
+#: settings of where a run trains, not of what it trains: a resume may change them (a run started
+#: on a CPU may go on on a GPU machine)
+WHERE = ("device",)
 
 
 def _fixed_settings(cfg: dict) -> dict:
-    """``cfg`` as plain JSON without the run-length settings of :data:`RUN_LENGTH` and without
-    the data file's path (its content is checked by hash, so a moved checkout resumes)."""
+    """``cfg`` as plain JSON without the run-length settings of :data:`RUN_LENGTH`, the
+    :data:`WHERE` settings and the data file's path (its content is checked by hash, so a moved
+    checkout resumes)."""
     plain = json.loads(json.dumps(cfg))
     for key in RUN_LENGTH:
         plain.get("training", {}).pop(key, None)
     plain.pop("data", None)
+    for key in WHERE:
+        plain.pop(key, None)
     # settings added later, at their old behaviour, so a run made before them still resumes
     plain.get("model", {}).setdefault("pair_potential", None)
     return plain
@@ -761,13 +767,13 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
 
 def _check_same_run(cfg: dict, out: Path, option: str) -> None:
     """Refuse settings or data that differ from those the run in ``out`` started with (only the
-    run length, --epochs and --max-minutes, may change)."""
+    run length, --epochs and --max-minutes, and the device may change)."""
     state_path = out / "train_settings.json"
     old = json.loads(state_path.read_text())
     if _fixed_settings(old.get("settings") or {}) != _fixed_settings(cfg):
         raise InputError(f"{out}: {option} with different settings than the run there (see "
-                         f"{state_path}; only the run length, --epochs and --max-minutes, may "
-                         f"change)")
+                         f"{state_path}; only the run length, --epochs and --max-minutes, and "
+                         f"--device may change)")
     if old.get("data_sha256") != data_sha256(cfg):
         raise InputError(f"{out}: {option} with changed data {data_label(cfg)} (it differs "
                          "from the data the run started with)")
