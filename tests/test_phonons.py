@@ -287,3 +287,20 @@ def test_si_finite_displacement_training_frames_follow_the_reference_lattice_tre
     values = [x_ta[s] for s in strains]
     assert all(b > a for a, b in zip(values, values[1:])), values
     assert x_ta[0.0] == pytest.approx((values[1] + values[3]) / 2, rel=0.02)
+
+
+def test_member_spread_of_the_phonons_benchmark(tiny_bundle):
+    """The benchmark's ensemble spread at the CP2K geometry is the standard deviation of the
+    frequencies each member gives alone (1e-9 THz); a one-member model has none."""
+    from mlff_ins.bench.phonons_bench import model_at_reference
+    from mlff_ins.model.calculator import BundleCalculator, read_bundle
+
+    members = [tiny_bundle / m for m in read_bundle(tiny_bundle)["members"]]
+    assert len(members) == 2
+    mean, spread = model_at_reference(load_calculator(tiny_bundle))
+    alone = [model_at_reference(BundleCalculator([m]))[0] for m in members]
+    assert model_at_reference(BundleCalculator([members[0]]))[1] == {}
+    for point, branches in mean.items():
+        for branch in branches:
+            each = [f[point][branch] for f in alone]
+            assert spread[point][branch] == pytest.approx(np.std(each), abs=1e-9)
