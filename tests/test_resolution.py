@@ -79,8 +79,9 @@ def test_broadening_a_line_gives_the_model_width():
 def test_broadening_keeps_the_area_on_grids_coarser_than_the_resolution():
     """VISION's σ at 10-60 meV is 0.3-0.5 meV; an MD spectrum of a short run may have bins of
     4 meV. The broadened spectrum keeps its area to 1e-12 on any grid (a kernel sampled at the
-    bin centres instead multiplied it by 2.85 on the 4 meV grid), and on bins 20σ wide the
-    spectrum is left as it is (each bin keeps all but erfc(10/√2) ~ 1e-23 of its intensity)."""
+    bin centres and normalised as a continuous Gaussian multiplied it by 2.85 on the 4 meV grid),
+    and on bins 20σ wide the spectrum is left as it is (a neighbouring bin gets exp(−200) of
+    it)."""
     inst = get_instrument("vision")
     for de in (0.01, 0.1, 1.0, 4.0):
         e = np.arange(0.0, 100.0 + de / 2, de)

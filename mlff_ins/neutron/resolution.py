@@ -70,28 +70,41 @@ class Resolution:
                 **({"resolution_note": self.note} if self.note else {})}
 
 
+def lattice_norm(ratio) -> np.ndarray:
+    """Σ_k exp(−k²/2r²) over all integers k: the sum of a Gaussian of width r bins sampled at the
+    bin centres (its area on the grid, in bins). Equal to √(2π) r to better than 1e-76 for r ≥ 3
+    (Poisson summation: the relative error is 2 exp(−2π² r²) and smaller terms); summed directly
+    for narrower ones, which would otherwise gain area (a σ → 0 Gaussian sampled at its centre is
+    a spike of height 1/(√(2π) σ), many times a bin's worth)."""
+    ratio = np.asarray(ratio, dtype=float)
+    out = np.sqrt(2 * np.pi) * ratio
+    narrow = ratio < 3
+    k = np.arange(-40, 41)[None, :]                   # ±40 bins: over 13 σ for r < 3
+    r = ratio[narrow][:, None]
+    out[narrow] = np.sum(np.exp(-0.5 * (k / r) ** 2), axis=1)
+    return out
+
+
 def broaden_variable(energy_meV, intensity, sigma_meV, chunk: int = 1024) -> np.ndarray:
     """Gaussian broadening whose width depends on the source energy: the intensity of each bin E'
-    is spread over the grid as a unit-area Gaussian of width σ(E'), so the area is kept (up to
-    what spills past the grid ends). Each target bin receives the Gaussian's integral over its
-    width [E − ΔE/2, E + ΔE/2] (divided by ΔE), not its value at E: so the area is kept on any
-    grid, also one coarser than σ (an MD spectrum of a short run, whose bins may be several meV
-    wide against a resolution of a fraction of a meV; there the broadening leaves the spectrum
-    as it is, where sampled values would multiply its area). On grids much finer than σ the two
-    agree to O((ΔE/σ)²). Works on the last axis; memory is chunk × len(E)."""
-    from scipy.special import ndtr   # the standard normal CDF
-
+    is spread over the grid as a Gaussian of width σ(E') sampled at the bin centres and divided by
+    its lattice sum (:func:`lattice_norm`), so each source bin keeps its intensity (up to what
+    spills past the grid ends) on any grid: also one coarser than σ, such as an MD spectrum of a
+    short run, whose bins may be several meV wide against a resolution of a fraction of a meV
+    (there the broadening leaves the spectrum as it is, where a kernel normalised as a continuous
+    Gaussian would multiply its area). On grids finer than σ/3 the kernel is the continuous
+    Gaussian's to 1e-76. Works on the last axis; memory is chunk × len(E)."""
     e = np.asarray(energy_meV, dtype=float)
     y = np.asarray(intensity, dtype=float)
     sigma = np.maximum(np.broadcast_to(np.asarray(sigma_meV, dtype=float), e.shape), 1e-12)
     de = e[1] - e[0]
+    norm = lattice_norm(sigma / abs(de))
     flat = y.reshape(-1, len(e))
     out = np.zeros_like(flat)
     for lo in range(0, len(e), chunk):
         src = slice(lo, lo + chunk)
-        offset, width = e[:, None] - e[None, src], sigma[None, src]
-        k = ndtr((offset + de / 2) / width) - ndtr((offset - de / 2) / width)   # bin integrals
-        out += flat[:, src] @ k.T
+        k = np.exp(-0.5 * ((e[:, None] - e[None, src]) / sigma[None, src]) ** 2)
+        out += flat[:, src] @ (k / norm[None, src]).T
     return out.reshape(y.shape)
 
 
