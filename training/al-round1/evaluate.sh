@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What active-learning round 1 changed (issue 19, part 3): the interim model of round 0 (member 0
-# of training/si-reference at its best epoch; $RUN/m0, made by step 1 of run.sh) against the
+# of training/si-reference at its best epoch: training/al-round1/round0_model) against the
 # round-1 reference ensemble (scripts/train_si_reference.sh, run folder training/si-reference-al1).
 #
 #   1. force/energy errors on the round-1 CP2K frames: all 16 for the interim model (it saw
@@ -19,11 +19,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUN=${RUN:-runs/al1}
 TRAIN_RUN=${TRAIN_RUN:-training/si-reference-al1}
-OLD=$RUN/m0
+OLD=training/al-round1/round0_model
 OUT=$RUN/eval
 mkdir -p "$OUT"
 NEW=${1:-$OUT/round1_model}
-[ -f "$OLD/bundle.json" ] || { echo "$OLD: missing; run step 1 of training/al-round1/run.sh"; exit 2; }
 if [ ! -f "$NEW/bundle.json" ]; then   # the round-1 run as it stands (partial if unfinished)
   rm -rf "$NEW"
   mlff-ins train --preset reference --data mlff_ins/resources/si/si_cp2k_pbe.xyz \

@@ -2,8 +2,8 @@
 # Active-learning round 1 of the silicon reference model (issue 19, part 3): the model's own
 # melt-quench and hot MD of CP2K-sized cells, frames picked from them, labelled with CP2K.
 #
-# The interim model is member 0 of training/si-reference at its best epoch (171 of 400 when this
-# round started); it is a single member, so the frames are picked at fixed steps
+# The interim model is member 0 of training/si-reference at its best epoch (172 of 400 epochs
+# run when this round started; training/al-round1/round0_model); it is a single member, so the frames are picked at fixed steps
 # (pick_frames.py), not ranked by an ensemble spread; the next round, with the full ensemble,
 # uses `mlff-ins select`.
 #
@@ -25,17 +25,11 @@ if [ -f $F ] && [ "$(grep -c Lattice $F)" -eq 16 ]; then
   exec nice -n 19 "${LABEL[@]}"
 fi
 
-# 1. the interim model: member 0's best checkpoint packaged as a one-member bundle
+# 1. the interim model: member 0 of training/si-reference at its best epoch, packaged
+# (training/al-round1/round0_model, the partial export that was shipped as the reference model;
+# its checkpoints are in git history, commit f377229)
 if [ ! -f "$RUN/m0/bundle.json" ]; then
-  rm -rf "$RUN/m0.tmp" && mkdir -p "$RUN/m0.tmp"
-  python -m nequip.scripts.package build "$PWD/training/si-reference/members/member_0/best.ckpt" \
-      "$RUN/m0.tmp/best.nequip.zip"
-  cat > "$RUN/m0.tmp/bundle.json" <<'EOF'
-{"format": "mlff-ins-bundle/1", "elements": ["Si"], "cutoff_A": 5.0, "dtype": "float32",
- "members": ["best.nequip.zip"],
- "note": "interim: member 0 of training/si-reference at its best epoch, for active-learning round 1"}
-EOF
-  mv -T "$RUN/m0.tmp" "$RUN/m0"
+  rm -rf "$RUN/m0" && cp -r training/al-round1/round0_model "$RUN/m0"
 fi
 
 # 2. starting cells: the first diamond_300K frame (64 atoms) and the first vacancy frame (63)
