@@ -268,7 +268,7 @@ def run_study(study: Study, *, only: str | None = None, log=print) -> dict:
 
     ``only``: run just the function step of that name (``mlff-ins demo --full --step NAME``).
     """
-    from mlff_ins.cli import main as cli_main
+    from mlff_ins.cli import run_echoed
 
     if only is not None:
         names = [st.func for st in study.steps if st.func]
@@ -304,12 +304,8 @@ def run_study(study: Study, *, only: str | None = None, log=print) -> dict:
             argv = _argv(step, study)
             if step.resume and Path(argv[argv.index("-o") + 1]).exists():
                 argv.append("--resume")
-            log("  $ mlff-ins " + shlex.join(argv))
-            try:
-                rc = cli_main(argv)
-            except SystemExit as exc:         # argparse refused the command line
-                rc = exc.code
-            if rc not in (0, None):
+            rc = run_echoed(argv, log)
+            if rc != 0:
                 raise InputError(f"step '{step.name}' failed (mlff-ins {argv[0]} exit status "
                                  f"{rc}); fix the cause and rerun to continue from this step")
         timings[step.name] = time.perf_counter() - t0

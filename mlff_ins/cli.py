@@ -1757,6 +1757,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_echoed(argv: list[str], log=print) -> int:
+    """Run one mlff-ins command in-process, echoed as the user would type it (the demo and the
+    case study show every step this way); returns its exit status, argparse's refusals included."""
+    import shlex
+
+    log("  $ mlff-ins " + shlex.join(argv))
+    try:
+        rc = main(argv)
+    except SystemExit as exc:      # argparse refused the command line
+        rc = exc.code
+    return 0 if rc is None else int(rc)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -74,16 +74,10 @@ BOND_CUTOFF_A = 2.85     # Si-Si bonds for the coordination number (first minimu
 
 def _cli(argv: list[str], log=print) -> None:
     """Run one mlff-ins command in-process, echoed as the user would type it."""
-    import shlex
+    from mlff_ins.cli import run_echoed
 
-    from mlff_ins.cli import main
-
-    log("  $ mlff-ins " + shlex.join(argv))
-    try:
-        rc = main(argv)
-    except SystemExit as exc:      # argparse refused the command line
-        rc = exc.code
-    if rc not in (0, None):
+    rc = run_echoed(argv, log)
+    if rc != 0:
         raise InputError(f"demo step `mlff-ins {argv[0]}` failed (exit status {rc})")
 
 
