@@ -239,6 +239,7 @@ def _add_md(sub) -> None:
                            "weights ship in its wheel: sevennet-0, sevennet-l3i5, "
                            "sevennet-mf-0, chgnet")
     src_.add_argument("--calculator", metavar="YAML", help="ASE calculator YAML instead of a model")
+    _add_members_option(p)
     p.add_argument("-o", "--output", required=True,
                    help="trajectory file (H5MD), e.g. traj.h5md (another extension is written "
                         "but warned about: MDAnalysis picks its H5MD reader by .h5md)")
@@ -318,6 +319,13 @@ def _watchdog_exit(stopped: str | None) -> int:
     return 0
 
 
+def _add_members_option(p) -> None:
+    p.add_argument("--members", type=int, nargs="+", metavar="K",
+                   help="use only these members of the --model bundle (numbered from 0, as "
+                        "deploy's): a K-member ensemble costs K model evaluations per force "
+                        "call; the ensemble spread needs at least two (default all)")
+
+
 def _run_md(args) -> int:
     from mlff_ins.md.run import MDOptions, check_trajectory_name, run_md
 
@@ -325,7 +333,7 @@ def _run_md(args) -> int:
     atoms = _read_structure(args.structure, args.index, args.types)
     if args.model:
         from mlff_ins.model.calculator import load_calculator
-        calc = load_calculator(args.model, device=args.device)
+        calc = load_calculator(args.model, device=args.device, members=args.members)
         calc.check_elements(atoms, source=args.structure)
         bundle_json = Path(args.model) / "bundle.json"
         universal = getattr(calc, "bundle", {}).get("universal")
@@ -333,12 +341,16 @@ def _run_md(args) -> int:
                     f"{calc.bundle['version']}" if universal else
                     "bundle sha256:" + hashlib.sha256(bundle_json.read_bytes()).hexdigest()[:16]
                     if bundle_json.is_file() else f"model {args.model}")
+        if args.members is not None:       # a resume must use the same members
+            model_id += " members " + " ".join(map(str, args.members))
     else:
         from mlff_ins.data.label import build_calculator, read_calculator_spec
         spec = read_calculator_spec(args.calculator)
         calc = build_calculator(spec,
                                 Path(args.output).parent / (Path(args.output).name + ".calc"))
         model_id = f"calculator sha256:{spec.sha256[:16]}"
+        if args.members is not None:
+            raise InputError("--members: only with --model (a bundle's members)")
     opts = MDOptions(model=model_id, temperature_K=args.temperature, steps=args.steps,
                      dt_fs=args.dt,
                      ensemble=args.ensemble, thermostat=args.thermostat,
@@ -754,6 +766,7 @@ def _add_phonons(sub) -> None:
                            "(POSCAR-unitcell, POSCAR, --unitcell) with FORCE_SETS (type 1 or 2) "
                            "and --supercell; bohr-based calculators (ABACUS, QE, ...) are "
                            "converted to Å")
+    _add_members_option(p)
     p.add_argument("--supercell", type=int, nargs="+", default=None, metavar="N",
                    help="supercell: 3 integers (diagonal) or 9 (matrix); default 2 2 2 with "
                         "--model; with --force-sets the supercell of the force set (as "
@@ -820,7 +833,8 @@ def _run_phonons(args) -> int:
                                  "reads its own cell; see --unitcell)")
         # options of the model route that a force set has no use for
         for opt, default in (("relax", False), ("fmax", 1e-3), ("distance", 0.01),
-                             ("plusminus", "auto"), ("batch_atoms", None), ("device", "cpu")):
+                             ("plusminus", "auto"), ("batch_atoms", None), ("device", "cpu"),
+                             ("members", None)):
             if getattr(args, opt) != default:
                 raise InputError(f"--{opt.replace('_', '-')}: only with --model (a force set "
                                  "carries its own displacements and forces)")
@@ -855,7 +869,7 @@ def _run_phonons(args) -> int:
 
         supercell_matrix(args.supercell)          # a bad --supercell fails before any work
         atoms = _read_structure(args.structure, args.index, args.types)
-        calc = load_calculator(args.model, device=args.device)
+        calc = load_calculator(args.model, device=args.device, members=args.members)
         calc.check_elements(atoms, source=args.structure)
         if args.relax:
             atoms = relax(atoms, calc, fmax=args.fmax)
@@ -868,6 +882,8 @@ def _run_phonons(args) -> int:
         bar.close()
         pset.provenance.update(model=str(args.model), structure=str(args.structure),
                                relaxed=bool(args.relax))
+        if args.members is not None:
+            pset.provenance["members"] = list(args.members)
     props = compute_properties(pset.members, mesh, t_max=args.t_max)
     paths = write_phonons(args.output, pset, props)
     f = props.frequencies_THz

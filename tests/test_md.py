@@ -386,6 +386,29 @@ def test_md_command_with_a_model_bundle(tiny_bundle, si_subset, tmp_path, capsys
     assert np.all(np.isfinite(pressure))
     assert main(["md", str(structure), "--model", str(tiny_bundle), "-o", str(out)]) == 2
     assert "exists; pass --resume" in capsys.readouterr().err
+    # --members 1: one model call per force evaluation, member 1's forces alone, no spread;
+    # a resume with other members is refused (another force field)
+    stress_flags.clear()
+    one = tmp_path / "one.h5md"
+    assert main(["md", str(structure), "--model", str(tiny_bundle), "--members", "1",
+                 "--ensemble", "nve", "--steps", "4", "--every", "4", "-o", str(one)]) == 0
+    assert len(stress_flags) == 5
+    from mlff_ins.data.h5md import read_forces, read_frame
+    from mlff_ins.model.calculator import BundleCalculator, read_bundle
+
+    first = read_frame(one, 0)
+    first.calc = BundleCalculator([tiny_bundle / read_bundle(tiny_bundle)["members"][1]])
+    with h5py.File(one) as f:
+        np.testing.assert_allclose(read_forces(f, 0), first.get_forces(), atol=1e-8)
+    capsys.readouterr()
+    assert main(["md", str(structure), "--model", str(tiny_bundle), "--members", "0",
+                 "--ensemble", "nve", "--steps", "8", "--every", "4", "-o", str(one),
+                 "--resume"]) == 2
+    assert "--model" in capsys.readouterr().err
+    for bad in (["2"], ["0", "0"]):
+        assert main(["md", str(structure), "--model", str(tiny_bundle), "--members", *bad,
+                     "--steps", "4", "-o", str(tmp_path / "x.h5md")]) == 2
+        assert "has 2 member(s), numbered 0 to 1" in capsys.readouterr().err
 
 
 def test_select_takes_uncertain_frames_spread_in_time(tmp_path):

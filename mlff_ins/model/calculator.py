@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
@@ -322,16 +323,28 @@ class BundleCalculator(Calculator):
 
 
 def load_calculator(bundle_dir: str | os.PathLike, device: str = "cpu",
-                    skin: float = 1.0) -> BundleCalculator:
+                    skin: float = 1.0, members: Sequence[int] | None = None) -> BundleCalculator:
     """Load a model bundle as an ASE calculator (ensemble mean, with ``energy_std`` and
     ``forces_std`` in ``results``), see :class:`BundleCalculator`; or, when ``bundle_dir`` is no
-    folder but the name of a universal model (:mod:`mlff_ins.model.universal`), that model."""
+    folder but the name of a universal model (:mod:`mlff_ins.model.universal`), that model.
+    ``members``: use only these members of the bundle (0-based; default all): a long MD costs
+    one model evaluation per member and step."""
     from mlff_ins.model.universal import UniversalCalculator, is_universal
 
     if is_universal(bundle_dir) and not Path(bundle_dir).exists():
+        if members is not None:
+            raise InputError(f"--members: {bundle_dir} is one universal model, not an ensemble")
         return UniversalCalculator(str(bundle_dir), device=device)
     meta = read_bundle(bundle_dir)
-    calc = BundleCalculator([Path(bundle_dir) / m for m in meta["members"]], device=device,
+    paths = list(meta["members"])
+    if members is not None:
+        bad = [k for k in members if not 0 <= k < len(paths)]
+        if bad or not members or len(set(members)) != len(members):
+            raise InputError(f"--members {' '.join(map(str, members))}: {bundle_dir} has "
+                             f"{len(paths)} member(s), numbered 0 to {len(paths) - 1}; give "
+                             f"each at most once")
+        paths = [paths[k] for k in members]
+    calc = BundleCalculator([Path(bundle_dir) / m for m in paths], device=device,
                             name=str(bundle_dir), skin=skin)
     calc.bundle = meta
     return calc
