@@ -51,8 +51,9 @@ def _add_label(sub) -> None:
     p.add_argument("--max-frames", type=int, default=None,
                    help="label at most this many new frames, then stop")
     p.add_argument("--allow-config-change", action="store_true",
-                   help="resume an OUTPUT labelled with another calculator YAML (refused by "
-                        "default: it mixes levels of theory)")
+                   help="resume an OUTPUT labelled with another calculation (refused by "
+                        "default: it mixes levels of theory; comments and the launch `command` "
+                        "may change without it)")
     p.set_defaults(func=_run_label)
 
 

@@ -150,6 +150,30 @@ def test_label_resume_refuses_another_calculator_config(tmp_path, capsys):
     assert hashes == [old, new, new]
 
 
+def test_label_config_identity_is_the_calculation_not_the_text(tmp_path):
+    """Comments and the launch command (MPI ranks on another machine) do not change what a
+    calculator YAML computes: same identity; a changed parameter does. Labels recorded before
+    (the YAML text's hash) still resume with the same file."""
+    base = ("calculator: cp2k\nparameters:\n  command: mpirun -np 2 cp2k_shell.psmp\n"
+            "  xc: PBE\n  cutoff_Ry: 400\n")
+    variants = {
+        "same": base,
+        "comment": "# 16 cores now\n" + base.replace("-np 2", "-np 16"),
+        "physics": base.replace("cutoff_Ry: 400", "cutoff_Ry: 600"),
+    }
+    specs = {}
+    for name, text in variants.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+        specs[name] = read_calculator_spec(tmp_path / f"{name}.yaml")
+    assert specs["comment"].sha256 == specs["same"].sha256
+    assert specs["physics"].sha256 != specs["same"].sha256
+    assert specs["comment"].matches(specs["same"].sha256[:16])
+    assert not specs["physics"].matches(specs["same"].sha256[:16])
+    # an older label log recorded the text's hash: the unchanged file still matches it
+    assert specs["same"].matches(specs["same"].text_sha256[:16])
+    assert not specs["comment"].matches(specs["same"].text_sha256[:16])
+
+
 def test_cp2k_cutoff_is_converted_and_checked(tmp_path):
     spec = read_calculator_spec(REPO / "configs/label/cp2k_si.yaml")
     calc = build_calculator(spec, tmp_path / "w")

@@ -50,11 +50,22 @@ class CalculatorSpec:
     name: str
     parameters: dict = field(default_factory=dict)
     source: str = "<dict>"
-    sha256: str = ""
+    sha256: str = ""          # of the calculation: calculator and parameters but LAUNCH_KEYS
+    text_sha256: str = ""     # of the file's text (what labels before 2026-12-01 recorded)
+
+    def matches(self, stored: str) -> bool:
+        """Whether a frame's ``label_config_sha256`` is this calculation's."""
+        return bool(stored) and stored in (self.sha256[:16], self.text_sha256[:16])
 
     @property
     def is_cp2k(self) -> bool:
         return self.name.lower() == "cp2k" or self.name.endswith(":CP2K")
+
+
+#: calculator parameters that say how to run the calculation, not what it computes: a resumed
+#: labelling may change them (another MPI rank count on another machine) without mixing levels
+#: of theory
+LAUNCH_KEYS = ("command",)
 
 
 def read_calculator_spec(path: str | os.PathLike) -> CalculatorSpec:
@@ -72,7 +83,11 @@ def read_calculator_spec(path: str | os.PathLike) -> CalculatorSpec:
     params = cfg.get("parameters") or {}
     if not isinstance(params, dict):
         raise InputError(f"{path}: 'parameters' must be a mapping")
+    calculation = {"calculator": str(cfg["calculator"]),
+                   "parameters": {k: v for k, v in params.items() if k not in LAUNCH_KEYS}}
     return CalculatorSpec(str(cfg["calculator"]), dict(params), str(path),
+                          hashlib.sha256(json.dumps(calculation, sort_keys=True,
+                                                    default=str).encode()).hexdigest(),
                           hashlib.sha256(text.encode()).hexdigest())
 
 
@@ -283,7 +298,7 @@ def _label_locked(frames, frames_path: Path, spec, output: Path, workdir: Path, 
             raise InputError(f"{output}: frame {k} does not match frame {i} of {frames_path}; "
                              "the input changed since the last run (use a new output file)")
         stored = str(atoms.info.get("label_config_sha256", ""))
-        if stored != spec.sha256[:16] and not allow_config_change:
+        if not spec.matches(stored) and not allow_config_change:
             raise InputError(f"{output}: frame {k} was labelled with calculator config "
                              f"sha256 {stored or '(none)'}, but {spec.source} has "
                              f"{spec.sha256[:16]}; resuming would mix levels of theory "
