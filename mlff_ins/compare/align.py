@@ -284,8 +284,8 @@ def broaden_added(energy_meV, intensity, sigma_meV) -> np.ndarray:
     """Broaden ``intensity`` (..., len(E)) along E with a Gaussian of width ``sigma_meV`` (per
     source bin, meV; 0 leaves the bin as it is) with
     :func:`mlff_ins.neutron.resolution.broaden_variable` (kernels normalised on the grid: the
-    area is kept also where σ is narrower than a bin). NaN bins (outside a kinematic range) are taken as
-    zero while broadening and stay NaN."""
+    area is kept also where σ is narrower than a bin). NaN bins (outside a kinematic range) are
+    taken as zero while broadening and stay NaN."""
     e = np.asarray(energy_meV, dtype=float)
     y = np.asarray(intensity, dtype=float)
     steps = np.diff(e)
