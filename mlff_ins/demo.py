@@ -92,6 +92,7 @@ def run_mission_demo(output: str | Path, model: str | Path, *, md_steps: int = 1
     from ase.build import bulk
     from ase.io import read, write
 
+    from mlff_ins.analysis.structure import coordination as structure_coordination
     from mlff_ins.phonons.io import read_phonons
     from mlff_ins.phonons.properties import diamond_special_frequencies
 
@@ -102,8 +103,7 @@ def run_mission_demo(output: str | Path, model: str | Path, *, md_steps: int = 1
     amorphous = out / "structures" / "a-si_64.xyz"
     frame = read(DEMO_AMORPHOUS)
     write(amorphous, frame)
-    dist = frame.get_all_distances(mic=True)
-    coordination = float(((dist > 0) & (dist < BOND_CUTOFF_A)).sum(axis=1).mean())
+    coordination = float(structure_coordination(frame, BOND_CUTOFF_A).mean())
     p = {"phonons": out / "c-si" / "phonons.h5", "ins": out / "c-si" / "ins_phonons.h5",
          "md": out / "a-si" / "md.h5md", "spectra": out / "a-si" / "ins_md.h5",
          "compare": out / "compare"}
