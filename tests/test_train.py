@@ -56,10 +56,18 @@ def test_train_resumes_after_kill(si_subset, tmp_path):
     out, members = moved, [moved / "members" / f"member_{k}" for k in (0, 1)]
     cmd[cmd.index("--data") + 1], cmd[cmd.index("-o") + 1] = str(data), str(moved)
     # on another device too (here auto: cpu on a machine without a GPU; a run moved to a GPU
-    # machine goes on there)
+    # machine goes on there), and with a slower learning-rate decay (a patience of 40 epochs
+    # cannot have lowered the rate in the epochs run so far)
+    slower = tmp_path / "zbl_slower.yaml"
+    slower.write_text("model: {pair_potential: zbl}\n"
+                      "training: {lr_plateau: {patience: 40, threshold: 0.05}}\n")
+    cmd[cmd.index(str(zbl))] = str(slower)
     res = subprocess.run(cmd + ["--resume", "--device", "auto"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (out / "bundle.json").exists()
+    change, = json.loads((out / "bundle.json").read_text())["lr_plateau_changes"]
+    assert (change["from"]["patience"], change["to"]["patience"]) == (10, 40)
+    assert sorted(change["members"]) == ["member_0", "member_1"]
     spans = []
     for m in members:
         logs = sorted((m / "logs").glob("version_*/metrics.csv"))
@@ -320,3 +328,80 @@ def test_several_data_files_train_together(si_subset, tmp_path):
     # a config file's list of files is read relative to the config file
     (tmp_path / "run.yaml").write_text("preset: tiny\ndata: [a.xyz, sub/c.xyz]\n")
     assert load_train_config(tmp_path / "run.yaml")["data"] == [str(a), str(tmp_path / "sub/c.xyz")]
+
+
+def _plateau_checkpoint(member, losses, plateau, lr=0.01, versions=((0, None),), extra=0):
+    """A member folder as Lightning leaves it: last.ckpt with the state of a real
+    ReduceLROnPlateau stepped through ``losses``, and CSV logs holding them (``versions``: (log
+    version, first epoch) pairs splitting the history, the later one re-logging its first epoch
+    as a resumed run does). ``extra``: the checkpoint's epoch counter ahead of the steps (1: a
+    checkpoint written between the validation and the scheduler's step)."""
+    import torch
+
+    from mlff_ins.train.schedule import MONITORED, replay
+
+    sched, rates = replay(losses, lr, plateau)
+    torch.save({"epoch": len(losses) + extra, "lr_schedulers": [sched.state_dict()],
+                "optimizer_states": [{"param_groups": [{"lr": rates[-1]}]}]},
+               member / "last.ckpt")
+    bounds = [v[1] or 0 for v in versions] + [len(losses)]
+    for i, (version, first) in enumerate(versions):
+        log = member / "logs" / f"version_{version}" / "metrics.csv"
+        log.parent.mkdir(parents=True)
+        rows = [f"epoch,step,train_loss,{MONITORED}"]
+        for e in range(first or 0, bounds[i + 1]):
+            rows.append(f"{e},{10 * e},0.5,")                 # a training row, no validation
+            rows.append(f"{e},{10 * e},,{losses[e]!r}")
+        if i + 1 < len(versions):                              # killed after this validation:
+            rows.append(f"{bounds[i + 1]},0,,{losses[-1] * 7!r}")  # relogged by the resume
+        log.write_text("\n".join(rows) + "\n")
+
+
+def test_a_resume_may_change_the_learning_rate_plateau_where_it_rewrites_no_history(tmp_path):
+    """The new settings replace the checkpoint's scheduler state when the logged validation
+    losses give the same learning rates so far under them; the resumed scheduler then decides
+    exactly as one that ran with the new settings from the start. Losses: 10 epochs improving by
+    1.5 % each, then 6 flat ones; the old settings (0.1 %, patience 15) never lower the rate."""
+    from mlff_ins.train.schedule import replay, rescheduled_state
+
+    losses = [0.1 * 0.985 ** e for e in range(10)] + [0.1 * 0.985 ** 9] * 6
+    old = {"factor": 0.6, "patience": 15, "threshold": 0.001, "min_lr": 1e-5}
+    new = {"factor": 0.5, "patience": 10, "threshold": 0.01, "min_lr": 1e-5}
+    for extra in (0, 1):
+        member = tmp_path / f"member_{extra}"
+        member.mkdir()
+        _plateau_checkpoint(member, losses, old, versions=((0, None), (1, 9)), extra=extra)
+        ckpt, note = rescheduled_state(member, 0.01, old, new)
+        state = ckpt["lr_schedulers"][0]
+        assert (state["patience"], state["threshold"], state["factor"]) == (10, 0.01, 0.5)
+        assert note["epochs_without_improvement"] == 6 and note["best"] == losses[9]
+        # go on 6 more flat epochs: the same rates as the new settings from epoch 0 (the 1.5 %
+        # steps count as improvements under 1 %, so the rate halves after 11 flat epochs)
+        import torch
+        opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+        resumed = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **new)
+        resumed.load_state_dict(state)
+        more = [losses[-1]] * 6
+        rates = []
+        for loss in more:
+            resumed.step(loss)
+            rates.append(opt.param_groups[0]["lr"])
+        assert rates == replay(losses + more, 0.01, new)[1][-6:]
+        assert rates == [0.01] * 4 + [0.005] * 2
+    # a 2 % threshold with no patience lowers the rate at the first step of 1.5 %, after epoch 1,
+    # which the run did not do
+    with pytest.raises(InputError, match="after epoch 1,"):
+        rescheduled_state(tmp_path / "member_0", 0.01, old,
+                          {"factor": 0.6, "patience": 0, "threshold": 0.02, "min_lr": 1e-5})
+    # a checkpoint its logs do not account for (the logs of a run with 10 % larger losses)
+    other = tmp_path / "other"
+    other.mkdir()
+    _plateau_checkpoint(other, [x * 1.1 for x in losses], old)
+    shutil.copy(tmp_path / "member_0" / "last.ckpt", other / "last.ckpt")
+    with pytest.raises(InputError, match="does not follow"):
+        rescheduled_state(other, 0.01, old, new)
+    # and one whose logs lack epochs (the resumed run's log gone: epoch 9 is still in the
+    # first log, as its killed run logged it)
+    shutil.rmtree(tmp_path / "member_0" / "logs" / "version_1")
+    with pytest.raises(InputError, match="lack the validation loss of epoch 10 "):
+        rescheduled_state(tmp_path / "member_0", 0.01, old, new)

@@ -587,6 +587,9 @@ RUN_LENGTH = ("max_epochs", "max_minutes")
 #: settings of where a run trains, not of what it trains: a resume may change them (a run started
 #: on a CPU may go on on a GPU machine)
 WHERE = ("device",)
+#: how the learning rate decays: a resume may change it where the run's logged validation losses
+#: give the same rates so far under the new settings (mlff_ins.train.schedule)
+SCHEDULE = ("lr_plateau",)
 
 
 def _fixed_settings(cfg: dict) -> dict:
@@ -594,7 +597,7 @@ def _fixed_settings(cfg: dict) -> dict:
     :data:`WHERE` settings and the data file's path (its content is checked by hash, so a moved
     checkout resumes)."""
     plain = json.loads(json.dumps(cfg))
-    for key in RUN_LENGTH:
+    for key in RUN_LENGTH + SCHEDULE:
         plain.get("training", {}).pop(key, None)
     plain.pop("data", None)
     for key in WHERE:
@@ -668,12 +671,14 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
                              "add --resume to continue it, or choose another -o")
         if state_path.exists():
             _check_same_run(cfg, out, "--resume")
+    changes = _reschedule(cfg, out) if resume and state_path.exists() else []
     frames, split, pool, val_frames, test_frames, elements, e0 = _split_data(cfg)
     e0s = e0.values
     print(e0.message, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     sha256 = data_sha256(cfg)
-    write_json_atomic(state_path, {"settings": cfg, "data_sha256": sha256})
+    write_json_atomic(state_path, {"settings": cfg, "data_sha256": sha256,
+                                   **({"lr_plateau_changes": changes} if changes else {})})
     data_dir = out / "data"
     data_dir.mkdir(exist_ok=True)
     write_json_atomic(data_dir / "split.json", split)
@@ -748,6 +753,7 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
                        members=[str(m.relative_to(out) / PACKAGE_NAME) for m in members],
                        counts=(len(frames), len(pool), len(val_frames), len(test_frames)),
                        metrics=metrics),
+        **({"lr_plateau_changes": changes} if changes else {}),
         "train_minutes_this_run": round(train_minutes, 2),
         "launch_this_run": {
             "devices": devices, "num_nodes": num_nodes, "world_size": world,
@@ -765,6 +771,38 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
     return out
 
 
+def _reschedule(cfg: dict, out: Path) -> list[dict]:
+    """The learning-rate plateau settings changed by a --resume: every unfinished member's last
+    checkpoint gets the scheduler state the new settings give on its logged validation losses,
+    or the resume is refused when they would have changed the rates so far (see
+    :mod:`mlff_ins.train.schedule`; all members are checked before any is rewritten). Returns the
+    run's record of such changes, this one appended."""
+    import torch
+
+    from mlff_ins.atomic_io import atomic_path
+    from mlff_ins.train.schedule import plateau_settings, rescheduled_state
+
+    old = json.loads((out / "train_settings.json").read_text())
+    changes = list(old.get("lr_plateau_changes") or [])
+    before = plateau_settings((old.get("settings") or {}).get("training") or {})
+    after = plateau_settings(cfg["training"])
+    if before == after:
+        return changes
+    lr = float(cfg["training"]["lr"])
+    rewritten, notes = [], {}
+    for member in sorted((out / "members").glob("member_*")):
+        if (member / PACKAGE_NAME).exists() or not (member / "last.ckpt").exists():
+            continue
+        ckpt, notes[member.name] = rescheduled_state(member, lr, before, after)
+        rewritten.append((member / "last.ckpt", ckpt))
+    for path, ckpt in rewritten:
+        with atomic_path(path) as tmp:
+            torch.save(ckpt, tmp)
+    print(f"learning-rate plateau settings changed from {before} to {after}; the same rates so "
+          f"far on the logged validation losses of {len(notes)} unfinished member(s)", flush=True)
+    return changes + [{"from": before, "to": after, "members": notes}]
+
+
 def _check_same_run(cfg: dict, out: Path, option: str) -> None:
     """Refuse settings or data that differ from those the run in ``out`` started with (only the
     run length, --epochs and --max-minutes, and the device may change)."""
@@ -772,8 +810,8 @@ def _check_same_run(cfg: dict, out: Path, option: str) -> None:
     old = json.loads(state_path.read_text())
     if _fixed_settings(old.get("settings") or {}) != _fixed_settings(cfg):
         raise InputError(f"{out}: {option} with different settings than the run there (see "
-                         f"{state_path}; only the run length, --epochs and --max-minutes, and "
-                         f"--device may change)")
+                         f"{state_path}; only the run length, --epochs and --max-minutes, "
+                         f"--device and training.lr_plateau may change)")
     if old.get("data_sha256") != data_sha256(cfg):
         raise InputError(f"{out}: {option} with changed data {data_label(cfg)} (it differs "
                          "from the data the run started with)")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlff_ins.train.schedule import MONITORED, plateau_settings
+
 
 def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], train_file: Path,
                   val_file: Path, test_file: Path, run_dir: Path, seed: int,
@@ -64,12 +66,10 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
                            "forces": float(loss_w["forces"])}}
         metrics = {"_target_": "nequip.train.EnergyForceMetrics",
                    "coeffs": {"per_atom_energy_mae": 1.0, "forces_mae": 1.0}}
-    monitored = "val0_epoch/weighted_sum"
+    monitored = MONITORED
     # the learning rate drops by `factor` when the validation loss has not improved by a relative
     # `threshold` for `patience` epochs
-    plateau = {"factor": 0.6, "patience": 10, "threshold": 0.02, "min_lr": 1e-5,
-               **{k: float(v) if k != "patience" else int(v)
-                  for k, v in (t.get("lr_plateau") or {}).items()}}
+    plateau = plateau_settings(t)
     max_minutes = float(t["max_minutes"])
     hours, minutes = divmod(int(max_minutes), 60)
     seconds = int(round((max_minutes - int(max_minutes)) * 60))
