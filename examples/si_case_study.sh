@@ -40,7 +40,7 @@ mlff-ins md "$OUT/structures/c-si_512.xyz" --model "$MODEL" --protocol "$OUT/pro
 mlff-ins structure "$OUT/a-si/md.h5md" --stage production -o "$OUT/a-si/structure"
 
 # a-Si: spectra from MD
-mlff-ins spectra "$OUT/a-si/md.h5md" --stage production --vdos --instrument vision -T 300 --e-max 100 -o "$OUT/a-si/ins_md.h5" --plot --device "$DEVICE"
+mlff-ins spectra "$OUT/a-si/md.h5md" --stage production --blocks 4 --vdos --instrument vision -T 300 --e-max 100 -o "$OUT/a-si/ins_md.h5" --plot --device "$DEVICE"
 
 # a-Si: phonons of the quenched cell
 mlff-ins phonons "$OUT/a-si/md.h5md" --model "$MODEL" --relax --supercell 1 1 1 -o "$OUT/a-si/phonons.h5" --plot --device "$DEVICE"
@@ -64,7 +64,7 @@ mlff-ins ins "$OUT/vacancy/perfect_phonons.h5" --instrument vision -T 300 --e-ma
 mlff-ins md "$OUT/structures/vacancy_215.xyz" --model "$MODEL" --protocol "$OUT/protocols/crystal.yaml" -T 300 --seed 1 -o "$OUT/vacancy/md.h5md" --device "$DEVICE" $([ -e "$OUT/vacancy/md.h5md" ] && echo --resume)
 
 # vacancy: spectra from MD
-mlff-ins spectra "$OUT/vacancy/md.h5md" --stage production --vdos --instrument vision -T 300 --e-max 100 -o "$OUT/vacancy/ins_md.h5" --plot --device "$DEVICE"
+mlff-ins spectra "$OUT/vacancy/md.h5md" --stage production --blocks 4 --vdos --instrument vision -T 300 --e-max 100 -o "$OUT/vacancy/ins_md.h5" --plot --device "$DEVICE"
 
 # vacancy: difference from the perfect crystal
 mlff-ins demo --full --size full --model "$MODEL" --device "$DEVICE" --step vacancy_difference -o "$OUT"

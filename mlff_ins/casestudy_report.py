@@ -200,7 +200,12 @@ def write_report(study, records: list[dict], timings: dict) -> Path:
         f"{size.equilibrate_ps:g} ps (Bussi) then {size.production_ps:g} ps NVE production at "
         f"{size.temperature_K:g} K. The MD route's VISION S(E) comes from its VDOS through the "
         f"incoherent approximation with quantum Bose and Debye-Waller factors, as the phonon "
-        f"route's at the same temperature. Every step's command is in "
+        f"route's at the same temperature. Bands in the overlays: the phonon route's is the "
+        f"spread (standard deviation) of the model's ensemble members; the MD route's"
+        + (f" (a-Si, vacancy) is the standard error over {size.md_blocks} blocks of the "
+           f"production run, its statistical uncertainty, not the model's"
+           if size.md_blocks > 1 else " is absent (one MD run, no blocks)")
+        + f". Every step's command is in "
         f"`examples/si_case_study.sh` (`mlff-ins demo --full --dry-run`).", "",
         "## Targets", "", *_target_lines(records, _asi_not_amorphous(out)), "",
         "## Agreement of the routes (`metrics.json`)", "",

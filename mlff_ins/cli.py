@@ -624,6 +624,12 @@ def _add_spectra(sub) -> None:
                         help="skip this much simulated time at the start, ps (equilibration)")
     frames.add_argument("--stage", metavar="NAME",
                         help="only the frames of this stage of a `md --protocol` trajectory")
+    frames.add_argument("--blocks", type=int, default=1, metavar="N",
+                        help="also analyse N consecutive blocks of the frames alike and write "
+                             "the standard error of the mean over them as intensity_std "
+                             "(statistical uncertainty bands; about twice the work). The "
+                             "correlation window must fit in a block: its default becomes half "
+                             "a block")
     p.add_argument("--dt", type=_positive_float, metavar="FS",
                    help="time between frames in fs, for files that do not store it (extxyz)")
     p.add_argument("--topology", metavar="FILE",
@@ -697,7 +703,7 @@ def _run_spectra(args) -> int:
         fwhm_meV=args.fwhm, e_max_meV=args.e_max,
         debye_waller=args.debye_waller, n_phonon=args.phonon_orders,
         isotopes=parse_isotopes(args.isotope), device=args.device, float32=args.float32,
-        max_memory_gb=args.max_memory)
+        max_memory_gb=args.max_memory, blocks=args.blocks)
     types = [t.strip() for t in args.types.split(",")] if args.types else None
     spectra, summary = spectra_from_trajectory(args.trajectory, opts, dt_fs=args.dt,
                                                stride=args.stride, types=types,
@@ -709,6 +715,10 @@ def _run_spectra(args) -> int:
           f"({summary['first_frame']}..{summary['last_frame']}) of {summary['n_atoms']} atoms, "
           f"dt {summary['dt_fs']:g} fs, correlation window {summary['time_window_fs']:g} fs, "
           f"T {summary['temperature_K']:.1f} K (kinetic {summary['kinetic_temperature_K']:.1f} K)")
+    if "blocks" in summary:
+        b = summary["blocks"]
+        print(f"  intensity_std: standard error over {b['n']} blocks of {b['frames_each']} "
+              f"frames, for {len(b['spectra'])} of the {len(spectra)} spectra")
     if "e_max" in given and args.e_max > summary["nyquist_meV"]:
         import warnings
 

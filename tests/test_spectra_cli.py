@@ -91,7 +91,11 @@ def test_h5md_input_with_nm_and_ps_units_matches_extxyz(small_traj, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--dt", "25", "--time-window", "10"], "--time-window 10.0 fs"),
+    (["--dt", "25", "--time-window", "10"], "--time-window 10 fs"),
+    (["--dt", "25", "--blocks", "0"], "--blocks must be a positive integer, not 0"),
+    (["--dt", "25", "--blocks", "40"], "--blocks 40: blocks of 2 frames are too short"),
+    (["--dt", "25", "--blocks", "4", "--time-window", "500"],
+     "it must span 3..19 frames of 25 fs (blocks of 20 frames: --blocks 4)"),
     ([], "give it with --dt"),
     (["--dt", "25", "--sqe", "--q-min", "0.01", "--q-max", "0.1"], "no Q-vector of this cell"),
     (["--dt", "25", "--sqe", "--q-max", "0.1"], "--q-min 0.2 must be >= 0 and below --q-max 0.1"),
@@ -108,6 +112,24 @@ def test_bad_input_gives_one_line_and_keeps_old_output(small_traj, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and len(err.splitlines()) == 1
     assert out.read_bytes() == b"previous result"
+
+
+def test_blocks_write_a_standard_error_band(small_traj, tmp_path, capsys):
+    """--blocks 4: every spectrum carries intensity_std (its provenance says what it is), the
+    spectra themselves are those of the whole run with the same window."""
+    out, plain = tmp_path / "b.h5", tmp_path / "p.h5"
+    assert main(["spectra", str(small_traj[0]), "--dt", "25", "--blocks", "4", "-o", str(out)]) == 0
+    assert "standard error over 4 blocks of 20 frames, for 4 of the 4 spectra" \
+        in capsys.readouterr().out
+    # the same window without blocks: half a block, 10 frames
+    assert main(["spectra", str(small_traj[0]), "--dt", "25", "--time-window", "250",
+                 "-o", str(plain)]) == 0
+    with_band, without = read_spectra(out), read_spectra(plain)
+    assert set(with_band) == set(without)
+    for name, sp in with_band.items():
+        assert sp.intensity_std is not None and np.all(sp.intensity_std >= 0)
+        assert "blocks of 20 frames" in sp.provenance["intensity_std"]
+        np.testing.assert_array_equal(sp.intensity, without[name].intensity)
 
 
 def test_missing_file_and_bad_spectra_file(tmp_path, capsys):

@@ -7,7 +7,8 @@ converts them to :mod:`mlff_ins.neutron.spectrum` objects and applies instrument
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -64,6 +65,7 @@ class SpectraOptions:
     device: str = "cpu"
     float32: bool = False
     max_memory_gb: float = 2.0              # budget of the correlations (GiB)
+    blocks: int = 1                         # >1: intensity_std from that many frame blocks
 
 
 def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = None,
@@ -98,13 +100,22 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
         traj = Trajectory(path, dt_fs=dt_fs, stride=stride, types=types, topology=topology,
                           start=start or 0, stop=stop)
     _check_isotopes(traj, opts.isotopes)
+    blocks = int(opts.blocks)
+    if blocks < 1:
+        raise InputError(f"--blocks must be a positive integer, not {opts.blocks}")
+    span = traj.n_frames // blocks        # frames one correlation window must fit in
     if opts.time_window_fs is None:
-        max_lag = min(traj.n_frames // 2, 2000)
+        max_lag = min(span // 2, 2000)
+        if blocks > 1 and max_lag < 3:
+            raise InputError(f"--blocks {blocks}: blocks of {span} frames are too short for a "
+                             f"correlation (3 frames at least); use fewer blocks")
     else:
         max_lag = int(round(opts.time_window_fs / traj.dt_fs))
-        if not 3 <= max_lag < traj.n_frames:
-            raise InputError(f"--time-window {opts.time_window_fs} fs is {max_lag} frames; it must "
-                             f"span 3..{traj.n_frames - 1} frames of {traj.dt_fs:g} fs")
+        if not 3 <= max_lag < span:
+            raise InputError(f"--time-window {opts.time_window_fs:g} fs is {max_lag} frames; it "
+                             f"must span 3..{span - 1} frames of {traj.dt_fs:g} fs" +
+                             (f" (blocks of {span} frames: --blocks {blocks})"
+                              if blocks > 1 else ""))
     max_lag = max(max_lag, 3)
     shells = None
     if opts.sqe or opts.qens:
@@ -164,7 +175,35 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
                 sp.provenance.update(broad.provenance())
     if opts.e_max_meV is not None:
         _cut_energy(out, opts.e_max_meV)
+    if blocks > 1:
+        summary["blocks"] = _block_errors(out, traj, opts, max_lag, temperature)
     return out, summary
+
+
+def _block_errors(out: dict, traj, opts: SpectraOptions, max_lag: int, temperature: float) -> dict:
+    """intensity_std of every spectrum in ``out``: the standard error of the mean over
+    ``opts.blocks`` consecutive blocks of the analysed frames (batch means), each block analysed
+    like the whole (same correlation window, temperature and options). It measures how well the
+    run has sampled the spectrum, not the force field's error."""
+    n = int(opts.blocks)
+    sub = replace(opts, blocks=1, time_window_fs=max_lag * traj.dt_fs, temperature_K=temperature)
+    with warnings.catch_warnings():      # the whole run's warnings have been given
+        warnings.simplefilter("ignore")
+        parts = [spectra_from_trajectory(None, sub, traj=block, progress=False)[0]
+                 for block in traj.blocks(n)]
+    length = traj.n_frames // n
+    how = (f"standard error of the mean over {n} consecutive blocks of {length} frames "
+           f"({length * traj.dt_fs / 1000:g} ps) analysed like the whole: the statistical "
+           f"uncertainty of this MD estimate, not the force field's")
+    done = []
+    for name, sp in out.items():
+        values = [p[name].intensity for p in parts
+                  if name in p and p[name].intensity.shape == sp.intensity.shape]
+        if len(values) == n:
+            sp.intensity_std = np.std(values, axis=0, ddof=1) / np.sqrt(n)
+            sp.provenance["intensity_std"] = how
+            done.append(name)
+    return {"n": n, "frames_each": length, "spectra": done}
 
 
 def _cut_energy(out: dict, e_max: float) -> None:

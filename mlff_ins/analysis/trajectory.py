@@ -10,6 +10,7 @@ Units found in H5MD ``unit`` attributes (nm, ps, ...) are converted.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -82,6 +83,19 @@ class Trajectory:
         """Yield consecutive chunks of at most ``size`` of the selected (strided) frames."""
         yield from self._impl.chunks(size, self.stride, self.start, self.stop)
 
+    def blocks(self, n: int) -> list[Trajectory]:
+        """The selected frames cut into ``n`` consecutive blocks of equal length (frames left
+        over at the end belong to none), each a trajectory of its own."""
+        length = self.n_frames // n
+        out = []
+        for b in range(n):
+            block = copy.copy(self)
+            block.start = self.start + b * length * self.stride
+            block.stop = block.start + (length - 1) * self.stride + 1
+            block.n_frames = length
+            out.append(block)
+        return out
+
     @property
     def species(self) -> list[str]:
         """Distinct elements, sorted alphabetically (dynasor's order)."""
@@ -143,6 +157,13 @@ class ArrayTrajectory(Trajectory):
         self.has_velocities = self.velocities is not None
         if self.positions.shape != (self.n_frames, self.n_atoms, 3):
             raise ValueError(f"positions must have shape (frames, {self.n_atoms}, 3)")
+
+    def blocks(self, n: int) -> list[ArrayTrajectory]:
+        length = self.n_frames // n
+        part = (lambda a, b: None if a is None else a[b * length:(b + 1) * length])
+        return [ArrayTrajectory(self.symbols, part(self.positions, b), part(self.cells, b),
+                                self.dt_fs, part(self.velocities, b), self.masses)
+                for b in range(n)]
 
     def chunks(self, size: int = 64) -> Iterator[Chunk]:
         for s in range(0, self.n_frames, size):
