@@ -405,3 +405,29 @@ def test_a_resume_may_change_the_learning_rate_plateau_where_it_rewrites_no_hist
     shutil.rmtree(tmp_path / "member_0" / "logs" / "version_1")
     with pytest.raises(InputError, match="lack the validation loss of epoch 10 "):
         rescheduled_state(tmp_path / "member_0", 0.01, old, new)
+
+
+def test_progress_of_a_resumed_member_counts_only_this_runs_epochs(tmp_path):
+    """A member resumed at epoch 43 of 250: its bar starts there, so the rate and the time left
+    come from the epochs trained since (one, here), not from 44 epochs in a few seconds."""
+    import io
+
+    from tqdm import tqdm
+
+    from mlff_ins.train.driver import _MemberRun
+
+    csv = tmp_path / "metrics.csv"
+    run = _MemberRun(tmp_path, [], csv=csv, label="member")
+    run.bar, run.max_epochs = tqdm(total=250, file=io.StringIO()), 250
+    run._update_bar()                       # no log yet: nothing shown
+    assert run.bar.n == 0 and run.shown is None
+    csv.write_text("epoch,step,val0_epoch/forces_mae\n43,100,\n43,120,0.078\n")
+    run._update_bar()
+    assert (run.bar.initial, run.bar.n) == (43, 44)
+    fmt = run.bar.format_dict
+    assert fmt["n"] - fmt["initial"] == 1
+    fresh = _MemberRun(tmp_path, [], csv=tmp_path / "fresh.csv", label="member")
+    fresh.bar, fresh.max_epochs = tqdm(total=250, file=io.StringIO()), 250
+    (tmp_path / "fresh.csv").write_text("epoch,step,val0_epoch/forces_mae\n0,5,0.3\n1,10,0.2\n")
+    fresh._update_bar()                     # a new run seen late: still counted from epoch 0
+    assert (fresh.bar.initial, fresh.bar.n) == (0, 2)

@@ -170,23 +170,27 @@ def _write_xyz(path: Path, frames) -> None:
         ase.io.write(tmp, frames, format="extxyz")
 
 
-def _read_csv_last_epoch(csv_path: Path) -> tuple[int, float | None]:
+def _read_csv_last_epoch(csv_path: Path) -> tuple[int, int, float | None] | None:
+    """(first and last epoch logged, the last validation force MAE or None) of a member's CSV
+    log (a resumed member's log starts at the epoch it resumed at); None while it has no rows."""
     if not csv_path.exists():
-        return 0, None
+        return None
     lines = csv_path.read_text().splitlines()
     if len(lines) < 2:
-        return 0, None
+        return None
     header = lines[0].split(",")
     epoch_col = header.index("epoch") if "epoch" in header else None
     f_col = next((i for i, h in enumerate(header) if h == "val0_epoch/forces_mae"), None)
-    epoch, fmae = 0, None
+    first, epoch, fmae = None, 0, None
     for line in lines[1:]:
         cols = line.split(",")
         if epoch_col is not None and len(cols) > epoch_col and cols[epoch_col]:
-            epoch = max(epoch, int(float(cols[epoch_col])))
+            e = int(float(cols[epoch_col]))
+            first = e if first is None else min(first, e)
+            epoch = max(epoch, e)
         if f_col is not None and len(cols) > f_col and cols[f_col]:
             fmae = float(cols[f_col])
-    return epoch, fmae
+    return first or 0, epoch, fmae
 
 
 # --- launching nequip-train: several members at once, several processes per member -----------
@@ -354,9 +358,13 @@ class _MemberRun:
         if self.bar is None or self.csv is None:
             return
         state = _read_csv_last_epoch(self.csv)
-        if state != self.shown:  # redraw only on news (keeps logs short)
+        if state is not None and state != self.shown:  # redraw only on news (short logs)
+            first, epoch, fmae = state
+            if self.shown is None:
+                # a resumed member: its epochs before this run are not this run's pace (the
+                # rate and the time left would count them as trained in the last minutes)
+                self.bar.initial = first
             self.shown = state
-            epoch, fmae = state
             self.bar.n = min(epoch + 1, self.max_epochs)
             if fmae is not None:
                 self.bar.set_postfix(val_force_mae=f"{1000 * fmae:.0f} meV/A")
