@@ -74,11 +74,11 @@ def _target_lines(records: list[dict], asi_not_amorphous: bool = False) -> list[
 
 def _frequency_table(study) -> list[str]:
     """c-Si at Γ, X, L: the model at the CP2K geometry and relaxed, against CP2K and experiment."""
-    from mlff_ins.bench.phonons_bench import (EXPERIMENT, dft_reference, labelled_dft,
-                                              model_at_reference)
     from mlff_ins.model.calculator import load_calculator
     from mlff_ins.phonons.io import read_phonons
     from mlff_ins.phonons.properties import diamond_special_frequencies
+    from mlff_ins.phonons.si_reference import (EXPERIMENT, dft_reference, labelled_dft,
+                                               model_at_reference)
 
     path = study.out / "c-si" / "phonons.h5"
     if not path.exists():

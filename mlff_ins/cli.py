@@ -414,8 +414,9 @@ def _add_deploy(sub) -> None:
                     "(nequip-compile, minutes per member on a CPU) and the ML-IAP file "
                     "(nequip-prepare-lmp-mliap), with structure.data, an in.lammps that runs it "
                     "(pair_style nequip, or mliap unified with --no-aot; units metal) and a "
-                    "README on building LAMMPS with pair_nequip. --target ase writes TorchScript "
-                    "models for nequip's NequIPCalculator.",
+                    "README on building LAMMPS with pair_nequip. --target ase writes the models "
+                    "nequip's NequIPCalculator loads: compiled ahead of time (AOTInductor, "
+                    "minutes per member) with torch >= 2.10, TorchScript before.",
         epilog="example: mlff-ins deploy models/si --target lammps -o lammps_si",
         formatter_class=_HelpFormatter)
     p.add_argument("bundle", help="model bundle folder, e.g. models/si")

@@ -14,7 +14,7 @@ import sys
 import ase.io
 from ase import Atoms
 
-from mlff_ins.bench.phonons_bench import dft_reference
+from mlff_ins.phonons.si_reference import dft_reference
 
 
 def main(path: str) -> None:

@@ -234,7 +234,7 @@ def test_si_dft_references_of_the_phonons_benchmark():
     benchmark prints them: X TA 4.05 vs 4.25 THz)."""
     import ase.io
 
-    from mlff_ins.bench.phonons_bench import LABELLED_CHECK, dft_reference, labelled_dft
+    from mlff_ins.phonons.si_reference import LABELLED_CHECK, dft_reference, labelled_dft
 
     published, ph, _ = dft_reference()
     ours, forces = labelled_dft(ph)
@@ -256,7 +256,8 @@ def test_si_finite_displacement_training_frames_follow_the_reference_lattice_tre
     import ase.io
     from ase.build import bulk
 
-    from mlff_ins.bench.phonons_bench import _frequencies_from_forces, dft_reference, labelled_dft
+    from mlff_ins.phonons.si_reference import (_frequencies_from_forces, dft_reference,
+                                               labelled_dft)
     from mlff_ins.demo import SI_DATA
     from mlff_ins.phonons.finite_displacement import make_phonopy
 
@@ -292,7 +293,7 @@ def test_si_finite_displacement_training_frames_follow_the_reference_lattice_tre
 def test_member_spread_of_the_phonons_benchmark(tiny_bundle):
     """The benchmark's ensemble spread at the CP2K geometry is the standard deviation of the
     frequencies each member gives alone (1e-9 THz); a one-member model has none."""
-    from mlff_ins.bench.phonons_bench import model_at_reference
+    from mlff_ins.phonons.si_reference import model_at_reference
     from mlff_ins.model.calculator import BundleCalculator, read_bundle
 
     members = [tiny_bundle / m for m in read_bundle(tiny_bundle)["members"]]

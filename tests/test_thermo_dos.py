@@ -132,7 +132,7 @@ def test_silicon_dos_against_phonopy_mode_sum():
     the same mesh frequencies; what differs is the tetrahedron interpolation and 0.2 meV bins
     against point sampling, small where kT = 26 meV varies slowly, and the three Γ acoustic
     modes phonopy leaves out (3 of 6 × 16³ modes)."""
-    from mlff_ins.bench.phonons_bench import dft_reference
+    from mlff_ins.phonons.si_reference import dft_reference
     from mlff_ins.phonons.properties import thermal_properties
 
     _, ph, _ = dft_reference()

@@ -32,17 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from mlff_ins.phonons.properties import diamond_special_frequencies
+from mlff_ins.phonons.si_reference import (CP2K_LATTICE_A, EXPERIMENT, dft_reference,
+                                           labelled_dft, model_at_reference)
 
 warnings.filterwarnings("ignore", message=".*primitive_matrix defaulted.*")
-
-#: experiment (THz), as quoted in the issue: Γ TO; X TA, LA, TO; L TA, LA, LO, TO
-EXPERIMENT = {"G": {"TO": 15.53}, "X": {"TA": 4.49, "LA": 12.32, "TO": 13.90},
-              "L": {"TA": 3.43, "LA": 11.35, "LO": 12.60, "TO": 14.68}}
-CP2K_DIR = Path(__file__).resolve().parents[1] / "resources" / "si" / "phonopy-Si-CP2K"
-HARTREE_PER_BOHR_TO_EV_PER_A = 51.422090462576755   # phonopy's CP2K interface factor
-#: the lattice constant of the Si-CP2K reference calculation (its Si.inp), in Å
-CP2K_LATTICE_A = 5.4661639157319968
-LABELLED_CHECK = CP2K_DIR.parent / "si_cp2k_pbe_phonon_check.xyz"
 
 
 def _cases(which):
@@ -111,48 +104,6 @@ def speed(calc, which, batch_atoms, repeats: int = 2):
               f"{mine.timings_s['force_constants']:.1f} s)", flush=True)
 
 
-def dft_reference():
-    """Γ, X, L of phonopy's Si-CP2K example (PBE, 2x2x2 conventional supercell); also returns
-    its phonopy object (one displacement) and the CP2K forces on that displaced supercell."""
-    from phonopy import Phonopy
-    from phonopy.structure.atoms import PhonopyAtoms
-
-    a = CP2K_LATTICE_A
-    frac = [[0.875, 0.875, 0.875], [0.875, 0.375, 0.375], [0.375, 0.875, 0.375],
-            [0.375, 0.375, 0.875], [0.125, 0.125, 0.125], [0.125, 0.625, 0.625],
-            [0.625, 0.125, 0.625], [0.625, 0.625, 0.125]]
-    unit = PhonopyAtoms(symbols=["Si"] * 8, cell=np.eye(3) * a, scaled_positions=frac)
-    ph = Phonopy(unit, supercell_matrix=np.diag([2, 2, 2]),
-                 primitive_matrix=[[0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
-    ph.generate_displacements(distance=0.01)
-    lines = (CP2K_DIR / "Si-supercell-001-forces-1_0.xyz").read_text().splitlines()
-    rows = [ln.split() for ln in lines if ln.strip().split()[:1] and ln.split()[0].isdigit()]
-    forces = np.array([[float(x) for x in r[3:6]] for r in rows]) * HARTREE_PER_BOHR_TO_EV_PER_A
-    assert len(forces) == len(ph.supercell), "Si-CP2K forces do not match the 2x2x2 supercell"
-    return _frequencies_from_forces(ph, forces), ph, forces
-
-
-def _frequencies_from_forces(ph, forces) -> dict:
-    ph.forces = [forces]
-    ph.produce_force_constants()
-    ph.symmetrize_force_constants()
-    return diamond_special_frequencies(ph)
-
-
-def labelled_dft(ph):
-    """Γ, X, L from CP2K with the settings of the embedded data set (configs/label/cp2k_si.yaml)
-    on the reference's own displaced supercell (resources/si/si_cp2k_pbe_phonon_check.xyz, made
-    by scripts/make_si_phonon_check.py): the DFT the models learn. Returns (frequencies, forces)."""
-    import ase.io
-
-    frame = ase.io.read(LABELLED_CHECK, index=0)
-    displaced = ph.supercells_with_displacements[0]
-    assert np.abs(frame.get_scaled_positions() - displaced.scaled_positions).max() < 1e-9, \
-        f"{LABELLED_CHECK} is not the reference's displaced supercell"
-    forces = frame.get_forces()
-    return _frequencies_from_forces(ph, forces), forces
-
-
 def force_set_check(calc, ph, reference, name: str) -> None:
     """Print how far the model's forces on the reference's displaced supercell are from
     ``reference`` (DFT forces on it, called ``name``), overall and per shell of distance from the
@@ -178,26 +129,6 @@ def force_set_check(calc, ph, reference, name: str) -> None:
           f"{1000 * np.sqrt(np.mean(reference ** 2)):.2f} meV/Å; per shell around the displaced "
           f"atom, mean |F_DFT| / mean |F_model - F_DFT| in meV/Å:")
     print("  " + "; ".join(shells))
-
-
-def model_at_reference(calc) -> tuple[dict, dict]:
-    """Γ, X and L of ``calc`` at the CP2K reference geometry (a = 5.4662 Å, 2x2x2 conventional
-    supercell, as the reference): the ensemble mean's {point: {branch: THz}}, and the spread
-    of the members' frequencies, {point: {branch: std in THz}} (population std; empty for a
-    one-member model)."""
-    from ase.build import bulk
-
-    from mlff_ins.phonons.finite_displacement import phonons_from_model
-
-    pset = phonons_from_model(bulk("Si", "diamond", a=CP2K_LATTICE_A, cubic=True), calc,
-                              [2, 2, 2])
-    mean = diamond_special_frequencies(pset.mean)
-    if len(pset.members) < 2:
-        return mean, {}
-    each = [diamond_special_frequencies(m) for m in pset.members]
-    spread = {point: {branch: float(np.std([f[point][branch] for f in each]))
-                      for branch in branches} for point, branches in mean.items()}
-    return mean, spread
 
 
 def frequencies_with(calc, *, plain: bool = False):
