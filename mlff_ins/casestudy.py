@@ -114,6 +114,7 @@ class Study:
     size: StudySize
     steps: list[Step] = field(default_factory=list)
     device: str | None = None      # the model's device (md, phonons, spectra, predict); None: cpu
+    md_members: list[int] | None = None   # the members that drive the MD; None: all
 
 
 #: the commands of the study that take --device
@@ -130,9 +131,13 @@ def default_model() -> str:
 
 # ------------------------------------------------------------------------------------ the plan
 
-def _md(trajectory: str, structure: str, protocol: str, size: StudySize) -> list[str]:
-    return ["md", structure, "--model", "{model}", "--protocol", protocol,
+def _md(trajectory: str, structure: str, protocol: str, size: StudySize,
+        members: list[int] | None = None) -> list[str]:
+    argv = ["md", structure, "--model", "{model}", "--protocol", protocol,
             "-T", f"{size.temperature_K:g}", "--seed", "1", "-o", trajectory]
+    if members:
+        argv[4:4] = ["--members", *[str(k) for k in members]]
+    return argv
 
 
 def _spectra_md(trajectory: str, output: str, size: StudySize, sqe: bool = False,
@@ -164,9 +169,11 @@ def _compare(structure: str, d: str, inputs: list[str], kind: str) -> Step:
 
 
 def plan(out: str | Path, model: str | None, size: StudySize,
-         device: str | None = None) -> Study:
+         device: str | None = None, md_members: list[int] | None = None) -> Study:
     """Every step of the study, in order (``model`` None: the shipped reference model; ``device``
-    for the commands that evaluate a model or correlate a trajectory, None: their default cpu)."""
+    for the commands that evaluate a model or correlate a trajectory, None: their default cpu;
+    ``md_members``: the ensemble members that drive the MD runs, None: all; the phonon routes
+    always use every member, for their band)."""
     s = size
     n_c, n_d, n_a = s.crystal_cells, s.defect_cells, s.amorphous_cells
     conv = "structures/si_conventional.xyz"
@@ -194,7 +201,8 @@ def plan(out: str | Path, model: str | None, size: StudySize,
               "-o", "c-si/phonons.h5", "--plot"]),
         Step("c-Si: INS from phonons", "c-Si", ["c-si/ins_phonons.h5"],
              _ins("c-si/phonons.h5", "c-si/ins_phonons.h5", s, two_d=True)),
-        Step("c-Si: MD", "c-Si", [], _md("c-si/md.h5md", crystal, "protocols/crystal.yaml", s),
+        Step("c-Si: MD", "c-Si", [],
+             _md("c-si/md.h5md", crystal, "protocols/crystal.yaml", s, md_members),
              resume=True),
         Step("c-Si: spectra from MD", "c-Si", ["c-si/ins_md.h5"],
              _spectra_md("c-si/md.h5md", "c-si/ins_md.h5", s, sqe=True)),
@@ -202,7 +210,8 @@ def plan(out: str | Path, model: str | None, size: StudySize,
     # a-Si
     steps += [
         Step("a-Si: melt-quench MD", "a-Si", [],
-             _md("a-si/md.h5md", amorphous_start, "protocols/melt_quench.yaml", s), resume=True),
+             _md("a-si/md.h5md", amorphous_start, "protocols/melt_quench.yaml", s, md_members),
+             resume=True),
         Step("a-Si: structure", "a-Si", ["a-si/structure.json"],
              ["structure", "a-si/md.h5md", "--stage", "production", "-o", "a-si/structure"]
              + (["--cutoff", f"{s.bond_cutoff_A:g}"] if s.bond_cutoff_A else [])),
@@ -227,7 +236,7 @@ def plan(out: str | Path, model: str | None, size: StudySize,
         Step("vacancy: INS of the perfect cell", "vacancy", ["vacancy/perfect_ins_phonons.h5"],
              _ins("vacancy/perfect_phonons.h5", "vacancy/perfect_ins_phonons.h5", s)),
         Step("vacancy: MD", "vacancy", [],
-             _md("vacancy/md.h5md", vacancy, "protocols/crystal.yaml", s), resume=True),
+             _md("vacancy/md.h5md", vacancy, "protocols/crystal.yaml", s, md_members), resume=True),
         Step("vacancy: spectra from MD", "vacancy", ["vacancy/ins_md.h5"],
              _spectra_md("vacancy/md.h5md", "vacancy/ins_md.h5", s, blocks=s.md_blocks)),
         Step("vacancy: difference from the perfect crystal", "vacancy",
@@ -247,7 +256,8 @@ def plan(out: str | Path, model: str | None, size: StudySize,
         steps.append(_compare(name, d, routes, "s_e"))
         steps.append(_compare(name, d, [f"{d}/ins_md.h5", f"{d}/ins_phonons.h5"], "vdos"))
     steps.append(Step("report", "", ["report.md", "metrics.json"], func="report"))
-    return Study(Path(out), None if model is None else str(model), size, steps, device)
+    return Study(Path(out), None if model is None else str(model), size, steps, device,
+                 list(md_members) if md_members else None)
 
 
 # ---------------------------------------------------------------------------- running the plan
@@ -286,12 +296,15 @@ def run_study(study: Study, *, only: str | None = None, log=print) -> dict:
     if study.model is None:
         study.model = default_model()
     this = {"model": study.model, "size": asdict(study.size)}
+    if study.md_members:
+        this["md_members"] = study.md_members
     recorded = study.out / "study.json"
     if recorded.exists():
         # the finished steps of another model or size would be skipped as done: refuse
         before = json.loads(recorded.read_text())
         if before != json.loads(json.dumps(this)):
-            what = "model" if before.get("model") != this["model"] else "size"
+            what = ("model" if before.get("model") != this["model"] else
+                    "size" if before.get("size") != this["size"] else "set of MD members")
             raise InputError(f"{study.out}: holds a study with another {what} "
                              f"({before.get('model')}, size {before['size'].get('name')}); "
                              f"choose another -o or delete it")
@@ -329,13 +342,15 @@ def _read_timings(out: Path) -> dict:
 def shell_script(study: Study) -> str:
     """The study as a shell script of mlff-ins commands (``--dry-run``)."""
     s = study.size
+    members = (" --md-members " + " ".join(str(k) for k in study.md_members)
+               if study.md_members else "")
     lines = [
         "#!/usr/bin/env bash",
         "# The silicon case study: c-Si, a-Si and a vacancy cell, from the reference force field",
         "# to VISION spectra by phonons, MD and the direct predictor, each pair compared.",
         f"# Written by `mlff-ins demo --full{'' if s.name == 'full' else ' --size ' + s.name}"
-        f"{'' if s.predictor else ' --no-predictor'} --dry-run`; `mlff-ins demo --full` runs "
-        "the same steps",
+        f"{'' if s.predictor else ' --no-predictor'}{members} --dry-run`; "
+        "`mlff-ins demo --full` runs the same steps",
         "# (and skips those already done). Run from anywhere; OUT, MODEL and DEVICE (cpu, cuda)",
         "# may be overridden.",
         "set -euo pipefail",
@@ -350,7 +365,7 @@ def shell_script(study: Study) -> str:
         lines.append(f"# {step.name}" + (f": {step.note}" if step.note else ""))
         if step.func:
             lines.append(f'mlff-ins demo --full --size {s.name} --model "$MODEL" '
-                         f'--device "$DEVICE" --step {step.func} -o "$OUT"')
+                         f'--device "$DEVICE"{members} --step {step.func} -o "$OUT"')
         else:
             words = []
             for a in step.argv:

@@ -1068,6 +1068,11 @@ def _add_demo(sub) -> None:
                       help="device of the model and the spectra (md, phonons, spectra, predict): "
                            "cpu (default), cuda, cuda:N or auto; a study may move between "
                            "devices when resumed")
+    full.add_argument("--md-members", nargs="+", type=int, metavar="K",
+                      help="the ensemble members that drive the MD runs (default: all; each "
+                           "member is one model call per MD step, so --md-members 0 runs the "
+                           "MD of a 3-member model in a third of the time); the phonon routes "
+                           "use every member, for their bands")
     p.set_defaults(func=_run_demo)
 
 
@@ -1079,7 +1084,8 @@ def _run_case_study(args) -> int:
     size = SIZES[args.size]
     if args.no_predictor:
         size = replace(size, predictor=False)
-    study = plan(args.output or "si-case-study", args.model, size, device=args.device)
+    study = plan(args.output or "si-case-study", args.model, size, device=args.device,
+                 md_members=args.md_members)
     if args.dry_run:
         print(shell_script(study))
         return 0
@@ -1094,7 +1100,7 @@ def _run_case_study(args) -> int:
 def _run_demo(args) -> int:
     if args.full:
         return _run_case_study(args)
-    for name in ("step", "dry_run", "no_predictor", "device"):
+    for name in ("step", "dry_run", "no_predictor", "device", "md_members"):
         if getattr(args, name):
             raise InputError(f"--{name.replace('_', '-')} applies to the case study; add --full")
     if args.md_steps < 100:

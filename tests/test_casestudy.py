@@ -40,6 +40,8 @@ def test_examples_script_is_the_plan(capsys):
 def test_demo_full_options_are_refused_without_full(capsys, tmp_path):
     assert main(["demo", "--dry-run"]) == 2
     assert "--dry-run applies to the case study; add --full" in capsys.readouterr().err
+    assert main(["demo", "--md-members", "0"]) == 2
+    assert "--md-members applies to the case study; add --full" in capsys.readouterr().err
     assert main(["demo", "--full", "--step", "nonsense", "--model", "sevennet-0",
                  "-o", str(tmp_path / "unused")]) == 2
     assert "--step nonsense: not a step of the study" in capsys.readouterr().err
@@ -49,7 +51,7 @@ def test_demo_full_options_are_refused_without_full(capsys, tmp_path):
 def test_study_runs_end_to_end_and_resumes(tmp_path):
     # the shipped silicon reference model (the study's default): a sensible Si minimum and
     # stable in short MD, which the suite's few-epoch test model is not
-    study = plan(tmp_path / "study", None, SMOKE, device="cpu")
+    study = plan(tmp_path / "study", None, SMOKE, device="cpu", md_members=[0])
     log = []
     timings = run_study(study, log=log.append)
     # --device reaches every command that evaluates the model or correlates a trajectory
@@ -58,6 +60,9 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
                             for c in commands if c.split()[0] in ("md", "phonons", "spectra",
                                                                   "predict"))
     assert not any("--device" in c for c in commands if c.split()[0] in ("ins", "compare"))
+    # --md-members reaches the MD runs only (the phonon routes use every member)
+    assert all(" --members 0 " in c for c in commands if c.split()[0] == "md")
+    assert not any("--members" in c for c in commands if c.split()[0] != "md")
     out = study.out
     for step in study.steps:
         for o in step.outputs:
@@ -105,4 +110,7 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     # the folder belongs to this model and size: another is refused before anything runs
     from mlff_ins.errors import InputError
     with pytest.raises(InputError, match="holds a study with another size"):
-        run_study(plan(out, None, replace(SMOKE, production_ps=0.8)), log=log2.append)
+        run_study(plan(out, None, replace(SMOKE, production_ps=0.8), md_members=[0]),
+                  log=log2.append)
+    with pytest.raises(InputError, match="holds a study with another set of MD members"):
+        run_study(plan(out, None, SMOKE), log=log2.append)
