@@ -161,6 +161,20 @@ def test_bad_inputs_are_one_line_errors(cu_routes, tmp_path, capsys):
         assert text in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_csv_header_says_the_incident_energy_and_what_the_band_is(tmp_path):
+    from mlff_ins.compare.export import export_csv
+
+    band = "standard error of the mean over 4 consecutive blocks"
+    sp = Spectrum1D(kind="s_e", x=np.linspace(0, 10, 5), intensity=np.ones(5),
+                    intensity_std=np.full(5, 0.1), provenance={"ei_meV": 80.0,
+                                                               "intensity_std": band})
+    plain = Spectrum1D(kind="vdos", x=np.linspace(0, 10, 5), intensity=np.ones(5))
+    a, b = export_csv({"s_e": sp, "vdos": plain}, tmp_path)
+    text = a.read_text()
+    assert "# ei_meV: 80.0\n" in text and f"# intensity_std: {band}\n" in text
+    assert "ei_meV" not in b.read_text() and "# intensity_std:" not in b.read_text()
+
+
 def test_export_command_writes_csv_and_mantid_ascii(cu_routes, tmp_path, capsys):
     _, ph, _ = cu_routes
     assert main(["export", str(ph), "--csv", str(tmp_path / "csv"), "--mantid-ascii",

@@ -345,6 +345,7 @@ def test_ins_ensemble_error_band_and_isotope(tiny_bundle, tmp_path):
                  "--e-max", "200", "-o", str(out)]) == 0
     s = read_spectra(out)["s_e"]
     assert s.intensity_std is not None and s.intensity_std.max() > 0
+    assert "ensemble members" in s.provenance["intensity_std"]
     heavy = tmp_path / "si30.h5"
     assert main(["ins", str(ph5), "--instrument", "tosca", "--mesh", "6", "6", "6",
                  "--e-max", "200", "--isotope", "Si=30", "-o", str(heavy)]) == 0

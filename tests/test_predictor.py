@@ -106,6 +106,7 @@ def test_predict_command_with_partials_spread_and_warnings(small_predictor, tmp_
     s = spectra["s_e"]
     assert s.source == "predictor" and s.intensity.max() == pytest.approx(1.0)
     assert s.intensity_std is not None and s.intensity_std.shape == s.intensity.shape
+    assert "predictors" in s.provenance["intensity_std"]
     # element partials share the total's scale and add up to it
     np.testing.assert_allclose(spectra["s_e_Au"].intensity + spectra["s_e_Cu"].intensity,
                                s.intensity, rtol=1e-5, atol=1e-7)

@@ -70,9 +70,15 @@ def _std(sp: Spectrum) -> np.ndarray:
 
 
 def _header(name: str, sp: Spectrum) -> list[str]:
-    return [f"# name: {name}", f"# kind: {sp.kind}", f"# element: {sp.element or 'total'}",
-            f"# source: {sp.source}", f"# instrument: {sp.instrument}",
-            f"# temperature_K: {sp.temperature_K}"]
+    lines = [f"# name: {name}", f"# kind: {sp.kind}", f"# element: {sp.element or 'total'}",
+             f"# source: {sp.source}", f"# instrument: {sp.instrument}",
+             f"# temperature_K: {sp.temperature_K}"]
+    prov = sp.provenance or {}
+    if prov.get("ei_meV") is not None:          # direct geometry: the incident energy
+        lines.append(f"# ei_meV: {prov['ei_meV']}")
+    if sp.intensity_std is not None and prov.get("intensity_std"):
+        lines.append(f"# intensity_std: {prov['intensity_std']}")
+    return lines
 
 
 def _checked(spectra: dict, directory) -> Path:

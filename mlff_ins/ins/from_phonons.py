@@ -147,6 +147,9 @@ def ins_from_phonons(pset, opts: InsOptions, meta: dict | None = None) -> dict:
             "isotopes": opts.isotopes, "cross_section":
             "S(E): sigma_total, incoherent approximation; S(Q,E): coherent one-phonon + "
             "sigma_coh multiphonon, sigma_inc all orders"}
+    if len(pset.members) > 1:
+        prov["intensity_std"] = (f"standard deviation of the {len(pset.members)} ensemble "
+                                 f"members' spectra: the force field's uncertainty")
     base = dict(temperature_K=opts.temperature_K, source="phonons", units="barn/sr/meV")
     spectra = {}
     s_e_mean, s_e_std = {}, {}

@@ -490,6 +490,9 @@ class Predictor:
                 "temperature_note": "predicted at the database temperature; other temperatures "
                                     "by the one-phonon Bose factor (n(E,T)+1)/(n(E,T_db)+1)",
                 "normalisation": "max-normalised"}
+        if s is not None:
+            prov["intensity_std"] = (f"standard deviation of the {len(self.models)} predictors' "
+                                     f"spectra")
         common = dict(kind="s_e", x=self.energy_meV, units="max-normalised", source="predictor",
                       instrument=instrument,
                       temperature_K=t_db if temperature_K is None else temperature_K,
