@@ -813,7 +813,8 @@ def _reschedule(cfg: dict, out: Path) -> list[dict]:
 
 def _check_same_run(cfg: dict, out: Path, option: str) -> None:
     """Refuse settings or data that differ from those the run in ``out`` started with (only the
-    run length, --epochs and --max-minutes, and the device may change)."""
+    run length, --epochs and --max-minutes, the device and, under the condition of
+    :func:`_reschedule`, the learning-rate plateau may change)."""
     state_path = out / "train_settings.json"
     old = json.loads(state_path.read_text())
     if _fixed_settings(old.get("settings") or {}) != _fixed_settings(cfg):
