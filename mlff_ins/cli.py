@@ -395,6 +395,11 @@ def _add_select(sub) -> None:
     p.add_argument("--top", type=int, required=True, metavar="N", help="number of frames")
     p.add_argument("--min-gap", type=int, metavar="FRAMES",
                    help="minimum distance between chosen frames (default: frames / 4N)")
+    p.add_argument("--stage", metavar="NAME",
+                   help="only frames of this stage of a `md --protocol` trajectory (e.g. melt)")
+    p.add_argument("--config-type", metavar="NAME",
+                   help="written as each frame's config_type (the kind of structure: names "
+                        "with vacancy, amorphous or liquid are grouped so by `bench train`)")
     p.add_argument("-o", "--output", required=True, help="extxyz of the chosen frames")
     p.set_defaults(func=_run_select)
 
@@ -402,7 +407,8 @@ def _add_select(sub) -> None:
 def _run_select(args) -> int:
     from mlff_ins.md.select import select_uncertain
 
-    chosen = select_uncertain(args.trajectory, args.top, args.output, args.min_gap)
+    chosen = select_uncertain(args.trajectory, args.top, args.output, args.min_gap,
+                              stage=args.stage, config_type=args.config_type)
     print(f"{args.output}: {len(chosen)} frames (trajectory frames {', '.join(map(str, chosen))})")
     return 0
 
@@ -686,7 +692,7 @@ def _run_spectra(args) -> int:
     if args.stage is not None:
         if args.start is not None or args.stop is not None or args.skip_ps is not None:
             raise InputError("--stage chooses the frames itself; drop --start/--stop/--skip-ps")
-        from mlff_ins.analysis.trajectory import stage_frames
+        from mlff_ins.data.h5md import stage_frames
 
         start, stop = stage_frames(args.trajectory, args.stage)
     elif args.skip_ps is not None:
@@ -1633,7 +1639,7 @@ def _run_structure(args) -> int:
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     if path.suffix.lower() == ".h5md":
-        from mlff_ins.analysis.trajectory import stage_frames
+        from mlff_ins.data.h5md import stage_frames
         from mlff_ins.data.h5md import frame_count, read_frame
 
         start, stop = args.start or 0, args.stop

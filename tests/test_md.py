@@ -1,6 +1,7 @@
 """`mlff-ins md`: NVE conservation, thermostat and barostat targets, H5MD round trip (ours and
 MDAnalysis), kill-and-resume without lost or duplicated frames, watchdog stops."""
 
+import json
 import os
 import signal
 import subprocess
@@ -421,12 +422,14 @@ def test_select_takes_uncertain_frames_spread_in_time(tmp_path):
     std = np.full(100, 0.01)
     std[40:45] = [0.5, 0.9, 0.8, 0.7, 0.6]   # one uncertain event, five neighbouring frames
     std[80] = 0.4                              # a second, separate event
+    std[70] = 0.3                              # and a third
     with H5MDWriter(out, atoms.get_chemical_symbols(), observables=OBSERVABLES) as w:
         for i, s in enumerate(std):
             obs = {k: 0.0 for k in OBSERVABLES}
             obs["max_force_std"] = s
             w.append(i, float(i), atoms.positions + 0.001 * i, atoms.cell.array,
-                     velocities=np.zeros((4, 3)), forces=np.zeros((4, 3)), **obs)
+                     velocities=np.zeros((4, 3)), forces=np.zeros((4, 3)),
+                     settings=json.dumps({"stage": "hot" if i < 60 else "cold"}), **obs)
     chosen = select_uncertain(out, 2, tmp_path / "sel.xyz", min_gap=10)
     assert chosen == [41, 80]
     from ase.io import read
@@ -436,6 +439,14 @@ def test_select_takes_uncertain_frames_spread_in_time(tmp_path):
     assert main(["select", str(out), "--top", "3", "--min-gap", "1", "-o",
                  str(tmp_path / "s3.xyz")]) == 0
     assert [a.info["source_frame"] for a in read(tmp_path / "s3.xyz", ":")] == [41, 42, 43]
+    # one stage of a protocol run, the frames tagged with their kind for the error tables
+    assert main(["select", str(out), "--top", "2", "--min-gap", "1", "--stage", "cold",
+                 "--config-type", "amorphous_al2", "-o", str(tmp_path / "cold.xyz")]) == 0
+    cold = read(tmp_path / "cold.xyz", ":")
+    assert [a.info["source_frame"] for a in cold] == [80, 70]
+    assert all(a.info["config_type"] == "amorphous_al2" for a in cold)
+    assert main(["select", str(out), "--top", "2", "--stage", "melt", "-o",
+                 str(tmp_path / "x.xyz")]) == 2
 
 
 def test_protocol_runs_stages_into_one_trajectory(tmp_path, capsys):

@@ -105,38 +105,6 @@ class Trajectory:
         return next(self.chunks(1)).cells[0]
 
 
-def stage_frames(path, name: str) -> tuple[int, int]:
-    """(start, stop) of the frames of protocol stage ``name`` in an H5MD file written by
-    `mlff-ins md --protocol` (each frame stores its stage in /parameters/md_settings)."""
-    import json
-
-    from mlff_ins.data.h5md import SETTINGS
-
-    path = Path(path)
-    if path.suffix.lower() not in (".h5", ".h5md", ".hdf5"):
-        raise InputError(f"--stage {name}: {path} is not an H5MD trajectory of `mlff-ins md`")
-    with open_h5md(path) as f:
-        if SETTINGS not in f:
-            raise InputError(f"--stage {name}: {path} stores no run settings (not written by "
-                             f"`mlff-ins md`)")
-        n = complete_frames(f)
-        values = f[SETTINGS]["value"][:n]
-    stages = []
-    for v in values:
-        try:
-            stages.append(json.loads(_text(v).rstrip("\x00") or "{}").get("stage", ""))
-        except ValueError:
-            stages.append("")
-    names = [s for s in dict.fromkeys(stages) if s]
-    hits = np.flatnonzero(np.array(stages, dtype=object) == name)
-    if not len(hits):
-        raise InputError(f"--stage {name}: {path} has " + (
-            f"the stages {', '.join(names)}" if names else "no protocol stages"))
-    if np.any(np.diff(hits) != 1):
-        raise InputError(f"--stage {name}: its frames in {path} are not one contiguous run")
-    return int(hits[0]), int(hits[-1]) + 1
-
-
 class ArrayTrajectory(Trajectory):
     """A trajectory held in memory: positions (T, N, 3) Å, cells (T, 3, 3) or (3, 3) Å,
     velocities (T, N, 3) Å/fs or None, ``dt_fs`` between frames."""

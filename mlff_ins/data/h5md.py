@@ -385,6 +385,32 @@ def parse_settings(raw) -> dict:
     return out if isinstance(out, dict) else {}
 
 
+def stage_frames(path, name: str) -> tuple[int, int]:
+    """(start, stop) of the frames of protocol stage ``name`` in an H5MD file written by
+    `mlff-ins md --protocol` (each frame stores its stage in /parameters/md_settings)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".h5", ".h5md", ".hdf5"):
+        raise InputError(f"--stage {name}: {path} is not an H5MD trajectory of `mlff-ins md`")
+    with open_h5md(path) as f:
+        if SETTINGS not in f:
+            raise InputError(f"--stage {name}: {path} stores no run settings (not written by "
+                             f"`mlff-ins md`)")
+        n = complete_frames(f)
+        values = f[SETTINGS]["value"][:n]
+    stages = []
+    for v in values:
+        text = v.decode() if isinstance(v, bytes) else str(v)
+        stages.append(parse_settings(text.rstrip("\x00")).get("stage", ""))
+    names = [s for s in dict.fromkeys(stages) if s]
+    hits = np.flatnonzero(np.array(stages, dtype=object) == name)
+    if not len(hits):
+        raise InputError(f"--stage {name}: {path} has " + (
+            f"the stages {', '.join(names)}" if names else "no protocol stages"))
+    if np.any(np.diff(hits) != 1):
+        raise InputError(f"--stage {name}: its frames in {path} are not one contiguous run")
+    return int(hits[0]), int(hits[-1]) + 1
+
+
 def read_forces(f, frame: int) -> np.ndarray:
     """Forces (eV/Å) of one frame from an open h5py file written by :class:`H5MDWriter`."""
     return f[GROUP]["force/value"][frame] / KJ_PER_MOL_PER_EV
