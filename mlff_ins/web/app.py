@@ -736,7 +736,7 @@ def predict(server: _Server, sid: str, geometry: Geometry,
     if server.predictor is None:
         raise Refused(409, server.predictor_message)
     targets = server.predictor.meta["targets"]
-    two_d = server.predictor.autoencoder is not None
+    two_d = server.predictor.has_two_d
     if geometry.direct and not two_d:
         raise Refused(409, f"instrument {geometry.instrument}: direct geometry needs the "
                            "predicted S(Q,E) map and this predictor has no S(Q,E) part; choose "
@@ -1201,13 +1201,16 @@ def load_predictor(settings: Settings):
     from mlff_ins.predict.predictor import Predictor, shipped_predictor
 
     device = resolve_device(settings.device)
-    if settings.predictor:
-        return Predictor(settings.predictor, device), ""
     try:
-        return Predictor(shipped_predictor(), device), ""
+        predictor = Predictor(settings.predictor or shipped_predictor(), device)
     except InputError:
+        if settings.predictor:
+            raise
         return None, ("No predictor is available on this server, so no spectra are predicted; "
                       "start it with --predictor DIR to add them.")
+    if predictor.has_two_d:
+        predictor.load_two_d()      # the page shows the map with every prediction: load it now
+    return predictor, ""
 
 
 def _check_settings(settings: Settings) -> None:
@@ -1321,7 +1324,7 @@ def _add_api_routes(app: FastAPI, server: _Server) -> None:
                 "predictor": {"available": p is not None, "message": server.predictor_message,
                               "elements": p.meta["elements"] if p else [],
                               "instruments": p.meta["targets"] if p else [],
-                              "two_d": bool(p is not None and p.autoencoder is not None)},
+                              "two_d": bool(p is not None and p.has_two_d)},
                 "model": {"available": bool(s.model), "name": str(s.model or "")},
                 "direct": {"instruments": direct_instruments(),
                            "angles_deg": list(default_angles_deg())},
