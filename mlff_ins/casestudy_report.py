@@ -192,7 +192,10 @@ def write_report(study, records: list[dict], timings: dict) -> Path:
     size = study.size
     lines = [
         "# Silicon case study: c-Si, a-Si and a vacancy, three routes to VISION spectra", "",
-        f"Model: `{study.model}`. Size `{size.name}`: c-Si MD {size.n_crystal} atoms, "
+        f"Model: `{study.model}`"
+        + (f" (the MD runs driven by member(s) {', '.join(map(str, study.md_members))} of it; "
+           f"the phonon routes by every member)" if getattr(study, "md_members", None) else "")
+        + f". Size `{size.name}`: c-Si MD {size.n_crystal} atoms, "
         f"phonons in a {size.phonon_cells}³ conventional supercell; vacancy cell "
         f"{8 * size.defect_cells ** 3 - 1} atoms; a-Si {8 * size.amorphous_cells ** 3} atoms, "
         f"melted at {size.melt_K:g} K for {size.melt_ps:g} ps and quenched at "

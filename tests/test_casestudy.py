@@ -96,6 +96,7 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     text = (out / "report.md").read_text()
     for heading in ("## Targets", "## c-Si", "## a-Si", "## Vacancy", "Phonon frequencies"):
         assert heading in text
+    assert "the MD runs driven by member(s) 0 of it" in text
     assert len(timings) == len(study.steps)
     # a second run finds every step done and runs nothing but the MD steps' --resume (which
     # return at once for a finished protocol)
