@@ -68,8 +68,17 @@ def data_files(cfg: dict) -> list[Path]:
 
 
 def data_label(cfg: dict) -> str:
-    """The data files of ``cfg`` as one string for messages and reports."""
-    return " + ".join(str(f) for f in data_files(cfg))
+    """The data files of ``cfg`` as one string for messages and reports (relative to the
+    working directory where they lie below it, so a bundle made in a checkout does not carry
+    that machine's paths)."""
+    return " + ".join(_shown(f) for f in data_files(cfg))
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def data_sha256(cfg: dict) -> str:
@@ -857,12 +866,12 @@ def _bundle_meta(cfg: dict, *, elements, e0, sha256: str, members: list[str],
         "dtype": cfg["model"]["dtype"],
         "members": members,
         "training_data": {"file": data_label(cfg),
-                          "files": [str(f) for f in data_files(cfg)], "sha256": sha256,
+                          "files": [_shown(f) for f in data_files(cfg)], "sha256": sha256,
                           "n_frames": n, "n_train_pool": n_pool, "n_val": n_val,
                           "n_test": n_test},
         "metrics": metrics["ensemble_mean"],
         "preset": cfg["preset"],
-        "settings": cfg,
+        "settings": {**cfg, "data": [_shown(f) for f in data_files(cfg)]},
     }
 
 
