@@ -17,6 +17,10 @@ RESUME=""
 [ -d "$OUT" ] && RESUME="--resume"
 ARGS=(--preset reference --data mlff_ins/resources/si/si_cp2k_pbe.xyz
       --data mlff_ins/resources/si/si_cp2k_pbe_al1.xyz -o "$OUT")
+# EPOCHS=N ends (or extends) the run at N epochs instead of the preset's 250: a resume may change
+# the run length. Round 1 ended at 121 (validation force error rising since epoch ~45 while the
+# training error fell: training/si-reference-al1/README.md)
+[ -n "${EPOCHS:-}" ] && ARGS+=(--epochs "$EPOCHS")
 # the three members side by side, one torch thread each (docs/training.md: on 2 cores this beats
 # one 2-thread member at a time, more so beside other work), so a stopped run already has a
 # partial ensemble to export
