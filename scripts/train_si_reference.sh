@@ -12,11 +12,15 @@
 # session on another machine resumes it: commit it when you stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-training/si-reference-al1}
+# ROUND=N trains on the embedded frames and active-learning rounds 1..N (si_cp2k_pbe_alK.xyz)
+# in the run folder training/si-reference-alN (default: round 1, the shipped model's run)
+ROUND=${ROUND:-1}
+OUT=${OUT:-training/si-reference-al$ROUND}
 RESUME=""
 [ -d "$OUT" ] && RESUME="--resume"
-ARGS=(--preset reference --data mlff_ins/resources/si/si_cp2k_pbe.xyz
-      --data mlff_ins/resources/si/si_cp2k_pbe_al1.xyz -o "$OUT")
+ARGS=(--preset reference --data mlff_ins/resources/si/si_cp2k_pbe.xyz)
+for k in $(seq 1 "$ROUND"); do ARGS+=(--data "mlff_ins/resources/si/si_cp2k_pbe_al$k.xyz"); done
+ARGS+=(-o "$OUT")
 # EPOCHS=N ends (or extends) the run at N epochs instead of the preset's 250: a resume may change
 # the run length. Round 1 ended at 121 (validation force error rising since epoch ~45 while the
 # training error fell: training/si-reference-al1/README.md)

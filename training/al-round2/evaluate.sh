@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# What active-learning round 2 changed (issue 19, part 3): the round-1 reference ensemble (the
+# model that chose the frames; training/si-reference-al1, shipped until round 2 replaces it)
+# against the round-2 ensemble (`ROUND=2 bash scripts/train_si_reference.sh`, run folder
+# training/si-reference-al2), after run.sh has labelled si_cp2k_pbe_al2.xyz. Run it before
+# round 2 is shipped: OLD defaults to the shipped model and is refused unless it is round 1.
+#
+#   1. force/energy errors on the round-2 CP2K frames: all twelve for round 1 (it saw none), and
+#      the ones in round 2's test split for both (held out from both);
+#   2. the ensemble force spread along round 2's own MD (run.sh's trajectories), both ensembles
+#      on the same stored frames (spread_along.py);
+#   3. the a-Si VDOS and VISION S(E): the cell run.sh's melt-quench made, 8 ps at 300 K with each
+#      ensemble (same seed), overlaid and scored by `mlff-ins compare`, and their structure.
+#
+# About an hour on 2 cores; every MD and the spread table resume. Outputs in $RUN/eval/.
+# Usage: bash training/al-round2/evaluate.sh [OLD_MODEL [NEW_MODEL]]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUN=${RUN:-runs/al2}
+TRAIN_RUN=${TRAIN_RUN:-training/si-reference-al2}
+OLD=${1:-mlff_ins/resources/si/reference_model}
+OUT=$RUN/eval
+mkdir -p "$OUT"
+NEW=${2:-$OUT/round2_model}
+AL=mlff_ins/resources/si/si_cp2k_pbe_al2.xyz
+python - "$OLD" <<'PY'
+import sys
+from mlff_ins.model.calculator import read_bundle
+files = " ".join(map(str, read_bundle(sys.argv[1]).get("training_data", {}).get("files", [])))
+if "al1" not in files or "al2" in files:
+    sys.exit(f"{sys.argv[1]}: not the round-1 ensemble; give it as the first argument")
+PY
+if [ ! -f "$NEW/bundle.json" ]; then   # the round-2 run as it stands (partial if unfinished)
+  rm -rf "$NEW"
+  mlff-ins train --preset reference --data mlff_ins/resources/si/si_cp2k_pbe.xyz \
+      --data mlff_ins/resources/si/si_cp2k_pbe_al1.xyz --data "$AL" -o "$TRAIN_RUN" \
+      --export "$NEW"
+fi
+
+# 1. errors on the round-2 frames
+python - "$TRAIN_RUN/data/test.xyz" "$OUT/al2_test.xyz" <<'EOF'
+import sys
+from ase.io import read, write
+held = [a for a in read(sys.argv[1], ":") if "_al2_" in a.info.get("config_type", "")]
+write(sys.argv[2], held)
+print(f"{len(held)} round-2 frames in round 2's test split:",
+      ", ".join(a.info["config_type"] for a in held))
+EOF
+echo "== round-1 ensemble, all round-2 frames (before)"
+python -m mlff_ins.bench train --model "$OLD" --frames "$AL"
+if [ -s "$OUT/al2_test.xyz" ]; then
+  echo "== round-1 ensemble, round-2 frames held out from round 2"
+  python -m mlff_ins.bench train --model "$OLD" --frames "$OUT/al2_test.xyz"
+  echo "== round-2 ensemble, the same held-out frames (after)"
+  python -m mlff_ins.bench train --model "$NEW" --frames "$OUT/al2_test.xyz"
+fi
+echo "== round-2 ensemble, its whole test split"
+python -m mlff_ins.bench train --model "$NEW" --frames "$TRAIN_RUN/data/test.xyz"
+
+# 2. spread along round 2's MD, both ensembles on the same frames
+for traj in asi64 liquid_2500K asi64_900K vac63_1200K; do
+  python training/al-round2/spread_along.py "$RUN/$traj.h5md" "$OLD" "$NEW" \
+      -o "$OUT/spread_$traj.tsv" --every 5
+done
+
+# 3. a-Si at 300 K from the melt-quenched cell, with each ensemble
+[ -f "$OUT/asi64_quenched.xyz" ] || python - "$RUN/asi64.h5md" "$OUT/asi64_quenched.xyz" <<'EOF'
+import sys
+from ase.io import write
+from mlff_ins.data.h5md import frame_count, read_frame
+atoms = read_frame(sys.argv[1], frame_count(sys.argv[1]) - 1)
+atoms.calc = None
+write(sys.argv[2], atoms, format="extxyz")
+EOF
+for tag in r1:"$OLD" r2:"$NEW"; do
+  name=${tag%%:*} model=${tag#*:}
+  nice -n 10 mlff-ins md "$OUT/asi64_quenched.xyz" --model "$model" -T 300 --dt 2 --steps 4000 \
+      --every 5 --thermostat bussi --seed 4 -o "$OUT/asi64_300K_$name.h5md" --resume
+  [ -f "$OUT/asi_$name.h5" ] || mlff-ins spectra "$OUT/asi64_300K_$name.h5md" --vdos \
+      --instrument vision -T 300 --skip-ps 2 --e-max 100 -o "$OUT/asi_$name.h5" --plot
+  mlff-ins structure "$OUT/asi64_300K_$name.h5md" --start 400 -o "$OUT/structure_$name"
+done
+for kind in vdos s_e; do
+  mlff-ins compare "$OUT/asi_r1.h5" "$OUT/asi_r2.h5" --kind $kind --label "round 1" \
+      --label "round 2" -o "$OUT/compare_$kind"
+done
+python training/al-round1/md_summary.py "$OUT/asi64_300K_r1.h5md" "$OUT/asi64_300K_r2.h5md"
