@@ -640,3 +640,42 @@ def test_md_with_a_calculator_that_lacks_an_element(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "EMT cannot compute forces" in err and "Li" in err
     assert not out.exists()
+
+
+def test_a_second_writer_is_refused_while_the_first_runs(tmp_path):
+    """`md --resume` on a trajectory another process is still writing is refused with a line
+    naming the file, and the running writer's frames all arrive (before the lock, the second
+    opener took HDF5's "open for write" for a killed run and rebuilt the file under it)."""
+    import subprocess
+    import sys
+
+    from mlff_ins.data.h5md import H5MDWriter, frame_count
+    from mlff_ins.errors import InputError
+
+    path = tmp_path / "t.h5md"
+    child = subprocess.Popen([sys.executable, "-c", f"""
+import sys
+import numpy as np
+from mlff_ins.data.h5md import H5MDWriter
+z = np.zeros((2, 3))
+with H5MDWriter({str(path)!r}, ["Cu", "Cu"]) as w:
+    for k in range(5):
+        w.append(k, float(k), z, np.eye(3), velocities=z, forces=z)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for k in range(5, 40):
+        w.append(k, float(k), z, np.eye(3), velocities=z, forces=z)
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        with pytest.raises(InputError, match="another process is writing") as err:
+            H5MDWriter(path, ["Cu", "Cu"], resume=True)
+        assert str(path) in str(err.value)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.wait(timeout=60) == 0
+    finally:
+        child.kill()
+    assert frame_count(path) == 40
+    with H5MDWriter(path, ["Cu", "Cu"], resume=True) as w:   # the lock went with the writer
+        assert w.n_frames == 40

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from mlff_ins import __version__
-from mlff_ins.atomic_io import atomic_path
+from mlff_ins.atomic_io import atomic_path, exclusive_lock
 from mlff_ins.errors import InputError
 
 GROUP = "particles/trajectory"
@@ -146,14 +146,27 @@ class H5MDWriter:
                        else np.asarray(masses, dtype=float))
         self._handles = None
         self.file = None
-        if resume and self.path.exists():
-            self.file = self._reopen()
-        else:
-            with atomic_path(self.path) as tmp:
-                with h5py.File(tmp, "w", libver="latest") as f:
-                    self._skeleton(f)
-            self.file = h5py.File(self.path, "r+", libver="latest")
-            self.file.swmr_mode = True
+        # one writer at a time: HDF5 cannot tell a running writer from a killed one (both leave
+        # "open for write"), and a second `md --resume` would rebuild the file under the first.
+        # The lock is a hidden file next to the trajectory (kept: deleting it would let two
+        # writers hold locks on different files); it goes with the process that holds it.
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(exclusive_lock(
+            self.path.parent / f".{self.path.name}.lock",
+            f"{self.path}: another process is writing this trajectory (an `mlff-ins md` still "
+            f"running?); wait for it or stop it before resuming"))
+        try:
+            if resume and self.path.exists():
+                self.file = self._reopen()
+            else:
+                with atomic_path(self.path) as tmp:
+                    with h5py.File(tmp, "w", libver="latest") as f:
+                        self._skeleton(f)
+                self.file = h5py.File(self.path, "r+", libver="latest")
+                self.file.swmr_mode = True
+        except BaseException:
+            self._lock.close()
+            raise
         self.n_frames = complete_frames(self.file)
 
     # --- layout -------------------------------------------------------------------------
@@ -213,8 +226,7 @@ class H5MDWriter:
         except OSError as exc:
             if not _is_open_for_write(exc):
                 raise InputError(f"{self.path}: cannot open as HDF5 ({exc})") from None
-            # a writer was killed; one that is still running is not told apart (there is no
-            # lock of ours on the file): never resume a run that is going
+            # a writer was killed (one still running holds the lock taken in __init__)
             f = None
         if f is not None:
             if GROUP not in f:
@@ -342,10 +354,13 @@ class H5MDWriter:
 
     def close(self) -> None:
         self._handles = None
-        if self.file:
-            self.file.flush()
-            self.file.close()
-            self.file = None
+        try:
+            if self.file:
+                self.file.flush()
+                self.file.close()
+                self.file = None
+        finally:
+            self._lock.close()
 
     def __enter__(self):
         return self
