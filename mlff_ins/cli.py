@@ -657,8 +657,11 @@ def _add_spectra(sub) -> None:
                         "or unweighted")
     p.add_argument("--no-partials", action="store_true", help="S(Q,E): write totals only")
     p.add_argument("--debye-waller", choices=["msd", "vdos"],
-                   help="VISION/TOSCA: <u²> from the MD mean-square displacement (classical, "
-                        "default) or from the VDOS with zero-point motion (better below ~100 K)")
+                   help="VISION/TOSCA Debye-Waller factor: <u²> from the VDOS in the harmonic "
+                        "quantum form (default; the same form as the phonon orders and the "
+                        "phonon route) or from the MD mean-square displacement plateau, scaled "
+                        "by the VDOS's quantum/classical ratio (keeps the anharmonic amplitude "
+                        "the MD measured)")
     _add_neutron_options(
         p, instrument_default="direct",
         instrument_help="direct (default): S(Q,E) as computed, or with --ei masked to the "
@@ -677,7 +680,7 @@ def _run_spectra(args) -> int:
     from mlff_ins.neutron.spectrum import write_spectra
 
     given = _neutron_defaults(args, q_min=0.2, directions=50, quantum_correction="harmonic",
-                              weighting="neutron", debye_waller="msd")
+                              weighting="neutron", debye_waller="vdos")
     maps = args.sqe or args.qens
     if not maps:
         _refuse(given, ["q_min", "q_max", "q_step", "directions", "seed", "quantum_correction",

@@ -129,6 +129,8 @@ def test_sum_rules_and_partials(binary_liquid):
             inc = sp["fqt_inc_O"].intensity + sp["fqt_inc_Si"].intensity
             np.testing.assert_allclose(inc, sp["fqt_inc"].intensity, atol=1e-12)
             np.testing.assert_allclose(inc[:, 0], 1.0, atol=1e-12)  # F_s(Q,0) = 1 per atom
+            # dimensionless F(Q,t), so S(Q,E) per meV (was written "meV")
+            assert {sp[k].units for k in sp if k.startswith("sqe_")} == {"1/meV"}
         else:
             b = {s: b_coh_fm(s) for s in ("O", "Si")}
             expected = sum(b[x] * b[y] / 100 * sp[f"fqt_coh_{x}-{y}"].intensity

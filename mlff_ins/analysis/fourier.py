@@ -40,12 +40,17 @@ def window(n_lags: int, kind: str = "gaussian") -> np.ndarray:
     raise InputError(f"--window must be one of {', '.join(WINDOWS)}, not {kind!r}")
 
 
+#: FWHM of sin(πx)/(πx) in units of its first zero: the rectangular window's line width in bins
+SINC_FWHM_BINS = 1.2067
+
+
 def resolution_fwhm_meV(n_lags: int, dt_fs: float, kind: str) -> float:
-    """Energy resolution (FWHM, meV) the window imposes; for 'none' the bin width."""
+    """Energy resolution (FWHM, meV) the window imposes; for 'none' the central lobe of the
+    sinc of the rectangular window over the mirrored correlation, 1.2067 bins."""
     if kind == "gaussian":
         sigma_t = (n_lags - 1) * dt_fs / 3.0
         return 2 * np.sqrt(2 * np.log(2)) * HBAR_MEV_FS / sigma_t
-    return float(energy_axis(n_lags, dt_fs)[1]) * (2.0 if kind == "hann" else 1.0)
+    return float(energy_axis(n_lags, dt_fs)[1]) * (2.0 if kind == "hann" else SINC_FWHM_BINS)
 
 
 def spectrum_from_correlation(f: np.ndarray, dt_fs: float, kind: str = "gaussian") -> np.ndarray:

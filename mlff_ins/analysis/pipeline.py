@@ -22,7 +22,7 @@ from mlff_ins.analysis.trajectory import Trajectory
 from mlff_ins.errors import InputError
 from mlff_ins.neutron.units import MEV_PER_THZ
 from mlff_ins.ins.engine import VibrationalSource, indirect_s_e, s_e_spectra
-from mlff_ins.ins.incoherent import u2_from_dos
+from mlff_ins.ins.incoherent import quantum_u2_ratio, u2_from_dos
 from mlff_ins.neutron.instruments import get_instrument
 from mlff_ins.neutron.kinematics import kinematic_mask
 from mlff_ins.neutron.quantum import KB_MEV_PER_K
@@ -59,7 +59,7 @@ class SpectraOptions:
     chopper_frequency_hz: float | None = None   # a named chopper spectrometer's settings
     chopper_package: str | None = None
     q_max_fickian: float = 1.0              # QENS: Γ = ħDQ² fitted below this Q (1/Å)
-    debye_waller: str = "msd"               # VISION/TOSCA: ⟨u²⟩ from the MD MSD or the VDOS
+    debye_waller: str = "vdos"              # VISION/TOSCA: ⟨u²⟩ from the VDOS or the MD MSD
     n_phonon: int = 10                      # VISION/TOSCA: phonon orders
     isotopes: dict = field(default_factory=dict)  # element -> mass number (cross sections, mass)
     device: str = "cpu"
@@ -231,11 +231,16 @@ def indirect_ins(corr, opts, temperature, summary, meta) -> dict:
     e = vd["vdos"].x
     dos, masses, u2, how = [], [], {}, {}
     for s in corr.species:
-        g = vd[f"vdos_{s}"].intensity
+        g = np.array(vd[f"vdos_{s}"].intensity, dtype=float)
+        _drop_zero_energy(e, g, s)
         dos.append(g / (np.sum(g) * (e[1] - e[0])))          # area 1 per degree of freedom
         masses.append(element_mass(corr, s, iso))
         if opts.debye_waller == "msd":
-            u2[s], how[s] = u2_from_msd(corr.time_fs, corr.msd[s], s)
+            u2_cl, how[s] = u2_from_msd(corr.time_fs, corr.msd[s], s)
+            ratio = quantum_u2_ratio(e, dos[-1], temperature)
+            u2[s] = u2_cl * ratio
+            how[s] += (f", times {ratio:.4f} (quantum/classical <u^2> of the VDOS, harmonic), "
+                       f"as the phonon orders are quantum")
         else:
             u2[s] = u2_from_dos(e, dos[-1], masses[-1], temperature)
             how[s] = "from the VDOS, harmonic quantum form"
@@ -253,6 +258,30 @@ def indirect_ins(corr, opts, temperature, summary, meta) -> dict:
             "resolution_fwhm_meV": vd["vdos"].provenance.get("resolution_fwhm_meV")}
     return s_e_spectra(energies, arrays, instrument, temperature_K=meta["temperature_K"],
                        source=meta["source"], provenance=prov)
+
+
+#: a VDOS whose E = 0 bin holds more than this fraction of its area has weight that is not a
+#: vibration (diffusion, drift) or a correlation window too short for its slowest modes
+ZERO_ENERGY_TOLERANCE = 0.01
+
+
+def _drop_zero_energy(e, g, element: str) -> None:
+    """Set the E = 0 bin of a VDOS to zero in place (before it is normalised): the phonon orders
+    and ⟨u²⟩ skip E = 0, so its weight would otherwise be counted in the normalisation and lost
+    from S(E). Warn when that bin held more than ZERO_ENERGY_TOLERANCE of the area."""
+    zero = np.flatnonzero(np.isclose(e, 0.0))
+    if not len(zero):
+        return
+    total = float(np.sum(g))
+    share = float(np.sum(g[zero])) / total if total > 0 else 0.0
+    g[zero] = 0.0
+    if share > ZERO_ENERGY_TOLERANCE:
+        import warnings
+
+        warnings.warn(f"the VDOS of {element} has {share:.1%} of its area at E = 0 (it diffuses, "
+                      f"or the correlation window is short for its slowest modes); that weight is "
+                      f"left out of S(E), whose vibrational part is renormalised without it",
+                      stacklevel=3)
 
 
 #: the MSD counts as levelled off when it grows by less than this fraction of its value over the

@@ -97,7 +97,7 @@ def scattering_spectra(corr: Correlations, temperature_K: float, window: str = "
         s_cl = spectrum_from_correlation(fqt, corr.dt_fs, window)
         e, s = two_sided(e_one, s_cl, temperature_K, quantum_correction)
         out[f"sqe_{name}"] = Spectrum2D(kind=f"sqe_{kind}", q=shells.q, axis_name="energy", y=e,
-                                        intensity=s, units=(units + "/meV").lstrip("/"),
+                                        intensity=s, units=f"{units}/meV" if units else "1/meV",
                                         element=element, provenance=dict(prov), **meta)
         return s
 

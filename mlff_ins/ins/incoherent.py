@@ -7,9 +7,12 @@ displacement ⟨u²⟩_α along one direction, with recoil energy E_R = ħ²Q²/
   Tₙ = Tₙ₋₁ ⊗ T₁                      (isotropic convolution for the n-phonon term)
   S(Q,E) = Σ_α (σ_α/4π) e^{−Q²⟨u²⟩_α} Σ_{n=1}^{N} (E_R)ⁿ/n! · Tₙ(E)
 
-Units: Z in 1/meV, S in barn/(sr meV) per atom (weights are atom fractions × σ/4π). ⟨u²⟩ comes
-from the MD MSD plateau (⟨u²⟩ = MSD/6, classical) or from the DOS in the harmonic quantum form
-⟨u²⟩ = (ħ²/2M) ∫ Z(E)/E · coth(E/2kT) dE. This is the route OCLIMAX offers for MD input.
+Units: Z in 1/meV, S in barn/(sr meV) per atom (weights are atom fractions × σ/4π). ⟨u²⟩ must be
+the harmonic quantum one, ⟨u²⟩ = (ħ²/2M) ∫ Z(E)/E · coth(E/2kT) dE: the Tₙ above are the quantum
+forms, and only with the ⟨u²⟩ of the same Z do the orders sum to 1 − e^{−Q²⟨u²⟩} (all of σ/4π
+over all orders). A classical ⟨u²⟩ (an MD MSD plateau, kT/Mω²) is smaller wherever E > 2kT, and
+then the orders sum to e^{−Q²u_cl}(e^{Q²u_q} − 1), above 1 at large Q: an MSD is used only after
+scaling by :func:`quantum_u2_ratio` (this is the route OCLIMAX offers for MD input).
 """
 
 from __future__ import annotations
@@ -37,6 +40,21 @@ def u2_from_dos(energy_meV, dos, mass_amu: float, temperature_K: float) -> float
     # ħ²/2M per (meV Å²): E_R(Q=1) = 2.0721 m_n/M meV
     er1 = E_PER_K2 * NEUTRON_MASS_AMU / mass_amu
     return float(er1 * np.sum(z[pos] / e[pos] * coth) * (e[1] - e[0]))
+
+
+def quantum_u2_ratio(energy_meV, dos, temperature_K: float) -> float:
+    """⟨u²⟩ quantum / classical for a harmonic DOS: ∫ Z/E coth(E/2kT) dE / ∫ Z/E · 2kT/E dE
+    (E = 0 skipped; ≥ 1, → 1 where every E ≪ 2kT). Scales a classical MD MSD plateau to the
+    quantum ⟨u²⟩ that the Tₙ of this module need, keeping the amplitude the MD measured."""
+    e = np.asarray(energy_meV, dtype=float)
+    z = np.asarray(dos, dtype=float)
+    pos = (e > 0) & (z > 0)
+    if not pos.any():
+        return 1.0
+    two_kt = 2 * KB_MEV_PER_K * max(temperature_K, 1e-9)
+    quantum = np.sum(z[pos] / e[pos] / np.tanh(e[pos] / two_kt))
+    classical = np.sum(z[pos] / e[pos] * two_kt / e[pos])
+    return float(quantum / classical)
 
 
 def one_phonon_kernel(energy_meV, dos, temperature_K: float):
