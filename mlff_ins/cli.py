@@ -1813,6 +1813,41 @@ def run_echoed(argv: list[str], log=print) -> int:
     return 0 if rc is None else int(rc)
 
 
+def _refuse_output_over_input(args, positional: set[str]) -> None:
+    """-o naming a file or folder that is also one of the command's inputs would replace or mix
+    into what the user had (`select traj.h5md -o traj.h5md`, `ins ph.h5 -o ph.h5`): refuse it
+    before any work, naming both options."""
+    out = getattr(args, "output", None)
+    if not out or not Path(out).exists():
+        return
+    for name, value in vars(args).items():
+        if name in ("output", "func", "command"):
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if not isinstance(v, (str, os.PathLike)) or not str(v):
+                continue
+            try:
+                same = os.path.samefile(v, out)
+            except OSError:
+                continue
+            if same:
+                opt = name.upper() if name in positional else "--" + name.replace("_", "-")
+                raise InputError(f"-o {out} is also the input {opt} ({v}); choose another -o "
+                                 f"(nothing was written)")
+
+
+def _positional_dests(parser) -> set[str]:
+    """argparse dests of the positional arguments of ``parser`` and its subcommands."""
+    out = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out |= _positional_dests(sub)
+        elif not action.option_strings:
+            out.add(action.dest)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1832,10 +1867,15 @@ def main(argv: list[str] | None = None) -> int:
     default_show = warnings.showwarning
     warnings.showwarning = show
     try:
+        _refuse_output_over_input(args, _positional_dests(parser))
         return int(args.func(args) or 0)
     except InputError as err:
         print(f"mlff-ins {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:   # a folder that does not exist, no permission, a full disk, ...
+        where = f": {err.filename}" if err.filename else ""
+        print(f"mlff-ins {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
     except BrokenPipeError:   # output piped into `head` and the like: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

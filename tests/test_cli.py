@@ -120,7 +120,7 @@ def test_bad_option_value_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, option", [
     (["spectra", "t.h5md", "--phonon-orders", "3"], "--phonon-orders"),
-    (["spectra", "t.h5md", "--debye-waller", "vdos"], "--debye-waller"),
+    (["spectra", "t.h5md", "--debye-waller", "msd"], "--debye-waller"),
     (["spectra", "t.h5md", "--angles", "5", "100"], "--angles"),
     (["spectra", "t.h5md", "--resolution", "0.03"], "--resolution"),
     (["spectra", "t.h5md", "--q-max", "3"], "--q-max"),
@@ -140,6 +140,38 @@ def test_options_that_would_be_ignored_are_refused(argv, option, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and option in err, err
     assert not (tmp_path / "out.h5").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["select", "IN", "--top", "1"],
+    ["spectra", "IN", "--vdos"],
+    ["ins", "IN"],
+    ["structure", "IN"],
+])
+def test_output_over_an_input_is_refused_and_the_input_kept(argv, tmp_path, capsys):
+    """-o naming the input file (`select traj.h5md -o traj.h5md` replaced the trajectory by a
+    2-frame extxyz, exit 0) is refused before any work: one line naming both, the file intact."""
+    src = tmp_path / "in.h5"
+    src.write_bytes(b"not looked at")
+    argv = [str(src) if a == "IN" else a for a in argv]
+    assert main(argv + ["-o", str(tmp_path / "." / "in.h5")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is also the input" in err and str(src) in err, err
+    assert src.read_bytes() == b"not looked at"
+
+
+def test_an_os_error_is_one_line(tmp_path, capsys):
+    """A file system error (here: -o under a path that is a file, not a folder) is one line
+    naming the path, not a traceback."""
+    from ase.build import bulk
+    from ase.io import write
+
+    cell = tmp_path / "si.xyz"
+    write(cell, bulk("Si", "diamond", a=5.43))
+    assert main(["build", str(cell), "--supercell", "1", "1", "1",
+                 "-o", str(cell / "x.xyz")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(cell) in err, err
 
 
 def test_spectra_and_ins_share_their_vocabulary():
