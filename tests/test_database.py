@@ -235,6 +235,24 @@ def test_records_alone_rebuild_the_database_without_the_teacher(serial_db, tmp_p
         build_database(structures, tmp_path / "db2.h5", replace(_opts(), teacher="sevennet-0"),
                        progress=False, records=records)
     assert not (tmp_path / "db2.h5").exists() and calls == []
+    # a database goes on with the settings it was started with: another teacher, temperature or
+    # supercell is refused before any work (the file would say one and hold the other)
+    before = db.read_bytes()
+    for other, needle in ((replace(_opts(), teacher="sevennet-0"), "built with the teacher"),
+                          (replace(_opts(), spectra=replace(SMALL, temperature_K=300.0)),
+                           "temperature_K"),
+                          (replace(_opts(), supercell_length_A=9.0), "supercell_length_A")):
+        with pytest.raises(InputError, match=needle):
+            build_database(structures, db, other, progress=False)
+    assert db.read_bytes() == before and calls == []
+    # an HDF5 file that is no database is not written into
+    alien = tmp_path / "alien.h5"
+    with h5py.File(alien, "w") as f:
+        f["x"] = 1
+    with pytest.raises(InputError, match="not a database"):
+        build_database(structures, alien, _opts(), progress=False)
+    with h5py.File(alien) as f:
+        assert list(f) == ["x"]
 
 
 def test_records_export_from_a_database(serial_db, tmp_path):
@@ -311,3 +329,15 @@ def test_bad_sources_and_teachers_are_one_line_errors(tmp_path):
         build_database([("bulk:Al", bulk("Al"))], tmp_path / "x.h5",
                        BuildOptions(teacher="no-such-model"), progress=False)
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_a_second_build_of_one_database_is_refused(tmp_path):
+    """While one build holds a database (its lock, as a running `database build` does), another
+    build of the same file is refused at once, naming it, and writes nothing."""
+    from mlff_ins.atomic_io import exclusive_lock
+
+    db = tmp_path / "db.h5"
+    with exclusive_lock(tmp_path / ".db.h5.lock", "held"):
+        with pytest.raises(InputError, match=f"{db}: another `database build`"):
+            build_database([("Al", bulk("Al", "fcc", 4.05))], db, _opts(), progress=False)
+    assert not db.exists() and not parts_dir(db).exists()

@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from mlff_ins import __version__
-from mlff_ins.atomic_io import atomic_path
+from mlff_ins.atomic_io import atomic_path, exclusive_lock
 from mlff_ins.errors import InputError
 
 ARRAYS = ("numbers", "cell", "positions", "supercell_matrix", "force_constants", "lowest_THz",
@@ -407,6 +407,49 @@ def done_keys(db: str | os.PathLike) -> set[str]:
     return keys
 
 
+def _same_teacher(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:      # one model folder or file named two ways
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_same_build(db: str | os.PathLike, opts: BuildOptions) -> None:
+    """Refuse to add to an existing ``db`` built with another teacher, other spectra settings or
+    other relaxation/supercell settings (its entries and grids would then disagree with each
+    other), or to a file that is not such a database."""
+    import h5py
+
+    db = Path(db)
+    if not db.is_file():
+        return
+    try:
+        with h5py.File(db, "r") as f:
+            attrs = dict(f["grids"].attrs) if "grids" in f else None
+    except OSError as exc:
+        raise InputError(f"{db}: cannot open as HDF5 ({exc}); not a database") from None
+    if attrs is None:
+        raise InputError(f"{db}: exists and is not a database written by `database build` (no "
+                         f"/grids); choose another -o")
+    stored = str(attrs.get("teacher", ""))
+    if not _same_teacher(stored, opts.teacher):
+        raise InputError(f"{db}: built with the teacher {stored}, not {opts.teacher}; one "
+                         f"database holds one teacher's entries (choose another -o)")
+    mine = json.loads(json.dumps(asdict(opts.spectra)))
+    theirs = json.loads(str(attrs.get("spectra_options", "{}")))
+    built = json.loads(str(attrs.get("build_options", "{}")))
+    now = json.loads(json.dumps({k: v for k, v in asdict(opts).items() if k != "spectra"}))
+    diff = [f"{k} {theirs.get(k)!r} (now {v!r})" for k, v in mine.items() if theirs.get(k) != v]
+    diff += [f"{k} {built.get(k)!r} (now {v!r})" for k, v in now.items()
+             if k not in ("teacher", "device") and k in built and built.get(k) != v]
+    if diff:
+        raise InputError(f"{db}: its entries were computed with " + ", ".join(diff) +
+                         "; a build goes on with the settings it started with (or `database "
+                         "respectra` for other spectra settings)")
+
+
 def consolidate(db: str | os.PathLike, spectra: SpectraOptions, meta: dict) -> int:
     """Merge the parts into ``db.h5`` (a new file moved into place), then remove them; returns
     the number of entries in the database. Safe to interrupt at any point."""
@@ -711,10 +754,21 @@ def _task_args(item) -> tuple:
     return key, _atoms_dict(what), None
 
 
-def build_database(structures, db: str | os.PathLike, opts: BuildOptions, *, workers: int = 1,
-                   dask: str | None = None, limit: int | None = None,
-                   consolidate_every: int = 20, progress: bool = True,
-                   records: str | os.PathLike | None = None) -> dict:
+def build_database(structures, db: str | os.PathLike, opts: BuildOptions, **kwargs) -> dict:
+    """:func:`_build_database`, one build per database at a time: a second build of the same
+    ``db`` (which would merge parts the first is merging, and lose some) is refused. The lock is
+    a hidden file next to ``db``, kept; it goes with the process that holds it."""
+    db = Path(db)
+    with exclusive_lock(db.parent / f".{db.name}.lock",
+                        f"{db}: another `database build` is writing this database; wait for "
+                        f"it or stop it first"):
+        return _build_database(structures, db, opts, **kwargs)
+
+
+def _build_database(structures, db: str | os.PathLike, opts: BuildOptions, *, workers: int = 1,
+                    dask: str | None = None, limit: int | None = None,
+                    consolidate_every: int = 20, progress: bool = True,
+                    records: str | os.PathLike | None = None) -> dict:
     """Compute every structure ``(key, atoms)`` of ``structures`` not yet in ``db``; returns a
     summary (entries added, failures, database size). With ``records`` (a teacher records
     file) every recorded entry missing from ``db`` is first rebuilt from its record without
@@ -725,6 +779,7 @@ def build_database(structures, db: str | os.PathLike, opts: BuildOptions, *, wor
     db = Path(db)
     structures = list(structures)
     check_teacher(opts.teacher)
+    check_same_build(db, opts)
     done = done_keys(db)
     restore = []
     if records is not None:
