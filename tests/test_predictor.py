@@ -187,3 +187,34 @@ def test_two_d_on_a_predictor_without_it_is_one_line(small_predictor, tmp_path, 
                  "-o", str(tmp_path / "x.h5")]) == 2
     err = capsys.readouterr().err
     assert "--2d" in err and len(err.strip().splitlines()) == 1
+
+
+def test_retraining_into_an_existing_predictor_is_all_or_nothing(small_predictor, tmp_path,
+                                                                 monkeypatch):
+    """`predictor train -o DIR` over an existing predictor writes a new folder that replaces DIR
+    only when complete: a failure at the last step (the report) leaves every old file as it was
+    and no half-written folder beside it; a run that completes replaces it."""
+    import shutil
+
+    from mlff_ins.predict import predictor as mod
+
+    db, src, _ = small_predictor
+    out = tmp_path / "predictor"
+    shutil.copytree(src, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("report failed")
+
+    monkeypatch.setattr(mod, "write_report", broken)
+    kwargs = dict(members=1, epochs=1, batch_size=4, two_d=False, progress=False,
+                  hyper={"cutoff_A": 3.5, "hidden": "8x0e+8x0o+4x1e+4x1o", "embed_dim": 8})
+    with pytest.raises(RuntimeError, match="report failed"):
+        mod.train_predictor(db, out, **kwargs)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["predictor"]
+    monkeypatch.undo()
+    mod.train_predictor(db, out, **kwargs)
+    meta = json.loads((out / "predictor.json").read_text())
+    assert meta["hyper"]["cutoff_A"] == 3.5 and meta["members"] == ["member_0.pt"]
+    assert not (out / "member_1.pt").exists()          # nothing of the old predictor mixed in

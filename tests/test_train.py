@@ -222,6 +222,7 @@ def test_export_of_an_unfinished_run_is_a_loadable_partial_bundle(tiny_bundle, s
     assert "member 1: unfinished" in capsys.readouterr().out
     assert sorted(p.relative_to(run) for p in run.rglob("*")
                   if p.name != "package.log") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "run"]  # no temp folder
     meta = json.loads((dest / "bundle.json").read_text())
     assert meta["members"] == ["members/member_0/model.nequip.zip",
                                "members/member_1/model.nequip.zip"]

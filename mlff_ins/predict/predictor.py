@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mlff_ins import __version__
-from mlff_ins.atomic_io import atomic_path, write_json_atomic, write_text_atomic
+from mlff_ins.atomic_io import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
 from mlff_ins.errors import InputError
 
 TARGETS = ("vision", "tosca")
@@ -195,56 +195,61 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
     hyper["num_neighbors"] = float(np.mean([len(graphs[i]["src"]) / len(graphs[i]["z"])
                                             for i in train_idx]))
     data = [(g, y.reshape(len(targets), -1)) for g, y in zip(graphs, ys)]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    member_files, fits = [], []
-    t0 = time.perf_counter()
-    for k in range(members):
-        torch.manual_seed(seed + k)
-        model = SpectrumNetwork(hyper)
-        bar = tqdm(total=epochs, desc=f"member {k + 1}/{members}", unit="epoch",
-                   disable=not progress, leave=False)
+    final = Path(out_dir)
+    if final.exists() and not final.is_dir():
+        raise InputError(f"-o {final}: exists and is not a folder")
+    # everything is written into a new folder that replaces out_dir at the end: a failure or a
+    # kill leaves the old predictor whole (new weights beside an old predictor.json could load
+    # and predict garbage when only a setting such as the cutoff changed)
+    with atomic_dir(final) as out_dir:
+        member_files, fits = [], []
+        t0 = time.perf_counter()
+        for k in range(members):
+            torch.manual_seed(seed + k)
+            model = SpectrumNetwork(hyper)
+            bar = tqdm(total=epochs, desc=f"member {k + 1}/{members}", unit="epoch",
+                       disable=not progress, leave=False)
 
-        def tick(epoch, tr, va, bar=bar):
-            bar.set_postfix_str(f"train {tr:.4f} valid {va:.4f}", refresh=False)
-            bar.update(1)
+            def tick(epoch, tr, va, bar=bar):
+                bar.set_postfix_str(f"train {tr:.4f} valid {va:.4f}", refresh=False)
+                bar.update(1)
 
-        fit = train_member(model, [data[i] for i in train_idx], [data[i] for i in idx["valid"]],
-                           epochs=epochs, batch_size=batch_size, lr=lr,
-                           weight_decay=weight_decay, seed=seed + k, progress=tick)
-        bar.close()
-        name = f"member_{k}.pt"
-        with atomic_path(out_dir / name) as tmp:
-            torch.save(model.state_dict(), tmp)
-        member_files.append(name)
-        fits.append(fit)
-    two_d_meta = None
-    if two_d:
-        two_d_meta = _train_two_d(out_dir, graphs, facts, idx, hyper, members=members,
-                                  epochs=epochs, ae_epochs=ae_epochs or epochs,
-                                  batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                  seed=seed, progress=progress)
-    stats = _training_stats(structures, train_idx, hyper["cutoff_A"])
-    meta = {"code_version": __version__, "kind": "mlff-ins predictor", "targets": list(targets),
-            "grid_edges_invcm": GRID_EDGES_INVCM.tolist(), "hyper": hyper,
-            "database": str(db), "database_temperature_K": facts["temperature_K"],
-            "teacher": facts["teacher"],
-            "split_sizes": {s: len(v) for s, v in idx.items()},
-            "members": member_files, "training": {"epochs": epochs, "batch_size": batch_size,
-                                                  "lr": lr, "weight_decay": weight_decay,
-                                                  "seed": seed, "seconds":
-                                                  time.perf_counter() - t0},
-            "best_valid_mse": [f["best_valid_mse"] for f in fits], **stats,
-            "two_d": two_d_meta}
-    write_json_atomic(out_dir / "predictor.json", meta)
-    predictor = Predictor(out_dir)
-    test = [(structures[i], ys[i], formulas[i]) for i in idx["test"]]
-    meta["test"] = evaluate(predictor, test)
-    if two_d:
-        meta["two_d"]["test"] = evaluate_two_d(predictor, [structures[i] for i in idx["test"]],
-                                               facts["maps"][idx["test"]])
-    write_json_atomic(out_dir / "predictor.json", meta)
-    write_report(out_dir, meta, test, predictor, fits)
+            fit = train_member(model, [data[i] for i in train_idx], [data[i] for i in idx["valid"]],
+                               epochs=epochs, batch_size=batch_size, lr=lr,
+                               weight_decay=weight_decay, seed=seed + k, progress=tick)
+            bar.close()
+            name = f"member_{k}.pt"
+            with atomic_path(out_dir / name) as tmp:
+                torch.save(model.state_dict(), tmp)
+            member_files.append(name)
+            fits.append(fit)
+        two_d_meta = None
+        if two_d:
+            two_d_meta = _train_two_d(out_dir, graphs, facts, idx, hyper, members=members,
+                                      epochs=epochs, ae_epochs=ae_epochs or epochs,
+                                      batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                      seed=seed, progress=progress)
+        stats = _training_stats(structures, train_idx, hyper["cutoff_A"])
+        meta = {"code_version": __version__, "kind": "mlff-ins predictor", "targets": list(targets),
+                "grid_edges_invcm": GRID_EDGES_INVCM.tolist(), "hyper": hyper,
+                "database": str(db), "database_temperature_K": facts["temperature_K"],
+                "teacher": facts["teacher"],
+                "split_sizes": {s: len(v) for s, v in idx.items()},
+                "members": member_files, "training": {"epochs": epochs, "batch_size": batch_size,
+                                                      "lr": lr, "weight_decay": weight_decay,
+                                                      "seed": seed, "seconds":
+                                                      time.perf_counter() - t0},
+                "best_valid_mse": [f["best_valid_mse"] for f in fits], **stats,
+                "two_d": two_d_meta}
+        write_json_atomic(out_dir / "predictor.json", meta)
+        predictor = Predictor(out_dir)
+        test = [(structures[i], ys[i], formulas[i]) for i in idx["test"]]
+        meta["test"] = evaluate(predictor, test)
+        if two_d:
+            meta["two_d"]["test"] = evaluate_two_d(predictor, [structures[i] for i in idx["test"]],
+                                                   facts["maps"][idx["test"]])
+        write_json_atomic(out_dir / "predictor.json", meta)
+        write_report(out_dir, meta, test, predictor, fits)
     return meta
 
 

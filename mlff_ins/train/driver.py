@@ -43,7 +43,7 @@ import numpy as np
 import yaml
 
 from mlff_ins import __version__
-from mlff_ins.atomic_io import atomic_path, write_json_atomic, write_text_atomic
+from mlff_ins.atomic_io import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
 from mlff_ins.data.ingest import read_frames, split_isolated_atoms
 from mlff_ins.data.validate import validate
 from mlff_ins.errors import InputError
@@ -468,19 +468,24 @@ def _raise_terminated(signum, frame):
     raise Terminated("terminated (SIGTERM); rerun with --resume to continue")
 
 
-def _start_package(member_dir: Path, env: dict | None = None):
+def _start_package(member_dir: Path, env: dict | None = None, tag: str = ""):
+    """Start nequip-package on the member's best (else last) checkpoint. ``tag`` makes the
+    temporary package and log names unique (an export beside a running training must not
+    write the files the training's own packaging writes)."""
     member_dir = member_dir.resolve()
     ckpt = member_dir / "best.ckpt"
     if not ckpt.exists():
         ckpt = member_dir / "last.ckpt"
-    tmp = member_dir / ("tmp_" + PACKAGE_NAME)
-    log = open(member_dir / "package.log", "w")
+    tmp = member_dir / f"tmp{tag}_{PACKAGE_NAME}"
+    log_path = member_dir / f"package{tag}.log"
+    log = open(log_path, "w")
     try:   # the member's own environment: its threads and GPU, not the whole machine
         proc = subprocess.Popen([sys.executable, "-m", "nequip.scripts.package", "build",
                                  str(ckpt), str(tmp)], stdout=log, stderr=subprocess.STDOUT,
                                 cwd=member_dir, env=env)
     finally:
         log.close()  # the child holds its own descriptor
+    proc.log_path = log_path
     return proc, tmp
 
 
@@ -489,11 +494,14 @@ def _finish_package(member_dir: Path, proc, tmp: Path, dest: Path | None = None)
     model.nequip.zip, which marks the member finished)."""
     member_dir = member_dir.resolve()
     rc = proc.wait()
+    log = getattr(proc, "log_path", member_dir / "package.log")
     if rc != 0:
-        text = (member_dir / "package.log").read_text()
+        text = Path(log).read_text()
         raise RuntimeError(f"nequip-package failed for {member_dir}:\n{text[-3000:]}")
     out = member_dir / PACKAGE_NAME if dest is None else dest
     shutil.move(tmp, out)     # a rename on one file system
+    if Path(log).name != "package.log":       # an export's own log: not left in the run
+        Path(log).unlink(missing_ok=True)
     return out
 
 
@@ -897,8 +905,6 @@ def export_bundle(cfg: dict, run: str | os.PathLike, dest: str | os.PathLike, *,
     checkpoints or logs (what a release ships); it must not exist yet.
 
     ``cfg`` is the run's configuration, as for a resume (only the run length may differ)."""
-    from mlff_ins.train.report import evaluate_bundle_members, write_report
-
     run, dest = Path(run), Path(dest)
     if not (run / "train_settings.json").exists():
         raise InputError(f"{run}: not a training run folder (no train_settings.json)")
@@ -907,9 +913,16 @@ def export_bundle(cfg: dict, run: str | os.PathLike, dest: str | os.PathLike, *,
                          f"another)")
     _check_same_run(cfg, run, "--export")
     frames, _, pool, val_frames, test_frames, elements, e0 = _split_data(cfg)
-    tmp = dest.with_name(dest.name + ".tmp")
-    if tmp.exists():   # left by a killed export
-        shutil.rmtree(tmp)
+    with atomic_dir(dest) as tmp:    # a unique new folder, renamed to dest when complete
+        _export_into(tmp, cfg, run, dest, frames, pool, val_frames, test_frames, elements, e0,
+                     progress)
+    return dest
+
+
+def _export_into(tmp: Path, cfg: dict, run: Path, dest: Path, frames, pool, val_frames,
+                 test_frames, elements, e0, progress: bool) -> None:
+    from mlff_ins.train.report import evaluate_bundle_members, write_report
+
     members, run_members, unfinished = [], [], {}
     for k in range(int(cfg["ensemble"])):
         member_dir = run / "members" / f"member_{k}"
@@ -921,7 +934,7 @@ def export_bundle(cfg: dict, run: str | os.PathLike, dest: str | os.PathLike, *,
             target.mkdir(parents=True)
             if progress:
                 print(f"member {k}: unfinished; packaging its best checkpoint so far", flush=True)
-            proc, ptmp = _start_package(member_dir)
+            proc, ptmp = _start_package(member_dir, tag=f".export{os.getpid()}")
             # straight into the export: a model.nequip.zip in the run would mark the member
             # finished for --resume
             _finish_package(member_dir, proc, ptmp, dest=target / PACKAGE_NAME)
@@ -951,8 +964,6 @@ def export_bundle(cfg: dict, run: str | os.PathLike, dest: str | os.PathLike, *,
     write_json_atomic(tmp / "metrics.json", metrics)
     write_report(tmp, metrics, parity, run_members, test_frames, bundle, name=dest.name)
     write_json_atomic(tmp / "bundle.json", bundle)
-    os.replace(tmp, dest)
-    return dest
 
 
 def _device(cfg: dict) -> str:
