@@ -265,3 +265,44 @@ def test_a_second_labelling_run_on_the_same_output_is_refused(tmp_path, capsys):
         assert not out.exists()
     assert main(argv) == 0
     assert len(read(out, ":")) == 2
+
+
+def test_a_log_with_a_foreign_line_is_not_cut_and_a_cut_frame_is(tmp_path):
+    """The labelled log is cut back only over an unfinished last frame (what a kill leaves); a
+    whole line that starts no frame (a hand edit, two logs joined) is an error naming the line,
+    and the frames after it are kept (before, they were silently cut off with it)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from mlff_ins.data.extxyz_log import append_frame, truncate_incomplete_tail
+
+    frames = _frames(4)
+    for a in frames:
+        a.calc = SinglePointCalculator(a, energy=1.0, forces=np.zeros((len(a), 3)))
+    log = tmp_path / "log.xyz"
+    for a in frames[:2]:
+        append_frame(log, a)
+    good = log.read_bytes()
+    with open(log, "ab") as fh:
+        fh.write(b"# joined here\n")
+    for a in frames[2:]:
+        append_frame(log, a)
+    before = log.read_bytes()
+    line = good.count(b"\n") + 1
+    with pytest.raises(InputError, match=f"{log}: line {line} is not"):
+        truncate_incomplete_tail(log)
+    assert log.read_bytes() == before
+    # a frame cut mid-way (a kill while appending) is removed, the complete ones kept
+    log.write_bytes(good + before[len(good) + 14:][:300])
+    assert truncate_incomplete_tail(log) == 300 and log.read_bytes() == good
+
+
+def test_a_rejection_cut_by_a_kill_does_not_swallow_the_next(tmp_path):
+    """A kill while appending to .rejected.jsonl leaves a line without its newline; the next
+    rejection starts a new line, so both later ones are read back (the cut one is lost)."""
+    from mlff_ins.data.label import _reject, read_rejected
+
+    path = tmp_path / "out.rejected.jsonl"
+    path.write_text('{"frame": 0, "reason": "scf"}\n{"frame": 1, "rea')
+    _reject(path, 2, "unconverged", {})
+    _reject(path, 3, "too far", {})
+    assert read_rejected(path) == {0: "scf", 2: "unconverged", 3: "too far"}

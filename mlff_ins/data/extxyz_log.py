@@ -69,12 +69,30 @@ def complete_length(path: str | os.PathLike) -> int:
 
 
 def truncate_incomplete_tail(path: str | os.PathLike) -> int:
-    """Cut a truncated last frame off ``path``; return the number of bytes removed."""
+    """Cut a truncated last frame off ``path``; return the number of bytes removed. What follows
+    the last complete frame must look like the start of one (an atom count, or one unfinished
+    line): anything else (a hand-edited or concatenated file) is an InputError naming the line,
+    and nothing is cut, since the frames after it would go with it."""
+    from mlff_ins.errors import InputError
+
     path = Path(path)
     if not path.exists():
         return 0
     size = path.stat().st_size
     keep = complete_length(path)
+    if keep < size:
+        with open(path, "rb") as fh:
+            head = fh.read(keep)
+            first = fh.readline()
+        if first.endswith(b"\n"):        # a whole line that no frame starts with
+            try:
+                int(first.strip())
+            except ValueError:
+                line = head.count(b"\n") + 1
+                raise InputError(f"{path}: line {line} is not the atom count of a frame "
+                                 f"({first[:60].decode(errors='replace').strip()!r}); the file "
+                                 f"was changed by hand or joined from pieces; not cutting it "
+                                 f"there (fix or remove that line)") from None
     if keep < size:
         with open(path, "r+b") as fh:
             fh.truncate(keep)

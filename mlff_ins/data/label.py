@@ -326,7 +326,9 @@ def _label_locked(frames, frames_path: Path, spec, output: Path, workdir: Path, 
         for i in todo:
             source = frames[i]
             atoms = Atoms(source.numbers, source.positions, cell=source.cell, pbc=source.pbc)
-            atoms.info.update({k: v for k, v in source.info.items()
+            # one line per comment: a newline in a string would split the frame's header
+            atoms.info.update({k: (" ".join(v.split()) if isinstance(v, str) else v)
+                               for k, v in source.info.items()
                                if isinstance(v, (str, int, float, bool))})
             atoms.calc = calc
             check.before()
@@ -386,4 +388,10 @@ def _label_locked(frames, frames_path: Path, spec, output: Path, workdir: Path, 
 
 def _reject(path: Path, frame: int, reason: str, rejected: dict[int, str]) -> None:
     rejected[frame] = reason
-    append_durably(path, json.dumps({"frame": frame, "reason": reason}) + "\n")
+    line = json.dumps({"frame": frame, "reason": reason}) + "\n"
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":          # a line cut by a kill: end it, keep this one whole
+                line = "\n" + line
+    append_durably(path, line)
