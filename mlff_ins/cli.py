@@ -1374,14 +1374,19 @@ def _run_compare(args) -> int:
     doc = run_compare(args.files, args.measured, args.output, opts)
     out = Path(args.output)
     for p in doc["pairs"]:
-        line = f"{p['a']} vs {p['b']}: MSE {p['mse']:.4g}, cosine {p['cosine']:.4f}"
+        def num(v, spec):
+            return "—" if v is None else format(v, spec)
+
+        line = f"{p['a']} vs {p['b']}: MSE {num(p['mse'], '.4g')}, cosine {num(p['cosine'], '.4f')}"
         if p.get("wasserstein_meV") is not None:
             line += f", W1 {p['wasserstein_meV']:.3f} meV"
         shifts = (p.get("peaks") or {}).get("shifts_meV") or []
         if shifts:
             line += f", peak shifts {', '.join(f'{s:+.2f}' for s in shifts)} meV"
         if p.get("fit"):
-            line += f", χ²/N {p['fit']['chi2_per_dof']:.4g} (scale {p['fit']['scale']:.4g})"
+            fit = p["fit"]
+            line += (f", χ²/N {num(fit['chi2_per_dof'], '.4g')}" if fit.get("weights") != "equal"
+                     else ", equal weights (no error bars)") + f" (scale {fit['scale']:.4g})"
         print(line)
     print(f"{out / 'compare.png'}, {out / 'metrics.json'}, {out / 'report.md'}"
           + (f", {out / 'residual.h5'}" if args.residual else ""))

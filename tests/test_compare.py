@@ -19,6 +19,7 @@ from mlff_ins.compare.align import resample
 from mlff_ins.compare.export import export_mantid_ascii
 from mlff_ins.ins.from_phonons import InsOptions, ins_from_phonons
 from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D, read_spectra, write_spectra
+from mlff_ins.neutron.units import MEV_PER_INVCM
 from mlff_ins.phonons.finite_displacement import phonons_from_model
 from mlff_ins.predict.database import _AseMembers
 
@@ -113,6 +114,26 @@ def test_measurement_with_scale_and_background(cu_routes, tmp_path):
     assert fit["chi2_per_dof"] < 1e-12
 
 
+def test_a_two_column_measurement_is_compared_and_fitted(cu_routes, tmp_path, capsys):
+    """A measurement as two columns (energy in cm⁻¹, intensity; no error bars, a header line):
+    compared and fitted with equal weights (it stopped with "fit: 0 points with a usable σ");
+    the report and the printed line say there were no error bars."""
+    _, ph, _ = cu_routes
+    s = read_spectra(ph)["s_e"]
+    sel = s.x > 2.0
+    txt = tmp_path / "measured.dat"
+    np.savetxt(txt, np.column_stack([s.x[sel] / MEV_PER_INVCM, 2.5 * s.intensity[sel] + 0.01]),
+               header="energy (cm-1)  intensity")
+    out = tmp_path / "report"
+    assert main(["compare", f"{ph}:s_e", "--measured", str(txt), "--measured-unit", "cm-1",
+                 "--background", "flat", "-o", str(out)]) == 0
+    assert "equal weights (no error bars)" in capsys.readouterr().out
+    fit = json.loads((out / "metrics.json").read_text())["pairs"][0]["fit"]
+    assert fit["weights"] == "equal" and fit["scale"] == pytest.approx(2.5, rel=1e-6)
+    assert fit["background"] == pytest.approx([0.01], rel=1e-4)
+    assert "no error bars" in (out / "report.md").read_text()
+
+
 def test_residual_gives_back_a_low_q_signal(cu_routes, tmp_path):
     """Measured S(Q,E) = 2.5 x phonons + a Gaussian 'magnon' at Q < 2 1/Å: fitting the scale at
     high Q and subtracting leaves the magnon (to the rounding of the file) and nothing else."""
@@ -144,6 +165,25 @@ def test_bin_mean_keeps_the_area_of_a_narrow_line():
     sp = Spectrum1D(kind="s_e", x=e, intensity=y, source="phonons")
     out = resample(sp, np.arange(0.0, 50.0001, 0.5))
     assert np.nansum(out.intensity) * 0.5 == pytest.approx(np.sum(y) * 0.1, rel=1e-12)
+
+
+def test_bin_mean_keeps_a_masked_region_local():
+    """A NaN region (S(Q,E) masked outside a direct-geometry spectrometer's reach) makes NaN
+    only the coarse bins that touch it; every other bin equals the bin mean without the NaNs
+    (before, the running integral carried one NaN to every later bin)."""
+    e = np.arange(0, 100.0001, 0.5)
+    y = 2 + np.sin(e / 10)
+    masked = y.copy()
+    masked[:5] = np.nan                      # 0-2 meV
+    masked[100] = np.nan                     # 50 meV
+    grid = np.linspace(0, 100, 18)           # 5.9 meV bins
+    ref = resample(Spectrum1D(kind="s_e", x=e, intensity=y), grid).intensity
+    out = resample(Spectrum1D(kind="s_e", x=e, intensity=masked), grid).intensity
+    half = 0.5 * (grid[1] - grid[0])
+    near = (grid - half <= 2.0 + 1e-9) | (np.abs(grid - 50.0) <= half + 0.5 + 1e-9)
+    assert np.isnan(out[near]).all()
+    np.testing.assert_allclose(out[~near], ref[~near], rtol=1e-12)
+    assert (~near).sum() >= 14
 
 
 def test_bad_inputs_are_one_line_errors(cu_routes, tmp_path, capsys):

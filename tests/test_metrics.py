@@ -108,7 +108,8 @@ def _measured(y, sigma, e=E):
     ("linear", lambda e: 0.3 + 0.004 * e)])
 def test_fit_recovers_scale_and_background_exactly(background, bg):
     """measured = 2.7·calc + background with no noise: the fit is exact to rounding (χ²/N
-    < 1e-18, parameters to 1e-10); three points with σ = 0 / NaN / −1 are left out."""
+    < 1e-18, parameters to 1e-10); the points with σ NaN / −1 are left out, the one with σ = 0
+    (an empty bin) is kept with the smallest σ."""
     calc = peaks(20.0, 45.0, 80.0) + 0.05
     meas = 2.7 * calc + bg(E)
     sigma = 0.02 + 0.05 * np.sqrt(meas)
@@ -116,8 +117,9 @@ def test_fit_recovers_scale_and_background_exactly(background, bg):
     fit = pair_metrics(spec(calc), _measured(meas, sigma), measured_b=True,
                        background=background)["fit"]
     n_par = {"none": 1, "flat": 2, "linear": 3}[background]
-    assert fit["n_excluded"] == 3 and fit["n_points"] == len(E) - 3
-    assert fit["dof"] == len(E) - 3 - n_par
+    assert fit["n_excluded"] == 2 and fit["n_points"] == len(E) - 2
+    assert fit["n_sigma_floored"] == 1 and fit["weights"] == "1/sigma^2"
+    assert fit["dof"] == len(E) - 2 - n_par
     assert fit["chi2_per_dof"] < 1e-18
     assert fit["scale"] == pytest.approx(2.7, rel=1e-10)
     want = {"none": [], "flat": [0.3], "linear": [0.3, 0.004]}[background]
@@ -140,6 +142,30 @@ def test_fit_to_poisson_counts_gives_chi2_per_dof_near_one():
     assert abs(fit["chi2_per_dof"] - 1.0) < 4 * np.sqrt(2 / 1998) * np.sqrt(1 + 1 / 1000)
     assert abs(fit["scale"] - 4.0) < 4 * fit["scale_std"]
     assert abs(fit["background"][0] - 500.0) < 4 * fit["background_std"][0]
+
+
+def test_fit_without_error_bars_has_equal_weights_and_errors_from_the_scatter():
+    """A measurement without error bars (a two-column file): the fit has equal weights. With
+    Gaussian noise of one σ₀ everywhere it is the weighted fit with σ = σ₀, and its standard
+    errors, from the residual scatter, equal that fit's within the scatter of an estimate of σ₀
+    from N = 2000 points (relative std 1/√(2N) = 1.6 %; held to 4 of those, 6.3 %). χ²/N is
+    undefined (None)."""
+    rng = np.random.default_rng(7)
+    e = np.round(np.arange(0.1, 200.0 + 0.05, 0.1), 10)
+    calc = sum(gauss(e, c, 3.0, h) for c, h in ((30, 10.0), (75, 6.0), (140, 8.0)))
+    meas = 4.0 * calc + 0.5 + rng.normal(0.0, 0.2, len(e))
+    no_errors = pair_metrics(spec(calc, e=e), _measured(meas, np.full(len(e), np.nan), e=e),
+                             measured_b=True, background="flat")["fit"]
+    known = pair_metrics(spec(calc, e=e), _measured(meas, np.full(len(e), 0.2), e=e),
+                         measured_b=True, background="flat")["fit"]
+    assert no_errors["weights"] == "equal" and no_errors["chi2_per_dof"] is None
+    assert no_errors["scale"] == pytest.approx(known["scale"], rel=1e-12)
+    assert no_errors["background"] == pytest.approx(known["background"], rel=1e-12)
+    tol = 4 / np.sqrt(2 * len(e))
+    assert no_errors["scale_std"] == pytest.approx(known["scale_std"], rel=tol)
+    assert no_errors["background_std"][0] == pytest.approx(known["background_std"][0], rel=tol)
+    none = pair_metrics(spec(calc, e=e), _measured(meas, None, e=e), measured_b=True)["fit"]
+    assert none["weights"] == "equal" and none["n_points"] == len(e)
 
 
 def test_nan_points_and_e_range_are_dropped_from_both():
@@ -166,8 +192,6 @@ def test_inputs_that_cannot_be_compared_are_refused():
     a = spec(peaks(20.0))
     with pytest.raises(InputError, match="different grids"):
         pair_metrics(a, spec(peaks(20.0)[:-1], e=E[:-1]))
-    with pytest.raises(InputError, match="intensity_std"):
-        pair_metrics(a, spec(peaks(20.0), source="measured"), measured_b=True)
     with pytest.raises(InputError, match="background"):
         pair_metrics(a, _measured(peaks(20.0), np.ones_like(E)), measured_b=True,
                      background="cubic")

@@ -142,9 +142,15 @@ def _interp_last(x: np.ndarray, y: np.ndarray, xq: np.ndarray) -> np.ndarray:
 
 def _bin_mean(x: np.ndarray, rows: np.ndarray, centres: np.ndarray, half: float) -> np.ndarray:
     """Mean of each piecewise-linear row over [c − h, c + h], h = min(half, distance of c to the
-    ends of x): the difference of its exact running integral at the two ends."""
+    ends of x): the difference of its exact running integral at the two ends. A bin that
+    touches a NaN point (a masked region) is NaN; the others are not affected by it."""
     h = np.minimum(half, np.minimum(centres - x[0], x[-1] - centres))
     dx = np.diff(x)
+    finite = np.isfinite(rows)
+    bad = ~(finite[:, 1:] & finite[:, :-1])              # segments with a NaN end
+    bad_before = np.concatenate([np.zeros((len(rows), 1)), np.cumsum(bad, axis=1)], axis=1)
+    point = np.array([np.interp(centres, x, row) for row in rows])   # NaN next to a NaN
+    rows = np.where(finite, rows, 0.0)
     nodes = np.concatenate([np.zeros((len(rows), 1)),
                             np.cumsum(0.5 * (rows[:, 1:] + rows[:, :-1]) * dx, axis=1)], axis=1)
 
@@ -155,9 +161,17 @@ def _bin_mean(x: np.ndarray, rows: np.ndarray, centres: np.ndarray, half: float)
         return nodes[:, i] + rows[:, i] * t + 0.5 * slope * t ** 2
 
     width = 2 * h
-    point = np.array([np.interp(centres, x, row) for row in rows])
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = (running(centres + h) - running(centres - h)) / width
+
+    def segment(e, side):
+        return np.clip(np.searchsorted(x, e, side=side) - 1, 0, len(x) - 2)
+
+    # NaN segments inside [c - h, c + h] (a bin ending exactly on a node does not reach past it)
+    lo, hi = segment(centres - h, "right"), segment(centres + h, "left")
+    hi = np.maximum(hi, lo)
+    touched = (bad_before[:, hi + 1] - bad_before[:, lo]) > 0
+    mean = np.where(touched, np.nan, mean)
     # a bin shortened to almost nothing at an end: the point value (no cancellation)
     return np.where(width > 1e-6 * np.min(dx), mean, point)
 

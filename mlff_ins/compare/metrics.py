@@ -43,16 +43,18 @@ METRICS_DOC = r"""| key | meaning | unit |
 | `peaks.shifts_meV` | E_a − E_b of each matched pair, in the order of `matched` (positive: a higher) | meV |
 | `peaks.unmatched_a` | peaks of a with no partner in b | meV |
 | `peaks.unmatched_b` | peaks of b with no partner in a | meV |
-| `fit` | `null` unless b is measured (`measured_b`); then the fit b ≈ scale·a + b0 (+ b1·E) weighted by 1/σ_b²: | |
+| `fit` | `null` unless b is measured (`measured_b`); then the fit b ≈ scale·a + b0 (+ b1·E) weighted by 1/σ_b² (equal weights when b has no error bars): | |
+| `fit.weights` | `1/sigma^2`, or `equal` for a measurement without error bars (standard errors then from the residual scatter) | — |
 | `fit.background_model` | `none`, `flat` (b0) or `linear` (b0 + b1·E) | — |
 | `fit.scale` | fitted scale factor s | units of b / units of a |
-| `fit.scale_std` | standard error of s from the stated σ_b (not rescaled by χ²/N; multiply by √`chi2_per_dof` for that) | as `scale` |
+| `fit.scale_std` | standard error of s from the stated σ_b (not rescaled by χ²/N; multiply by √`chi2_per_dof` for that); with equal weights, from the residual scatter | as `scale` |
 | `fit.background` | `[]`, `[b0]` or `[b0, b1]`: b0 at E = 0, b1 per meV | units of b (b1: per meV) |
 | `fit.background_std` | standard errors of `background`, same layout | as `background` |
-| `fit.chi2_per_dof` | χ²/N with N = `dof` = `n_points` − number of fitted parameters (1, 2 or 3) | — |
+| `fit.chi2_per_dof` | χ²/N with N = `dof` = `n_points` − number of fitted parameters (1, 2 or 3); `null` with equal weights or N = 0 | — |
 | `fit.dof` | N, the degrees of freedom | — |
 | `fit.n_points` | points in the fit | — |
-| `fit.n_excluded` | compared points left out of the fit because σ_b ≤ 0 or NaN | — |
+| `fit.n_excluded` | compared points left out of the fit because σ_b is negative or NaN | — |
+| `fit.n_sigma_floored` | points with σ_b = 0 (empty bins) given the smallest positive σ_b instead | — |
 """
 __doc__ = (__doc__ or "") + "\n" + METRICS_DOC  # one text for help() and the README
 #: minimum peak prominence as a fraction of the spectrum's maximum
@@ -186,7 +188,11 @@ def fit_scale_background(energy_meV, calc, measured, sigma, background: str = "n
     Parameters
     ----------
     energy_meV, calc, measured, sigma : 1D arrays of one length
-        Points with σ ≤ 0 or non-finite σ are left out (counted in ``n_excluded``).
+        Points with non-finite or negative σ are left out (counted in ``n_excluded``); σ = 0
+        (an empty bin) is raised to the smallest positive σ (``n_sigma_floored``). Without any
+        positive σ (``sigma`` None or all NaN: a measurement without error bars) the fit has
+        equal weights and its standard errors come from the residual scatter (χ²/N is then
+        undefined: None).
     background : "none", "flat" or "linear"
 
     Returns
@@ -197,8 +203,23 @@ def fit_scale_background(energy_meV, calc, measured, sigma, background: str = "n
         of the weighted design matrix with unit-norm columns, so a linear term in E (meV up to
         hundreds) does not spoil the conditioning.
     """
-    e, c, m, s = (np.asarray(v, dtype=float).ravel() for v in (energy_meV, calc, measured, sigma))
-    use = np.isfinite(s) & (s > 0)
+    e, c, m = (np.asarray(v, dtype=float).ravel() for v in (energy_meV, calc, measured))
+    s = (np.full_like(m, np.nan) if sigma is None
+         else np.asarray(sigma, dtype=float).ravel().copy())
+    positive = np.isfinite(s) & (s > 0)
+    floored = 0
+    if positive.any():
+        weights = "1/sigma^2"
+        # σ = 0 exactly is what Mantid writes for a bin without counts: leaving those out
+        # would drop the low points and bias the scale up; they get the smallest stated σ
+        zero = s == 0
+        floored = int(np.count_nonzero(zero))
+        s[zero] = np.min(s[positive])
+        use = np.isfinite(s) & (s > 0)
+    else:     # no error bars (a two-column file): equal weights, errors from the scatter
+        weights = "equal"
+        s = np.ones_like(m)
+        use = np.ones(len(m), dtype=bool)
     x = _design(e[use], c[use], background) / s[use, None]
     y = m[use] / s[use]
     n, p = x.shape
@@ -216,11 +237,15 @@ def fit_scale_background(energy_meV, calc, measured, sigma, background: str = "n
     std = np.sqrt(np.diag(cov))
     chi2 = float(np.sum((y - x @ params) ** 2))
     dof = n - p
-    return {"background_model": background, "scale": float(params[0]),
+    if weights == "equal":     # σ unknown: estimated from the residual scatter
+        cov = cov * (chi2 / dof if dof > 0 else np.nan)
+        std = np.sqrt(np.diag(cov))
+    return {"background_model": background, "weights": weights, "scale": float(params[0]),
             "scale_std": float(std[0]), "background": [float(v) for v in params[1:]],
             "background_std": [float(v) for v in std[1:]],
-            "chi2_per_dof": chi2 / dof if dof > 0 else None, "dof": int(dof),
-            "n_points": int(n), "n_excluded": int(np.count_nonzero(~use))}
+            "chi2_per_dof": (chi2 / dof if dof > 0 and weights != "equal" else None),
+            "dof": int(dof), "n_points": int(n), "n_excluded": int(np.count_nonzero(~use)),
+            "n_sigma_floored": floored}
 
 
 # ---------------------------------------------------------------------------------------- pair
@@ -273,9 +298,6 @@ def pair_metrics(a, b, *, measured_b: bool = False, background: str = "none", e_
     if not (_same(qa, qb) and _same(ea, eb)):
         raise InputError(f"{a.kind} and {b.kind} are on different grids; put them on one with "
                          f"mlff_ins.compare.align.common_grid and resample")
-    if measured_b and b.intensity_std is None:
-        raise InputError(f"{b.kind}: a measured spectrum needs intensity_std (error bars) for "
-                         f"the fit")
     energy = np.broadcast_to(ea, a.intensity.shape).ravel()
     ya, yb = a.intensity.ravel(), b.intensity.ravel()
     keep = np.isfinite(ya) & np.isfinite(yb)
@@ -298,7 +320,7 @@ def pair_metrics(a, b, *, measured_b: bool = False, background: str = "none", e_
                         **match_peaks(find_peak_positions(e, ya, prominence),
                                       find_peak_positions(e, yb, prominence), max_shift_meV)}
     if measured_b:
-        sigma = b.intensity_std.ravel()[keep]
+        sigma = None if b.intensity_std is None else b.intensity_std.ravel()[keep]
         out["fit"] = fit_scale_background(e, ya, yb, sigma, background)
     return out
 

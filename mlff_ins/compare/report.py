@@ -168,8 +168,6 @@ def all_pairs(aligned: dict, opts: CompareOptions) -> list[dict]:
             if aligned[x].source == "measured" and aligned[y].source != "measured":
                 x, y = y, x
             measured_b = aligned[y].source == "measured"
-            if measured_b and aligned[y].intensity_std is None:
-                measured_b = False
             m = pair_metrics(aligned[x], aligned[y], measured_b=measured_b,
                              background=opts.background, e_range=opts.e_range)
             out.append({"a": x, "b": y, **m})
@@ -315,6 +313,8 @@ def _plot_lines(aligned: dict, pairs: list[dict], path: Path, unit: str) -> None
         else:
             label = k
         if sp.source == "measured":
+            if std is not None and not np.isfinite(std).any():
+                std = None                     # no error bars: points only
             ax.errorbar(x, y, yerr=std, fmt="o", ms=2.5, lw=0.6, color="k", label=label,
                         zorder=3)
             continue
@@ -322,9 +322,10 @@ def _plot_lines(aligned: dict, pairs: list[dict], path: Path, unit: str) -> None
         if std is not None and np.any(std > 0):
             ax.fill_between(x, y - std, y + std, color=line.get_color(), alpha=0.25, lw=0)
     ax.set_xlabel(f"energy transfer ({_UNIT_LABEL[unit]})")
-    first = next(iter(aligned.values()))
+    # with a measurement everything is drawn on its scale, so in its units
+    units = aligned[ref].units if ref else ""
     ax.set_ylabel("intensity" + ("" if ref else " (max-normalised)")
-                  + (f" ({first.units})" if ref and first.units else ""))
+                  + (f" ({units})" if units else ""))
     ax.set_title(_title(pairs))
     ax.legend(fontsize=8)
     ax.set_xlim(x.min(), x.max())
@@ -334,10 +335,10 @@ def _plot_lines(aligned: dict, pairs: list[dict], path: Path, unit: str) -> None
 
 def _title(pairs: list[dict]) -> str:
     p = pairs[0]
-    text = f"{p['a']} vs {p['b']}: MSE {p['mse']:.3g}"
+    text = f"{p['a']} vs {p['b']}: MSE {_fmt(p['mse'], '.3g')}"
     if p.get("wasserstein_meV") is not None:
         text += f", W1 {p['wasserstein_meV']:.2f} meV"
-    if p.get("fit"):
+    if p.get("fit") and p["fit"].get("chi2_per_dof") is not None:
         text += f", χ²/N {p['fit']['chi2_per_dof']:.3g}"
     return text if len(text) < 90 else text[:87] + "..."
 
@@ -455,9 +456,15 @@ def _report(doc: dict, opts: CompareOptions) -> str:
                          f"background): scale {fit['scale']:.4g} ± {fit['scale_std']:.2g}"
                          + "".join(f", b{i} {b:.4g} ± {s:.2g}" for i, (b, s) in enumerate(
                              zip(fit["background"], fit["background_std"])))
-                         + f", χ²/N {fit['chi2_per_dof']:.4g} over {fit['n_points']} points"
+                         + (f", χ²/N {_fmt(fit['chi2_per_dof'])}"
+                            if fit.get("weights") != "equal" else
+                            ", equal weights (the measurement has no error bars; the ± are from "
+                            "the residual scatter)")
+                         + f" over {fit['n_points']} points"
                          + (f" ({fit['n_excluded']} without errors left out)"
-                            if fit["n_excluded"] else "") + ".")
+                            if fit["n_excluded"] else "")
+                         + (f" ({fit['n_sigma_floored']} with σ = 0 given the smallest σ)"
+                            if fit.get("n_sigma_floored") else "") + ".")
     if "residual" in doc:
         r = doc["residual"]
         lines += ["", "## Residual", "", "![residual](residual.png)", "",
