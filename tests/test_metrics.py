@@ -77,6 +77,25 @@ def test_shifted_gaussian_wasserstein_and_peak_shift_equal_the_shift():
     assert 0 < m["cosine"] < 1 and m["mse"] > 0
 
 
+def test_wasserstein_weighs_each_point_by_its_bin_on_an_uneven_grid():
+    """Intensities are per meV, so on a log-spaced grid (a measured one: bins 0.3 meV at 10 meV,
+    6 meV at 200 meV) a point's mass is intensity × bin width. Two bands (20 and 120 meV,
+    σ = 4 meV) shifted rigidly by 2 meV: W1 = 2 meV to the midpoint rule's accuracy on peaks
+    several bins wide (held to 1e-3 meV); weighting the points by intensity alone gives each
+    band the weight of its point count, not its area (W1 off by more than 0.05 meV here)."""
+    from mlff_ins.compare.metrics import wasserstein_meV
+
+    e = np.geomspace(1.0, 300.0, 300)
+
+    def bands(shift):
+        return gauss(e, 20.0 + shift, 4.0, 1.0) + gauss(e, 120.0 + shift, 4.0, 1.0)
+
+    assert wasserstein_meV(e, bands(2.0), bands(0.0)) == pytest.approx(2.0, abs=1e-3)
+    # the uniform grid is unchanged by the weighting (equal widths)
+    assert wasserstein_meV(E, gauss(E, 42.0, 2.0), gauss(E, 40.0, 2.0)) == pytest.approx(
+        2.0, abs=1e-9)
+
+
 def test_unmatched_peaks_are_listed_both_ways():
     """a: 20, 50, 90; b: 21.5, 70, 90.2 meV. 50 and 70 are 20 meV apart, beyond the 5 meV
     match distance, so each is unmatched on its side. σ = 1.5 meV: parabolic bias

@@ -97,16 +97,26 @@ def pearson_r(a, b) -> float:
 def wasserstein_meV(energy_meV, a, b) -> float:
     """Wasserstein-1 distance (meV) between the spectra as distributions over energy.
 
-    Each spectrum's intensities, clipped at zero, are the weights of point masses at the bin
-    centres ``energy_meV`` (scipy.stats.wasserstein_distance normalises them to unit area), so
-    W1 = ∫|F_a(E) − F_b(E)| dE of the cumulative distributions. NaN when either has no positive
-    intensity. For two sampled copies of one peak shifted by δ it is δ up to the sampling error
-    of their means (exponentially small once the peak width exceeds a bin).
+    Each spectrum's intensities (per meV), clipped at zero and times the width of their bin
+    (from the midpoints between the points: a measured grid may be uneven, log-binned or
+    converted from cm⁻¹), are the weights of point masses at the points ``energy_meV``
+    (scipy.stats.wasserstein_distance normalises them to unit area), so W1 = ∫|F_a(E) − F_b(E)|
+    dE of the cumulative distributions. NaN when either has no positive intensity. For two
+    sampled copies of one peak shifted by δ it is δ up to the sampling error of their means
+    (exponentially small once the peak width exceeds a bin).
     """
     from scipy.stats import wasserstein_distance
 
     e = np.asarray(energy_meV, dtype=float)
-    wa, wb = np.clip(a, 0.0, None), np.clip(b, 0.0, None)
+    width = np.ones_like(e)
+    if len(e) > 1:
+        order = np.argsort(e)
+        es = e[order]
+        edges = np.concatenate([[1.5 * es[0] - 0.5 * es[1]], 0.5 * (es[1:] + es[:-1]),
+                                [1.5 * es[-1] - 0.5 * es[-2]]])
+        width[order] = np.diff(edges)
+    wa = np.clip(a, 0.0, None) * width
+    wb = np.clip(b, 0.0, None) * width
     if not (np.sum(wa) > 0 and np.sum(wb) > 0):
         return float("nan")
     return float(wasserstein_distance(e, e, wa, wb))
