@@ -218,6 +218,20 @@ def test_inputs_that_cannot_be_compared_are_refused():
 
 # --------------------------------------------------------------------------- grids, resample
 
+def test_a_measurement_keeps_its_points_up_to_the_end_of_the_overlap():
+    """A measurement on 0.1 meV bins (1-98 meV) against a calculation on 5 meV steps (0-100):
+    every measured point from 1 to 98 meV is compared. The common grid at the coarsest step ends
+    at 96 meV (1 + 19·5), and clipping to it dropped the measured points above."""
+    from mlff_ins.compare.align import on_measured_grid
+
+    calc = spec(np.ones(21), e=np.arange(21) * 5.0)
+    meas = _measured(np.ones(971), np.ones(971), e=np.round(1.0 + 0.1 * np.arange(971), 10))
+    grid = on_measured_grid([calc, meas], meas)
+    np.testing.assert_array_equal(grid.energy_meV, meas.x)
+    grid = on_measured_grid([calc, meas], meas, e_range=(10.0, 50.0))
+    assert grid.energy_meV[0] == 10.0 and grid.energy_meV[-1] == 50.0
+
+
 def test_common_grid_is_the_overlap_at_the_coarsest_step():
     a = spec(np.ones(386), e=np.arange(386) * 0.13)                # 0 .. 50.05
     b = spec(np.ones(296), e=1.05 + np.arange(296) * 0.2)          # 1.05 .. 60.05

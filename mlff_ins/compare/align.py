@@ -86,6 +86,27 @@ def _overlap_axis(axes: list[np.ndarray], limits, step, what: str) -> np.ndarray
     return lo + step * np.arange(n)
 
 
+def on_measured_grid(spectra, measured, e_range=None) -> Grid:
+    """The points of the ``measured`` spectrum (one of ``spectra``) inside the range every
+    spectrum covers (the true overlap of their axes, clipped to ``e_range``; not the overlap
+    rounded down to a whole number of steps, which would drop measured points at the top)."""
+    items = list(spectra.values()) if isinstance(spectra, Mapping) else list(spectra)
+    common_grid(items, e_range=e_range)           # same checks and errors as the common grid
+
+    def inside(values, axes, limits=None):
+        lo = max(float(np.min(a)) for a in axes)
+        hi = min(float(np.max(a)) for a in axes)
+        if limits is not None:
+            lo, hi = max(lo, float(limits[0])), min(hi, float(limits[1]))
+        tol = _END_TOL * max(_step(a) for a in axes)
+        return values[(values >= lo - tol) & (values <= hi + tol)]
+
+    energy = inside(_energy_axis(measured), [_energy_axis(s) for s in items], e_range)
+    q = (inside(measured.q, [s.q for s in items]) if isinstance(measured, Spectrum2D)
+         else None)
+    return Grid(energy, q)
+
+
 def common_grid(spectra, e_range=None, step=None, *, q_step=None) -> Grid:
     """The grid every spectrum of ``spectra`` covers.
 

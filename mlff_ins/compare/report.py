@@ -29,7 +29,7 @@ import numpy as np
 
 from mlff_ins import __version__
 from mlff_ins.atomic_io import atomic_path, write_json_atomic, write_text_atomic
-from mlff_ins.compare.align import Grid, common_grid, match_resolution, resample
+from mlff_ins.compare.align import common_grid, match_resolution, on_measured_grid, resample
 from mlff_ins.compare.metrics import BACKGROUNDS, fit_scale_background, pair_metrics
 from mlff_ins.compare.readers import read_measured
 from mlff_ins.errors import InputError
@@ -132,16 +132,7 @@ def align(spectra: dict, opts: CompareOptions) -> tuple[dict, dict]:
     broadened, record = match_resolution(spectra, instrument=opts.instrument)
     measured = [k for k, s in spectra.items() if s.source == "measured"]
     if measured:
-        ref = broadened[measured[0]]
-        grid0 = common_grid(broadened, e_range=opts.e_range)
-        e_ref = ref.y if isinstance(ref, Spectrum2D) else ref.x
-        lo, hi = grid0.energy_meV[0], grid0.energy_meV[-1]
-        tol = 1e-9 * max(abs(hi), 1.0)
-        energy = e_ref[(e_ref >= lo - tol) & (e_ref <= hi + tol)]
-        q = None
-        if isinstance(ref, Spectrum2D):
-            q = ref.q[(ref.q >= grid0.q_invA[0] - 1e-9) & (ref.q <= grid0.q_invA[-1] + 1e-9)]
-        grid = Grid(energy, q)
+        grid = on_measured_grid(broadened, broadened[measured[0]], e_range=opts.e_range)
     else:
         grid = common_grid(broadened, e_range=opts.e_range)
     if len(grid.energy_meV) < 3:
