@@ -238,6 +238,23 @@ def test_nxspe_powder_sqe_averages_pixels_and_drops_masked_detectors(tmp_path):
                                                                      rel=RTOL)
 
 
+def test_nxspe_of_older_mantid_with_the_mask_flag(tmp_path):
+    """Older SaveNXSPE wrote masked pixels as -1e30, not NaN: the same file with the flag reads
+    exactly as with NaN (masked detector counted, never averaged into a bin)."""
+    ei, energy_edges = 50.0, np.array([-5.0, 5.0, 15.0, 25.0])
+    polar = np.array([90.0, 30.0, 60.0])
+    signal = np.array([[1.0, 2.0, 3.0], [1.5, 2.5, 3.5], [np.nan] * 3])
+    error = np.full((3, 3), 0.1)
+    nan = read_measured(_nxspe(tmp_path / "nan.nxspe", signal, error, energy_edges, polar, ei))
+    signal[2] = -1e30
+    flag = read_measured(_nxspe(tmp_path / "flag.nxspe", signal, error, energy_edges, polar, ei))
+    a, b = nan["sqe"], flag["sqe"]
+    assert b.provenance["n_detectors_masked"] == 1
+    np.testing.assert_array_equal(a.intensity, b.intensity)
+    np.testing.assert_array_equal(a.intensity_std, b.intensity_std)
+    assert np.nanmin(b.intensity) > 0
+
+
 def test_powder_sqe_propagates_unknown_errors_as_nan():
     q, e, i, s, _ = powder_sqe(np.ones((2, 1)), np.array([[0.1], [np.nan]]), [0.0, 2.0],
                                [90.0, 90.0], 20.0, q_edges=[0.0, 10.0])

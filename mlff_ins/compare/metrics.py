@@ -8,7 +8,10 @@ intensity is NaN (outside a range, a kinematic mask) or that lie outside ``e_ran
 from both before anything is computed. 2D spectra S(Q,E) are flattened for the bin-by-bin
 metrics and the fit; the Wasserstein distance and the peaks, which need one energy axis, are
 ``null`` for them. Every number that cannot be computed (a constant spectrum's Pearson r, a fit
-with no degrees of freedom) is ``null``, never NaN, so the file is strict JSON.
+with no degrees of freedom) is ``null``, never NaN, so the file is strict JSON. The shape
+metrics (mse, cosine, W1, peaks) compare ``a`` with ``b`` as given: a background fitted with
+``--background`` is not subtracted from a measurement first, so a large flat background lowers
+the cosine and widens W1 even where the fit is good; the fit block says how much of ``b`` it is.
 
 Defaults: a peak must stand out by 5 % of the spectrum's maximum (``prominence``) — above the
 few-per-cent noise of a good INS measurement, below the weakest modes worth naming — and two

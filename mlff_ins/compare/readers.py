@@ -628,7 +628,9 @@ def powder_sqe(signal, error, energy_edges_meV, polar_deg, ei_meV: float, q_edge
         Energy bins with centre E < E_i only. Each (Q, E) bin holds the mean of the pixels whose
         |Q| at the bin's centre energy falls in it, with σ = √(Σ σ²)/n; NaN where none falls.
     """
-    signal = np.asarray(signal, dtype=float)
+    signal = np.array(signal, dtype=float)
+    # older Mantid SaveNXSPE wrote masked pixels as -1e30 (MASK_FLAG), newer ones as NaN
+    signal[signal <= NXSPE_MASK_FLAG] = np.nan
     error = np.asarray(error, dtype=float)
     polar = np.asarray(polar_deg, dtype=float)
     e_centres = _centres(energy_edges_meV)
@@ -655,6 +657,10 @@ def powder_sqe(signal, error, energy_edges_meV, polar_deg, ei_meV: float, q_edge
         mean = np.where(count > 0, total / count, np.nan)
         std = np.where(count > 0, np.sqrt(var) / count, np.nan)
     return _centres(q_edges), e_centres, mean, std, q_edges
+
+
+#: at or below this, an NXSPE signal value is the mask flag of older Mantid versions (-1e30)
+NXSPE_MASK_FLAG = -1e29
 
 
 def _check_q_edges(path: Path, q_edges) -> np.ndarray | None:
@@ -691,9 +697,11 @@ def _read_nxspe(path: Path, entry, q_edges) -> Spectrum2D:
     if ei.size != 1 or not np.isfinite(ei[0]) or ei[0] <= 0:
         raise InputError(f"{path}: {where}/NXSPE_info/fixed_energy must be one positive incident "
                          f"energy (direct geometry), not {ei.tolist()}")
+    signal = np.array(signal, dtype=float)
+    signal[signal <= NXSPE_MASK_FLAG] = np.nan      # the mask flag of older SaveNXSPE
     masked = np.all(~np.isfinite(signal), axis=1)
     if masked.all():
-        raise InputError(f"{path}: {where}: every detector is masked (NaN)")
+        raise InputError(f"{path}: {where}: every detector is masked (NaN or -1e30)")
     edges = _check_q_edges(path, q_edges)
     q, e, intensity, std, edges = powder_sqe(signal[~masked], error[~masked], energy,
                                              polar[~masked], float(ei[0]), edges)

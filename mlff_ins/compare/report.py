@@ -351,19 +351,17 @@ def _plot_maps(aligned: dict, path: Path, unit: str) -> None:
     fig, axes = plt.subplots(1, cols, figsize=(3.6 * cols, 3.6), squeeze=False)
     panels = iter(axes.flat)
     sp0 = aligned[ref]
-    extent = [sp0.q[0], sp0.q[-1], *convert_energy([sp0.y[0], sp0.y[-1]], unit)]
+    mesh = _mesh(sp0, unit)
     for k, v in shown.items():
         ax = next(panels)
-        im = ax.imshow(v.T, origin="lower", aspect="auto", extent=extent, vmin=0, vmax=vmax,
-                       cmap="viridis")
+        im = ax.pcolormesh(*mesh, v.T, vmin=0, vmax=vmax, cmap="viridis")
         ax.set_title(k if k == ref else f"{k} × {scales[k]:.3g}", fontsize=8)
     fig.colorbar(im, ax=axes[0, len(names) - 1])
     for k in others:
         ax = next(panels)
         d = shown[ref] - shown[k]
         lim = np.nanpercentile(np.abs(d[np.isfinite(d)]), 99.5) or 1.0
-        im = ax.imshow(d.T, origin="lower", aspect="auto", extent=extent, vmin=-lim, vmax=lim,
-                       cmap="RdBu_r")
+        im = ax.pcolormesh(*mesh, d.T, vmin=-lim, vmax=lim, cmap="RdBu_r")
         ax.set_title(f"{ref} − {k}", fontsize=8)
         fig.colorbar(im, ax=ax)
     for ax in axes.flat:
@@ -373,20 +371,34 @@ def _plot_maps(aligned: dict, path: Path, unit: str) -> None:
     _save(fig, path)
 
 
+def _edges(centres) -> np.ndarray:
+    """Bin edges around (possibly uneven) bin centres: the midpoints, half a step beyond the
+    first and last."""
+    c = np.asarray(centres, dtype=float)
+    if len(c) < 2:
+        return np.array([c[0] - 0.5, c[0] + 0.5])
+    mid = 0.5 * (c[1:] + c[:-1])
+    return np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
+
+
+def _mesh(sp: Spectrum2D, unit: str):
+    """(Q edges, E edges in ``unit``) of a map, for pcolormesh: each bin drawn where it is,
+    on uneven grids too (imshow's extent put the bin centres on the image edges)."""
+    return _edges(sp.q), _edges(convert_energy(np.asarray(sp.y, dtype=float), unit))
+
+
 def _plot_residual(res: Spectrum2D, path: Path, unit: str, title: str) -> None:
     plt = _figure()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
-    extent = [res.q[0], res.q[-1], *convert_energy([res.y[0], res.y[-1]], unit)]
+    mesh = _mesh(res, unit)
     r = res.intensity
     lim = np.nanpercentile(np.abs(r[np.isfinite(r)]), 99.5) or 1.0
-    im = axes[0].imshow(r.T, origin="lower", aspect="auto", extent=extent, vmin=-lim, vmax=lim,
-                        cmap="RdBu_r")
+    im = axes[0].pcolormesh(*mesh, r.T, vmin=-lim, vmax=lim, cmap="RdBu_r")
     axes[0].set_title(title, fontsize=8)
     fig.colorbar(im, ax=axes[0])
     with np.errstate(invalid="ignore", divide="ignore"):
         z = r / res.intensity_std
-    im = axes[1].imshow(z.T, origin="lower", aspect="auto", extent=extent, vmin=-5, vmax=5,
-                        cmap="RdBu_r")
+    im = axes[1].pcolormesh(*mesh, z.T, vmin=-5, vmax=5, cmap="RdBu_r")
     axes[1].axvline(res.provenance["fit_q_min_invA"], color="k", ls="--", lw=0.8)
     axes[1].set_title("residual / error (fit region right of the line)", fontsize=8)
     fig.colorbar(im, ax=axes[1])
