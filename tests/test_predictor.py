@@ -87,6 +87,12 @@ def test_training_writes_a_complete_predictor(small_predictor):
     assert set(saved["elements"]) <= set(EMT_METALS)
     for name in ("report.md", "report.png", "member_0.pt", "member_1.pt"):
         assert (out / name).stat().st_size > 0
+    # scored against one spectrum for all (the mean training spectrum); flagged when it is not
+    # at least twice better, and then every prediction says so
+    base = saved["test"]["baseline_median_mse"]
+    assert base > 0
+    flagged = saved["test"]["median_mse"] > 0.5 * base
+    assert ("status" in saved) == flagged
     # weights are a plain state dict: loadable without running code from the file
     state = torch.load(out / "member_0.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
@@ -218,3 +224,31 @@ def test_retraining_into_an_existing_predictor_is_all_or_nothing(small_predictor
     meta = json.loads((out / "predictor.json").read_text())
     assert meta["hyper"]["cutoff_A"] == 3.5 and meta["members"] == ["member_0.pt"]
     assert not (out / "member_1.pt").exists()          # nothing of the old predictor mixed in
+
+
+def test_a_predictor_with_a_status_warns_at_every_prediction(small_predictor, tmp_path,
+                                                             capsys):
+    """A predictor folder whose predictor.json carries a status (set by training when it is no
+    better than the mean spectrum; written by hand on the shipped preliminary one) starts every
+    prediction's warnings with it: in the file's provenance and on stderr."""
+    import shutil
+
+    from ase.build import bulk
+    from ase.io import write
+
+    from mlff_ins.cli import main
+    from mlff_ins.neutron.spectrum import read_spectra
+
+    _, src, _ = small_predictor
+    pred = tmp_path / "pred"
+    shutil.copytree(src, pred)
+    meta = json.loads((pred / "predictor.json").read_text())
+    meta["status"] = "not to be trusted"
+    (pred / "predictor.json").write_text(json.dumps(meta))
+    cell = tmp_path / "cu.xyz"
+    write(cell, bulk("Cu", "fcc", 3.61))
+    assert main(["predict", str(cell), "--predictor", str(pred), "-o",
+                 str(tmp_path / "p.h5")]) == 0
+    assert "mlff-ins predict: warning: not to be trusted" in capsys.readouterr().err
+    prov = read_spectra(tmp_path / "p.h5")["s_e"].provenance
+    assert prov["warnings"][0] == "not to be trusted"

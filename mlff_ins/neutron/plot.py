@@ -16,7 +16,7 @@ def plot_spectra(spectra: dict, path: str | Path, unit: str = "meV"):
     """Panels: each 1D kind (totals and partials overlaid), then each 2D total (maps share one
     energy range); energy axes in ``unit`` (meV, cm-1 or THz). Returns the (closed) matplotlib
     figure, or None when there is nothing to plot."""
-    from mlff_ins.neutron.units import UNIT_LABEL, convert_energy
+    from mlff_ins.neutron.units import MEV_PER_UNIT, UNIT_LABEL, convert_energy
 
     conv = lambda e: convert_energy(e, unit)  # noqa: E731
     energy_label = f"energy transfer ({UNIT_LABEL[unit]})"
@@ -44,21 +44,37 @@ def plot_spectra(spectra: dict, path: str | Path, unit: str = "meV"):
     panels = iter(axes.flat)
     for kind, items in ones.items():
         ax = next(panels)
+        first = items[0][1]
+        energy_axis = first.axis_name == "energy"
+        # a density per meV drawn against cm⁻¹ or THz is drawn per that unit (× dE/dx)
+        per_meV = energy_axis and (first.units or "").endswith("/meV")
+        jac = MEV_PER_UNIT[unit] if per_meV else 1.0
+        units = (first.units[:-len("meV")] + UNIT_LABEL[unit]) if per_meV else first.units
+        smooth = _display_smoothing(first)
         for name, sp in items:
             total = not sp.element and name == sp.kind     # e.g. "s_e", not the bank "s_e_45"
             style = dict(lw=1.6, color="k") if total else dict(lw=1.0)
-            x = conv(sp.x) if sp.axis_name == "energy" else sp.x
-            ax.plot(x, sp.intensity, label="total" if total else (sp.element or name),
-                    **style)
+            x = conv(sp.x) if energy_axis else sp.x
+            y = sp.intensity if smooth is None else smooth(sp.x, sp.intensity)
+            ax.plot(x, y * jac, label=_legend(name, sp, total), **style)
             if sp.intensity_std is not None:
-                ax.fill_between(x, sp.intensity - sp.intensity_std,
-                                sp.intensity + sp.intensity_std, alpha=0.25)
-        if items[0][1].axis_name == "energy":
-            ax.set_xlim(0, conv(_extent(items[0][1].x, items[0][1].intensity)))
+                std = sp.intensity_std if smooth is None else smooth(sp.x, sp.intensity_std)
+                low = y - std
+                if np.nanmin(sp.intensity) >= 0:   # a band of a non-negative quantity
+                    low = np.clip(low, 0.0, None)
+                ax.fill_between(x, low * jac, (y + std) * jac, alpha=0.25)
+        if energy_axis:
+            ax.set_xlim(0, conv(_extent(first.x, first.intensity)))
             ax.set_xlabel(energy_label)
         else:
-            ax.set_xlabel(_LABELS[items[0][1].axis_name])
-        ax.set_ylabel(f"{kind} ({items[0][1].units or 'dimensionless'})")
+            ax.set_xlabel(_LABELS[first.axis_name])
+        ax.set_ylabel(f"{_KIND_LABELS.get(kind, kind)} ({units or 'dimensionless'})")
+        title = ", ".join(t for t in (
+            (first.instrument or "").upper() if first.instrument not in (None, "", "direct")
+            else "", f"{first.temperature_K:g} K" if first.temperature_K is not None else "",
+            f"{first.source}" if first.source else "",
+            "smoothed for display (0.5 meV FWHM)" if smooth is not None else "") if t)
+        ax.set_title(title, fontsize=8)
         ax.legend(fontsize=7)
     # one energy range for every map, so that sqe, sqe_coh and sqe_inc can be compared
     top = max((_extent(np.abs(sp.y), np.nan_to_num(sp.intensity).max(axis=0)) for _, sp in twos),
@@ -85,6 +101,35 @@ def plot_spectra(spectra: dict, path: str | Path, unit: str = "meV"):
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return fig
+
+
+_KIND_LABELS = {"s_e": "S(E)", "vdos": "VDOS", "gdos": "GDOS", "msd": "MSD", "eisf": "EISF"}
+#: FWHM (meV) of the Gaussian a binned phonon DOS is drawn with
+DISPLAY_FWHM_MEV = 0.5
+
+
+def _legend(name: str, sp, total: bool) -> str:
+    if total:
+        return "total"
+    if sp.element:
+        return sp.element
+    bank = name.rsplit("_", 1)[-1]
+    return f"{bank}° bank" if bank.isdigit() else name
+
+
+def _display_smoothing(sp):
+    """For a VDOS binned from phonon modes on bins finer than DISPLAY_FWHM_MEV (a comb of
+    spikes, one per mode group of the q-mesh): a function that broadens it for the plot only
+    (the file keeps the binned modes); else None."""
+    if sp.kind not in ("vdos", "gdos") or sp.source != "phonons" or sp.axis_name != "energy":
+        return None
+    x = np.asarray(sp.x, dtype=float)
+    if len(x) < 3 or np.median(np.diff(x)) >= 0.5 * DISPLAY_FWHM_MEV:
+        return None
+    from mlff_ins.neutron.resolution import constant_fwhm
+
+    kernel = constant_fwhm(DISPLAY_FWHM_MEV)
+    return kernel.broaden
 
 
 def _extent(x, y, fraction: float = 1e-3) -> float:

@@ -245,6 +245,16 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
         predictor = Predictor(out_dir)
         test = [(structures[i], ys[i], formulas[i]) for i in idx["test"]]
         meta["test"] = evaluate(predictor, test)
+        if meta["test"]["n"]:
+            base = mean_spectrum_baseline([ys[i] for i in train_idx],
+                                          [ys[i] for i in idx["test"]], len(targets))
+            meta["test"]["baseline_median_mse"] = base
+            if meta["test"]["median_mse"] > BASELINE_FRACTION * base:
+                meta["status"] = (
+                    f"this predictor is no better than predicting the average training spectrum "
+                    f"for every structure (test median MSE {meta['test']['median_mse']:.3g} "
+                    f"against {base:.3g} for that average): its spectra do not tell structures "
+                    f"apart; use the phonon or MD route")
         if two_d:
             meta["two_d"]["test"] = evaluate_two_d(predictor, [structures[i] for i in idx["test"]],
                                                    facts["maps"][idx["test"]])
@@ -336,6 +346,22 @@ def _training_stats(structures, train_idx, cutoff) -> dict:
     return {"elements": sorted(elements),
             "nearest_neighbour_A": [float(nn_all.min()), float(nn_all.max())],
             "neighbours_within_cutoff": [int(coord_all.min()), int(coord_all.max())]}
+
+
+#: a predictor whose test median MSE is above this fraction of the mean-spectrum baseline's is
+#: flagged as not telling structures apart: a useful one at least halves the error of knowing
+#: nothing about the structure
+BASELINE_FRACTION = 0.5
+
+
+def mean_spectrum_baseline(train_targets, test_targets, n_blocks: int) -> float:
+    """Median test MSE of one spectrum for all: the mean of the (max-normalised) training
+    targets, max-normalised again per target block, as :func:`evaluate` scores a prediction."""
+    mean = np.mean([np.reshape(y, (n_blocks, -1)) for y in train_targets], axis=0)
+    peak = mean.max(axis=1, keepdims=True)
+    mean = mean / np.where(peak > 0, peak, 1.0)
+    return float(np.median([np.mean((mean - np.reshape(y, mean.shape)) ** 2)
+                            for y in test_targets]))
 
 
 def evaluate(predictor, examples) -> dict:
@@ -504,6 +530,8 @@ class Predictor:
             factor = (1 + _bose(e, temperature_K)) / (1 + _bose(e, t_db))
         scale = 1.0 / max(float(np.max(y * factor)), 1e-300)
         warnings = self.familiarity(atoms)
+        if self.meta.get("status"):       # a predictor that says it is not to be trusted
+            warnings.insert(0, self.meta["status"])
         prov = {"predictor": str(self.directory), "predictor_version": self.meta["code_version"],
                 "structure": source_name, "formula": atoms.get_chemical_formula(),
                 "n_members": len(self.models), "warnings": warnings,
@@ -584,7 +612,12 @@ def write_report(out_dir: Path, meta: dict, test, predictor, fits) -> None:
         ax.set_title(f"test: median {t['median_mse']:.4f}, n={t['n']}", fontsize=9)
         lines.append(f"Test set ({t['n']} structures): median MSE {t['median_mse']:.4f}, "
                      f"quartiles {t['quartiles_mse'][0]:.4f} / {t['quartiles_mse'][1]:.4f}, "
-                     f"mean {t['mean_mse']:.4f}.")
+                     f"mean {t['mean_mse']:.4f}"
+                     + (f"; one spectrum for all (the mean training spectrum): median "
+                        f"{t['baseline_median_mse']:.4f}" if "baseline_median_mse" in t else "")
+                     + ".")
+        if meta.get("status"):
+            lines += ["", f"**Warning**: {meta['status']}."]
         order = np.argsort(mses)
         picks = list(dict.fromkeys(order[int(q * (len(order) - 1))]
                                    for q in (0.125, 0.375, 0.625, 0.875)))   # one per quartile
