@@ -244,7 +244,7 @@ def _add_md(sub) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="trajectory file (H5MD), e.g. traj.h5md (another extension is written "
                         "but warned about: MDAnalysis picks its H5MD reader by .h5md)")
-    p.add_argument("-T", "--temperature", type=float, default=300.0, metavar="K",
+    p.add_argument("-T", "--temperature", type=_temperature, default=300.0, metavar="K",
                    help="target (and initial) temperature, K (default 300)")
     p.add_argument("--steps", type=int, default=1000, help="total MD steps (default 1000)")
     p.add_argument("--dt", type=float, default=1.0, metavar="FS", help="time step, fs (default 1)")
@@ -495,6 +495,17 @@ def _run_build(args) -> int:
 INSTRUMENT_CHOICES = ["vision", "tosca", "direct", "mari", "maps", "merlin", "let", "sequoia",
                       "arcs", "cncs", "hyspec"]
 INDIRECT = ("vision", "tosca")
+
+
+def _temperature(text: str) -> float:
+    """A temperature in K: 0 (the ground state) or above, and finite."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"a temperature in K must be 0 or above, not {text}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -965,7 +976,7 @@ def _add_ins(sub) -> None:
         formatter_class=_HelpFormatter)
     p.add_argument("phonons", help="phonons HDF5 file written by `mlff-ins phonons`")
     p.add_argument("-o", "--output", required=True, help="spectra HDF5 file, e.g. si_vision.h5")
-    p.add_argument("-T", "--temperature", type=float, default=10.0, metavar="K",
+    p.add_argument("-T", "--temperature", type=_temperature, default=10.0, metavar="K",
                    help="sample temperature, K (default 10): Bose factors and Debye-Waller")
     p.add_argument("--mesh", nargs="+", default=["40"], metavar="N",
                    help="q-mesh for DOS and Debye-Waller: a length in Å (default 40) or 3 integers")
@@ -1198,7 +1209,7 @@ def _add_database(sub) -> None:
                         "the entries to, instead of local processes")
     b.add_argument("--consolidate-every", type=int, default=20, metavar="N",
                    help="merge finished entries into OUTPUT every N entries")
-    b.add_argument("-T", "--temperature", type=float, default=10.0, metavar="K",
+    b.add_argument("-T", "--temperature", type=_temperature, default=10.0, metavar="K",
                    help="temperature of the spectra (K)")
     b.add_argument("--device", default="cpu", help="teacher device: cpu, cuda, cuda:N or auto")
     b.set_defaults(func=_run_database_build)
@@ -1210,7 +1221,7 @@ def _add_database(sub) -> None:
         formatter_class=_HelpFormatter)
     r.add_argument("database", help="database file written by `database build`")
     r.add_argument("-o", "--output", required=True, help="new database file")
-    r.add_argument("-T", "--temperature", type=float, default=10.0, metavar="K",
+    r.add_argument("-T", "--temperature", type=_temperature, default=10.0, metavar="K",
                    help="temperature (K)")
     r.add_argument("--e-max", type=float, default=500.0, metavar="MEV",
                    help="end of the 1D energy grid (meV)")
@@ -1495,7 +1506,7 @@ def _add_predict(sub) -> None:
                    help="predictor folder (default: the one shipped in the package)")
     p.add_argument("--instrument", default="vision", choices=["vision", "tosca"],
                    help="indirect-geometry instrument")
-    p.add_argument("-T", "--temperature", type=float, default=None, metavar="K",
+    p.add_argument("-T", "--temperature", type=_temperature, default=None, metavar="K",
                    help="temperature (K; default the database's, 10 K)")
     p.add_argument("--2d", dest="two_d", action="store_true",
                    help="also the powder S(Q,E) map (0-15 1/Å x 0-150 meV, unbroadened, "

@@ -193,6 +193,8 @@ def test_bad_inputs_are_one_line_errors(cu_routes, tmp_path, capsys):
         ([f"{ph}:nope", str(md), "-o", str(tmp_path / "b")], "no group nope"),
         ([str(ph), str(md), "--kind", "gdos", "-o", str(tmp_path / "c")], "no spectrum of kind"),
         ([str(ph), str(md), "--residual", "-o", str(tmp_path / "d")], "--residual needs"),
+        ([str(ph), str(md), "--label", "x", "-o", str(tmp_path / "e")],
+         "--label given 1 times for 2 inputs"),
     ]
     for argv, text in cases:
         capsys.readouterr()

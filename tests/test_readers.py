@@ -84,6 +84,21 @@ def test_two_column_dat_has_unknown_errors(tmp_path):
     assert np.all(np.isnan(sp.intensity_std))
 
 
+def test_a_unit_option_that_contradicts_the_file_is_refused(tmp_path):
+    """The file's header says cm⁻¹: --measured-unit meV would read every energy 8 times too
+    high, so it is refused naming the line; the unit the file names, or none, is accepted."""
+    x = np.array([100.0, 200.0, 300.0, 400.0])
+    path = _write(tmp_path / "m.dat", "Energy (cm-1)   S\n" + _rows(x, x ** 2, sep=" "))
+    with pytest.raises(InputError, match="--measured-unit meV .* contradicts the file, whose "
+                                         "line 1 says cm-1"):
+        read_measured(path, unit="meV")
+    assert np.allclose(read_measured(path, unit="cm-1")["s_e"].x, x * MEV_PER_UNIT["cm-1"])
+    bare = _write(tmp_path / "bare.dat", _rows(x, x ** 2, sep=" "))
+    assert np.allclose(read_measured(bare, unit="meV")["s_e"].x, x)
+    with pytest.raises(InputError, match="--measured-unit"):
+        read_measured(bare)
+
+
 # --- Mantid SaveAscii v2 -----------------------------------------------------------------------
 
 

@@ -212,3 +212,17 @@ def test_thermo_command_refuses_with_one_line(what, argv, message, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and "in.h5" in err, err
     assert not csv.exists()
+
+
+def test_thermo_on_a_phonons_file_points_to_what_it_holds(tmp_path, capsys):
+    """A phonons file (`mlff-ins phonons`) has no spectra groups: the error says its /thermal
+    holds the thermodynamics already and how to get a VDOS file from it."""
+    from pathlib import Path
+
+    src = Path(__file__).parent / "data" / "phonopy" / "MgO"
+    out = tmp_path / "mgo.h5"
+    assert main(["phonons", "--force-sets", str(src), "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["thermo", str(out), "-o", str(tmp_path / "t.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "a phonons file" in err and "/thermal" in err, err

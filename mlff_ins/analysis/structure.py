@@ -265,8 +265,9 @@ def radial_distribution(frames_or_atoms, r_max: float = 8.0, dr: float = 0.02, p
         half = half_cell_width(frame.cell)
         if r_max > half * (1 + 1e-12) and not beyond_half_cell:
             raise InputError(f"r_max {r_max:g} Å is more than half the smallest width of the "
-                             f"cell of frame {t} ({half:.3f} Å); lower r_max or pass "
-                             f"beyond_half_cell=True to count periodic images")
+                             f"cell of frame {t} ({half:.3f} Å); lower --r-max, or make a "
+                             f"supercell first (`mlff-ins build CELL --supercell 3 3 3`; "
+                             f"beyond_half_cell=True in Python counts periodic images)")
         if species is None:
             species = sorted(set(frame.symbols))
             names = _pair_names(pairs, species)
@@ -369,7 +370,9 @@ def first_peak(r, g, *, prominence: float = 0.1, smooth_A: float = 0.04) -> Firs
         raise InputError(f"first_peak needs r and g of one equal length (>= 5), not shapes "
                          f"{r.shape} and {g.shape}")
     if not np.all(np.isfinite(g)) or g.max() <= 0:
-        raise InputError("g(r) is zero everywhere (or not finite): no shells within r_max")
+        raise InputError("g(r) is zero everywhere (or not finite): no pair of atoms within "
+                         "r_max; a small crystal cell needs a supercell first (`mlff-ins build "
+                         "CELL --supercell 3 3 3`)")
     if smooth_A < 0:
         raise InputError(f"smooth_A must not be negative, not {smooth_A}")
     if smooth_A > 0:
@@ -633,7 +636,7 @@ def plot_structure(report: dict, png_path: str | os.PathLike) -> None:
     ax_g.set_title(f"first peak {shell['r_peak_A']:.3f} Å; coordination "
                    f"{c['mean_coordination']:.2f} (3-fold {100 * c['fraction_3fold']:.1f}%, "
                    f"5-fold {100 * c['fraction_5fold']:.1f}%)", fontsize=8)
-    ax_g.legend(fontsize=7)
+    ax_g.legend(fontsize=7, loc="upper right")
     ba = report["bond_angles"]
     width = 180.0 / len(ba["angle_deg"])
     ax_a.bar(ba["angle_deg"], ba["density_per_deg"], width=width, color="C0", alpha=0.7,

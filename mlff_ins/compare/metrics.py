@@ -335,6 +335,12 @@ def pair_metrics(a, b, *, measured_b: bool = False, background: str = "none", e_
     if measured_b:
         sigma = None if b.intensity_std is None else b.intensity_std.ravel()[keep]
         out["fit"] = fit_scale_background(e, ya, yb, sigma, background)
+        if not out["fit"]["scale"] > 0:
+            import warnings
+
+            warnings.warn(f"the scale fitted onto {b.kind} is {out['fit']['scale']:.3g}, not "
+                          f"positive: the calculation and the measurement do not match in shape "
+                          f"here (check the energy unit, range and background)", stacklevel=2)
     return out
 
 

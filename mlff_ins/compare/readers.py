@@ -385,9 +385,19 @@ def _float_or_error(path: Path, ln: _Line, text: str) -> float:
 
 def _text_energy_unit(path: Path, lines, header, unit) -> tuple[str, str]:
     """(unit, where it came from): unit= first, then an explicit "X unit:" comment, then one
-    unit named in the header or comment lines; none, an unknown or an ambiguous one is refused."""
+    unit named in the header or comment lines; none, an unknown or an ambiguous one is refused.
+    A unit= that contradicts a unit the file names is refused too (one of them is wrong)."""
     if unit is not None:
-        return _check_unit(unit, f"{path}: unit="), "unit= keyword"
+        given = _check_unit(unit, f"{path}: unit=")
+        try:
+            named, where = _text_energy_unit(path, lines, header, None)
+        except InputError:
+            return given, "unit= keyword"
+        if named != given:
+            raise InputError(f"{path}: --measured-unit {given} (unit= in Python) contradicts "
+                             f"the file, whose {where} says {named}; drop the option or correct "
+                             f"the file")
+        return given, "unit= keyword"
     in_header = {ln.number for ln in header}
     texts = [ln for ln in lines if ln.kind == "comment" or ln.number in in_header]
     for ln in texts:
@@ -396,7 +406,7 @@ def _text_energy_unit(path: Path, lines, header, unit) -> tuple[str, str]:
             found = energy_unit(m.group(1))
             if found is None:
                 raise InputError(f"{path}: line {ln.number}: energy unit {m.group(1)!r} is not "
-                                 f"meV, cm-1 or THz; pass unit= to override")
+                                 f"meV, cm-1 or THz; give the unit (--measured-unit, unit= in Python)")
             return found, f"line {ln.number}"
     if header and energy_unit(header[-1].text):  # the column header just above the data
         return energy_unit(header[-1].text), f"line {header[-1].number}"
@@ -412,9 +422,11 @@ def _text_energy_unit(path: Path, lines, header, unit) -> tuple[str, str]:
         return u, f"line {number}"
     if len(seen) > 1:
         named = ", ".join(f"{u} (line {n})" for u, n in seen.items())
-        raise InputError(f"{path}: the header names several energy units: {named}; pass unit=")
+        raise InputError(f"{path}: the header names several energy units: {named}; give the "
+                         f"unit (--measured-unit, unit= in Python)")
     raise InputError(f"{path}: no energy unit in the file (Mantid ASCII carries none unless a "
-                     f"comment such as '# X unit: meV' names it); pass unit='meV' or unit='cm-1'")
+                     f"comment such as '# X unit: meV' names it); give the unit (--measured-unit meV|cm-1|"
+                     f"THz, unit= in Python)")
 
 
 def _declared_y_units(lines) -> str:

@@ -92,6 +92,10 @@ def load_inputs(files, measured, opts: CompareOptions) -> dict:
     """{label: spectrum} of every calculated file then every measured file."""
     two_d = opts.kind in KINDS_2D
     out = {}
+    n_inputs = len(files) + len(measured)
+    if opts.labels and len(opts.labels) != n_inputs:
+        raise InputError(f"--label given {len(opts.labels)} times for {n_inputs} inputs; give "
+                         f"one per input (files, then --measured), or none")
     labels = iter(opts.labels)
     for arg in files:
         path, group = _split(arg)

@@ -136,6 +136,22 @@ def thermal_from_dos(energy_meV, dos_per_atom, temperatures_K, n_atoms_per_formu
             "source": "harmonic thermodynamics from a DOS by pymatgen's PhononDos"}
 
 
+
+def _refuse_phonons_file(path: Path) -> None:
+    """A phonons file (`mlff-ins phonons`) holds its thermodynamics already: say so."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = str(f.attrs.get("format", ""))
+    except OSError:
+        return
+    if fmt.startswith("mlff-ins phonons"):
+        raise InputError(f"{path}: a phonons file: its C_V, S, F and zero-point energy are in "
+                         f"its /thermal group already (printed by `mlff-ins phonons`); for "
+                         f"thermo from its VDOS run `mlff-ins ins {path.name} -o spectra.h5` "
+                         f"and give spectra.h5")
+
 def thermal_from_spectra_file(path, group: str | None = None, t_max: float = 1000.0,
                               t_step: float = 10.0, *, n_atoms_per_formula: int = 1) -> dict:
     """:func:`thermal_from_dos` of a ``vdos`` spectrum of a spectra file (T = 0..t_max K).
@@ -160,6 +176,7 @@ def thermal_from_spectra_file(path, group: str | None = None, t_max: float = 100
         elif len(totals) == 1:
             group = totals[0]
         elif not vdos:
+            _refuse_phonons_file(path)
             kinds = sorted({sp.kind for sp in spectra.values()})
             raise InputError(f"{path}: no VDOS in this file (it holds "
                              f"{', '.join(kinds) or 'no spectra'}); run mlff-ins spectra "
