@@ -1852,6 +1852,15 @@ def _refuse_output_over_input(args, positional: set[str]) -> None:
                                  f"(nothing was written)")
 
 
+def _library_of(filename: str) -> str:
+    """The top-level package a warning came from (site-packages/phonopy/... -> phonopy)."""
+    parts = Path(filename).parts
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts and parts.index(marker) + 1 < len(parts):
+            return parts[parts.index(marker) + 1].removesuffix(".py")
+    return Path(filename).stem
+
+
 def _positional_dests(parser) -> set[str]:
     """argparse dests of the positional arguments of ``parser`` and its subcommands."""
     out = set()
@@ -1873,10 +1882,14 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     def show(message, category, filename, lineno, file=None, line=None):
-        # the package's own warnings are messages to the user, one line each
-        text = str(message)
+        # warnings are messages to the user, one line each: the package's own as they are,
+        # a library's (phonopy, ASE, ...) named after it, without its source line
+        text = " ".join(str(message).split())
         if issubclass(category, UserWarning) and filename.startswith(str(_PACKAGE_DIR)):
             print(f"mlff-ins {args.command}: warning: {text}", file=sys.stderr)
+        elif issubclass(category, (UserWarning, RuntimeWarning)):
+            origin = _library_of(filename)
+            print(f"mlff-ins {args.command}: warning ({origin}): {text}", file=sys.stderr)
         else:
             default_show(message, category, filename, lineno, file, line)
 
