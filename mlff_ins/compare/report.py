@@ -452,10 +452,11 @@ def _report(doc: dict, opts: CompareOptions) -> str:
         peaks = p.get("peaks") or {}
         if peaks.get("unmatched_a") or peaks.get("unmatched_b"):
             lines.append("")
-            lines.append(f"Unmatched peaks, {p['a']}: "
-                         f"{', '.join(f'{e:.1f}' for e in peaks['unmatched_a']) or 'none'} meV; "
-                         f"{p['b']}: "
-                         f"{', '.join(f'{e:.1f}' for e in peaks['unmatched_b']) or 'none'} meV.")
+            def listed(values):
+                return (", ".join(f"{e:.1f}" for e in values) + " meV") if values else "none"
+
+            lines.append(f"Unmatched peaks, {p['a']}: {listed(peaks['unmatched_a'])}; "
+                         f"{p['b']}: {listed(peaks['unmatched_b'])}.")
         fit = p.get("fit")
         if fit:
             lines.append("")
@@ -467,7 +468,7 @@ def _report(doc: dict, opts: CompareOptions) -> str:
                             if fit.get("weights") != "equal" else
                             ", equal weights (the measurement has no error bars; the ± are from "
                             "the residual scatter)")
-                         + f" over {fit['n_points']} points"
+                         + f" over {fit['n_points']} point{'s' if fit['n_points'] != 1 else ''}"
                          + (f" ({fit['n_excluded']} without errors left out)"
                             if fit["n_excluded"] else "")
                          + (f" ({fit['n_sigma_floored']} with σ = 0 given the smallest σ)"
