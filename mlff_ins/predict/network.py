@@ -25,7 +25,7 @@ N_SPECIES = 94
 
 
 def default_hyper(n_out: int) -> dict:
-    return {"cutoff_A": 5.0, "lmax": 2, "embed_dim": 16,
+    return {"cutoff_A": 5.0, "lmax": 2, "embed_dim": 16, "node_attr": "unit",
             "hidden": "32x0e+32x0o+8x1e+8x1o+4x2e+4x2o",
             "layers": 2, "number_of_basis": 10, "radial_layers": 1, "radial_neurons": 32,
             "num_neighbors": 30.0, "n_out": int(n_out), "n_species": N_SPECIES}
@@ -71,6 +71,14 @@ class SpectrumNetwork(torch.nn.Module):
         em = int(hyper["embed_dim"])
         self.embed_x = torch.nn.Linear(hyper["n_species"], em)
         self.embed_z = torch.nn.Linear(hyper["n_species"], em)
+        if hyper.get("node_attr") == "unit":
+            # every tensor product of every layer multiplies by the node attributes: they must
+            # be of order one. nn.Linear's default init on a one-hot input gives ~0.03 (after
+            # the ReLU), which shrank the signal ~30x per layer: at initialisation the output
+            # varied by 1e-5 between structures and training found no more than the mean
+            # spectrum. Unit-variance weights, no bias, no ReLU: attributes of unit variance.
+            torch.nn.init.normal_(self.embed_z.weight, std=1.0)
+            torch.nn.init.zeros_(self.embed_z.bias)
         self.irreps_sh = o3.Irreps.spherical_harmonics(int(hyper["lmax"]))
         self.net = Network(irreps_in=f"{em}x0e", irreps_hidden=hyper["hidden"],
                            irreps_out=f"{int(hyper['n_out'])}x0e",
@@ -94,7 +102,9 @@ class SpectrumNetwork(torch.nn.Module):
         h = self.hyper
         onehot = torch.nn.functional.one_hot(data["z"] - 1, h["n_species"]).to(data["vec"].dtype)
         x = torch.relu(self.embed_x(onehot * data["mass"][:, None]))
-        z = torch.relu(self.embed_z(onehot))
+        z = self.embed_z(onehot)
+        if h.get("node_attr") != "unit":          # predictors trained before the fix
+            z = torch.relu(z)
         vec = data["vec"]
         length = vec.norm(dim=1)
         sh = o3.spherical_harmonics(self.irreps_sh, vec, True, normalization="component")
