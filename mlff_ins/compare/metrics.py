@@ -97,6 +97,16 @@ def pearson_r(a, b) -> float:
     return float(np.sum(da * db) / norm) if norm > 0 else float("nan")
 
 
+def edges_from_centres(centres) -> np.ndarray:
+    """Bin edges around increasing (possibly uneven) bin centres: the midpoints, and half a step
+    beyond the first and the last centre (a single centre: ±0.5)."""
+    c = np.asarray(centres, dtype=float)
+    if len(c) < 2:
+        return np.array([c[0] - 0.5, c[0] + 0.5])
+    mid = 0.5 * (c[1:] + c[:-1])
+    return np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
+
+
 def wasserstein_meV(energy_meV, a, b) -> float:
     """Wasserstein-1 distance (meV) between the spectra as distributions over energy.
 
@@ -114,10 +124,7 @@ def wasserstein_meV(energy_meV, a, b) -> float:
     width = np.ones_like(e)
     if len(e) > 1:
         order = np.argsort(e)
-        es = e[order]
-        edges = np.concatenate([[1.5 * es[0] - 0.5 * es[1]], 0.5 * (es[1:] + es[:-1]),
-                                [1.5 * es[-1] - 0.5 * es[-2]]])
-        width[order] = np.diff(edges)
+        width[order] = np.diff(edges_from_centres(e[order]))
     wa = np.clip(a, 0.0, None) * width
     wb = np.clip(b, 0.0, None) * width
     if not (np.sum(wa) > 0 and np.sum(wb) > 0):
@@ -254,8 +261,8 @@ def fit_scale_background(energy_meV, calc, measured, sigma, background: str = "n
         cov = cov * (chi2 / dof if dof > 0 else np.nan)
         std = np.sqrt(np.diag(cov))
     return {"background_model": background, "weights": weights, "scale": float(params[0]),
-            "scale_std": float(std[0]), "background": [float(v) for v in params[1:]],
-            "background_std": [float(v) for v in std[1:]],
+            "scale_std": _finite_or_none(std[0]), "background": [float(v) for v in params[1:]],
+            "background_std": [_finite_or_none(v) for v in std[1:]],
             "chi2_per_dof": (chi2 / dof if dof > 0 and weights != "equal" else None),
             "dof": int(dof), "n_points": int(n), "n_excluded": int(np.count_nonzero(~use)),
             "n_sigma_floored": floored}

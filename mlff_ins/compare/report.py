@@ -30,7 +30,8 @@ import numpy as np
 from mlff_ins import __version__
 from mlff_ins.atomic_io import atomic_path, write_json_atomic, write_text_atomic
 from mlff_ins.compare.align import common_grid, match_resolution, on_measured_grid, resample
-from mlff_ins.compare.metrics import BACKGROUNDS, fit_scale_background, pair_metrics
+from mlff_ins.compare.metrics import (BACKGROUNDS, edges_from_centres, fit_scale_background,
+                                      pair_metrics)
 from mlff_ins.compare.readers import read_measured
 from mlff_ins.errors import InputError
 from mlff_ins.neutron.spectrum import Spectrum2D, read_spectra, write_spectra
@@ -375,20 +376,11 @@ def _plot_maps(aligned: dict, path: Path, unit: str) -> None:
     _save(fig, path)
 
 
-def _edges(centres) -> np.ndarray:
-    """Bin edges around (possibly uneven) bin centres: the midpoints, half a step beyond the
-    first and last."""
-    c = np.asarray(centres, dtype=float)
-    if len(c) < 2:
-        return np.array([c[0] - 0.5, c[0] + 0.5])
-    mid = 0.5 * (c[1:] + c[:-1])
-    return np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
-
-
 def _mesh(sp: Spectrum2D, unit: str):
     """(Q edges, E edges in ``unit``) of a map, for pcolormesh: each bin drawn where it is,
     on uneven grids too (imshow's extent put the bin centres on the image edges)."""
-    return _edges(sp.q), _edges(convert_energy(np.asarray(sp.y, dtype=float), unit))
+    return (edges_from_centres(sp.q),
+            edges_from_centres(convert_energy(np.asarray(sp.y, dtype=float), unit)))
 
 
 def _plot_residual(res: Spectrum2D, path: Path, unit: str, title: str) -> None:
@@ -461,8 +453,8 @@ def _report(doc: dict, opts: CompareOptions) -> str:
         if fit:
             lines.append("")
             lines.append(f"Fit of {p['a']} onto {p['b']} ({fit['background_model']} "
-                         f"background): scale {fit['scale']:.4g} ± {fit['scale_std']:.2g}"
-                         + "".join(f", b{i} {b:.4g} ± {s:.2g}" for i, (b, s) in enumerate(
+                         f"background): scale {fit['scale']:.4g} ± {_fmt(fit['scale_std'], '.2g')}"
+                         + "".join(f", b{i} {b:.4g} ± {_fmt(s, '.2g')}" for i, (b, s) in enumerate(
                              zip(fit["background"], fit["background_std"])))
                          + (f", χ²/N {_fmt(fit['chi2_per_dof'])}"
                             if fit.get("weights") != "equal" else
