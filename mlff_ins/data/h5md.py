@@ -151,6 +151,7 @@ class H5MDWriter:
         # The lock is a hidden file next to the trajectory (kept: deleting it would let two
         # writers hold locks on different files); it goes with the process that holds it.
         self._lock = contextlib.ExitStack()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock.enter_context(exclusive_lock(
             self.path.parent / f".{self.path.name}.lock",
             f"{self.path}: another process is writing this trajectory (an `mlff-ins md` still "

@@ -759,6 +759,7 @@ def build_database(structures, db: str | os.PathLike, opts: BuildOptions, **kwar
     ``db`` (which would merge parts the first is merging, and lose some) is refused. The lock is
     a hidden file next to ``db``, kept; it goes with the process that holds it."""
     db = Path(db)
+    db.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(db.parent / f".{db.name}.lock",
                         f"{db}: another `database build` is writing this database; wait for "
                         f"it or stop it first"):
