@@ -441,7 +441,9 @@ def check_same_build(db: str | os.PathLike, opts: BuildOptions) -> None:
     theirs = json.loads(str(attrs.get("spectra_options", "{}")))
     built = json.loads(str(attrs.get("build_options", "{}")))
     now = json.loads(json.dumps({k: v for k, v in asdict(opts).items() if k != "spectra"}))
-    diff = [f"{k} {theirs.get(k)!r} (now {v!r})" for k, v in mine.items() if theirs.get(k) != v]
+    # keys the database does not record (a later version's new settings) are not compared
+    diff = [f"{k} {theirs[k]!r} (now {v!r})" for k, v in mine.items()
+            if k in theirs and theirs[k] != v]
     diff += [f"{k} {built.get(k)!r} (now {v!r})" for k, v in now.items()
              if k not in ("teacher", "device") and k in built and built.get(k) != v]
     if diff:
