@@ -146,6 +146,22 @@ def test_fit_recovers_scale_and_background_exactly(background, bg):
     assert len(fit["background_std"]) == len(want) and fit["scale_std"] > 0
 
 
+def test_shape_metrics_leave_out_the_fitted_background():
+    """A measurement = 2.7 × calc + 0.3 + 0.004·E (no noise): with --background linear the shape
+    metrics compare calc with the measurement minus the fitted background, so they find the same
+    shape (cosine 1, mse 0 and W1 0 to rounding) where, with the background left in, W1 is
+    several meV."""
+    calc = peaks(20.0, 45.0, 80.0) + 0.05
+    meas = 2.7 * calc + 0.3 + 0.004 * E
+    sigma = np.full_like(E, 0.05)
+    m = pair_metrics(spec(calc), _measured(meas, sigma), measured_b=True, background="linear")
+    assert m["cosine"] == pytest.approx(1.0, abs=1e-12) and m["mse"] < 1e-20
+    assert m["wasserstein_meV"] == pytest.approx(0.0, abs=1e-6)
+    assert m["peaks"]["unmatched_a"] == m["peaks"]["unmatched_b"] == []
+    raw = pair_metrics(spec(calc), _measured(meas, sigma), measured_b=True, background="none")
+    assert raw["wasserstein_meV"] > 2.0 and raw["cosine"] < 0.99
+
+
 def test_fit_to_poisson_counts_gives_chi2_per_dof_near_one():
     """N = 2000 points of Poisson counts with mean λ = 4·calc + 500 (λ ∈ [500, 4500]), σ =
     √λ: χ²/N has mean 1 and std sqrt(2/1998) (1 + 1/1000)^½ = 0.0317; held to 4 std = 0.127.

@@ -8,10 +8,10 @@ intensity is NaN (outside a range, a kinematic mask) or that lie outside ``e_ran
 from both before anything is computed. 2D spectra S(Q,E) are flattened for the bin-by-bin
 metrics and the fit; the Wasserstein distance and the peaks, which need one energy axis, are
 ``null`` for them. Every number that cannot be computed (a constant spectrum's Pearson r, a fit
-with no degrees of freedom) is ``null``, never NaN, so the file is strict JSON. The shape
-metrics (mse, cosine, W1, peaks) compare ``a`` with ``b`` as given: a background fitted with
-``--background`` is not subtracted from a measurement first, so a large flat background lowers
-the cosine and widens W1 even where the fit is good; the fit block says how much of ``b`` it is.
+with no degrees of freedom) is ``null``, never NaN, so the file is strict JSON. With a fitted
+background (``--background flat|linear`` against a measurement) the shape metrics (mse, mae,
+cosine, Pearson r, W1, peaks) compare ``a`` with the measurement minus that background, so a
+flat background does not count as a difference of shape; without one, with ``b`` as given.
 
 Defaults: a peak must stand out by 5 % of the spectrum's maximum (``prominence``) — above the
 few-per-cent noise of a good INS measurement, below the weakest modes worth naming — and two
@@ -327,6 +327,18 @@ def pair_metrics(a, b, *, measured_b: bool = False, background: str = "none", e_
         raise InputError(f"{a.kind} vs {b.kind}: fewer than 3 points in common"
                          + (f" inside {e_range[0]:g}-{e_range[1]:g} meV" if e_range else ""))
     e, ya, yb = energy[keep], ya[keep], yb[keep]
+    fit = None
+    if measured_b:
+        sigma = None if b.intensity_std is None else b.intensity_std.ravel()[keep]
+        fit = fit_scale_background(e, ya, yb, sigma, background)
+        if not fit["scale"] > 0:
+            import warnings
+
+            warnings.warn(f"the scale fitted onto {b.kind} is {fit['scale']:.3g}, not "
+                          f"positive: the calculation and the measurement do not match in shape "
+                          f"here (check the energy unit, range and background)", stacklevel=2)
+        if fit["background"]:      # the shapes are compared without the fitted background
+            yb = yb - np.polyval(list(reversed(fit["background"])), e)
     mse, mae = mse_mae(ya, yb)
     one_d = qa is None
     out = {"n_points": len(e), "e_range_meV": [float(e.min()), float(e.max())],
@@ -339,15 +351,7 @@ def pair_metrics(a, b, *, measured_b: bool = False, background: str = "none", e_
         out["peaks"] = {"prominence": float(prominence), "max_shift_meV": float(max_shift_meV),
                         **match_peaks(find_peak_positions(e, ya, prominence),
                                       find_peak_positions(e, yb, prominence), max_shift_meV)}
-    if measured_b:
-        sigma = None if b.intensity_std is None else b.intensity_std.ravel()[keep]
-        out["fit"] = fit_scale_background(e, ya, yb, sigma, background)
-        if not out["fit"]["scale"] > 0:
-            import warnings
-
-            warnings.warn(f"the scale fitted onto {b.kind} is {out['fit']['scale']:.3g}, not "
-                          f"positive: the calculation and the measurement do not match in shape "
-                          f"here (check the energy unit, range and background)", stacklevel=2)
+    out["fit"] = fit
     return out
 
 
