@@ -919,21 +919,17 @@ def _pick_measured(record: dict, name: str | None):
 
 # ---------------------------------------------------------------------------------- compare
 
-def _has_errors(sp) -> bool:
-    std = sp.intensity_std
-    return std is not None and bool(np.any(np.isfinite(std) & (std > 0)))
-
-
 def compare_pairs(aligned: dict, opts) -> list[dict]:
-    """Every pair's metrics, a measurement always ``b``; a fit that cannot be made (no error
-    bars) leaves ``fit`` null with a ``note``."""
+    """Every pair's metrics, a measurement always ``b`` and fitted (with equal weights when it
+    has no error bars, as `mlff-ins compare` does); a fit that cannot be made (degenerate)
+    leaves ``fit`` null with a ``note``."""
     from mlff_ins.compare.metrics import pair_metrics
 
     names, out = list(aligned), []
     for i, first in enumerate(names):
         for second in names[i + 1:]:
             a, b = (second, first) if aligned[first].source == "measured" else (first, second)
-            fit = aligned[b].source == "measured" and _has_errors(aligned[b])
+            fit = aligned[b].source == "measured"
             kw = {"background": opts.background, "e_range": opts.e_range}
             try:
                 m = pair_metrics(aligned[a], aligned[b], measured_b=fit, **kw)
