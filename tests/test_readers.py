@@ -280,7 +280,7 @@ def test_powder_sqe_propagates_unknown_errors_as_nan():
 
 
 def _processed(path, values, errors, axis1, axis2, units1="DeltaE", units2="MomentumTransfer",
-               frac=None, finalized=None):
+               frac=None, finalized=None, distribution=None):
     with h5py.File(path, "w") as f:
         entry = f.create_group("mantid_workspace_1")
         entry.attrs["NX_class"] = "NXentry"
@@ -295,9 +295,40 @@ def _processed(path, values, errors, axis1, axis2, units1="DeltaE", units2="Mome
             if finalized is not None:  # NexusFileIO writes "1"/"0" as NX_CHAR on frac_area
                 fa.attrs["finalized"] = np.bytes_(finalized)
                 fa.attrs["sqrd_errors"] = np.bytes_(b"0")
-        ws.create_dataset("axis1", data=axis1).attrs["units"] = units1
+        a1 = ws.create_dataset("axis1", data=axis1)
+        a1.attrs["units"] = units1
+        if distribution is not None:  # NexusFileIO: "1"/"0" with its NUL, NX_CHAR of length 2
+            a1.attrs.create("distribution", np.bytes_(distribution + b"\x00"), dtype="S2")
         ws.create_dataset("axis2", data=axis2).attrs["units"] = units2
     return path
+
+
+@pytest.mark.parametrize("units1, factor", [("DeltaE", 1.0), ("DeltaE_inWavenumber", 8.065544)])
+def test_counts_per_bin_become_a_density(tmp_path, units1, factor):
+    """distribution "0" (counts per bin) on log-spaced bins: dividing by the widths in meV gives
+    back the density the counts were integrated from; "1" and no flag keep the values."""
+    edges_meV = np.geomspace(2.0, 200.0, 25)
+    density = np.exp(-0.5 * ((0.5 * (edges_meV[1:] + edges_meV[:-1]) - 40.0) / 15.0) ** 2)
+    counts = density * np.diff(edges_meV)                 # what a histogram holds per bin
+    rows = np.vstack([counts, 2 * counts, 3 * counts])
+    kw = dict(units1=units1, units2="spectraNumber")
+    path = _processed(tmp_path / "c.nxs", rows, 0.1 * rows, edges_meV * factor,
+                      np.array([1.0, 2.0, 3.0]), distribution=b"0", **kw)
+    sp = read_measured(path)["s_e"]
+    assert sp.provenance["divided_by_bin_width"] is True
+    # 8.065544 cm-1/meV is quoted to 7 figures: the widths agree to 1e-6 relative
+    assert np.allclose(sp.intensity, 3 * density, rtol=1e-6)
+    assert np.allclose(sp.intensity_std, 0.3 * density, rtol=1e-6)
+    for flag in (b"1", None):
+        path = _processed(tmp_path / "d.nxs", rows, 0.1 * rows, edges_meV * factor,
+                          np.array([1.0, 2.0, 3.0]), distribution=flag, **kw)
+        sp = read_measured(path)["s_e"]
+        assert np.array_equal(sp.intensity, rows[2]) and "divided_by_bin_width" not in sp.provenance
+    # point data flagged "0": nothing to divide by, kept and said so
+    path = _processed(tmp_path / "p.nxs", rows, 0.1 * rows, edges_meV[1:] * factor,
+                      np.array([1.0, 2.0, 3.0]), distribution=b"0", **kw)
+    sp = read_measured(path)["s_e"]
+    assert np.array_equal(sp.intensity, rows[2]) and sp.provenance["divided_by_bin_width"] is False
 
 
 def test_sofqw_round_trip(tmp_path):

@@ -598,7 +598,8 @@ def _dataset(path: Path, group, name: str, where: str):
 
 
 def _attr(obj, name: str, default: str = "") -> str:
-    return _text(obj.attrs[name]).strip() if name in obj.attrs else default
+    # NeXus writes C strings with their terminating NUL (NexusFileIO's "1"/"0" flags)
+    return _text(obj.attrs[name]).strip("\x00 \t\r\n") if name in obj.attrs else default
 
 
 # --- NXSPE -----------------------------------------------------------------------------------
@@ -794,8 +795,11 @@ def _read_workspace(path: Path, entry, ws, bank) -> dict[str, Spectrum]:
     unit = _MANTID_ENERGY_IDS[units[x_name].lower()]
     x = _numeric_axis(path, axes[x_name], f"{where}/{x_name}")
     energy = energy_to_meV(_axis_centres(path, x, values.shape[1], f"{where}/{x_name}"), unit)
+    dist_note = {}
+    if x_name == "axis1":  # Mantid's distribution flag is about the X (axis1) bins
+        values, errors, dist_note = _to_distribution(path, axes["axis1"], x, unit, values, errors)
     base = {"format": "mantid_nexus_processed", "entry": entry.name.strip("/"),
-            "energy_unit_in_file": unit, **note}
+            "energy_unit_in_file": unit, **note, **dist_note}
     y_units = _attr(ws["values"], "units") or "arb. units"
     instrument = entry.get("instrument/name")
     instrument = "" if instrument is None else _text(instrument[()]).lower()
@@ -822,6 +826,31 @@ def _read_workspace(path: Path, entry, ws, bank) -> dict[str, Spectrum]:
         out["s_e" if len(chosen) == 1 else f"s_e_{labels[k]}"] = _measured_1d(
             energy, values[k], errors[k], y_units, instrument, prov)
     return out
+
+
+def _to_distribution(path: Path, axis1, x, unit: str, values, errors):
+    """Counts per bin to counts per meV, as Mantid's ConvertToDistribution does.
+
+    NexusFileIO writes ``distribution`` ("1"/"0") on axis1: "0" means each value is the content
+    of its energy bin, not a density. Comparing such data on uneven bins (log or wavenumber
+    binning) with a calculated S(E) per meV distorts the shape, so histogram data flagged "0"
+    are divided by their energy-bin widths in meV (errors too). Point data cannot be converted
+    and are kept as stored (noted); no flag, or "1", keeps the data as stored."""
+    flag = _flag(_attr(axis1, "distribution"))
+    if flag is None or flag:
+        return values, errors, {"distribution_in_file": flag}
+    n = values.shape[1]
+    if len(x) != n + 1:
+        return values, errors, {"distribution_in_file": False,
+                                "divided_by_bin_width": False,
+                                "distribution_note": "counts per bin on point data: kept as "
+                                                     "stored (no bin widths to divide by)"}
+    width = np.abs(np.diff(energy_to_meV(x, unit)))
+    if not np.all(width > 0):
+        raise InputError(f"{path}: energy bins of zero width; cannot convert counts per bin to "
+                         f"a distribution")
+    return values / width, errors / width, {"distribution_in_file": False,
+                                            "divided_by_bin_width": True}
 
 
 def _numeric_axis(path: Path, ds, where: str) -> np.ndarray:
