@@ -85,7 +85,10 @@ def thermal_properties(members, mesh, t_max: float = 1000.0, t_step: float = 10.
         # advises; a model without them (an Einstein solid) keeps all its modes
         m.run_qpoints([[0.0, 0.0, 0.0]])
         acoustic = np.sort(np.abs(m.qpoints.frequencies[0]))[:3].max() < GAMMA_ACOUSTIC_THZ
-        m.run_mesh(mesh, is_gamma_center=True)
+        # the full grid, as for the DOS: a length-derived mesh of a body-centred lattice
+        # (anatase: [11, 11, 15]) breaks the point group, and phonopy would fall back to
+        # time-reversal only with a warning; the sums are the same either way
+        m.run_mesh(mesh, is_gamma_center=True, is_mesh_symmetry=False)
         m.run_thermal_properties(t_min=0.0, t_max=t_max, t_step=t_step,
                                  exclude_gamma_acoustic=bool(acoustic))
         tp = m.get_thermal_properties_dict()
