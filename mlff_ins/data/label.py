@@ -275,9 +275,14 @@ def label_frames(frames_path: str | os.PathLike, calculator_yaml: str | os.PathL
                                retry_rejected=retry_rejected, progress=progress,
                                max_frames=max_frames, allow_config_change=allow_config_change)
         # a calculator that writes no files (EMT, a Python potential) leaves nothing to keep
+        # (a second run that started meanwhile may have put its own lock in: then the folder
+        # stays, and this finished run must not fail over it)
         if [f.name for f in workdir.iterdir()] == ["label.lock"]:
-            (workdir / "label.lock").unlink()
-            workdir.rmdir()
+            try:
+                (workdir / "label.lock").unlink()
+                workdir.rmdir()
+            except OSError:
+                pass
         return report
 
 
