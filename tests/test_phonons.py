@@ -109,6 +109,33 @@ def test_dos_area_and_partials():
     assert not props.imaginary          # a stable crystal: nothing below -0.05 THz
 
 
+def test_phonon_files_are_replaced_as_a_pair(tmp_path, monkeypatch):
+    """A failure while writing the HDF5 leaves the old .h5 and the old _phonopy_params.yaml
+    both as they were: never a new force-constant yaml beside an old .h5, or the reverse."""
+    import mlff_ins.phonons.io as pio
+
+    pset = phonons_from_force_sets(DATA / "MgO")
+    props = compute_properties(pset.members, [2, 2, 2], band_points=5, t_max=None)
+    out = tmp_path / "mgo.h5"
+    for path in (out, params_path(out)):
+        path.write_text("the user's earlier file")
+
+    def broken(f, *args):
+        f.attrs["format"] = "half"
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pio, "_write_h5", broken)
+    with pytest.raises(OSError, match="disk full"):
+        pio.write_phonons(out, pset, props)
+    for path in (out, params_path(out)):
+        assert path.read_text() == "the user's earlier file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mgo.h5", "mgo_phonopy_params.yaml"]
+    monkeypatch.undo()
+    pio.write_phonons(out, pset, props)
+    assert len(read_phonons(out).members) == 1 and "force_constants" in \
+        params_path(out).read_text()
+
+
 def test_imaginary_modes_are_reported(tmp_path, capsys):
     """Force constants of a dynamically unstable cell (negative on-site spring) are reported."""
     import phonopy

@@ -45,74 +45,80 @@ def _stats(group, name, values):
 
 
 def write_phonons(path: str | os.PathLike, pset: PhononSet, props: PhononProperties) -> list[Path]:
-    """Write ``path`` (HDF5) and its ``_phonopy_params.yaml`` atomically; return both paths."""
+    """Write ``path`` (HDF5) and its ``_phonopy_params.yaml``, each atomically and as a pair:
+    both are written in full to temporary files before either replaces its old version (a
+    failure leaves both old files as they were); return both paths."""
     import h5py
 
     path = Path(path)
+    yaml_path = params_path(path)
+    with atomic_path(yaml_path) as ytmp:
+        pset.mean.save(ytmp, settings={"force_constants": True})
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+            _write_h5(f, pset, props)
+    return [path, yaml_path]
+
+
+def _write_h5(f, pset: PhononSet, props: PhononProperties) -> None:
     ph = pset.members[0]
     unit = ph.unitcell
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["format"] = FORMAT
-        f.attrs["source"] = pset.source
-        f.attrs["n_members"] = len(pset.members)
-        f.attrs["code_version"] = __version__
-        f.attrs["provenance"] = json.dumps({**pset.provenance, "timings_s": pset.timings_s})
-        s = f.create_group("structure")
-        s["lattice"] = np.array(unit.cell)
-        s["scaled_positions"] = np.array(unit.scaled_positions)
-        s["symbols"] = np.array(list(unit.symbols), dtype="S")
-        s["masses"] = np.array(unit.masses)
-        s["supercell_matrix"] = np.array(ph.supercell_matrix)
-        s["primitive_matrix"] = np.array(ph.primitive_matrix)
-        if ph.nac_params is not None:  # Born charges (primitive cell) and dielectric tensor
-            nac = f.create_group("nac")
-            nac["born"] = np.array(ph.nac_params["born"])
-            nac["dielectric"] = np.array(ph.nac_params["dielectric"])
-            nac.attrs["factor"] = float(ph.nac_params["factor"])
-        fc = f.create_dataset("force_constants",
-                              data=np.array([m.force_constants for m in pset.members]),
-                              compression="gzip")
-        fc.attrs["units"] = "eV/angstrom^2"
-        m = f.create_group("mesh")
-        m["mesh"] = props.mesh
-        m["qpoints"] = props.qpoints
-        m["weights"] = props.weights
-        m["frequency_THz"] = props.frequencies_THz
-        m["energy_meV"] = props.frequencies_THz * MEV_PER_THZ
-        if props.eigenvectors is not None:
-            m.create_dataset("eigenvectors", data=props.eigenvectors, compression="gzip")
-        d = f.create_group("dos")
-        d["frequency_THz"] = props.dos_frequency_THz
-        d["energy_meV"] = props.dos_frequency_THz * MEV_PER_THZ
-        d.attrs["units"] = "states/THz per primitive cell"
-        _stats(d, "total", props.dos_total)
-        for el, v in props.dos_partial.items():
-            _stats(d, f"partial_{el}", v)
-        b = f.create_group("band")
-        b["qpoints"] = props.band_qpoints
-        b["distance"] = props.band_distances
-        b["label_distance"] = np.array([x for x, _ in props.band_labels])
-        b["labels"] = np.array([lab for _, lab in props.band_labels], dtype="S")
-        b["frequency_THz"] = props.band_frequencies_THz
-        if props.thermal is not None:
-            th = props.thermal
-            g = f.create_group("thermal")
-            g["temperature_K"] = th["temperature_K"]
-            g.attrs["formula_unit"] = th["formula"]
-            g.attrs["source"] = "phonopy thermal properties (harmonic), on the mesh above"
-            for label in ("per_atom", "per_formula_unit"):
-                sub = g.create_group(label)
-                for name, values in th[label].items():
-                    _stats(sub, name, values)
-                    sub[f"{name}_mean"].attrs["units"] = th["units"][name]
-        im = f.create_group("imaginary")
-        im["qpoints"] = np.array([q for q, _, _ in props.imaginary]).reshape(-1, 3)
-        im["frequency_THz"] = np.array([x for _, x, _ in props.imaginary])
-        im["where"] = np.array([w for _, _, w in props.imaginary], dtype="S")
-    yaml_path = params_path(path)
-    with atomic_path(yaml_path) as tmp:
-        pset.mean.save(tmp, settings={"force_constants": True})
-    return [path, yaml_path]
+    f.attrs["format"] = FORMAT
+    f.attrs["source"] = pset.source
+    f.attrs["n_members"] = len(pset.members)
+    f.attrs["code_version"] = __version__
+    f.attrs["provenance"] = json.dumps({**pset.provenance, "timings_s": pset.timings_s})
+    s = f.create_group("structure")
+    s["lattice"] = np.array(unit.cell)
+    s["scaled_positions"] = np.array(unit.scaled_positions)
+    s["symbols"] = np.array(list(unit.symbols), dtype="S")
+    s["masses"] = np.array(unit.masses)
+    s["supercell_matrix"] = np.array(ph.supercell_matrix)
+    s["primitive_matrix"] = np.array(ph.primitive_matrix)
+    if ph.nac_params is not None:  # Born charges (primitive cell) and dielectric tensor
+        nac = f.create_group("nac")
+        nac["born"] = np.array(ph.nac_params["born"])
+        nac["dielectric"] = np.array(ph.nac_params["dielectric"])
+        nac.attrs["factor"] = float(ph.nac_params["factor"])
+    fc = f.create_dataset("force_constants",
+                          data=np.array([m.force_constants for m in pset.members]),
+                          compression="gzip")
+    fc.attrs["units"] = "eV/angstrom^2"
+    m = f.create_group("mesh")
+    m["mesh"] = props.mesh
+    m["qpoints"] = props.qpoints
+    m["weights"] = props.weights
+    m["frequency_THz"] = props.frequencies_THz
+    m["energy_meV"] = props.frequencies_THz * MEV_PER_THZ
+    if props.eigenvectors is not None:
+        m.create_dataset("eigenvectors", data=props.eigenvectors, compression="gzip")
+    d = f.create_group("dos")
+    d["frequency_THz"] = props.dos_frequency_THz
+    d["energy_meV"] = props.dos_frequency_THz * MEV_PER_THZ
+    d.attrs["units"] = "states/THz per primitive cell"
+    _stats(d, "total", props.dos_total)
+    for el, v in props.dos_partial.items():
+        _stats(d, f"partial_{el}", v)
+    b = f.create_group("band")
+    b["qpoints"] = props.band_qpoints
+    b["distance"] = props.band_distances
+    b["label_distance"] = np.array([x for x, _ in props.band_labels])
+    b["labels"] = np.array([lab for _, lab in props.band_labels], dtype="S")
+    b["frequency_THz"] = props.band_frequencies_THz
+    if props.thermal is not None:
+        th = props.thermal
+        g = f.create_group("thermal")
+        g["temperature_K"] = th["temperature_K"]
+        g.attrs["formula_unit"] = th["formula"]
+        g.attrs["source"] = "phonopy thermal properties (harmonic), on the mesh above"
+        for label in ("per_atom", "per_formula_unit"):
+            sub = g.create_group(label)
+            for name, values in th[label].items():
+                _stats(sub, name, values)
+                sub[f"{name}_mean"].attrs["units"] = th["units"][name]
+    im = f.create_group("imaginary")
+    im["qpoints"] = np.array([q for q, _, _ in props.imaginary]).reshape(-1, 3)
+    im["frequency_THz"] = np.array([x for _, x, _ in props.imaginary])
+    im["where"] = np.array([w for _, _, w in props.imaginary], dtype="S")
 
 
 def read_phonons(path: str | os.PathLike) -> PhononSet:
