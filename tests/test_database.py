@@ -301,6 +301,19 @@ def test_dask_local_cluster_equals_the_serial_run(serial_db, tmp_path):
     _assert_same(_entries(db_ref), _entries(db))
 
 
+def test_lowest_mode_leaves_out_the_acoustic_modes_not_an_unstable_optical_one():
+    from mlff_ins.predict.database import lowest_mode_THz
+
+    q = [[0, 0, 0], [0.5, 0, 0]]
+    stable = [[-1e-4, 2e-5, 3e-4, 5.0, 5.0, 6.0], [1.0, 1.0, 2.0, 5.0, 5.0, 6.0]]
+    assert lowest_mode_THz(q, stable) == 1.0
+    # a triply degenerate imaginary mode at Γ only (T1u of a cubic perovskite): the three
+    # acoustic modes near 0 are left out, the -2 THz mode decides
+    t1u = [[-2.0, -2.0, -2.0, -1e-4, 2e-5, 3e-4], [1.0, 1.0, 2.0, 5.0, 5.0, 6.0]]
+    assert lowest_mode_THz(q, t1u) == -2.0
+    assert lowest_mode_THz([[0.5, 0, 0]], [[-0.4, 1.0, 2.0]]) == -0.4     # no Γ in the mesh
+
+
 def test_supercell_widths_and_cap():
     al = bulk("Al", "fcc", 4.05)                   # primitive fcc: widths a/sqrt(3) = 2.338 Å
     assert supercell_for(al, 9.0, 1000) == [4, 4, 4]

@@ -204,6 +204,17 @@ def supercell_for(atoms, length_A: float, max_atoms: int) -> list[int]:
     return n.tolist()
 
 
+def lowest_mode_THz(qpoints, freqs_THz) -> float:
+    """The lowest mesh frequency other than the three acoustic modes at Γ (zero by
+    construction): at Γ the three closest to zero are left out, not the three lowest, which
+    would drop a triply degenerate imaginary optical mode (a cubic perovskite's T1u)."""
+    freqs, q = np.asarray(freqs_THz, dtype=float), np.asarray(qpoints, dtype=float)
+    gamma = np.all(np.isclose(q - np.rint(q), 0), axis=1)
+    g = freqs[gamma]
+    rest = np.take_along_axis(g, np.argsort(np.abs(g), axis=1)[:, 3:], axis=1)
+    return float(min(rest.min(initial=np.inf), freqs[~gamma].min(initial=np.inf)))
+
+
 def entry_spectra(ph, opts: SpectraOptions) -> dict:
     """Every stored array of one entry from a phonopy object with force constants: DOS and
     element partials, VISION and TOSCA S(E) (with element partials for VISION), powder S(Q,E),
@@ -227,11 +238,7 @@ def entry_spectra(ph, opts: SpectraOptions) -> dict:
         _, _, two = two_d_arrays(modes, sites, ins)
     elements = list(dict.fromkeys(sites["symbols"]))
     partial = np.array([dos[f"vdos_{el}"] for el in elements])
-    freqs = np.asarray(modes.freqs)
-    gamma = np.all(np.isclose(modes.qpoints - np.rint(modes.qpoints), 0), axis=1)
-    # the three acoustic modes at Γ are zero by construction; the lowest of the rest decides
-    lowest = min(np.sort(freqs[gamma], axis=1)[:, 3:].min(initial=np.inf),
-                 freqs[~gamma].min(initial=np.inf))
+    lowest = lowest_mode_THz(modes.qpoints, modes.freqs)
     return dict(
         elements=elements, dos=dos["vdos"], dos_partial=partial,
         vision=vision["s_e"],
@@ -255,7 +262,7 @@ def compute_entry(key: str, atoms, opts: BuildOptions, calc) -> dict:
                        if opts.relax else atoms.copy())
             sc = supercell_for(relaxed, opts.supercell_length_A, opts.max_supercell_atoms)
             pset = phonons_from_model(relaxed, _forces_interface(calc), sc, primitive="P")
-        ph = pset.members[0]
+        ph = pset.mean      # a model-bundle teacher: its members' mean, as it was relaxed
         arrays = entry_spectra(ph, opts.spectra)
     except (KeyboardInterrupt, SystemExit):
         raise
