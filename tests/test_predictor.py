@@ -82,6 +82,36 @@ def test_composition_split_keeps_formulas_apart():
     assert split == composition_split(list(formulas))            # the same every time
 
 
+def test_split_keeps_prototype_families_and_formulas_apart():
+    """30 prototypes with 8 substitutions each, formulas shared between prototypes (as AB
+    binaries are): no family and no formula in two of train/valid/test."""
+    from mlff_ins.predict.predictor import structure_family
+
+    rng = np.random.default_rng(3)
+    elements = ["Na", "K", "Cs", "Cl", "Br", "I", "Mg", "Ca", "O", "S", "Zn", "Cd"]
+    keys, formulas = [], []
+    for p in range(30):
+        keys.append(f"aflow:P{p}")
+        formulas.append(f"{elements[p % 12]}{elements[(p + 5) % 12]}")
+        for k in range(8):
+            a, b = rng.choice(12, 2, replace=False)
+            keys.append(f"sub:P{p}:{elements[a]}-{elements[b]}")
+            formulas.append(f"{elements[a]}{elements[b]}")
+    families = [structure_family(k) for k in keys]
+    assert families[0] == "P0" and families[1] == "P0" and structure_family("bulk:Cu") == "bulk:Cu"
+    split = composition_split(formulas, families)
+    assert split == composition_split(formulas, families)
+    used = {"train", "valid", "test"}
+    assert used <= set(split)
+    for attr in (families, formulas):
+        where = {}
+        for x, s in zip(attr, split):
+            if s in used:
+                where.setdefault(x, set()).add(s)
+        assert all(len(s) == 1 for s in where.values())
+    assert split.count("train") >= 0.6 * len(split)
+
+
 def test_rebin_keeps_bin_means():
     e = np.linspace(0, 100, 1001)
     edges = np.array([10.0, 20.0, 35.5])
@@ -136,9 +166,18 @@ def test_predict_command_with_partials_spread_and_warnings(small_predictor, tmp_
     assert main(["predict", str(fe), "--predictor", str(out), "-o", str(tmp_path / "fe.h5")]) == 0
     err = capsys.readouterr().err
     assert "Fe were not in the predictor's training data" in err
-    assert "outside the training range" in err
     prov = read_spectra(tmp_path / "fe.h5")["s_e"].provenance
     assert any("Fe" in w for w in prov["warnings"])
+    # a known element in a squeezed cell (Cu at 2.05 Å from its neighbours, 2.55 Å in the fcc
+    # metal), and one with no neighbour within the cutoff (fcc at 12 Å: 8.5 Å apart, cutoff 4 Å)
+    p = Predictor(out)
+    squeezed = p.familiarity(bulk("Cu", "fcc", 2.05 * 2 ** 0.5))
+    assert any("Cu: nearest-neighbour distances 2.05-2.05 Å" in w for w in squeezed)
+    # shells of 12, 6 and 24 at 2.05, 2.90 and 3.55 Å lie within 4 Å (the next at 4.10)
+    assert any("Cu: 42-42 neighbours within 4 Å" in w for w in squeezed)
+    isolated = p.familiarity(bulk("Cu", "fcc", 12.0))
+    assert any("without a neighbour within 4 Å" in w for w in isolated)
+    assert p.familiarity(bulk("Cu", "fcc", 3.61)) == []
 
 
 def test_temperature_applies_the_bose_factor(small_predictor):

@@ -62,19 +62,53 @@ def shipped_predictor() -> Path:
     return path
 
 
-def composition_split(formulas, fractions=(0.8, 0.1)) -> list[str]:
-    """'train', 'valid' or 'test' for each reduced formula: the distinct formulas ordered by
-    their SHA-256 (the same on every machine), the first ``fractions[0]`` of them for training,
-    the next ``fractions[1]`` (at least one) for validation, the rest (at least one, from three
-    formulas on) for the test. No formula is in two splits."""
-    unique = sorted(set(formulas), key=lambda f: hashlib.sha256(f.encode()).hexdigest())
-    n = len(unique)
-    n_valid = max(1, int(round(fractions[1] * n))) if n >= 2 else 0
-    n_test = max(1, int(round((1 - sum(fractions)) * n))) if n >= 3 else 0
-    n_train = n - n_valid - n_test
-    label = {f: "train" if i < n_train else "valid" if i < n_train + n_valid else "test"
-             for i, f in enumerate(unique)}
-    return [label[f] for f in formulas]
+def structure_family(key: str) -> str:
+    """The family of a database entry: the AFLOW prototype label for ``aflow:LABEL`` and its
+    substitutions ``sub:LABEL:...``, the key itself otherwise."""
+    parts = str(key).split(":")
+    return parts[1] if parts[0] in ("aflow", "sub") and len(parts) > 1 else str(key)
+
+
+def composition_split(formulas, families=None, fractions=(0.8, 0.1)) -> list[str]:
+    """'train', 'valid', 'test' or 'excluded' for each entry, by structure family and formula.
+
+    Whole families (:func:`structure_family`; each formula its own family when ``families`` is
+    None) go to one split: the families in the order of their SHA-256 (the same on every
+    machine) fill the test set up to ``1 - sum(fractions)`` of the entries, then validation
+    up to ``fractions[1]`` (a family that would overfill a set by half its target passes on),
+    the rest train. Then no formula is in two splits: a validation or test entry whose formula
+    is in training, or a test entry whose formula is in validation, is ``excluded`` (used
+    nowhere). So the test holds neither a composition nor a structure type seen in training:
+    the 40 substitutions of one prototype are not spread over the splits."""
+    families = list(formulas) if families is None else list(families)
+    if len(families) != len(formulas):
+        raise ValueError("one family per formula")
+    size = {}
+    for fam in families:
+        size[fam] = size.get(fam, 0) + 1
+    order = sorted(size, key=lambda f: hashlib.sha256(f.encode()).hexdigest())
+    n = len(formulas)
+    target = {"test": max(1, round((1 - sum(fractions)) * n)) if len(order) >= 3 else 0,
+              "valid": max(1, round(fractions[1] * n)) if len(order) >= 2 else 0}
+    count = {"test": 0, "valid": 0}
+    label = {}
+    for fam in order:
+        label[fam] = "train"
+        for split in ("test", "valid"):
+            if count[split] < target[split] and count[split] + size[fam] <= 1.5 * target[split]:
+                label[fam], count[split] = split, count[split] + size[fam]
+                break
+    for split in ("test", "valid"):    # every family too big: the smallest training one
+        if target[split] and not count[split]:
+            rest = [f for f in order if label[f] == "train"]
+            if len(rest) > 1:
+                label[min(rest, key=lambda f: size[f])] = split
+    out = [label[fam] for fam in families]
+    seen = {s: {f for f, x in zip(formulas, out) if x == s} for s in ("train", "valid")}
+    for i, (f, x) in enumerate(zip(formulas, out)):
+        if (x in ("valid", "test") and f in seen["train"]) or (x == "test" and f in seen["valid"]):
+            out[i] = "excluded"
+    return out
 
 
 def _atoms(entry):
@@ -108,7 +142,8 @@ def load_examples(db, targets=TARGETS, limit: int | None = None):
     ys = np.array([[_normalised(rebin(e, entry[t], edges)) for t in targets] for entry in entries])
     options = json.loads(grids.get("spectra_options", "{}"))
     formulas = [_atoms(x).get_chemical_formula(empirical=True) for x in entries]
-    facts = {"temperature_K": float(options.get("temperature_K", 10.0)),
+    facts = {"keys": [str(x.get("key", x["name"])) for x in entries],
+             "temperature_K": float(options.get("temperature_K", 10.0)),
              "teacher": grids.get("teacher", ""), "q_invA": grids["q_invA"],
              "energy_2d_meV": grids["energy_2d_meV"],
              "maps": np.array([x["sqe"] for x in entries], dtype=np.float32)}
@@ -185,9 +220,10 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
     hyper = {**default_hyper(len(GRID_EDGES_INVCM) - 1), **(hyper or {}),
              "n_blocks": len(targets)}
     hyper["n_out"] = hyper["n_blocks"] * (len(GRID_EDGES_INVCM) - 1)
-    split = composition_split(formulas)
+    split = composition_split(formulas, [structure_family(k) for k in facts["keys"]])
     graphs = [graph(a, hyper["cutoff_A"]) for a in structures]
-    idx = {s: [i for i, x in enumerate(split) if x == s] for s in ("train", "valid", "test")}
+    idx = {s: [i for i, x in enumerate(split) if x == s]
+           for s in ("train", "valid", "test", "excluded")}
     if len(idx["train"]) < 2 or not idx["valid"]:
         raise InputError(f"{db}: {len(structures)} usable entries are too few to split by "
                          "composition (need several formulas in train and validation)")
@@ -336,16 +372,28 @@ def evaluate_two_d(predictor, structures, raw_maps) -> dict:
 
 
 def _training_stats(structures, train_idx, cutoff) -> dict:
-    nn_all, coord_all, elements = [], [], set()
+    """Elements of the training structures and, overall and per element, the range of
+    nearest-neighbour distances (atoms with a neighbour within the cutoff) and of neighbour
+    counts within the cutoff; ``isolated`` counts atoms with none."""
+    rows = {}
     for i in train_idx:
         nn, coord = neighbour_stats(structures[i], cutoff)
-        nn_all.append(nn[np.isfinite(nn)])
-        coord_all.append(coord)
-        elements.update(structures[i].get_chemical_symbols())
-    nn_all, coord_all = np.concatenate(nn_all), np.concatenate(coord_all)
-    return {"elements": sorted(elements),
-            "nearest_neighbour_A": [float(nn_all.min()), float(nn_all.max())],
-            "neighbours_within_cutoff": [int(coord_all.min()), int(coord_all.max())]}
+        for el, d, c in zip(structures[i].get_chemical_symbols(), nn, coord):
+            rows.setdefault(el, []).append((d, c))
+    per_element = {}
+    for el, r in sorted(rows.items()):
+        d, c = np.array([x for x, _ in r]), np.array([y for _, y in r])
+        fin = d[np.isfinite(d)]
+        per_element[el] = {"nearest_neighbour_A": ([float(fin.min()), float(fin.max())]
+                                                   if len(fin) else None),
+                           "neighbours_within_cutoff": [int(c.min()), int(c.max())],
+                           "isolated": int(np.sum(~np.isfinite(d)))}
+    ranges = [v["nearest_neighbour_A"] for v in per_element.values() if v["nearest_neighbour_A"]]
+    counts = [v["neighbours_within_cutoff"] for v in per_element.values()]
+    return {"elements": sorted(rows),
+            "nearest_neighbour_A": [min(r[0] for r in ranges), max(r[1] for r in ranges)],
+            "neighbours_within_cutoff": [min(r[0] for r in counts), max(r[1] for r in counts)],
+            "per_element": per_element}
 
 
 #: a predictor whose test median MSE is above this fraction of the mean-spectrum baseline's is
@@ -494,18 +542,31 @@ class Predictor:
         if unseen:
             out.append(f"element(s) {', '.join(unseen)} were not in the predictor's training "
                        "data: its spectrum is extrapolated and may be wrong")
-        nn, coord = neighbour_stats(atoms, self.meta["hyper"]["cutoff_A"])
-        lo, hi = self.meta["nearest_neighbour_A"]
-        finite = nn[np.isfinite(nn)]
-        if len(finite) < len(nn) or (len(finite) and (finite.min() < 0.9 * lo
-                                                      or finite.max() > 1.1 * hi)):
-            out.append(f"nearest-neighbour distances {finite.min():.2f}-{finite.max():.2f} Å "
-                       f"(isolated atoms: {len(nn) - len(finite)}) lie outside the training "
-                       f"range {lo:.2f}-{hi:.2f} Å")
-        clo, chi = self.meta["neighbours_within_cutoff"]
-        if coord.min() < clo or coord.max() > chi:
-            out.append(f"neighbours within {self.meta['hyper']['cutoff_A']:g} Å: "
-                       f"{coord.min()}-{coord.max()}, training range {clo}-{chi}")
+        cutoff = self.meta["hyper"]["cutoff_A"]
+        nn, coord = neighbour_stats(atoms, cutoff)
+        symbols = np.array(atoms.get_chemical_symbols())
+        per = self.meta.get("per_element")
+        if per is None:   # predictors saved before per-element ranges: one range for all atoms
+            per = {el: {"nearest_neighbour_A": self.meta["nearest_neighbour_A"],
+                        "neighbours_within_cutoff": self.meta["neighbours_within_cutoff"],
+                        "isolated": 0} for el in set(symbols)}
+        for el in sorted(set(symbols) & set(per)):
+            ref = per[el]
+            d, c = nn[symbols == el], coord[symbols == el]
+            fin = d[np.isfinite(d)]
+            if len(fin) < len(d) and not ref.get("isolated"):
+                out.append(f"{el}: {len(d) - len(fin)} atom(s) without a neighbour within "
+                           f"{cutoff:g} Å, unlike every {el} in training: the network sees "
+                           f"them as free atoms")
+            lo_hi = ref["nearest_neighbour_A"]
+            if len(fin) and lo_hi and (fin.min() < 0.9 * lo_hi[0] or fin.max() > 1.1 * lo_hi[1]):
+                out.append(f"{el}: nearest-neighbour distances {fin.min():.2f}-{fin.max():.2f} Å "
+                           f"lie outside those of {el} in training, {lo_hi[0]:.2f}-"
+                           f"{lo_hi[1]:.2f} Å")
+            clo, chi = ref["neighbours_within_cutoff"]
+            if c.min() < clo or c.max() > chi:
+                out.append(f"{el}: {c.min()}-{c.max()} neighbours within {cutoff:g} Å, "
+                           f"{clo}-{chi} for {el} in training")
         return out
 
     def predict(self, atoms, instrument: str = "vision", temperature_K: float | None = None,
@@ -599,7 +660,10 @@ def write_report(out_dir: Path, meta: dict, test, predictor, fits) -> None:
     lines = ["# Predictor report", "",
              f"Database {meta['database']} (spectra at {meta['database_temperature_K']:g} K), "
              f"targets {', '.join(meta['targets'])} on 120 bins of 10-1200 cm⁻¹, max-normalised.",
-             f"Split by composition: {meta['split_sizes']}.",
+             f"Split by structure family (AFLOW prototype and its substitutions) and formula: "
+             f"{meta['split_sizes']} (excluded: validation or test entries whose formula is in "
+             f"an earlier split; the test shares neither a formula nor a prototype with "
+             f"training).",
              f"Elements in training ({len(meta['elements'])}): {' '.join(meta['elements'])}.",
              f"{len(meta['members'])} members; best validation MSE "
              f"{', '.join(f'{v:.4f}' for v in meta['best_valid_mse'])}.", ""]
