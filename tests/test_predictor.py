@@ -228,6 +228,19 @@ def test_two_d_prediction_and_its_report(small_predictor, tmp_path):
     assert sqe.intensity.shape == (len(two["q_invA"]), len(two["energy_meV"]))
     assert sqe.intensity.max() == pytest.approx(1.0) and sqe.intensity.min() >= 0
     assert sqe.intensity_std is not None
+    # another temperature: the one-phonon Bose ratio per energy column, T/T_db at E = 0 (its
+    # E -> 0 limit), before max-normalisation
+    from mlff_ins.ins.modes import _bose
+
+    p = Predictor(out)
+    a = bulk("Cu", "fcc", 3.61)
+    cold = p.predict(a, two_d=True)[0]["sqe"]
+    warm = p.predict(a, temperature_K=300.0, two_d=True)[0]["sqe"]
+    e = np.asarray(two["energy_meV"])
+    assert e[0] == 0 and e[1] > 0
+    ratio = np.concatenate([[300.0 / 10.0], (1 + _bose(e[1:], 300.0)) / (1 + _bose(e[1:], 10.0))])
+    expect = cold.intensity * ratio
+    np.testing.assert_allclose(warm.intensity, expect / expect.max(), rtol=1e-5, atol=1e-7)
 
 
 def test_two_d_on_a_predictor_without_it_is_one_line(small_predictor, tmp_path, capsys):
