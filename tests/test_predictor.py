@@ -71,6 +71,40 @@ def test_predictions_are_invariant():
         np.testing.assert_allclose(_spectrum(net, other), ref, atol=1e-10)
 
 
+def test_element_partials_add_up_and_enter_the_loss():
+    """forward_with_partials: each crystal's element partials sum to its max-normalised
+    spectrum, in a batch of two crystals; the loss grows when the partial targets are swapped
+    between elements and equals the spectra's MSE for a target without partials (NaN)."""
+    from mlff_ins.predict.predictor import _loss
+
+    net = _net()
+    crystals = [_crystal(), bulk("Cu", "fcc", 3.61)]
+    graphs = []
+    for a in crystals:
+        elements = list(dict.fromkeys(a.get_chemical_symbols()))
+        g = graph(a, 4.0)
+        g["elem_slot"] = np.array([elements.index(s) for s in a.get_chemical_symbols()])
+        g["partial"] = np.zeros((len(elements), 2, 12))
+        graphs.append(g)
+    with torch.no_grad():
+        total, parts = net.forward_with_partials(collate(graphs, torch.float64))
+        np.testing.assert_allclose(total.numpy(), net(collate(graphs, torch.float64)).numpy(),
+                                   rtol=1e-12)
+        np.testing.assert_allclose(parts[:3].sum(dim=0).numpy(), total[0].numpy(), rtol=1e-10)
+        np.testing.assert_allclose(parts[3].numpy(), total[1].numpy(), rtol=1e-10)
+        # targets: the network's own partials (loss = 0), then Cu's and Au's swapped
+        for g, k in ((graphs[0], slice(0, 3)), (graphs[1], slice(3, 4))):
+            g["partial"] = parts[k].numpy().copy()
+        exact = _loss(net, collate(graphs, torch.float64), total)
+        assert float(exact[0]) < 1e-20
+        graphs[0]["partial"] = graphs[0]["partial"][[1, 0, 2]]
+        swapped = _loss(net, collate(graphs, torch.float64), total)
+        assert float(swapped[0]) > 1e-6 and float(swapped[1]) < 1e-20
+        for g in graphs:
+            g["partial"][:, 1] = np.nan          # the second target has no partials
+        assert float(_loss(net, collate(graphs, torch.float64), total)[0]) > 1e-6
+
+
 def test_composition_split_keeps_formulas_apart():
     formulas = ["NaCl", "KBr", "NaCl", "MgO", "Si", "KBr", "GaAs", "ZnO", "CaF2", "Al2O3"] * 2
     split = composition_split(formulas)
@@ -124,6 +158,7 @@ def test_training_writes_a_complete_predictor(small_predictor):
     saved = json.loads((out / "predictor.json").read_text())
     assert saved["split_sizes"]["train"] >= 10 and saved["split_sizes"]["valid"] >= 1
     assert saved["test"]["n"] == saved["split_sizes"]["test"] >= 1
+    assert "partials_median_mse" in saved["test"]      # null when no test crystal is a compound
     for key in ("cutoff_A", "lmax", "hidden", "num_neighbors", "n_out", "n_blocks"):
         assert key in saved["hyper"]                              # everything in the checkpoint
     assert saved["grid_edges_invcm"][0] == 10 and saved["grid_edges_invcm"][-1] == 1200

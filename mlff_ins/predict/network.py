@@ -56,6 +56,27 @@ def collate(graphs: list[dict], dtype=torch.float32, device="cpu") -> dict:
         "batch": torch.as_tensor(np.repeat(np.arange(len(graphs)), [len(g["z"]) for g in graphs]),
                                  device=device),
         "n_graphs": len(graphs),
+        **_collate_partials(graphs, dtype, device),
+    }
+
+
+def _collate_partials(graphs: list[dict], dtype, device) -> dict:
+    """Element-partial targets, when every graph has them (``elem_slot``: each node's element
+    index within its graph; ``partial``: (elements, blocks, bins), NaN where a target has no
+    partials): ``group`` (each node's (graph, element) group), ``group_graph`` and the
+    stacked targets ``partial``."""
+    if not graphs or not all("partial" in g for g in graphs):
+        return {}
+    offsets = np.cumsum([0] + [len(g["partial"]) for g in graphs[:-1]])
+    return {
+        "group": torch.as_tensor(np.concatenate([g["elem_slot"] + o
+                                                 for g, o in zip(graphs, offsets)]),
+                                 device=device),
+        "group_graph": torch.as_tensor(np.repeat(np.arange(len(graphs)),
+                                                 [len(g["partial"]) for g in graphs]),
+                                       device=device),
+        "partial": torch.as_tensor(np.concatenate([g["partial"] for g in graphs]), dtype=dtype,
+                                   device=device),
     }
 
 
@@ -114,6 +135,26 @@ class SpectrumNetwork(torch.nn.Module):
         for layer in self.net.layers:
             x = layer(x, z, data["src"], data["dst"], edge_attr, basis)
         return x if h.get("head") == "latent" else torch.nn.functional.softplus(x)
+
+    def forward_with_partials(self, data: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(crystal spectra as :meth:`forward`, element partials (groups, n_blocks, bins) on
+        the same scale: each element's share of the atom mean, divided by the crystal's
+        maximum), for the batch's (graph, element) groups (``collate`` of graphs with
+        partial targets)."""
+        nb = int(self.hyper.get("n_blocks", 1))
+        per_atom = self.atom_outputs(data)
+        n = data["n_graphs"]
+        count = per_atom.new_zeros(n).index_add_(0, data["batch"],
+                                                 torch.ones_like(data["batch"],
+                                                                 dtype=per_atom.dtype))
+        total = pool_mean(per_atom, data["batch"], n).reshape(n, nb, -1)
+        scale = total.max(dim=2, keepdim=True).values.clamp_min(1e-12)
+        n_groups = len(data["group_graph"])
+        sums = per_atom.new_zeros((n_groups, per_atom.shape[1])).index_add_(0, data["group"],
+                                                                            per_atom)
+        g = data["group_graph"]
+        parts = sums.reshape(n_groups, nb, -1) / count[g][:, None, None] / scale[g]
+        return total / scale, parts
 
     def forward(self, data: dict) -> torch.Tensor:
         """(graphs, n_blocks, bins) crystal spectra, each block (one target spectrum) divided by
