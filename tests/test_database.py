@@ -132,6 +132,11 @@ def test_stored_force_constants_give_back_the_spectra(serial_db, tmp_path):
     same = tmp_path / "same.h5"
     respectra(db, same, SMALL, progress=False)
     _assert_same(_entries(db), _entries(same))
+    # its build settings go with it: a build into the output with another supercell is refused
+    from dataclasses import replace
+
+    with pytest.raises(InputError, match="supercell_length_A"):
+        build_database([], same, replace(_opts(), supercell_length_A=9.0), progress=False)
     # an entry's phonopy object rebuilt from the file gives the stored DOS directly too
     al = next(e for e in _entries(db).values() if e["formula"] == "Al")
     again = entry_spectra(phonopy_of_entry(al), SMALL)
@@ -235,6 +240,17 @@ def test_records_alone_rebuild_the_database_without_the_teacher(serial_db, tmp_p
         build_database(structures, tmp_path / "db2.h5", replace(_opts(), teacher="sevennet-0"),
                        progress=False, records=records)
     assert not (tmp_path / "db2.h5").exists() and calls == []
+    # the records keep the relaxation and supercell settings they were made with: restoring
+    # them into a build with other settings is refused (its new entries would differ)
+    from mlff_ins.predict.database import records_build_options
+
+    assert records_build_options(records) == {"relax": True, "fmax": 5e-3, "relax_steps": 300,
+                                              "supercell_length_A": 7.0,
+                                              "max_supercell_atoms": 64}
+    with pytest.raises(InputError, match="its records were computed with supercell_length_A"):
+        build_database(structures, tmp_path / "db3.h5", replace(_opts(), supercell_length_A=9.0),
+                       progress=False, records=records)
+    assert not (tmp_path / "db3.h5").exists() and calls == []
     # a database goes on with the settings it was started with: another teacher, temperature or
     # supercell is refused before any work (the file would say one and hold the other)
     before = db.read_bytes()

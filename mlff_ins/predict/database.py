@@ -613,14 +613,38 @@ def _folder_lock(path: Path):
         os.close(fd)        # releases the lock
 
 
-def append_records(path: str | os.PathLike, entries, *, compact: bool = False) -> int:
+#: the build options that shape the teacher's work (the relaxation and the supercell); a
+#: records file keeps those it was started with (attribute ``build_options``)
+TEACHER_OPTIONS = ("relax", "fmax", "relax_steps", "supercell_length_A", "max_supercell_atoms")
+
+
+def teacher_options(build_options: dict) -> dict:
+    return {k: build_options[k] for k in TEACHER_OPTIONS if k in build_options}
+
+
+def records_build_options(path: str | os.PathLike) -> dict | None:
+    """The teacher-side build options a records file was started with (None: not recorded,
+    files written before they were)."""
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    with h5py.File(path, "r") as f:
+        text = f.attrs.get("build_options")
+    return None if text is None else json.loads(str(text))
+
+
+def append_records(path: str | os.PathLike, entries, *, compact: bool = False,
+                   build_options: dict | None = None) -> int:
     """Add the teacher records of ``entries`` not yet in the records file ``path`` (created
     when missing); returns how many were added. The new file is written beside ``path`` and
     moved onto it, so ``path`` is always a whole file, with or without the new records, and a
     record is never there twice (its name is its key's hash). The old file is copied and the
     records added to the copy, which leaves a few kB of unused space per call in the file;
     ``compact`` writes every record into a fresh file instead (raw chunk copies, no
-    recompression), which the build does whenever it consolidates."""
+    recompression), which the build does whenever it consolidates. ``build_options`` (the
+    build's, :data:`TEACHER_OPTIONS` kept) are stored when the file has none yet."""
     import shutil
 
     import h5py
@@ -637,7 +661,8 @@ def append_records(path: str | os.PathLike, entries, *, compact: bool = False) -
             name = entry_name(e["key"])
             if name not in present and name not in new:
                 new[name] = record_of(e)
-        if not new and path.exists() and not compact:
+        missing_options = build_options is not None and records_build_options(path) is None
+        if not new and path.exists() and not compact and not missing_options:
             return 0
         with atomic_path(path) as tmp:
             fresh = compact or not path.exists()
@@ -654,6 +679,10 @@ def append_records(path: str | os.PathLike, entries, *, compact: bool = False) -
                     with h5py.File(path, "r") as src:
                         for name, g in src["records"].items():
                             src.copy(g, group, name=name)
+                        if "build_options" in src.attrs:
+                            f.attrs["build_options"] = src.attrs["build_options"]
+                if build_options is not None and "build_options" not in f.attrs:
+                    f.attrs["build_options"] = json.dumps(teacher_options(build_options))
                 for name, rec in new.items():
                     _write_record(group.create_group(name), rec)
             with open(tmp, "rb") as fh:       # on disk before it replaces the old file
@@ -710,7 +739,11 @@ def export_records(db: str | os.PathLike, out: str | os.PathLike, strict: bool =
                          f"displacement data ({', '.join(TEACHER_ARRAYS)}; databases built "
                          "before mlff-ins kept teacher records lack it), so there are no "
                          "records to export: rebuild with `database build --records FILE`")
-    added = append_records(out, new) if new or not Path(out).exists() else 0
+    with h5py.File(db, "r") as f:
+        built = json.loads(str(f["grids"].attrs.get("build_options", "null"))) \
+            if "grids" in f else None
+    added = append_records(out, new, build_options=built) \
+        if new or not Path(out).exists() else 0
     return {"added": added, "present": len(seen) - len(new) - lacking, "lacking": lacking}
 
 
@@ -800,6 +833,14 @@ def _build_database(structures, db: str | os.PathLike, opts: BuildOptions, *, wo
             raise InputError(f"{records}: records made with the teacher {other[0]}, not this "
                              f"build's {mine}; one records file holds one teacher's work "
                              f"(choose another --records file)")
+        now = teacher_options(asdict(opts))
+        theirs = records_build_options(records) or {}
+        diff = [f"{k} {theirs[k]!r} (now {v!r})" for k, v in now.items()
+                if k in theirs and theirs[k] != v]
+        if diff:
+            raise InputError(f"{records}: its records were computed with " + ", ".join(diff) +
+                             "; restored entries would differ from new ones (choose another "
+                             "--records file, or build with those settings)")
         missing = [name for name, key in record_keys(records).items() if key not in done]
         restore = [(r["key"], r) for r in read_records(records, missing)] if missing else []
         if any(r["status"] == "failed" for _, r in restore):
@@ -807,8 +848,8 @@ def _build_database(structures, db: str | os.PathLike, opts: BuildOptions, *, wo
             formulas = {k: a.get_chemical_formula(mode="metal") for k, a in structures}
             for _, r in restore:
                 r.setdefault("formula", formulas.get(r["key"], ""))
-        if not records.exists():
-            append_records(records, [])      # an empty records file now: the path is writable
+        # an empty records file now (the path is writable), or the options in an older one
+        append_records(records, [], build_options=asdict(opts))
     restored = {k for k, _ in restore}
     todo = [(k, a) for k, a in structures if k not in done and k not in restored]
     if limit is not None:
@@ -826,7 +867,8 @@ def _build_database(structures, db: str | os.PathLike, opts: BuildOptions, *, wo
         if entry.pop("restored", False):
             counts["restored"] += 1
         elif records is not None:
-            append_records(records, [entry])   # first: a kill in between loses no teacher work
+            # first: a kill in between loses no teacher work
+            append_records(records, [entry], build_options=asdict(opts))
         write_part(db, entry)
         counts[entry["status"]] += 1
         since += 1
@@ -936,6 +978,8 @@ def respectra(db: str | os.PathLike, out: str | os.PathLike, spectra: SpectraOpt
 
     grids, entries = read_database(db, status=None, teacher_data=True)
     meta = {k: grids[k] for k in ("teacher", "code_version") if k in grids}
+    if "build_options" in grids:    # kept: a later build into the output checks against them
+        meta["build_options"] = json.loads(grids["build_options"])
     meta["respectra_of"] = str(db)
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as f:
