@@ -309,6 +309,10 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
                                                       "seed": seed, "seconds":
                                                       time.perf_counter() - t0},
                 "best_valid_mse": [f["best_valid_mse"] for f in fits], **stats,
+                # the baseline a useful predictor must beat, kept for scoring it elsewhere
+                # (python -m mlff_ins.bench predictor: against DFT)
+                "mean_training_spectrum": mean_training_spectrum(
+                    [ys[i] for i in train_idx], len(targets)).round(6).tolist(),
                 "two_d": two_d_meta}
         write_json_atomic(out_dir / "predictor.json", meta)
         predictor = Predictor(out_dir)
@@ -437,12 +441,18 @@ def _training_stats(structures, train_idx, cutoff) -> dict:
 BASELINE_FRACTION = 0.5
 
 
-def mean_spectrum_baseline(train_targets, test_targets, n_blocks: int) -> float:
-    """Median test MSE of one spectrum for all: the mean of the (max-normalised) training
-    targets, max-normalised again per target block, as :func:`evaluate` scores a prediction."""
+def mean_training_spectrum(train_targets, n_blocks: int) -> np.ndarray:
+    """One spectrum for all: the mean of the (max-normalised) training targets, max-normalised
+    again per target block; (n_blocks, bins)."""
     mean = np.mean([np.reshape(y, (n_blocks, -1)) for y in train_targets], axis=0)
     peak = mean.max(axis=1, keepdims=True)
-    mean = mean / np.where(peak > 0, peak, 1.0)
+    return mean / np.where(peak > 0, peak, 1.0)
+
+
+def mean_spectrum_baseline(train_targets, test_targets, n_blocks: int) -> float:
+    """Median test MSE of one spectrum for all (:func:`mean_training_spectrum`), as
+    :func:`evaluate` scores a prediction."""
+    mean = mean_training_spectrum(train_targets, n_blocks)
     return float(np.median([np.mean((mean - np.reshape(y, mean.shape)) ** 2)
                             for y in test_targets]))
 
