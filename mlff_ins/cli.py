@@ -1444,7 +1444,9 @@ def _add_predictor(sub) -> None:
                     "structure to its max-normalised VISION/TOSCA S(E) on 120 bins of "
                     "10-1200 cm-1, and a convolutional autoencoder of the powder S(Q,E) maps "
                     "with e3nn networks for its latent code (Cheng et al. 2023), on a database "
-                    "written by `mlff-ins database build`; the split is by composition. Writes "
+                    "written by `mlff-ins database build`; element partials are trained "
+                    "too. Train/validation/test are split by structure family (an AFLOW "
+                    "prototype with its substitutions) and by formula. Writes "
                     "OUTPUT/predictor.json, member_K.pt, autoencoder.pt, latent_K.pt, report.md "
                     "and report.png.",
         epilog="example: mlff-ins predictor train db.h5 -o predictor/ --members 3",
