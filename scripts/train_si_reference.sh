@@ -6,10 +6,13 @@
 # active-learning round 1 (si_cp2k_pbe_al1.xyz), then the phonon benchmark on it.
 # Round 0 (no ZBL, no frozen phonons, no round-1 frames; 400 epochs) is training/si-reference/:
 # its member 0 after 172 epochs is the interim model the round-1 frames were picked with.
-# Hours in all; stop it with SIGTERM or Ctrl-C at any point and rerun this script: it resumes
-# where it stopped (finished members kept, the unfinished one from its last.ckpt, elapsed time
-# included). The run folder, $OUT, is kept in git (checkpoints included) so that a later
-# session on another machine resumes it: commit it when you stop.
+# Hours in all; stop it with SIGTERM or Ctrl-C at any point (passed on to the trainer) and rerun
+# this script: it resumes where it stopped (finished members kept, the unfinished one from its
+# last.ckpt, elapsed time included). The run folder, $OUT, is kept in git (checkpoints included)
+# so that a later session on another machine resumes it: commit it when you stop.
+# The finished ensemble is exported to mlff_ins/resources/si/reference_model.new and benchmarked;
+# it replaces the shipped reference_model only with SHIP=1 (run the round's evaluate.sh first,
+# which compares it with the shipped model; rerunning with SHIP=1 skips the finished training).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # ROUND=N trains on the embedded frames and active-learning rounds 1..N (si_cp2k_pbe_alK.xyz)
@@ -25,14 +28,47 @@ ARGS+=(-o "$OUT")
 # the run length. Round 1 ended at 121 (validation force error rising since epoch ~45 while the
 # training error fell: training/si-reference-al1/README.md)
 [ -n "${EPOCHS:-}" ] && ARGS+=(--epochs "$EPOCHS")
+# every labelled round complete: a round's labels grow frame by frame while its `mlff-ins label`
+# runs, and a training started on part of them could not resume once the rest landed
+for k in $(seq 2 "$ROUND"); do
+  python - "training/al-round$k/frames_unlabelled.xyz" "mlff_ins/resources/si/si_cp2k_pbe_al$k.xyz" <<'PY'
+import sys
+from pathlib import Path
+from ase.io import read
+todo, done = map(Path, sys.argv[1:])
+rejected = done.with_name(done.name + ".rejected.jsonl")
+n_todo = len(read(todo, ":")) if todo.exists() else 0
+n_done = len(read(done, ":")) if done.exists() else 0
+n_rej = len(rejected.read_text().splitlines()) if rejected.exists() else 0
+if not done.exists() or n_done + n_rej < n_todo:
+    sys.exit(f"{done}: {n_done} of the {n_todo} frames of {todo} labelled ({n_rej} rejected); "
+             f"finish the round's labelling first")
+PY
+done
 # the three members side by side, one torch thread each (docs/training.md: on 2 cores this beats
 # one 2-thread member at a time, more so beside other work), so a stopped run already has a
 # partial ensemble to export
-nice -n 19 mlff-ins train "${ARGS[@]}" --parallel-members 3 $RESUME
+if [ ! -f "$OUT/bundle.json" ]; then
+  nice -n 19 mlff-ins train "${ARGS[@]}" --parallel-members 3 $RESUME &
+  pid=$!
+  # bash does not pass a SIGTERM on to a foreground child: without this, stopping the script
+  # left the trainer running, and a rerun would have trained beside it
+  trap 'kill -TERM $pid 2>/dev/null; wait $pid' TERM INT
+  wait $pid
+  trap - TERM INT
+fi
 # ship the members and the report, not the checkpoints (`--export` also ships an unfinished
 # run's best checkpoints so far, marked partial; stop the training first)
-rm -rf mlff_ins/resources/si/reference_model.new
-mlff-ins train "${ARGS[@]}" --export mlff_ins/resources/si/reference_model.new
-rm -rf mlff_ins/resources/si/reference_model
-mv -T mlff_ins/resources/si/reference_model.new mlff_ins/resources/si/reference_model
-python -m mlff_ins.bench phonons --model mlff_ins/resources/si/reference_model --no-speed --no-sevenn
+NEW=mlff_ins/resources/si/reference_model.new
+rm -rf "$NEW"
+mlff-ins train "${ARGS[@]}" --export "$NEW"
+python -m mlff_ins.bench phonons --model "$NEW" --no-speed --no-sevenn
+if [ "${SHIP:-0}" = 1 ]; then
+  # old aside, new in place, old removed: a kill in between leaves one of them whole
+  rm -rf mlff_ins/resources/si/reference_model.old
+  mv -T mlff_ins/resources/si/reference_model mlff_ins/resources/si/reference_model.old
+  mv -T "$NEW" mlff_ins/resources/si/reference_model
+  rm -rf mlff_ins/resources/si/reference_model.old
+else
+  echo "exported to $NEW (not shipped); after the round's evaluate.sh, rerun with SHIP=1"
+fi

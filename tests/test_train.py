@@ -132,6 +132,20 @@ def test_config_overrides_and_errors(tmp_path):
     assert (sched["patience"], sched["threshold"], sched["factor"]) == (7, 0.001, 0.6)
 
 
+def test_a_second_training_in_one_run_folder_is_refused(tmp_path):
+    """While one `mlff-ins train` holds a run folder, a second one (a --resume started beside
+    it) stops before touching the folder, naming it."""
+    from mlff_ins.atomic_io import exclusive_lock
+    from mlff_ins.train.driver import train_bundle
+
+    out = tmp_path / "run"
+    cfg = load_train_config(preset="tiny", overrides={"data": str(tmp_path / "d.xyz")})
+    with exclusive_lock(tmp_path / ".run.train.lock", "held by the test"):
+        with pytest.raises(InputError, match="another `mlff-ins train` is running"):
+            train_bundle(cfg, out, resume=True, progress=False)
+    assert not out.exists()
+
+
 def test_embedded_labels_are_physical():
     """The shipped CP2K labels: valid, and forces sum to ~0 in every frame (translation)."""
     info = check_labels()

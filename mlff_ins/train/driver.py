@@ -43,7 +43,8 @@ import numpy as np
 import yaml
 
 from mlff_ins import __version__
-from mlff_ins.atomic_io import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
+from mlff_ins.atomic_io import (atomic_dir, atomic_path, exclusive_lock, write_json_atomic,
+                               write_text_atomic)
 from mlff_ins.data.ingest import read_frames, split_isolated_atoms
 from mlff_ins.data.validate import validate
 from mlff_ins.errors import InputError
@@ -664,6 +665,19 @@ def train_bundle(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     if plan["rank"] > 0:
         _follow_rank0(cfg, out, plan, env)
         return None
+    # one training per run folder: a second (a rerun while the first still runs, say after a
+    # kill of a wrapping script that left the trainer alive) would train the same members on
+    # the same checkpoints. The lock is a hidden file beside the folder and goes with the process.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out.parent / f".{out.name}.train.lock",
+                        f"{out}: another `mlff-ins train` is running in this folder; wait for "
+                        f"it or stop it (SIGTERM) first"):
+        return _train_rank0(cfg, out, resume=resume, progress=progress, plan=plan, env=env,
+                            devices=devices, num_nodes=num_nodes,
+                            parallel_members=parallel_members)
+
+
+def _train_rank0(cfg, out, *, resume, progress, plan, env, devices, num_nodes, parallel_members):
     if plan["tasks"] == 1:
         return _train_bundle(cfg, out, resume=resume, progress=progress, plan=plan, env=env,
                              devices=devices, num_nodes=num_nodes,
