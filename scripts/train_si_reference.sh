@@ -28,6 +28,10 @@ ARGS+=(-o "$OUT")
 # the run length. Round 1 ended at 121 (validation force error rising since epoch ~45 while the
 # training error fell: training/si-reference-al1/README.md)
 [ -n "${EPOCHS:-}" ] && ARGS+=(--epochs "$EPOCHS")
+# a member that reaches the preset's time cap (1200 min) stops as finished and a resume does not
+# extend it; round 1 took ~133 s an epoch on an idle machine, so 250 epochs of a larger round
+# beside other work can pass it: MAX_MINUTES (default 3000) sets the cap of this run
+[ "$ROUND" -ge 2 ] && ARGS+=(--max-minutes "${MAX_MINUTES:-3000}")
 # every labelled round complete: a round's labels grow frame by frame while its `mlff-ins label`
 # runs, and a training started on part of them could not resume once the rest landed
 for k in $(seq 2 "$ROUND"); do
