@@ -324,10 +324,12 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
             meta["test"]["baseline_median_mse"] = base
             if meta["test"]["median_mse"] > BASELINE_FRACTION * base:
                 meta["status"] = (
-                    f"this predictor is no better than predicting the average training spectrum "
-                    f"for every structure (test median MSE {meta['test']['median_mse']:.3g} "
-                    f"against {base:.3g} for that average): its spectra do not tell structures "
-                    f"apart; use the phonon or MD route")
+                    f"this predictor is not clearly better than one spectrum for all (the "
+                    f"average training spectrum): on its {meta['test']['n']} test crystals, of "
+                    f"structure types it never saw, its median MSE is "
+                    f"{meta['test']['median_mse']:.3g} against {base:.3g} for that average "
+                    f"(trained on {len(train_idx)} crystals); take its spectra as a rough "
+                    f"guide and the phonon or MD route for anything quantitative")
             meta["test"].update(evaluate_partials(
                 predictor, [(structures[i], facts["partials"][i]) for i in idx["test"]]))
         if two_d:
