@@ -1182,8 +1182,9 @@ def _add_database(sub) -> None:
         formatter_class=_HelpFormatter)
     b.add_argument("--structures", required=True, metavar="SOURCE",
                    help="comma-separated sources: aflow (pymatgen's 288 AFLOW prototypes), "
-                        "ase-bulk, dcdft, substitutions (charge-balanced element substitutions "
-                        "on the prototypes), or a structure file or folder")
+                        "ase-bulk, dcdft, substitutions (element substitutions on the "
+                        "prototypes, the most probable by Hautier et al. 2011 first), or a "
+                        "structure file or folder")
     b.add_argument("--teacher", default="sevennet-0", metavar="NAME|DIR|YAML",
                    help="universal model name (sevennet-0, sevennet-l3i5, sevennet-mf-0, "
                         "chgnet), a model bundle folder or a calculator YAML "
@@ -1196,7 +1197,7 @@ def _add_database(sub) -> None:
     b.add_argument("--max-atoms", type=int, default=12, metavar="N",
                    help="skip structures whose primitive cell has more atoms")
     b.add_argument("--per-prototype", type=int, default=40, metavar="N",
-                   help="substitutions: at most N per AFLOW prototype")
+                   help="substitutions: at most N per AFLOW prototype (default 40)")
     b.add_argument("--supercell-length", type=float, default=9.0, metavar="Å",
                    help="smallest width of the phonon supercell (Å)")
     b.add_argument("--max-supercell-atoms", type=int, default=256, metavar="N",

@@ -23,7 +23,7 @@ from mlff_ins.predict.database import (RECORD_ARRAYS, TEACHER_ARRAYS, BuildOptio
                                        entry_spectra, export_records, parts_dir,
                                        phonopy_of_entry, read_database, read_records,
                                        record_keys, respectra, supercell_for)
-from mlff_ins.predict.sources import iter_structures, substitute
+from mlff_ins.predict.sources import iter_structures, substitute, substitutions
 
 HERE = Path(__file__).resolve().parent
 EMT_YAML = HERE.parent / "mlff_ins" / "configs" / "label" / "emt.yaml"
@@ -349,6 +349,50 @@ def test_substitution_keeps_structure_and_scales_volume():
     ratio = ((r["K"] / r["Na"]) ** 3 + (r["Br"] / r["Cl"]) ** 3) / 2
     assert kbr.get_volume() / nacl.get_volume() == pytest.approx(ratio, rel=1e-12)
     np.testing.assert_allclose(kbr.get_scaled_positions(), nacl.get_scaled_positions())
+
+
+def test_substitutions_follow_the_data_mined_probabilities():
+    """Rock salt NaCl and rutile SiO2 substituted by the Hautier et al. (2011) probabilities:
+    every pick keeps the oxidation states (a monovalent cation for Na+, a halide for Cl-, a
+    cation with a 4+ state for Si4+, a chalcogen for O2-), has a probability (product over the
+    sites of pymatgen's conditional probabilities, a kept site counting its own) of at least the
+    threshold, the most probable first (SiO2 -> GeO2 leads, the textbook analogue), round-robin
+    over the prototypes; none puts H, Be, B or C in (what the atomic-number order did before)."""
+    from ase.spacegroup import crystal
+    from pymatgen.analysis.structure_prediction.substitution_probability import (
+        SubstitutionProbability)
+    from pymatgen.core import Element, Species
+
+    from mlff_ins.predict.sources import SUBSTITUTION_THRESHOLD
+
+    nacl = bulk("NaCl", "rocksalt", 5.64)
+    rutile = crystal(["Si", "O"], basis=[(0, 0, 0), (0.3, 0.3, 0)], spacegroup=136,
+                     cellpar=[4.18, 4.18, 2.67, 90, 90, 90])
+    picks = list(substitutions(per_prototype=10, prototypes=[("NaCl", nacl), ("SiO2", rutile)]))
+    keys = [k for k, _ in picks]
+    assert len(keys) == 20 and len(set(keys)) == 20
+    assert [k.split(":")[1] for k in keys] == ["NaCl", "SiO2"] * 10
+    assert keys[1] == "sub:SiO2:Si-Ge"
+    charge = {"Na": 1, "Cl": -1, "Si": 4, "O": -2}
+    allowed = {"Na": {"Li", "K", "Rb", "Cs", "Ag", "Cu", "Tl", "In", "Au", "Hg"},
+               "Cl": {"F", "Br", "I"}, "O": {"S", "Se", "Te"}}
+    table = SubstitutionProbability()
+    probability = {"NaCl": [], "SiO2": []}
+    for key, atoms in picks:
+        proto = key.split(":")[1]
+        mapping = dict(pair.split("-") for pair in key.split(":")[2].split(","))
+        assert not set(mapping.values()) & {"H", "Be", "B", "C"}, key
+        for old, new in mapping.items():
+            assert new in allowed[old] if old in allowed else \
+                4 in Element(new).oxidation_states, key
+        old_symbols = ("Na", "Cl") if proto == "NaCl" else ("Si", "O")
+        assert set(atoms.get_chemical_symbols()) == {mapping.get(o, o) for o in old_symbols}
+        probability[proto].append(np.prod([
+            table.cond_prob(Species(o, charge[o]), Species(mapping.get(o, o), charge[o]))
+            for o in old_symbols]))
+    for p in probability.values():
+        assert min(p) >= SUBSTITUTION_THRESHOLD
+        assert np.all(np.diff(p) <= 1e-15), p
 
 
 def test_bad_sources_and_teachers_are_one_line_errors(tmp_path):
