@@ -77,15 +77,15 @@ def _frequency_table(study) -> list[str]:
     from mlff_ins.model.calculator import load_calculator
     from mlff_ins.phonons.io import read_phonons
     from mlff_ins.phonons.properties import diamond_special_frequencies
-    from mlff_ins.phonons.si_reference import (EXPERIMENT, dft_reference, labelled_dft,
-                                               model_at_reference)
+    from mlff_ins.phonons.si_reference import (EXPERIMENT, dft_reference, labelled_check_for,
+                                               labelled_dft, model_at_reference)
 
     path = study.out / "c-si" / "phonons.h5"
     if not path.exists():
         return ["(c-Si phonons not computed)"]
     relaxed = diamond_special_frequencies(read_phonons(path).mean)
     published, ph, _ = dft_reference()
-    ours, _ = labelled_dft(ph)
+    ours, _ = labelled_dft(ph, labelled_check_for(study.model))
     at_ref, spread = model_at_reference(load_calculator(study.model,
                                                         device=study.device or "cpu"))
     lines = ["| point | branch | experiment | CP2K (published) | our CP2K | model at CP2K geometry "

@@ -317,6 +317,42 @@ def test_si_finite_displacement_training_frames_follow_the_reference_lattice_tre
     assert x_ta[0.0] == pytest.approx((values[1] + values[3]) / 2, rel=0.02)
 
 
+def test_the_phonons_benchmark_compares_a_model_with_the_dft_it_learned(tmp_path):
+    """A model trained on the k-point data set (si_cp2k_pbe_k222.xyz) is compared with the phonon
+    check labelled the same way, any other with the Gamma-only one; the k-point check, like the
+    Gamma-only one, is the reference's displaced supercell with forces summing to ~0 and a
+    perfect cell that feels < 1 meV/Å (equilibrium by symmetry, whatever the k-points)."""
+    import json
+
+    import ase.io
+
+    from mlff_ins.casestudy import REFERENCE_MODEL
+    from mlff_ins.errors import InputError
+    from mlff_ins.phonons.si_reference import (LABELLED_CHECK, LABELLED_CHECK_K222,
+                                               dft_reference, labelled_check_for, labelled_dft)
+
+    assert labelled_check_for(REFERENCE_MODEL) in (LABELLED_CHECK, LABELLED_CHECK_K222)
+    meta = json.loads((REFERENCE_MODEL / "bundle.json").read_text())
+    for files, expected in ((["mlff_ins/resources/si/si_cp2k_pbe_k222.xyz"], LABELLED_CHECK_K222),
+                            (["mlff_ins/resources/si/si_cp2k_pbe.xyz",
+                              "mlff_ins/resources/si/si_cp2k_pbe_al1.xyz"], LABELLED_CHECK)):
+        bundle = tmp_path / expected.stem
+        for member in meta["members"]:        # the check needs the files, not their contents
+            (bundle / member).parent.mkdir(parents=True, exist_ok=True)
+            (bundle / member).touch()
+        meta["training_data"]["files"] = files
+        (bundle / "bundle.json").write_text(json.dumps(meta))
+        assert labelled_check_for(bundle) == expected
+    _, ph, _ = dft_reference()
+    if not LABELLED_CHECK_K222.exists():
+        with pytest.raises(InputError, match="not labelled yet"):
+            labelled_dft(ph, LABELLED_CHECK_K222)
+        return
+    _, forces = labelled_dft(ph, LABELLED_CHECK_K222)
+    assert np.abs(forces.sum(axis=0)).max() < 1e-3                        # eV/Å
+    assert np.abs(ase.io.read(LABELLED_CHECK_K222, index=1).get_forces()).max() < 1e-3
+
+
 def test_member_spread_of_the_phonons_benchmark(tiny_bundle):
     """The benchmark's ensemble spread at the CP2K geometry is the standard deviation of the
     frequencies each member gives alone (1e-9 THz); a one-member model has none."""

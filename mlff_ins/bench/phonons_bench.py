@@ -33,7 +33,8 @@ import numpy as np
 
 from mlff_ins.phonons.properties import diamond_special_frequencies
 from mlff_ins.phonons.si_reference import (CP2K_LATTICE_A, EXPERIMENT, dft_reference,
-                                           labelled_dft, model_at_reference)
+                                           labelled_check_for, labelled_dft,
+                                           model_at_reference)
 
 warnings.filterwarnings("ignore", message=".*primitive_matrix defaulted.*")
 
@@ -163,14 +164,16 @@ def sevenn_frequencies():
     return frequencies_with(SevenNetCalculator("7net-0", device="cpu"), plain=True)
 
 
-def accuracy(calc, with_sevenn: bool):
+def accuracy(calc, with_sevenn: bool, labels):
     """Two comparisons, each like for like: the model at the reference's own geometry against
     CP2K (the force constants alone), and the model at its own relaxed lattice (what
     ``mlff-ins phonons --relax`` gives a user) against experiment. CP2K is there twice: the
     published reference (DZVP-MOLOPT-GTH, CP2K's default cutoff and SCF tolerance) and our
-    labelling settings (DZVP-MOLOPT-SR-GTH, 400 Ry, EPS_SCF 1e-7) on the same supercell."""
+    labelling settings (DZVP-MOLOPT-SR-GTH, 400 Ry, EPS_SCF 1e-7; ``labels``: those of the data
+    the model learned, Gamma-only or the k-point set) on the same supercell."""
     ref, ph, ref_forces = dft_reference()
-    labelled, labelled_forces = labelled_dft(ph)
+    labelled, labelled_forces = labelled_dft(ph, labels)
+    print(f"'labels': {labels.name}")
     force_set_check(calc, ph, ref_forces, "the CP2K reference")
     force_set_check(calc, ph, labelled_forces, "CP2K with our labelling settings")
     ours_ref, ours_rel, a_ours, spread = frequencies_with(calc)
@@ -250,5 +253,5 @@ def main(argv=None) -> int:
         if not args.no_speed:
             speed(calc, args.cases, args.batch_atoms, args.repeats)
         if not args.no_accuracy:
-            accuracy(calc, not args.no_sevenn)
+            accuracy(calc, not args.no_sevenn, labelled_check_for(bundle))
     return 0

@@ -22,6 +22,20 @@ HARTREE_PER_BOHR_TO_EV_PER_A = 51.422090462576755   # phonopy's CP2K interface f
 #: the lattice constant of the Si-CP2K reference calculation (its Si.inp), in Å
 CP2K_LATTICE_A = 5.4661639157319968
 LABELLED_CHECK = CP2K_DIR.parent / "si_cp2k_pbe_phonon_check.xyz"
+#: the same two supercells labelled with the k-point data set's settings
+#: (configs/label/cp2k_si_k222.yaml: 2x2x2 k-points, DZVP-MOLOPT-GTH; scripts/relabel_si_k222.sh)
+LABELLED_CHECK_K222 = CP2K_DIR.parent / "si_cp2k_pbe_k222_phonon_check.xyz"
+
+
+def labelled_check_for(model) -> Path:
+    """The phonon check labelled with the settings of the data ``model`` (a bundle folder) was
+    trained on: the k-point one when its training data is the k-point data set
+    (si_cp2k_pbe_k222*.xyz), else the Gamma-only one."""
+    from mlff_ins.model.calculator import read_bundle
+
+    data = read_bundle(model).get("training_data", {})
+    files = " ".join(map(str, data.get("files") or [data.get("file", "")]))
+    return LABELLED_CHECK_K222 if "_k222" in files else LABELLED_CHECK
 
 
 def dft_reference():
@@ -52,16 +66,21 @@ def _frequencies_from_forces(ph, forces) -> dict:
     return diamond_special_frequencies(ph)
 
 
-def labelled_dft(ph):
-    """Γ, X, L from CP2K with the settings of the embedded data set (configs/label/cp2k_si.yaml)
-    on the reference's own displaced supercell (resources/si/si_cp2k_pbe_phonon_check.xyz, made
-    by scripts/make_si_phonon_check.py): the DFT the models learn. Returns (frequencies, forces)."""
+def labelled_dft(ph, path: Path = LABELLED_CHECK):
+    """Γ, X, L from CP2K with the settings of the embedded data set (configs/label/cp2k_si.yaml;
+    ``path`` = LABELLED_CHECK_K222: those of the k-point data set) on the reference's own
+    displaced supercell (resources/si/si_cp2k_pbe_phonon_check.xyz, made by
+    scripts/make_si_phonon_check.py): the DFT the models learn. Returns (frequencies, forces)."""
     import ase.io
 
-    frame = ase.io.read(LABELLED_CHECK, index=0)
+    from mlff_ins.errors import InputError
+
+    if not Path(path).exists():
+        raise InputError(f"{path}: not labelled yet (scripts/relabel_si_k222.sh labels it first)")
+    frame = ase.io.read(path, index=0)
     displaced = ph.supercells_with_displacements[0]
     assert np.abs(frame.get_scaled_positions() - displaced.scaled_positions).max() < 1e-9, \
-        f"{LABELLED_CHECK} is not the reference's displaced supercell"
+        f"{path} is not the reference's displaced supercell"
     forces = frame.get_forces()
     return _frequencies_from_forces(ph, forces), forces
 
