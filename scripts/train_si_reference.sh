@@ -3,7 +3,8 @@
 # `reference` preset (configs/train/reference.yaml: 3 members of 250 epochs, ZBL core repulsion;
 # about 5-6 hours for the three on 2 otherwise idle CPU cores; a --resume may raise the epochs
 # to train longer) on the embedded CP2K frames (si_cp2k_pbe.xyz, with the frozen TA phonons) and the
-# active-learning round 1 (si_cp2k_pbe_al1.xyz), then the phonon benchmark on it.
+# active-learning round 1 (si_cp2k_pbe_al1.xyz), then the phonon benchmark on it (LABELS=k222:
+# the same geometries with k-point labels, below).
 # Round 0 (no ZBL, no frozen phonons, no round-1 frames; 400 epochs) is training/si-reference/:
 # its member 0 after 172 epochs is the interim model the round-1 frames were picked with.
 # Hours in all; stop it with SIGTERM or Ctrl-C at any point (passed on to the trainer) and rerun
@@ -16,13 +17,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # ROUND=N trains on the embedded frames and active-learning rounds 1..N (si_cp2k_pbe_alK.xyz)
-# in the run folder training/si-reference-alN (default: round 1, the shipped model's run)
+# in the run folder training/si-reference-alN (default: round 1, the shipped model's run).
+# LABELS=k222 trains instead on the k-point data set: every geometry of the embedded frames and
+# of rounds 1-2 relabelled with 2x2x2 k-points and the DZVP-MOLOPT-GTH basis
+# (si_cp2k_pbe_k222.xyz, scripts/relabel_si_k222.sh; why: training/kpoint-check/README.md), in
+# training/si-reference-k222
 ROUND=${ROUND:-1}
-OUT=${OUT:-training/si-reference-al$ROUND}
+LABELS=${LABELS:-gamma}
 RESUME=""
+if [ "$LABELS" = k222 ]; then
+  OUT=${OUT:-training/si-reference-k222}
+  ARGS=(--preset reference --data mlff_ins/resources/si/si_cp2k_pbe_k222.xyz)
+  CHECKS=("training/relabel-k222/frames.xyz mlff_ins/resources/si/si_cp2k_pbe_k222.xyz")
+elif [ "$LABELS" = gamma ]; then
+  OUT=${OUT:-training/si-reference-al$ROUND}
+  ARGS=(--preset reference --data mlff_ins/resources/si/si_cp2k_pbe.xyz)
+  CHECKS=()
+  for k in $(seq 1 "$ROUND"); do
+    ARGS+=(--data "mlff_ins/resources/si/si_cp2k_pbe_al$k.xyz")
+    [ "$k" -ge 2 ] && CHECKS+=("training/al-round$k/frames_unlabelled.xyz mlff_ins/resources/si/si_cp2k_pbe_al$k.xyz")
+  done
+else
+  echo "LABELS=$LABELS: gamma (default) or k222" >&2
+  exit 2
+fi
 [ -d "$OUT" ] && RESUME="--resume"
-ARGS=(--preset reference --data mlff_ins/resources/si/si_cp2k_pbe.xyz)
-for k in $(seq 1 "$ROUND"); do ARGS+=(--data "mlff_ins/resources/si/si_cp2k_pbe_al$k.xyz"); done
 ARGS+=(-o "$OUT")
 # EPOCHS=N ends (or extends) the run at N epochs instead of the preset's 250: a resume may change
 # the run length. Round 1 ended at 121 (validation force error rising since epoch ~45 while the
@@ -31,11 +50,11 @@ ARGS+=(-o "$OUT")
 # a member that reaches the preset's time cap (1200 min) stops as finished and a resume does not
 # extend it; round 1 took ~133 s an epoch on an idle machine, so 250 epochs of a larger round
 # beside other work can pass it: MAX_MINUTES (default 3000) sets the cap of this run
-[ "$ROUND" -ge 2 ] && ARGS+=(--max-minutes "${MAX_MINUTES:-3000}")
-# every labelled round complete: a round's labels grow frame by frame while its `mlff-ins label`
-# runs, and a training started on part of them could not resume once the rest landed
-for k in $(seq 2 "$ROUND"); do
-  python - "training/al-round$k/frames_unlabelled.xyz" "mlff_ins/resources/si/si_cp2k_pbe_al$k.xyz" <<'PY'
+{ [ "$ROUND" -ge 2 ] || [ "$LABELS" = k222 ]; } && ARGS+=(--max-minutes "${MAX_MINUTES:-3000}")
+# every labelled file complete: labels grow frame by frame while `mlff-ins label` runs, and a
+# training started on part of them could not resume once the rest landed
+for pair in "${CHECKS[@]}"; do
+  python - $pair <<'PY'
 import sys
 from pathlib import Path
 from ase.io import read
