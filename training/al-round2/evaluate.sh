@@ -18,16 +18,42 @@
 #      ensemble (same seed), overlaid and scored by `mlff-ins compare`, and their structure.
 #
 # About an hour on 2 cores; every MD and the spread table resume. Outputs in $RUN/eval/.
+# LABELS=k222: round 2 trained on the k-point data set instead (`LABELS=k222 bash
+# scripts/train_si_reference.sh`, training/si-reference-k222: every geometry, these twelve
+# included, relabelled with 2x2x2 k-points; training/kpoint-check/README.md). The errors of
+# step 1 are then taken against the k-point labels of the twelve frames, for both ensembles
+# (the round-1 one learned Gamma-only labels: its "before" includes that difference).
 # Usage: bash training/al-round2/evaluate.sh [OLD_MODEL [NEW_MODEL]]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUN=${RUN:-runs/al2}
-TRAIN_RUN=${TRAIN_RUN:-training/si-reference-al2}
+LABELS=${LABELS:-gamma}
+if [ "$LABELS" = k222 ]; then
+  TRAIN_RUN=${TRAIN_RUN:-training/si-reference-k222}
+  TRAIN_DATA=(--data mlff_ins/resources/si/si_cp2k_pbe_k222.xyz)
+else
+  TRAIN_RUN=${TRAIN_RUN:-training/si-reference-al2}
+  TRAIN_DATA=(--data mlff_ins/resources/si/si_cp2k_pbe.xyz
+              --data mlff_ins/resources/si/si_cp2k_pbe_al1.xyz
+              --data mlff_ins/resources/si/si_cp2k_pbe_al2.xyz)
+fi
 OLD=${1:-mlff_ins/resources/si/reference_model}
 OUT=$RUN/eval
 mkdir -p "$OUT"
 NEW=${2:-$OUT/round2_model}
 AL=mlff_ins/resources/si/si_cp2k_pbe_al2.xyz
+if [ "$LABELS" = k222 ]; then   # the twelve frames' k-point labels
+  AL=$OUT/al2_k222.xyz
+  python - "$AL" <<'EOF'
+import sys
+from ase.io import read, write
+frames = [a for a in read("mlff_ins/resources/si/si_cp2k_pbe_k222.xyz", ":")
+          if a.info.get("gamma_file") == "si_cp2k_pbe_al2.xyz"]
+if len(frames) != 12:
+    sys.exit(f"{len(frames)} of the twelve round-2 frames relabelled with k-points")
+write(sys.argv[1], frames)
+EOF
+fi
 python - "$OLD" <<'PY'
 import sys
 from mlff_ins.model.calculator import read_bundle
@@ -37,9 +63,7 @@ if "al1" not in files or "al2" in files:
 PY
 if [ ! -f "$NEW/bundle.json" ]; then   # the round-2 run as it stands (partial if unfinished)
   rm -rf "$NEW"
-  mlff-ins train --preset reference --data mlff_ins/resources/si/si_cp2k_pbe.xyz \
-      --data mlff_ins/resources/si/si_cp2k_pbe_al1.xyz --data "$AL" -o "$TRAIN_RUN" \
-      --export "$NEW"
+  mlff-ins train --preset reference "${TRAIN_DATA[@]}" -o "$TRAIN_RUN" --export "$NEW"
 fi
 
 # 1. errors on the round-2 frames
