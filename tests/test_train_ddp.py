@@ -172,3 +172,20 @@ def test_slurm_task_layout_checks(tmp_path, monkeypatch):
     assert nq["trainer"]["strategy"] == {"_target_": "nequip.train.SimpleDDPStrategy",
                                          "process_group_backend": "gloo"}
     assert nq["data"]["train_dataloader"]["batch_size"] == 2
+
+
+def test_a_named_gpu_is_the_one_the_members_see(monkeypatch):
+    """--device cuda:N trains on GPU N (Lightning's "auto" accelerator took GPU 0 whatever N
+    was): the plan pins the members to the N-th visible GPU, counting in CUDA_VISIBLE_DEVICES
+    where it is set, and several processes per member with one named GPU are refused. The GPU
+    check itself is bypassed: CI has no GPU."""
+    import mlff_ins.model.calculator as calculator
+
+    monkeypatch.setattr(calculator, "resolve_device", lambda name: name)
+    cfg = load_train_config(preset="tiny", overrides={"data": "x.xyz", "device": "cuda:1"})
+    plan = driver.check_launch(cfg, env={})
+    assert plan["pinned"] and plan["gpus"] == ["1"]
+    plan = driver.check_launch(cfg, env={"CUDA_VISIBLE_DEVICES": "4,6,7"}, parallel_members=3)
+    assert plan["gpus"] == ["6"]
+    with pytest.raises(InputError, match="--device cuda:1: names one GPU"):
+        driver.check_launch(cfg, devices=2, env={})

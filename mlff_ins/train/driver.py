@@ -254,7 +254,8 @@ def check_launch(cfg: dict, *, devices: int = 1, num_nodes: int = 1, parallel_me
     started; 0 and 1 otherwise), ``threads`` (torch threads per process; None = leave torch's
     default), ``hide_slurm`` (Lightning is to start the local processes itself, so the SLURM
     variables of a single-task job must not reach it), ``gpus`` (visible CUDA devices when the
-    members run on CUDA, else []).
+    members run on CUDA, else []), ``pinned`` (``--device cuda:N``: ``gpus`` is that one GPU,
+    the only one the member processes see).
     """
     env = os.environ if env is None else env
     for opt, value in (("--devices", devices), ("--num-nodes", num_nodes),
@@ -271,7 +272,17 @@ def check_launch(cfg: dict, *, devices: int = 1, num_nodes: int = 1, parallel_me
 
     resolve_device(dev)   # an unknown name, or cuda without a GPU, fails before any training
     gpus: list[str] = []
-    if dev in ("cuda", "auto"):
+    pinned = str(dev).startswith("cuda:")
+    if pinned:
+        # one named GPU: every member process sees only it (Lightning's "auto" took GPU 0)
+        if world > 1:
+            raise InputError(f"--device {dev}: names one GPU; to train each member on several, "
+                             f"give --device cuda --devices {world} (CUDA_VISIBLE_DEVICES picks "
+                             "which)")
+        index = int(str(dev).split(":", 1)[1])
+        listed = [g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+        gpus = [listed[index] if listed else str(index)]
+    elif dev in ("cuda", "auto"):
         import torch
         n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (dev == "cuda" and n_gpu < devices) or (dev == "auto" and 0 < n_gpu < devices):
@@ -327,7 +338,7 @@ def check_launch(cfg: dict, *, devices: int = 1, num_nodes: int = 1, parallel_me
             side_by_side = min(parallel_members, int(cfg.get("ensemble", parallel_members)))
             threads = max(1, _cores() // max(side_by_side, devices))
     return {"world_size": world, "rank": rank, "tasks": max(tasks, 1), "threads": threads,
-            "hide_slurm": hide_slurm, "gpus": gpus if dev != "cpu" else []}
+            "hide_slurm": hide_slurm, "gpus": gpus if dev != "cpu" else [], "pinned": pinned}
 
 
 def _member_cmd(member_dir: Path, hydra_dir: Path, ckpt: str | None) -> list[str]:
@@ -771,9 +782,10 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
         runs.append(run)
 
     def env_for_slot(slot: int) -> dict:
-        if not plan["gpus"] or parallel_members == 1:
+        if not plan["gpus"] or (parallel_members == 1 and not plan["pinned"]):
             return env
-        # side-by-side members on CUDA: one visible GPU each, round robin
+        # side-by-side members on CUDA: one visible GPU each, round robin (--device cuda:N:
+        # that one GPU for every member)
         return {**env, "CUDA_VISIBLE_DEVICES": plan["gpus"][slot % len(plan["gpus"])]}
 
     def before_start(run) -> None:  # srun: tell the other ranks to start the same member
