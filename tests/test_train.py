@@ -16,6 +16,7 @@ from ase.io import read
 from mlff_ins.cli import main
 from mlff_ins.demo import check_labels
 from mlff_ins.train.config import load_train_config
+from mlff_ins.train.schedule import plateau_settings
 from mlff_ins.errors import InputError
 
 
@@ -115,6 +116,13 @@ def test_config_overrides_and_errors(tmp_path):
     assert cfg["data"] == str(tmp_path / "d.xyz")
     cfg_file.write_text("preset: tiny\ndata: d.xyz\nmodel: {num_layer: 1}\n")
     with pytest.raises(InputError, match="unknown option 'model.num_layer'"):
+        load_train_config(cfg_file)
+    # every ReduceLROnPlateau setting of the schedule, also one no preset sets (min_lr)
+    cfg_file.write_text("preset: tiny\ndata: d.xyz\ntraining: {lr_plateau: {min_lr: 1.0e-6}}\n")
+    assert plateau_settings(load_train_config(cfg_file)["training"])["min_lr"] == 1e-6
+    cfg_file.write_text("preset: tiny\ndata: d.xyz\ntraining: {lr_plateau: {min_rate: 1}}\n")
+    with pytest.raises(InputError, match="unknown option 'training.lr_plateau.min_rate' "
+                                         r"\(known: factor, min_lr, patience, threshold\)"):
         load_train_config(cfg_file)
     with pytest.raises(InputError, match="--ensemble: must be at least 1"):
         load_train_config(preset="tiny", overrides={"data": "x.xyz", "ensemble": 0})

@@ -33,7 +33,14 @@ def _merge(base: dict, over: dict, where: str, prefix: str = "") -> dict:
         if key not in base:
             raise InputError(f"{where}: unknown option '{prefix}{key}' "
                              f"(known: {', '.join(sorted(base))})")
-        if isinstance(base[key], dict) and isinstance(value, dict) and key not in FREE_MAPPINGS:
+        if key == "lr_plateau" and isinstance(value, dict):
+            # every ReduceLROnPlateau setting the schedule knows, not only those a preset sets
+            from mlff_ins.train.schedule import PLATEAU_DEFAULTS
+
+            _merge({**PLATEAU_DEFAULTS, **(base[key] or {})}, value, where,
+                   prefix=f"{prefix}{key}.")            # checks the names
+            out[key] = {**(base[key] or {}), **value}
+        elif isinstance(base[key], dict) and isinstance(value, dict) and key not in FREE_MAPPINGS:
             out[key] = _merge(base[key], value, where, prefix=f"{prefix}{key}.")
         else:
             out[key] = value
