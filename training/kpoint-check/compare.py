@@ -23,17 +23,25 @@ def rms(x):
     return float(np.sqrt(np.mean(np.square(x)))) * 1000.0
 
 
+def model_forces(atoms):
+    m = atoms.copy()
+    m.calc = calc
+    return m.get_forces()
+
+
+def energy_difference(a, b):
+    """E(a) - E(b) in meV/atom."""
+    return (a.get_potential_energy() - b.get_potential_energy()) / len(a) * 1000.0
+
+
 print("| frame | RMS force, Gamma (meV/Å) | RMS force difference k222 - Gamma (meV/Å) "
       "| E(k222) - E(Gamma) (meV/atom) | model vs Gamma (meV/Å) | model vs k222 (meV/Å) |")
 print("|---|---|---|---|---|---|")
 for g, k in zip(gamma, kpts):
     assert np.allclose(g.positions, k.positions), "frames differ"
-    fg, fk = g.get_forces(), k.get_forces()
-    m = g.copy()
-    m.calc = calc
-    fm = m.get_forces()
-    de = (k.get_potential_energy() - g.get_potential_energy()) / len(g) * 1000.0
-    print(f"| {g.info.get('config_type')} | {rms(fg):.0f} | {rms(fk - fg):.0f} | {de:.1f} "
+    fg, fk, fm = g.get_forces(), k.get_forces(), model_forces(g)
+    print(f"| {g.info.get('config_type')} | {rms(fg):.0f} | {rms(fk - fg):.0f} "
+          f"| {energy_difference(k, g):.1f} "
           f"| {rms(fm - fg):.0f} | {rms(fm - fk):.0f} |")
 
 k3_file = HERE / "labelled_k333.xyz"
@@ -44,9 +52,7 @@ if k3_file.exists():
     print("|---|---|---|---|---|")
     for k3 in read(k3_file, ":"):
         g, k = next((g, k) for g, k in zip(gamma, kpts) if np.allclose(g.positions, k3.positions))
-        m = g.copy()
-        m.calc = calc
         f3 = k3.get_forces()
-        de = (k3.get_potential_energy() - k.get_potential_energy()) / len(g) * 1000.0
         print(f"| {g.info.get('config_type')} | {rms(f3 - k.get_forces()):.0f} "
-              f"| {rms(f3 - g.get_forces()):.0f} | {de:.1f} | {rms(m.get_forces() - f3):.0f} |")
+              f"| {rms(f3 - g.get_forces()):.0f} | {energy_difference(k3, k):.1f} "
+              f"| {rms(model_forces(g) - f3):.0f} |")
