@@ -95,6 +95,38 @@ def test_label_resumes_after_kill(tmp_path):
         assert a.get_potential_energy() == pytest.approx(r.get_potential_energy(), abs=1e-9)
 
 
+def test_a_killed_label_run_closes_its_calculator(tmp_path):
+    """`kill PID` (SIGTERM) stops a labelling run as Ctrl-C does: the calculator is closed (CP2K's
+    MPI ranks had outlived a killed run and slowed the next one), the message is one line, the
+    frames done are kept and a rerun labels the rest."""
+    n = 12
+    write(tmp_path / "in.xyz", _frames(n))
+    out, marker = tmp_path / "out.xyz", tmp_path / "closed"
+    yaml = tmp_path / "slow.yaml"
+    yaml.write_text("calculator: slow_emt:SlowEMT\n"
+                    f"parameters: {{delay_s: 0.4, closed_marker: '{marker}'}}\n")
+    env = dict(os.environ, PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    cmd = [sys.executable, "-m", "mlff_ins.cli", "label", str(tmp_path / "in.xyz"),
+           "--calculator", str(yaml), "-o", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.exists()
+                                          and out.read_text().count("Lattice=") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1].strip()
+    assert proc.returncode == 130, err
+    assert marker.read_text() == "closed\n"
+    # the progress bar's lines, then one line of message, no traceback
+    assert "interrupted" in err.splitlines()[-1] and "Traceback" not in err, err
+    kept = out.read_text().count("Lattice=")
+    assert 2 <= kept < n
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert sorted(a.info["source_index"] for a in read(out, ":")) == list(range(n))
+
+
 def test_label_refuses_changed_input(tmp_path):
     write(tmp_path / "in.xyz", _frames(2))
     label_frames(tmp_path / "in.xyz", REPO / "configs/label/emt.yaml", tmp_path / "out.xyz",

@@ -189,3 +189,36 @@ def test_a_named_gpu_is_the_one_the_members_see(monkeypatch):
     assert plan["gpus"] == ["6"]
     with pytest.raises(InputError, match="--device cuda:1: names one GPU"):
         driver.check_launch(cfg, devices=2, env={})
+
+
+def test_sigterm_stops_the_running_members(monkeypatch):
+    """`kill PID` of a training stops the member processes it started (as Ctrl-C does) and
+    raises Terminated, so no nequip-train child keeps writing into the run folder while a
+    --resume starts new ones; the handler is restored afterwards."""
+    import signal
+
+    from mlff_ins.errors import Terminated
+
+    class FakeRun:
+        def __init__(self):
+            self.started = self.stopped = False
+            self.slot = None
+
+        def start(self, env, slot, progress, max_epochs):
+            self.started, self.slot = True, slot
+
+        def poll(self):
+            return False            # runs until stopped
+
+        def stop(self):
+            self.stopped = True
+
+    monkeypatch.setattr(driver, "POLL_S", 0.01)
+    runs = [FakeRun(), FakeRun(), FakeRun()]
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated):
+        driver._run_members(runs, parallel=2, progress=False, max_epochs=1,
+                            env_for_slot=lambda slot: {},
+                            check=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    assert [(r.started, r.stopped) for r in runs] == [(True, True), (True, True), (False, False)]
+    assert signal.getsignal(signal.SIGTERM) == before

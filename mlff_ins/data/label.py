@@ -34,7 +34,7 @@ from mlff_ins.atomic_io import append_durably, exclusive_lock
 from mlff_ins.data.extxyz_log import append_frame, truncate_incomplete_tail
 from mlff_ins.data.extxyz_log import read_frames as read_log
 from mlff_ins.data.ingest import read_frames
-from mlff_ins.errors import InputError
+from mlff_ins.errors import InputError, sigterm_as_interrupt
 
 _SHORT_NAMES = {
     "cp2k": "ase.calculators.cp2k:CP2K",
@@ -271,9 +271,13 @@ def label_frames(frames_path: str | os.PathLike, calculator_yaml: str | os.PathL
     with exclusive_lock(workdir / "label.lock",
                         f"{output}: another `mlff-ins label` run is writing it; wait for it to "
                         f"finish or stop it"):
-        report = _label_locked(frames, frames_path, spec, output, workdir,
-                               retry_rejected=retry_rejected, progress=progress,
-                               max_frames=max_frames, allow_config_change=allow_config_change)
+        # `kill PID` must close the calculator as Ctrl-C does: CP2K's MPI processes outlived a
+        # killed run and slowed the rerun's own CP2K (measured: 2 orphaned ranks still running)
+        with sigterm_as_interrupt():
+            report = _label_locked(frames, frames_path, spec, output, workdir,
+                                   retry_rejected=retry_rejected, progress=progress,
+                                   max_frames=max_frames,
+                                   allow_config_change=allow_config_change)
         # a calculator that writes no files (EMT, a Python potential) leaves nothing to keep
         # (a second run that started meanwhile may have put its own lock in: then the folder
         # stays, and this finished run must not fail over it)

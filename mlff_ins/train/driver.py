@@ -31,10 +31,8 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -47,7 +45,7 @@ from mlff_ins.atomic_io import (atomic_dir, atomic_path, exclusive_lock, write_j
                                write_text_atomic)
 from mlff_ins.data.ingest import read_frames, split_isolated_atoms
 from mlff_ins.data.validate import validate
-from mlff_ins.errors import InputError
+from mlff_ins.errors import InputError, sigterm_as_interrupt
 from mlff_ins.data.e0s import choose_e0s
 from mlff_ins.train.nequip_config import nequip_config
 
@@ -441,43 +439,30 @@ def _run_members(runs: list[_MemberRun], *, parallel: int, progress: bool, max_e
     checkpoint for --resume) and raise."""
     pending, running = list(runs), []
     free = list(range(parallel))
-    installed = threading.current_thread() is threading.main_thread()
-    if installed:
-        # `kill PID` (or SLURM's SIGTERM) must not orphan nequip-train children that would keep
-        # writing into the bundle while a --resume starts new ones: stop them first
-        old_handler = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        while pending or running:
-            while pending and free:
-                run = pending.pop(0)
-                if before_start is not None:
-                    before_start(run)
-                slot = free.pop(0)
-                run.start(env_for_slot(slot), slot, progress, max_epochs)
-                running.append(run)
-            time.sleep(POLL_S)
-            if check is not None:
-                check()
-            for run in list(running):
-                if run.poll():
-                    running.remove(run)
-                    free.append(run.slot)
-                    free.sort()
-    except BaseException:
-        for run in running:
-            run.stop()
-        raise
-    finally:
-        if installed:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if old_handler is None else old_handler)
-
-
-class Terminated(KeyboardInterrupt):
-    """The driver received SIGTERM (handled like Ctrl-C: children stopped, --resume later)."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated("terminated (SIGTERM); rerun with --resume to continue")
+    # `kill PID` (or SLURM's SIGTERM) must not orphan nequip-train children that would keep
+    # writing into the bundle while a --resume starts new ones: stop them first
+    with sigterm_as_interrupt():
+        try:
+            while pending or running:
+                while pending and free:
+                    run = pending.pop(0)
+                    if before_start is not None:
+                        before_start(run)
+                    slot = free.pop(0)
+                    run.start(env_for_slot(slot), slot, progress, max_epochs)
+                    running.append(run)
+                time.sleep(POLL_S)
+                if check is not None:
+                    check()
+                for run in list(running):
+                    if run.poll():
+                        running.remove(run)
+                        free.append(run.slot)
+                        free.sort()
+        except BaseException:
+            for run in running:
+                run.stop()
+            raise
 
 
 def _start_package(member_dir: Path, env: dict | None = None, tag: str = ""):
