@@ -11,5 +11,5 @@ mkdir -p data/predictor
 nice -n 19 mlff-ins database build --structures aflow,ase-bulk,dcdft,substitutions \
     --teacher sevennet-0 -o build/database/db.h5 --records data/predictor/teacher_records.h5
 mlff-ins database info build/database/db.h5
-mlff-ins predictor train build/database/db.h5 -o mlff_ins/resources/predictor --members 3 --epochs 60
+mlff-ins predictor train build/database/db.h5 -o mlff_ins/resources/predictor --members 3 --epochs 100
 python -m mlff_ins.bench predictor --force-sets tests/data/phonopy/{MgO,NaCl,Al2O3}
