@@ -135,13 +135,16 @@ def _oxidation_guess(symbols) -> dict | None:
 #: the smallest product of per-site conditional substitution probabilities kept (the threshold
 #: pymatgen's ``Substitutor`` uses by default)
 SUBSTITUTION_THRESHOLD = 1e-3
-#: per site, only the most probable replacements are combined (bounds a quaternary's products)
-CANDIDATES_PER_SITE = 8
+#: a site's replacement is considered when its own conditional probability is at least this:
+#: 1 % keeps, for Si4+, Ti, V, Mn or Fe (about 2 %), and leaves out the table's rare pairs such
+#: as Rh+, N+ or C+ for Na+ (0.3-0.4 %)
+SITE_PROBABILITY_MIN = 0.01
 
 
 def _ranked_candidates(model, symbol: str, charge: float) -> list[tuple[str, float]]:
     """``(element, conditional probability)`` of the ions of the same charge that may replace
-    ``symbol`` in that oxidation state, most probable first (the table's own entries only)."""
+    ``symbol`` in that oxidation state with a probability of at least SITE_PROBABILITY_MIN, most
+    probable first (the table's own entries only)."""
     from pymatgen.core import Species
 
     here = Species(symbol, charge)
@@ -150,9 +153,34 @@ def _ranked_candidates(model, symbol: str, charge: float) -> list[tuple[str, flo
         if sp.oxi_state != charge or sp.symbol == symbol or sp.symbol in EXCLUDED \
                 or sp.Z > 83:
             continue
-        out.append((sp.symbol, float(model.cond_prob(here, sp))))
+        p = float(model.cond_prob(here, sp))
+        if p >= SITE_PROBABILITY_MIN:
+            out.append((sp.symbol, p))
     out.sort(key=lambda t: (-t[1], t[0]))
-    return out[:CANDIDATES_PER_SITE]
+    return out
+
+
+def _combinations(options: list[list[tuple[str, float]]], threshold: float):
+    """``(probability, symbols)`` of every choice of one ``(symbol, probability)`` per site whose
+    product is at least ``threshold``; a branch stops as soon as even the most probable choices
+    of the sites after it cannot reach the threshold."""
+    options = [sorted(o, key=lambda t: (-t[1], t[0])) for o in options]
+    best_rest = [1.0] * (len(options) + 1)
+    for i in range(len(options) - 1, -1, -1):
+        best_rest[i] = best_rest[i + 1] * options[i][0][1]
+    out = []
+
+    def walk(i, p, chosen):
+        if i == len(options):
+            out.append((p, tuple(chosen)))
+            return
+        for symbol, q in options[i]:
+            if p * q * best_rest[i + 1] < threshold:
+                break
+            walk(i + 1, p * q, chosen + [symbol])
+
+    walk(0, 1.0, [])
+    return out
 
 
 def _covalent_radius(symbol: str) -> float:
@@ -178,10 +206,10 @@ def substitute(atoms: Atoms, mapping: dict) -> Atoms:
 def substitutions(per_prototype: int = 40, threshold: float = SUBSTITUTION_THRESHOLD,
                   prototypes=None):
     """Single- and multi-site substitutions of every charge-balanced AFLOW prototype of a
-    compound, ranked by the Hautier et al. (2011) probabilities: at most ``per_prototype`` per
-    prototype with a probability of at least ``threshold`` (the product over sites of the
+    compound, ranked by the Hautier et al. (2011) probabilities: the ``per_prototype`` most probable
+    of those with a probability of at least ``threshold`` (the product over sites of the
     conditional probability of each replacement, a kept site counting its probability of
-    staying), interleaved round-robin over the prototypes in order of rank (so a build stopped
+    staying; a replacement itself needs SITE_PROBABILITY_MIN), interleaved round-robin over the prototypes in order of rank (so a build stopped
     early has the most probable substitution of every prototype first). ``prototypes``:
     ``(label, atoms)`` pairs to substitute instead of the AFLOW library."""
     try:
@@ -205,15 +233,9 @@ def substitutions(per_prototype: int = 40, threshold: float = SUBSTITUTION_THRES
         for s in symbols:
             keep = float(model.cond_prob(Species(s, guess[s]), Species(s, guess[s])))
             options.append([(s, keep)] + _ranked_candidates(model, s, guess[s]))
-        ranked = []
-        for combo in itertools.product(*options):
-            new = tuple(c[0] for c in combo)
-            if new == tuple(symbols) or len(set(new)) != len(new):
-                continue
-            p = float(np.prod([c[1] for c in combo]))
-            if p >= threshold:
-                ranked.append((p, new))
-        ranked.sort(key=lambda t: (-t[0], t[1]))
+        ranked = sorted(((p, new) for p, new in _combinations(options, threshold)
+                         if new != tuple(symbols) and len(set(new)) == len(new)),
+                        key=lambda t: (-t[0], t[1]))
         lists.append([(label, atoms, {s: n for s, n in zip(symbols, new) if s != n})
                       for _, new in ranked[:per_prototype]])
     for round_ in itertools.zip_longest(*lists):
