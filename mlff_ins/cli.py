@@ -140,7 +140,7 @@ def _add_train(sub) -> None:
     p.add_argument("--cutoff", type=float, metavar="ANGSTROM", help="radial cutoff in Å")
     p.add_argument("--epochs", type=int, metavar="N", help="maximum number of epochs")
     p.add_argument("--max-minutes", type=float, metavar="MIN", help="wall-time limit per member, minutes")
-    p.add_argument("--device", metavar="DEV", help="cpu, cuda or auto")
+    p.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N (that GPU) or auto")
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="bundle folder, e.g. models/si")
     p.add_argument("--resume", action="store_true",
                    help="continue a killed run in --output; with a larger --epochs or "

@@ -21,7 +21,10 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum, frame):
-    raise Terminated("terminated (SIGTERM); rerun the same command to continue")
+    # a second SIGTERM (an impatient `kill`, a batch system's repeat) must not cut short the
+    # cleanup the first one started; the handler in place before is restored after it
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated("terminated (SIGTERM)")
 
 
 @contextlib.contextmanager

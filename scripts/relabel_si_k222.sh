@@ -50,6 +50,15 @@ with atomic_path(sys.argv[1]) as tmp:
 print(f"{sys.argv[1]}: {len(ordered)} geometries to relabel")
 PY
 fi
-nice -n 19 mlff-ins label "$SI/si_cp2k_pbe_phonon_check.xyz" --calculator "$CALC" \
+# bash does not pass a SIGTERM on to a foreground child: run each label in the background and
+# forward it, so that `kill` of this script stops the labelling and its CP2K too
+label() {
+  nice -n 19 mlff-ins label "$@" &
+  local pid=$!
+  trap 'kill -TERM $pid 2>/dev/null; wait $pid; exit 143' TERM INT
+  wait $pid
+  trap - TERM INT
+}
+label "$SI/si_cp2k_pbe_phonon_check.xyz" --calculator "$CALC" \
   -o "$SI/si_cp2k_pbe_k222_phonon_check.xyz"
-nice -n 19 mlff-ins label "$HERE/frames.xyz" --calculator "$CALC" -o "$SI/si_cp2k_pbe_k222.xyz"
+label "$HERE/frames.xyz" --calculator "$CALC" -o "$SI/si_cp2k_pbe_k222.xyz"

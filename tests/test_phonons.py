@@ -331,18 +331,20 @@ def test_the_phonons_benchmark_compares_a_model_with_the_dft_it_learned(tmp_path
     from mlff_ins.phonons.si_reference import (LABELLED_CHECK, LABELLED_CHECK_K222,
                                                dft_reference, labelled_check_for, labelled_dft)
 
-    assert labelled_check_for(REFERENCE_MODEL) in (LABELLED_CHECK, LABELLED_CHECK_K222)
+    assert labelled_check_for("sevennet-0") == LABELLED_CHECK      # a universal model
     meta = json.loads((REFERENCE_MODEL / "bundle.json").read_text())
-    for files, expected in ((["mlff_ins/resources/si/si_cp2k_pbe_k222.xyz"], LABELLED_CHECK_K222),
-                            (["mlff_ins/resources/si/si_cp2k_pbe.xyz",
-                              "mlff_ins/resources/si/si_cp2k_pbe_al1.xyz"], LABELLED_CHECK)):
-        bundle = tmp_path / expected.stem
+    cases = [({"files": ["mlff_ins/resources/si/si_cp2k_pbe_k222.xyz"]}, LABELLED_CHECK_K222),
+             ({"file": "/data/si_cp2k_pbe_k222.xyz"}, LABELLED_CHECK_K222),
+             ({"files": ["mlff_ins/resources/si/si_cp2k_pbe.xyz",
+                         "mlff_ins/resources/si/si_cp2k_pbe_al1.xyz"]}, LABELLED_CHECK),
+             ({"files": ["runs_k222/si_cp2k_pbe.xyz"]}, LABELLED_CHECK)]
+    for k, (data, expected) in enumerate(cases):
+        bundle = tmp_path / f"bundle{k}"
         for member in meta["members"]:        # the check needs the files, not their contents
             (bundle / member).parent.mkdir(parents=True, exist_ok=True)
             (bundle / member).touch()
-        meta["training_data"]["files"] = files
-        (bundle / "bundle.json").write_text(json.dumps(meta))
-        assert labelled_check_for(bundle) == expected
+        (bundle / "bundle.json").write_text(json.dumps({**meta, "training_data": data}))
+        assert labelled_check_for(bundle) == expected, data
     _, ph, _ = dft_reference()
     if not LABELLED_CHECK_K222.exists():
         with pytest.raises(InputError, match="not labelled yet"):

@@ -185,10 +185,24 @@ def test_a_named_gpu_is_the_one_the_members_see(monkeypatch):
     cfg = load_train_config(preset="tiny", overrides={"data": "x.xyz", "device": "cuda:1"})
     plan = driver.check_launch(cfg, env={})
     assert plan["pinned"] and plan["gpus"] == ["1"]
-    plan = driver.check_launch(cfg, env={"CUDA_VISIBLE_DEVICES": "4,6,7"}, parallel_members=3)
-    assert plan["gpus"] == ["6"]
+    # one member at a time, or three side by side: each process sees GPU 1 alone
+    assert driver.member_env(plan, 1, 0, {"X": "y"}) == {"X": "y", "CUDA_VISIBLE_DEVICES": "1"}
+    assert {driver.member_env(plan, 3, k, {})["CUDA_VISIBLE_DEVICES"] for k in range(3)} == {"1"}
+    visible = {"CUDA_VISIBLE_DEVICES": "4,6,7"}
+    plan = driver.check_launch(cfg, env=visible, parallel_members=3)
+    assert plan["gpus"] == ["6"] and driver.member_env(plan, 3, 2, visible) == \
+        {"CUDA_VISIBLE_DEVICES": "6"}
+    upper = load_train_config(preset="tiny", overrides={"data": "x.xyz", "device": "CUDA:2"})
+    assert driver.check_launch(upper, env={})["gpus"] == ["2"]
     with pytest.raises(InputError, match="--device cuda:1: names one GPU"):
         driver.check_launch(cfg, devices=2, env={})
+    # plain cuda, one member at a time: the environment is left alone (Lightning picks)
+    plain = load_train_config(preset="tiny", overrides={"data": "x.xyz", "device": "cuda"})
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    plan = driver.check_launch(plain, env={})
+    assert not plan["pinned"] and driver.member_env(plan, 1, 0, {}) == {}
+    assert driver.member_env(plan, 2, 1, {}) == {"CUDA_VISIBLE_DEVICES": "1"}
 
 
 def test_sigterm_stops_the_running_members(monkeypatch):
@@ -213,12 +227,19 @@ def test_sigterm_stops_the_running_members(monkeypatch):
         def stop(self):
             self.stopped = True
 
+    def fallback(signum, frame):      # without the handler under test: a failure, not a kill
+        raise RuntimeError("SIGTERM reached the fallback handler")
+
     monkeypatch.setattr(driver, "POLL_S", 0.01)
     runs = [FakeRun(), FakeRun(), FakeRun()]
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Terminated):
-        driver._run_members(runs, parallel=2, progress=False, max_epochs=1,
-                            env_for_slot=lambda slot: {},
-                            check=lambda: os.kill(os.getpid(), signal.SIGTERM))
-    assert [(r.started, r.stopped) for r in runs] == [(True, True), (True, True), (False, False)]
-    assert signal.getsignal(signal.SIGTERM) == before
+    previous = signal.signal(signal.SIGTERM, fallback)
+    try:
+        with pytest.raises(Terminated):
+            driver._run_members(runs, parallel=2, progress=False, max_epochs=1,
+                                env_for_slot=lambda slot: {},
+                                check=lambda: os.kill(os.getpid(), signal.SIGTERM))
+        assert [(r.started, r.stopped) for r in runs] == \
+            [(True, True), (True, True), (False, False)]
+        assert signal.getsignal(signal.SIGTERM) is fallback
+    finally:
+        signal.signal(signal.SIGTERM, previous)

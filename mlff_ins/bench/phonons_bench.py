@@ -168,9 +168,10 @@ def accuracy(calc, with_sevenn: bool, labels):
     """Two comparisons, each like for like: the model at the reference's own geometry against
     CP2K (the force constants alone), and the model at its own relaxed lattice (what
     ``mlff-ins phonons --relax`` gives a user) against experiment. CP2K is there twice: the
-    published reference (DZVP-MOLOPT-GTH, CP2K's default cutoff and SCF tolerance) and our
-    labelling settings (DZVP-MOLOPT-SR-GTH, 400 Ry, EPS_SCF 1e-7; ``labels``: those of the data
-    the model learned, Gamma-only or the k-point set) on the same supercell."""
+    published reference (DZVP-MOLOPT-GTH, Γ only, CP2K's default cutoff and SCF tolerance) and
+    our labelling settings (400 Ry, EPS_SCF 1e-7; Γ only with DZVP-MOLOPT-SR-GTH, or 2x2x2
+    k-points with DZVP-MOLOPT-GTH: ``labels``, those of the data the model learned) on the same
+    supercell."""
     ref, ph, ref_forces = dft_reference()
     labelled, labelled_forces = labelled_dft(ph, labels)
     print(f"'labels': {labels.name}")

@@ -324,14 +324,14 @@ def _label_locked(frames, frames_path: Path, spec, output: Path, workdir: Path, 
     if not todo:
         return report
 
-    calc = build_calculator(spec, workdir)
-    check = CP2KConvergence(calc) if spec.is_cp2k else _NoConvergenceCheck()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(frames), initial=len(frames) - len(todo), unit="frame",
-                   desc=f"label {frames_path.name}")
-    try:
+    calc = bar = None
+    try:     # the calculator is closed however the run ends (CP2K's shell is a process)
+        calc = build_calculator(spec, workdir)
+        check = CP2KConvergence(calc) if spec.is_cp2k else _NoConvergenceCheck()
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(frames), initial=len(frames) - len(todo), unit="frame",
+                       desc=f"label {frames_path.name}")
         for i in todo:
             source = frames[i]
             atoms = Atoms(source.numbers, source.positions, cell=source.cell, pbc=source.pbc)

@@ -28,14 +28,18 @@ LABELLED_CHECK_K222 = CP2K_DIR.parent / "si_cp2k_pbe_k222_phonon_check.xyz"
 
 
 def labelled_check_for(model) -> Path:
-    """The phonon check labelled with the settings of the data ``model`` (a bundle folder) was
-    trained on: the k-point one when its training data is the k-point data set
-    (si_cp2k_pbe_k222*.xyz), else the Gamma-only one."""
+    """The phonon check labelled with the settings of the data ``model`` was trained on: the
+    k-point one when ``model`` is a bundle folder trained on the k-point data set
+    (si_cp2k_pbe_k222*.xyz), else the Gamma-only one (also for a universal model by name, which
+    learned neither)."""
     from mlff_ins.model.calculator import read_bundle
 
+    if not (Path(model) / "bundle.json").exists():
+        return LABELLED_CHECK
     data = read_bundle(model).get("training_data", {})
-    files = " ".join(map(str, data.get("files") or [data.get("file", "")]))
-    return LABELLED_CHECK_K222 if "_k222" in files else LABELLED_CHECK
+    files = data.get("files") or [data.get("file", "")]
+    k222 = any(Path(str(f)).name.startswith("si_cp2k_pbe_k222") for f in files)
+    return LABELLED_CHECK_K222 if k222 else LABELLED_CHECK
 
 
 def dft_reference():

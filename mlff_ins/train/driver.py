@@ -270,14 +270,14 @@ def check_launch(cfg: dict, *, devices: int = 1, num_nodes: int = 1, parallel_me
 
     resolve_device(dev)   # an unknown name, or cuda without a GPU, fails before any training
     gpus: list[str] = []
-    pinned = str(dev).startswith("cuda:")
+    pinned = str(dev).strip().lower().startswith("cuda:")
     if pinned:
         # one named GPU: every member process sees only it (Lightning's "auto" took GPU 0)
         if world > 1:
             raise InputError(f"--device {dev}: names one GPU; to train each member on several, "
                              f"give --device cuda --devices {world} (CUDA_VISIBLE_DEVICES picks "
                              "which)")
-        index = int(str(dev).split(":", 1)[1])
+        index = int(str(dev).strip().split(":", 1)[1])
         listed = [g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
         gpus = [listed[index] if listed else str(index)]
     elif dev in ("cuda", "auto"):
@@ -430,6 +430,15 @@ class _MemberRun:
                 self.proc.kill()
                 self.proc.wait()
         self._close()
+
+
+def member_env(plan: dict, parallel_members: int, slot: int, env: dict) -> dict:
+    """The environment of the member process in ``slot``: side-by-side members on CUDA see one
+    GPU each, round robin; ``--device cuda:N`` (``plan["pinned"]``) shows every member that GPU
+    alone; otherwise ``env`` unchanged."""
+    if not plan["gpus"] or (parallel_members == 1 and not plan["pinned"]):
+        return env
+    return {**env, "CUDA_VISIBLE_DEVICES": plan["gpus"][slot % len(plan["gpus"])]}
 
 
 def _run_members(runs: list[_MemberRun], *, parallel: int, progress: bool, max_epochs: int,
@@ -767,11 +776,7 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
         runs.append(run)
 
     def env_for_slot(slot: int) -> dict:
-        if not plan["gpus"] or (parallel_members == 1 and not plan["pinned"]):
-            return env
-        # side-by-side members on CUDA: one visible GPU each, round robin (--device cuda:N:
-        # that one GPU for every member)
-        return {**env, "CUDA_VISIBLE_DEVICES": plan["gpus"][slot % len(plan["gpus"])]}
+        return member_env(plan, parallel_members, slot, env)
 
     def before_start(run) -> None:  # srun: tell the other ranks to start the same member
         write_json_atomic(sync / f"member_{run.k}.json", {"train": True, "ckpt": run.ckpt})

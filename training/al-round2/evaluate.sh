@@ -38,7 +38,9 @@ else
               --data mlff_ins/resources/si/si_cp2k_pbe_al2.xyz)
 fi
 OLD=${1:-mlff_ins/resources/si/reference_model}
+# one folder per label set: a k-point evaluation must not reuse the Gamma-only one's model and MD
 OUT=$RUN/eval
+[ "$LABELS" = k222 ] && OUT=$RUN/eval-k222
 mkdir -p "$OUT"
 NEW=${2:-$OUT/round2_model}
 AL=mlff_ins/resources/si/si_cp2k_pbe_al2.xyz
@@ -61,6 +63,18 @@ files = " ".join(map(str, read_bundle(sys.argv[1]).get("training_data", {}).get(
 if "al1" not in files or "al2" in files:
     sys.exit(f"{sys.argv[1]}: not the round-1 ensemble; give it as the first argument")
 PY
+if [ -f "$NEW/bundle.json" ]; then   # an export made earlier must be of this label set
+  python - "$NEW" "$LABELS" <<'PY'
+import sys
+from pathlib import Path
+from mlff_ins.model.calculator import read_bundle
+data = read_bundle(sys.argv[1]).get("training_data", {})
+files = [Path(str(f)).name for f in data.get("files") or [data.get("file", "")]]
+if any(f.startswith("si_cp2k_pbe_k222") for f in files) != (sys.argv[2] == "k222"):
+    sys.exit(f"{sys.argv[1]}: trained on {', '.join(files)}, not the LABELS={sys.argv[2]} "
+             f"data; remove it (or give NEW_MODEL)")
+PY
+fi
 if [ ! -f "$NEW/bundle.json" ]; then   # the round-2 run as it stands (partial if unfinished)
   rm -rf "$NEW"
   mlff-ins train --preset reference "${TRAIN_DATA[@]}" -o "$TRAIN_RUN" --export "$NEW"
