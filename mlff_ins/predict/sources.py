@@ -17,7 +17,8 @@ Each source yields ``(key, atoms)`` pairs in a fixed order; ``key`` names the en
     the composition (pymatgen's common oxidation states) are replaced by ions of the same charge,
     ranked by the data-mined substitution probabilities of Hautier et al., Inorg. Chem. 50, 656
     (2011) (pymatgen's ``SubstitutionProbability``, whose table ships with pymatgen): a
-    substitution is kept when the product of its sites' conditional probabilities is at least
+    substitution is kept when each replacement has a conditional probability of at least
+    ``SITE_PROBABILITY_MIN`` and the product over its sites is at least
     ``SUBSTITUTION_THRESHOLD``, the most probable first; the volume is scaled by the cube of the
     ratio of covalent radii. Key ``sub:<AFLOW label>:<old>-<new>,...``. (Before 2026-12-02 the
     candidates were every element sharing the oxidation state, taken in atomic-number order: the
@@ -206,12 +207,13 @@ def substitute(atoms: Atoms, mapping: dict) -> Atoms:
 def substitutions(per_prototype: int = 40, threshold: float = SUBSTITUTION_THRESHOLD,
                   prototypes=None):
     """Single- and multi-site substitutions of every charge-balanced AFLOW prototype of a
-    compound, ranked by the Hautier et al. (2011) probabilities: the ``per_prototype`` most probable
-    of those with a probability of at least ``threshold`` (the product over sites of the
-    conditional probability of each replacement, a kept site counting its probability of
-    staying; a replacement itself needs SITE_PROBABILITY_MIN), interleaved round-robin over the prototypes in order of rank (so a build stopped
-    early has the most probable substitution of every prototype first). ``prototypes``:
-    ``(label, atoms)`` pairs to substitute instead of the AFLOW library."""
+    compound, ranked by the Hautier et al. (2011) probabilities: the ``per_prototype`` most
+    probable of those with a probability of at least ``threshold`` (the product over sites of
+    the conditional probability of each replacement, a kept site counting its probability of
+    staying; a replacement itself needs SITE_PROBABILITY_MIN), interleaved round-robin over the
+    prototypes in order of rank (so a build stopped early has the most probable substitution of
+    every prototype first). ``prototypes``: ``(label, atoms)`` pairs to substitute instead of
+    the AFLOW library."""
     try:
         from pymatgen.analysis.structure_prediction.substitution_probability import (
             SubstitutionProbability)
