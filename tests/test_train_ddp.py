@@ -196,6 +196,8 @@ def test_a_named_gpu_is_the_one_the_members_see(monkeypatch):
     assert driver.check_launch(upper, env={})["gpus"] == ["2"]
     with pytest.raises(InputError, match="--device cuda:1: names one GPU"):
         driver.check_launch(cfg, devices=2, env={})
+    with pytest.raises(InputError, match="--device cuda:1: CUDA_VISIBLE_DEVICES shows 1 GPU"):
+        driver.check_launch(cfg, env={"CUDA_VISIBLE_DEVICES": "3"})
     # plain cuda, one member at a time: the environment is left alone (Lightning picks)
     plain = load_train_config(preset="tiny", overrides={"data": "x.xyz", "device": "cuda"})
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)

@@ -279,6 +279,8 @@ def check_launch(cfg: dict, *, devices: int = 1, num_nodes: int = 1, parallel_me
                              "which)")
         index = int(str(dev).strip().split(":", 1)[1])
         listed = [g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+        if listed and index >= len(listed):
+            raise InputError(f"--device {dev}: CUDA_VISIBLE_DEVICES shows {len(listed)} GPU(s)")
         gpus = [listed[index] if listed else str(index)]
     elif dev in ("cuda", "auto"):
         import torch
