@@ -12,8 +12,9 @@
 #      relabelling already covers every kind of frame) -> si_cp2k_pbe_k222.xyz
 #
 # Each frame keeps its config_type, with gamma_file/gamma_index naming the Gamma-only label it
-# replaces. Resumes frame by frame: rerun after a kill. About 5-8 minutes a 64-atom frame on
-# 2 cores (CP2K with 2 MPI ranks): some 15-20 hours in all.
+# replaces. Resumes frame by frame: rerun after a kill. About 8 minutes a 64-atom crystal frame on
+# 2 cores (16 SCF steps of ~20 s, then forces and stress), more for disordered ones: about 20
+# hours in all. CP2K's MPI ranks slow down 2-7x beside other work: keep the machine quiet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SI=mlff_ins/resources/si
