@@ -278,6 +278,66 @@ def test_shipped_cp2k_config_labels_a_cell(tmp_path):
     assert -108 < out.get_potential_energy() / len(out) < -103
 
 
+def _descendants(pid: int) -> set[int]:
+    """PIDs of every live process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie no container init reaps does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(shutil.which("cp2k_shell.psmp") is None or not Path("/proc").exists(),
+                    reason="CP2K not installed (apt-get install cp2k cp2k-data)")
+def test_a_killed_cp2k_labelling_leaves_no_cp2k_running(tmp_path):
+    """`kill` of a CP2K labelling in the middle of an SCF: the run stops within seconds and takes
+    mpirun and CP2K's ranks with it (they had outlived it: ASE terminated only the /bin/sh
+    between them, then waited for the SCF to end)."""
+    frames = []
+    for k in range(3):
+        atoms = bulk("Si", "diamond", 5.466, cubic=True) * (2, 2, 1)   # 32 atoms
+        atoms.rattle(0.05, seed=k)
+        frames.append(atoms)
+    write(tmp_path / "si32.xyz", frames)
+    out = tmp_path / "out.xyz"
+    proc = subprocess.Popen([sys.executable, "-m", "mlff_ins.cli", "label",
+                             str(tmp_path / "si32.xyz"), "--calculator",
+                             str(REPO / "configs/label/cp2k_si.yaml"), "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "out.xyz.work" / "cp2k.out"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and "Diag." in log.read_text()):
+        time.sleep(0.2)
+    below = _descendants(proc.pid)
+    assert any("cp2k_shell" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
+               for p in below if Path(f"/proc/{p}/cmdline").exists()), "CP2K did not start"
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    # an SCF of this cell takes ~20 steps of ~1 s here: stopping it, not waiting for it
+    assert time.time() - t0 < 10, "waited for the SCF instead of stopping it"
+    time.sleep(1)
+    alive = [p for p in below if _running(p)]
+    assert not alive, [Path(f"/proc/{p}/cmdline").read_text(errors="replace") for p in alive]
+
+
 def test_a_second_labelling_run_on_the_same_output_is_refused(tmp_path, capsys):
     """While one `mlff-ins label` run holds OUTPUT, a second one is refused at once (it would
     label the same frames again); once the first is gone, labelling resumes."""

@@ -113,6 +113,12 @@ def build_calculator(spec: CalculatorSpec, workdir: str | os.PathLike):
                              "ASE's `cutoff` is in eV, or give `cutoff_Ry`")
         Path(workdir).mkdir(parents=True, exist_ok=True)
         params.setdefault("label", _cp2k_label(Path(workdir)))
+        # ASE starts the command through /bin/sh and, stopped mid-calculation, terminates that
+        # process: `exec` makes it the launcher itself (mpirun passes the signal on to its
+        # ranks), where a plain sh died alone and left mpirun and CP2K running (measured)
+        command = str(params.get("command", "")).strip()
+        if command and not command.startswith("exec "):
+            params["command"] = "exec " + command
     return cls(**params)
 
 
