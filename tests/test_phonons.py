@@ -346,11 +346,9 @@ def test_the_phonons_benchmark_compares_a_model_with_the_dft_it_learned(tmp_path
         (bundle / "bundle.json").write_text(json.dumps({**meta, "training_data": data}))
         assert labelled_check_for(bundle) == expected, data
     _, ph, _ = dft_reference()
-    if not LABELLED_CHECK_K222.exists():
-        with pytest.raises(InputError, match="not labelled yet"):
-            labelled_dft(ph, LABELLED_CHECK_K222)
-        return
-    _, forces = labelled_dft(ph, LABELLED_CHECK_K222)
+    with pytest.raises(InputError, match="not labelled yet"):
+        labelled_dft(ph, tmp_path / "si_cp2k_pbe_k222_phonon_check.xyz")
+    _, forces = labelled_dft(ph, LABELLED_CHECK_K222)       # committed, labelled 2026-12-02
     assert np.abs(forces.sum(axis=0)).max() < 1e-3                        # eV/Å
     assert np.abs(ase.io.read(LABELLED_CHECK_K222, index=1).get_forces()).max() < 1e-3
 
