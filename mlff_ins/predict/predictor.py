@@ -649,14 +649,17 @@ class Predictor:
                              f"{', '.join(targets)}")
         k = targets.index(instrument)
         mean, std, partials = self.predict_arrays(atoms)
-        y, s = mean[k], (None if std is None else std[k])
-        parts = {el: p[k] for el, p in partials.items()}
+        # float64 from here on: the network's float32 times a float64 reciprocal can leave the
+        # maximum at 0.99999994; dividing by the float64 maximum leaves it at exactly 1
+        y = np.asarray(mean[k], dtype=np.float64)
+        s = None if std is None else np.asarray(std[k], dtype=np.float64)
+        parts = {el: np.asarray(p[k], dtype=np.float64) for el, p in partials.items()}
         t_db = float(self.meta["database_temperature_K"])
         factor = np.ones_like(y)
         if temperature_K is not None and temperature_K != t_db:
             e = self.energy_meV
             factor = (1 + _bose(e, temperature_K)) / (1 + _bose(e, t_db))
-        scale = 1.0 / max(float(np.max(y * factor)), 1e-300)
+        top = max(float(np.max(y * factor)), 1e-300)
         warnings = self.familiarity(atoms)
         if self.meta.get("status"):       # a predictor that says it is not to be trusted
             warnings.insert(0, self.meta["status"])
@@ -674,12 +677,12 @@ class Predictor:
                       instrument=instrument,
                       temperature_K=t_db if temperature_K is None else temperature_K,
                       provenance=prov)
-        out = {"s_e": Spectrum1D(intensity=y * factor * scale,
-                                 intensity_std=None if s is None else s * factor * scale,
+        out = {"s_e": Spectrum1D(intensity=y * factor / top,
+                                 intensity_std=None if s is None else s * factor / top,
                                  **common)}
         if len(parts) > 1:
             for el, p in parts.items():
-                out[f"s_e_{el}"] = Spectrum1D(intensity=p * factor * scale, element=el, **common)
+                out[f"s_e_{el}"] = Spectrum1D(intensity=p * factor / top, element=el, **common)
         if two_d:
             out["sqe"] = self._map(atoms, temperature_K, t_db, prov)
         return out, warnings
@@ -690,7 +693,9 @@ class Predictor:
 
         two = self.meta["two_d"]
         mean, std = self.predict_map_arrays(atoms)
-        e = np.asarray(two["energy_meV"])
+        mean = np.asarray(mean, dtype=np.float64)
+        std = None if std is None else np.asarray(std, dtype=np.float64)
+        e = np.asarray(two["energy_meV"], dtype=np.float64)
         factor = np.ones_like(e)
         if temperature_K is not None and temperature_K != t_db:
             ok = e > 0
@@ -699,9 +704,9 @@ class Predictor:
             # which holds the lowest acoustic modes, 20-30x too weak at 300 K from 10 K)
             if t_db > 0:
                 factor[e == 0] = temperature_K / t_db
-        scale = 1.0 / max(float(np.max(mean * factor)), 1e-300)
-        return Spectrum2D(kind="sqe", q=two["q_invA"], y=e, intensity=mean * factor * scale,
-                          intensity_std=None if std is None else std * factor * scale,
+        top = max(float(np.max(mean * factor)), 1e-300)
+        return Spectrum2D(kind="sqe", q=two["q_invA"], y=e, intensity=mean * factor / top,
+                          intensity_std=None if std is None else std * factor / top,
                           units="max-normalised", source="predictor", instrument="direct",
                           temperature_K=t_db if temperature_K is None else temperature_K,
                           provenance={**prov, "map": "powder S(Q,E), coherent + incoherent, "
