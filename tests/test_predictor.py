@@ -105,6 +105,42 @@ def test_element_partials_add_up_and_enter_the_loss():
         assert float(_loss(net, collate(graphs, torch.float64), total)[0]) > 1e-6
 
 
+def test_a_residual_network_starts_as_the_baseline_and_keeps_it_when_training_hurts():
+    """With ``hyper['baseline']`` (the mean training spectrum) the untrained network predicts
+    exactly that spectrum for any crystal (gain 0; float32 buffer: to 1e-6), each element's
+    partial being its share of the atoms; and train_member keeps the untrained state when no
+    epoch beats it: targets equal to the baseline (validation MSE 0 at the start) and a
+    learning rate of 1 that can only move away."""
+    from mlff_ins.predict.predictor import train_member
+
+    base = np.concatenate([np.linspace(0.2, 1.0, 12), np.linspace(1.0, 0.1, 12)])
+    torch.manual_seed(0)
+    net = SpectrumNetwork({**default_hyper(24), "n_blocks": 2, "cutoff_A": 4.0,
+                           "baseline": base.tolist()}).double()
+    a = _crystal()                                     # Cu2 Au Al
+    elements = list(dict.fromkeys(a.get_chemical_symbols()))
+    g = graph(a, 4.0)
+    g["elem_slot"] = np.array([elements.index(s) for s in a.get_chemical_symbols()])
+    g["partial"] = np.zeros((len(elements), 2, 12))
+    net.eval()
+    with torch.no_grad():
+        total, parts = net.forward_with_partials(collate([g], torch.float64))
+        np.testing.assert_allclose(total.numpy().ravel(), base, atol=1e-6)
+        share = np.array([a.get_chemical_symbols().count(el) / len(a) for el in elements])
+        np.testing.assert_allclose(parts.numpy().reshape(len(elements), -1),
+                                   share[:, None] * base[None, :], atol=1e-6)
+        cu = net(collate([graph(bulk("Cu", "fcc", 3.61), 4.0)], torch.float64))
+        np.testing.assert_allclose(cu.numpy().ravel(), base, atol=1e-6)
+    y = base.reshape(2, 12)
+    data = [({k: v for k, v in g.items() if k not in ("elem_slot", "partial")}, y),
+            (graph(bulk("Cu", "fcc", 3.61), 4.0), y)]
+    fit = train_member(net, data, data, epochs=2, batch_size=1, lr=1.0, weight_decay=0.0,
+                       seed=0)
+    assert fit["history"][0]["epoch"] == 0 and fit["best_valid_mse"] < 1e-10
+    assert max(h["valid_mse"] for h in fit["history"][1:]) > 1e-6   # training did move it
+    assert float(net.gain.detach()) == 0.0                          # and the start was kept
+
+
 def test_composition_split_keeps_formulas_apart():
     formulas = ["NaCl", "KBr", "NaCl", "MgO", "Si", "KBr", "GaAs", "ZnO", "CaF2", "Al2O3"] * 2
     split = composition_split(formulas)

@@ -8,8 +8,10 @@ layers are those of e3nn's ``gate_points_2101.Network`` (convolution + gate, a l
 to ``n_out`` scalars per atom). Each atom's output goes through softplus (non-negative), and the
 crystal's spectrum is the mean over its atoms (a latent head, ``head: latent``, returns the plain
 mean: the autoencoder code of a S(Q,E) map, :mod:`mlff_ins.predict.autoencoder`), so a supercell
-gives the same spectrum and each element's share of the mean is its partial spectrum. Spectra are max-normalised at the end (the
-targets are too), as in the papers.
+gives the same spectrum and each element's share of the mean is its partial spectrum. Spectra
+are max-normalised at the end (the targets are too), as in the papers. With ``hyper['baseline']``
+(the mean training spectrum) the network learns the residual from that one spectrum for all,
+through a gain that starts at zero: it starts as the baseline a useful predictor must beat.
 
 Everything that defines a network is in its ``hyper`` dict, saved beside the weights
 (:mod:`mlff_ins.predict.predictor`); nothing here is a hidden constant.
@@ -110,6 +112,15 @@ class SpectrumNetwork(torch.nn.Module):
                            radial_neurons=int(hyper["radial_neurons"]),
                            num_neighbors=float(hyper["num_neighbors"]), num_nodes=1.0,
                            reduce_output=False)
+        if hyper.get("baseline") is not None and hyper.get("head") != "latent":
+            # residual on one spectrum for all: each atom's output is
+            # softplus(gain * network + softplus⁻¹(baseline)), the gain starting at zero
+            # (ReZero, Bachlechner et al., 2020), so the untrained network predicts the mean
+            # training spectrum and training moves away from it only as far as it helps
+            base = torch.as_tensor(np.clip(np.asarray(hyper["baseline"], dtype=np.float64),
+                                           1e-4, None).ravel())
+            self.register_buffer("base_logit", (base + torch.log(-torch.expm1(-base))).float())
+            self.gain = torch.nn.Parameter(torch.zeros(()))
         # float32 whatever torch's default (nequip sets float64 globally when imported)
         self.float()
 
@@ -134,7 +145,11 @@ class SpectrumNetwork(torch.nn.Module):
         edge_attr = smooth_cutoff(length / float(h["cutoff_A"]))[:, None] * sh
         for layer in self.net.layers:
             x = layer(x, z, data["src"], data["dst"], edge_attr, basis)
-        return x if h.get("head") == "latent" else torch.nn.functional.softplus(x)
+        if h.get("head") == "latent":
+            return x
+        if hasattr(self, "gain"):
+            x = self.gain * x + self.base_logit
+        return torch.nn.functional.softplus(x)
 
     def forward_with_partials(self, data: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(crystal spectra as :meth:`forward`, element partials (groups, n_blocks, bins) on

@@ -200,11 +200,21 @@ def train_member(model, train, valid, *, epochs: int, batch_size: int, lr: float
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.96)
-    best, best_state, history = np.inf, None, []
     dtype = next(model.parameters()).dtype
     vbatch = [(collate([g for g, _ in valid[k:k + 64]], dtype),
                torch.as_tensor(np.array([y for _, y in valid[k:k + 64]]), dtype=dtype))
               for k in range(0, len(valid), 64)]
+
+    def valid_mse():       # the monitored figure: the crystal spectra alone
+        model.eval()
+        with torch.no_grad():
+            return sum(float(_loss(model, b, t, partials=False)[1]) * len(t)
+                       for b, t in vbatch) / max(len(valid), 1)
+
+    # the untrained state competes too: a residual network (hyper "baseline") starts as the
+    # mean training spectrum, and training that only makes it worse keeps that
+    best = valid_mse()
+    best_state, history = copy.deepcopy(model.state_dict()), [{"epoch": 0, "valid_mse": best}]
     for epoch in range(epochs):
         model.train()
         order = rng.permutation(len(train))
@@ -219,10 +229,7 @@ def train_member(model, train, valid, *, epochs: int, batch_size: int, lr: float
             opt.step()
             total += mse.item() * len(idx)
         sched.step()
-        model.eval()
-        with torch.no_grad():       # the monitored figure: the crystal spectra alone
-            vloss = sum(float(_loss(model, b, t, partials=False)[1]) * len(t)
-                        for b, t in vbatch) / max(len(valid), 1)
+        vloss = valid_mse()
         history.append({"epoch": epoch + 1, "train_mse": total / len(train), "valid_mse": vloss})
         if vloss < best:
             best, best_state = vloss, copy.deepcopy(model.state_dict())
@@ -262,6 +269,11 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
     train_idx = idx["train"]
     hyper["num_neighbors"] = float(np.mean([len(graphs[i]["src"]) / len(graphs[i]["z"])
                                             for i in train_idx]))
+    baseline = mean_training_spectrum([ys[i] for i in train_idx], len(targets))
+    if hyper.get("baseline", True) is not None:
+        # learn the residual from the mean training spectrum (SpectrumNetwork);
+        # hyper={"baseline": None} trains the plain network
+        hyper["baseline"] = baseline.ravel().round(6).tolist()
     data = [({**g, "elem_slot": slot, "partial": part}, y.reshape(len(targets), -1))
             for g, y, (slot, part) in zip(graphs, ys, facts["partials"])]
     final = Path(out_dir)
@@ -311,8 +323,7 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
                 "best_valid_mse": [f["best_valid_mse"] for f in fits], **stats,
                 # the baseline a useful predictor must beat, kept for scoring it elsewhere
                 # (python -m mlff_ins.bench predictor: against DFT)
-                "mean_training_spectrum": mean_training_spectrum(
-                    [ys[i] for i in train_idx], len(targets)).round(6).tolist(),
+                "mean_training_spectrum": baseline.round(6).tolist(),
                 "two_d": two_d_meta}
         write_json_atomic(out_dir / "predictor.json", meta)
         predictor = Predictor(out_dir)
@@ -726,9 +737,11 @@ def write_report(out_dir: Path, meta: dict, test, predictor, fits) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     ax = axes[0, 0]
     for k, f in enumerate(fits):
-        ax.semilogy([h["valid_mse"] for h in f["history"]], label=f"member {k} validation")
-        ax.semilogy([h["train_mse"] for h in f["history"]], ls=":", color=ax.lines[-1].get_color(),
-                    label=f"member {k} training")
+        ax.semilogy([h["epoch"] for h in f["history"]], [h["valid_mse"] for h in f["history"]],
+                    label=f"member {k} validation")
+        done = [h for h in f["history"] if "train_mse" in h]     # epoch 0 was not trained
+        ax.semilogy([h["epoch"] for h in done], [h["train_mse"] for h in done], ls=":",
+                    color=ax.lines[-1].get_color(), label=f"member {k} training")
     ax.set_xlabel("epoch")
     ax.set_ylabel("MSE")
     ax.legend(fontsize=7)
