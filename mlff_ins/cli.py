@@ -1463,10 +1463,14 @@ def _add_predictor(sub) -> None:
     t.add_argument("--batch-size", type=int, default=16, metavar="N", help="structures per step")
     t.add_argument("--lr", type=float, default=5e-3, metavar="RATE",
                    help="AdamW learning rate (dimensionless), decayed by 0.96 per epoch")
+    t.add_argument("--weight-decay", type=float, default=None, metavar="λ",
+                   help="AdamW weight decay (dimensionless; default 0.5, chosen on validation "
+                        "against 0.05: docs/benchmarks.md)")
     t.add_argument("--cutoff", type=float, default=5.0, metavar="Å",
                    help="graph cutoff radius (Å)")
-    t.add_argument("--targets", default="vision,tosca",
-                   help="comma-separated spectra to learn: vision, tosca")
+    t.add_argument("--targets", default="vision,tosca,dos",
+                   help="comma-separated spectra to learn: vision, tosca (S(E)), dos (phonon "
+                        "DOS, predicted beside the S(E))")
     t.add_argument("--seed", type=int, default=0, help="seed of the first member")
     t.add_argument("--no-2d", dest="two_d", action="store_false",
                    help="skip the S(Q,E) autoencoder and latent networks")
@@ -1481,8 +1485,11 @@ def _run_predictor_train(args) -> int:
     for opt in ("members", "epochs", "batch_size"):
         if getattr(args, opt) < 1:
             raise InputError(f"--{opt.replace('_', '-')} must be at least 1")
+    if args.weight_decay is not None and args.weight_decay < 0:
+        raise InputError(f"--weight-decay {args.weight_decay:g}: must not be negative")
+    decay = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
     meta = train_predictor(args.database, args.output, members=args.members, epochs=args.epochs,
-                           batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, **decay,
                            targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
                            hyper={"cutoff_A": args.cutoff}, two_d=args.two_d,
                            ae_epochs=args.ae_epochs)
@@ -1499,8 +1506,9 @@ def _add_predict(sub) -> None:
         "predict", help="INS spectra straight from a structure (the direct predictor)",
         description="Predict the VISION or TOSCA S(E) of a structure with a trained predictor "
                     "(the one shipped in the package unless --predictor): max-normalised, with "
-                    "the ensemble spread as intensity_std and element partials. Structures "
-                    "unlike the training data get a warning.",
+                    "the ensemble spread as intensity_std and element partials; and, from a "
+                    "predictor that learned it, the phonon DOS (vdos, max-normalised, with its "
+                    "partials). Structures unlike the training data get a warning.",
         epilog="example: mlff-ins predict si.cif --instrument vision -T 10 -o si_pred.h5 --plot",
         formatter_class=_HelpFormatter)
     p.add_argument("structure", help="structure file (CIF, POSCAR, extxyz, ...)")

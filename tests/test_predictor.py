@@ -195,6 +195,9 @@ def test_training_writes_a_complete_predictor(small_predictor):
     assert saved["split_sizes"]["train"] >= 10 and saved["split_sizes"]["valid"] >= 1
     assert saved["test"]["n"] == saved["split_sizes"]["test"] >= 1
     assert "partials_median_mse" in saved["test"]      # null when no test crystal is a compound
+    # the headline MSE is that of the S(E) targets; each target's median is reported too
+    assert saved["targets"] == ["vision", "tosca", "dos"]
+    assert set(saved["test"]["per_target"]) == {"vision", "tosca", "dos"}
     for key in ("cutoff_A", "lmax", "hidden", "num_neighbors", "n_out", "n_blocks"):
         assert key in saved["hyper"]                              # everything in the checkpoint
     assert saved["grid_edges_invcm"][0] == 10 and saved["grid_edges_invcm"][-1] == 1200
@@ -230,6 +233,20 @@ def test_predict_command_with_partials_spread_and_warnings(small_predictor, tmp_
     # element partials share the total's scale and add up to it
     np.testing.assert_allclose(spectra["s_e_Au"].intensity + spectra["s_e_Cu"].intensity,
                                s.intensity, rtol=1e-5, atol=1e-7)
+    # the phonon DOS, learned beside the S(E): 3 modes per atom as the phonon route's (so
+    # `thermo` takes it: C_V within 3R), partials adding up
+    d = spectra["vdos"]
+    assert d.kind == "vdos" and d.source == "predictor" and d.units == "1/meV"
+    assert d.area() == pytest.approx(3.0, rel=1e-12)
+    assert d.intensity_std is not None and not np.allclose(d.intensity / d.intensity.max(),
+                                                           s.intensity)
+    assert main(["thermo", str(h5), "-o", str(tmp_path / "thermo.csv")]) == 0
+    rows = np.array([r.split(",") for r in (tmp_path / "thermo.csv").read_text().splitlines()
+                     if r and r[0].isdigit()], dtype=float)
+    cv = rows[:, 2]                      # C_V per atom in k_B: rises towards Dulong-Petit, 3
+    assert np.all(np.diff(cv) >= 0) and 0 < cv[-1] <= 3 + 1e-9
+    np.testing.assert_allclose(spectra["vdos_Au"].intensity + spectra["vdos_Cu"].intensity,
+                               d.intensity, rtol=1e-5, atol=1e-7)
     assert h5.with_suffix(".png").stat().st_size > 0
     # an element it never saw, and a squeezed cell: warnings on stderr and in the provenance
     fe = tmp_path / "fe.cif"
@@ -265,6 +282,8 @@ def test_temperature_applies_the_bose_factor(small_predictor):
     ratio = (1 + _bose(e, 300.0)) / (1 + _bose(e, 10.0))
     expect = cold["s_e"].intensity * ratio
     np.testing.assert_allclose(warm["s_e"].intensity, expect / expect.max(), rtol=1e-6)
+    # the phonon DOS has no Bose factor
+    np.testing.assert_array_equal(warm["vdos"].intensity, cold["vdos"].intensity)
 
 
 def test_a_predictor_folder_cannot_point_outside_itself(small_predictor, tmp_path):
@@ -388,3 +407,27 @@ def test_a_predictor_with_a_status_warns_at_every_prediction(small_predictor, tm
     assert "mlff-ins predict: warning: not to be trusted" in capsys.readouterr().err
     prov = read_spectra(tmp_path / "p.h5")["s_e"].provenance
     assert prov["warnings"][0] == "not to be trusted"
+
+
+def test_predictor_train_rejects_a_negative_weight_decay(small_predictor, tmp_path, capsys):
+    """A negative --weight-decay (AdamW would grow the weights) is one line naming the option,
+    before anything is written."""
+    from mlff_ins.cli import main
+
+    db, _, _ = small_predictor
+    out = tmp_path / "pred"
+    assert main(["predictor", "train", str(db), "-o", str(out), "--weight-decay", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--weight-decay -1" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_predictor_of_the_dos_alone_is_refused(small_predictor, tmp_path):
+    """`predict` chooses an instrument's S(E); a predictor trained on the DOS alone would have
+    none to give, so training one is refused before anything is written."""
+    from mlff_ins.predict.predictor import train_predictor
+
+    db, _, _ = small_predictor
+    with pytest.raises(InputError, match="--targets dos: add vision or tosca"):
+        train_predictor(db, tmp_path / "pred", targets=("dos",), progress=False)
+    assert not (tmp_path / "pred").exists()

@@ -59,7 +59,7 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
 
 #: every task of the walk-through must appear in it
 TASKS = ("label", "check", "train", "build", "md", "select", "spectra", "phonons", "ins",
-         "compare", "export", "deploy")
+         "compare", "export", "predict", "deploy")
 
 #: longest time one command may take (s); the whole walk-through takes about 2-3 minutes
 COMMAND_TIMEOUT_S = 600

@@ -103,8 +103,15 @@ class SpectrumNetwork(torch.nn.Module):
             torch.nn.init.normal_(self.embed_z.weight, std=1.0)
             torch.nn.init.zeros_(self.embed_z.bias)
         self.irreps_sh = o3.Irreps.spherical_harmonics(int(hyper["lmax"]))
+        n_net = int(hyper["n_out"])
+        if hyper.get("basis") and hyper.get("head") != "latent":
+            # each block's per-atom output is a combination of hyper["basis"] Gaussians evenly
+            # spread over its bins instead of one free value per bin: smooth by construction
+            nb = int(hyper.get("n_blocks", 1))
+            self.register_buffer("basis_matrix", smooth_basis(n_net // nb, int(hyper["basis"])))
+            n_net = nb * int(hyper["basis"])
         self.net = Network(irreps_in=f"{em}x0e", irreps_hidden=hyper["hidden"],
-                           irreps_out=f"{int(hyper['n_out'])}x0e",
+                           irreps_out=f"{n_net}x0e",
                            irreps_node_attr=f"{em}x0e", irreps_edge_attr=self.irreps_sh,
                            layers=int(hyper["layers"]), max_radius=float(hyper["cutoff_A"]),
                            number_of_basis=int(hyper["number_of_basis"]),
@@ -147,6 +154,9 @@ class SpectrumNetwork(torch.nn.Module):
             x = layer(x, z, data["src"], data["dst"], edge_attr, basis)
         if h.get("head") == "latent":
             return x
+        if hasattr(self, "basis_matrix"):
+            x = (x.reshape(len(x), -1, self.basis_matrix.shape[1])
+                 @ self.basis_matrix.T).reshape(len(x), -1)
         if hasattr(self, "gain"):
             x = self.gain * x + self.base_logit
         return torch.nn.functional.softplus(x)
@@ -180,6 +190,16 @@ class SpectrumNetwork(torch.nn.Module):
             return total                      # (graphs, latent_dim): the code of a map
         total = total.reshape(data["n_graphs"], int(self.hyper.get("n_blocks", 1)), -1)
         return total / total.max(dim=2, keepdim=True).values.clamp_min(1e-12)
+
+
+def smooth_basis(n_bins: int, n_basis: int) -> torch.Tensor:
+    """(n_bins, n_basis) Gaussians of unit height centred evenly from the first bin to the last,
+    each as wide (standard deviation) as the spacing of their centres."""
+    centres = np.linspace(0.0, n_bins - 1.0, n_basis)
+    width = centres[1] - centres[0] if n_basis > 1 else float(n_bins)
+    x = np.arange(n_bins, dtype=np.float64)[:, None]
+    return torch.as_tensor(np.exp(-0.5 * ((x - centres[None, :]) / width) ** 2),
+                           dtype=torch.float32)
 
 
 def pool_mean(values: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> torch.Tensor:

@@ -735,7 +735,7 @@ def predict(server: _Server, sid: str, geometry: Geometry,
     record = _structure(server, sid)
     if server.predictor is None:
         raise Refused(409, server.predictor_message)
-    targets = server.predictor.meta["targets"]
+    targets = server.predictor.instruments
     two_d = server.predictor.has_two_d
     if geometry.direct and not two_d:
         raise Refused(409, f"instrument {geometry.instrument}: direct geometry needs the "
@@ -752,6 +752,8 @@ def predict(server: _Server, sid: str, geometry: Geometry,
     target = targets[0] if geometry.direct else geometry.instrument
     spectra, notes = server.predictor.predict(record["atoms"], target, temperature_K,
                                               source_name=record["name"], two_d=two_d)
+    # the page draws S(E): a predicted DOS (and its partials) stays in the command line's files
+    spectra = {n: s for n, s in spectra.items() if s.kind != "vdos"}
     if geometry.direct:
         sqe = direct_geometry_map(spectra["sqe"], geometry)
         spectra = {"s_e": q_integrated(sqe), "sqe": sqe}
@@ -1319,7 +1321,7 @@ def _add_api_routes(app: FastAPI, server: _Server) -> None:
         return {"version": __version__,
                 "predictor": {"available": p is not None, "message": server.predictor_message,
                               "elements": p.meta["elements"] if p else [],
-                              "instruments": p.meta["targets"] if p else [],
+                              "instruments": p.instruments if p else [],
                               "two_d": bool(p is not None and p.has_two_d)},
                 "model": {"available": bool(s.model), "name": str(s.model or "")},
                 "direct": {"instruments": direct_instruments(),
