@@ -141,6 +141,29 @@ def test_a_residual_network_starts_as_the_baseline_and_keeps_it_when_training_hu
     assert float(net.gain.detach()) == 0.0                          # and the start was kept
 
 
+def test_an_output_basis_makes_each_atoms_spectrum_smooth():
+    """With ``hyper['basis']`` (the default) each atom's output (before softplus, less the
+    baseline) is a sum of Gaussians as wide as their spacing, 2 bins for 60 over 120: its
+    bin-to-bin second differences are a small fraction of its size, where a free value per bin
+    (white noise, second differences sqrt(6) times its size) is not; both with gain 1 and the
+    same seed."""
+    base = np.full(240, 0.5)
+
+    def roughness(extra):
+        torch.manual_seed(0)
+        net = SpectrumNetwork({**default_hyper(240), "n_blocks": 2, "cutoff_A": 4.0,
+                               "baseline": base.tolist(), **extra}).double()
+        with torch.no_grad():
+            net.gain.fill_(1.0)
+            out = net.atom_outputs(collate([graph(_crystal(), 4.0)], torch.float64))
+            x = (torch.log(torch.expm1(out)) - net.base_logit).numpy().reshape(-1, 2, 120)
+        x = x - x.mean(axis=-1, keepdims=True)
+        return np.sqrt(np.mean(np.diff(x, 2, axis=-1) ** 2) / np.mean(x ** 2))
+
+    assert roughness({"basis": 60}) < 0.3          # a Gaussian of 2 bins: ~0.25
+    assert roughness({"basis": None}) > 1.0
+
+
 def test_composition_split_keeps_formulas_apart():
     formulas = ["NaCl", "KBr", "NaCl", "MgO", "Si", "KBr", "GaAs", "ZnO", "CaF2", "Al2O3"] * 2
     split = composition_split(formulas)

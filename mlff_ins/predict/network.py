@@ -12,6 +12,9 @@ gives the same spectrum and each element's share of the mean is its partial spec
 are max-normalised at the end (the targets are too), as in the papers. With ``hyper['baseline']``
 (the mean training spectrum) the network learns the residual from that one spectrum for all,
 through a gain that starts at zero: it starts as the baseline a useful predictor must beat.
+With ``hyper['basis']`` each atom's output is a combination of that many Gaussians spread over
+each target's bins (as wide as their spacing) rather than one free value per bin: smooth by
+construction, where free bins learned bin-to-bin noise from a few hundred crystals.
 
 Everything that defines a network is in its ``hyper`` dict, saved beside the weights
 (:mod:`mlff_ins.predict.predictor`); nothing here is a hidden constant.
@@ -30,7 +33,10 @@ def default_hyper(n_out: int) -> dict:
     return {"cutoff_A": 5.0, "lmax": 2, "embed_dim": 16, "node_attr": "unit",
             "hidden": "32x0e+32x0o+8x1e+8x1o+4x2e+4x2o",
             "layers": 2, "number_of_basis": 10, "radial_layers": 1, "radial_neurons": 32,
-            "num_neighbors": 30.0, "n_out": int(n_out), "n_species": N_SPECIES}
+            "num_neighbors": 30.0, "n_out": int(n_out), "n_species": N_SPECIES,
+            # 60 Gaussians over each block's 120 bins (docs/benchmarks.md: the same error as a
+            # free value per bin, without its bin-to-bin noise)
+            "basis": 60}
 
 
 def graph(atoms, cutoff: float) -> dict:

@@ -389,7 +389,8 @@ def _train_two_d(out_dir, graphs, facts, idx, hyper, *, members, epochs, ae_epoc
     with torch.no_grad():
         codes = ae.encode(torch.as_tensor(maps)).numpy()
         recon = ae(torch.as_tensor(maps[idx["test"]])).numpy() if idx["test"] else None
-    latent_hyper = {**hyper, "head": "latent", "n_out": ae_hyper["latent_dim"], "n_blocks": 1}
+    latent_hyper = {**hyper, "head": "latent", "n_out": ae_hyper["latent_dim"], "n_blocks": 1,
+                    "basis": None, "baseline": None}
     # the networks learn standardised codes (each component: training mean 0, std 1)
     mu = codes[idx["train"]].mean(axis=0)
     sd = codes[idx["train"]].std(axis=0) + 1e-6
