@@ -53,14 +53,16 @@ def _timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _vision_on_grid(ph, predictor, temperature_K: float) -> np.ndarray:
+def _vision_on_grid(ph, predictor, temperature_K: float, key: str = "vision") -> np.ndarray:
+    """The VISION S(E) (or, ``key="dos"``, the phonon DOS) of phonons ``ph`` through the
+    database's INS path, on the predictor's grid, max-normalised."""
     from mlff_ins.predict.database import SpectraOptions, entry_spectra
     from mlff_ins.predict.predictor import grid_edges_meV, rebin
 
     opts = SpectraOptions(temperature_K=temperature_K, q_max=1.0, q_step=0.5,
                           e_max_2d_meV=3.0, e_step_2d_meV=1.5, n_directions=1)
     arrays = entry_spectra(ph, opts)
-    y = rebin(opts.energy(), arrays["vision"], grid_edges_meV(predictor.meta["grid_edges_invcm"]))
+    y = rebin(opts.energy(), arrays[key], grid_edges_meV(predictor.meta["grid_edges_invcm"]))
     return y / y.max()
 
 
@@ -92,6 +94,11 @@ def real_dft(predictor, directories, teacher: str | None) -> list[dict]:
             row = {"material": Path(d).name,
                    "predictor_mse": float(np.mean((y - ref) ** 2)),
                    "warnings": predictor.familiarity(unit)}
+            if "dos" in predictor.meta["targets"]:              # the DOS learned beside it
+                kd = predictor.meta["targets"].index("dos")
+                ref_dos = _vision_on_grid(dft, predictor, t_db, "dos")
+                row["predictor_dos_mse"] = float(np.mean(
+                    (mean[kd] / max(float(mean[kd].max()), 1e-300) - ref_dos) ** 2))
             if "mean_training_spectrum" in predictor.meta:      # one spectrum for all
                 base = np.asarray(predictor.meta["mean_training_spectrum"])[k]
                 row["mean_spectrum_mse"] = float(np.mean((base - ref) ** 2))
@@ -167,6 +174,8 @@ def main(argv=None) -> int:
               f"{t['quartiles_mse'][1]:.4f} (goal: median <= 0.02)"
               + (f"; the mean training spectrum for all: {t['baseline_median_mse']:.4f}"
                  if "baseline_median_mse" in t else ""))
+        if t.get("per_target"):
+            print("  per target: " + ", ".join(f"{k} {v:.4f}" for k, v in t["per_target"].items()))
     if args.force_sets:
         rows = real_dft(predictor, args.force_sets, teacher)
         out["real_dft"] = rows
@@ -185,6 +194,11 @@ def main(argv=None) -> int:
 
         print(f"| **median** | {median('predictor_mse')} | {median('teacher_mse')} | "
               f"{median('mean_spectrum_mse')} | (goal: predictor median <= 0.05) |")
+        if any("predictor_dos_mse" in r for r in rows):
+            print("\npredicted phonon DOS against the DFT's (max-normalised): "
+                  + ", ".join(f"{r['material']} {r['predictor_dos_mse']:.4f}" for r in rows
+                              if "predictor_dos_mse" in r)
+                  + f"; median {median('predictor_dos_mse')}")
     if args.json:
         from mlff_ins.atomic_io import write_text_atomic
 
