@@ -1507,8 +1507,8 @@ def _add_predict(sub) -> None:
         description="Predict the VISION or TOSCA S(E) of a structure with a trained predictor "
                     "(the one shipped in the package unless --predictor): max-normalised, with "
                     "the ensemble spread as intensity_std and element partials; and, from a "
-                    "predictor that learned it, the phonon DOS (vdos, max-normalised, with its "
-                    "partials). Structures unlike the training data get a warning.",
+                    "predictor that learned it, the phonon DOS (vdos, 3 modes per atom as the "
+                    "phonon route's, with its partials; `mlff-ins thermo` takes it). Structures unlike the training data get a warning.",
         epilog="example: mlff-ins predict si.cif --instrument vision -T 10 -o si_pred.h5 --plot",
         formatter_class=_HelpFormatter)
     p.add_argument("structure", help="structure file (CIF, POSCAR, extxyz, ...)")

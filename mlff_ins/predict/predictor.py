@@ -2,9 +2,10 @@
 
 Targets (``targets``): the database's VISION and/or TOSCA S(E) at its temperature and its phonon
 DOS (``dos``), each averaged into the 120 bins of 10–1200 cm⁻¹ of Cheng et al. 2023 and divided by
-its maximum. The headline test MSE is that of the S(E) targets (the DOS's is reported beside it). The split is by
-composition (reduced formula, hashed): no formula is in two of train / validation / test. An
-ensemble of ``members`` networks (different seeds) gives ``intensity_std``.
+its maximum. The headline test MSE is that of the S(E) targets (the DOS's is reported beside
+it). The split is by composition (reduced formula, hashed): no formula is in two of train /
+validation / test. An ensemble of ``members`` networks (different seeds) gives
+``intensity_std``.
 
 A predictor folder holds ``predictor.json`` (every hyper-parameter, the grid, targets, database
 temperature, the elements and neighbour statistics it was trained on, split sizes, metrics) and one
