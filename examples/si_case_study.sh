@@ -76,7 +76,7 @@ mlff-ins predict "$OUT/structures/si_conventional.xyz" --instrument vision -T 30
 mlff-ins compare "$OUT/c-si/ins_md.h5" "$OUT/c-si/ins_phonons.h5" "$OUT/c-si/predict.h5" --kind s_e --label md --label phonons --label predictor -o "$OUT/c-si/compare_s_e"
 
 # c-Si: compare vdos
-mlff-ins compare "$OUT/c-si/ins_md.h5" "$OUT/c-si/ins_phonons.h5" --kind vdos --label md --label phonons -o "$OUT/c-si/compare_vdos"
+mlff-ins compare "$OUT/c-si/ins_md.h5" "$OUT/c-si/ins_phonons.h5" "$OUT/c-si/predict.h5" --kind vdos --label md --label phonons --label predictor -o "$OUT/c-si/compare_vdos"
 
 # a-Si: direct predictor
 mlff-ins predict "$OUT/a-si/md.h5md" --instrument vision -T 300 -o "$OUT/a-si/predict.h5" --plot --device "$DEVICE"
@@ -85,7 +85,7 @@ mlff-ins predict "$OUT/a-si/md.h5md" --instrument vision -T 300 -o "$OUT/a-si/pr
 mlff-ins compare "$OUT/a-si/ins_md.h5" "$OUT/a-si/ins_phonons.h5" "$OUT/a-si/predict.h5" --kind s_e --label md --label phonons --label predictor -o "$OUT/a-si/compare_s_e"
 
 # a-Si: compare vdos
-mlff-ins compare "$OUT/a-si/ins_md.h5" "$OUT/a-si/ins_phonons.h5" --kind vdos --label md --label phonons -o "$OUT/a-si/compare_vdos"
+mlff-ins compare "$OUT/a-si/ins_md.h5" "$OUT/a-si/ins_phonons.h5" "$OUT/a-si/predict.h5" --kind vdos --label md --label phonons --label predictor -o "$OUT/a-si/compare_vdos"
 
 # vacancy: direct predictor
 mlff-ins predict "$OUT/structures/vacancy_215.xyz" --instrument vision -T 300 -o "$OUT/vacancy/predict.h5" --plot --device "$DEVICE"
@@ -94,7 +94,7 @@ mlff-ins predict "$OUT/structures/vacancy_215.xyz" --instrument vision -T 300 -o
 mlff-ins compare "$OUT/vacancy/ins_md.h5" "$OUT/vacancy/ins_phonons.h5" "$OUT/vacancy/predict.h5" --kind s_e --label md --label phonons --label predictor -o "$OUT/vacancy/compare_s_e"
 
 # vacancy: compare vdos
-mlff-ins compare "$OUT/vacancy/ins_md.h5" "$OUT/vacancy/ins_phonons.h5" --kind vdos --label md --label phonons -o "$OUT/vacancy/compare_vdos"
+mlff-ins compare "$OUT/vacancy/ins_md.h5" "$OUT/vacancy/ins_phonons.h5" "$OUT/vacancy/predict.h5" --kind vdos --label md --label phonons --label predictor -o "$OUT/vacancy/compare_vdos"
 
 # report
 mlff-ins demo --full --size full --model "$MODEL" --device "$DEVICE" --step report -o "$OUT"

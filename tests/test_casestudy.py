@@ -81,6 +81,7 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
         assert (s, "s_e", frozenset(("md", "phonons"))) in pairs
         assert (s, "s_e", frozenset(("phonons", "predictor"))) in pairs
         assert (s, "vdos", frozenset(("md", "phonons"))) in pairs
+        assert (s, "vdos", frozenset(("phonons", "predictor"))) in pairs
     rec = next(r for r in records if r["structure"] == "c-Si" and r["kind"] == "s_e"
                and {r["a"], r["b"]} == {"md", "phonons"})
     compare = json.loads((out / "c-si" / "compare_s_e" / "metrics.json").read_text())
