@@ -1464,8 +1464,8 @@ def _add_predictor(sub) -> None:
     t.add_argument("--lr", type=float, default=5e-3, metavar="RATE",
                    help="AdamW learning rate (dimensionless), decayed by 0.96 per epoch")
     t.add_argument("--weight-decay", type=float, default=None, metavar="λ",
-                   help="AdamW weight decay (dimensionless; default 0.5, chosen on validation "
-                        "against 0.05: docs/benchmarks.md)")
+                   help="AdamW weight decay (dimensionless; default 0.5; docs/benchmarks.md "
+                        "compares 0.05, 0.5 and 2)")
     t.add_argument("--cutoff", type=float, default=5.0, metavar="Å",
                    help="graph cutoff radius (Å)")
     t.add_argument("--targets", default="vision,tosca,dos",
