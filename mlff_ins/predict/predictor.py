@@ -258,7 +258,6 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
     autoencoder and ``members`` latent networks) and write the predictor folder ``out_dir``
     with its report; returns the metadata written to ``predictor.json``."""
     import torch
-    from tqdm.auto import tqdm
 
     from mlff_ins.predict.network import SpectrumNetwork, default_hyper, graph
 
@@ -301,13 +300,7 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
         for k in range(members):
             torch.manual_seed(seed + k)
             model = SpectrumNetwork(hyper)
-            bar = tqdm(total=epochs, desc=f"member {k + 1}/{members}", unit="epoch",
-                       disable=not progress, leave=False)
-
-            def tick(epoch, tr, va, bar=bar):
-                bar.set_postfix_str(f"train {tr:.4f} valid {va:.4f}", refresh=False)
-                bar.update(1)
-
+            bar, tick = _epoch_bar(f"member {k + 1}/{members}", epochs, progress)
             fit = train_member(model, [data[i] for i in train_idx], [data[i] for i in idx["valid"]],
                                epochs=epochs, batch_size=batch_size, lr=lr,
                                weight_decay=weight_decay, seed=seed + k, progress=tick)
@@ -364,6 +357,19 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
     return meta
 
 
+def _epoch_bar(desc: str, epochs: int, progress: bool):
+    """(tqdm bar, train_member progress callback showing the training and validation MSE)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
+
+    def tick(epoch, train_mse, valid_mse):
+        bar.set_postfix_str(f"train {train_mse:.4f} valid {valid_mse:.4f}", refresh=False)
+        bar.update(1)
+
+    return bar, tick
+
+
 def _train_two_d(out_dir, graphs, facts, idx, hyper, *, members, epochs, ae_epochs, batch_size,
                  lr, weight_decay, seed, progress) -> dict:
     """The autoencoder on the training maps, then ``members`` latent networks on their codes."""
@@ -401,10 +407,12 @@ def _train_two_d(out_dir, graphs, facts, idx, hyper, *, members, epochs, ae_epoc
     for k in range(members):
         torch.manual_seed(seed + 100 + k)
         model = SpectrumNetwork(latent_hyper)
+        bar, tick = _epoch_bar(f"S(Q,E) member {k + 1}/{members}", epochs, progress)
         fit = train_member(model, [data[i] for i in idx["train"]],
                            [data[i] for i in idx["valid"]], epochs=epochs,
                            batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                           seed=seed + 100 + k)
+                           seed=seed + 100 + k, progress=tick)
+        bar.close()
         name = f"latent_{k}.pt"
         with atomic_path(out_dir / name) as tmp:
             torch.save(model.state_dict(), tmp)
