@@ -22,7 +22,8 @@ COMMANDS = ["demo", "label", "check", "train", "build", "md", "select", "deploy"
 UNIT = re.compile(r"(\b(K|fs|ps|meV|eV|GPa|Hz|GiB|GB|amu|minutes|degrees|1/fs|eV/Å|eV/Å²)\b"
                   r"|Å|1/Å)")
 #: options that take a number without a unit, and why
-DIMENSIONLESS = {"--resolution": "a fraction of Ei", "--lr": "a learning rate"}
+DIMENSIONLESS = {"--resolution": "a fraction of Ei", "--lr": "a learning rate",
+                 "--weight-decay": "a regularisation strength"}
 
 
 def _subparsers():

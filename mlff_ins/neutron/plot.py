@@ -71,7 +71,7 @@ def plot_spectra(spectra: dict, path: str | Path, unit: str = "meV"):
         ax.set_ylabel(f"{_KIND_LABELS.get(kind, kind)} ({units or 'dimensionless'})")
         title = ", ".join(t for t in (
             (first.instrument or "").upper() if first.instrument not in (None, "", "direct")
-            else "", f"{first.temperature_K:g} K" if first.temperature_K is not None else "",
+            else "", _kelvin(first.temperature_K),
             f"{first.source}" if first.source else "",
             "smoothed for display (0.5 meV FWHM)" if smooth is not None else "") if t)
         ax.set_title(title, fontsize=8)
@@ -93,7 +93,8 @@ def plot_spectra(spectra: dict, path: str | Path, unit: str = "meV"):
         ax.set_ylabel(energy_label if sp.axis_name == "energy" else _LABELS[sp.axis_name])
         top_ = conv(top) if sp.axis_name == "energy" else top
         ax.set_ylim(-top_ if sp.y.min() < 0 else 0, top_)
-        ax.set_title(f"{name} ({sp.temperature_K:.0f} K)", fontsize=9)
+        kelvin = _kelvin(sp.temperature_K, ".0f")
+        ax.set_title(f"{name} ({kelvin})" if kelvin else name, fontsize=9)
     for ax in panels:
         ax.axis("off")
     fig.tight_layout()
@@ -101,6 +102,13 @@ def plot_spectra(spectra: dict, path: str | Path, unit: str = "meV"):
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return fig
+
+
+def _kelvin(temperature_K, fmt: str = "g") -> str:
+    """'300 K', or '' for a spectrum without a temperature (None or NaN: a phonon DOS)."""
+    if temperature_K is None or not np.isfinite(temperature_K):
+        return ""
+    return f"{temperature_K:{fmt}} K"
 
 
 _KIND_LABELS = {"s_e": "S(E)", "vdos": "VDOS", "gdos": "GDOS", "msd": "MSD", "eisf": "EISF"}
