@@ -126,8 +126,10 @@ def test_cuau_without_isolated_atoms_trains_with_fitted_e0s(tmp_path, capsys):
     assert "has no isolated-atom energy" not in out
 
     bundle = tmp_path / "cuau_tiny"
-    assert main(["train", "--data", str(data), "--preset", "tiny", "--ensemble", "2",
-                 "--epochs", "2", "-o", str(bundle)]) == 0
+    # one member, one epoch: what is tested is how the E0s are fitted and handed to the model
+    # (decided once per run, before every member's nequip config is written: train/driver.py)
+    assert main(["train", "--data", str(data), "--preset", "tiny", "--ensemble", "1",
+                 "--epochs", "1", "-o", str(bundle)]) == 0
     out = capsys.readouterr().out
     meta = json.loads((bundle / "bundle.json").read_text())
     e0s = meta["e0s_eV"]
@@ -140,7 +142,7 @@ def test_cuau_without_isolated_atoms_trains_with_fitted_e0s(tmp_path, capsys):
     every, _ = fit_e0s(frames, ["Au", "Cu"])
     assert e0s == pytest.approx(pool, abs=1e-9) and e0s != pytest.approx(every, abs=1e-6)
     # the model's fixed per-type energy shifts are the bundle's E0s
-    for member in ("member_0", "member_1"):
+    for member in ("member_0",):
         ncfg = yaml.safe_load((bundle / "members" / member / "nequip.yaml").read_text())
         assert ncfg["training_module"]["model"]["per_type_energy_shifts"] == e0s
     assert "fitted by least squares" in (bundle / "report.md").read_text()
