@@ -30,7 +30,7 @@ def test_train_resumes_after_kill(si_subset, tmp_path):
     zbl = tmp_path / "zbl.yaml"
     zbl.write_text("model: {pair_potential: zbl}\n")
     cmd = [sys.executable, "-m", "mlff_ins.cli", "train", str(zbl), "--data", str(si_subset),
-           "--preset", "tiny", "--epochs", "12", "--ensemble", "2", "--parallel-members", "2",
+           "--preset", "tiny", "--epochs", "6", "--ensemble", "2", "--parallel-members", "2",
            "-o", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -45,11 +45,11 @@ def test_train_resumes_after_kill(si_subset, tmp_path):
     assert not (out / "bundle.json").exists()
     # without --resume the half-finished run is protected
     assert main(["train", str(zbl), "--data", str(si_subset), "--preset", "tiny", "--epochs",
-                 "12", "--ensemble", "2", "-o", str(out)]) == 2
+                 "6", "--ensemble", "2", "-o", str(out)]) == 2
     # --resume may change the run length (here 2 epochs more), nothing else
-    assert main(["train", str(zbl), "--data", str(si_subset), "--preset", "tiny", "--epochs", "12",
+    assert main(["train", str(zbl), "--data", str(si_subset), "--preset", "tiny", "--epochs", "6",
                  "--ensemble", "2", "--cutoff", "3.5", "-o", str(out), "--resume"]) == 2
-    cmd[cmd.index("--epochs") + 1] = "14"
+    cmd[cmd.index("--epochs") + 1] = "8"
     moved, data = tmp_path / "elsewhere" / "m", tmp_path / "elsewhere" / "data.xyz"
     moved.parent.mkdir()
     shutil.copy(si_subset, data)
@@ -77,7 +77,7 @@ def test_train_resumes_after_kill(si_subset, tmp_path):
         rows = [line.split(",") for line in logs[1].read_text().splitlines()[1:]]
         epochs = [int(float(r[col])) for r in rows if r[col]]
         assert min(epochs) >= 1  # continued, not restarted from epoch 0
-        assert max(epochs) == 13  # and went on to the new --epochs 14 (0-based epochs)
+        assert max(epochs) == 7  # and went on to the new --epochs 8 (0-based epochs)
         spans.append(_last_train_span(m / "train.log"))
     # the two resumed members trained at the same time
     assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans
@@ -271,6 +271,18 @@ def test_export_of_an_unfinished_run_is_a_loadable_partial_bundle(tiny_bundle, s
                              str(tmp_path / "y")]) == 2
     assert "--export with different settings" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    # the run as one killed between member 1's last epoch and its packaging: --resume trains no
+    # epoch more, packages it (in the training's own process) and finishes the bundle, whose
+    # member 1 is the packaged best checkpoint
+    assert main(argv + ["--resume"]) == 0
+    m1 = run / "members" / "member_1"
+    epochs = [int(float(r.split(",")[_epoch_col(csv)]))
+              for csv in (m1 / "logs").glob("version_*/metrics.csv")
+              for r in csv.read_text().splitlines()[1:] if r.split(",")[_epoch_col(csv)]]
+    assert max(epochs) == 11 and not (m1 / "tmp_model.nequip.zip").exists()
+    resumed = json.loads((run / "metrics.json").read_text())["members"][1]
+    assert resumed["forces_meV_per_A"]["rmse"] == pytest.approx(
+        ref["members"][1]["forces_meV_per_A"]["rmse"], rel=1e-6)
 
 
 def _zbl_analytic(r: float, cutoff: float, z: int) -> float:

@@ -1,7 +1,9 @@
 """Train a model bundle: validate data, split, train K NequIP members, package, evaluate, report.
 
 Each ensemble member is one ``nequip-train`` run in its own folder (a subprocess, so that a kill of
-any one of them loses at most the epochs since its last checkpoint). Members differ in their seed
+any one of them loses at most the epochs since its last checkpoint), followed by ``nequip-package``
+of its best checkpoint in the same process (:mod:`mlff_ins.train.member_process`; DDP members
+package in a process of their own). Members differ in their seed
 and, for K > 1, in a bootstrap resample of the training pool; validation and test frames are the
 same for all members so the ensemble can be scored on held-out data. ``resume=True`` continues a
 killed run: finished members are kept, an unfinished one restarts from its ``last.ckpt``.
@@ -341,16 +343,25 @@ def check_launch(cfg: dict, *, devices: int = 1, num_nodes: int = 1, parallel_me
             "hide_slurm": hide_slurm, "gpus": gpus if dev != "cpu" else [], "pinned": pinned}
 
 
-def _member_cmd(member_dir: Path, hydra_dir: Path, ckpt: str | None) -> list[str]:
-    cmd = [sys.executable, "-m", "nequip.scripts.train", "-cp", str(member_dir.resolve()),
-           "-cn", "nequip", f"hydra.run.dir={hydra_dir.resolve()}"]
+def _member_cmd(member_dir: Path, hydra_dir: Path, ckpt: str | None, *,
+                inline_package: bool = False) -> list[str]:
+    """nequip-train's command for the member; with ``inline_package`` the same process then
+    packages it into ``tmp_model.nequip.zip`` (:mod:`mlff_ins.train.member_process`: one Python
+    start instead of two; single-process members only)."""
+    args = ["-cp", str(member_dir.resolve()), "-cn", "nequip",
+            f"hydra.run.dir={hydra_dir.resolve()}"]
     if ckpt:
-        cmd.append(f"++ckpt_path={ckpt}")
-    return cmd
+        args.append(f"++ckpt_path={ckpt}")
+    if inline_package:
+        tmp = member_dir.resolve() / f"tmp_{PACKAGE_NAME}"
+        return [sys.executable, "-m", "mlff_ins.train.member_process", str(tmp), "--", *args]
+    return [sys.executable, "-m", "nequip.scripts.train", *args]
 
 
 class _MemberRun:
-    """One member's nequip-train subprocess, then (optionally) its packaging subprocess.
+    """One member's nequip-train subprocess, then (optionally) its packaging: ``package=True``
+    starts a nequip-package subprocess after the training, ``package="inline"`` takes the
+    package the training process wrote itself (``_member_cmd(..., inline_package=True)``).
 
     Everything it writes is inside its member folder, so members can run side by side.
     """
@@ -405,6 +416,13 @@ class _MemberRun:
                 raise RuntimeError(f"nequip-train failed for {self.member_dir} (exit {rc}); "
                                    f"last lines of {log_path}:\n{tail}")
             if not self.package:
+                return True
+            if self.package == "inline":
+                tmp = self.member_dir.resolve() / f"tmp_{PACKAGE_NAME}"
+                if not tmp.exists():
+                    raise RuntimeError(f"{self.member_dir}: the training process ended without "
+                                       f"writing its package {tmp.name}; see {self.log_name}")
+                shutil.move(tmp, self.member_dir / PACKAGE_NAME)
                 return True
             self.stage = "package"
             self.proc, self.tmp_pkg = _start_package(self.member_dir, self.env)
@@ -772,8 +790,11 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
         ckpt = str(last.resolve()) if resume and last.exists() else None
         log_csv = (member_dir / "logs" / f"version_{ncfg['trainer']['logger']['version']}" /
                    "metrics.csv")
-        run = _MemberRun(member_dir, _member_cmd(member_dir, member_dir / "hydra", ckpt),
-                         csv=log_csv, label=f"train member {k + 1}/{K}")
+        one_process = devices * num_nodes == 1 and sync is None
+        run = _MemberRun(member_dir, _member_cmd(member_dir, member_dir / "hydra", ckpt,
+                                                 inline_package=one_process),
+                         csv=log_csv, label=f"train member {k + 1}/{K}",
+                         package="inline" if one_process else True)
         run.k, run.ckpt = k, ckpt
         runs.append(run)
 
