@@ -221,6 +221,12 @@ def test_training_writes_a_complete_predictor(small_predictor):
     # the headline MSE is that of the S(E) targets; each target's median is reported too
     assert saved["targets"] == ["vision", "tosca", "dos"]
     assert set(saved["test"]["per_target"]) == {"vision", "tosca", "dos"}
+    # W1 beside the MSE, for the predictor and for one spectrum for all: positive, and below
+    # the width of the grid (150 meV)
+    for key in ("per_target_w1_meV", "baseline_per_target_w1_meV"):
+        assert set(saved["test"][key]) == {"vision", "tosca", "dos"}
+        assert all(0 < v < 150 for v in saved["test"][key].values()), saved["test"][key]
+    assert "Median W1" in (out / "report.md").read_text()
     for key in ("cutoff_A", "lmax", "hidden", "num_neighbors", "n_out", "n_blocks"):
         assert key in saved["hyper"]                              # everything in the checkpoint
     assert saved["grid_edges_invcm"][0] == 10 and saved["grid_edges_invcm"][-1] == 1200
