@@ -120,11 +120,13 @@ def small_predictor(tmp_path_factory):
     return tmp / "db.h5", out, json.loads((out / "predictor.json").read_text())
 
 
-#: the longest test files (minutes each on 2 cores) first, so that the two xdist workers do not
-#: end with one of them alone on a long file (largest-first scheduling; with
-#: --no-loadscope-reorder, --dist loadfile hands out files in collection order)
-LONG_FILES = ("test_readme.py", "test_train.py", "test_casestudy.py", "test_lammps.py",
-              "test_train_ddp.py")
+#: the test files of a minute or more on 2 cores, longest first (measured 2026-12-02: 262, 228,
+#: 204, 149, 134, 104, 89, 88, 76, 71 s), so that the two xdist workers do not end with one of
+#: them alone on a long file (largest-first scheduling; with --no-loadscope-reorder,
+#: --dist loadfile hands out files in collection order)
+LONG_FILES = ("test_readme.py", "test_md.py", "test_train.py", "test_train_ddp.py",
+              "test_lammps.py", "test_casestudy.py", "test_label.py", "test_cli.py",
+              "test_database.py", "test_web.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -88,7 +88,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     from mlff_ins.neutron.spectrum import read_spectra
 
     out_dir = tmp_path / "demo"
-    assert main(["demo", "-o", str(out_dir), "--epochs", "2", "--md-steps", "100"]) == 0
+    assert main(["demo", "-o", str(out_dir), "--epochs", "1", "--md-steps", "100"]) == 0
     out = capsys.readouterr().out
     assert "labels OK" in out and "forces  MAE" in out
     assert (out_dir / "models" / "si_tiny" / "report.md").exists()
