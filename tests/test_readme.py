@@ -16,7 +16,7 @@ How a block runs:
 
 To stay within a few minutes on 2 CPU cores the test makes the runs small through SUBSTITUTIONS,
 an explicit table of textual replacements (fewer epochs and MD steps, a 2-atom cell for the one
-CP2K frame); nothing else is changed.
+CP2K frame, 31 of the embedded frames for the training); nothing else is changed.
 A failure prints the README command, the command as run, the substitutions applied and the end of
 its output. Every entry of the table must be used, so that a README edit cannot leave it stale.
 The commands run with ``OMP_NUM_THREADS=1`` unless the caller sets it: with the models this
@@ -50,8 +50,11 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     # the same settings on an 8-atom cell
     ("mlff_ins/resources/si/si_frames_unlabelled.xyz --calculator",
      "tests/data/structures/si2_rattled.xyz --calculator"),
-    # training: one epoch per member instead of the tiny preset's 30
-    ("--preset tiny --ensemble 2", "--preset tiny --ensemble 2 --epochs 1"),
+    # training: one epoch per member instead of the tiny preset's 30, on the isolated atom and
+    # the first 30 frames of the embedded data (tests/data/si_cp2k_pbe_first30.xyz, written from
+    # si_cp2k_pbe.xyz as tests/conftest.py's subset) instead of all 155
+    ("--data mlff_ins/resources/si/si_cp2k_pbe.xyz --preset tiny --ensemble 2",
+     "--data tests/data/si_cp2k_pbe_first30.xyz --preset tiny --ensemble 2 --epochs 1"),
     # MD: 40 + 20 steps instead of 1000 + 1000
     ("--steps 1000", "--steps 40"),
     ("--steps 2000", "--steps 60"),

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("usage: python -m mlff_ins.train.member_process PACKAGE_TMP -- "
                          "NEQUIP_TRAIN_ARGS...")
     package_tmp, train_args = Path(argv[0]), argv[2:]
+    member_dir = Path.cwd()          # the driver starts this process in the member's folder
     # hydra reads the command line of the process: hand it nequip-train's arguments only
     sys.argv = [sys.argv[0], *train_args]
     from nequip.scripts.train import main as train_main
@@ -34,7 +35,6 @@ def main(argv: list[str] | None = None) -> None:
     # nequip.scripts.package sets up its own console log at import: drop hydra's handlers of
     # the training first, or every line would be written to train.log twice
     logging.getLogger().handlers.clear()
-    member_dir = Path.cwd()
     ckpt = member_dir / "best.ckpt"
     if not ckpt.exists():
         ckpt = member_dir / "last.ckpt"
