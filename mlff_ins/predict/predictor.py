@@ -128,6 +128,12 @@ def _atoms(entry):
                  pbc=True)
 
 
+def _span(lo, hi, fmt: str) -> str:
+    """'lo-hi', or one value when both are the same in ``fmt``."""
+    a, b = format(lo, fmt), format(hi, fmt)
+    return a if a == b else f"{a}-{b}"
+
+
 def neighbour_stats(atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
     """Per atom: nearest-neighbour distance (Å) and number of neighbours within ``cutoff``."""
     from ase.neighborlist import neighbor_list
@@ -704,13 +710,13 @@ class Predictor:
                            f"them as free atoms")
             lo_hi = ref["nearest_neighbour_A"]
             if len(fin) and lo_hi and (fin.min() < 0.9 * lo_hi[0] or fin.max() > 1.1 * lo_hi[1]):
-                out.append(f"{el}: nearest-neighbour distances {fin.min():.2f}-{fin.max():.2f} Å "
-                           f"lie outside those of {el} in training, {lo_hi[0]:.2f}-"
-                           f"{lo_hi[1]:.2f} Å")
+                out.append(f"{el}: nearest-neighbour distance(s) "
+                           f"{_span(fin.min(), fin.max(), '.2f')} Å lie outside those of {el} "
+                           f"in training, {_span(lo_hi[0], lo_hi[1], '.2f')} Å")
             clo, chi = ref["neighbours_within_cutoff"]
             if c.min() < clo or c.max() > chi:
-                out.append(f"{el}: {c.min()}-{c.max()} neighbours within {cutoff:g} Å, "
-                           f"{clo}-{chi} for {el} in training")
+                out.append(f"{el}: {_span(c.min(), c.max(), 'd')} neighbours within "
+                           f"{cutoff:g} Å, {_span(clo, chi, 'd')} for {el} in training")
         return out
 
     def predict(self, atoms, instrument: str = "vision", temperature_K: float | None = None,
