@@ -11,7 +11,8 @@ from ase.build import bulk
 from mlff_ins.cli import main
 from mlff_ins.model.calculator import load_calculator
 from mlff_ins.phonons.finite_displacement import (displaced_supercells, make_phonopy,
-                                                  phonons_from_force_sets, phonons_from_model)
+                                                  phonons_from_force_sets, phonons_from_model,
+                                                  supercell_matrix)
 from mlff_ins.phonons.io import params_path, read_phonons
 from mlff_ins.phonons.properties import compute_properties
 
@@ -180,7 +181,7 @@ def test_cli_phonons_with_model_and_errors(tiny_bundle, tmp_path, capsys):
     bad = tmp_path / "bad.h5"
     assert main(["phonons", str(cif), "--model", str(tiny_bundle), "--supercell", "2", "2",
                  "-o", str(bad)]) == 2
-    assert "--supercell takes 3 or 9 integers" in capsys.readouterr().err
+    assert "--supercell takes 1, 3 or 9 integers" in capsys.readouterr().err
     assert main(["phonons", "--force-sets", str(tmp_path), "-o", str(bad)]) == 2
     assert "needs phonopy_params.yaml" in capsys.readouterr().err
     assert main(["phonons", str(cif), "--model", str(tiny_bundle), "--mesh", "2", "x",
@@ -368,3 +369,16 @@ def test_member_spread_of_the_phonons_benchmark(tiny_bundle):
         for branch in branches:
             each = [f[point][branch] for f in alone]
             assert spread[point][branch] == pytest.approx(np.std(each), abs=1e-9)
+
+
+def test_supercell_option_forms():
+    """--supercell N is N N N; 3 integers the diagonal; 9 a row-wise matrix; a singular
+    matrix is refused."""
+    from mlff_ins.errors import InputError
+
+    np.testing.assert_array_equal(supercell_matrix([3]), np.diag([3, 3, 3]))
+    np.testing.assert_array_equal(supercell_matrix([1, 2, 3]), np.diag([1, 2, 3]))
+    fcc_to_sc = [-1, 1, 1, 1, -1, 1, 1, 1, -1]
+    np.testing.assert_array_equal(supercell_matrix(fcc_to_sc), np.reshape(fcc_to_sc, (3, 3)))
+    with pytest.raises(InputError, match="singular"):
+        supercell_matrix([1, 0, 0, 0, 1, 0, 0, 0, 0])

@@ -40,14 +40,16 @@ def to_ase_atoms(patoms) -> Atoms:
 
 
 def supercell_matrix(values) -> np.ndarray:
-    """``--supercell`` as 3 integers (diagonal) or 9 (a full matrix, row-wise)."""
+    """``--supercell`` as 1 integer (N N N), 3 (diagonal) or 9 (a full matrix, row-wise)."""
     v = [int(x) for x in values]
-    if len(v) == 3:
+    if len(v) == 1:
+        m = np.diag(v * 3)
+    elif len(v) == 3:
         m = np.diag(v)
     elif len(v) == 9:
         m = np.array(v).reshape(3, 3)
     else:
-        raise InputError(f"--supercell takes 3 or 9 integers, not {len(v)}")
+        raise InputError(f"--supercell takes 1, 3 or 9 integers, not {len(v)}")
     if round(abs(np.linalg.det(m))) < 1:
         raise InputError(f"--supercell {' '.join(map(str, v))} is singular")
     return m
