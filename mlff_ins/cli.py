@@ -667,6 +667,11 @@ def _add_spectra(sub) -> None:
                    help="S(Q,E): totals weighted by b_coh and σ_inc (barn/sr per atom, default) "
                         "or unweighted")
     p.add_argument("--no-partials", action="store_true", help="S(Q,E): write totals only")
+    p.add_argument("--remove-drift", action="store_true",
+                   help="take the motion of the whole cell's centre of mass out of every frame "
+                        "(velocities and positions) first, as for a sample at rest; its share "
+                        "of the kinetic energy is always measured, written to the provenance "
+                        "and warned about above 0.5 %%")
     p.add_argument("--debye-waller", choices=["msd", "vdos"],
                    help="VISION/TOSCA Debye-Waller factor: <u²> from the VDOS in the harmonic "
                         "quantum form (default; the same form as the phonon orders and the "
@@ -724,7 +729,7 @@ def _run_spectra(args) -> int:
         fwhm_meV=args.fwhm, e_max_meV=args.e_max,
         debye_waller=args.debye_waller, n_phonon=args.phonon_orders,
         isotopes=parse_isotopes(args.isotope), device=args.device, float32=args.float32,
-        max_memory_gb=args.max_memory, blocks=args.blocks)
+        max_memory_gb=args.max_memory, blocks=args.blocks, remove_drift=args.remove_drift)
     types = [t.strip() for t in args.types.split(",")] if args.types else None
     spectra, summary = spectra_from_trajectory(args.trajectory, opts, dt_fs=args.dt,
                                                stride=args.stride, types=types,

@@ -202,6 +202,89 @@ def test_velocities_from_positions_match_central_differences():
     np.testing.assert_allclose(a, b, rtol=1e-10)
 
 
+def _mirrored_oscillators(drift, frames=600, dt=2.0, seed=5):
+    """Pairs of equal atoms vibrating against each other (so the centre of mass stays put) in
+    a cubic box, plus a uniform ``drift`` velocity (Å/fs) of every atom, positions wrapped;
+    returns (symbols, positions, velocities, cell)."""
+    rng = np.random.default_rng(seed)
+    n_pairs, box = 12, 9.0
+    sites = rng.uniform(0, box, (2 * n_pairs, 3))
+    omega = rng.uniform(0.02, 0.12, n_pairs)[:, None]                    # rad/fs
+    amp = rng.normal(scale=0.05, size=(n_pairs, 3))
+    phase = rng.uniform(0, 2 * np.pi, (n_pairs, 3))
+    t = np.arange(frames)[:, None, None] * dt
+    x = amp * np.cos(omega * t + phase)                                  # (T, pairs, 3)
+    v = -amp * omega * np.sin(omega * t + phase)
+    disp = np.concatenate([x, -x], axis=1)
+    vel = np.concatenate([v, -v], axis=1) + np.asarray(drift)
+    pos = (sites + disp + np.asarray(drift) * t) % box
+    return ["Cu"] * (2 * n_pairs), pos, vel, np.eye(3) * box
+
+
+@pytest.mark.parametrize("stored_velocities", [True, False])
+def test_centre_of_mass_drift_is_measured_and_removed(stored_velocities):
+    """A cell drifting as a whole: the measured share of the kinetic energy in the drift is
+    M V² / (M V² + Σ m v²) exactly (the vibrations carry no momentum), and with remove_drift
+    the VACF, MSD and self F(Q,t) equal those of the same vibrations at rest (to 1e-9), from
+    stored velocities or from differentiated positions."""
+    drift = np.array([0.004, -0.002, 0.003])          # Å/fs: 10 box lengths in 600 frames
+    sym, pos, vel, cell = _mirrored_oscillators(drift)
+    _, pos0, vel0, _ = _mirrored_oscillators(np.zeros(3))
+    shells = spherical_shells(cell, q_max=3.0, q_min=0.5, width=0.5, per_shell=10)
+    kw = dict(vacf=True, msd=True, shells=shells, incoherent=True, coherent=True)
+
+    def run(p, v, **extra):
+        return correlate(ArrayTrajectory(sym, p, cell, 2.0,
+                                         velocities=v if stored_velocities else None),
+                         100, **kw, **extra)
+
+    rest = run(pos0, vel0)
+    kept = run(pos, vel)
+    removed = run(pos, vel, remove_drift=True)
+    assert rest.drift_share < 1e-12 and not rest.drift_removed
+    if stored_velocities:     # differentiated positions carry the finite-difference error
+        m = 63.546
+        vib = np.sum(m * vel0 ** 2)
+        drift_ke = len(sym) * m * np.sum(drift ** 2) * len(pos)
+        assert kept.drift_share == pytest.approx(drift_ke / (drift_ke + vib), rel=1e-9)
+    assert kept.drift_share > 0.05 and removed.drift_removed
+    assert removed.drift_share == pytest.approx(kept.drift_share, rel=1e-12)
+    np.testing.assert_allclose(removed.vacf["Cu"], rest.vacf["Cu"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(removed.msd["Cu"], rest.msd["Cu"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(removed.fqt_inc["Cu"], rest.fqt_inc["Cu"], atol=1e-9)
+    np.testing.assert_allclose(removed.fqt_coh[("Cu", "Cu")], rest.fqt_coh[("Cu", "Cu")],
+                               atol=1e-9)
+    # left in, the drift adds M V² to the VACF at every lag (cross terms carry Σ m v = 0)
+    np.testing.assert_allclose(kept.vacf["Cu"] - rest.vacf["Cu"],
+                               len(sym) * 63.546 * np.sum(drift ** 2), rtol=1e-9)
+
+
+def test_spectra_warn_about_a_drifting_cell_and_say_so_in_the_provenance():
+    from mlff_ins.analysis.pipeline import SpectraOptions, spectra_from_trajectory
+
+    sym, pos, vel, cell = _mirrored_oscillators(np.array([0.004, -0.002, 0.003]))
+    traj = ArrayTrajectory(sym, pos, cell, 2.0, velocities=vel)
+    with pytest.warns(UserWarning, match="centre of mass of the cell moves"):
+        out, _ = spectra_from_trajectory(None, SpectraOptions(), traj=traj, progress=False)
+    assert out["vdos"].provenance["centre_of_mass_drift"]["removed"] is False
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        out, summary = spectra_from_trajectory(None, SpectraOptions(remove_drift=True), traj=traj,
+                                               progress=False)
+    prov = out["vdos"].provenance["centre_of_mass_drift"]
+    assert prov["removed"] is True and prov["kinetic_energy_share"] > 0.05
+    # without the drift the vibrations keep 3N - 3 degrees of freedom: T from their energy
+    _, _, vel0, _ = _mirrored_oscillators(np.zeros(3))
+    from mlff_ins.neutron.quantum import KB_MEV_PER_K as kb
+    from mlff_ins.analysis.pipeline import AMU_A2_PER_FS2_MEV
+
+    t_vib = np.mean(np.sum(63.546 * vel0 ** 2, axis=(1, 2))) * AMU_A2_PER_FS2_MEV / (
+        (3 * len(sym) - 3) * kb)
+    assert summary["kinetic_temperature_K"] == pytest.approx(t_vib, rel=1e-6)
+
+
 def test_chunking_and_float32(binary_liquid):
     """Results do not depend on how frames are streamed; float32 agrees to single precision."""
     pos_a, vel_a, cell, _ = langevin_particles(n=20, frames=120, every=5, seed=5)

@@ -42,6 +42,10 @@ class Correlations:
     shells: QShells | None = None
     masses: dict[str, float] = field(default_factory=dict)             # mean mass per element
     q_mean_change: float = 0.0   # largest |mean |Q| over frames / |Q| of frame 0 − 1| of a shell
+    # share of the kinetic energy (summed over frames) in the motion of the whole cell's centre
+    # of mass, measured before any removal; and whether that drift was taken out
+    drift_share: float = 0.0
+    drift_removed: bool = False
 
     @property
     def dt_fs(self) -> float:
@@ -60,8 +64,15 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
               shells: QShells | None = None, coherent: bool = False, incoherent: bool = False,
               device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64,
               chunk: int = 64, progress: bool = False,
-              max_memory_bytes: int = DEFAULT_MAX_MEMORY) -> Correlations:
+              max_memory_bytes: int = DEFAULT_MAX_MEMORY,
+              remove_drift: bool = False) -> Correlations:
     """Compute the requested correlations for lags 0..``max_lag`` frames in one pass.
+
+    The centre of mass's share of the kinetic energy is always measured (``drift_share``: a
+    cell that drifts as a whole puts that share of its VDOS at E = 0); with ``remove_drift`` its
+    motion is taken out of every frame before any correlation (velocities minus the
+    centre-of-mass velocity, positions minus the centre of mass's displacement from the first
+    frame), as for a sample at rest.
 
     Memory stays near ``max_memory_bytes``: the frames buffered per block (the block length),
     the atoms and the Q-vectors handled at once are chosen from it; a window that cannot fit is
@@ -145,9 +156,12 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
                 acc["coh"][..., qs] += lags_from_fft(prod, n_fft, max_lag, real=False).real
 
     stream = BlockStream(max_lag, on_block, block=stream_block)
-    need_unwrapped = msd or (vacf and not traj.has_velocities)
+    need_unwrapped = msd or remove_drift or (vacf and not traj.has_velocities)
     bar = _progress(traj.n_frames, progress)
     reference = None
+    m_np = np.asarray(traj.masses, dtype=float)
+    kinetic = {"drift": 0.0, "total": 0.0}
+    com_first = None
     q_sum, q_first, q_frames = None, None, 0
     for pos_np, cells_np, unwrapped_np, vel_np in _frames(traj, chunk, need_unwrapped,
                                                           vacf and not traj.has_velocities):
@@ -157,6 +171,17 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
             q_first = qn[:, 0] if q_first is None else q_first
             q_sum = qn.sum(axis=1) + (0 if q_sum is None else q_sum)
             q_frames += qn.shape[1]
+        if vel_np is not None:
+            v_com = np.einsum("tnx,n->tx", vel_np, m_np) / m_np.sum()          # (T, 3)
+            kinetic["drift"] += m_np.sum() * float(np.sum(v_com ** 2))
+            kinetic["total"] += float(np.einsum("tnx,n->", vel_np ** 2, m_np))
+            if remove_drift:
+                vel_np = vel_np - v_com[:, None, :]
+        if remove_drift:
+            com = np.einsum("tnx,n->tx", unwrapped_np, m_np) / m_np.sum()
+            com_first = com[0].copy() if com_first is None else com_first
+            shift = (com - com_first)[:, None, :]
+            pos_np, unwrapped_np = pos_np - shift, unwrapped_np - shift
         pos = torch.as_tensor(pos_np, dtype=dtype, device=device)
         cells = torch.as_tensor(cells_np, dtype=dtype, device=device)
         arrays = {}
@@ -191,7 +216,10 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
     res = Correlations(species=species, counts=counts, n_frames=n_frames,
                        time_fs=np.arange(max_lag + 1) * traj.dt_fs, shells=shells,
                        masses=species_mass,
-                       q_mean_change=q_change if shells is not None else 0.0)
+                       q_mean_change=q_change if shells is not None else 0.0,
+                       drift_share=(kinetic["drift"] / kinetic["total"]
+                                    if kinetic["total"] > 0 else 0.0),
+                       drift_removed=bool(remove_drift))
     n_atoms = traj.n_atoms
     if vacf:
         c = (acc["vacf"] / norm[:, None]).cpu().numpy()

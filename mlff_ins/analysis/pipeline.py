@@ -66,6 +66,7 @@ class SpectraOptions:
     float32: bool = False
     max_memory_gb: float = 2.0              # budget of the correlations (GiB)
     blocks: int = 1                         # >1: intensity_std from that many frame blocks
+    remove_drift: bool = False              # take the cell's centre-of-mass motion out first
 
 
 def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = None,
@@ -126,14 +127,21 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
     corr = correlate(traj, max_lag, vacf=True, msd=opts.qens or indirect, shells=shells,
                      coherent=opts.sqe, incoherent=opts.sqe or opts.qens, device=device,
                      dtype=dtype, progress=progress,
-                     max_memory_bytes=int(opts.max_memory_gb * 1024 ** 3))
+                     max_memory_bytes=int(opts.max_memory_gb * 1024 ** 3),
+                     remove_drift=opts.remove_drift)
+    _check_drift(corr)
+    # without the centre of mass's motion the atoms keep 3N - 3 degrees of freedom
+    dof = 3 * corr.n_atoms - (3 if corr.drift_removed and corr.n_atoms > 1 else 0)
     kinetic_T = sum(c[0] for c in corr.vacf.values()) * AMU_A2_PER_FS2_MEV / (
-        3 * corr.n_atoms * KB_MEV_PER_K)
+        dof * KB_MEV_PER_K)
     temperature = opts.temperature_K if opts.temperature_K is not None else kinetic_T
     meta = dict(instrument=opts.instrument, source="md", temperature_K=temperature,
                 provenance={"trajectory": str(traj.path), "trajectory_sha256": _sha256(traj.path),
                             "options": {k: v for k, v in asdict(opts).items()},
                             "dt_fs": traj.dt_fs, "n_frames": corr.n_frames,
+                            "centre_of_mass_drift": {
+                                "kinetic_energy_share": corr.drift_share,
+                                "removed": corr.drift_removed},
                             "n_atoms": corr.n_atoms, "masses_amu": corr.masses})
     if shells is not None:
         meta["provenance"]["q_shells"] = (
@@ -229,10 +237,15 @@ def indirect_ins(corr, opts, temperature, summary, meta) -> dict:
     iso = opts.isotopes or {}
     vd = vdos_spectra(corr, opts.window)
     e = vd["vdos"].x
-    dos, masses, u2, how = [], [], {}, {}
+    dos, masses, u2, how, clipped = [], [], {}, {}, {}
     for s in corr.species:
         g = np.array(vd[f"vdos_{s}"].intensity, dtype=float)
         _drop_zero_energy(e, g, s)
+        # a windowed VACF transform can dip slightly below zero where the DOS is ~0 (near E = 0
+        # in a solid); the 1/E of the phonon orders would turn that into negative intensity
+        negative = g < 0
+        clipped[s] = float(-np.sum(g[negative]) / max(np.sum(np.abs(g)), 1e-300))
+        g[negative] = 0.0
         dos.append(g / (np.sum(g) * (e[1] - e[0])))          # area 1 per degree of freedom
         masses.append(element_mass(corr, s, iso))
         if opts.debye_waller == "msd":
@@ -252,12 +265,32 @@ def indirect_ins(corr, opts, temperature, summary, meta) -> dict:
     prov = {**meta["provenance"], "debye_waller": opts.debye_waller, "u2_A2": u2,
             "u2_source": how, "masses_amu": dict(zip(corr.species, masses)), "isotopes": iso,
             "phonon_orders": opts.n_phonon,
+            "negative_vdos_area_clipped": clipped,
             "cross_section": "sigma_total (incoherent approximation)",
             # the correlation window's width is in the DOS, so in S(E) beside the instrument's
             "window": vd["vdos"].provenance.get("window"),
             "resolution_fwhm_meV": vd["vdos"].provenance.get("resolution_fwhm_meV")}
     return s_e_spectra(energies, arrays, instrument, temperature_K=meta["temperature_K"],
                        source=meta["source"], provenance=prov)
+
+
+#: a centre of mass carrying more than this share of the kinetic energy is reported: thermal
+#: velocities drawn without zeroing the total momentum leave it 1/N (0.5 % for N = 200 atoms),
+#: and all of it lands at E = 0 in the VDOS and at the lowest energies of S(E)
+DRIFT_TOLERANCE = 0.005
+
+
+def _check_drift(corr) -> None:
+    """Warn when the whole cell drifts and the drift was left in."""
+    if corr.drift_share > DRIFT_TOLERANCE and not corr.drift_removed:
+        import warnings
+
+        warnings.warn(f"the centre of mass of the cell moves: {corr.drift_share:.1%} of the "
+                      "kinetic energy is drift of the whole cell, which lands at E = 0 in the "
+                      "VDOS and at the lowest energies of S(E); take it out with --remove-drift, "
+                      "or zero the total momentum in the MD (ASE: Stationary and Langevin "
+                      "fixcm=False; LAMMPS: velocity all zero linear, fix momentum)",
+                      stacklevel=3)
 
 
 #: a VDOS whose E = 0 bin holds more than this fraction of its area has weight that is not a
