@@ -51,9 +51,14 @@ def test_langevin_reaches_target_temperature(tmp_path):
     s = run_md(_cu(2), EMT(), MDOptions(ensemble="nvt", temperature_K=600, steps=1000, dt_fs=4.0,
                                         friction_per_fs=0.02, every=10, seed=1), out,
                progress=False)
-    t = _read(out)["T"]
+    d = _read(out)
+    t = d["T"]
     assert np.mean(t[len(t) // 3:]) == pytest.approx(600, rel=0.08)
     assert s.mean_temperature_K > 400
+    # the thermostat's kicks leave the cell's centre of mass at rest (equal masses: the mean
+    # velocity), where free kicks would leave it ~1/sqrt(32) of the thermal speed
+    thermal = np.sqrt(np.mean(d["vel"] ** 2))
+    assert np.abs(d["vel"].mean(axis=1)).max() < 1e-9 * thermal
 
 
 def test_npt_reaches_target_pressure(tmp_path):

@@ -223,7 +223,15 @@ def make_dynamics(atoms, opts: MDOptions, step: int):
         return VelocityVerlet(atoms, timestep=dt)
     if opts.ensemble == "nvt":
         if opts.thermostat == "langevin":
+            from ase.constraints import FixCom
             from ase.md.langevin import Langevin
+
+            # Langevin's independent kicks make the centre of mass of the whole cell a Brownian
+            # particle (1/N of the kinetic energy), which spectra would show at E ~ 0 as if the
+            # sample drifted; FixCom keeps it at rest (ASE's advice with fixcm=False). A cell
+            # that already carries constraints (fixed atoms) is left as it is
+            if not atoms.constraints:
+                atoms.set_constraint(FixCom())
             return Langevin(atoms, dt, temperature_K=opts.temperature_K,
                             friction=opts.friction_per_fs / units.fs, fixcm=False, rng=rng)
         if opts.thermostat == "bussi":
