@@ -9,9 +9,10 @@ import pytest
 from ase import units
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from ase.constraints import FixCom
 from ase.io import write
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 
 from mlff_ins.cli import main
@@ -39,7 +40,9 @@ def cu_routes(tmp_path_factory):
     atoms = unit.repeat((2, 2, 2))
     atoms.calc = EMT()
     MaxwellBoltzmannDistribution(atoms, temperature_K=20, rng=np.random.default_rng(0))
-    Langevin(atoms, 5 * units.fs, temperature_K=10, friction=2e-3 / units.fs, fixcm=True,
+    Stationary(atoms)
+    atoms.set_constraint(FixCom())                  # the cell at rest, as a sample is
+    Langevin(atoms, 5 * units.fs, temperature_K=10, friction=2e-3 / units.fs, fixcm=False,
              rng=np.random.default_rng(1)).run(400)
     dyn = VelocityVerlet(atoms, 5 * units.fs)       # NVE: no thermostat width on the lines
     frames = []

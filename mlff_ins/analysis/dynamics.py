@@ -42,8 +42,10 @@ class Correlations:
     shells: QShells | None = None
     masses: dict[str, float] = field(default_factory=dict)             # mean mass per element
     q_mean_change: float = 0.0   # largest |mean |Q| over frames / |Q| of frame 0 − 1| of a shell
-    # share of the kinetic energy (summed over frames) in the motion of the whole cell's centre
-    # of mass, measured before any removal; and whether that drift was taken out
+    # share of the kinetic energy in the steady drift of the whole cell: M |<V>|² / <Σ m v²>,
+    # with <V> the centre-of-mass velocity averaged over the run, measured before any removal
+    # (a centre of mass that oscillates, as in an Einstein solid, averages out and is no drift);
+    # and whether the centre of mass's motion was taken out
     drift_share: float = 0.0
     drift_removed: bool = False
 
@@ -60,6 +62,14 @@ class Correlations:
 DEFAULT_MAX_MEMORY = 2 * 1024 ** 3
 
 
+def _drift_share(kinetic: dict, total_mass: float) -> float:
+    """M |<V>|² over the mean of Σ m v² (both per frame), from the sums kept while streaming."""
+    if kinetic["total"] <= 0 or kinetic["frames"] == 0:
+        return 0.0
+    mean_v = kinetic["v_com"] / kinetic["frames"]
+    return total_mass * float(mean_v @ mean_v) * kinetic["frames"] / kinetic["total"]
+
+
 def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
               shells: QShells | None = None, coherent: bool = False, incoherent: bool = False,
               device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64,
@@ -68,8 +78,8 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
               remove_drift: bool = False) -> Correlations:
     """Compute the requested correlations for lags 0..``max_lag`` frames in one pass.
 
-    The centre of mass's share of the kinetic energy is always measured (``drift_share``: a
-    cell that drifts as a whole puts that share of its VDOS at E = 0); with ``remove_drift`` its
+    The steady drift's share of the kinetic energy is always measured (``drift_share``: a cell
+    that drifts as a whole puts that share of its VDOS at E = 0); with ``remove_drift`` its
     motion is taken out of every frame before any correlation (velocities minus the
     centre-of-mass velocity, positions minus the centre of mass's displacement from the first
     frame), as for a sample at rest.
@@ -160,7 +170,7 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
     bar = _progress(traj.n_frames, progress)
     reference = None
     m_np = np.asarray(traj.masses, dtype=float)
-    kinetic = {"drift": 0.0, "total": 0.0}
+    kinetic = {"v_com": np.zeros(3), "frames": 0, "total": 0.0}
     com_first = None
     q_sum, q_first, q_frames = None, None, 0
     for pos_np, cells_np, unwrapped_np, vel_np in _frames(traj, chunk, need_unwrapped,
@@ -173,7 +183,8 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
             q_frames += qn.shape[1]
         if vel_np is not None:
             v_com = np.einsum("tnx,n->tx", vel_np, m_np) / m_np.sum()          # (T, 3)
-            kinetic["drift"] += m_np.sum() * float(np.sum(v_com ** 2))
+            kinetic["v_com"] += v_com.sum(axis=0)
+            kinetic["frames"] += len(v_com)
             kinetic["total"] += float(np.einsum("tnx,n->", vel_np ** 2, m_np))
             if remove_drift:
                 vel_np = vel_np - v_com[:, None, :]
@@ -217,8 +228,7 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
                        time_fs=np.arange(max_lag + 1) * traj.dt_fs, shells=shells,
                        masses=species_mass,
                        q_mean_change=q_change if shells is not None else 0.0,
-                       drift_share=(kinetic["drift"] / kinetic["total"]
-                                    if kinetic["total"] > 0 else 0.0),
+                       drift_share=_drift_share(kinetic, float(m_np.sum())),
                        drift_removed=bool(remove_drift))
     n_atoms = traj.n_atoms
     if vacf:

@@ -274,9 +274,11 @@ def indirect_ins(corr, opts, temperature, summary, meta) -> dict:
                        source=meta["source"], provenance=prov)
 
 
-#: a centre of mass carrying more than this share of the kinetic energy is reported: thermal
-#: velocities drawn without zeroing the total momentum leave it 1/N (0.5 % for N = 200 atoms),
-#: and all of it lands at E = 0 in the VDOS and at the lowest energies of S(E)
+#: a steady centre-of-mass drift carrying more than this share of the kinetic energy is
+#: reported: thermal velocities drawn without zeroing the total momentum and run at constant
+#: momentum leave about 1/N (0.5 % for N = 200 atoms), and all of it lands at E = 0 in the VDOS
+#: and at the lowest energies of S(E). A centre of mass that oscillates (independent
+#: oscillators, an Einstein solid) averages out over the run and is not counted.
 DRIFT_TOLERANCE = 0.005
 
 
@@ -285,8 +287,8 @@ def _check_drift(corr) -> None:
     if corr.drift_share > DRIFT_TOLERANCE and not corr.drift_removed:
         import warnings
 
-        warnings.warn(f"the centre of mass of the cell moves: {corr.drift_share:.1%} of the "
-                      "kinetic energy is drift of the whole cell, which lands at E = 0 in the "
+        warnings.warn(f"the centre of mass of the cell drifts: {corr.drift_share:.1%} of the "
+                      "kinetic energy is steady drift of the whole cell, which lands at E = 0 in the "
                       "VDOS and at the lowest energies of S(E); take it out with --remove-drift, "
                       "or zero the total momentum in the MD (ASE: Stationary and Langevin "
                       "fixcm=False; LAMMPS: velocity all zero linear, fix momentum)",
