@@ -247,3 +247,16 @@ def test_malformed_trajectories_are_one_line_errors(tmp_path, capsys):
         assert main(["spectra", str(path), "-o", str(tmp_path / "s.h5")]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and str(path) in err and words in err, err
+
+
+def test_uncertainty_bands_of_non_negative_quantities_stop_at_zero():
+    """A ±1σ band of an intensity or a DOS never reaches below zero (where the quantity cannot
+    go); a band of a quantity that is negative somewhere (a frequency, a difference) is drawn
+    as it is."""
+    from mlff_ins.neutron.plot import spread_band
+
+    low, high = spread_band([0.0, 0.1, 1.0], [0.2, 0.3, 0.1])
+    np.testing.assert_allclose(low, [0.0, 0.0, 0.9])
+    np.testing.assert_allclose(high, [0.2, 0.4, 1.1])
+    low, _ = spread_band([-1.0, 0.1], [0.5, 0.3])
+    np.testing.assert_allclose(low, [-1.5, -0.2])

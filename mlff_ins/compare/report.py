@@ -34,6 +34,7 @@ from mlff_ins.compare.metrics import (BACKGROUNDS, edges_from_centres, fit_scale
                                       pair_metrics)
 from mlff_ins.compare.readers import read_measured
 from mlff_ins.errors import InputError
+from mlff_ins.neutron.plot import spread_band
 from mlff_ins.neutron.spectrum import Spectrum2D, read_spectra, write_spectra
 from mlff_ins.neutron.units import UNIT_LABEL as _UNIT_LABEL
 from mlff_ins.neutron.units import convert_energy, energy_unit
@@ -316,7 +317,7 @@ def _plot_lines(aligned: dict, pairs: list[dict], path: Path, unit: str) -> None
             continue
         line, = ax.plot(x, y, lw=1.2, label=label)
         if std is not None and np.any(std > 0):
-            ax.fill_between(x, y - std, y + std, color=line.get_color(), alpha=0.25, lw=0)
+            ax.fill_between(x, *spread_band(y, std), color=line.get_color(), alpha=0.25, lw=0)
     ax.set_xlabel(f"energy transfer ({_UNIT_LABEL[unit]})")
     # with a measurement everything is drawn on its scale, so in its units
     units = aligned[ref].units if ref else ""

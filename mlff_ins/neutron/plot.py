@@ -12,6 +12,16 @@ from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D
 _LABELS = {"energy": "energy transfer (meV)", "time": "time (fs)", "q": "Q (1/Å)"}
 
 
+def spread_band(y, std):
+    """Lower and upper edge of a ±1σ band around ``y``; for a quantity that is nowhere negative
+    (an intensity, a DOS, a heat capacity) the lower edge stops at zero, as the quantity does."""
+    y, std = np.asarray(y, dtype=float), np.asarray(std, dtype=float)
+    low = y - std
+    if np.nanmin(y) >= 0:
+        low = np.clip(low, 0.0, None)
+    return low, y + std
+
+
 def plot_spectra(spectra: dict, path: str | Path, unit: str = "meV"):
     """Panels: each 1D kind (totals and partials overlaid), then each 2D total (maps share one
     energy range); energy axes in ``unit`` (meV, cm-1 or THz). Returns the (closed) matplotlib
@@ -59,10 +69,8 @@ def plot_spectra(spectra: dict, path: str | Path, unit: str = "meV"):
             ax.plot(x, y * jac, label=_legend(name, sp, total), **style)
             if sp.intensity_std is not None:
                 std = sp.intensity_std if smooth is None else smooth(sp.x, sp.intensity_std)
-                low = y - std
-                if np.nanmin(sp.intensity) >= 0:   # a band of a non-negative quantity
-                    low = np.clip(low, 0.0, None)
-                ax.fill_between(x, low * jac, (y + std) * jac, alpha=0.25)
+                low, high = spread_band(y, std)
+                ax.fill_between(x, low * jac, high * jac, alpha=0.25)
         if energy_axis:
             ax.set_xlim(0, conv(_extent(first.x, first.intensity)))
             ax.set_xlabel(energy_label)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from mlff_ins.atomic_io import atomic_path
+from mlff_ins.neutron.plot import spread_band
 from mlff_ins.phonons.properties import MEV_PER_THZ, PhononProperties
 
 
@@ -50,7 +51,7 @@ def plot_phonons(props: PhononProperties, path: str | Path, title: str = "") -> 
     tot = props.dos_total * per_mev
     ax_dos.plot(tot.mean(axis=0), e, color="k", lw=1.2, label="total")
     if tot.shape[0] > 1:
-        ax_dos.fill_betweenx(e, tot.mean(0) - tot.std(0), tot.mean(0) + tot.std(0), color="C0",
+        ax_dos.fill_betweenx(e, *spread_band(tot.mean(0), tot.std(0)), color="C0",
                              alpha=0.3, lw=0)
     if len(props.dos_partial) > 1:
         for el, v in props.dos_partial.items():
@@ -79,7 +80,7 @@ def plot_heat_capacity(thermal: dict, path: str | Path, title: str = "") -> None
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.plot(t, mean, color="C0", label=thermal.get("label", "harmonic C_V (phonopy)"))
     if len(cv) > 1:
-        ax.fill_between(t, mean - std, mean + std, color="C0", alpha=0.3,
+        ax.fill_between(t, *spread_band(mean, std), color="C0", alpha=0.3,
                         label="ensemble spread")
     ax.axhline(3 * 8.314462618, color="grey", ls="--", lw=1, label="Dulong–Petit 3R")
     ax.set_xlabel("temperature (K)")

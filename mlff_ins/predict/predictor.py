@@ -25,6 +25,7 @@ import numpy as np
 from mlff_ins import __version__
 from mlff_ins.atomic_io import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
 from mlff_ins.errors import InputError
+from mlff_ins.neutron.plot import spread_band
 
 TARGETS = ("vision", "tosca", "dos")
 #: the targets that are instrument S(E) (``predict --instrument``); the others (the DOS) are
@@ -897,7 +898,7 @@ def write_report(out_dir: Path, meta: dict, test, predictor, fits) -> None:
             ax.plot(e, y.reshape(mean.shape)[0], color="k", label="teacher (phonons)")
             ax.plot(e, mean[0], color="C1", label="predictor")
             if std is not None:
-                ax.fill_between(e, mean[0] - std[0], mean[0] + std[0], color="C1", alpha=0.3)
+                ax.fill_between(e, *spread_band(mean[0], std[0]), color="C1", alpha=0.3)
             ax.set_title(f"{formula}: MSE {mses[i]:.4f}", fontsize=9)
             ax.set_xlabel(f"energy (meV), {meta['targets'][0]}")
         axes.flat[2].legend(fontsize=7)
