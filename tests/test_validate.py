@@ -136,3 +136,40 @@ def test_cp2k_md_trajectory_is_read_with_units(tmp_path):
     (tmp_path / "si-frc-1.xyz").unlink()
     with pytest.raises(InputError, match="no forces file si-frc-1.xyz"):
         read_frames(tmp_path / "si-pos-1.xyz")
+
+
+def test_labels_under_mace_style_keys_are_read(tmp_path):
+    """An extxyz labelled for MACE (REF_energy, REF_forces, REF_stress as a 3x3 matrix) reads as
+    the same energies, forces and Voigt stress (xx yy zz yz xz xy) that ASE's own keys give,
+    with a warning naming the keys; a frame labelled twice (REF_ and DFT_) is refused."""
+    rng = np.random.default_rng(3)
+    plain, mace = [], []
+    for i in range(3):
+        a = bulk("Si", "diamond", 5.43, cubic=True)
+        a.rattle(0.03, seed=i)
+        e, f = -40.0 - 0.1 * i, rng.normal(scale=0.2, size=(len(a), 3))
+        s = rng.normal(scale=0.01, size=(3, 3))
+        s = s + s.T
+        voigt = s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        b = a.copy()
+        a.calc = SinglePointCalculator(a, energy=e, forces=f, stress=voigt)
+        plain.append(a)
+        b.info["REF_energy"] = e
+        b.arrays["REF_forces"] = f
+        b.info["REF_stress"] = s.ravel()
+        mace.append(b)
+    write(tmp_path / "ase.xyz", plain)
+    write(tmp_path / "mace.xyz", mace)
+    ref = read_frames(tmp_path / "ase.xyz")
+    with pytest.warns(UserWarning, match="REF_energy, REF_forces, REF_stress"):
+        got = read_frames(tmp_path / "mace.xyz")
+    for a, b in zip(ref, got):
+        assert b.get_potential_energy() == pytest.approx(a.get_potential_energy(), abs=1e-12)
+        np.testing.assert_allclose(b.get_forces(), a.get_forces(), atol=1e-12)
+        np.testing.assert_allclose(b.get_stress(), a.get_stress(), atol=1e-12)
+        assert "REF_energy" not in b.info and "REF_forces" not in b.arrays
+    assert find_problems(got) == []
+    mace[1].info["DFT_energy"] = -1.0
+    write(tmp_path / "twice.xyz", mace)
+    with pytest.raises(InputError, match="frame 1 has labels under REF_ and DFT_ keys"):
+        read_frames(tmp_path / "twice.xyz")

@@ -264,10 +264,55 @@ def read_frames(path: str | os.PathLike, *, format: str | None = None) -> list[A
         frames = [frames]
     if not frames:
         raise InputError(f"{path}: no frames")
+    adopted = set()
     for i, atoms in enumerate(frames):  # where each frame was read from, for error messages
+        adopted.update(_adopt_labels(atoms, path, i))
         atoms.info["read_from"] = path.name
         atoms.info["read_index"] = i
+    if adopted:
+        warnings.warn(f"{path}: DFT labels taken from the keys {', '.join(sorted(adopted))} "
+                      "(as MACE and other codes write them)", stacklevel=2)
     return frames
+
+
+#: prefixes of the extxyz keys under which other codes keep DFT labels (MACE's REF_energy,
+#: REF_forces, REF_stress; DFT_/dft_ in older data sets); ASE's own keys (energy, forces,
+#: stress) become the frame's calculator when ase.io reads the file
+LABEL_PREFIXES = ("REF_", "DFT_", "dft_")
+
+
+def _adopt_labels(atoms: Atoms, path: Path, index: int) -> list[str]:
+    """Give a frame without an energy the labels stored under a :data:`LABEL_PREFIXES` key.
+
+    Only a frame with no labels of ASE's own is touched, and only one prefix may be used per
+    frame (two would be two different labellings). Returns the keys adopted."""
+    if atoms.calc is not None and "energy" in getattr(atoms.calc, "results", {}):
+        return []
+    found = [p for p in LABEL_PREFIXES
+             if f"{p}energy" in atoms.info or f"{p}forces" in atoms.arrays]
+    if not found:
+        return []
+    if len(found) > 1:
+        raise InputError(f"{path}: frame {index} has labels under {' and '.join(found)} keys; "
+                         "keep one set (which DFT should the model learn?)")
+    p = found[0]
+    results, keys = {}, []
+    if f"{p}energy" in atoms.info:
+        results["energy"] = float(atoms.info.pop(f"{p}energy"))
+        keys.append(f"{p}energy")
+    if f"{p}forces" in atoms.arrays:
+        results["forces"] = np.array(atoms.arrays.pop(f"{p}forces"), dtype=float)
+        keys.append(f"{p}forces")
+    if f"{p}stress" in atoms.info:
+        stress = np.asarray(atoms.info.pop(f"{p}stress"), dtype=float)
+        if stress.shape == (9,):
+            stress = stress.reshape(3, 3)
+        if stress.shape == (3, 3):     # to Voigt, as ASE keeps it
+            stress = stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        results["stress"] = stress
+        keys.append(f"{p}stress")
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    return keys
 
 
 def _xyz_blocks(path: Path):
