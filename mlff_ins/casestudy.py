@@ -43,9 +43,10 @@ import numpy as np
 
 from mlff_ins.atomic_io import write_text_atomic
 from mlff_ins.errors import InputError
+from mlff_ins.model.shipped import SHIPPED
 
 STRUCTURES = ("c-Si", "a-Si", "vacancy")
-REFERENCE_MODEL = Path(__file__).resolve().parent / "resources" / "si" / "reference_model"
+REFERENCE_MODEL = SHIPPED["si-reference"]
 SI_A0_GUESS = 5.43          # Å, starting lattice constant before relaxing with the model
 
 

@@ -236,8 +236,9 @@ def _add_md(sub) -> None:
     _add_structure_options(p)
     src_ = p.add_mutually_exclusive_group(required=True)
     src_.add_argument("--model", metavar="DIR|NAME",
-                      help="model bundle folder, e.g. models/si, or a universal model whose "
-                           "weights ship in its wheel: sevennet-0, sevennet-l3i5, "
+                      help="model bundle folder, e.g. models/si; si-reference, the silicon "
+                           "reference ensemble shipped in the package; or a universal model "
+                           "whose weights ship in its wheel: sevennet-0, sevennet-l3i5, "
                            "sevennet-mf-0, chgnet")
     src_.add_argument("--calculator", metavar="YAML", help="ASE calculator YAML instead of a model")
     _add_members_option(p)
@@ -425,7 +426,8 @@ def _add_deploy(sub) -> None:
                     "minutes per member) with torch >= 2.10, TorchScript before.",
         epilog="example: mlff-ins deploy models/si --target lammps -o lammps_si",
         formatter_class=_HelpFormatter)
-    p.add_argument("bundle", help="model bundle folder, e.g. models/si")
+    p.add_argument("bundle", help="model bundle folder, e.g. models/si, or si-reference (the "
+                                  "silicon reference ensemble shipped in the package)")
     p.add_argument("--target", choices=["lammps", "ase"], default="lammps",
                    help="lammps (default): models for pair_style nequip / mliap, in.lammps and "
                         "structure.data; ase: nequip's compiled model for its ASE calculator")
@@ -793,8 +795,9 @@ def _add_phonons(sub) -> None:
     _add_structure_options(p)
     src_ = p.add_mutually_exclusive_group(required=True)
     src_.add_argument("--model", metavar="DIR|NAME",
-                      help="model bundle folder, e.g. models/si, or a universal model whose "
-                           "weights ship in its wheel: sevennet-0, sevennet-l3i5, "
+                      help="model bundle folder, e.g. models/si; si-reference, the silicon "
+                           "reference ensemble shipped in the package; or a universal model "
+                           "whose weights ship in its wheel: sevennet-0, sevennet-l3i5, "
                            "sevennet-mf-0, chgnet")
     src_.add_argument("--force-sets", metavar="DIR",
                       help="phonopy folder, any layout phonopy.load takes: phonopy_params.yaml, "
@@ -1062,7 +1065,7 @@ def _add_demo(sub) -> None:
                     "printed as the mlff-ins command it runs; report.md in the output folder "
                     "links the plots.",
         epilog="example: mlff-ins demo -o demo\n"
-               "         mlff-ins demo --full --model mlff_ins/resources/si/reference_model "
+               "         mlff-ins demo --full --model si-reference "
                "-o si-case-study",
         formatter_class=_HelpFormatter)
     p.add_argument("-o", "--output", default=None,
@@ -1157,8 +1160,8 @@ def _check_model_option(model: str) -> None:
         from mlff_ins.model.universal import is_universal
 
         if not is_universal(model):
-            raise InputError(f"--model {model}: no such model bundle folder or universal "
-                             f"model name")
+            raise InputError(f"--model {model}: no such model bundle folder or model name "
+                             f"(si-reference, sevennet-0, sevennet-l3i5, sevennet-mf-0, chgnet)")
 
 
 def _add_database(sub) -> None:
@@ -1192,7 +1195,7 @@ def _add_database(sub) -> None:
                         "structure file or folder")
     b.add_argument("--teacher", default="sevennet-0", metavar="NAME|DIR|YAML",
                    help="universal model name (sevennet-0, sevennet-l3i5, sevennet-mf-0, "
-                        "chgnet), a model bundle folder or a calculator YAML "
+                        "chgnet), a model bundle folder (or si-reference) or a calculator YAML "
                         "(default: sevennet-0; docs/benchmarks.md: teachers)")
     b.add_argument("-o", "--output", required=True, help="database file (HDF5)")
     b.add_argument("--records", metavar="FILE",
@@ -1752,8 +1755,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--predictor", metavar="DIR",
                    help="predictor folder (default: the one shipped in the package, if any)")
     p.add_argument("--model", metavar="NAME|DIR",
-                   help="universal model name (e.g. sevennet-0), model bundle folder or "
-                        "calculator YAML for the phonon route (runs code: trusted files only)")
+                   help="universal model name (e.g. sevennet-0), model bundle folder (or "
+                        "si-reference) or calculator YAML for the phonon route (runs code: trusted files only)")
     p.add_argument("--max-atoms", type=int, default=5000,
                    help="largest structure accepted (atoms)")
     p.add_argument("--max-upload-mb", type=_positive_float, default=20.0, metavar="MB",
@@ -1911,6 +1914,11 @@ def main(argv: list[str] | None = None) -> int:
 
     default_show = warnings.showwarning
     warnings.showwarning = show
+    from mlff_ins.model.shipped import resolve_model
+
+    for name in ("model", "bundle", "teacher"):     # si-reference: the bundle in the package
+        if getattr(args, name, None):
+            setattr(args, name, resolve_model(getattr(args, name)))
     try:
         _refuse_output_over_input(args, _positional_dests(parser))
         return int(args.func(args) or 0)

@@ -243,3 +243,29 @@ def test_skin_neighbour_list_keeps_every_pair_and_the_forces_bit_for_bit(tiny_bu
     from ase import Atoms
     m = Atoms("Si3", positions=[[0, 0, 0], [2.3, 0, 0], [0, 2.4, 0.3]], cell=[15] * 3)
     assert np.array_equal(reused.get_forces(m), fresh_calc.get_forces(m))
+
+
+def test_the_shipped_reference_model_by_name(tmp_path, monkeypatch, capsys):
+    """`--model si-reference` is the bundle inside the package, wherever pip put it: the
+    calculator it loads is that bundle's (same energy), a command names its elements, and a
+    folder of that name where the user works wins over the shipped one."""
+    from ase.io import write
+
+    from mlff_ins.cli import main
+    from mlff_ins.model.shipped import SHIPPED, resolve_model
+
+    folder = SHIPPED["si-reference"]
+    assert (folder / "bundle.json").is_file()
+    monkeypatch.chdir(tmp_path)
+    si = bulk("Si", "diamond", a=5.43)
+    si.calc = load_calculator("si-reference", members=[0])
+    by_name = si.get_potential_energy()
+    si.calc = load_calculator(folder, members=[0])
+    assert by_name == si.get_potential_energy()
+    write(tmp_path / "ge.cif", bulk("Ge", "diamond", a=5.66))
+    assert main(["phonons", str(tmp_path / "ge.cif"), "--model", "si-reference",
+                 "-o", str(tmp_path / "ge.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "element Ge is not known to the model" in err and "reference_model" in err
+    (tmp_path / "si-reference").mkdir()
+    assert resolve_model("si-reference") == "si-reference"

@@ -31,8 +31,11 @@ def read_bundle(path: str | os.PathLike) -> dict:
 
     Trust boundary: a bundle's members are loaded with torch.package / ``torch.load``, which
     runs code stored in them. Open only bundles you trust; member paths must lie inside the
-    bundle folder (no absolute paths, no ``..``, no symlinks out of it)."""
-    path = Path(path)
+    bundle folder (no absolute paths, no ``..``, no symlinks out of it). ``path`` may also name
+    a bundle shipped in the package (:mod:`mlff_ins.model.shipped`: si-reference)."""
+    from mlff_ins.model.shipped import resolve_model
+
+    path = Path(resolve_model(path))
     meta_path = path / "bundle.json"
     if not meta_path.exists():
         if (path / "train_settings.json").exists():
@@ -41,8 +44,10 @@ def read_bundle(path: str | os.PathLike) -> dict:
         if not path.exists():
             from mlff_ins.model.universal import UNIVERSAL
 
-            raise InputError(f"{path}: not a model bundle folder nor a universal model (those "
-                             f"are {', '.join(UNIVERSAL)})")
+            from mlff_ins.model.shipped import SHIPPED
+
+            raise InputError(f"{path}: not a model bundle folder nor a model name (shipped: "
+                             f"{', '.join(SHIPPED)}; universal: {', '.join(UNIVERSAL)})")
         raise InputError(f"{path}: not a model bundle (no bundle.json)")
     try:
         meta = json.loads(meta_path.read_text())
@@ -343,11 +348,14 @@ def load_calculator(bundle_dir: str | os.PathLike, device: str = "cpu",
                     skin: float = 1.0, members: Sequence[int] | None = None) -> BundleCalculator:
     """Load a model bundle as an ASE calculator (ensemble mean, with ``energy_std`` and
     ``forces_std`` in ``results``), see :class:`BundleCalculator`; or, when ``bundle_dir`` is no
-    folder but the name of a universal model (:mod:`mlff_ins.model.universal`), that model.
+    folder but the name of a universal model (:mod:`mlff_ins.model.universal`), that model; the
+    name of a bundle shipped in the package (si-reference) loads that bundle.
     ``members``: use only these members of the bundle (0-based; default all): a long MD costs
     one model evaluation per member and step."""
+    from mlff_ins.model.shipped import resolve_model
     from mlff_ins.model.universal import UniversalCalculator, is_universal
 
+    bundle_dir = resolve_model(bundle_dir)
     if is_universal(bundle_dir) and not Path(bundle_dir).exists():
         if members is not None:
             raise InputError(f"--members: {bundle_dir} is one universal model, not an ensemble")

@@ -1,0 +1,24 @@
+"""Model bundles that ship inside the package, by name.
+
+``--model si-reference`` (and ``load_calculator("si-reference")``) means the silicon reference
+ensemble in ``mlff_ins/resources/si/reference_model/``, wherever pip put the package. A folder
+of that name in the working directory wins over the shipped bundle.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+
+#: name -> bundle folder inside the package
+SHIPPED = {"si-reference": RESOURCES / "si" / "reference_model"}
+
+
+def resolve_model(name: str | os.PathLike) -> str | os.PathLike:
+    """The folder of a shipped bundle when ``name`` is one of :data:`SHIPPED` (and no such path
+    exists here); anything else unchanged."""
+    if isinstance(name, str) and name.lower() in SHIPPED and not Path(name).exists():
+        return str(SHIPPED[name.lower()])
+    return name
