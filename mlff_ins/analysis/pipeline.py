@@ -288,10 +288,11 @@ def _check_drift(corr) -> None:
         import warnings
 
         warnings.warn(f"the centre of mass of the cell drifts: {corr.drift_share:.1%} of the "
-                      "kinetic energy is steady drift of the whole cell, which lands at E = 0 in the "
-                      "VDOS and at the lowest energies of S(E); take it out with --remove-drift, "
-                      "or zero the total momentum in the MD (ASE: Stationary and Langevin "
-                      "fixcm=False; LAMMPS: velocity all zero linear, fix momentum)",
+                      "kinetic energy is steady drift of the whole cell, which lands at E = 0 "
+                      "in the VDOS and at the lowest energies of S(E); take it out with "
+                      "--remove-drift, or zero the total momentum in the MD (ASE: Stationary "
+                      "after drawing the velocities, FixCom with Langevin; LAMMPS: velocity "
+                      "... mom yes, fix momentum)",
                       stacklevel=3)
 
 
