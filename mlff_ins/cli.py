@@ -23,7 +23,20 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 class _HelpFormatter(argparse.HelpFormatter):
-    """Wraps descriptions as usual but prints an ``example:`` epilog line by line."""
+    """Wraps descriptions as usual but prints an ``example:`` epilog line by line, and adds
+    "(default X)" to an option's help that does not state its default itself."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or action.nargs == 0 or "default" in text.lower()
+                or default is None or default is False or default is argparse.SUPPRESS
+                or (isinstance(default, (list, tuple, str)) and not default)
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            return text
+        shown = (" ".join(map(str, default)) if isinstance(default, (list, tuple))
+                 else f"{default:g}" if isinstance(default, float) else str(default))
+        return f"{text} (default {shown.replace('%', '%%')})"
 
     def _fill_text(self, text, width, indent):
         if text.startswith("example"):
@@ -530,7 +543,8 @@ def _add_neutron_options(p, *, instrument_default: str, instrument_help: str,
     p.add_argument("--instrument", choices=INSTRUMENT_CHOICES, default=instrument_default,
                    help=instrument_help)
     p.add_argument("--e-max", type=_positive_float, metavar="MEV",
-                   help="highest energy transfer written, meV (default 500)")
+                   help="highest energy transfer written, meV (default 500); in `ins` that of "
+                        "the VISION/TOSCA S(E) (S(Q,E): --e-max-2d)")
     p.add_argument("--q-min", type=float, metavar="INV_A",
                    help=f"S(Q,E): lowest |Q|, 1/Å (default {q_min_default:g})")
     p.add_argument("--q-max", type=_positive_float, metavar="INV_A",
@@ -549,7 +563,7 @@ def _add_neutron_options(p, *, instrument_default: str, instrument_help: str,
                    help="direct geometry (with --ei): scattering angles 2θ covered, degrees "
                         "(default 3 135)")
     p.add_argument("--resolution", type=_positive_float, metavar="FRACTION",
-                   help="--instrument direct with --ei: Gaussian energy resolution, FWHM as a "
+                   help="direct geometry (with --ei): Gaussian energy resolution, FWHM as a "
                         "fraction of Ei (dimensionless; default none)")
     p.add_argument("--chopper-frequency", type=_positive_float, metavar="HZ",
                    help="chopper spectrometers (with --ei): frequency of the resolution-defining "
@@ -687,7 +701,7 @@ def _add_spectra(sub) -> None:
                         "resolution; vision or tosca adds the indirect-geometry S(E)",
         directions_default=50, q_min_default=0.2,
         directions_help="S(Q,E): at most N commensurate Q-vectors per |Q| bin, drawn at random")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--float32", action="store_true", help="single precision (default float64)")
     p.set_defaults(func=_run_spectra)
 
@@ -848,7 +862,8 @@ def _add_phonons(sub) -> None:
                    help="model device: cpu, cuda, cuda:N or auto (cuda if available, else cpu; "
                         "default cpu)")
     p.add_argument("-o", "--output", required=True, help="phonons HDF5 file, e.g. si_phonons.h5")
-    p.add_argument("--plot", action="store_true", help="also write OUTPUT.png (bands + DOS)")
+    p.add_argument("--plot", action="store_true",
+                   help="also write OUTPUT.png (bands + DOS) and NAME_heat_capacity.png")
     p.set_defaults(func=_run_phonons)
 
 
@@ -1196,7 +1211,8 @@ def _add_database(sub) -> None:
     b.add_argument("--teacher", default="sevennet-0", metavar="NAME|DIR|YAML",
                    help="universal model name (sevennet-0, sevennet-l3i5, sevennet-mf-0, "
                         "chgnet), a model bundle folder (or si-reference) or a calculator YAML "
-                        "(default: sevennet-0; docs/benchmarks.md: teachers)")
+                        "(default: sevennet-0; docs/benchmarks.md, 'Universal potentials against "
+                        "DFT force sets', compares them)")
     b.add_argument("-o", "--output", required=True, help="database file (HDF5)")
     b.add_argument("--records", metavar="FILE",
                    help="teacher records file (HDF5, created if missing): every finished entry "
@@ -1225,25 +1241,21 @@ def _add_database(sub) -> None:
     r = dsub.add_parser(
         "respectra", help="recompute every spectrum from the stored force constants",
         description="A copy of DATABASE with every spectrum recomputed from the stored force "
-                    "constants (no teacher needed) at another temperature or on other grids.",
+                    "constants (no teacher needed) at another temperature or on other grids. "
+                    "Every option left out keeps the database's own value.",
         epilog="example: mlff-ins database respectra db.h5 -T 300 -o db_300K.h5",
         formatter_class=_HelpFormatter)
     r.add_argument("database", help="database file written by `database build`")
     r.add_argument("-o", "--output", required=True, help="new database file")
-    r.add_argument("-T", "--temperature", type=_temperature, default=10.0, metavar="K",
+    r.add_argument("-T", "--temperature", type=_temperature, metavar="K",
                    help="temperature (K)")
-    r.add_argument("--e-max", type=float, default=500.0, metavar="MEV",
-                   help="end of the 1D energy grid (meV)")
-    r.add_argument("--e-step", type=float, default=0.5, metavar="MEV",
-                   help="step of the 1D energy grid (meV)")
-    r.add_argument("--q-max", type=float, default=15.0, metavar="1/Å",
-                   help="end of the S(Q,E) |Q| grid (1/Å)")
-    r.add_argument("--q-step", type=float, default=0.15, metavar="1/Å",
-                   help="step of the S(Q,E) |Q| grid (1/Å)")
-    r.add_argument("--e-max-2d", type=float, default=150.0, metavar="MEV",
-                   help="end of the S(Q,E) energy grid (meV)")
-    r.add_argument("--e-step-2d", type=float, default=1.5, metavar="MEV",
-                   help="step of the S(Q,E) energy grid (meV)")
+    for flag, unit, what in (("--e-max", "MEV", "end of the 1D energy grid (meV)"),
+                             ("--e-step", "MEV", "step of the 1D energy grid (meV)"),
+                             ("--q-max", "1/Å", "end of the S(Q,E) |Q| grid (1/Å)"),
+                             ("--q-step", "1/Å", "step of the S(Q,E) |Q| grid (1/Å)"),
+                             ("--e-max-2d", "MEV", "end of the S(Q,E) energy grid (meV)"),
+                             ("--e-step-2d", "MEV", "step of the S(Q,E) energy grid (meV)")):
+        r.add_argument(flag, type=float, metavar=unit, help=what)
     r.set_defaults(func=_run_database_respectra)
     x = dsub.add_parser(
         "records", help="export the teacher records of a database (for `build --records`)",
@@ -1305,13 +1317,22 @@ def _run_database_records(args) -> int:
 
 
 def _run_database_respectra(args) -> int:
-    from mlff_ins.predict.database import SpectraOptions, respectra
+    from mlff_ins.predict.database import respectra, stored_spectra_options
 
-    opts = SpectraOptions(temperature_K=args.temperature, e_max_meV=args.e_max,
-                          e_step_meV=args.e_step, q_max=args.q_max, q_step=args.q_step,
-                          e_max_2d_meV=args.e_max_2d, e_step_2d_meV=args.e_step_2d)
-    n = respectra(args.database, args.output, opts)
-    print(f"{args.output}: {n} entries, spectra recomputed at {args.temperature:g} K")
+    fields = {"temperature": "temperature_K", "e_max": "e_max_meV", "e_step": "e_step_meV",
+              "q_max": "q_max", "q_step": "q_step", "e_max_2d": "e_max_2d_meV",
+              "e_step_2d": "e_step_2d_meV"}
+    changes = {field: getattr(args, opt) for opt, field in fields.items()
+               if getattr(args, opt) is not None}
+    for field, value in changes.items():
+        if field != "temperature_K" and not value > 0:
+            raise InputError(f"--{field.removesuffix('_meV').replace('_', '-')}: must be "
+                             f"positive (got {value:g})")
+    before = stored_spectra_options(args.database)
+    n = respectra(args.database, args.output, **changes)
+    changed = ", ".join(f"{k} {getattr(before, k):g} -> {v:g}" for k, v in changes.items()
+                        if v != getattr(before, k)) or "nothing changed"
+    print(f"{args.output}: {n} entries, spectra recomputed ({changed})")
     return 0
 
 

@@ -144,6 +144,29 @@ def test_stored_force_constants_give_back_the_spectra(serial_db, tmp_path):
     np.testing.assert_allclose(again["dos"], al["dos"], rtol=1e-10, atol=1e-12)
 
 
+def test_respectra_keeps_every_setting_it_is_not_told_to_change(serial_db, tmp_path, capsys):
+    """`database respectra -T 300` recomputes at 300 K on the database's own grids; a later
+    respectra that changes only a grid keeps the 300 K (it once fell back to 10 K)."""
+    from dataclasses import replace
+
+    from mlff_ins.cli import main
+    from mlff_ins.predict.database import stored_spectra_options
+
+    db, _, _ = serial_db
+    assert stored_spectra_options(db) == SMALL
+    hot, finer = tmp_path / "hot.h5", tmp_path / "finer.h5"
+    assert main(["database", "respectra", str(db), "-T", "300", "-o", str(hot)]) == 0
+    assert "temperature_K 10 -> 300" in capsys.readouterr().out
+    assert stored_spectra_options(hot) == replace(SMALL, temperature_K=300.0)
+    assert main(["database", "respectra", str(hot), "--e-step", "1", "-o", str(finer)]) == 0
+    assert stored_spectra_options(finer) == replace(SMALL, temperature_K=300.0, e_step_meV=1.0)
+    with h5py.File(finer, "r") as f:
+        np.testing.assert_allclose(f["grids/energy_meV"][()], np.arange(61.0))   # 0-60 meV
+    assert main(["database", "respectra", str(db), "--q-step", "0", "-o",
+                 str(tmp_path / "bad.h5")]) == 2
+    assert "--q-step: must be positive" in capsys.readouterr().err
+
+
 def test_kill_and_resume_loses_and_duplicates_nothing(serial_db, tmp_path):
     db_ref, structures, _ = serial_db
     src = _structures(tmp_path)

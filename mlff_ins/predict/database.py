@@ -486,11 +486,8 @@ def consolidate(db: str | os.PathLike, spectra: SpectraOptions, meta: dict) -> i
     return n
 
 
-def read_database(db: str | os.PathLike, status: tuple = ("ok",),
-                  teacher_data: bool = False) -> tuple[dict, list[dict]]:
-    """(grids, entries) of a consolidated database, entries with ``status`` in ``status``
-    (None: all), each a dict of attributes and arrays; the teacher's displacements and forces
-    (``TEACHER_ARRAYS``) only with ``teacher_data``."""
+def _open_database(db: str | os.PathLike):
+    """The database file, opened for reading, after checking that it is one."""
     import h5py
 
     db = Path(db)
@@ -500,9 +497,18 @@ def read_database(db: str | os.PathLike, status: tuple = ("ok",),
         f = h5py.File(db, "r")
     except OSError as exc:
         raise InputError(f"{db}: not an HDF5 file ({exc})") from None
-    with f:
-        if "grids" not in f or "entries" not in f:
-            raise InputError(f"{db}: not an mlff-ins database (no /grids or /entries)")
+    if "grids" not in f or "entries" not in f:
+        f.close()
+        raise InputError(f"{db}: not an mlff-ins database (no /grids or /entries)")
+    return f
+
+
+def read_database(db: str | os.PathLike, status: tuple = ("ok",),
+                  teacher_data: bool = False) -> tuple[dict, list[dict]]:
+    """(grids, entries) of a consolidated database, entries with ``status`` in ``status``
+    (None: all), each a dict of attributes and arrays; the teacher's displacements and forces
+    (``TEACHER_ARRAYS``) only with ``teacher_data``."""
+    with _open_database(db) as f:
         grids = {k: v[()] for k, v in f["grids"].items()}
         grids.update({k: str(v) for k, v in f["grids"].attrs.items()})
         out = []
@@ -969,13 +975,34 @@ def phonopy_of_entry(entry: dict):
     return ph
 
 
-def respectra(db: str | os.PathLike, out: str | os.PathLike, spectra: SpectraOptions,
-              progress: bool = True) -> int:
+def stored_spectra_options(db: str | os.PathLike) -> SpectraOptions:
+    """The grids and conditions the spectra of database ``db`` were computed with."""
+    with _open_database(db) as f:
+        stored = json.loads(str(f["grids"].attrs.get("spectra_options", "{}")))
+    known = {k: v for k, v in stored.items() if k in SpectraOptions.__dataclass_fields__}
+    return SpectraOptions(**known)
+
+
+def respectra(db: str | os.PathLike, out: str | os.PathLike,
+              spectra: SpectraOptions | None = None, progress: bool = True,
+              **changes) -> int:
     """A copy of database ``db`` with every spectrum recomputed from the stored force constants
-    for new grids or temperature; written to ``out`` atomically. Returns the entry count."""
+    for new grids or temperature; written to ``out`` atomically. ``spectra``: the options of
+    the new spectra; by default the database's own (:func:`stored_spectra_options`) with
+    ``changes`` (fields of :class:`SpectraOptions`, e.g. ``temperature_K=300``) applied.
+    Returns the entry count."""
     import h5py
     from tqdm.auto import tqdm
 
+    if spectra is None:
+        from dataclasses import replace
+
+        bad = sorted(set(changes) - set(SpectraOptions.__dataclass_fields__))
+        if bad:
+            raise TypeError(f"respectra: unknown spectra options {bad}")
+        spectra = replace(stored_spectra_options(db), **changes)
+    elif changes:
+        raise TypeError("respectra: give either spectra or changes to the stored options")
     grids, entries = read_database(db, status=None, teacher_data=True)
     meta = {k: grids[k] for k in ("teacher", "code_version") if k in grids}
     if "build_options" in grids:    # kept: a later build into the output checks against them
