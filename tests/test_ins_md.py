@@ -271,3 +271,28 @@ def test_spectra_isotope_option_on_the_command_line(tmp_path, capsys):
     assert main(["spectra", str(path), "-o", str(out), "--isotope", "H=2"]) == 0
     err = capsys.readouterr().err
     assert "ran H with mass 1.008" in err
+
+
+def test_a_peak_of_md_s_e_inside_the_window_resolution_is_warned_about():
+    """Einstein oscillators at ħω₀ = 6.6 meV, 300 K: with a 1.5 ps window (3.1 meV FWHM) S(E)
+    peaks near E₀ and nothing is said; with a 150 fs window (31 meV FWHM) the windowed VDOS is
+    smeared down to E = 0, the (n + 1)/E of S(E) puts its maximum inside the resolution, and a
+    warning says so."""
+    import warnings
+
+    pos, vel, cell = damped_oscillators(n=32, frames=4000, every=2, h=0.5, mass=12.0,
+                                        omega0=0.01, gamma=0.001, temperature_K=300.0, seed=1)
+    traj = ArrayTrajectory(["C"] * 32, pos, cell, 1.0, velocities=vel)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, _ = spectra_from_trajectory(None, SpectraOptions(instrument="vision",
+                                                              time_window_fs=1500.0),
+                                         traj=traj, progress=False)
+    s = out["s_e"]
+    assert s.provenance["resolution_fwhm_meV"] < 4.0
+    assert abs(s.x[np.argmax(s.intensity)] - 6.58) < s.provenance["resolution_fwhm_meV"]
+    with pytest.warns(UserWarning, match="within the correlation window's energy resolution"), \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "the VDOS of C")
+        spectra_from_trajectory(None, SpectraOptions(instrument="vision", time_window_fs=150.0),
+                                traj=traj, progress=False)

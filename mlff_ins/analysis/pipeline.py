@@ -261,6 +261,8 @@ def indirect_ins(corr, opts, temperature, summary, meta) -> dict:
                                [corr.counts[s] / corr.n_atoms for s in corr.species], temperature)
     sigma = [sigma_total_barn(s, iso.get(s)) for s in corr.species]
     energies, arrays = indirect_s_e(source, instrument, sigma, opts.n_phonon)
+    _check_low_energy_peak(energies, arrays["s_e"], vd["vdos"].provenance.get(
+        "resolution_fwhm_meV"), temperature)
     summary["u2_A2"] = u2
     prov = {**meta["provenance"], "debye_waller": opts.debye_waller, "u2_A2": u2,
             "u2_source": how, "masses_amu": dict(zip(corr.species, masses)), "isotopes": iso,
@@ -293,6 +295,28 @@ def _check_drift(corr) -> None:
                       "--remove-drift, or zero the total momentum in the MD (ASE: Stationary "
                       "after drawing the velocities, FixCom with Langevin; LAMMPS: velocity "
                       "... mom yes, fix momentum)",
+                      stacklevel=3)
+
+
+def _check_low_energy_peak(energies, s_e, fwhm_meV, temperature_K) -> None:
+    """Warn when S(E) is largest within the correlation window's energy resolution of E = 0.
+
+    There the windowed VDOS holds weight smeared down from higher energies (a Gaussian of
+    width σ turns a Debye a·E² into about a·(E² + σ²)), and the 1/E of the phonon orders with
+    the Bose factor (n + 1 ≈ kT/E) turn that into a rise towards E = 0 that may be the window's
+    rather than the sample's."""
+    if not fwhm_meV:
+        return
+    e_peak = float(np.asarray(energies)[int(np.argmax(s_e))])
+    if 0 < e_peak < fwhm_meV:
+        import warnings
+
+        warnings.warn(f"S(E) is largest at {e_peak:.2g} meV, within the correlation window's "
+                      f"energy resolution ({fwhm_meV:.2g} meV FWHM) of E = 0, where the windowed "
+                      "VDOS holds weight smeared down from higher energies and the 1/E and "
+                      f"Bose factors at {temperature_K:g} K amplify it: the rise may be the "
+                      "window's, not the sample's; a longer run and --time-window give a finer "
+                      "resolution",
                       stacklevel=3)
 
 
