@@ -47,7 +47,8 @@ def test_universal_model_by_name(sevennet):
         torch.set_default_dtype(old)
     batched = sevennet.member_forces_batched([atoms, atoms])
     np.testing.assert_allclose(batched, np.stack([forces, forces])[None], atol=1e-5)
-    with pytest.raises(InputError, match="not a model bundle folder nor a universal model"):
+    with pytest.raises(InputError, match="not a model bundle folder nor a model name "
+                                         r"\(shipped: si-reference; universal: sevennet-0"):
         load_calculator("sevennet-9")
     og = bulk("Og", "fcc", a=5.0)
     with pytest.raises(InputError, match="element Og is not known to the universal model"):
