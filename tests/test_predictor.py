@@ -330,6 +330,43 @@ def test_a_predictor_folder_cannot_point_outside_itself(small_predictor, tmp_pat
         Predictor(tmp_path)
 
 
+def test_members_combine_by_their_median_as_predictor_json_says(small_predictor, tmp_path):
+    """Members A, B, A: their bin-by-bin median is A's spectrum exactly, their mean (2A + B)/3;
+    partials sum to whichever is the prediction; a new predictor records its rule (median)
+    and its learning curves in predictor.json."""
+    import shutil
+
+    _, out, saved = small_predictor
+    assert saved["ensemble_aggregate"] == "median"
+    assert len(saved["learning_curves"]) == len(saved["members"])
+    first = saved["learning_curves"][0][0]                    # epoch 0: the untrained state
+    assert first["epoch"] == 0 and first["valid_mse"] >= saved["best_valid_mse"][0] - 1e-6
+    three = tmp_path / "three"
+    shutil.copytree(out, three)
+    meta = json.loads((three / "predictor.json").read_text())
+    meta["members"] = ["member_0.pt", "member_1.pt", "member_0.pt"]
+    atoms = bulk("Cu", "fcc", 3.61, cubic=True)
+    atoms[0].symbol = "Au"
+    alone = {}
+    for k in (0, 1):
+        one = tmp_path / f"one_{k}"
+        shutil.copytree(out, one)
+        (one / "predictor.json").write_text(json.dumps({**meta, "members": [f"member_{k}.pt"]}))
+        alone[k] = Predictor(one).predict_arrays(atoms)[0]
+    for how, expected in (("median", alone[0]), ("mean", (2 * alone[0] + alone[1]) / 3)):
+        (three / "predictor.json").write_text(json.dumps({**meta, "ensemble_aggregate": how}))
+        p = Predictor(three)
+        centre, std, parts = p.predict_arrays(atoms)
+        np.testing.assert_allclose(centre, expected, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(parts["Au"] + parts["Cu"], centre, rtol=1e-6, atol=1e-7)
+        assert std is not None and np.all(std >= 0)
+        spectra, _ = p.predict(atoms)
+        assert spectra["s_e"].provenance["ensemble"] == f"{how} of the 3 predictors' spectra"
+    (three / "predictor.json").write_text(json.dumps({**meta, "ensemble_aggregate": "mode"}))
+    with pytest.raises(InputError, match="ensemble_aggregate 'mode' is not mean or median"):
+        Predictor(three).predict_arrays(atoms)
+
+
 def test_two_d_prediction_and_its_report(small_predictor, tmp_path):
     """The S(Q,E) part: autoencoder reconstruction and end-to-end errors are reported; --2d
     writes a max-normalised map on the database's grid with the members' spread."""

@@ -28,6 +28,8 @@ from mlff_ins.errors import InputError
 from mlff_ins.neutron.plot import spread_band
 
 TARGETS = ("vision", "tosca", "dos")
+#: how a new predictor's members combine (predictor.json ``ensemble_aggregate``)
+ENSEMBLE_AGGREGATE = "median"
 #: the targets that are instrument S(E) (``predict --instrument``); the others (the DOS) are
 #: predicted beside whichever is chosen
 INSTRUMENT_TARGETS = ("vision", "tosca")
@@ -333,7 +335,13 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
                                                       "lr": lr, "weight_decay": weight_decay,
                                                       "seed": seed, "seconds":
                                                       time.perf_counter() - t0},
-                "best_valid_mse": [f["best_valid_mse"] for f in fits], **stats,
+                "best_valid_mse": [f["best_valid_mse"] for f in fits],
+                # the members' spectra combine bin by bin by their median: on the shipped
+                # predictor's validation crystals it beat the mean (docs/benchmarks.md)
+                "ensemble_aggregate": ENSEMBLE_AGGREGATE,
+                "learning_curves": [[{k: v if isinstance(v, int) else round(float(v), 6)
+                                      for k, v in h.items()}
+                                     for h in f["history"]] for f in fits], **stats,
                 # the baseline a useful predictor must beat, kept for scoring it elsewhere
                 # (python -m mlff_ins.bench predictor: against DFT)
                 "mean_training_spectrum": baseline.round(6).tolist(),
@@ -527,7 +535,7 @@ def mean_spectrum_w1(train_targets, test_targets, targets) -> dict:
 
 
 def evaluate(predictor, examples) -> dict:
-    """MSE of the max-normalised ensemble mean against each test target: ``mse`` per crystal
+    """MSE of the max-normalised ensemble prediction against each test target: ``mse`` per crystal
     over the S(E) targets (:func:`scored_blocks`), their median and quartiles, and
     ``per_target`` medians; beside them ``per_target_w1_meV``, the median Wasserstein-1
     distance of each target (``mlff-ins compare``'s W1: how far in energy the intensity sits
@@ -660,9 +668,10 @@ class Predictor:
         return stack.mean(axis=0), stack.std(axis=0) if len(stack) > 1 else None
 
     def predict_arrays(self, atoms):
-        """(mean, std, partials) with shapes (targets, bins), (targets, bins) and
-        {element: (targets, bins)}: max-normalised totals; partials on the same scale, summing
-        to the total."""
+        """(prediction, std, partials) with shapes (targets, bins), (targets, bins) and
+        {element: (targets, bins)}: the members' max-normalised totals combined by
+        :attr:`aggregate` (median or mean) with their standard deviation; partials on the same
+        scale, summing to the prediction."""
         import torch
 
         from mlff_ins.predict.network import collate, graph
@@ -682,8 +691,23 @@ class Predictor:
                 parts.append({str(el): per_atom[symbols == el].sum(axis=0) / len(atoms) / scale
                               for el in dict.fromkeys(symbols)})
         stack = np.array(totals)
-        partials = {el: np.mean([p[el] for p in parts], axis=0) for el in parts[0]}
-        return stack.mean(axis=0), stack.std(axis=0) if len(stack) > 1 else None, partials
+        mean = stack.mean(axis=0)
+        centre = np.median(stack, axis=0) if self.aggregate == "median" else mean
+        # partials: the members' mean split of each bin, on the centre's scale (they sum to it)
+        ratio = np.divide(centre, mean, out=np.zeros_like(mean), where=mean > 0)
+        partials = {el: np.mean([p[el] for p in parts], axis=0) * ratio for el in parts[0]}
+        return centre, stack.std(axis=0) if len(stack) > 1 else None, partials
+
+    @property
+    def aggregate(self) -> str:
+        """How the members' spectra make the prediction: ``median`` (bin by bin; a member far
+        from the others moves it little) or ``mean`` (predictors trained before the choice
+        was stored in predictor.json)."""
+        how = self.meta.get("ensemble_aggregate", "mean")
+        if how not in ("mean", "median"):
+            raise InputError(f"{self.directory}/predictor.json: ensemble_aggregate {how!r} "
+                             "is not mean or median")
+        return how
 
     def familiarity(self, atoms) -> list[str]:
         """Warnings for elements the predictor never saw and neighbour distances or counts
@@ -755,6 +779,7 @@ class Predictor:
                 "temperature_note": "predicted at the database temperature; other temperatures "
                                     "by the one-phonon Bose factor (n(E,T)+1)/(n(E,T_db)+1)",
                 "normalisation": "max-normalised"}
+        prov["ensemble"] = f"{self.aggregate} of the {len(self.models)} predictors' spectra"
         if s is not None:
             prov["intensity_std"] = (f"standard deviation of the {len(self.models)} predictors' "
                                      f"spectra")
@@ -859,7 +884,8 @@ def write_report(out_dir: Path, meta: dict, test, predictor, fits) -> None:
              f"an earlier split; the test shares neither a formula nor a prototype with "
              f"training).",
              f"Elements in training ({len(meta['elements'])}): {' '.join(meta['elements'])}.",
-             f"{len(meta['members'])} members; best validation MSE "
+             f"{len(meta['members'])} members, combined by their "
+             f"{meta.get('ensemble_aggregate', 'mean')}; best validation MSE "
              f"{', '.join(f'{v:.4f}' for v in meta['best_valid_mse'])}.", ""]
     if t["n"]:
         mses = np.array(t["mse"])
