@@ -700,9 +700,9 @@ class Predictor:
 
     @property
     def aggregate(self) -> str:
-        """How the members' spectra make the prediction: ``median`` (bin by bin; a member far
+        """How the members' 1D spectra make the prediction: ``median`` (bin by bin; a member far
         from the others moves it little) or ``mean`` (predictors trained before the choice
-        was stored in predictor.json)."""
+        was stored in predictor.json). The S(Q,E) maps of the latent members are averaged."""
         how = self.meta.get("ensemble_aggregate", "mean")
         if how not in ("mean", "median"):
             raise InputError(f"{self.directory}/predictor.json: ensemble_aggregate {how!r} "
@@ -852,6 +852,8 @@ class Predictor:
                           temperature_K=t_db if temperature_K is None else temperature_K,
                           provenance={**prov, "map": "powder S(Q,E), coherent + incoherent, "
                                       "unbroadened, decoded from the predicted latent code",
+                                      "ensemble": f"mean of the {len(two['members'])} "
+                                                  "latent predictors' decoded maps",
                                       "transform": two["transform"]})
 
 
