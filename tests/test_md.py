@@ -61,6 +61,33 @@ def test_langevin_reaches_target_temperature(tmp_path):
     assert np.abs(d["vel"].mean(axis=1)).max() < 1e-9 * thermal
 
 
+def test_the_langevin_fixcom_stays_with_its_stage_and_npt_names_user_constraints(tmp_path,
+                                                                                capsys):
+    """The FixCom a Langevin stage adds is taken off for the next integrator (ASE's MTK
+    barostats refuse any constraint); a structure that carries its own constraint is refused
+    by npt in one line naming it."""
+    from ase.constraints import FixAtoms
+
+    from mlff_ins.md.run import LangevinFixCom, make_dynamics
+
+    atoms = _cu(2)
+    atoms.calc = EMT()
+    make_dynamics(atoms, MDOptions(ensemble="nvt", temperature_K=300), 0)
+    assert [type(c) for c in atoms.constraints] == [LangevinFixCom]
+    make_dynamics(atoms, MDOptions(ensemble="npt", temperature_K=300), 0)
+    assert atoms.constraints == []
+    fixed = _cu(2)
+    fixed.set_constraint(FixAtoms(indices=[0]))
+    write(tmp_path / "fixed.traj", fixed)
+    calc = tmp_path / "emt.yaml"
+    calc.write_text("calculator: emt\n")
+    assert main(["md", str(tmp_path / "fixed.traj"), "--calculator", str(calc), "--ensemble",
+                 "npt", "--steps", "10", "-o", str(tmp_path / "f.h5md")]) == 2
+    err = capsys.readouterr().err
+    assert "npt: the structure carries constraints (FixAtoms)" in err
+    assert not (tmp_path / "f.h5md").exists()                  # refused before any writing
+
+
 def test_npt_reaches_target_pressure(tmp_path):
     """A Cu cell started 3 % expanded (under tension) relaxes to the target pressure."""
     out = tmp_path / "npt.h5md"

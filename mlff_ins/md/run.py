@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from ase.constraints import FixCom
 
 from mlff_ins.data.h5md import H5MDWriter, last_settings
 from mlff_ins.errors import InputError
@@ -212,18 +213,25 @@ def _check(opts: MDOptions) -> None:
         raise InputError("temperature ramps need the nvt ensemble with the langevin thermostat")
 
 
+class LangevinFixCom(FixCom):
+    """ASE's FixCom as added by :func:`make_dynamics` for a Langevin stage: a class of its own
+    so that the next stage can tell it from a user's constraint and take it off."""
+
+
 def make_dynamics(atoms, opts: MDOptions, step: int):
-    """The ASE integrator for ``opts``; thermostat noise seeded from (seed, step)."""
+    """The ASE integrator for ``opts``; thermostat noise seeded from (seed, step). A Langevin
+    stage keeps the centre of mass at rest with FixCom; any other stage starts without it (the
+    MTK integrators refuse constraints, and the others conserve the total momentum)."""
     from ase import units
 
     dt = opts.dt_fs * units.fs
     rng = np.random.default_rng([opts.seed, step])
+    atoms.constraints = [c for c in atoms.constraints if not isinstance(c, LangevinFixCom)]
     if opts.ensemble == "nve":
         from ase.md.verlet import VelocityVerlet
         return VelocityVerlet(atoms, timestep=dt)
     if opts.ensemble == "nvt":
         if opts.thermostat == "langevin":
-            from ase.constraints import FixCom
             from ase.md.langevin import Langevin
 
             # Langevin's independent kicks make the centre of mass of the whole cell a Brownian
@@ -231,7 +239,7 @@ def make_dynamics(atoms, opts: MDOptions, step: int):
             # sample drifted; FixCom keeps it at rest (ASE's advice with fixcm=False). A cell
             # that already carries constraints (fixed atoms) is left as it is
             if not atoms.constraints:
-                atoms.set_constraint(FixCom())
+                atoms.set_constraint(LangevinFixCom())
             return Langevin(atoms, dt, temperature_K=opts.temperature_K,
                             friction=opts.friction_per_fs / units.fs, fixcm=False, rng=rng)
         if opts.thermostat == "bussi":
@@ -359,6 +367,10 @@ def run_md(atoms, calc, opts: MDOptions, output: str | Path, resume: bool = Fals
             check_resume_settings(output, last[1], opts, last[0])
     atoms = atoms.copy()
     atoms.calc = calc
+    if opts.ensemble == "npt" and atoms.constraints:   # refused before any file is written
+        names = ", ".join(sorted({type(c).__name__ for c in atoms.constraints}))
+        raise InputError(f"npt: the structure carries constraints ({names}), which ASE's MTK "
+                         "barostat does not support; remove them or use nvt")
 
     def start() -> None:
         if not atoms.has("momenta") or not np.any(atoms.get_momenta()):
