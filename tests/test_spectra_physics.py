@@ -272,6 +272,8 @@ def test_an_oscillating_centre_of_mass_is_no_drift():
     assert instant > 0.01       # ~1/32 of the kinetic energy moves the centre of mass
     corr = correlate(ArrayTrajectory(["C"] * 32, pos, cell, 1.0, velocities=vel), 100)
     assert corr.drift_share < 1e-4
+    # its centre of mass moves frame by frame (not at rest): all 3N degrees of freedom count
+    assert corr.com_kinetic_share == pytest.approx(instant, rel=1e-9)
 
 
 def test_spectra_warn_about_a_drifting_cell_and_say_so_in_the_provenance():
@@ -298,6 +300,14 @@ def test_spectra_warn_about_a_drifting_cell_and_say_so_in_the_provenance():
     t_vib = np.mean(np.sum(63.546 * vel0 ** 2, axis=(1, 2))) * AMU_A2_PER_FS2_MEV / (
         (3 * len(sym) - 3) * kb)
     assert summary["kinetic_temperature_K"] == pytest.approx(t_vib, rel=1e-6)
+    # the same cell at rest (a zero total momentum, as velocity Verlet, Bussi or Langevin with
+    # FixCom keep it): 3N - 3 too, without being told
+    _, pos0, vel0, _ = _mirrored_oscillators(np.zeros(3))
+    out, summary = spectra_from_trajectory(
+        None, SpectraOptions(), traj=ArrayTrajectory(sym, pos0, cell, 2.0, velocities=vel0),
+        progress=False)
+    assert summary["kinetic_temperature_K"] == pytest.approx(t_vib, rel=1e-6)
+    assert out["vdos"].provenance["kinetic_temperature_degrees_of_freedom"] == 3 * len(sym) - 3
 
 
 def test_chunking_and_float32(binary_liquid):

@@ -48,6 +48,10 @@ class Correlations:
     # and whether the centre of mass's motion was taken out
     drift_share: float = 0.0
     drift_removed: bool = False
+    # share of the kinetic energy in the centre of mass's motion frame by frame, Σ_t M |V(t)|²
+    # / Σ_t Σ m v²: zero (to rounding) when the MD conserves a zero total momentum, ~1/N when a
+    # thermostat kicks the atoms independently, measured before any removal
+    com_kinetic_share: float = 0.0
 
     @property
     def dt_fs(self) -> float:
@@ -170,7 +174,7 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
     bar = _progress(traj.n_frames, progress)
     reference = None
     m_np = np.asarray(traj.masses, dtype=float)
-    kinetic = {"v_com": np.zeros(3), "frames": 0, "total": 0.0}
+    kinetic = {"v_com": np.zeros(3), "frames": 0, "com": 0.0, "total": 0.0}
     com_first = None
     q_sum, q_first, q_frames = None, None, 0
     for pos_np, cells_np, unwrapped_np, vel_np in _frames(traj, chunk, need_unwrapped,
@@ -185,6 +189,7 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
             v_com = np.einsum("tnx,n->tx", vel_np, m_np) / m_np.sum()          # (T, 3)
             kinetic["v_com"] += v_com.sum(axis=0)
             kinetic["frames"] += len(v_com)
+            kinetic["com"] += m_np.sum() * float(np.sum(v_com ** 2))
             kinetic["total"] += float(np.einsum("tnx,n->", vel_np ** 2, m_np))
             if remove_drift:
                 vel_np = vel_np - v_com[:, None, :]
@@ -229,6 +234,8 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
                        masses=species_mass,
                        q_mean_change=q_change if shells is not None else 0.0,
                        drift_share=_drift_share(kinetic, float(m_np.sum())),
+                       com_kinetic_share=(kinetic["com"] / kinetic["total"]
+                                          if kinetic["total"] > 0 else 0.0),
                        drift_removed=bool(remove_drift))
     n_atoms = traj.n_atoms
     if vacf:

@@ -130,8 +130,11 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
                      max_memory_bytes=int(opts.max_memory_gb * 1024 ** 3),
                      remove_drift=opts.remove_drift)
     _check_drift(corr)
-    # without the centre of mass's motion the atoms keep 3N - 3 degrees of freedom
-    dof = 3 * corr.n_atoms - (3 if corr.drift_removed and corr.n_atoms > 1 else 0)
+    # with the centre of mass at rest (taken out, or a zero total momentum the MD conserved:
+    # velocity Verlet, Bussi, Nose-Hoover, Langevin with FixCom) the atoms keep 3N - 3 degrees
+    # of freedom; a thermostat that kicks every atom on its own leaves all 3N
+    at_rest = corr.drift_removed or corr.com_kinetic_share < COM_AT_REST
+    dof = 3 * corr.n_atoms - (3 if at_rest and corr.n_atoms > 1 else 0)
     kinetic_T = sum(c[0] for c in corr.vacf.values()) * AMU_A2_PER_FS2_MEV / (
         dof * KB_MEV_PER_K)
     temperature = opts.temperature_K if opts.temperature_K is not None else kinetic_T
@@ -142,6 +145,7 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
                             "centre_of_mass_drift": {
                                 "kinetic_energy_share": corr.drift_share,
                                 "removed": corr.drift_removed},
+                            "kinetic_temperature_degrees_of_freedom": dof,
                             "n_atoms": corr.n_atoms, "masses_amu": corr.masses})
     if shells is not None:
         meta["provenance"]["q_shells"] = (
@@ -275,6 +279,10 @@ def indirect_ins(corr, opts, temperature, summary, meta) -> dict:
     return s_e_spectra(energies, arrays, instrument, temperature_K=meta["temperature_K"],
                        source=meta["source"], provenance=prov)
 
+
+#: a centre of mass whose motion carries less than this share of the kinetic energy is at rest
+#: (a conserved zero momentum leaves rounding, ~1e-15; independent kicks ~1/N)
+COM_AT_REST = 1e-6
 
 #: a steady centre-of-mass drift carrying more than this share of the kinetic energy is
 #: reported: thermal velocities drawn without zeroing the total momentum and run at constant
