@@ -822,8 +822,8 @@ def _add_phonons(sub) -> None:
                            "converted to Å")
     _add_members_option(p)
     p.add_argument("--supercell", type=int, nargs="+", default=None, metavar="N",
-                   help="supercell: 1 integer (N N N), 3 (diagonal) or 9 (matrix); default 2 2 2 with "
-                        "--model; with --force-sets the supercell of the force set (as "
+                   help="supercell: 1 integer (N N N), 3 (diagonal) or 9 (matrix); default "
+                        "2 2 2 with --model; with --force-sets the supercell of the force set (as "
                         "phonopy --dim), needed for a bare unit cell + FORCE_SETS")
     p.add_argument("--unitcell", metavar="FILE",
                    help="--force-sets: the unit cell (any file ASE reads, or the --calculator's "
