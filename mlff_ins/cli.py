@@ -1002,7 +1002,10 @@ def _add_ins(sub) -> None:
     p.add_argument("-T", "--temperature", type=_temperature, default=10.0, metavar="K",
                    help="sample temperature, K (default 10): Bose factors and Debye-Waller")
     p.add_argument("--mesh", nargs="+", default=["40"], metavar="N",
-                   help="q-mesh for DOS and Debye-Waller: a length in Å (default 40) or 3 integers")
+                   help="q-mesh for DOS and Debye-Waller: a length in Å (default 40) or 3 "
+                        "integers, Γ-centred, along the reciprocal axes of the phonons' "
+                        "primitive cell (the modes of an MD cell of N x N x M unit cells: "
+                        "phonons with --primitive P on that unit cell, then --mesh N N M)")
     p.add_argument("--e-step", type=_positive_float, metavar="MEV",
                    help="VISION/TOSCA S(E): energy bin, meV (default 0.1)")
     p.add_argument("--2d", dest="two_d", action="store_true", help="also powder S(Q,E)")
