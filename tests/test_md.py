@@ -61,21 +61,26 @@ def test_langevin_reaches_target_temperature(tmp_path):
     assert np.abs(d["vel"].mean(axis=1)).max() < 1e-9 * thermal
 
 
-def test_the_langevin_fixcom_stays_with_its_stage_and_npt_names_user_constraints(tmp_path,
-                                                                                capsys):
-    """The FixCom a Langevin stage adds is taken off for the next integrator (ASE's MTK
+def test_the_thermostat_fixcom_stays_with_its_stage_and_npt_names_user_constraints(tmp_path,
+                                                                                  capsys):
+    """The FixCom a Langevin (or Bussi) stage adds is taken off for the next integrator (ASE's MTK
     barostats refuse any constraint); a structure that carries its own constraint is refused
     by npt in one line naming it."""
     from ase.constraints import FixAtoms
 
-    from mlff_ins.md.run import LangevinFixCom, make_dynamics
+    from mlff_ins.md.run import ThermostatFixCom, make_dynamics
 
     atoms = _cu(2)
     atoms.calc = EMT()
     make_dynamics(atoms, MDOptions(ensemble="nvt", temperature_K=300), 0)
-    assert [type(c) for c in atoms.constraints] == [LangevinFixCom]
+    assert [type(c) for c in atoms.constraints] == [ThermostatFixCom]
     make_dynamics(atoms, MDOptions(ensemble="npt", temperature_K=300), 0)
     assert atoms.constraints == []
+    # Bussi rescales the kinetic energy to ndof/2 kT: the 3N - 3 degrees of freedom of a cell
+    # whose total momentum is zero, not 3N (which ran 32 atoms 3 % hot)
+    atoms.set_velocities(np.random.default_rng(0).normal(scale=0.01, size=(len(atoms), 3)))
+    dyn = make_dynamics(atoms, MDOptions(ensemble="nvt", thermostat="bussi", temperature_K=300), 0)
+    assert dyn.ndof == 3 * len(atoms) - 3
     fixed = _cu(2)
     fixed.set_constraint(FixAtoms(indices=[0]))
     write(tmp_path / "fixed.traj", fixed)
