@@ -1864,7 +1864,9 @@ def run_echoed(argv: list[str], log=print) -> int:
     case study show every step this way); returns its exit status, argparse's refusals included."""
     import shlex
 
-    log("  $ mlff-ins " + shlex.join(argv))
+    from mlff_ins.model.shipped import shown_name
+
+    log("  $ mlff-ins " + shlex.join(shown_name(a) for a in argv))
     try:
         rc = main(argv)
     except SystemExit as exc:      # argparse refused the command line

@@ -94,6 +94,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (out_dir / "models" / "si_tiny" / "report.md").exists()
     assert "X TA" in out and "(exp 4.49)" in out
     assert "$ mlff-ins phonons" in out and "$ mlff-ins md" in out and "$ mlff-ins compare" in out
+    # each step is echoed as a user would type it: the shipped model by its name
+    assert "--model si-reference" in out and "reference_model" not in out
     for name in ("c-si/phonons.png", "c-si/ins_phonons.png", "a-si/ins_md.png",
                  "compare/compare.png", "compare/metrics.json"):
         assert (out_dir / name).stat().st_size > 0, name

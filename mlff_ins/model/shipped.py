@@ -22,3 +22,15 @@ def resolve_model(name: str | os.PathLike) -> str | os.PathLike:
     if isinstance(name, str) and name.lower() in SHIPPED and not Path(name).exists():
         return str(SHIPPED[name.lower()])
     return name
+
+
+def shown_name(arg: str) -> str:
+    """``arg`` as a user would type it: the name of a shipped bundle for its folder."""
+    try:
+        here = Path(arg).resolve()
+    except (OSError, ValueError):
+        return arg
+    for name, folder in SHIPPED.items():
+        if here == folder.resolve():
+            return name
+    return arg
