@@ -214,14 +214,14 @@ def _check(opts: MDOptions) -> None:
 
 
 class ThermostatFixCom(FixCom):
-    """ASE's FixCom as added by :func:`make_dynamics` for a Langevin or Bussi stage: a class of
+    """ASE's FixCom as added by :func:`make_dynamics` for a thermostatted NVT stage: a class of
     its own so that the next stage can tell it from a user's constraint and take it off."""
 
 
 def make_dynamics(atoms, opts: MDOptions, step: int):
-    """The ASE integrator for ``opts``; thermostat noise seeded from (seed, step). A Langevin or
-    Bussi stage carries FixCom; any other stage starts without it (the MTK integrators refuse
-    constraints, and velocity Verlet and Nose-Hoover conserve the total momentum)."""
+    """The ASE integrator for ``opts``; thermostat noise seeded from (seed, step). A Langevin,
+    Bussi or Nose-Hoover chain stage carries FixCom; any other stage starts without it (the MTK
+    integrators refuse constraints, and velocity Verlet conserves the total momentum)."""
     from ase import units
 
     dt = opts.dt_fs * units.fs
@@ -252,9 +252,21 @@ def make_dynamics(atoms, opts: MDOptions, step: int):
                 atoms.set_constraint(ThermostatFixCom())
             return Bussi(atoms, dt, temperature_K=opts.temperature_K,
                          taut=opts.tdamp_fs * units.fs, rng=rng)
-        from ase.md.nose_hoover_chain import NoseHooverChainNVT
-        return NoseHooverChainNVT(atoms, dt, temperature_K=opts.temperature_K,
-                                  tdamp=opts.tdamp_fs * units.fs)
+        from ase.md.nose_hoover_chain import NoseHooverChainNVT, NoseHooverChainThermostat
+
+        # the chain conserves the (zero) total momentum, but ASE's thermostat drives the kinetic
+        # energy to 3N/2 kT whatever the constraints: the 3N - 3 vibrational degrees of freedom
+        # ran N/(N - 1) hot. Its degrees of freedom enter only as 3 x num_atoms_global, so a
+        # thermostat built with ndof/3 there targets ndof/2 kT (ndof from the constraints, as
+        # Bussi's); FixCom makes the logged temperature count the same ndof
+        if not atoms.constraints:
+            atoms.set_constraint(ThermostatFixCom())
+        dyn = NoseHooverChainNVT(atoms, dt, temperature_K=opts.temperature_K,
+                                 tdamp=opts.tdamp_fs * units.fs)
+        dyn._thermostat = NoseHooverChainThermostat(
+            num_atoms_global=_degrees_of_freedom(atoms) / 3, masses=dyn.masses,
+            temperature_K=opts.temperature_K, tdamp=opts.tdamp_fs * units.fs)
+        return dyn
     from ase.md.nose_hoover_chain import IsotropicMTKNPT, MTKNPT
     cls = IsotropicMTKNPT if opts.barostat == "iso" else MTKNPT
     return cls(atoms, dt, temperature_K=opts.temperature_K,
@@ -273,12 +285,17 @@ def _kinetic_energy(atoms) -> float:
     return 0.5 * float(np.sum(momenta * momenta / atoms.get_masses()[:, None]))
 
 
+def _degrees_of_freedom(atoms) -> int:
+    """3N less the degrees of freedom the constraints remove (FixCom: 3)."""
+    return 3 * len(atoms) - sum(c.get_removed_dof(atoms) for c in atoms.constraints)
+
+
 def _temperature(atoms) -> float:
     """Kinetic temperature (K) as ASE's ``get_temperature`` (degrees of freedom removed by
     constraints are discounted), computed without BLAS (see :func:`_kinetic_energy`)."""
     from ase import units
 
-    dof = 3 * len(atoms) - sum(c.get_removed_dof(atoms) for c in atoms.constraints)
+    dof = _degrees_of_freedom(atoms)
     return 2 * _kinetic_energy(atoms) / (dof * units.kB) if dof > 0 else 0.0
 
 
