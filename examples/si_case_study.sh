@@ -7,7 +7,7 @@
 set -euo pipefail
 OUT=${OUT:-si-case-study}
 DEVICE=${DEVICE:-cpu}
-MODEL=${MODEL:-$(python -c "import mlff_ins.casestudy as c; print(c.REFERENCE_MODEL)")}
+MODEL=${MODEL:-si-reference}
 
 # structures: relax the diamond cell with the model; write the MD protocols
 mlff-ins demo --full --size full --model "$MODEL" --device "$DEVICE" --step structures -o "$OUT"

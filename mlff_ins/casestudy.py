@@ -43,7 +43,7 @@ import numpy as np
 
 from mlff_ins.atomic_io import write_text_atomic
 from mlff_ins.errors import InputError
-from mlff_ins.model.shipped import SHIPPED
+from mlff_ins.model.shipped import SHIPPED, shown_name
 
 STRUCTURES = ("c-Si", "a-Si", "vacancy")
 REFERENCE_MODEL = SHIPPED["si-reference"]
@@ -358,9 +358,9 @@ def shell_script(study: Study) -> str:
         "set -euo pipefail",
         f'OUT=${{OUT:-{study.out}}}',
         f'DEVICE=${{DEVICE:-{study.device or "cpu"}}}',
-        'MODEL=${MODEL:-' + (shlex.quote(study.model) if study.model else
-                             '$(python -c "import mlff_ins.casestudy as c; '
-                             'print(c.REFERENCE_MODEL)")') + '}',
+        # si-reference: the shipped reference bundle, by the name every command accepts
+        'MODEL=${MODEL:-' + shlex.quote(shown_name(str(study.model)) if study.model
+                                        else "si-reference") + '}',
         "",
     ]
     for step in study.steps:
