@@ -702,7 +702,10 @@ class Predictor:
     def aggregate(self) -> str:
         """How the members' 1D spectra make the prediction: ``median`` (bin by bin; a member far
         from the others moves it little) or ``mean`` (predictors trained before the choice
-        was stored in predictor.json). The S(Q,E) maps of the latent members are averaged."""
+        was stored in predictor.json). The S(Q,E) maps of the latent members are averaged: on
+        the shipped predictor their bin-by-bin median scored the same (median end-to-end MSE
+        0.01384 for both on the 17 validation crystals, 0.01272 against 0.01273 on the 11 test
+        ones; decoding the members' mean latent code also 0.01384 and 0.01272)."""
         how = self.meta.get("ensemble_aggregate", "mean")
         if how not in ("mean", "median"):
             raise InputError(f"{self.directory}/predictor.json: ensemble_aggregate {how!r} "
