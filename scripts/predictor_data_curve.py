@@ -1,0 +1,120 @@
+"""How the direct predictor's error falls with the number of training crystals (issue 18: how
+large a database the goals need). One S(E) member per point, trained as `mlff-ins predictor
+train` trains each member (same split, hyper-parameters, epochs, residual on the mean spectrum
+of its own training subset), on nested random subsets of the training split; scored like the
+shipped predictor's test set (median MSE of max-normalised VISION+TOSCA S(E)) on the validation
+crystals (which also pick each member's best epoch: optimistic), on the test crystals and, with
+--force-sets, on DFT phonopy force sets (max-normalised VISION S(E) against the DFT's, as
+`python -m mlff_ins.bench predictor --force-sets` scores the shipped predictor).
+
+Usage: python scripts/predictor_data_curve.py DB.h5 [--fractions 0.25 0.5 1] [--seeds 0 1]
+       [--force-sets ../shared/data/phonopy-examples/*]
+Appends one JSON line per (fraction, seed) to --out (default runs/predictor_data_curve.jsonl)
+and skips those already there.
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlff_ins.predict import predictor as P
+from mlff_ins.predict.network import SpectrumNetwork, collate, default_hyper, graph
+
+
+def scores(model, examples, blocks):
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for g, y in examples:
+            per_atom = model.atom_outputs(collate([g], torch.float32))
+            total = per_atom.reshape(len(g["z"]), y.shape[0], -1).mean(0).numpy()
+            total = total / np.maximum(total.max(axis=-1, keepdims=True), 1e-300)
+            out.append(float(np.mean((total[blocks] - y[blocks]) ** 2)))
+    return out
+
+
+def dft_examples(directories, temperature_K, targets) -> dict:
+    """{material: (graph, targets)}: the DFT force set's VISION S(E) on the predictor's grid
+    (the other target blocks zero: only VISION is scored)."""
+    import warnings
+
+    from mlff_ins.bench.predictor_bench import _atoms, _vision_on_grid
+    from mlff_ins.phonons.finite_displacement import phonons_from_force_sets
+
+    grid = P.Predictor(P.shipped_predictor())           # its energy grid and cutoff
+    out = {}
+    for d in directories:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ph = phonons_from_force_sets(d, nac=False).members[0]
+            y = np.zeros((len(targets), len(P.GRID_EDGES_INVCM) - 1))
+            y[targets.index("vision")] = _vision_on_grid(ph, grid, temperature_K)
+        out[Path(d).name] = (graph(_atoms(ph.unitcell), grid.meta["hyper"]["cutoff_A"]), y)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("db")
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--out", default="runs/predictor_data_curve.jsonl")
+    ap.add_argument("--force-sets", nargs="*", default=[], metavar="DIR")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    targets = P.TARGETS
+    structures, ys, formulas, facts = P.load_examples(args.db, targets)
+    dft = dft_examples(args.force_sets, facts["temperature_K"], targets)
+    split = P.composition_split(formulas, [P.structure_family(k) for k in facts["keys"]])
+    hyper = {**default_hyper(len(P.GRID_EDGES_INVCM) - 1), "n_blocks": len(targets)}
+    hyper["n_out"] = hyper["n_blocks"] * (len(P.GRID_EDGES_INVCM) - 1)
+    graphs = [graph(a, hyper["cutoff_A"]) for a in structures]
+    idx = {s: [i for i, x in enumerate(split) if x == s] for s in ("train", "valid", "test")}
+    data = [({**g, "elem_slot": slot, "partial": part}, y.reshape(len(targets), -1))
+            for g, y, (slot, part) in zip(graphs, ys, facts["partials"])]
+    blocks = P.scored_blocks(targets)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["fraction"], r["seed"]) for r in map(json.loads, out.read_text().splitlines())} \
+        if out.exists() else set()
+    for seed in args.seeds:
+        order = np.random.default_rng(seed).permutation(idx["train"])
+        for frac in args.fractions:
+            if (frac, seed) in done:
+                continue
+            train = sorted(order[:max(2, round(frac * len(order)))].tolist())
+            h = dict(hyper)
+            h["num_neighbors"] = float(np.mean([len(graphs[i]["src"]) / len(graphs[i]["z"])
+                                                for i in train]))
+            base = P.mean_training_spectrum([ys[i] for i in train], len(targets))
+            h["baseline"] = base.ravel().round(6).tolist()
+            torch.manual_seed(seed)
+            model = SpectrumNetwork(h)
+            t0 = time.perf_counter()
+            P.train_member(model, [data[i] for i in train], [data[i] for i in idx["valid"]],
+                           epochs=args.epochs, batch_size=16, lr=5e-3,
+                           weight_decay=P.WEIGHT_DECAY, seed=seed)
+            row = {"fraction": frac, "seed": seed, "n_train": len(train),
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            for part in ("valid", "test"):
+                ex = [(graphs[i], data[i][1]) for i in idx[part]]
+                row[f"{part}_median_mse"] = float(np.median(scores(model, ex, blocks)))
+                row[f"{part}_baseline_mse"] = P.mean_spectrum_baseline(
+                    [ys[i] for i in train], [ys[i] for i in idx[part]], targets)
+            if dft:
+                k = [targets.index("vision")]
+                row["dft_mse"] = dict(zip(dft, scores(model, dft.values(), k)))
+                row["dft_median_mse"] = float(np.median(list(row["dft_mse"].values())))
+                row["dft_baseline_mse"] = float(np.median(
+                    [np.mean((base[k] - y[k]) ** 2) for _, y in dft.values()]))
+            print(json.dumps(row), flush=True)
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
