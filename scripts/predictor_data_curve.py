@@ -9,8 +9,9 @@ crystals (which also pick each member's best epoch: optimistic), on the test cry
 
 Usage: python scripts/predictor_data_curve.py DB.h5 [--fractions 0.25 0.5 1] [--seeds 0 1]
        [--force-sets ../shared/data/phonopy-examples/*]
-Appends one JSON line per (fraction, seed) to --out (default runs/predictor_data_curve.jsonl)
-and skips those already there.
+--hyper '{"cutoff_A": 6}' overrides network hyper-parameters (network.default_hyper), to put a
+variant on the same footing. Appends one JSON line per (fraction, seed, hyper) to --out
+(default runs/predictor_data_curve.jsonl) and skips those already there.
 """
 import argparse
 import json
@@ -24,19 +25,27 @@ from mlff_ins.predict import predictor as P
 from mlff_ins.predict.network import SpectrumNetwork, collate, default_hyper, graph
 
 
-def scores(model, examples, blocks):
+def predictions(model, examples) -> np.ndarray:
+    """(crystals, targets, bins): the member's max-normalised spectra."""
     out = []
     model.eval()
     with torch.no_grad():
         for g, y in examples:
             per_atom = model.atom_outputs(collate([g], torch.float32))
             total = per_atom.reshape(len(g["z"]), y.shape[0], -1).mean(0).numpy()
-            total = total / np.maximum(total.max(axis=-1, keepdims=True), 1e-300)
-            out.append(float(np.mean((total[blocks] - y[blocks]) ** 2)))
-    return out
+            out.append(total / np.maximum(total.max(axis=-1, keepdims=True), 1e-300))
+    return np.array(out)
 
 
-def dft_examples(directories, temperature_K, targets) -> dict:
+def scores(model, examples, blocks, saved=None, name=""):
+    """MSE per crystal over the target ``blocks``; the predictions go to ``saved[name]``."""
+    pred = predictions(model, examples)
+    if saved is not None:
+        saved[name] = pred
+    return [float(np.mean((p[blocks] - y[blocks]) ** 2)) for p, (_, y) in zip(pred, examples)]
+
+
+def dft_examples(directories, temperature_K, targets, cutoff) -> dict:
     """{material: (graph, targets)}: the DFT force set's VISION S(E) on the predictor's grid
     (the other target blocks zero: only VISION is scored)."""
     import warnings
@@ -44,7 +53,7 @@ def dft_examples(directories, temperature_K, targets) -> dict:
     from mlff_ins.bench.predictor_bench import _atoms, _vision_on_grid
     from mlff_ins.phonons.finite_displacement import phonons_from_force_sets
 
-    grid = P.Predictor(P.shipped_predictor())           # its energy grid and cutoff
+    grid = P.Predictor(P.shipped_predictor())           # its energy grid
     out = {}
     for d in directories:
         with warnings.catch_warnings():
@@ -52,7 +61,7 @@ def dft_examples(directories, temperature_K, targets) -> dict:
             ph = phonons_from_force_sets(d, nac=False).members[0]
             y = np.zeros((len(targets), len(P.GRID_EDGES_INVCM) - 1))
             y[targets.index("vision")] = _vision_on_grid(ph, grid, temperature_K)
-        out[Path(d).name] = (graph(_atoms(ph.unitcell), grid.meta["hyper"]["cutoff_A"]), y)
+        out[Path(d).name] = (graph(_atoms(ph.unitcell), cutoff), y)
     return out
 
 
@@ -64,27 +73,32 @@ def main():
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--out", default="runs/predictor_data_curve.jsonl")
     ap.add_argument("--force-sets", nargs="*", default=[], metavar="DIR")
+    ap.add_argument("--hyper", type=json.loads, default={}, metavar="JSON")
+    ap.add_argument("--save", type=Path, metavar="DIR",
+                    help="also keep each member's predictions (and the targets) as DIR/*.npz, "
+                         "to score ensembles of the members afterwards")
     args = ap.parse_args()
     torch.set_num_threads(1)
     targets = P.TARGETS
     structures, ys, formulas, facts = P.load_examples(args.db, targets)
-    dft = dft_examples(args.force_sets, facts["temperature_K"], targets)
     split = P.composition_split(formulas, [P.structure_family(k) for k in facts["keys"]])
-    hyper = {**default_hyper(len(P.GRID_EDGES_INVCM) - 1), "n_blocks": len(targets)}
+    hyper = {**default_hyper(len(P.GRID_EDGES_INVCM) - 1), **args.hyper, "n_blocks": len(targets)}
     hyper["n_out"] = hyper["n_blocks"] * (len(P.GRID_EDGES_INVCM) - 1)
     graphs = [graph(a, hyper["cutoff_A"]) for a in structures]
+    dft = dft_examples(args.force_sets, facts["temperature_K"], targets, hyper["cutoff_A"])
     idx = {s: [i for i, x in enumerate(split) if x == s] for s in ("train", "valid", "test")}
     data = [({**g, "elem_slot": slot, "partial": part}, y.reshape(len(targets), -1))
             for g, y, (slot, part) in zip(graphs, ys, facts["partials"])]
     blocks = P.scored_blocks(targets)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["fraction"], r["seed"]) for r in map(json.loads, out.read_text().splitlines())} \
-        if out.exists() else set()
+    done = {(r["fraction"], r["seed"], json.dumps(r.get("hyper", {}), sort_keys=True))
+            for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
+    variant = json.dumps(args.hyper, sort_keys=True)
     for seed in args.seeds:
         order = np.random.default_rng(seed).permutation(idx["train"])
         for frac in args.fractions:
-            if (frac, seed) in done:
+            if (frac, seed, variant) in done:
                 continue
             train = sorted(order[:max(2, round(frac * len(order)))].tolist())
             h = dict(hyper)
@@ -98,19 +112,31 @@ def main():
             P.train_member(model, [data[i] for i in train], [data[i] for i in idx["valid"]],
                            epochs=args.epochs, batch_size=16, lr=5e-3,
                            weight_decay=P.WEIGHT_DECAY, seed=seed)
-            row = {"fraction": frac, "seed": seed, "n_train": len(train),
+            row = {"fraction": frac, "seed": seed, "hyper": args.hyper, "n_train": len(train),
                    "seconds": round(time.perf_counter() - t0, 1)}
+            saved = {} if args.save else None
             for part in ("valid", "test"):
                 ex = [(graphs[i], data[i][1]) for i in idx[part]]
-                row[f"{part}_median_mse"] = float(np.median(scores(model, ex, blocks)))
+                row[f"{part}_median_mse"] = float(np.median(scores(model, ex, blocks, saved,
+                                                                   part)))
+                if saved is not None:
+                    saved[f"{part}_target"] = np.array([y for _, y in ex])
                 row[f"{part}_baseline_mse"] = P.mean_spectrum_baseline(
                     [ys[i] for i in train], [ys[i] for i in idx[part]], targets)
             if dft:
                 k = [targets.index("vision")]
-                row["dft_mse"] = dict(zip(dft, scores(model, dft.values(), k)))
+                row["dft_mse"] = dict(zip(dft, scores(model, list(dft.values()), k, saved,
+                                                      "dft")))
+                if saved is not None:
+                    saved["dft_target"] = np.array([y for _, y in dft.values()])
                 row["dft_median_mse"] = float(np.median(list(row["dft_mse"].values())))
                 row["dft_baseline_mse"] = float(np.median(
                     [np.mean((base[k] - y[k]) ** 2) for _, y in dft.values()]))
+            if saved is not None:
+                args.save.mkdir(parents=True, exist_ok=True)
+                tag = f"f{frac}_s{seed}_" + "".join(c for c in variant if c.isalnum())[:60]
+                np.savez_compressed(args.save / f"{tag}.npz", **saved)
+                row["saved"] = str(args.save / f"{tag}.npz")
             print(json.dumps(row), flush=True)
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
