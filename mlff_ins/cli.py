@@ -1225,6 +1225,11 @@ def _add_database(sub) -> None:
                    help="skip structures whose primitive cell has more atoms")
     b.add_argument("--per-prototype", type=int, default=40, metavar="N",
                    help="substitutions: at most N per AFLOW prototype (default 40)")
+    b.add_argument("--substitute", choices=("stable", "all"), default="stable",
+                   help="substitutions: stable: only of the prototypes the teacher finds "
+                        "stable (their own entries are built first, adding aflow to the "
+                        "sources if need be; a prototype with imaginary modes mostly gives "
+                        "unstable substitutions); all: of every prototype")
     b.add_argument("--supercell-length", type=float, default=9.0, metavar="Å",
                    help="smallest width of the phonon supercell (Å)")
     b.add_argument("--max-supercell-atoms", type=int, default=256, metavar="N",
@@ -1290,15 +1295,26 @@ def _run_database_build(args) -> int:
                         spectra=SpectraOptions(temperature_K=args.temperature),
                         supercell_length_A=args.supercell_length,
                         max_supercell_atoms=args.max_supercell_atoms)
-    structures = iter_structures(args.structures, max_atoms=args.max_atoms,
+    sources = [s.strip() for s in args.structures.split(",") if s.strip()]
+    stable = args.substitute == "stable" and "substitutions" in sources
+    if stable and "aflow" not in sources:
+        # the prototypes' own entries decide which are substituted
+        sources.insert(0, "aflow")
+        print("--substitute stable: the AFLOW prototypes are built first", flush=True)
+    spec = ",".join(sources)
+    structures = iter_structures(spec, max_atoms=args.max_atoms,
                                  per_prototype=args.per_prototype)
-    print(f"collecting the structures of {args.structures} ...", flush=True)
+    print(f"collecting the structures of {spec} ...", flush=True)
     summary = build_database(list(structures), args.output, opts, workers=args.workers,
                              dask=args.dask, limit=args.limit,
-                             consolidate_every=args.consolidate_every, records=args.records)
+                             consolidate_every=args.consolidate_every, records=args.records,
+                             stable_parents=stable)
     print(f"{args.output}: {summary['entries']} entries; this run added {summary['added']} "
           f"({summary['ok']} ok, {summary['imaginary']} with imaginary modes, "
-          f"{summary['failed']} failed); {summary['skipped_done']} were done before")
+          f"{summary['failed']} failed); {summary['skipped_done']} were done before"
+          + (f"; {summary['skipped_parent']} substitutions left out (their prototype has "
+             "imaginary modes or failed; --substitute all builds them)"
+             if summary["skipped_parent"] else ""))
     if args.records:
         print(f"{args.records}: {summary['restored']} entries rebuilt from it without the "
               f"teacher, {summary['added'] - summary['restored']} added to it"

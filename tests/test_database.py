@@ -451,3 +451,36 @@ def test_a_second_build_of_one_database_is_refused(tmp_path):
         with pytest.raises(InputError, match=f"{db}: another `database build`"):
             build_database([("Al", bulk("Al", "fcc", 4.05))], db, _opts(), progress=False)
     assert not db.exists() and not parts_dir(db).exists()
+
+
+def test_substitutions_of_unstable_prototypes_are_left_out(tmp_path):
+    """``stable_parents``: substitutions wait until every prototype is built and are computed
+    only where their prototype's entry is ok. Simple cubic Cu is unstable under EMT (its
+    relaxation keeps the symmetry, the phonons find the imaginary modes), fcc Cu is stable; a
+    substitution of a prototype that is in neither the database nor the structures is left out
+    too. A build stopped after the prototypes (--limit) goes on from the statuses stored in the
+    database."""
+    from ase import Atoms
+
+    def simple_cubic(symbol, a):
+        return Atoms(symbol, cell=[a, a, a], pbc=True)
+
+    structures = [("aflow:F", bulk("Cu", "fcc", 3.61)), ("aflow:S", simple_cubic("Cu", 2.4)),
+                  ("sub:F:Cu-Ni", bulk("Ni", "fcc", 3.52)),
+                  ("sub:S:Cu-Ni", simple_cubic("Ni", 2.35)),
+                  ("sub:X:Cu-Ag", bulk("Ag", "fcc", 4.09))]
+    # substitutions are put last whatever their order in the list
+    structures = structures[2:3] + structures[:2] + structures[3:]
+    db = tmp_path / "db.h5"
+    first = build_database(structures, db, _opts(), progress=False, stable_parents=True,
+                           limit=2)
+    assert first["added"] == 2 and first["skipped_parent"] == 0
+    assert {k: e["status"] for k, e in _entries(db).items()} == {"aflow:F": "ok",
+                                                                 "aflow:S": "imaginary"}
+    second = build_database(structures, db, _opts(), progress=False, stable_parents=True)
+    assert second["added"] == 1 and second["ok"] == 1 and second["skipped_parent"] == 2
+    assert set(_entries(db)) == {"aflow:F", "aflow:S", "sub:F:Cu-Ni"}
+    # without the filter the rest is built (Ag and sc Ni: their EMT entries exist)
+    third = build_database(structures, db, _opts(), progress=False)
+    assert third["added"] == 2 and set(_entries(db)) == {k for k, _ in structures}
+    assert _entries(db)["sub:S:Cu-Ni"]["status"] == "imaginary"

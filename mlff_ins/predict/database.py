@@ -374,11 +374,13 @@ def write_part(db: str | os.PathLike, entry: dict) -> Path:
 
 
 def _read_part(path: Path):
+    """``(key, status)`` of a finished part, or None."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            return str(f["entry"].attrs["key"])
+            attrs = f["entry"].attrs
+            return str(attrs["key"]), str(attrs.get("status", ""))
     except (OSError, KeyError):
         return None            # not a finished part (cannot happen with atomic moves)
 
@@ -399,19 +401,25 @@ def _write_grids(f, spectra: SpectraOptions, meta: dict) -> None:
         g.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else str(v)
 
 
-def done_keys(db: str | os.PathLike) -> set[str]:
-    """Keys of every finished entry: in ``db.h5`` and in its parts folder."""
+def done_statuses(db: str | os.PathLike) -> dict[str, str]:
+    """``{key: status}`` of every finished entry: in ``db.h5`` and in its parts folder."""
     import h5py
 
-    keys = set()
+    statuses = {}
     db = Path(db)
     if db.is_file():
         with h5py.File(db, "r") as f:
-            keys.update(str(g.attrs["key"]) for g in f.get("entries", {}).values())
+            statuses.update((str(g.attrs["key"]), str(g.attrs.get("status", "")))
+                            for g in f.get("entries", {}).values())
     parts = parts_dir(db)
     if parts.is_dir():
-        keys.update(k for k in (_read_part(p) for p in sorted(parts.glob("*.h5"))) if k)
-    return keys
+        statuses.update(kv for kv in (_read_part(p) for p in sorted(parts.glob("*.h5"))) if kv)
+    return statuses
+
+
+def done_keys(db: str | os.PathLike) -> set[str]:
+    """Keys of every finished entry: in ``db.h5`` and in its parts folder."""
+    return set(done_statuses(db))
 
 
 def _same_teacher(a: str, b: str) -> bool:
@@ -817,19 +825,27 @@ def build_database(structures, db: str | os.PathLike, opts: BuildOptions, **kwar
 def _build_database(structures, db: str | os.PathLike, opts: BuildOptions, *, workers: int = 1,
                     dask: str | None = None, limit: int | None = None,
                     consolidate_every: int = 20, progress: bool = True,
-                    records: str | os.PathLike | None = None) -> dict:
+                    records: str | os.PathLike | None = None,
+                    stable_parents: bool = False) -> dict:
     """Compute every structure ``(key, atoms)`` of ``structures`` not yet in ``db``; returns a
     summary (entries added, failures, database size). With ``records`` (a teacher records
     file) every recorded entry missing from ``db`` is first rebuilt from its record without
     the teacher (whether or not it is in ``structures``; ``limit`` does not count them), and
-    every entry the teacher computes is added to the records file before it is saved."""
+    every entry the teacher computes is added to the records file before it is saved.
+    ``stable_parents``: substitutions (:func:`~mlff_ins.predict.sources.parent_key`) come after
+    every other structure, and only those whose prototype's entry is ``ok`` are computed (the
+    rest are counted as ``skipped_parent``: their prototype has imaginary modes, failed, or is
+    neither in ``db`` nor in ``structures``)."""
     from tqdm.auto import tqdm
+
+    from mlff_ins.predict.sources import parent_key
 
     db = Path(db)
     structures = list(structures)
     check_teacher(opts.teacher)
     check_same_build(db, opts)
-    done = done_keys(db)
+    statuses = done_statuses(db)
+    done = set(statuses)
     restore = []
     if records is not None:
         records = Path(records)
@@ -858,18 +874,25 @@ def _build_database(structures, db: str | os.PathLike, opts: BuildOptions, *, wo
         append_records(records, [], build_options=asdict(opts))
     restored = {k for k, _ in restore}
     todo = [(k, a) for k, a in structures if k not in done and k not in restored]
+    later = []
+    if stable_parents:
+        later = [(k, a) for k, a in todo if parent_key(k) is not None]
+        todo = [(k, a) for k, a in todo if parent_key(k) is None]
     if limit is not None:
         todo = todo[:limit]
+    room = len(later) if limit is None else max(0, limit - len(todo))   # for substitutions
     todo = restore + todo
     meta = {"teacher": opts.teacher, "code_version": __version__,
             "build_options": {k: v for k, v in asdict(opts).items() if k != "spectra"}}
-    bar = tqdm(total=len(todo), unit="entry", desc="database", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=len(todo) + min(len(later), room), unit="entry", desc="database",
+               disable=not progress, dynamic_ncols=True)
     counts = {"ok": 0, "imaginary": 0, "failed": 0, "restored": 0}
     since = 0
+    skipped_parent = 0
 
     def finished(entry):
         nonlocal since
+        statuses[entry["key"]] = entry["status"]
         if entry.pop("restored", False):
             counts["restored"] += 1
         elif records is not None:
@@ -886,15 +909,28 @@ def _build_database(structures, db: str | os.PathLike, opts: BuildOptions, *, wo
                 append_records(records, [], compact=True)
             since = 0
 
-    try:
+    def run(items):
+        if not items:
+            return
         if dask:
-            _run_dask(dask, todo, opts, finished)
+            _run_dask(dask, items, opts, finished)
         elif workers > 1:
-            _run_processes(workers, todo, opts, finished)
+            _run_processes(workers, items, opts, finished)
         else:
-            for item in todo:
+            for item in items:
                 key, atoms_dict, record = _task_args(item)
                 finished(_task(key, atoms_dict, opts, record))
+
+    try:
+        run(todo)
+        if later and room:
+            # every prototype is finished now: substitute only the stable ones
+            keep = [(k, a) for k, a in later if statuses.get(parent_key(k)) == "ok"]
+            skipped_parent = len(later) - len(keep)
+            keep = keep[:room]
+            bar.total = len(todo) + len(keep)
+            bar.refresh()
+            run(keep)
     finally:
         bar.close()
         added = counts["ok"] + counts["imaginary"] + counts["failed"]
@@ -908,6 +944,7 @@ def _build_database(structures, db: str | os.PathLike, opts: BuildOptions, *, wo
         if added - counts["restored"] or exported.get("added"):
             append_records(records, [], compact=True)
     return {"added": added, **counts, "entries": n, "skipped_done": len(done),
+            "skipped_parent": skipped_parent,
             "records_exported": exported.get("added", 0),
             "records_lacking": exported.get("lacking", 0)}
 
