@@ -477,6 +477,10 @@ def test_substitutions_of_unstable_prototypes_are_left_out(tmp_path):
     assert first["added"] == 2 and first["skipped_parent"] == 0
     assert {k: e["status"] for k, e in _entries(db).items()} == {"aflow:F": "ok",
                                                                  "aflow:S": "imaginary"}
+    # simple cubic Cu is unstable at the supercell's own q-points, not only in between
+    message = _entries(db)["aflow:S"]["message"]
+    assert "at the supercell's commensurate q-points" in message
+    assert database.INTERPOLATION_NOTE not in message
     second = build_database(structures, db, _opts(), progress=False, stable_parents=True)
     assert second["added"] == 1 and second["ok"] == 1 and second["skipped_parent"] == 2
     assert set(_entries(db)) == {"aflow:F", "aflow:S", "sub:F:Cu-Ni"}
@@ -484,3 +488,29 @@ def test_substitutions_of_unstable_prototypes_are_left_out(tmp_path):
     third = build_database(structures, db, _opts(), progress=False)
     assert third["added"] == 2 and set(_entries(db)) == {k for k, _ in structures}
     assert _entries(db)["sub:S:Cu-Ni"]["status"] == "imaginary"
+
+
+def test_an_imaginary_mode_between_the_supercells_q_points_is_told_apart():
+    """bcc Mo as SevenNet-0 made it (the repository's teacher records; 5x5x5 primitive cells):
+    imaginary on the interpolated mesh, real at every q-point commensurate with its supercell,
+    where phonopy's force constants are exact. Checked against phonopy directly: the
+    frequencies at the 125 commensurate q-points (none below -0.3 THz) and on the entry's mesh
+    (some below)."""
+    import re
+
+    records = HERE.parent / "data" / "predictor" / "teacher_records.h5"
+    name = {k: n for n, k in record_keys(records).items()}["bulk:Mo"]
+    record = read_records(records, [name])[0]
+    entry = database.entry_from_record(record, SpectraOptions())
+    assert entry["status"] == "imaginary"
+    assert entry["message"].endswith(f"({database.INTERPOLATION_NOTE})")
+    mesh_low, commensurate_low = map(float, re.findall(r"-?\d+\.\d+", entry["message"]))
+    ph = database.phonopy_of_record(record)
+    n = np.diag(np.asarray(record["supercell_matrix"]))
+    q = np.array(list(itertools.product(*[np.arange(k) / k for k in n])))
+    ph.run_qpoints(q)
+    f = ph.qpoints.frequencies
+    assert len(q) == 125
+    assert np.sort(np.abs(f[0]))[:3].max() < 1e-3           # Γ acoustic
+    assert f[1:].min() > -0.3 and commensurate_low == pytest.approx(f[1:].min(), abs=0.005)
+    assert mesh_low == pytest.approx(float(entry["lowest_THz"]), abs=0.005) and mesh_low < -0.3
