@@ -153,12 +153,16 @@ def _add_train(sub) -> None:
     p.add_argument("--cutoff", type=float, metavar="ANGSTROM", help="radial cutoff in Å")
     p.add_argument("--epochs", type=int, metavar="N", help="maximum number of epochs")
     p.add_argument("--max-minutes", type=float, metavar="MIN", help="wall-time limit per member, minutes")
+    p.add_argument("--early-stop", type=int, metavar="N",
+                   help="stop a member after N epochs without a lower validation loss (it is "
+                        "packaged from its best epoch either way; preset reference: 40, the "
+                        "others none)")
     p.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N (that GPU) or auto")
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="bundle folder, e.g. models/si")
     p.add_argument("--resume", action="store_true",
                    help="continue a killed run in --output; with a larger --epochs or "
-                        "--max-minutes, train longer; --device may change too (a run started "
-                        "on a CPU goes on on a GPU), no other setting")
+                        "--max-minutes, train longer; --early-stop and --device may change too "
+                        "(a run started on a CPU goes on on a GPU), no other setting")
     p.add_argument("--export", metavar="DIR",
                    help="train nothing: write a self-contained model bundle DIR from the run in "
                         "--output, finished or not (an unfinished member's best checkpoint so "
@@ -194,7 +198,7 @@ def _run_train(args) -> int:
         "data": _data_option(args.data),
         "ensemble": args.ensemble, "elements": args.elements, "cutoff": args.cutoff,
         "training.max_epochs": args.epochs, "training.max_minutes": args.max_minutes,
-        "device": args.device})
+        "training.early_stop": args.early_stop, "device": args.device})
     if args.export:
         from mlff_ins.train.driver import export_bundle
 

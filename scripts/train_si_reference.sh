@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # How the silicon reference ensemble in mlff_ins/resources/si/reference_model/ is made: the
-# `reference` preset (configs/train/reference.yaml: 3 members of 250 epochs, ZBL core repulsion;
-# about 5-6 hours for the three on 2 otherwise idle CPU cores; a --resume may raise the epochs
-# to train longer) on the embedded CP2K frames (si_cp2k_pbe.xyz, with the frozen TA phonons) and the
+# `reference` preset (configs/train/reference.yaml: 3 members of at most 250 epochs, each ending
+# after 40 epochs without a lower validation loss, ZBL core repulsion; up to 5-6 hours for the
+# three on 2 otherwise idle CPU cores; a --resume may raise the epochs to train longer) on the embedded CP2K frames (si_cp2k_pbe.xyz, with the frozen TA phonons) and the
 # active-learning round 1 (si_cp2k_pbe_al1.xyz), then the phonon benchmark on it (LABELS=k222:
 # the same geometries with k-point labels, below).
 # Round 0 (no ZBL, no frozen phonons, no round-1 frames; 400 epochs) is training/si-reference/:

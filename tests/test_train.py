@@ -466,3 +466,35 @@ def test_progress_of_a_resumed_member_counts_only_this_runs_epochs(tmp_path):
     (tmp_path / "fresh.csv").write_text("epoch,step,val0_epoch/forces_mae\n0,5,0.3\n1,10,0.2\n")
     fresh._update_bar()                     # a new run seen late: still counted from epoch 0
     assert (fresh.bar.initial, fresh.bar.n) == (0, 2)
+
+
+def test_early_stop_ends_a_member_where_its_validation_loss_stopped_falling(si_subset,
+                                                                             tmp_path):
+    """--early-stop 2: the member stops after two epochs without a lower validation loss and is
+    packaged as finished. Checked against the run's own logged validation losses, replayed: the
+    last epoch trained is the first with two epochs since the lowest loss (or the last of
+    --epochs when that never happens), and the bundle is complete."""
+    from mlff_ins.train.schedule import validation_history
+
+    out = tmp_path / "m"
+    assert main(["train", "--data", str(si_subset), "--preset", "tiny", "--epochs", "14",
+                 "--early-stop", "2", "-o", str(out)]) == 0
+    member = out / "members" / "member_0"
+    epochs = [int(float(r.split(",")[_epoch_col(csv)]))
+              for csv in (member / "logs").glob("version_*/metrics.csv")
+              for r in csv.read_text().splitlines()[1:] if r.split(",")[_epoch_col(csv)]]
+    last = max(epochs)
+    losses = validation_history(member, last + 1)
+    expected, best, wait = 13, float("inf"), 0
+    for epoch, loss in enumerate(losses):
+        best, wait = (loss, 0) if loss < best else (best, wait + 1)
+        if wait >= 2:
+            expected = epoch
+            break
+    assert last == expected
+    assert (out / "bundle.json").is_file() and (member / "model.nequip.zip").is_file()
+    saved = json.loads((out / "train_settings.json").read_text())
+    assert saved["settings"]["training"]["early_stop"] == 2
+    with pytest.raises(InputError, match="training.early_stop"):
+        load_train_config(preset="tiny", overrides={"data": str(si_subset),
+                                                    "training.early_stop": 0})

@@ -129,6 +129,11 @@ def check_train_config(cfg: dict) -> None:
                 ok = False
             if not ok:
                 raise InputError(f"e0s: {el} needs a finite energy in eV (got {value!r})")
+    stop = cfg["training"].get("early_stop")
+    if stop is not None and not (isinstance(stop, int) and not isinstance(stop, bool)
+                                 and stop >= 1):
+        raise InputError(f"training.early_stop: a whole number of epochs >= 1, or null "
+                         f"(got {stop!r})")
     over = cfg["training"].get("oversample") or {}
     if not isinstance(over, dict):
         raise InputError("training.oversample: a mapping config_type pattern -> repeat count "

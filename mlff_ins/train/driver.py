@@ -409,7 +409,12 @@ class _MemberRun:
             rc = self.proc.poll()
             if rc is None:
                 return False
+            stopped_early = (rc == 0 and self.bar is not None and self.shown is not None
+                             and self.shown[1] + 1 < self.max_epochs)
             self._close()
+            if stopped_early:
+                print(f"{self.label}: ended after epoch {self.shown[1] + 1} of "
+                      f"{self.max_epochs} (--early-stop, or the --max-minutes cap)", flush=True)
             if rc != 0:
                 log_path = self.member_dir / self.log_name
                 tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
@@ -634,7 +639,7 @@ def relocate_checkpoints(member_dir: Path, out: Path) -> int:
 
 
 #: training settings a --resume may change: how long the run goes on, not what it learns
-RUN_LENGTH = ("max_epochs", "max_minutes")
+RUN_LENGTH = ("max_epochs", "max_minutes", "early_stop")
 #: settings of where a run trains, not of what it trains: a resume may change them (a run started
 #: on a CPU may go on on a GPU machine)
 WHERE = ("device",)

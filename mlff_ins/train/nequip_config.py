@@ -117,7 +117,7 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
                 {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
                  "dirpath": str(run_dir), "filename": "latest", "save_top_k": 1,
                  "save_last": True},
-            ],
+            ] + _early_stop(t.get("early_stop"), monitored),
         },
         "training_module": {
             "_target_": "nequip.train.EMALightningModule",
@@ -155,6 +155,17 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
             },
         },
     }
+
+
+def _early_stop(patience: int | None, monitored: str) -> list[dict]:
+    """Lightning's EarlyStopping on the monitored validation loss: the member stops (and is
+    packaged from its best epoch, as at max_epochs) after ``patience`` epochs without a lower
+    value; none when ``patience`` is None. Its count is kept in the checkpoints, so a resumed
+    member goes on counting."""
+    if patience is None:
+        return []
+    return [{"_target_": "lightning.pytorch.callbacks.EarlyStopping", "monitor": monitored,
+             "mode": "min", "patience": int(patience), "min_delta": 0.0}]
 
 
 def _pair_potential(name: str | None, elements: list[str]) -> dict:
