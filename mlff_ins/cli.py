@@ -1238,6 +1238,11 @@ def _add_database(sub) -> None:
                    help="smallest width of the phonon supercell (Å)")
     b.add_argument("--max-supercell-atoms", type=int, default=256, metavar="N",
                    help="cap on the phonon supercell (atoms)")
+    b.add_argument("--retry-supercell-length", type=float, default=13.5, metavar="Å",
+                   help="an entry imaginary only between its supercell's q-points gets its "
+                        "phonons again in a supercell at least this wide, within the cap (an "
+                        "interpolation artefact or an instability the first one could not "
+                        "hold; 0: no retry)")
     b.add_argument("--limit", type=int, metavar="N", help="compute at most N new entries")
     b.add_argument("--workers", type=int, default=1, metavar="N",
                    help="local processes (torch threads are split between them)")
@@ -1298,7 +1303,8 @@ def _run_database_build(args) -> int:
     opts = BuildOptions(teacher=args.teacher, device=args.device,
                         spectra=SpectraOptions(temperature_K=args.temperature),
                         supercell_length_A=args.supercell_length,
-                        max_supercell_atoms=args.max_supercell_atoms)
+                        max_supercell_atoms=args.max_supercell_atoms,
+                        retry_supercell_length_A=args.retry_supercell_length or None)
     sources = [s.strip() for s in args.structures.split(",") if s.strip()]
     stable = args.substitute == "stable" and "substitutions" in sources
     if stable and "aflow" not in sources:

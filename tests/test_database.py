@@ -514,3 +514,34 @@ def test_an_imaginary_mode_between_the_supercells_q_points_is_told_apart():
     assert np.sort(np.abs(f[0]))[:3].max() < 1e-3           # Γ acoustic
     assert f[1:].min() > -0.3 and commensurate_low == pytest.approx(f[1:].min(), abs=0.005)
     assert mesh_low == pytest.approx(float(entry["lowest_THz"]), abs=0.005) and mesh_low < -0.3
+
+
+def test_a_wider_supercell_tells_an_instability_from_an_interpolation_artefact():
+    """bcc Mo with SevenNet-0 (the default teacher; its weights ship in its wheel): in the
+    9 Å supercell (5x5x5) its only imaginary modes lie between the supercell's q-points. The
+    build then computes the phonons again in the widest supercell of at least 13.5 Å within
+    the 256-atom cap and keeps them: there the instability sits at the supercell's own q-points
+    (SevenNet-0 makes bcc Mo unstable, which DFT does not), so the flag stands, now without
+    doubt. The record rebuilds the same entry without the teacher."""
+    calc, _ = database.load_teacher("sevennet-0")
+    mo = bulk("Mo")
+    first = database.compute_entry("bulk:Mo", mo, BuildOptions(
+        teacher="sevennet-0", retry_supercell_length_A=None), calc)
+    assert np.diag(first["supercell_matrix"]).tolist() == [5, 5, 5]
+    assert first["status"] == "imaginary"
+    assert first["message"].endswith(f"({database.INTERPOLATION_NOTE})")
+    opts = BuildOptions(teacher="sevennet-0")
+    assert opts.retry_supercell_length_A == 13.5            # the default
+    again = database.compute_entry("bulk:Mo", mo, opts, calc)
+    relaxed = mo.copy()
+    relaxed.cell, relaxed.positions = again["cell"], again["positions"]
+    wider = supercell_for(relaxed, 13.5, 256)
+    assert np.prod(wider) > 125 and np.prod(wider) <= 256
+    assert np.diag(again["supercell_matrix"]).tolist() == wider
+    assert again["status"] == "imaginary"
+    assert database.INTERPOLATION_NOTE not in again["message"]
+    assert "at the supercell's commensurate q-points" in again["message"]
+    rebuilt = database.entry_from_record(database.record_of(again), SpectraOptions())
+    assert rebuilt["status"] == "imaginary" and rebuilt["message"] == again["message"]
+    np.testing.assert_allclose(rebuilt["force_constants"], again["force_constants"],
+                               rtol=0, atol=1e-9)

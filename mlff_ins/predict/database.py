@@ -107,6 +107,10 @@ class BuildOptions:
     relax_steps: int = 300
     supercell_length_A: float = 9.0      # smallest width of the supercell
     max_supercell_atoms: int = 256
+    #: phonons again in a supercell at least this wide (when it fits max_supercell_atoms and is
+    #: larger) for an entry whose imaginary modes lie only between its supercell's q-points;
+    #: None: no retry
+    retry_supercell_length_A: float | None = 13.5
     device: str = "cpu"
 
 
@@ -215,24 +219,32 @@ def lowest_mode_THz(qpoints, freqs_THz) -> float:
     return float(min(rest.min(initial=np.inf), freqs[~gamma].min(initial=np.inf)))
 
 
-#: the end of an imaginary entry's message when its commensurate q-points are all real
-INTERPOLATION_NOTE = "interpolation: a larger supercell may remove it"
-
-
-def imaginary_message(ph, lowest_THz: float, tol_THz: float) -> str:
-    """Why an entry is flagged: its lowest mesh mode and the lowest mode at the supercell's
-    commensurate q-points, where the force constants are exact rather than interpolated.
-    Imaginary on the mesh only: the instability may be an artefact of a supercell too small
-    for the interpolation. Measured on the first 147 entries SevenNet-0 flagged: 34 without
-    a mode below -0.3 THz at any commensurate q-point, bcc Mo, Cr and V among them
-    (docs/usage.md)."""
+def commensurate_lowest_THz(ph) -> float:
+    """The lowest mode at the q-points commensurate with ``ph``'s supercell (Γ's acoustic
+    modes aside; inf when Γ holds nothing else)."""
     from phonopy.harmonic.dynmat_to_fc import get_commensurate_points
 
     pmat = np.eye(3) if ph.primitive_matrix is None else np.asarray(ph.primitive_matrix)
     smat = np.rint(np.linalg.inv(pmat) @ np.asarray(ph.supercell_matrix)).astype(int)
     q = get_commensurate_points(smat)
     ph.run_qpoints(q)
-    commensurate = lowest_mode_THz(q, ph.qpoints.frequencies)
+    return lowest_mode_THz(q, ph.qpoints.frequencies)
+
+
+#: the end of an imaginary entry's message when its commensurate q-points are all real
+INTERPOLATION_NOTE = ("imaginary between them only: an interpolation artefact, or an "
+                      "instability at a wavevector the supercell cannot hold")
+
+
+def imaginary_message(ph, lowest_THz: float, tol_THz: float) -> str:
+    """Why an entry is flagged: its lowest mesh mode and the lowest mode at the supercell's
+    commensurate q-points, where the force constants are exact rather than interpolated.
+    Imaginary on the mesh only: an artefact of interpolating the force constants of a
+    supercell too small, or an instability at a wavevector the supercell cannot hold; a wider
+    supercell tells them apart (BuildOptions.retry_supercell_length_A). Measured on the first
+    147 entries SevenNet-0 flagged: 34 without a mode below -0.3 THz at any commensurate
+    q-point (docs/usage.md)."""
+    commensurate = commensurate_lowest_THz(ph)
     if not np.isfinite(commensurate):       # a one-atom cell as its own supercell: Γ only
         return f"lowest mode {lowest_THz:.2f} THz on the mesh (the supercell's only q-point is Γ)"
     if commensurate < -tol_THz:
@@ -289,8 +301,21 @@ def compute_entry(key: str, atoms, opts: BuildOptions, calc) -> dict:
                        if opts.relax else atoms.copy())
             sc = supercell_for(relaxed, opts.supercell_length_A, opts.max_supercell_atoms)
             pset = phonons_from_model(relaxed, _forces_interface(calc), sc, primitive="P")
-        ph = pset.mean      # a model-bundle teacher: its members' mean, as it was relaxed
-        arrays = entry_spectra(ph, opts.spectra)
+            ph = pset.mean      # a model-bundle teacher: its members' mean, as it was relaxed
+            arrays = entry_spectra(ph, opts.spectra)
+            tol = opts.spectra.imaginary_tol_THz
+            if (opts.retry_supercell_length_A and arrays["lowest_THz"] < -tol
+                    and commensurate_lowest_THz(ph) >= -tol):
+                # imaginary only between the supercell's q-points: an interpolation artefact,
+                # or an instability at a wavevector the supercell cannot hold, which a wider
+                # supercell tells apart; its force constants are kept, whatever they give
+                wider = supercell_for(relaxed, opts.retry_supercell_length_A,
+                                      opts.max_supercell_atoms)
+                if np.prod(wider) > np.prod(sc):
+                    sc = wider
+                    ph = phonons_from_model(relaxed, _forces_interface(calc), sc,
+                                            primitive="P").mean
+                    arrays = entry_spectra(ph, opts.spectra)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of one crystal is recorded, not fatal
@@ -658,7 +683,8 @@ def _folder_lock(path: Path):
 
 #: the build options that shape the teacher's work (the relaxation and the supercell); a
 #: records file keeps those it was started with (attribute ``build_options``)
-TEACHER_OPTIONS = ("relax", "fmax", "relax_steps", "supercell_length_A", "max_supercell_atoms")
+TEACHER_OPTIONS = ("relax", "fmax", "relax_steps", "supercell_length_A", "max_supercell_atoms",
+                   "retry_supercell_length_A")
 
 
 def teacher_options(build_options: dict) -> dict:
@@ -1109,7 +1135,7 @@ def database_summary(db: str | os.PathLike) -> str:
     between = [e for e in entries if e["status"] == "imaginary"
                and INTERPOLATION_NOTE in str(e.get("message", ""))]
     if between:
-        lines.append(f"imaginary between the supercell's q-points only ({INTERPOLATION_NOTE}): "
+        lines.append(f"imaginary on the mesh but real at the supercell's q-points: "
                      f"{len(between)} of {status['imaginary']}, e.g. "
                      + ", ".join(e["key"] for e in between[:5]))
     failed = [e for e in entries if e["status"] == "failed"]
