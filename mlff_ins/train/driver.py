@@ -874,14 +874,14 @@ def _reschedule(cfg: dict, out: Path) -> list[dict]:
 
 def _check_same_run(cfg: dict, out: Path, option: str) -> None:
     """Refuse settings or data that differ from those the run in ``out`` started with (only the
-    run length, --epochs and --max-minutes, the device and, under the condition of
+    run length, --epochs, --max-minutes and --early-stop, the device and, under the condition of
     :func:`_reschedule`, the learning-rate plateau may change)."""
     state_path = out / "train_settings.json"
     old = json.loads(state_path.read_text())
     if _fixed_settings(old.get("settings") or {}) != _fixed_settings(cfg):
         raise InputError(f"{out}: {option} with different settings than the run there (see "
-                         f"{state_path}; only the run length, --epochs and --max-minutes, "
-                         f"--device and training.lr_plateau may change)")
+                         f"{state_path}; only the run length (--epochs, --max-minutes, "
+                         f"--early-stop), --device and training.lr_plateau may change)")
     if old.get("data_sha256") != data_sha256(cfg):
         raise InputError(f"{out}: {option} with changed data {data_label(cfg)} (it differs "
                          "from the data the run started with)")
