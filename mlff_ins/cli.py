@@ -1232,8 +1232,8 @@ def _add_database(sub) -> None:
     b.add_argument("--substitute", choices=("stable", "all"), default="stable",
                    help="substitutions: stable: only of the prototypes the teacher finds "
                         "stable (their own entries are built first, adding aflow to the "
-                        "sources if need be; a prototype with imaginary modes mostly gives "
-                        "unstable substitutions); all: of every prototype")
+                        "sources if need be; a prototype with imaginary modes gives unstable "
+                        "substitutions more often); all: of every prototype")
     b.add_argument("--supercell-length", type=float, default=9.0, metavar="Å",
                    help="smallest width of the phonon supercell (Å)")
     b.add_argument("--max-supercell-atoms", type=int, default=256, metavar="N",
