@@ -1239,10 +1239,10 @@ def _add_database(sub) -> None:
     b.add_argument("--max-supercell-atoms", type=int, default=256, metavar="N",
                    help="cap on the phonon supercell (atoms)")
     b.add_argument("--retry-supercell-length", type=float, default=13.5, metavar="Å",
-                   help="an entry imaginary only between its supercell's q-points gets its "
-                        "phonons again in a supercell at least this wide, within the cap (an "
-                        "interpolation artefact or an instability the first one could not "
-                        "hold; 0: no retry)")
+                   help="smallest width (Å) of the wider supercell in which an entry "
+                        "imaginary only between its supercell's q-points gets its phonons "
+                        "again, within the cap (an interpolation artefact, or an instability "
+                        "the first one could not hold; 0: no retry)")
     b.add_argument("--limit", type=int, metavar="N", help="compute at most N new entries")
     b.add_argument("--workers", type=int, default=1, metavar="N",
                    help="local processes (torch threads are split between them)")
