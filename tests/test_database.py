@@ -270,7 +270,8 @@ def test_records_alone_rebuild_the_database_without_the_teacher(serial_db, tmp_p
 
     assert records_build_options(records) == {"relax": True, "fmax": 5e-3, "relax_steps": 300,
                                               "supercell_length_A": 7.0,
-                                              "max_supercell_atoms": 64}
+                                              "max_supercell_atoms": 64,
+                                              "retry_supercell_length_A": 13.5}
     with pytest.raises(InputError, match="its records were computed with supercell_length_A"):
         build_database(structures, tmp_path / "db3.h5", replace(_opts(), supercell_length_A=9.0),
                        progress=False, records=records)
