@@ -325,6 +325,32 @@ def test_records_export_from_a_database(serial_db, tmp_path):
     assert not (tmp_path / "none.h5").exists()
 
 
+def test_a_record_is_replaced_only_when_asked(serial_db, tmp_path):
+    """append_records keeps a key's first record; with replace=True a new one takes its place
+    and every other record stays as it was."""
+    from mlff_ins.predict.database import append_records
+
+    db_ref, _, _ = serial_db
+    path = tmp_path / "records.h5"
+    path.write_bytes(_records(db_ref).read_bytes())
+    before = {r["key"]: r for r in read_records(path)}
+    key = next(k for k, r in before.items() if r["status"] == "ok")
+    changed = {**before[key], "forces": np.asarray(before[key]["forces"]) * 1.5}
+    assert append_records(path, [changed]) == 0
+    np.testing.assert_array_equal(read_records(path, [entry_name(key)])[0]["forces"],
+                                  before[key]["forces"])
+    assert append_records(path, [changed], replace=True) == 1
+    after = {r["key"]: r for r in read_records(path)}
+    assert sorted(after) == sorted(before)
+    np.testing.assert_array_equal(after[key]["forces"],
+                                  np.float32(np.asarray(before[key]["forces"]) * 1.5))
+    for k, r in before.items():
+        if k != key:
+            for name in RECORD_ARRAYS:
+                if name in r:
+                    np.testing.assert_array_equal(after[k][name], r[name])
+
+
 def test_local_processes_equal_the_serial_run(serial_db, tmp_path):
     db_ref, structures, _ = serial_db
     db = tmp_path / "workers.h5"

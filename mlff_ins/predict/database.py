@@ -705,7 +705,7 @@ def records_build_options(path: str | os.PathLike) -> dict | None:
 
 
 def append_records(path: str | os.PathLike, entries, *, compact: bool = False,
-                   build_options: dict | None = None) -> int:
+                   build_options: dict | None = None, replace: bool = False) -> int:
     """Add the teacher records of ``entries`` not yet in the records file ``path`` (created
     when missing); returns how many were added. The new file is written beside ``path`` and
     moved onto it, so ``path`` is always a whole file, with or without the new records, and a
@@ -713,7 +713,9 @@ def append_records(path: str | os.PathLike, entries, *, compact: bool = False,
     records added to the copy, which leaves a few kB of unused space per call in the file;
     ``compact`` writes every record into a fresh file instead (raw chunk copies, no
     recompression), which the build does whenever it consolidates. ``build_options`` (the
-    build's, :data:`TEACHER_OPTIONS` kept) are stored when the file has none yet."""
+    build's, :data:`TEACHER_OPTIONS` kept) are stored when the file has none yet. ``replace``:
+    the records of ``entries`` replace those of the same keys (the teacher's work on an entry
+    done again, e.g. in a wider supercell); the file is then written afresh."""
     import shutil
 
     import h5py
@@ -728,8 +730,9 @@ def append_records(path: str | os.PathLike, entries, *, compact: bool = False,
         new = {}
         for e in entries:
             name = entry_name(e["key"])
-            if name not in present and name not in new:
+            if (name not in present or replace) and name not in new:
                 new[name] = record_of(e)
+        compact = compact or (replace and any(name in present for name in new))
         missing_options = build_options is not None and records_build_options(path) is None
         if not new and path.exists() and not compact and not missing_options:
             return 0
@@ -747,7 +750,8 @@ def append_records(path: str | os.PathLike, entries, *, compact: bool = False,
                 if fresh and path.exists():
                     with h5py.File(path, "r") as src:
                         for name, g in src["records"].items():
-                            src.copy(g, group, name=name)
+                            if name not in new:      # a replaced record is not copied
+                                src.copy(g, group, name=name)
                         if "build_options" in src.attrs:
                             f.attrs["build_options"] = src.attrs["build_options"]
                 if build_options is not None and "build_options" not in f.attrs:
