@@ -236,6 +236,14 @@ INTERPOLATION_NOTE = ("imaginary between them only: an interpolation artefact, o
                       "instability at a wavevector the supercell cannot hold")
 
 
+def stability_flag(ph, lowest_THz: float, tol_THz: float) -> dict:
+    """``status`` and ``message`` of an entry whose lowest mesh mode is ``lowest_THz``: ok, or
+    imaginary below ``-tol_THz`` with :func:`imaginary_message` as the reason."""
+    if lowest_THz < -tol_THz:
+        return {"status": "imaginary", "message": imaginary_message(ph, lowest_THz, tol_THz)}
+    return {"status": "ok", "message": ""}
+
+
 def imaginary_message(ph, lowest_THz: float, tol_THz: float) -> str:
     """Why an entry is flagged: its lowest mesh mode and the lowest mode at the supercell's
     commensurate q-points, where the force constants are exact rather than interpolated.
@@ -323,10 +331,7 @@ def compute_entry(key: str, atoms, opts: BuildOptions, calc) -> dict:
         entry.update(status="failed", message=f"{type(exc).__name__}: {text}"[:500],
                      seconds=time.perf_counter() - t0)
         return entry
-    if arrays["lowest_THz"] < -opts.spectra.imaginary_tol_THz:
-        entry.update(status="imaginary",
-                     message=imaginary_message(ph, float(arrays["lowest_THz"]),
-                                               opts.spectra.imaginary_tol_THz))
+    entry.update(stability_flag(ph, float(arrays["lowest_THz"]), opts.spectra.imaginary_tol_THz))
     entry.update(arrays, numbers=relaxed.numbers, cell=np.array(relaxed.cell[:]),
                  positions=relaxed.positions, supercell_matrix=np.diag(sc),
                  force_constants=np.array(ph.force_constants), **teacher_arrays(ph.dataset),
@@ -384,11 +389,7 @@ def entry_from_record(record: dict, opts: SpectraOptions) -> dict:
         warnings.simplefilter("ignore")       # as in compute_entry: phonopy's symmetry notes
         ph = phonopy_of_record(record)
     arrays = entry_spectra(ph, opts)
-    entry["status"], entry["message"] = "ok", ""
-    if arrays["lowest_THz"] < -opts.imaginary_tol_THz:
-        entry.update(status="imaginary",
-                     message=imaginary_message(ph, float(arrays["lowest_THz"]),
-                                               opts.imaginary_tol_THz))
+    entry.update(stability_flag(ph, float(arrays["lowest_THz"]), opts.imaginary_tol_THz))
     entry.update(arrays, force_constants=np.array(ph.force_constants),
                  **{k: record[k] for k in RECORD_ARRAYS})
     return entry
@@ -1113,11 +1114,8 @@ def respectra(db: str | os.PathLike, out: str | os.PathLike,
                 if "force_constants" in e:
                     ph = phonopy_of_entry(e)
                     e.update(entry_spectra(ph, spectra))
-                    low = float(e["lowest_THz"])
-                    e["status"], e["message"] = "ok", ""
-                    if low < -spectra.imaginary_tol_THz:
-                        e["status"] = "imaginary"
-                        e["message"] = imaginary_message(ph, low, spectra.imaginary_tol_THz)
+                    e.update(stability_flag(ph, float(e["lowest_THz"]),
+                                            spectra.imaginary_tol_THz))
                 _write_entry(g.create_group(e["name"]), e)
     return len(entries)
 
