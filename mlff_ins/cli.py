@@ -776,6 +776,10 @@ def _run_spectra(args) -> int:
         d, f = fits["D_msd_A2_per_ps"], fits["D_fickian_A2_per_ps"]
         print(f"  {element}: D from MSD {d['value']:.4g} ± {d['std']:.2g} Å²/ps; "
               f"from Lorentzian widths {f['value']:.4g} ± {f['std']:.2g} Å²/ps")
+    if summary.get("qens") and "blocks" not in summary:
+        print("  (± of D: the fits' own standard errors, which take correlated lags as "
+              "independent and understate the uncertainty; --blocks N gives the spread over "
+              "blocks)")
     _plot_spectra_if_asked(args, spectra)
     return 0
 

@@ -373,3 +373,42 @@ def test_coherent_cross_sections_are_the_tabulated_ones_for_absorbers():
     assert 4 * np.pi * b_coh_fm("Gd") ** 2 / 100 < 0.5 * sigma_coh_barn("Gd")
     assert sigma_coh_barn("Si") == pytest.approx(4 * np.pi * b_coh_fm("Si") ** 2 / 100, rel=2e-3)
     assert sigma_inc_barn("Gd") == pytest.approx(151.0)
+
+
+def test_coherent_weights_of_absorbers_keep_the_imaginary_length():
+    """Coherent intensities weight a pair of atoms by Re(b_a b_b*) (Squires ch. 3): an absorber's
+    own pair |b|² (Gd: 9.5 − 13.6i fm, |b|² = 2.75 barn, Re(b)² only 0.90), a pair with a real
+    length b_O Re(b_Gd); the MD route's weights and the phonon route's amplitudes both."""
+    from types import SimpleNamespace
+
+    from mlff_ins.analysis.spectra_md import _weights
+    from mlff_ins.ins.from_phonons import site_table
+    from mlff_ins.neutron.scattering_lengths import b_coh_complex_fm, b_coh_fm
+
+    b_gd, b_o = b_coh_complex_fm("Gd"), b_coh_complex_fm("O")
+    assert b_gd == complex(9.5, -13.6) and b_o.imag == 0.0 and b_o.real == b_coh_fm("O")
+    corr = SimpleNamespace(fqt_coh={("Gd", "Gd"): None, ("Gd", "O"): None}, fqt_inc={})
+    coh, _, _ = _weights(corr, "neutron")
+    assert coh[("Gd", "Gd")] == pytest.approx((9.5 ** 2 + 13.6 ** 2) / 100, rel=1e-12)
+    assert coh[("Gd", "O")] == pytest.approx(9.5 * b_o.real / 100, rel=1e-12)
+    ph = SimpleNamespace(primitive=SimpleNamespace(symbols=["Gd", "O"], masses=[157.25, 16.0]))
+    assert site_table(ph, {})["b_coh"][0] == b_gd
+
+
+def test_modes_below_half_the_grid_step_are_reported():
+    """A mode at 0.3 meV on a grid of 1 meV steps lands in the E = 0 bin, which S(E) leaves
+    out: the DOS says how much (here a quarter of the modes); on a 0.2 meV grid it is kept,
+    silently."""
+    from mlff_ins.ins.modes import site_dos
+    from mlff_ins.neutron.units import MEV_PER_THZ
+
+    freqs = np.array([[0.3, 5.0, 6.0, 7.0]]) / MEV_PER_THZ     # THz, one q-point
+    # eigenvectors (q-points, 3 x 1 atom, modes) of equal weight in every mode
+    with pytest.warns(UserWarning, match="25.00% of the vibrational modes lie below half"):
+        site_dos(freqs, np.ones((1, 3, 4)), [1.0], 1, np.arange(0, 10.0, 1.0))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dos = site_dos(freqs, np.ones((1, 3, 4)), [1.0], 1, np.arange(0, 10.0, 0.2))
+    assert dos[0, 0] == 0.0 and dos.sum() * 0.2 == pytest.approx(1.0)

@@ -52,6 +52,10 @@ class Correlations:
     # / Σ_t Σ m v²: zero (to rounding) when the MD conserves a zero total momentum, ~1/N when a
     # thermostat kicks the atoms independently, measured before any removal
     com_kinetic_share: float = 0.0
+    # the VACF's velocities are central differences of positions (the file stores none): its
+    # spectrum is the true one times sinc²(ωΔt) (:func:`~mlff_ins.analysis.fourier.
+    # central_difference_response`), which the VDOS and the kinetic temperature divide out
+    velocities_from_positions: bool = False
 
     @property
     def dt_fs(self) -> float:
@@ -236,7 +240,8 @@ def correlate(traj, max_lag: int, *, vacf: bool = True, msd: bool = False,
                        drift_share=_drift_share(kinetic, float(m_np.sum())),
                        com_kinetic_share=(kinetic["com"] / kinetic["total"]
                                           if kinetic["total"] > 0 else 0.0),
-                       drift_removed=bool(remove_drift))
+                       drift_removed=bool(remove_drift),
+                       velocities_from_positions=bool(vacf and not traj.has_velocities))
     n_atoms = traj.n_atoms
     if vacf:
         c = (acc["vacf"] / norm[:, None]).cpu().numpy()

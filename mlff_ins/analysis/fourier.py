@@ -61,3 +61,13 @@ def spectrum_from_correlation(f: np.ndarray, dt_fs: float, kind: str = "gaussian
     f = np.asarray(f, dtype=float) * window(f.shape[-1], kind)
     mirrored = np.concatenate([f, f[..., :0:-1]], axis=-1)
     return np.fft.rfft(mirrored, axis=-1).real * dt_fs / (2 * np.pi * HBAR_MEV_FS)
+
+
+def central_difference_response(energy_meV, dt_fs: float) -> np.ndarray:
+    """Power response of velocities taken as central differences of positions frames ``dt_fs``
+    apart, v(t) = [r(t+Δt) − r(t−Δt)]/2Δt: a motion at E = ħω comes out times sin(x)/x with
+    x = ωΔt, so its spectrum times sinc²(x), which falls to 0.92 at x = 0.5 and 0 at the Nyquist
+    energy (x = π)."""
+    x = np.asarray(energy_meV, dtype=float) * dt_fs / HBAR_MEV_FS
+    return np.sinc(x / np.pi) ** 2
+

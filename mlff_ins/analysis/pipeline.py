@@ -16,8 +16,8 @@ import torch
 from mlff_ins.analysis import qens
 from mlff_ins.analysis.dynamics import correlate
 from mlff_ins.analysis.qpoints import spherical_shells
-from mlff_ins.analysis.spectra_md import (element_mass, msd_spectra, scattering_spectra,
-                                          vdos_spectra)
+from mlff_ins.analysis.spectra_md import (element_mass, kinetic_sum, msd_spectra,
+                                          scattering_spectra, vdos_spectra, velocity_spectra)
 from mlff_ins.analysis.trajectory import Trajectory
 from mlff_ins.errors import InputError
 from mlff_ins.neutron.units import MEV_PER_THZ
@@ -135,7 +135,9 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
     # of freedom; a thermostat that kicks every atom on its own leaves all 3N
     at_rest = corr.drift_removed or corr.com_kinetic_share < COM_AT_REST
     dof = 3 * corr.n_atoms - (3 if at_rest and corr.n_atoms > 1 else 0)
-    kinetic_T = sum(c[0] for c in corr.vacf.values()) * AMU_A2_PER_FS2_MEV / (
+    # Σ m v² from the VACF's spectrum: its lag-0 value for stored velocities, and for velocities
+    # differenced from positions the same with their damping sinc²(ωΔt) divided out
+    kinetic_T = kinetic_sum(*velocity_spectra(corr, opts.window, warn=True)) * AMU_A2_PER_FS2_MEV / (
         dof * KB_MEV_PER_K)
     temperature = opts.temperature_K if opts.temperature_K is not None else kinetic_T
     meta = dict(instrument=opts.instrument, source="md", temperature_K=temperature,
@@ -188,22 +190,30 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
     if opts.e_max_meV is not None:
         _cut_energy(out, opts.e_max_meV)
     if blocks > 1:
-        summary["blocks"] = _block_errors(out, traj, opts, max_lag, temperature)
+        summary["blocks"] = _block_errors(out, summary, traj, opts, max_lag, temperature)
     return out, summary
 
 
-def _block_errors(out: dict, traj, opts: SpectraOptions, max_lag: int, temperature: float) -> dict:
-    """intensity_std of every spectrum in ``out``: the standard error of the mean over
-    ``opts.blocks`` consecutive blocks of the analysed frames (batch means), each block analysed
-    like the whole (same correlation window, temperature and options). It measures how well the
-    run has sampled the spectrum, not the force field's error."""
+def _block_errors(out: dict, summary: dict, traj, opts: SpectraOptions, max_lag: int,
+                  temperature: float) -> dict:
+    """intensity_std of every spectrum in ``out``, and the std of the diffusion coefficients in
+    ``summary["qens"]``: the standard error of the mean over ``opts.blocks`` consecutive blocks
+    of the analysed frames (batch means), each block analysed like the whole (same correlation
+    window, temperature and options). It measures how well the run has sampled the spectrum,
+    not the force field's error."""
     n = int(opts.blocks)
     sub = replace(opts, blocks=1, time_window_fs=max_lag * traj.dt_fs, temperature_K=temperature)
     with warnings.catch_warnings():      # the whole run's warnings have been given
         warnings.simplefilter("ignore")
-        parts = [spectra_from_trajectory(None, sub, traj=block, progress=False)[0]
-                 for block in traj.blocks(n)]
+        results = [spectra_from_trajectory(None, sub, traj=block, progress=False)
+                   for block in traj.blocks(n)]
+    parts = [r[0] for r in results]
     length = traj.n_frames // n
+    for element, fits in summary.get("qens", {}).items():
+        for key in ("D_msd_A2_per_ps", "D_fickian_A2_per_ps"):
+            values = [r[1]["qens"][element][key]["value"] for r in results]
+            fits[key].update(std=float(np.std(values, ddof=1) / np.sqrt(n)),
+                             std_from=f"standard error of the mean over {n} blocks")
     how = (f"standard error of the mean over {n} consecutive blocks of {length} frames "
            f"({length * traj.dt_fs / 1000:g} ps) analysed like the whole: the statistical "
            f"uncertainty of this MD estimate, not the force field's")
@@ -405,6 +415,13 @@ def _meta(meta):
     return {**meta, "provenance": dict(meta["provenance"])}
 
 
+#: what the std of a diffusion coefficient is without --blocks
+FIT_STD_NOTE = ("least-squares standard error of one fit, which treats the lags (or energies) "
+                "as independent: they are correlated, so it understates the statistical "
+                "uncertainty (by two orders of magnitude on diffusing particles); --blocks N "
+                "gives the spread over blocks instead")
+
+
 def _qens_fits(corr, opts, out, meta) -> dict:
     res = {}
     for s in corr.species:
@@ -413,9 +430,10 @@ def _qens_fits(corr, opts, out, meta) -> dict:
         widths = qens.lorentzian_widths(corr.time_fs, fs, opts.window)
         ce = qens.chudley_elliott(corr.shells.q, widths)
         plateau, plateau_std = qens.eisf(fs)
-        res[s] = {"D_msd_A2_per_ps": d.as_dict(),
-                  "D_fickian_A2_per_ps": qens.diffusion_from_widths(
-                      corr.shells.q, widths, opts.q_max_fickian).as_dict(),
+        fit_only = {"std_from": FIT_STD_NOTE}
+        res[s] = {"D_msd_A2_per_ps": {**d.as_dict(), **fit_only},
+                  "D_fickian_A2_per_ps": {**qens.diffusion_from_widths(
+                      corr.shells.q, widths, opts.q_max_fickian).as_dict(), **fit_only},
                   "chudley_elliott": ({k: v.as_dict() for k, v in ce.items()} if ce else None),
                   "hwhm_meV": [w.as_dict() for w in widths]}
         out[f"eisf_{s}"] = Spectrum1D(kind="eisf", axis_name="q", x=corr.shells.q,

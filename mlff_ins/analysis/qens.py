@@ -1,7 +1,10 @@
 """Quasi-elastic analysis: diffusion from the MSD slope, Lorentzian widths of S_inc(Q,E), EISF.
 
 - D from the MSD: least-squares line MSD = 6Dt + c over a fraction of the lags (default 20–80 %,
-  past the ballistic regime); the uncertainty is the fit's standard error.
+  past the ballistic regime); the uncertainty is the fit's standard error, which takes the lags
+  as independent: MSD values at neighbouring lags share their time origins, so it understates
+  the statistical uncertainty (on Langevin particles 0.0006 against a spread of 0.2 Å²/ps over
+  blocks); the spectra pipeline replaces it by the spread over blocks (``--blocks``).
 - Lorentzian widths: at each Q, S_inc(Q,E) is fitted with an elastic line plus a Lorentzian,
   a₀δ(E) + a₁L(E; Γ), convolved with the very same time window the spectrum was made with (the model
   is transformed on the same grid, so the resolution enters exactly); Γ is the HWHM in meV, with

@@ -1,15 +1,22 @@
 """Spectra from MD correlations: VDOS/GDOS, F(Q,t) and S(Q,E) (coherent, incoherent), MSD.
 
 Normalisations (DESIGN.md §4):
-- ``vdos``: per atom, one-sided in E ≥ 0, area 3 (rectangle rule over the bin centres); element
+- ``vdos``: per atom, one-sided in E ≥ 0, area 3 (rectangle rule over the bin centres); velocities
+  taken from central differences of positions (a file without velocities) have their response
+  sinc²(ωΔt) divided out (up to half the Nyquist energy; beyond it, where the differences lose
+  the motion, by the factor there, π²/4, and a warning when that holds more than 1 % of the
+  VDOS); element
   partials are contributions that add up to the total (area 3 × that element's share of the kinetic
   energy, i.e. 3 × its atom fraction at equilibrium). ``gdos``: partials weighted by σ_total/M and
   renormalised to area 3.
 - ``fqt_*`` / ``sqe_*`` partials (``element`` "A-B" or "A"): per atom of the whole cell, unweighted,
   so F_coh,A-B(Q,0) is the partial static structure factor; the classical spectrum
   (``quantum_correction="none"``) has ∫ S dE = F(Q,0). The harmonic correction keeps the first
-  moment instead (the f-sum rule ∫ E S_inc dE = ħ²Q²/2M), not the zeroth; Schofield's keeps
-  neither, only detailed balance. Totals (``element``
+  moment instead, not the zeroth: ∫ E S dE = (ħ²/2kT) × the second moment of the windowed
+  classical spectrum, which for the self part is the f-sum rule's ħ²Q²/2M plus the window's own
+  ħ²F(Q,0)/(2kTσ_t²) (Gaussian window of width σ_t in time; 0.02 meV for H at 300 K and σ_t of
+  1 ps, but not negligible for a short window, a low T or ``window="none"``, whose sharp edge has
+  no finite second moment). Schofield's keeps neither, only detailed balance. Totals (``element``
   ""): with ``weighting="neutron"`` each partial is weighted by b_A b_B (coherent) or σ_inc,A/4π
   (incoherent) in barn/sr per atom; ``weighting="number"`` sums the partials unweighted. ``sqe`` is
   the coherent plus incoherent neutron-weighted total.
@@ -21,12 +28,55 @@ from __future__ import annotations
 import numpy as np
 
 from mlff_ins.analysis.dynamics import Correlations
-from mlff_ins.analysis.fourier import energy_axis, resolution_fwhm_meV, spectrum_from_correlation
+from mlff_ins.analysis.fourier import (HBAR_MEV_FS, central_difference_response, energy_axis,
+                                      resolution_fwhm_meV, spectrum_from_correlation)
 from mlff_ins.neutron.quantum import two_sided
-from mlff_ins.neutron.scattering_lengths import b_coh_fm, mass_amu, sigma_inc_barn, sigma_total_barn
+from mlff_ins.neutron.scattering_lengths import (b_coh_complex_fm, mass_amu, sigma_inc_barn,
+                                                 sigma_total_barn)
 from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D
 
 WEIGHTINGS = ("neutron", "number")
+
+
+#: velocities from central differences of positions: above x = ωΔt = π/2 (half the Nyquist
+#: energy) the response sinc²(x) is no longer divided out (it falls to zero at the Nyquist
+#: energy, where dividing would blow up noise); the factor there, π²/4, is kept beyond
+DIFFERENCE_CORRECTION_X_MAX = np.pi / 2
+#: share of the VDOS beyond that point above which the spectra warn
+DIFFERENCE_WARN_SHARE = 0.01
+
+
+def velocity_spectra(corr: Correlations, window: str = "gaussian", warn: bool = False):
+    """(E, {element: spectrum}) of the mass-weighted VACF at E ≥ 0 (two-sided normalisation:
+    S(0) + 2 Σ S(E>0), times ΔE, is Σ m v² of the element's atoms). Velocities differenced from
+    positions (``corr.velocities_from_positions``) have their response sinc²(ωΔt) divided out
+    up to half the Nyquist energy, the factor there beyond it; with ``warn``, a warning when
+    more than 1 % of the spectrum lies beyond."""
+    e = energy_axis(len(corr.time_fs), corr.dt_fs)
+    spectra = {s: spectrum_from_correlation(c, corr.dt_fs, window) for s, c in corr.vacf.items()}
+    if not corr.velocities_from_positions:
+        return e, spectra
+    x_max = DIFFERENCE_CORRECTION_X_MAX
+    e_max = x_max * HBAR_MEV_FS / corr.dt_fs
+    gain = 1.0 / central_difference_response(np.minimum(e, e_max), corr.dt_fs)
+    spectra = {s: g * gain for s, g in spectra.items()}
+    total = sum(spectra.values())
+    beyond = float(np.sum(total[e > e_max]) / max(np.sum(total), 1e-300))
+    if warn and beyond > DIFFERENCE_WARN_SHARE:
+        import warnings
+
+        warnings.warn(f"the trajectory has no velocities, so they are differences of positions "
+                      f"{corr.dt_fs:g} fs apart, which lose motion above {e_max:.3g} meV (half "
+                      f"the Nyquist energy); {beyond:.1%} of the VDOS lies there and is "
+                      "underestimated: store velocities or write frames more often",
+                      stacklevel=3)
+    return e, spectra
+
+
+def kinetic_sum(e: np.ndarray, spectra: dict) -> float:
+    """Σ m v² (amu Å²/fs²) of all atoms from :func:`velocity_spectra`' one-sided spectra: the
+    VACF at lag 0 (exactly, for stored velocities: the discrete transform's sum rule)."""
+    return float(sum(g[0] + 2.0 * np.sum(g[1:]) for g in spectra.values()) * (e[1] - e[0]))
 
 
 def vdos_spectra(corr: Correlations, window: str = "gaussian", isotopes: dict | None = None,
@@ -34,11 +84,11 @@ def vdos_spectra(corr: Correlations, window: str = "gaussian", isotopes: dict | 
     """Total and per-element VDOS and the neutron-weighted GDOS (1/meV, area 3 per atom); the
     GDOS weights σ_total/M use the trajectory's masses and ``isotopes`` (element -> A)."""
     iso = isotopes or {}
-    e = energy_axis(len(corr.time_fs), corr.dt_fs)
-    c0 = sum(v[0] for v in corr.vacf.values())
+    e, spectra = velocity_spectra(corr, window)
+    c0 = kinetic_sum(e, spectra)
     partial = {}
-    for s, c in corr.vacf.items():
-        g = spectrum_from_correlation(c, corr.dt_fs, window) * 3.0 / c0
+    for s, g in spectra.items():
+        g = g * 3.0 / c0
         g[1:] *= 2.0  # fold −E onto +E
         partial[s] = g
     out = {"vdos": Spectrum1D(kind="vdos", x=e, intensity=sum(partial.values()), units="1/meV",
@@ -52,8 +102,11 @@ def vdos_spectra(corr: Correlations, window: str = "gaussian", isotopes: dict | 
     area = np.sum(gdos) * (e[1] - e[0])
     out["gdos"] = Spectrum1D(kind="gdos", x=e, intensity=gdos * 3.0 / area, units="1/meV", **meta)
     fwhm = resolution_fwhm_meV(len(corr.time_fs), corr.dt_fs, window)
+    velocities = ("central differences of positions, response sinc²(ωΔt) divided out up to "
+                  "half the Nyquist energy" if corr.velocities_from_positions else "stored")
     for sp in out.values():
-        sp.provenance = {**sp.provenance, "window": window, "resolution_fwhm_meV": fwhm}
+        sp.provenance = {**sp.provenance, "window": window, "resolution_fwhm_meV": fwhm,
+                         "velocities": velocities}
     return out
 
 
@@ -69,7 +122,10 @@ def _weights(corr: Correlations, weighting: str, isotopes: dict | None = None):
     iso = isotopes or {}
     if weighting == "number":
         return ({k: 1.0 for k in corr.fqt_coh}, {s: 1.0 for s in corr.fqt_inc}, "")
-    coh = {(a, b): b_coh_fm(a, iso.get(a)) * b_coh_fm(b, iso.get(b)) / 100.0
+    # Re(b_a b_b*): an absorber's own pair gets |b|² (the partial of an unlike pair adds both
+    # orders of the pair, F_ab + F_ba, which is real)
+    coh = {(a, b): (b_coh_complex_fm(a, iso.get(a))
+                    * b_coh_complex_fm(b, iso.get(b)).conjugate()).real / 100.0
            for (a, b) in corr.fqt_coh}
     inc = {s: sigma_inc_barn(s, iso.get(s)) / (4 * np.pi) for s in corr.fqt_inc}
     return coh, inc, "barn/sr"

@@ -3,7 +3,9 @@
 Between consecutive frames the Cartesian step of each atom is brought to its nearest image in the
 *new* frame's cell (Δr − round(Δr·h⁻¹)·h), then added to the running unwrapped position. This is
 the scheme that keeps diffusion unbiased under a fluctuating box (Bullerjahn, von Bülow and Hummer,
-J. Chem. Phys. 2023); it is exact as long as no atom moves by half a box vector between frames.
+J. Chem. Phys. 2023); it is exact as long as no atom's step between frames, projected on a face
+normal of the cell, reaches half the cell's width across those faces (shorter than half a box
+vector in a skewed cell).
 Positions that are already unwrapped pass through unchanged.
 """
 

@@ -24,7 +24,7 @@ from mlff_ins.errors import InputError
 from mlff_ins.neutron.instruments import get_instrument
 from mlff_ins.neutron.resolution import CHOPPER_INSTRUMENTS, constant_fwhm, direct_resolution
 from mlff_ins.neutron.kinematics import kinematic_mask
-from mlff_ins.neutron.scattering_lengths import (b_coh_fm, mass_amu, sigma_coh_barn,
+from mlff_ins.neutron.scattering_lengths import (b_coh_complex_fm, mass_amu, sigma_coh_barn,
                                                  sigma_inc_barn, sigma_total_barn)
 from mlff_ins.neutron.spectrum import Spectrum1D, Spectrum2D
 
@@ -56,15 +56,15 @@ class InsOptions:
 
 
 def site_table(ph, isotopes):
-    """Per atom of the primitive cell: symbols, masses (isotopes applied), b_coh (fm) and the
-    cross sections (barn) the INS formulas use."""
+    """Per atom of the primitive cell: symbols, masses (isotopes applied), b_coh (fm, complex:
+    absorbers' imaginary part) and the cross sections (barn) the INS formulas use."""
     symbols = list(ph.primitive.symbols)
     iso = [isotopes.get(s) for s in symbols]
     return dict(
         symbols=symbols,
         masses=np.array([mass_amu(s, i) if i else m for s, i, m in
                          zip(symbols, iso, ph.primitive.masses)]),
-        b_coh=np.array([b_coh_fm(s, i) for s, i in zip(symbols, iso)]),
+        b_coh=np.array([b_coh_complex_fm(s, i) for s, i in zip(symbols, iso)]),
         sigma_inc=np.array([sigma_inc_barn(s, i) for s, i in zip(symbols, iso)]),
         sigma_coh=np.array([sigma_coh_barn(s, i) for s, i in zip(symbols, iso)]),
         sigma_total=np.array([sigma_total_barn(s, i) for s, i in zip(symbols, iso)]),

@@ -75,6 +75,10 @@ def thermal_displacements(freqs_THz, eigvecs, weights, masses, temperature_K,
     return b * _hbar2_over_2m(masses)[:, None, None]
 
 
+#: share of the modes in the DOS's E = 0 bin above which site_dos warns
+ZERO_BIN_WARN_SHARE = 1e-3
+
+
 def site_dos(freqs_THz, eigvecs, weights, n_atoms: int, energy_meV,
              freq_min_THz: float = FREQ_MIN_THZ, warn: bool = True) -> np.ndarray:
     """Atom-projected DOS on the uniform grid ``energy_meV`` (0, dE, 2dE, ...), shape (n, E),
@@ -83,7 +87,8 @@ def site_dos(freqs_THz, eigvecs, weights, n_atoms: int, energy_meV,
     Normalised by all modes above ``freq_min_THz`` (each atom's DOS has area 1 when every mode
     lies on the grid): modes above the grid's end are left out of the DOS but not out of the
     normalisation, so a grid that is too short loses their intensity instead of inflating the
-    rest. A warning names the fraction lost and the highest mode energy.
+    rest. A warning names the fraction lost and the highest mode energy, and another the
+    fraction below dE/2 (in the E = 0 bin, which S(E) leaves out) when it passes 0.1 %.
     """
     e_grid = np.asarray(energy_meV)
     de = e_grid[1] - e_grid[0]
@@ -108,6 +113,15 @@ def site_dos(freqs_THz, eigvecs, weights, n_atoms: int, energy_meV,
                       f"(highest mode {f.max() * MEV_PER_THZ:.1f} meV, grid ends at "
                       f"{e_grid[-1]:.1f} meV); their intensity is left out; raise --e-max to "
                       f"include them", stacklevel=2)
+    # modes between freq_min_THz and dE/2 land in the E = 0 bin, which the phonon orders leave
+    # out (their 1/E): a coarse grid loses them while the normalisation keeps them
+    at_zero = out[:, 0].sum() / max(total.sum(), 1e-300)
+    if warn and at_zero > ZERO_BIN_WARN_SHARE:
+        import warnings
+
+        warnings.warn(f"{at_zero:.2%} of the vibrational modes lie below half the energy grid's "
+                      f"step ({de / 2:.3g} meV), in its E = 0 bin, which S(E) leaves out; a "
+                      f"finer grid keeps them", stacklevel=2)
     return out / (np.where(total > 0, total, 1.0)[:, None] * de)
 
 
@@ -203,7 +217,7 @@ def coherent_modes(modes: ModeSet, q_cart, b_coh_fm):
     phase = np.exp(-2j * np.pi * g @ np.array(ph.primitive.scaled_positions).T)  # (P, n)
     v = vecs.reshape(len(q_cart), n, 3, -1) * phase[:, :, None, None]
     dw = np.exp(-0.5 * np.einsum("pa,kab,pb->pk", q_cart, modes.B, q_cart))    # (P, n)
-    amp = (np.asarray(b_coh_fm) / 10.0) * np.sqrt(_hbar2_over_2m(modes.masses))  # (n,)
+    amp = (np.asarray(b_coh_fm) / 10.0) * np.sqrt(_hbar2_over_2m(modes.masses))  # (n,), complex
     f = np.einsum("pk,pa,pkam->pm", dw * amp[None, :], q_cart, v.conj())        # (P, M)
     e = freqs * MEV_PER_THZ
     ok = freqs > modes.freq_min_THz

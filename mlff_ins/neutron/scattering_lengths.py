@@ -1,8 +1,9 @@
 """Neutron scattering lengths and cross sections per element (Sears 1992, via ``periodictable``).
 
-Coherent amplitudes use b_coh (fm, real part); cross sections are the tabulated σ_coh and σ_inc
-(barn), not 4π Re(b_coh)² or a mean b_inc², so absorbers' imaginary lengths and isotopic and spin
-incoherence are all included. 1 barn = 100 fm².
+Coherent amplitudes use the complex b_coh (fm; the imaginary part is an absorber's, large for B,
+Cd, Sm, Gd), so a pair of atoms is weighted Re(b_a b_b*); cross sections are the tabulated σ_coh
+and σ_inc (barn), not 4π Re(b_coh)² or a mean b_inc², so absorbers' imaginary lengths and
+isotopic and spin incoherence are all included. 1 barn = 100 fm².
 """
 
 from __future__ import annotations
@@ -49,6 +50,14 @@ def b_coh_fm(symbol: str, isotope: int | None = None) -> float:
     return float(b)
 
 
+def b_coh_complex_fm(symbol: str, isotope: int | None = None) -> complex:
+    """Bound coherent scattering length (fm) with its imaginary (absorption) part, which is
+    large for B, Cd, Sm, Gd and zero where none is tabulated: coherent intensities weight a pair
+    of atoms by Re(b_a b_b*), so an absorber's own term is |b|², not Re(b)²."""
+    imag = _element(symbol, isotope).neutron.b_c_i
+    return complex(b_coh_fm(symbol, isotope), float(imag or 0.0))
+
+
 def sigma_inc_barn(symbol: str, isotope: int | None = None) -> float:
     """Bound incoherent cross section σ_inc (barn)."""
     s = _element(symbol, isotope).neutron.incoherent
@@ -64,8 +73,7 @@ def sigma_coh_barn(symbol: str, isotope: int | None = None) -> float:
     n = _element(symbol, isotope).neutron
     if n.coherent is not None:
         return float(n.coherent)
-    b = complex(b_coh_fm(symbol, isotope), n.b_c_i or 0.0)
-    return 4 * math.pi * abs(b) ** 2 / 100.0
+    return 4 * math.pi * abs(b_coh_complex_fm(symbol, isotope)) ** 2 / 100.0
 
 
 def sigma_total_barn(symbol: str, isotope: int | None = None) -> float:
