@@ -157,6 +157,12 @@ def _add_train(sub) -> None:
                    help="stop a member after N epochs without a lower validation loss (it is "
                         "packaged from its best epoch either way; preset reference: 40, the "
                         "others none)")
+    p.add_argument("--init-from", metavar="RUN",
+                   help="a fine-tuning stage: start member k from member k's best checkpoint "
+                        "of the training run in folder RUN (finished or not) instead of fresh "
+                        "weights; same data, split, cutoff and model required, so its test "
+                        "frames stay unseen; change the learning rate and the weights of the "
+                        "frames (training.lr, training.oversample) in a YAML config")
     p.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N (that GPU) or auto")
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="bundle folder, e.g. models/si")
     p.add_argument("--resume", action="store_true",
@@ -198,7 +204,8 @@ def _run_train(args) -> int:
         "data": _data_option(args.data),
         "ensemble": args.ensemble, "elements": args.elements, "cutoff": args.cutoff,
         "training.max_epochs": args.epochs, "training.max_minutes": args.max_minutes,
-        "training.early_stop": args.early_stop, "device": args.device})
+        "training.early_stop": args.early_stop, "training.init_from": args.init_from,
+        "device": args.device})
     if args.export:
         from mlff_ins.train.driver import export_bundle
 

@@ -501,3 +501,31 @@ def test_early_stop_ends_a_member_where_its_validation_loss_stopped_falling(si_s
     with pytest.raises(InputError, match="training.early_stop"):
         load_train_config(preset="tiny", overrides={"data": str(si_subset),
                                                     "training.early_stop": 0})
+
+
+def test_a_fine_tuning_stage_starts_from_the_runs_best_weights(tiny_bundle, tmp_path, capsys):
+    """--init-from RUN: member k starts from member k's best checkpoint of RUN (its own copy).
+    With the learning rate at 0 one epoch changes nothing, so each member scores on the test
+    split exactly as RUN's own member did (to 1e-6): the weights, EMA ones included, were
+    carried over. A stage on another split, or with more members than RUN has, is refused."""
+    data = tiny_bundle.parent / "si_subset.xyz"
+    cfg = tmp_path / "stage.yaml"
+    cfg.write_text(f"preset: tiny\ndata: {data}\nensemble: 2\n"
+                   f"training: {{lr: 0.0, max_epochs: 1, init_from: {tiny_bundle}}}\n")
+    out = tmp_path / "stage"
+    assert main(["train", str(cfg), "-o", str(out)]) == 0
+    ref = json.loads((tiny_bundle / "metrics.json").read_text())["members"]
+    got = json.loads((out / "metrics.json").read_text())["members"]
+    for a, b in zip(ref, got):
+        for key in ("forces_meV_per_A", "energy_meV_per_atom"):
+            assert b[key]["rmse"] == pytest.approx(a[key]["rmse"], rel=1e-6)
+    assert (out / "members" / "member_1" / "init_from.ckpt").is_file()
+    saved = json.loads((out / "bundle.json").read_text())["settings"]["training"]
+    assert saved["init_from"] == str(tiny_bundle)
+    capsys.readouterr()
+    other = tmp_path / "other.yaml"
+    other.write_text(cfg.read_text() + "split: {val: 0.2, test: 0.1, seed: 0}\n")
+    assert main(["train", str(other), "-o", str(tmp_path / "x")]) == 2
+    assert "its split" in capsys.readouterr().err
+    assert main(["train", str(cfg), "--ensemble", "3", "-o", str(tmp_path / "y")]) == 2
+    assert "3 members asked for, that run has 2" in capsys.readouterr().err

@@ -134,6 +134,9 @@ def check_train_config(cfg: dict) -> None:
                                  and stop >= 1):
         raise InputError(f"training.early_stop: a whole number of epochs >= 1, or null "
                          f"(got {stop!r})")
+    init = cfg["training"].get("init_from")
+    if init is not None and not (isinstance(init, str) and init):
+        raise InputError(f"training.init_from: a training run folder, or null (got {init!r})")
     over = cfg["training"].get("oversample") or {}
     if not isinstance(over, dict):
         raise InputError("training.oversample: a mapping config_type pattern -> repeat count "

@@ -622,6 +622,8 @@ def relocate_checkpoints(member_dir: Path, out: Path) -> int:
     new_root = str(Path(out).resolve())
     n = 0
     for ckpt in sorted(Path(member_dir).glob("*.ckpt")):
+        if ckpt.name == INIT_NAME:   # another run's checkpoint, read for its weights only
+            continue
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         val = ((state.get("hyper_parameters") or {}).get("info_dict") or {}) \
             .get("data", {}).get("val_file_path")
@@ -648,6 +650,60 @@ WHERE = ("device",)
 SCHEDULE = ("lr_plateau",)
 
 
+#: a fine-tuning member's copy of the checkpoint it starts from (member_k/init_from.ckpt)
+INIT_NAME = "init_from.ckpt"
+#: settings a fine-tuning stage (training.init_from) must share with the run it starts from
+INIT_SAME = ("split", "cutoff", "elements", "e0s", "model")
+
+
+def init_sources(cfg: dict, ensemble: int) -> list[Path] | None:
+    """The best checkpoints, member by member, of the run that ``training.init_from`` names, or
+    None. That run must have trained on the same data with the same split, cutoff, elements,
+    E0s and model, and have at least ``ensemble`` members with a best checkpoint (finished or
+    not): a fine-tuning stage changes how the frames are weighted and how fast it learns, never
+    which frames are held out, so its test errors stay honest."""
+    src = cfg["training"].get("init_from")
+    if not src:
+        return None
+    run = Path(src)
+    state_path = run / "train_settings.json"
+    if not state_path.is_file():
+        raise InputError(f"--init-from {src}: not the folder of a training run (no "
+                         f"train_settings.json there)")
+    old = json.loads(state_path.read_text())
+    before = old.get("settings") or {}
+    if old.get("data_sha256") != data_sha256(cfg):
+        raise InputError(f"--init-from {src}: that run trained on other data than "
+                         f"{data_label(cfg)}; a fine-tuning stage keeps the data and the split, "
+                         f"so that its test frames stay unseen")
+    for key in INIT_SAME:
+        a, b = before.get(key), cfg.get(key)
+        if key == "model":   # settings added later, at their old behaviour
+            a = {"pair_potential": None, **(a or {})}
+        if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+            raise InputError(f"--init-from {src}: its {key} ({a}) differs from this run's "
+                             f"({b}); a fine-tuning stage keeps it")
+    if ensemble > int(before.get("ensemble", 1)):
+        raise InputError(f"--init-from {src}: {ensemble} members asked for, that run has "
+                         f"{before.get('ensemble', 1)}")
+    ckpts = [run / "members" / f"member_{k}" / "best.ckpt" for k in range(ensemble)]
+    missing = [c for c in ckpts if not c.is_file()]
+    if missing:
+        raise InputError(f"--init-from {src}: {missing[0]} is missing (a member that has not "
+                         f"finished an epoch)")
+    return ckpts
+
+
+def _copy_init(source: Path, member_dir: Path) -> Path:
+    """The member's own copy of the checkpoint it starts from, made once (a resume keeps it,
+    even if the source run has trained on since)."""
+    dest = member_dir / INIT_NAME
+    if not dest.exists():
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(source, tmp)
+    return dest
+
+
 def _fixed_settings(cfg: dict) -> dict:
     """``cfg`` as plain JSON without the run-length settings of :data:`RUN_LENGTH`, the
     :data:`WHERE` settings and the data file's path (its content is checked by hash, so a moved
@@ -660,6 +716,11 @@ def _fixed_settings(cfg: dict) -> dict:
         plain.pop(key, None)
     # settings added later, at their old behaviour, so a run made before them still resumes
     plain.get("model", {}).setdefault("pair_potential", None)
+    training = plain.get("training", {})
+    training.setdefault("init_from", None)
+    if training["init_from"]:   # where the source run is does not count, as for the data: its
+        training["init_from"] = Path(training["init_from"]).name   # copies are in the members
+
     return plain
 
 
@@ -744,6 +805,12 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
     frames, split, pool, val_frames, test_frames, elements, e0 = _split_data(cfg)
     e0s = e0.values
     print(e0.message, flush=True)
+    K = int(cfg["ensemble"])
+    # a fine-tuning stage reads the run it starts from until every member has its copy
+    inits = None
+    if cfg["training"].get("init_from") and not all(
+            (out / "members" / f"member_{k}" / INIT_NAME).exists() for k in range(K)):
+        inits = init_sources(cfg, K)
     out.mkdir(parents=True, exist_ok=True)
     sha256 = data_sha256(cfg)
     write_json_atomic(state_path, {"settings": cfg, "data_sha256": sha256,
@@ -755,7 +822,6 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
         _write_xyz(data_dir / f"{name}.xyz", fr)
     has_stress = all(a.calc is not None and "stress" in a.calc.results for a in frames)
 
-    K = int(cfg["ensemble"])
     max_epochs = int(cfg["training"]["max_epochs"])
     members, runs = [], []
     t_start = time.time()
@@ -782,12 +848,16 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
                 _write_xyz(train_file, train_frames)
         else:
             train_file = data_dir / "train_pool.xyz"
+        init = None
+        if cfg["training"].get("init_from"):
+            init = (member_dir / INIT_NAME if inits is None
+                    else _copy_init(inits[k], member_dir)).resolve()
         ncfg = nequip_config(cfg, elements=elements, e0s=e0s, train_file=train_file.resolve(),
                              val_file=(data_dir / "val.xyz").resolve(),
                              test_file=(data_dir / "test.xyz").resolve(),
                              run_dir=member_dir.resolve(), seed=seed, has_stress=has_stress,
                              log_version=len(list(member_dir.glob("logs/version_*"))),
-                             devices=devices, num_nodes=num_nodes)
+                             devices=devices, num_nodes=num_nodes, init_checkpoint=init)
         write_text_atomic(member_dir / "nequip.yaml", yaml.safe_dump(ncfg, sort_keys=False))
         last = member_dir / "last.ckpt"
         if resume:

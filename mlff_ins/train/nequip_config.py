@@ -17,7 +17,7 @@ from mlff_ins.train.schedule import MONITORED, plateau_settings
 def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], train_file: Path,
                   val_file: Path, test_file: Path, run_dir: Path, seed: int,
                   has_stress: bool, log_version: int = 0, devices: int = 1,
-                  num_nodes: int = 1) -> dict:
+                  num_nodes: int = 1, init_checkpoint: Path | None = None) -> dict:
     """Return a nequip-train config (a plain dict, written as YAML by the caller).
 
     Parameters
@@ -36,6 +36,10 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
         ``SimpleDDPStrategy`` (gloo on CPU), and ``training.batch_size`` stays the batch of one
         optimizer step: each process loads ``batch_size / (devices * num_nodes)`` frames, and
         the gradients are averaged over the processes, as one process with the whole batch would.
+    init_checkpoint : a fine-tuning stage: the model is built from this nequip checkpoint, its
+        evaluation (EMA) weights included (nequip's ``ModelFromCheckpoint``), instead of from
+        ``cfg["model"]`` with fresh weights; the path must stay where it is while the run
+        lives (``relocate_checkpoints`` rewrites it when the run folder moves).
     """
     m, t = cfg["model"], cfg["training"]
     loss_w = dict(t["loss"])
@@ -132,6 +136,9 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
                               **plateau},
                 "monitor": monitored, "interval": "epoch", "frequency": 1},
             "model": {
+                "_target_": "nequip.model.ModelFromCheckpoint",
+                "checkpoint_path": str(init_checkpoint),
+            } if init_checkpoint is not None else {
                 "_target_": "nequip.model.NequIPGNNModel",
                 "seed": seed,
                 "model_dtype": m["dtype"],
