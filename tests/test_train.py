@@ -529,3 +529,83 @@ def test_a_fine_tuning_stage_starts_from_the_runs_best_weights(tiny_bundle, tmp_
     assert "its split" in capsys.readouterr().err
     assert main(["train", str(cfg), "--ensemble", "3", "-o", str(tmp_path / "y")]) == 2
     assert "3 members asked for, that run has 2" in capsys.readouterr().err
+
+
+def test_frame_weights_scale_each_frames_squared_errors():
+    """training.frame_weights: in the loss, a frame of weight w has its squared errors of
+    forces, per-atom energy and stress counted w times against those of its batch's other
+    frames (here weight 4 on a 4-atom frame beside an unweighted 6-atom one, computed by hand)."""
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from nequip.data import AtomicDataDict, from_ase
+    import torch
+
+    from mlff_ins.train.frame_weights import DefaultFrameWeight, FrameWeighted
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for reps, w in ((2, 4.0), (3, None)):
+        a = bulk("Si", "diamond", 5.43).repeat((1, 1, reps))
+        a.calc = SinglePointCalculator(a, energy=-5.0 * len(a), forces=rng.normal(size=(len(a), 3)),
+                                       stress=rng.normal(size=6))
+        if w:
+            a.info["frame_weight"] = w
+        frames.append(a)
+    ref = AtomicDataDict.batched_from_list(
+        [DefaultFrameWeight()(from_ase(a, include_keys=["frame_weight"])) for a in frames])
+    pred = {k: v.clone() for k, v in ref.items() if k != "frame_weight"}  # the model has none
+    pred["forces"] = pred["forces"] + torch.as_tensor(rng.normal(size=(10, 3)))
+    pred["total_energy"] = pred["total_energy"] + torch.tensor([[0.8], [0.6]], dtype=torch.float64)
+    pred["stress"] = pred["stress"] + torch.as_tensor(rng.normal(size=(2, 3, 3)))
+    w_atoms = torch.tensor([4.0] * 4 + [1.0] * 6)[:, None]
+    cases = {
+        "forces": (FrameWeighted("forces"),
+                   (w_atoms * (pred["forces"] - ref["forces"]) ** 2).mean()),
+        "energy": (FrameWeighted("total_energy", per_atom=True),
+                   (4.0 * (0.8 / 4) ** 2 + (0.6 / 6) ** 2) / 2),
+        "stress": (FrameWeighted("stress"),
+                   ((torch.tensor([4.0, 1.0])[:, None, None]
+                     * (pred["stress"] - ref["stress"]) ** 2).mean())),
+    }
+    for name, (field, expected) in cases.items():
+        a, b = field(pred, ref)
+        assert float(((a - b) ** 2).mean()) == pytest.approx(float(expected), rel=1e-12), name
+
+
+def test_a_weighted_training_runs_and_writes_its_weights(si_subset, tmp_path, capsys):
+    """A tiny member trained with frame weights: the weights are in its training file only, the
+    loss is the weighted one, and a pattern matching no frame is refused."""
+    import yaml
+
+    cfg = tmp_path / "w.yaml"
+    cfg.write_text(f"preset: tiny\ndata: {si_subset}\n"
+                   "training: {max_epochs: 2, frame_weights: {'diamond*': 30}}\n")
+    out = tmp_path / "w"
+    assert main(["train", str(cfg), "-o", str(out)]) == 0
+    member = out / "members" / "member_0"
+    train = read(member / "train.xyz", ":")
+    kinds = [a.info.get("config_type", "") for a in train]
+    assert {a.info.get("frame_weight") for a, k in zip(train, kinds) if k.startswith("diamond")} \
+        == {30.0}
+    assert all("frame_weight" not in a.info for a, k in zip(train, kinds)
+               if not k.startswith("diamond"))
+    assert all("frame_weight" not in a.info for a in read(out / "data" / "val.xyz", ":"))
+    ncfg = yaml.safe_load((member / "nequip.yaml").read_text())
+    loss = ncfg["training_module"]["loss"]
+    assert {m["field"]["_target_"] for m in loss["metrics"]} == {
+        "mlff_ins.train.frame_weights.FrameWeighted"}
+    # and nequip's own data module, as the training instantiated it, hands the weights over
+    import hydra
+    import torch
+
+    data = {k: v for k, v in ncfg["data"].items() if k != "stats_manager"}
+    dm = hydra.utils.instantiate(data, _recursive_=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    seen = torch.cat([b["frame_weight"].reshape(-1) for b in dm.train_dataloader()])
+    assert sorted(seen.tolist()) == sorted(a.info.get("frame_weight", 1.0) for a in train)
+    assert (out / "bundle.json").is_file()
+    capsys.readouterr()
+    cfg.write_text(cfg.read_text().replace("'diamond*'", "'glass*'"))
+    assert main(["train", str(cfg), "-o", str(tmp_path / "x")]) == 2
+    assert "training.frame_weights: 'glass*' matches no config_type" in capsys.readouterr().err

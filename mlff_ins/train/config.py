@@ -20,7 +20,7 @@ from mlff_ins.errors import InputError
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = ("tiny", "small", "medium", "reference")
 # options whose value is a free mapping (their keys are the user's, not ours)
-FREE_MAPPINGS = ("e0s", "oversample")
+FREE_MAPPINGS = ("e0s", "oversample", "frame_weights")
 
 
 def preset_path(name: str) -> Path:
@@ -134,6 +134,18 @@ def check_train_config(cfg: dict) -> None:
                                  and stop >= 1):
         raise InputError(f"training.early_stop: a whole number of epochs >= 1, or null "
                          f"(got {stop!r})")
+    weights = cfg["training"].get("frame_weights") or {}
+    if not isinstance(weights, dict):
+        raise InputError("training.frame_weights: a mapping config_type pattern -> loss weight "
+                         "(e.g. {'diamond_mode': 30})")
+    for pattern, w in weights.items():
+        try:
+            ok = float(w) > 0 and np.isfinite(float(w)) and not isinstance(w, bool)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InputError(f"training.frame_weights: '{pattern}' needs a positive weight "
+                             f"(got {w!r})")
     init = cfg["training"].get("init_from")
     if init is not None and not (isinstance(init, str) and init):
         raise InputError(f"training.init_from: a training run folder, or null (got {init!r})")

@@ -154,13 +154,33 @@ def split_indices(n: int, *, val: float, test: float, seed: int,
     return {"test": sorted(test_idx), "val": sorted(val_idx), "train": sorted(train_idx)}
 
 
-def check_oversample(frames: list, patterns: dict, *, source: str) -> None:
-    """Raise :class:`InputError` for an oversample pattern that matches no frame of ``source``."""
+def check_oversample(frames: list, patterns: dict, *, source: str,
+                     option: str = "training.oversample") -> None:
+    """Raise :class:`InputError` for a pattern of ``option`` (oversample, frame_weights) that
+    matches no frame of ``source``."""
     kinds = sorted({str(a.info.get("config_type", "")) for a in frames})
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(k, pattern) for k in kinds):
-            raise InputError(f"training.oversample: '{pattern}' matches no config_type in "
+            raise InputError(f"{option}: '{pattern}' matches no config_type in "
                              f"{source} (it has: {', '.join(kinds) or 'none'})")
+
+
+def with_frame_weights(frames: list, patterns: dict) -> list:
+    """Copies of the frames whose ``config_type`` matches a pattern, with that pattern's loss
+    weight as ``info["frame_weight"]`` (the largest when several match; the others keep none,
+    which counts 1: :mod:`mlff_ins.train.frame_weights`)."""
+    out = []
+    for atoms in frames:
+        kind = str(atoms.info.get("config_type", ""))
+        w = max([float(v) for p, v in patterns.items() if fnmatch.fnmatchcase(kind, p)],
+                default=None)
+        if w is not None:
+            calc = atoms.calc
+            atoms = atoms.copy()
+            atoms.calc = calc
+            atoms.info["frame_weight"] = w
+        out.append(atoms)
+    return out
 
 
 def oversample(frames: list, patterns: dict) -> list:
@@ -718,9 +738,9 @@ def _fixed_settings(cfg: dict) -> dict:
     plain.get("model", {}).setdefault("pair_potential", None)
     training = plain.get("training", {})
     training.setdefault("init_from", None)
+    training.setdefault("frame_weights", {})
     if training["init_from"]:   # where the source run is does not count, as for the data: its
         training["init_from"] = Path(training["init_from"]).name   # copies are in the members
-
     return plain
 
 
@@ -837,12 +857,13 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
             raise InputError(f"{member_dir}: an unfinished member is there; add --resume")
         seed = int(cfg["split"]["seed"]) * 1000 + k
         over = cfg["training"].get("oversample") or {}
-        if K > 1 or over:
+        weights = cfg["training"].get("frame_weights") or {}
+        if K > 1 or over or weights:
             train_frames = pool
             if K > 1:  # bootstrap resample of the training pool, one per member
                 idx = np.random.default_rng(seed + 7919).integers(0, len(pool), len(pool))
                 train_frames = [pool[i] for i in sorted(idx)]
-            train_frames = oversample(train_frames, over)
+            train_frames = with_frame_weights(oversample(train_frames, over), weights)
             train_file = member_dir / "train.xyz"
             if not train_file.exists():
                 _write_xyz(train_file, train_frames)
@@ -963,6 +984,8 @@ def _split_data(cfg: dict):
     one energy baseline. Returns (frames, split, pool, val, test, elements, e0)."""
     frames, isolated, elements = prepare_data(cfg)  # before anything is written
     check_oversample(frames, cfg["training"].get("oversample") or {}, source=data_label(cfg))
+    check_oversample(frames, cfg["training"].get("frame_weights") or {}, source=data_label(cfg),
+                     option="training.frame_weights")
     split = split_indices(len(frames), val=cfg["split"]["val"], test=cfg["split"]["test"],
                           seed=int(cfg["split"]["seed"]),
                           groups=[str(a.info.get("config_type", "")) for a in frames])

@@ -45,7 +45,11 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
     loss_w = dict(t["loss"])
     use_stress = has_stress and float(loss_w.get("stress", 0.0)) > 0
     cutoff = float(cfg["cutoff"])
-    transforms = [
+    weighted = bool(t.get("frame_weights"))
+    # per-frame loss weights: the first transform's import registers the frame_weight field
+    # before any data is read, and it gives unweighted frames (validation, test) weight 1
+    transforms = ([{"_target_": "mlff_ins.train.frame_weights.DefaultFrameWeight"}]
+                  if weighted else []) + [
         {"_target_": "nequip.data.transforms.ChemicalSpeciesToAtomTypeMapper",
          "model_type_names": list(elements)},
         {"_target_": "nequip.data.transforms.NeighborListTransform", "r_max": cutoff},
@@ -70,6 +74,8 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
                            "forces": float(loss_w["forces"])}}
         metrics = {"_target_": "nequip.train.EnergyForceMetrics",
                    "coeffs": {"per_atom_energy_mae": 1.0, "forces_mae": 1.0}}
+    if weighted:
+        loss = _weighted_loss(loss_w, use_stress)
     monitored = MONITORED
     # the learning rate drops by `factor` when the validation loss has not improved by a relative
     # `threshold` for `patience` epochs
@@ -91,6 +97,7 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
             "train_file_path": str(train_file),
             "val_file_path": str(val_file),
             "test_file_path": str(test_file),
+            **({"include_keys": ["frame_weight"]} if weighted else {}),
             "transforms": transforms,
             "train_dataloader": {**loader, "shuffle": True},
             "val_dataloader": loader,
@@ -162,6 +169,22 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
             },
         },
     }
+
+
+def _weighted_loss(loss_w: dict, use_stress: bool) -> dict:
+    """nequip's energy/forces(/stress) MSE loss with every frame's terms weighted by its
+    ``frame_weight`` (:mod:`mlff_ins.train.frame_weights`); same names and coefficients."""
+    def term(name, field, coeff, per_atom=False):
+        return {"name": name, "coeff": float(coeff),
+                "field": {"_target_": "mlff_ins.train.frame_weights.FrameWeighted",
+                          "field": field, "per_atom": per_atom},
+                "metric": {"_target_": "nequip.train.MeanSquaredError"}}
+
+    metrics = [term("per_atom_energy_mse", "total_energy", loss_w["energy"], per_atom=True),
+               term("forces_mse", "forces", loss_w["forces"])]
+    if use_stress:
+        metrics.append(term("stress_mse", "stress", loss_w["stress"]))
+    return {"_target_": "nequip.train.MetricsManager", "metrics": metrics}
 
 
 def _early_stop(patience: int | None, monitored: str) -> list[dict]:
