@@ -573,8 +573,9 @@ def test_frame_weights_scale_each_frames_squared_errors():
 
 
 def test_a_weighted_training_runs_and_writes_its_weights(si_subset, tmp_path, capsys):
-    """A tiny member trained with frame weights: the weights are in its training file only, the
-    loss is the weighted one, and a pattern matching no frame is refused."""
+    """A tiny member trained with frame weights: the weights are in its training and validation
+    files (not the test file), the loss and the monitored validation metrics are the weighted
+    ones (the plain ones logged beside them), and a pattern matching no frame is refused."""
     import yaml
 
     cfg = tmp_path / "w.yaml"
@@ -589,7 +590,10 @@ def test_a_weighted_training_runs_and_writes_its_weights(si_subset, tmp_path, ca
         == {30.0}
     assert all("frame_weight" not in a.info for a, k in zip(train, kinds)
                if not k.startswith("diamond"))
-    assert all("frame_weight" not in a.info for a in read(out / "data" / "val.xyz", ":"))
+    for split, weighted in (("val", True), ("test", False)):
+        for a in read(out / "data" / f"{split}.xyz", ":"):
+            diamond = a.info.get("config_type", "").startswith("diamond")
+            assert a.info.get("frame_weight") == (30.0 if diamond and weighted else None)
     ncfg = yaml.safe_load((member / "nequip.yaml").read_text())
     loss = ncfg["training_module"]["loss"]
     assert {m["field"]["_target_"] for m in loss["metrics"]} == {
@@ -604,6 +608,11 @@ def test_a_weighted_training_runs_and_writes_its_weights(si_subset, tmp_path, ca
     dm.setup("fit")
     seen = torch.cat([b["frame_weight"].reshape(-1) for b in dm.train_dataloader()])
     assert sorted(seen.tolist()) == sorted(a.info.get("frame_weight", 1.0) for a in train)
+    val = ncfg["training_module"]["val_metrics"]["metrics"]
+    assert {m["name"] for m in val if m.get("coeff")} == {
+        "weighted_per_atom_energy_mae", "weighted_forces_mae"}
+    header = next((member / "logs").glob("version_*/metrics.csv")).read_text().splitlines()[0]
+    assert "val0_epoch/forces_mae" in header and "val0_epoch/weighted_forces_mae" in header
     assert (out / "bundle.json").is_file()
     capsys.readouterr()
     cfg.write_text(cfg.read_text().replace("'diamond*'", "'glass*'"))

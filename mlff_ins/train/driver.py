@@ -838,7 +838,10 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
     data_dir = out / "data"
     data_dir.mkdir(exist_ok=True)
     write_json_atomic(data_dir / "split.json", split)
-    for name, fr in (("train_pool", pool), ("val", val_frames), ("test", test_frames)):
+    # the validation frames carry the loss weights too: the best epoch, the learning-rate plateau
+    # and the early stop then follow the objective the members train on (test.xyz: unweighted)
+    val_weighted = with_frame_weights(val_frames, cfg["training"].get("frame_weights") or {})
+    for name, fr in (("train_pool", pool), ("val", val_weighted), ("test", test_frames)):
         _write_xyz(data_dir / f"{name}.xyz", fr)
     has_stress = all(a.calc is not None and "stress" in a.calc.results for a in frames)
 

@@ -8,12 +8,14 @@ instead, at the cost of a longer epoch; weights cost nothing, so a weight of 30 
 frozen-phonon frames of a crystal, whose forces of ~30 meV/Å are lost beside the ~1 eV/Å of a
 liquid in an unweighted loss, is affordable.
 
-The weight travels as the graph field ``frame_weight`` in the member's training file
-(``atoms.info``); validation and test frames carry none and count once
-(:class:`DefaultFrameWeight`), and the validation metrics, which choose the best epoch, are the
-unweighted ones. Importing this module registers the field with nequip: the nequip config names
-:class:`DefaultFrameWeight` among the data transforms, so the training process imports it
-before any data is read.
+The weight travels as the graph field ``frame_weight`` in the member's training file and the
+run's validation file (``atoms.info``); a frame without one counts once
+(:class:`DefaultFrameWeight`). The monitored validation loss (best epoch, learning-rate
+plateau, early stop) is the mean of the MAEs of the √w-weighted errors, so it follows the
+objective the members train on; the plain MAEs are logged beside it, and the test frames, which
+the reports score, carry no weights. Importing this module registers the field with nequip: the
+nequip config names :class:`DefaultFrameWeight` among the data transforms, so the training
+process imports it before any data is read.
 """
 
 from __future__ import annotations

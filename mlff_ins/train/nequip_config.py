@@ -134,7 +134,7 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
             "_target_": "nequip.train.EMALightningModule",
             "ema_decay": float(t["ema_decay"]),
             "loss": loss,
-            "val_metrics": metrics,
+            "val_metrics": _weighted_metrics(use_stress) if weighted else metrics,
             "train_metrics": metrics,
             "test_metrics": metrics,
             "optimizer": {"_target_": "torch.optim.Adam", "lr": float(t["lr"])},
@@ -184,6 +184,26 @@ def _weighted_loss(loss_w: dict, use_stress: bool) -> dict:
                term("forces_mse", "forces", loss_w["forces"])]
     if use_stress:
         metrics.append(term("stress_mse", "stress", loss_w["stress"]))
+    return {"_target_": "nequip.train.MetricsManager", "metrics": metrics}
+
+
+def _weighted_metrics(use_stress: bool) -> dict:
+    """Validation metrics of a weighted run: the plain MAEs, logged under their usual names (the
+    progress bar and the reports read them), and the MAEs of the √w-weighted errors, whose mean is
+    the monitored ``weighted_sum`` (best epoch, learning-rate plateau, early stop)."""
+    fields = [("per_atom_energy", "total_energy", True), ("forces", "forces", False)]
+    if use_stress:
+        fields.append(("stress", "stress", False))
+    metrics = []
+    for name, field, per_atom in fields:
+        plain = ({"_target_": "nequip.data.modifier.PerAtomModifier", "field": field}
+                 if per_atom else field)
+        metrics.append({"name": f"{name}_mae", "field": plain,
+                        "metric": {"_target_": "nequip.train.MeanAbsoluteError"}})
+        metrics.append({"name": f"weighted_{name}_mae", "coeff": 1.0,
+                        "field": {"_target_": "mlff_ins.train.frame_weights.FrameWeighted",
+                                  "field": field, "per_atom": per_atom},
+                        "metric": {"_target_": "nequip.train.MeanAbsoluteError"}})
     return {"_target_": "nequip.train.MetricsManager", "metrics": metrics}
 
 
