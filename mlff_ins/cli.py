@@ -204,7 +204,8 @@ def _run_train(args) -> int:
         "data": _data_option(args.data),
         "ensemble": args.ensemble, "elements": args.elements, "cutoff": args.cutoff,
         "training.max_epochs": args.epochs, "training.max_minutes": args.max_minutes,
-        "training.early_stop": args.early_stop, "training.init_from": args.init_from,
+        "training.early_stop": args.early_stop,
+        "training.init_from": str(Path(args.init_from).resolve()) if args.init_from else None,
         "device": args.device})
     if args.export:
         from mlff_ins.train.driver import export_bundle

@@ -81,6 +81,9 @@ def load_train_config(path: str | os.PathLike | None = None, *, preset: str | No
             files = [user["data"]] if isinstance(user["data"], str) else list(user["data"])
             files = [str((path.parent / f).resolve()) for f in files]
             user["data"] = files[0] if len(files) == 1 else files
+        init = (user.get("training") or {}).get("init_from")
+        if isinstance(init, str) and init:   # a run folder, relative to the config file too
+            user["training"]["init_from"] = str((path.parent / init).resolve())
     name = preset or user.get("preset") or "small"
     cfg = _merge(load_preset(name), user, where)
     cfg["preset"] = name

@@ -22,18 +22,24 @@
 # scripts/train_si_reference.sh`, training/si-reference-k222: every geometry, these twelve
 # included, relabelled with 2x2x2 k-points; training/kpoint-check/README.md). The errors of
 # step 1 are then taken against the k-point labels of the twelve frames, for both ensembles
-# (the round-1 one learned Gamma-only labels: its "before" includes that difference).
+# (the round-1 one learned Gamma-only labels: its "before" includes that difference), and the
+# new ensemble is the run's last stage (training/si-reference-k222-stage; STAGE=0: the run
+# before it).
 # Usage: bash training/al-round2/evaluate.sh [OLD_MODEL [NEW_MODEL]]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUN=${RUN:-runs/al2}
 LABELS=${LABELS:-gamma}
-if [ "$LABELS" = k222 ]; then
+if [ "$LABELS" = k222 ] && [ "${STAGE:-1}" = 1 ]; then
+  # the run's last stage (training/si-reference-k222-stage.yaml), which is what ships
+  TRAIN_RUN=${TRAIN_RUN:-training/si-reference-k222-stage}
+  TRAIN_ARGS=(training/si-reference-k222-stage.yaml)
+elif [ "$LABELS" = k222 ]; then
   TRAIN_RUN=${TRAIN_RUN:-training/si-reference-k222}
-  TRAIN_DATA=(--data mlff_ins/resources/si/si_cp2k_pbe_k222.xyz)
+  TRAIN_ARGS=(--preset reference --data mlff_ins/resources/si/si_cp2k_pbe_k222.xyz)
 else
   TRAIN_RUN=${TRAIN_RUN:-training/si-reference-al2}
-  TRAIN_DATA=(--data mlff_ins/resources/si/si_cp2k_pbe.xyz
+  TRAIN_ARGS=(--preset reference --data mlff_ins/resources/si/si_cp2k_pbe.xyz
               --data mlff_ins/resources/si/si_cp2k_pbe_al1.xyz
               --data mlff_ins/resources/si/si_cp2k_pbe_al2.xyz)
 fi
@@ -77,7 +83,7 @@ PY
 fi
 if [ ! -f "$NEW/bundle.json" ]; then   # the round-2 run as it stands (partial if unfinished)
   rm -rf "$NEW"
-  mlff-ins train --preset reference "${TRAIN_DATA[@]}" -o "$TRAIN_RUN" --export "$NEW"
+  mlff-ins train "${TRAIN_ARGS[@]}" -o "$TRAIN_RUN" --export "$NEW"
 fi
 
 # 1. errors on the round-2 frames
