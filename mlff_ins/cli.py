@@ -673,7 +673,8 @@ def _add_spectra(sub) -> None:
     frames.add_argument("--blocks", type=int, default=1, metavar="N",
                         help="also analyse N consecutive blocks of the frames alike and write "
                              "the standard error of the mean over them as intensity_std "
-                             "(statistical uncertainty bands; about twice the work). The "
+                             "(statistical uncertainty bands; about twice the work) and as the "
+                             "uncertainty of the QENS diffusion coefficients. The "
                              "correlation window must fit in a block: its default becomes half "
                              "a block")
     p.add_argument("--dt", type=_positive_float, metavar="FS",
