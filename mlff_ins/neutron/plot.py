@@ -112,7 +112,7 @@ def plot_spectra(spectra: dict, path: str | Path, unit: str = "meV"):
     return fig
 
 
-def _kelvin(temperature_K, fmt: str = "g") -> str:
+def _kelvin(temperature_K, fmt: str = ".4g") -> str:
     """'300 K', or '' for a spectrum without a temperature (None or NaN: a phonon DOS)."""
     if temperature_K is None or not np.isfinite(temperature_K):
         return ""
