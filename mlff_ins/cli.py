@@ -1422,6 +1422,11 @@ def _add_compare(sub) -> None:
                         "forward, average for VISION)")
     p.add_argument("--measured-unit", choices=["meV", "cm-1", "THz"],
                    help="energy unit of a measured text file that does not name it")
+    p.add_argument("--measured-x", choices=["edges", "centres"],
+                   help="how to read the x column of a measured text file: bin edges (its last "
+                        "row, y = e = 0 or x alone, is the closing edge) or centres (default: "
+                        "edges where its last row holds x alone or, in Mantid's SaveAscii v1 "
+                        "layout, y = e = 0)")
     p.add_argument("--q-bins", type=float, nargs=3, metavar=("QMIN", "QMAX", "DQ"),
                    help="|Q| bins (1/Å) for NXSPE measurements (default: 100 bins to the "
                         "largest |Q|)")
@@ -1452,6 +1457,8 @@ def _run_compare(args) -> int:
                           e_range=tuple(args.e_range) if args.e_range else None,
                           unit=args.unit, instrument=args.instrument, bank=bank,
                           q_edges=q_edges, measured_unit=args.measured_unit,
+                          measured_x_edges=(None if args.measured_x is None
+                                            else args.measured_x == "edges"),
                           residual=args.residual, residual_q_min=args.residual_q_min,
                           labels=args.label)
     doc = run_compare(args.files, args.measured, args.output, opts)

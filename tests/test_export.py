@@ -114,3 +114,19 @@ def test_names_that_clean_up_alike_get_separate_files(spectra, tmp_path):
     paths = export_csv({"a b": s1, "a_b": s1, "a/b": s1}, tmp_path)
     assert [p.name for p in paths] == ["a_b.csv", "a_b_2.csv", "a_b_3.csv"]
     assert all(p.is_file() for p in paths)
+
+
+def test_a_spectrum_ending_in_an_empty_bin_survives_the_round_trip(tmp_path):
+    """Our export writes bin centres: a spectrum whose last point is (0, 0) reads back with
+    every point at its own energy (a warning says how the last row was taken); only Mantid's
+    SaveAscii v1 layout reads such a row as a closing bin edge unasked, and x_edges=True does
+    so on request."""
+    x = np.arange(1.0, 11.0)
+    y, e = np.append(np.arange(1.0, 10.0), 0.0), np.append(np.full(9, 0.1), 0.0)
+    sp = Spectrum1D(kind="s_e", x=x, intensity=y, intensity_std=e, units="barn/sr/meV")
+    path = export_mantid_ascii({"s_e": sp}, tmp_path / "ascii", unit="meV")[0]
+    with pytest.warns(UserWarning, match="last row has y = e = 0 after data"):
+        back = read_measured(path)["s_e"]
+    assert _close(back.x, x) and _close(back.intensity, y) and _close(back.intensity_std, e)
+    edges = read_measured(path, x_edges=True)["s_e"]
+    assert _close(edges.x, x[:-1] + 0.5) and len(edges.intensity) == 9

@@ -143,29 +143,51 @@ def _interp_last(x: np.ndarray, y: np.ndarray, xq: np.ndarray) -> np.ndarray:
     """``y`` (..., len(x)) along its last axis at ``xq``; NaN outside [min x, max x] (with a
     tolerance of 1e-9 steps at the ends).
 
-    Where ``xq`` is more than 1.5 times coarser than ``x``, each value is the mean of the
-    piecewise-linear ``y`` over the bin of ``xq`` (symmetric about the point, shortened at the
-    ends of ``x``), so a line narrower than the new bins keeps its area instead of being
-    sampled or missed; otherwise linear interpolation. Both are exact for a linear ``y``."""
+    Points of ``xq`` that are a run of consecutive points of ``x`` (a measured spectrum on its own
+    energies) keep their values. Where a bin of ``xq`` (between the midpoints to its neighbours, half a step
+    beyond the ends, so uneven grids have uneven bins) is more than 1.5 times wider than the
+    typical step of ``x``, each value is the mean of the piecewise-linear ``y`` over its own bin
+    (shortened symmetrically about its point at the ends of ``x``), so a line narrower than the
+    new bins keeps its area instead of being sampled or missed; otherwise linear interpolation.
+    Both are exact for a linear ``y`` on an even grid (on an uneven one the mean over a bin is
+    the value at the bin's middle, which the midpoints between points put a little off it)."""
     order = np.argsort(x)
     x, y = x[order], y[..., order]
     tol = _END_TOL * _step(x)
     inside = (xq >= x[0] - tol) & (xq <= x[-1] + tol)
     xc = np.clip(xq, x[0], x[-1])
     flat = y.reshape(-1, len(x))
-    if len(xq) > 1 and len(x) > 1 and _step(xq) > 1.5 * _step(x):
-        out = _bin_mean(x, flat, xc, 0.5 * _step(xq))
+    at = np.clip(np.searchsorted(x, xq), 0, len(x) - 1)
+    near = np.where(np.abs(x[at] - xq) <= np.abs(x[np.maximum(at - 1, 0)] - xq), at,
+                    np.maximum(at - 1, 0))
+    if len(x) > 1 and np.all(np.abs(x[near] - xq) <= tol) and np.all(np.diff(near) == 1):
+        out = flat[:, near].astype(float)
+    elif len(xq) > 1 and len(x) > 1:
+        mid = 0.5 * (xq[1:] + xq[:-1])
+        edges = np.concatenate([[xq[0] - (mid[0] - xq[0])], mid, [xq[-1] + (xq[-1] - mid[-1])]])
+        if np.max(np.diff(edges)) > 1.5 * _step(x):
+            # a bin reaching past an end of x is shortened symmetrically about its point, so
+            # that the mean of a linear y stays its value there
+            left = np.minimum(xc - edges[:-1], xc - x[0])
+            right = np.minimum(edges[1:] - xc, x[-1] - xc)
+            clipped = (xc - x[0] < xc - edges[:-1]) | (x[-1] - xc < edges[1:] - xc)
+            both = np.minimum(left, right)
+            left, right = np.where(clipped, both, left), np.where(clipped, both, right)
+            out = _bin_mean(x, flat, xc, xc - left, xc + right)
+        else:
+            out = np.array([np.interp(xc, x, row) for row in flat])
     else:
         out = np.array([np.interp(xc, x, row) for row in flat])
     out[:, ~inside] = np.nan
     return out.reshape(y.shape[:-1] + (len(xq),))
 
 
-def _bin_mean(x: np.ndarray, rows: np.ndarray, centres: np.ndarray, half: float) -> np.ndarray:
-    """Mean of each piecewise-linear row over [c − h, c + h], h = min(half, distance of c to the
-    ends of x): the difference of its exact running integral at the two ends. A bin that
-    touches a NaN point (a masked region) is NaN; the others are not affected by it."""
-    h = np.minimum(half, np.minimum(centres - x[0], x[-1] - centres))
+def _bin_mean(x: np.ndarray, rows: np.ndarray, centres: np.ndarray, lo: np.ndarray,
+              hi: np.ndarray) -> np.ndarray:
+    """Mean of each piecewise-linear row over each bin [lo, hi] (inside the range of x): the
+    difference of its exact running integral at the two edges over the width; the value at the
+    centre where a bin has shrunk to almost nothing at an end. A bin that touches a NaN point
+    (a masked region) is NaN; the others are not affected by it."""
     dx = np.diff(x)
     finite = np.isfinite(rows)
     bad = ~(finite[:, 1:] & finite[:, :-1])              # segments with a NaN end
@@ -181,17 +203,17 @@ def _bin_mean(x: np.ndarray, rows: np.ndarray, centres: np.ndarray, half: float)
         slope = (rows[:, i + 1] - rows[:, i]) / dx[i]
         return nodes[:, i] + rows[:, i] * t + 0.5 * slope * t ** 2
 
-    width = 2 * h
+    width = hi - lo
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = (running(centres + h) - running(centres - h)) / width
+        mean = (running(hi) - running(lo)) / width
 
     def segment(e, side):
         return np.clip(np.searchsorted(x, e, side=side) - 1, 0, len(x) - 2)
 
-    # NaN segments inside [c - h, c + h] (a bin ending exactly on a node does not reach past it)
-    lo, hi = segment(centres - h, "right"), segment(centres + h, "left")
-    hi = np.maximum(hi, lo)
-    touched = (bad_before[:, hi + 1] - bad_before[:, lo]) > 0
+    # NaN segments inside [lo, hi] (a bin ending exactly on a node does not reach past it)
+    first, last = segment(lo, "right"), segment(hi, "left")
+    last = np.maximum(last, first)
+    touched = (bad_before[:, last + 1] - bad_before[:, first]) > 0
     mean = np.where(touched, np.nan, mean)
     # a bin shortened to almost nothing at an end: the point value (no cancellation)
     return np.where(width > 1e-6 * np.min(dx), mean, point)

@@ -31,8 +31,10 @@ Where the layouts come from, and what is assumed:
   and SaveMD2 sources for the other layouts; each reader cites what it follows.
 - Three spectra in one 1D file are taken as VISION's backward, forward and average banks (that
   order); any other count is named ``spectrum<N>`` by its spectrum number.
-- Bin edges in text: a last row with x alone is the closing edge; so is a last row with y = e = 0
-  in every spectrum when the row before is not all zero (``x_edges=False`` turns this off).
+- Bin edges in text: a last row with x alone is the closing edge; so is, in Mantid's SaveAscii
+  v1 layout (which writes histograms that way), a last row with y = e = 0 in every spectrum when
+  the row before is not all zero (``x_edges=False`` turns this off; elsewhere such a row is an
+  empty last bin, with a warning, unless ``x_edges=True``).
   Mantid itself writes bin centres.
 - Intensities are not rescaled when the energy axis is converted (a density per cm⁻¹ read from a
   file stays in the file's intensity units, stated in ``units``).
@@ -110,8 +112,9 @@ def read_measured(path, *, bank: int | str | None = None, q_edges=None, unit: st
         raise InputError(f"{path}: bank must be an index or a name, not {bank!r}")
     if _is_hdf5(path):
         if unit is not None or x_edges is not None:
-            raise InputError(f"{path}: unit= and x_edges= apply to text files; this HDF5 file "
-                             f"carries its own units and bin edges")
+            raise InputError(f"{path}: --measured-unit and --measured-x (unit= and x_edges= "
+                             f"in Python) apply to text files; this HDF5 file carries its own "
+                             f"units and bin edges")
         out = _read_hdf5(path, bank=bank, q_edges=q_edges)
     else:
         if q_edges is not None:
@@ -438,9 +441,15 @@ def _declared_y_units(lines) -> str:
     return "arb. units"
 
 
-def _edge_rule(path: Path, cols: list[_Column1D], x_edges: bool | None) -> str:
+def _edge_rule(path: Path, cols: list[_Column1D], x_edges: bool | None,
+               fmt: str = "") -> str:
     """How the x rows of columns sharing one table are read: "closing" (an x-only last row),
-    "zero" (the last row, y = e = 0 in every column, is the closing edge) or "points"."""
+    "zero" (the last row, y = e = 0 in every column, is the closing edge) or "points".
+
+    Unasked (``x_edges`` None), a last row of zeros after one that is not is read as the
+    closing edge only in Mantid's SaveAscii v1 layout, which writes histograms that way; in
+    other files (SaveAscii2 writes bin centres, and so does `mlff-ins export`) it is a point,
+    an empty last bin, with a warning that says how to read it as an edge."""
     if cols[0].closing_x is not None:
         if x_edges is False:
             raise InputError(f"{path}: {cols[0].label} ends with a row holding x only, a closing "
@@ -458,7 +467,16 @@ def _edge_rule(path: Path, cols: list[_Column1D], x_edges: bool | None) -> str:
             raise InputError(f"{path}: {cols[0].label}: x_edges=True but the last row carries "
                              f"data; it is not a closing bin edge")
         return "zero"
-    return "zero" if last_zero and not all(zero_row(c, -2) for c in cols) else "points"
+    if not last_zero or all(zero_row(c, -2) for c in cols):
+        return "points"
+    if fmt == "mantid_ascii_v1":
+        return "zero"
+    import warnings
+
+    warnings.warn(f"{path}: {cols[0].label}: the last row has y = e = 0 after data; read as an "
+                  f"empty last bin at its own x (if it is a closing bin edge: compare "
+                  f"--measured-x edges, x_edges=True in Python)", stacklevel=4)
+    return "points"
 
 
 _EDGE_NOTES = {"closing": "edges (last row x only)",
@@ -505,7 +523,7 @@ def _select_banks(path: Path, labels: list[str], bank) -> tuple[list[int], str]:
 def _text_spectra(path, fmt, columns, *, bank, x_edges, unit, unit_source, y_units):
     rules = {}
     for g in sorted({c.group for c in columns}):
-        rules[g] = _edge_rule(path, [c for c in columns if c.group == g], x_edges)
+        rules[g] = _edge_rule(path, [c for c in columns if c.group == g], x_edges, fmt)
     converted = []
     for col in columns:
         x, y, e = _to_centres(col, rules[col.group])

@@ -54,6 +54,7 @@ class CompareOptions:
     bank: object = None
     q_edges: object = None
     measured_unit: str | None = None
+    measured_x_edges: bool | None = None   # text files: x as bin edges, centres, or None: guess
     residual: bool = False
     residual_q_min: float | None = None   # fit region of the residual: |Q| >= this (1/Å)
     labels: list = field(default_factory=list)
@@ -105,7 +106,7 @@ def load_inputs(files, measured, opts: CompareOptions) -> dict:
         out[_label(next(labels, None) or f"{Path(path).stem}:{name}", out)] = sp
     for path in measured:
         found = read_measured(path, bank=opts.bank, q_edges=opts.q_edges if two_d else None,
-                              unit=opts.measured_unit)
+                              unit=opts.measured_unit, x_edges=opts.measured_x_edges)
         fitting = {n: s for n, s in found.items() if isinstance(s, Spectrum2D) == two_d}
         if not fitting:
             raise InputError(f"{path}: holds no {'2D S(Q,E)' if two_d else '1D S(E)'} to compare "
