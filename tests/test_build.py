@@ -27,3 +27,18 @@ def test_defected_silicon_supercell(tmp_path, capsys):
                  "-o", str(tmp_path / "x.xyz")]) == 2
     assert "only 8 Si atoms" in capsys.readouterr().err
     assert not (tmp_path / "x.xyz").exists()
+
+
+def test_substituted_atoms_take_the_new_elements_mass():
+    """A structure read with explicit masses (an H5MD frame, LAMMPS data, extxyz with masses):
+    the atoms --substitute changes get the new element's mass, the others keep theirs (here a
+    deuterated-like custom Si mass)."""
+    from ase.data import atomic_masses, atomic_numbers
+
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.set_masses(np.full(len(atoms), 29.0))
+    out = build_cell(atoms, substitutions=["Si:Ge:2"], seed=1)
+    ge = np.array(out.get_chemical_symbols()) == "Ge"
+    assert ge.sum() == 2
+    np.testing.assert_allclose(out.get_masses()[ge], atomic_masses[atomic_numbers["Ge"]])
+    np.testing.assert_allclose(out.get_masses()[~ge], 29.0)

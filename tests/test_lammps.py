@@ -312,3 +312,20 @@ def test_deploy_for_nequips_ase_calculator(tiny_bundle, tmp_path, capsys):
                    NequIPCalculator.from_deployed_model(str(model), device="cpu"))
     assert theirs.get_potential_energy() == pytest.approx(ours.get_potential_energy(), abs=1e-8)
     np.testing.assert_allclose(theirs.get_forces(), ours.get_forces(), atol=1e-8)
+
+
+def test_lammps_runs_the_steps_asked_with_the_structures_masses():
+    """10 steps reported every 3 end at step 10 (not 12), thermo at 0, 3, 6, 9, 10; copper set
+    to the mass of Cu-65 moves as in ASE with that mass (same final positions to 1e-5 Å)."""
+    from mlff_ins.errors import InputError
+
+    atoms = _start(bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2)))
+    atoms.set_masses(np.full(len(atoms), 64.9277897))
+    run = run_lammps_external(atoms, EMT(), steps=10, dt_fs=2.0, thermo_every=3)
+    assert run.steps.tolist() == [0, 3, 6, 9, 10]
+    a, e = _ase_run(atoms, EMT(), 10, 2.0)
+    _assert_same_trajectory(run, a, e[[0, 3, 6, 9, 10]], atol_e=1e-5, atol_x=1e-5)
+    mixed = atoms.copy()
+    mixed.set_masses(np.append(np.full(len(atoms) - 1, 63.546), 64.93))
+    with pytest.raises(InputError, match="the Cu atoms have different masses"):
+        run_lammps_external(mixed, EMT(), steps=2, dt_fs=2.0)

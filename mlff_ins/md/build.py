@@ -16,7 +16,7 @@ def build_cell(atoms, supercell=None, vacancies: int = 0, vacancy_element: str |
     """Return a new Atoms. ``substitutions``: "A:B:N" (N atoms of A become B, N may be a fraction
     like 0.1 of the A atoms); ``interstitials``: "B:N" (N atoms of B inserted)."""
     from ase.build import make_supercell
-    from ase.data import atomic_numbers
+    from ase.data import atomic_masses, atomic_numbers
 
     rng = np.random.default_rng(seed)
     out = atoms.copy()
@@ -34,8 +34,12 @@ def build_cell(atoms, supercell=None, vacancies: int = 0, vacancy_element: str |
         n = _count(count, len(idx), f"--substitute {spec}")
         if n > len(idx):
             raise InputError(f"--substitute {spec}: only {len(idx)} {old} atoms in the cell")
-        for i in rng.choice(idx, size=n, replace=False):
-            out[int(i)].symbol = new
+        chosen = [int(i) for i in rng.choice(idx, size=n, replace=False)]
+        masses = out.get_masses()       # as the structure has them (isotopes, a read file's)
+        for i in chosen:
+            out[i].symbol = new
+            masses[i] = atomic_masses[atomic_numbers[new]]   # the new element's, not the old's
+        out.set_masses(masses)
     if vacancies:
         symbols = np.array(out.get_chemical_symbols())
         idx = np.flatnonzero(symbols == vacancy_element) if vacancy_element else np.arange(len(out))

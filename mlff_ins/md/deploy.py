@@ -253,13 +253,23 @@ def _check_structure(atoms, elements: list[str], label: str):
                          f"({' '.join(elements)})")
     if not atoms.pbc.all() or atoms.cell.rank < 3 or atoms.cell.volume <= 0:
         raise InputError(f"{label}: in.lammps needs a periodic cell (pbc in x, y and z)")
+    element_masses(atoms, label)
+    return atoms
+
+
+def element_masses(atoms, label: str) -> dict[str, float]:
+    """The mass of each element's atoms as the structure has them (isotopes, deuterium), in
+    order of first appearance: a LAMMPS atom type is an element and has one mass, so atoms of
+    one element with different masses are refused."""
     symbols, masses = np.array(atoms.get_chemical_symbols()), atoms.get_masses()
+    out = {}
     for el in dict.fromkeys(symbols):
         m = masses[symbols == el]
         if np.ptp(m) > 1e-6 * m.max():  # e.g. some H set to deuterium's mass
             raise InputError(f"{label}: the {el} atoms have different masses ({m.min():g} to "
                              f"{m.max():g} amu); a LAMMPS atom type has one mass")
-    return atoms
+        out[str(el)] = float(m[0])
+    return out
 
 
 def _tool(name: str) -> str:

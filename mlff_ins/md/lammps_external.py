@@ -55,7 +55,6 @@ def run_lammps_external(atoms, calc, steps: int, dt_fs: float, thermo_every: int
     upper-triangular as LAMMPS wants it (e.g. orthorhombic); positions are not rotated.
     """
     from ase import Atoms, units
-    from ase.data import atomic_masses
 
     cell = atoms.cell.array
     if np.abs(cell[np.triu_indices(3, 1)]).max() > 1e-10:
@@ -69,8 +68,11 @@ def run_lammps_external(atoms, calc, steps: int, dt_fs: float, thermo_every: int
     cmds = ["units metal", "atom_style atomic", "boundary p p p", "atom_modify map array",
             f"region box prism 0 {xx} 0 {yy} 0 {zz} {xy} {xz} {yz} units box",
             f"create_box {len(species)} box"]
-    cmds += [f"mass {i + 1} {atomic_masses[atoms[symbols.index(s)].number]}"
-             for i, s in enumerate(species)]
+    # the structure's own masses (isotopes), as the ASE run it is checked against integrates
+    from mlff_ins.md.deploy import element_masses
+
+    masses = element_masses(atoms, "run_lammps_external")
+    cmds += [f"mass {i + 1} {masses[s]!r}" for i, s in enumerate(species)]
     for c in cmds:
         lmp.command(c)
     vel_a_per_ps = atoms.get_velocities() * units.fs * 1000.0
@@ -112,10 +114,10 @@ def run_lammps_external(atoms, calc, steps: int, dt_fs: float, thermo_every: int
     thermo = []
     lmp.command("run 0")
     thermo.append(_thermo(lmp))
-    for _ in range(0, steps, thermo_every):
+    for done in range(0, steps, thermo_every):
         if state["error"] is not None:
             break
-        lmp.command(f"run {thermo_every} pre no post no")
+        lmp.command(f"run {min(thermo_every, steps - done)} pre no post no")
         thermo.append(_thermo(lmp))
     if state["error"] is not None:
         lmp.close()
