@@ -176,7 +176,7 @@ class MDOptions:
     stage: str = ""                   # protocol stage name, stored with every frame
     model: str = ""                   # identity of the model (hash), checked on resume
 
-    def target_temperature(self, step: int) -> float:
+    def target_temperature(self, step: float) -> float:
         if self.temperature_end_K is None or self.steps <= self.ramp_start_step:
             return self.temperature_K
         x = min(max((step - self.ramp_start_step) / (self.steps - self.ramp_start_step), 0), 1)
@@ -480,12 +480,16 @@ def _integrate(atoms, opts, writer, step, progress, state=None) -> MDSummary:
     temps, pressures, energies, times = [], [], [], []
     try:
         while current() < opts.steps:
-            if opts.temperature_end_K is not None:  # ramp, updated every frame interval
-                dyn.set_temperature(temperature_K=opts.target_temperature(current()))
+            chunk = min(opts.every - current() % opts.every, opts.steps - current())
+            if opts.temperature_end_K is not None:
+                # ramp, updated every frame interval to its value at the interval's middle (at
+                # its start, the target lagged the ramp by an interval: a quench to 300 K ended
+                # its last interval at 302 K)
+                dyn.set_temperature(temperature_K=opts.target_temperature(
+                    current() + 0.5 * chunk))
             if current() % opts.every == 0 and hasattr(dyn, "rng"):
                 # noise from here on depends only on (seed, step): a resume repeats it exactly
                 dyn.rng = np.random.default_rng([opts.seed, current()])
-            chunk = min(opts.every - current() % opts.every, opts.steps - current())
             if stress_on_demand:
                 # the steps between frames need forces only; the frame's step computes the
                 # stress too, for its pressure
