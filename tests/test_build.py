@@ -42,3 +42,18 @@ def test_substituted_atoms_take_the_new_elements_mass():
     assert ge.sum() == 2
     np.testing.assert_allclose(out.get_masses()[ge], atomic_masses[atomic_numbers["Ge"]])
     np.testing.assert_allclose(out.get_masses()[~ge], 29.0)
+
+
+def test_a_supercell_matrix_may_have_negative_entries():
+    """The fcc primitive cell times [[-1,1,1],[1,-1,1],[1,1,-1]] is the conventional cubic cell
+    (4 atoms, a = 3.61 Å); zero or negative repetitions and a left-handed matrix are refused."""
+    import pytest
+
+    from mlff_ins.errors import InputError
+
+    cubic = build_cell(bulk("Cu", "fcc", a=3.61), supercell=[[-1, 1, 1], [1, -1, 1], [1, 1, -1]])
+    assert len(cubic) == 4
+    np.testing.assert_allclose(np.abs(cubic.cell.array), np.eye(3) * 3.61, atol=1e-12)
+    for bad in ([2, 0, 2], [2, -1, 2], [[0, 1, 0], [1, 0, 0], [0, 0, 1]]):
+        with pytest.raises(InputError, match="--supercell"):
+            build_cell(bulk("Cu", "fcc", a=3.61), supercell=bad)

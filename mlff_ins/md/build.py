@@ -22,8 +22,12 @@ def build_cell(atoms, supercell=None, vacancies: int = 0, vacancy_element: str |
     out = atoms.copy()
     if supercell is not None:
         p = np.diag(supercell) if np.ndim(supercell) == 1 else np.asarray(supercell)
-        if np.any(np.asarray(supercell) < 0) or round(abs(np.linalg.det(p))) < 1:
-            raise InputError(f"--supercell {supercell}: needs positive repetitions")
+        # repetitions (three numbers) must be positive; a full matrix may have negative entries
+        # (fcc primitive -> cubic) but must keep the handedness and hold at least one cell
+        if (np.ndim(supercell) == 1 and np.any(np.asarray(supercell) < 1)) \
+                or round(np.linalg.det(p)) < 1:
+            raise InputError(f"--supercell {supercell}: needs positive repetitions (a matrix: "
+                             f"a positive determinant)")
         out = make_supercell(out, p)
     for spec in substitutions:
         parts = spec.split(":")

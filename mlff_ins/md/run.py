@@ -315,8 +315,9 @@ def _observables(atoms) -> dict:
             "max_force_std": float(np.max(std)) if std is not None else float("nan")}
 
 
-#: an NPT cell whose volume leaves this range (ratio to the run's start) has collapsed or blown
-#: apart; a collapsing cell also makes the neighbour lists, and memory, grow without bound
+#: an NPT cell whose volume leaves this range (ratio to where this integration started: the
+#: run's start, or the frame a --resume continues from) has collapsed or blown apart; a
+#: collapsing cell also makes the neighbour lists, and memory, grow without bound
 VOLUME_RATIO_LIMITS = (0.5, 2.0)
 
 
