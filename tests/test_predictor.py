@@ -497,3 +497,26 @@ def test_a_predictor_of_the_dos_alone_is_refused(small_predictor, tmp_path):
     with pytest.raises(InputError, match="--targets dos: add vision or tosca"):
         train_predictor(db, tmp_path / "pred", targets=("dos",), progress=False)
     assert not (tmp_path / "pred").exists()
+
+
+def test_the_two_d_score_is_of_the_map_predict_returns(small_predictor):
+    """evaluate_two_d scores what `predict --2d` writes (the decoded mean renormalised to its
+    maximum, then brightened as the targets are), not the decoded mean as it comes (whose
+    maximum the autoencoder does not hold at 1)."""
+    from mlff_ins.predict.autoencoder import brighten, prepare
+    from mlff_ins.predict.predictor import evaluate_two_d
+
+    db, out, meta = small_predictor
+    p = Predictor(out)
+    a = bulk("Cu", "fcc", 3.61)
+    target = np.asarray(p.predict(bulk("Ag", "fcc", 4.09), two_d=True)[0]["sqe"].intensity)
+    got = evaluate_two_d(p, [a], target[None])
+    written = np.asarray(p.predict(a, two_d=True)[0]["sqe"].intensity)
+    expected = np.mean((brighten(written) - prepare(target[None])[0]) ** 2)
+    # the maps are float32 (6e-8 per value) and differ by ~3e-3: 2e-5 of the MSE
+    assert got["mse"][0] == pytest.approx(float(expected), rel=1e-4)
+    # and the decoded mean as it comes scores otherwise (here its maximum was 0.55, its score
+    # 0.032 against 1.3e-5), so the check above tells the two apart
+    mean, _ = p.predict_map_arrays(a)
+    raw = float(np.mean((brighten(mean) - prepare(target[None])[0]) ** 2))
+    assert abs(raw - got["mse"][0]) > 0.1 * got["mse"][0]

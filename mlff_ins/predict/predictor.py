@@ -444,7 +444,9 @@ def _train_two_d(out_dir, graphs, facts, idx, hyper, *, members, epochs, ae_epoc
 
 def evaluate_two_d(predictor, structures, raw_maps) -> dict:
     """End-to-end MSE (brightened, max-normalised maps, as the autoencoder sees them) of the
-    predicted maps against the teacher's, with the autoencoder's own reconstruction beside it."""
+    predicted maps against the teacher's, with the autoencoder's own reconstruction beside it.
+    The decoded mean is max-normalised first, as `predict` returns it (a decoded map's maximum
+    is not 1: 0.28 for NaCl, Si and MgO with the shipped weights)."""
     from mlff_ins.predict.autoencoder import brighten, prepare
 
     if not structures:
@@ -453,6 +455,7 @@ def evaluate_two_d(predictor, structures, raw_maps) -> dict:
     mses = []
     for atoms, target in zip(structures, targets):
         mean, _ = predictor.predict_map_arrays(atoms)
+        mean = mean / max(float(np.max(mean)), 1e-300)
         mses.append(float(np.mean((brighten(mean) - target) ** 2)))
     return {"n": len(mses), "mse": mses, "median_mse": float(np.median(mses))}
 
@@ -654,8 +657,9 @@ class Predictor:
         return torch.load(path, map_location=self.device, weights_only=True)
 
     def predict_map_arrays(self, atoms):
-        """(mean, std) of the members' decoded S(Q,E) maps (max-normalised, brightening undone),
-        shape (nQ, nE); std None for one member."""
+        """(mean, std) of the members' decoded S(Q,E) maps (brightening undone; each member's
+        decoded map is on the max-normalised scale it was trained on, but its maximum is not
+        renormalised to 1 here: `predict` does that), shape (nQ, nE); std None for one member."""
         import torch
 
         from mlff_ins.predict.autoencoder import darken
