@@ -982,7 +982,7 @@ def _run_phonons(args) -> int:
         worst = min(props.imaginary, key=lambda x: x[1])
         print(f"  imaginary modes at {len(props.imaginary)} q-points (listed in "
               f"{paths[0]}:/imaginary); lowest {worst[1]:.3f} THz at q = "
-              f"({', '.join(f'{x:.3f}' for x in worst[0])})", file=sys.stderr)
+              f"({', '.join(f'{x:.3f}' for x in worst[0])}) ({worst[2]})", file=sys.stderr)
     if args.plot:
         from mlff_ins.phonons.plot import plot_phonons
 

@@ -382,3 +382,51 @@ def test_supercell_option_forms():
     np.testing.assert_array_equal(supercell_matrix(fcc_to_sc), np.reshape(fcc_to_sc, (3, 3)))
     with pytest.raises(InputError, match="singular"):
         supercell_matrix([1, 0, 0, 0, 1, 0, 0, 0, 0])
+
+
+def test_a_mode_soft_in_one_member_is_not_averaged_away():
+    """Two members: NaCl's force constants and the same times -0.1 (every mode imaginary, at
+    about a third of the stable frequencies). The mean of their frequencies is positive
+    everywhere, so only a per-member check finds the soft one; it is reported at every q-point
+    (Γ's optical modes too), 1 of 2 members, with that member's lowest frequency."""
+    import copy
+
+    import phonopy
+
+    ph = phonopy.load(DATA / "NaCl" / "phonopy_disp.yaml",
+                      force_sets_filename=DATA / "NaCl" / "FORCE_SETS", is_nac=False)
+    soft = copy.deepcopy(ph)
+    soft.force_constants = -0.1 * ph.force_constants
+    props = compute_properties([ph, soft], [2, 2, 2], band_points=5, t_max=None)
+    assert props.frequencies_THz.mean(axis=0)[1:].min() > 0      # the mean hides it
+    mesh = [x for x in props.imaginary if x[2].startswith("mesh")]
+    assert len(mesh) == len(props.qpoints)
+    assert all(x[2] == "mesh, 1 of 2 members" for x in mesh)
+    lowest = props.frequencies_THz[1].min(axis=1)
+    assert min(x[1] for x in mesh) == pytest.approx(lowest.min())
+
+
+def test_band_plot_does_not_join_a_break_in_the_path(tmp_path, monkeypatch):
+    """fcc's path G-X-W-K-G-L-U-W-L-K|U-X breaks between K and U (ASE repeats the distance there):
+    no drawn line of the band plot crosses that break."""
+    import matplotlib.axes
+
+    from mlff_ins.phonons.plot import plot_phonons
+
+    pset = phonons_from_force_sets(DATA / "MgO")
+    props = compute_properties(pset.members, [2, 2, 2], band_points=60, t_max=None)
+    x = props.band_distances
+    breaks = x[1:][np.diff(x) <= 1e-12]
+    assert len(breaks) == 1
+    drawn = []
+    original = matplotlib.axes.Axes.plot
+
+    def spy(self, *args, **kwargs):
+        if len(args) >= 2 and np.ndim(args[0]) == 1 and len(args[0]) > 1:
+            drawn.append(np.asarray(args[0]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    plot_phonons(props, tmp_path / "mgo.png", title="MgO")
+    assert drawn and not any(xs[0] < breaks[0] < xs[-1] or
+                             (np.sum(np.isclose(xs, breaks[0])) > 1) for xs in drawn)

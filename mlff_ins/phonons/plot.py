@@ -22,12 +22,15 @@ def plot_phonons(props: PhononProperties, path: str | Path, title: str = "") -> 
     x = props.band_distances
     band = props.band_frequencies_THz * MEV_PER_THZ         # (K, B, 3n)
     mean, std = band.mean(axis=0), band.std(axis=0)
-    # breaks in the path (consecutive labels at the same distance) are not joined
+    # breaks in the path (two consecutive points at the same distance: ASE repeats it where one
+    # segment ends and the next starts elsewhere, e.g. ...K,U...) are not joined
+    pieces = np.split(np.arange(len(x)), np.flatnonzero(np.diff(x) <= 1e-12) + 1)
     for j in range(mean.shape[1]):
-        ax.plot(x, mean[:, j], color="k", lw=1.0)
-        if band.shape[0] > 1:
-            ax.fill_between(x, mean[:, j] - std[:, j], mean[:, j] + std[:, j], color="C0",
-                            alpha=0.3, lw=0)
+        for idx in pieces:
+            ax.plot(x[idx], mean[idx, j], color="k", lw=1.0)
+            if band.shape[0] > 1:
+                ax.fill_between(x[idx], mean[idx, j] - std[idx, j], mean[idx, j] + std[idx, j],
+                                color="C0", alpha=0.3, lw=0)
     ticks, names = [], []
     for d, lab in props.band_labels:
         if ticks and abs(d - ticks[-1]) < 1e-9:

@@ -47,11 +47,20 @@ def band_path(ph, npoints: int = 200):
 
 
 def imaginary_modes(qpoints, frequencies_THz, where: str, tol_THz: float):
-    """(q, lowest frequency, where) for every q-point with a mode below -tol_THz."""
+    """(q, lowest frequency, where) for every q-point with a mode below -tol_THz.
+
+    ``frequencies_THz`` (q, modes) of one model, or (members, q, modes) of an ensemble: a q-point
+    counts where any member has such a mode (its lowest over the members; ``where`` then says in
+    how many), so a mode soft in some members is not averaged away by the others."""
+    f_all = np.asarray(frequencies_THz)
+    members = f_all if f_all.ndim == 3 else f_all[None]
+    lowest = members.min(axis=2)                                    # (members, q)
     out = []
-    for q, f in zip(qpoints, frequencies_THz):
-        if f.min() < -tol_THz:
-            out.append((tuple(float(x) for x in q), float(f.min()), where))
+    for i, q in enumerate(qpoints):
+        soft = int(np.sum(lowest[:, i] < -tol_THz))
+        if soft:
+            label = where if len(members) == 1 else f"{where}, {soft} of {len(members)} members"
+            out.append((tuple(float(x) for x in q), float(lowest[:, i].min()), label))
     return out
 
 
@@ -110,8 +119,9 @@ def compute_properties(members, mesh, *, band_points: int = 200, dos_pitch_THz: 
                        imaginary_tol_THz: float = 0.05, t_max: float | None = 1000.0
                        ) -> PhononProperties:
     """Mesh, DOS (phonopy's tetrahedron method), partial DOS per element and bands for every
-    member; eigenvectors and imaginary modes from the member-mean force constants; thermal
-    properties up to ``t_max`` K (None: none)."""
+    member; eigenvectors from the member-mean force constants; imaginary modes wherever any
+    member has one (:func:`imaginary_modes`); thermal properties up to ``t_max`` K (None:
+    none)."""
     from mlff_ins.phonons.finite_displacement import mean_phonopy
 
     mean = mean_phonopy(members)
@@ -149,8 +159,8 @@ def compute_properties(members, mesh, *, band_points: int = 200, dos_pitch_THz: 
             f[i] = m.qpoints.frequencies[0]
         band.append(f)
     band = np.array(band)
-    imag = (imaginary_modes(qpoints, freqs.mean(axis=0), "mesh", imaginary_tol_THz)
-            + imaginary_modes(bq, band.mean(axis=0), "band", imaginary_tol_THz))
+    imag = (imaginary_modes(qpoints, freqs, "mesh", imaginary_tol_THz)
+            + imaginary_modes(bq, band, "band", imaginary_tol_THz))
     thermal = thermal_properties(members, grid, t_max) if t_max else None
     return PhononProperties(grid, qpoints, weights, freqs, eigvecs, dos_freq,
                             np.array(dos_total), {e: np.array(v) for e, v in dos_partial.items()},
