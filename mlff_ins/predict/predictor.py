@@ -91,8 +91,10 @@ def composition_split(formulas, families=None, fractions=(0.8, 0.1)) -> list[str
     up to ``fractions[1]`` (a family that would overfill a set by half its target passes on),
     the rest train. Then no formula is in two splits: a validation or test entry whose formula
     is in training, or a test entry whose formula is in validation, is ``excluded`` (used
-    nowhere). So the test holds neither a composition nor a structure type seen in training:
-    the 40 substitutions of one prototype are not spread over the splits."""
+    nowhere). So the test holds neither a composition nor an AFLOW prototype seen in training:
+    the 40 substitutions of one prototype are not spread over the splits. Elemental structures
+    from ASE's bulk set and the dcdft set are their own families (keyed by name, not matched to
+    a prototype), so hcp Ho can be tested while the hcp prototype of Mg was trained on."""
     families = list(formulas) if families is None else list(families)
     if len(families) != len(formulas):
         raise ValueError("one family per formula")
@@ -494,8 +496,9 @@ BASELINE_FRACTION = 0.5
 def baseline_warning(n_test: int, median_mse: float, baseline_mse: float, n_train: int) -> str:
     """The ``status`` of a predictor that does not halve the mean-spectrum baseline's error."""
     return (f"this predictor does not yet halve the error of one spectrum for all (the average "
-            f"training spectrum): on its {n_test} test crystals, of structure types it never "
-            f"saw, its median MSE is {median_mse:.3g} against {baseline_mse:.3g} for that "
+            f"training spectrum): on its {n_test} test crystals, of compositions and AFLOW "
+            f"prototypes it never saw, its median MSE is {median_mse:.3g} against "
+            f"{baseline_mse:.3g} for that "
             f"average (trained on {n_train} crystals); take its spectra as a rough guide and "
             f"the phonon or MD route for anything quantitative")
 
