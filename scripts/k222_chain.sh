@@ -3,8 +3,10 @@
 # resumes where a kill (or a machine reset between sessions) left it:
 #   1. scripts/relabel_si_k222.sh: the 155 geometries relabelled with 2x2x2 k-points
 #      (~4-5 min a frame on 2 quiet cores; commit si_cp2k_pbe_k222.xyz as frames land);
-#   2. LABELS=k222 scripts/train_si_reference.sh: the reference ensemble on them (5-6 h;
-#      commit training/si-reference-k222 when stopping: its checkpoints resume the run);
+#   2. LABELS=k222 scripts/train_si_reference.sh: the reference ensemble on them (5-6 h), then
+#      its last stage with the crystal's phonon frames weighted (training/si-reference-k222-
+#      stage.yaml, under an hour); commit training/si-reference-k222 and
+#      training/si-reference-k222-stage when stopping: their checkpoints resume them;
 #   3. LABELS=k222 training/al-round2/evaluate.sh: round 1 against the new ensemble (~1 h).
 # It stops before shipping: read runs/al2/eval-k222/ and the bench's phonon table first, then
 # `LABELS=k222 SHIP=1 bash scripts/train_si_reference.sh` (skips the finished training) and

@@ -80,11 +80,29 @@ if [ ! -f "$OUT/bundle.json" ]; then
   wait $pid
   trap - TERM INT
 fi
+# LABELS=k222: then the last stage, training/si-reference-k222-stage.yaml (the frozen-phonon and
+# displaced-crystal frames weighted 50 in the loss, from each member's best epoch; STAGE=0
+# skips it), in $OUT-stage; it is what is exported and shipped
+EXPORT_ARGS=("${ARGS[@]}")
+if [ "$LABELS" = k222 ] && [ "${STAGE:-1}" = 1 ]; then
+  STAGE_OUT=$OUT-stage
+  STAGE_RESUME=""
+  [ -d "$STAGE_OUT" ] && STAGE_RESUME="--resume"
+  if [ ! -f "$STAGE_OUT/bundle.json" ]; then
+    nice -n 19 mlff-ins train training/si-reference-k222-stage.yaml --parallel-members 3 \
+        -o "$STAGE_OUT" $STAGE_RESUME &
+    pid=$!
+    trap 'kill -TERM $pid 2>/dev/null; wait $pid' TERM INT
+    wait $pid
+    trap - TERM INT
+  fi
+  EXPORT_ARGS=(training/si-reference-k222-stage.yaml -o "$STAGE_OUT")
+fi
 # ship the members and the report, not the checkpoints (`--export` also ships an unfinished
 # run's best checkpoints so far, marked partial; stop the training first)
 NEW=mlff_ins/resources/si/reference_model.new
 rm -rf "$NEW"
-mlff-ins train "${ARGS[@]}" --export "$NEW"
+mlff-ins train "${EXPORT_ARGS[@]}" --export "$NEW"
 python -m mlff_ins.bench phonons --model "$NEW" --no-speed --no-sevenn
 if [ "${SHIP:-0}" = 1 ]; then
   # old aside, new in place, old removed: a kill in between leaves one of them whole
