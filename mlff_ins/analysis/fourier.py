@@ -70,4 +70,3 @@ def central_difference_response(energy_meV, dt_fs: float) -> np.ndarray:
     energy (x = π)."""
     x = np.asarray(energy_meV, dtype=float) * dt_fs / HBAR_MEV_FS
     return np.sinc(x / np.pi) ** 2
-

@@ -137,8 +137,8 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
     dof = 3 * corr.n_atoms - (3 if at_rest and corr.n_atoms > 1 else 0)
     # Σ m v² from the VACF's spectrum: its lag-0 value for stored velocities, and for velocities
     # differenced from positions the same with their damping sinc²(ωΔt) divided out
-    kinetic_T = kinetic_sum(*velocity_spectra(corr, opts.window, warn=True)) * AMU_A2_PER_FS2_MEV / (
-        dof * KB_MEV_PER_K)
+    kinetic_T = (kinetic_sum(*velocity_spectra(corr, opts.window, warn=True))
+                 * AMU_A2_PER_FS2_MEV / (dof * KB_MEV_PER_K))
     temperature = opts.temperature_K if opts.temperature_K is not None else kinetic_T
     meta = dict(instrument=opts.instrument, source="md", temperature_K=temperature,
                 provenance={"trajectory": str(traj.path), "trajectory_sha256": _sha256(traj.path),

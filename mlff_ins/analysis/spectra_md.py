@@ -14,9 +14,9 @@ Normalisations (DESIGN.md §4):
   (``quantum_correction="none"``) has ∫ S dE = F(Q,0). The harmonic correction keeps the first
   moment instead, not the zeroth: ∫ E S dE = (ħ²/2kT) × the second moment of the windowed
   classical spectrum, which for the self part is the f-sum rule's ħ²Q²/2M plus the window's own
-  ħ²F(Q,0)/(2kTσ_t²) (Gaussian window of width σ_t in time; 0.02 meV for H at 300 K and σ_t of
-  1 ps, but not negligible for a short window, a low T or ``window="none"``, whose sharp edge has
-  no finite second moment). Schofield's keeps neither, only detailed balance. Totals (``element``
+  ħ²F(Q,0)/(2kTσ_t²) (Gaussian window of width σ_t in time; 0.008 meV at 300 K for σ_t of 1 ps,
+  whatever the mass, but not negligible for a short window, a low T or ``window="none"``, whose
+  sharp edge has no finite second moment). Schofield's keeps neither, only detailed balance. Totals (``element``
   ""): with ``weighting="neutron"`` each partial is weighted by b_A b_B (coherent) or σ_inc,A/4π
   (incoherent) in barn/sr per atom; ``weighting="number"`` sums the partials unweighted. ``sqe`` is
   the coherent plus incoherent neutron-weighted total.
