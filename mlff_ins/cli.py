@@ -162,7 +162,8 @@ def _add_train(sub) -> None:
                         "of the training run in folder RUN (finished or not) instead of fresh "
                         "weights; same data, split, cutoff and model required, so its test "
                         "frames stay unseen; change the learning rate and the weights of the "
-                        "frames (training.lr, training.oversample) in a YAML config")
+                        "frames (training.lr, training.frame_weights) in a YAML config "
+                        "(docs/training.md)")
     p.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N (that GPU) or auto")
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="bundle folder, e.g. models/si")
     p.add_argument("--resume", action="store_true",
