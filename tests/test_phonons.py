@@ -430,3 +430,23 @@ def test_band_plot_does_not_join_a_break_in_the_path(tmp_path, monkeypatch):
     plot_phonons(props, tmp_path / "mgo.png", title="MgO")
     assert drawn and not any(xs[0] < breaks[0] < xs[-1] or
                              (np.sum(np.isclose(xs, breaks[0])) > 1) for xs in drawn)
+
+
+def test_a_gamma_in_the_middle_of_the_path_takes_each_segments_lo_limit():
+    """Al2O3 (uniaxial, Born charges in its phonopy_disp.yaml): its path passes Γ between two
+    segments, whose LO limits differ. Γ is doubled there, each copy at phonopy's frequencies with
+    the non-analytical term along its own segment (1e-9 THz); the two copies differ, so one Γ
+    for both segments would have drawn one of them wrong."""
+    pset = phonons_from_force_sets(DATA / "Al2O3")
+    assert pset.members[0].nac_params is not None
+    props = compute_properties(pset.members, [2, 2, 2], band_points=40, t_max=None)
+    q, x, f = props.band_qpoints, props.band_distances, props.band_frequencies_THz[0]
+    gamma = np.flatnonzero(np.abs(q).max(axis=1) < 1e-12)
+    pairs = [i for i in gamma if i + 1 < len(q) and i + 1 in gamma and x[i] == x[i + 1]]
+    assert pairs
+    ph = pset.members[0]
+    i = pairs[0]
+    for k, j in ((i, i - 1), (i + 1, i + 2)):
+        ph.run_qpoints([[0, 0, 0]], nac_q_direction=q[j] - q[k])
+        np.testing.assert_allclose(f[k], ph.qpoints.frequencies[0], atol=1e-9)
+    assert np.abs(f[i] - f[i + 1]).max() > 0.05

@@ -46,6 +46,30 @@ def band_path(ph, npoints: int = 200):
                                                   pretty))
 
 
+def _gamma_ends(q, x):
+    """(q, x, {index: direction}) with every Γ of a band path an end of its segment: a Γ with a
+    segment on each side (the same distance as neither neighbour) is doubled, each copy taking
+    the limit along its own segment (towards the neighbouring point)."""
+    q, x = np.asarray(q, dtype=float), np.asarray(x, dtype=float)
+    out_q, out_x, directions = [], [], {}
+    for i in range(len(q)):
+        if np.abs(q[i]).max() >= 1e-12:
+            out_q.append(q[i])
+            out_x.append(x[i])
+            continue
+        before = i > 0 and x[i - 1] < x[i]             # a segment arrives here
+        after = i + 1 < len(q) and x[i + 1] > x[i]     # a segment leaves from here
+        for side, j in ((before, i - 1), (after, i + 1)):
+            if side:
+                directions[len(out_q)] = q[j] - q[i]
+                out_q.append(q[i])
+                out_x.append(x[i])
+        if not (before or after):                      # a path of Γ alone
+            out_q.append(q[i])
+            out_x.append(x[i])
+    return np.array(out_q), np.array(out_x), directions
+
+
 def imaginary_modes(qpoints, frequencies_THz, where: str, tol_THz: float):
     """(q, lowest frequency, where) for every q-point with a mode below -tol_THz.
 
@@ -145,17 +169,19 @@ def compute_properties(members, mesh, *, band_points: int = 200, dos_pitch_THz: 
             dos_partial[e].append(proj[[i for i, s in enumerate(symbols) if s == e]].sum(axis=0))
         dos_freq = np.array(pd.frequency_points)
     bq, bx, blabels = band_path(mean, band_points)
-    # with the non-analytical term, Γ itself is taken along the path (towards the next point),
-    # so the LO branch meets Γ at its long-wavelength limit instead of dropping onto the TO one
-    gamma = (np.flatnonzero(np.abs(bq).max(axis=1) < 1e-12)
-             if mean.nac_params is not None else [])
+    # with the non-analytical term, Γ itself is taken along the path, so the LO branch meets Γ
+    # at its long-wavelength limit instead of dropping onto the TO one: each segment at its own
+    # Γ (a Γ in the middle of the path, as in K-Γ-A, is doubled: in an anisotropic crystal the
+    # two segments reach different LO limits), the limit along that segment
+    directions = {}
+    if mean.nac_params is not None:
+        bq, bx, directions = _gamma_ends(bq, bx)
     band = []
     for m in members:
         m.run_qpoints(bq)
         f = np.array(m.qpoints.frequencies)
-        for i in gamma:
-            j = i + 1 if i + 1 < len(bq) else i - 1
-            m.run_qpoints([bq[i]], nac_q_direction=bq[j] - bq[i])
+        for i, direction in directions.items():
+            m.run_qpoints([bq[i]], nac_q_direction=direction)
             f[i] = m.qpoints.frequencies[0]
         band.append(f)
     band = np.array(band)
