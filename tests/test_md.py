@@ -740,3 +740,21 @@ with H5MDWriter({str(path)!r}, ["Cu", "Cu"]) as w:
     assert frame_count(path) == 40
     with H5MDWriter(path, ["Cu", "Cu"], resume=True) as w:   # the lock went with the writer
         assert w.n_frames == 40
+
+
+def test_a_ramp_resumed_with_another_length_is_refused(tmp_path):
+    """Inside a temperature ramp the slope depends on where the ramp ends: a resume that would
+    end it elsewhere (another ps or rate) is refused, naming it; the same ramp resumes; files
+    written before the ramp's end was stored resume as before."""
+    from mlff_ins.errors import InputError
+    from mlff_ins.md.run import check_resume_settings, run_settings
+
+    ramp = MDOptions(temperature_K=2500.0, temperature_end_K=300.0, steps=1100,
+                     ensemble="nvt", thermostat="bussi", dt_fs=2.0)
+    stored = run_settings(ramp)
+    check_resume_settings(tmp_path / "q.h5md", stored, ramp, step=500)
+    slower = MDOptions(**{**ramp.__dict__, "steps": 2200})
+    with pytest.raises(InputError, match="the ramp's length"):
+        check_resume_settings(tmp_path / "q.h5md", stored, slower, step=500)
+    older = {k: v for k, v in stored.items() if k != "ramp_end_step"}
+    check_resume_settings(tmp_path / "q.h5md", older, slower, step=500)

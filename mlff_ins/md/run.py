@@ -100,6 +100,9 @@ _SETTINGS = {
     "friction_per_fs": ("--friction", "stage"), "tdamp_fs": ("--tdamp", "stage"),
     "pdamp_fs": ("--pdamp", "stage"), "seed": ("--seed", "stage"),
     "ramp_start_step": ("the protocol's stages", "stage"),
+    # a ramp's slope depends on where it ends: a resume inside it with another length (ps,
+    # rate) would bend the temperature schedule mid-stage
+    "ramp_end_step": ("the ramp's length (the protocol's ps or rate_K_per_ps)", "stage"),
     "stage": ("the protocol's stage", "stage"),
 }
 
@@ -121,6 +124,7 @@ def run_settings(opts: "MDOptions") -> dict:
         "pdamp_fs": opts.pdamp_fs if npt else None,
         "seed": opts.seed if nvt and opts.thermostat in ("langevin", "bussi") else None,
         "ramp_start_step": opts.ramp_start_step, "stage": opts.stage,
+        "ramp_end_step": opts.steps if opts.temperature_end_K is not None else None,
     }
 
 
