@@ -488,8 +488,8 @@ def _integrate(atoms, opts, writer, step, progress, state=None) -> MDSummary:
             chunk = min(opts.every - current() % opts.every, opts.steps - current())
             if opts.temperature_end_K is not None:
                 # ramp, updated every frame interval to its value at the interval's middle (at
-                # its start, the target lagged the ramp by an interval: a quench to 300 K ended
-                # its last interval at 302 K)
+                # its start, the target lagged the ramp by an interval: 1 K at 100 K/ps with
+                # frames every 10 fs)
                 dyn.set_temperature(temperature_K=opts.target_temperature(
                     current() + 0.5 * chunk))
             if current() % opts.every == 0 and hasattr(dyn, "rng"):
