@@ -475,6 +475,32 @@ def test_a_predictor_with_a_status_warns_at_every_prediction(small_predictor, tm
     assert prov["warnings"][0] == "not to be trusted"
 
 
+def test_a_status_from_an_older_training_is_worded_by_the_current_code(small_predictor,
+                                                                     tmp_path):
+    """The baseline warning training writes is worded again at load from the figures stored
+    beside it (a folder trained by an older version said "structure types it never saw", a
+    claim the split does not make for elemental crystals); a hand-written status is kept."""
+    import shutil
+
+    from mlff_ins.predict.predictor import Predictor, baseline_warning
+
+    _, src, _ = small_predictor
+    pred = tmp_path / "pred"
+    shutil.copytree(src, pred)
+    meta = json.loads((pred / "predictor.json").read_text())
+    meta["test"].update(n=11, median_mse=0.04, baseline_median_mse=0.07)
+    meta["split_sizes"]["train"] = 178
+    meta["status"] = ("this predictor does not yet halve the error of one spectrum for all: on "
+                      "its 11 test crystals, of structure types it never saw, ...")
+    (pred / "predictor.json").write_text(json.dumps(meta))
+    status = Predictor(pred).meta["status"]
+    assert status == baseline_warning(11, 0.04, 0.07, 178)
+    assert "structure types" not in status
+    meta["status"] = "retrained on a broken database: do not use"
+    (pred / "predictor.json").write_text(json.dumps(meta))
+    assert Predictor(pred).meta["status"] == "retrained on a broken database: do not use"
+
+
 def test_predictor_train_rejects_a_negative_weight_decay(small_predictor, tmp_path, capsys):
     """A negative --weight-decay (AdamW would grow the weights) is one line naming the option,
     before anything is written."""

@@ -493,14 +493,31 @@ def _training_stats(structures, train_idx, cutoff) -> dict:
 BASELINE_FRACTION = 0.5
 
 
+_BASELINE_WARNING_START = "this predictor does not yet halve the error"
+
+
 def baseline_warning(n_test: int, median_mse: float, baseline_mse: float, n_train: int) -> str:
     """The ``status`` of a predictor that does not halve the mean-spectrum baseline's error."""
-    return (f"this predictor does not yet halve the error of one spectrum for all (the average "
+    return (f"{_BASELINE_WARNING_START} of one spectrum for all (the average "
             f"training spectrum): on its {n_test} test crystals, of compositions and AFLOW "
             f"prototypes it never saw, its median MSE is {median_mse:.3g} against "
             f"{baseline_mse:.3g} for that "
             f"average (trained on {n_train} crystals); take its spectra as a rough guide and "
             f"the phonon or MD route for anything quantitative")
+
+
+def current_status(meta: dict) -> str | None:
+    """The warning a predictor carries. The one training writes (``baseline_warning``) is worded
+    again by this version of the code from the figures stored beside it, so that a folder trained
+    by an older version does not repeat a claim the code no longer makes; a status written by
+    hand is kept as it is."""
+    status = meta.get("status")
+    test, sizes = meta.get("test") or {}, meta.get("split_sizes") or {}
+    if (status and status.startswith(_BASELINE_WARNING_START) and test.get("n")
+            and test.get("baseline_median_mse") and sizes.get("train")):
+        return baseline_warning(test["n"], test["median_mse"], test["baseline_median_mse"],
+                                sizes["train"])
+    return status
 
 
 def mean_training_spectrum(train_targets, n_blocks: int) -> np.ndarray:
@@ -600,6 +617,8 @@ class Predictor:
         if not meta_path.is_file():
             raise InputError(f"{self.directory}: not a predictor folder (no predictor.json)")
         self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("status"):
+            self.meta["status"] = current_status(self.meta)
         self.device = device
         self._templates = {}        # one built network per set of hyper-parameters
         self.models = [self._network(self.meta["hyper"], name) for name in self.meta["members"]]
