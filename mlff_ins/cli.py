@@ -1262,9 +1262,11 @@ def _add_database(sub) -> None:
                    help="local processes (torch threads are split between them)")
     b.add_argument("--dask", metavar="ADDRESS",
                    help="a running dask.distributed scheduler (e.g. tcp://host:8786) to hand "
-                        "the entries to, instead of local processes")
+                        "the entries to, instead of local processes; a worker process computes "
+                        "one entry at a time (start workers with --nthreads 1)")
     b.add_argument("--consolidate-every", type=int, default=20, metavar="N",
-                   help="merge finished entries into OUTPUT every N entries")
+                   help="merge finished entries into OUTPUT every N entries (or every "
+                        "tenth of its size when that is more: a merge copies the file)")
     b.add_argument("-T", "--temperature", type=_temperature, default=10.0, metavar="K",
                    help="temperature of the spectra (K)")
     b.add_argument("--device", default="cpu", help="teacher device: cpu, cuda, cuda:N or auto")
@@ -1314,6 +1316,13 @@ def _run_database_build(args) -> int:
     for opt in ("max_atoms", "workers", "consolidate_every", "max_supercell_atoms"):
         if getattr(args, opt) < 1:
             raise InputError(f"--{opt.replace('_', '-')} must be at least 1")
+    for opt in ("limit", "per_prototype"):
+        if getattr(args, opt) is not None and getattr(args, opt) < 0:
+            raise InputError(f"--{opt.replace('_', '-')} must be 0 or more, not "
+                             f"{getattr(args, opt)}")
+    if args.supercell_length <= 0 or (args.retry_supercell_length or 0) < 0:
+        raise InputError("--supercell-length must be positive and --retry-supercell-length "
+                         "0 (no retry) or positive")
     opts = BuildOptions(teacher=args.teacher, device=args.device,
                         spectra=SpectraOptions(temperature_K=args.temperature),
                         supercell_length_A=args.supercell_length,

@@ -362,7 +362,9 @@ def test_dask_local_cluster_equals_the_serial_run(serial_db, tmp_path):
     distributed = pytest.importorskip("distributed")
     db_ref, structures, _ = serial_db
     db = tmp_path / "dask.h5"
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+    # two threads per worker, as `dask worker` and LocalCluster give by default: the tasks of
+    # one process share its teacher, and once recorded entries as failed (half-built objects)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
                                   dashboard_address=None) as cluster:
         build_database(structures, db, _opts(), dask=cluster.scheduler_address, progress=False)
     _assert_same(_entries(db_ref), _entries(db))
@@ -466,6 +468,91 @@ def test_bad_sources_and_teachers_are_one_line_errors(tmp_path):
         build_database([("bulk:Al", bulk("Al"))], tmp_path / "x.h5",
                        BuildOptions(teacher="no-such-model"), progress=False)
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_a_build_killed_before_its_first_merge_keeps_its_settings(tmp_path, monkeypatch):
+    """Parts written before any merge (a kill before the first, modelled by a merge that does
+    nothing) carry the build's settings: a resume with another temperature is refused, naming
+    the settings file; the same settings merge them, and a merge's leftover copy of the
+    database (a kill mid-merge) is removed."""
+    from dataclasses import replace
+
+    db = tmp_path / "db.h5"
+    crystals = [("bulk:Al", bulk("Al", "fcc", 4.05)), ("bulk:Cu", bulk("Cu", "fcc", 3.61))]
+    monkeypatch.setattr(database, "consolidate", lambda *a, **k: 0)
+    build_database(crystals, db, _opts(), progress=False)
+    monkeypatch.undo()
+    assert not db.exists() and len(list(parts_dir(db).glob("*.h5"))) == 2
+    hot = replace(_opts(), spectra=replace(SMALL, temperature_K=300.0))
+    with pytest.raises(InputError, match=r"build\.json: its entries were computed with "
+                                         r"temperature_K 10\.0 \(now 300\.0\)"):
+        build_database(crystals, db, hot, progress=False)
+    stale = tmp_path / ".db.h5.x1y2.tmp"
+    stale.write_bytes(b"half a copy")
+    summary = build_database(crystals, db, _opts(), progress=False)
+    assert summary["entries"] == 2 and summary["skipped_done"] == 2 and summary["added"] == 0
+    assert not stale.exists() and not list(parts_dir(db).glob("*.h5"))
+
+
+def test_a_teacher_changed_under_its_name_is_refused(tmp_path):
+    """The same teacher path with other content (a calculator YAML edited, as a bundle
+    retrained in place or a universal model's package upgraded would be) cannot add entries
+    to a database its earlier version built."""
+    teacher = tmp_path / "teacher.yaml"
+    teacher.write_text(EMT_YAML.read_text())
+    db = tmp_path / "db.h5"
+    build_database([("bulk:Al", bulk("Al", "fcc", 4.05))], db, _opts(teacher), progress=False)
+    teacher.write_text("calculator: emt\nparameters: {asap_cutoff: true}\n")
+    with pytest.raises(InputError, match=r"db\.h5: its entries were computed by calculator "
+                                         r"emt sha256:\w+; the teacher .* is now calculator "
+                                         r"emt sha256:"):
+        build_database([("bulk:Cu", bulk("Cu", "fcc", 3.61))], db, _opts(teacher),
+                       progress=False)
+
+
+def test_structure_files_are_keyed_by_their_path_and_content(tmp_path):
+    """Files of one name in two folders are two structures; subfolders are read, hidden files
+    are not; an edited file is a new key; an empty folder is an error naming it."""
+    for sub, crystal in (("a", bulk("Al", "fcc", 4.05)), ("b", bulk("Cu", "fcc", 3.61)),
+                         ("c/mp-1", bulk("Ni", "fcc", 3.52))):
+        (tmp_path / sub).mkdir(parents=True)
+        write(tmp_path / sub / "POSCAR", crystal, format="vasp")
+    (tmp_path / "c" / ".hidden").write_text("not a structure")
+    keys = dict(iter_structures(f"{tmp_path / 'a'},{tmp_path / 'b'},{tmp_path / 'c'}"))
+    assert [a.get_chemical_formula() for a in keys.values()] == ["Al", "Cu", "Ni"]
+    assert [k.split("@")[0] for k in keys] == ["file:a/POSCAR", "file:b/POSCAR",
+                                                 "file:c/mp-1/POSCAR"]
+    write(tmp_path / "a" / "POSCAR", bulk("Al", "fcc", 4.10), format="vasp")
+    again = dict(iter_structures(str(tmp_path / "a")))
+    assert len(again) == 1 and not set(again) & set(keys)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="--structures .*empty: a folder with no structure"):
+        list(iter_structures(str(tmp_path / "empty")))
+
+
+def test_respectra_refuses_what_it_cannot_recompute(serial_db, tmp_path):
+    """Unmerged parts (a build in flight or killed) and an entry without force constants are
+    refused, naming the database; a file that is not a records file is one line naming it."""
+    import shutil
+
+    db, _, _ = serial_db
+    copy = tmp_path / "copy.h5"
+    shutil.copyfile(db, copy)
+    parts_dir(copy).mkdir()
+    (parts_dir(copy) / "x.h5").write_bytes(b"")
+    with pytest.raises(InputError, match="copy.h5: entries of a build are still in"):
+        respectra(copy, tmp_path / "out.h5", SMALL, progress=False)
+    shutil.rmtree(parts_dir(copy))
+    with h5py.File(copy, "a") as f:
+        name = next(n for n, g in f["entries"].items() if g.attrs["status"] == "ok")
+        del f["entries"][name]["force_constants"]
+    with pytest.raises(InputError, match="1 entries with spectra but no force constants"):
+        respectra(copy, tmp_path / "out.h5", SMALL, progress=False)
+    assert not (tmp_path / "out.h5").exists()
+    bad = tmp_path / "records.h5"
+    bad.write_text("not hdf5")
+    with pytest.raises(InputError, match="records.h5: not an HDF5 file"):
+        record_keys(bad)
 
 
 def test_a_second_build_of_one_database_is_refused(tmp_path):

@@ -44,6 +44,8 @@ def build_cell(atoms, supercell=None, vacancies: int = 0, vacancy_element: str |
             out[i].symbol = new
             masses[i] = atomic_masses[atomic_numbers[new]]   # the new element's, not the old's
         out.set_masses(masses)
+    if vacancies < 0:
+        raise InputError(f"--vacancies {vacancies}: a number of atoms to remove, 0 or more")
     if vacancies:
         symbols = np.array(out.get_chemical_symbols())
         idx = np.flatnonzero(symbols == vacancy_element) if vacancy_element else np.arange(len(out))

@@ -53,6 +53,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -61,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from mlff_ins import __version__
-from mlff_ins.atomic_io import atomic_path, exclusive_lock
+from mlff_ins.atomic_io import atomic_path, exclusive_lock, write_json_atomic
 from mlff_ins.errors import InputError
 
 ARRAYS = ("numbers", "cell", "positions", "supercell_matrix", "force_constants", "lowest_THz",
@@ -486,27 +487,75 @@ def _same_teacher(a: str, b: str) -> bool:
         return False
 
 
-def check_same_build(db: str | os.PathLike, opts: BuildOptions) -> None:
-    """Refuse to add to an existing ``db`` built with another teacher, other spectra settings or
-    other relaxation/supercell settings (its entries and grids would then disagree with each
-    other), or to a file that is not such a database."""
+def _settings_file(db: str | os.PathLike) -> Path:
+    """The settings of a build, written before its first entry: what its parts were computed
+    with before the first merge has written ``db``'s /grids."""
+    return parts_dir(db) / "build.json"
+
+
+def _stored_settings(db: Path) -> tuple[str, dict] | None:
+    """``(where, attributes)`` of the settings ``db``'s entries were computed with: ``db``'s
+    /grids, or the parts folder's settings file when no merge has happened yet; None for a new
+    database."""
     import h5py
 
-    db = Path(db)
-    if not db.is_file():
-        return
-    try:
+    if db.is_file():
+        try:
+            with h5py.File(db, "r") as f:
+                attrs = dict(f["grids"].attrs) if "grids" in f else None
+        except OSError as exc:
+            raise InputError(f"{db}: cannot open as HDF5 ({exc}); not a database") from None
+        if attrs is None:
+            raise InputError(f"{db}: exists and is not a database written by `database build` "
+                             f"(no /grids); choose another -o")
+        return str(db), attrs
+    settings = _settings_file(db)
+    if settings.is_file() and any(parts_dir(db).glob("*.h5")):
+        try:
+            return str(settings), json.loads(settings.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{settings}: unreadable build settings ({exc}); move the parts "
+                             f"folder away to start afresh") from None
+    return None
+
+
+def _entry_teachers(db: Path) -> set[str]:
+    """The teachers named by the finished entries of ``db`` and its parts (failed entries that
+    never reached the teacher name none)."""
+    import h5py
+
+    names = set()
+    if db.is_file():
         with h5py.File(db, "r") as f:
-            attrs = dict(f["grids"].attrs) if "grids" in f else None
-    except OSError as exc:
-        raise InputError(f"{db}: cannot open as HDF5 ({exc}); not a database") from None
-    if attrs is None:
-        raise InputError(f"{db}: exists and is not a database written by `database build` (no "
-                         f"/grids); choose another -o")
+            names.update(str(g.attrs.get("teacher", "")) for g in f.get("entries", {}).values())
+    if parts_dir(db).is_dir():
+        for part in parts_dir(db).glob("*.h5"):
+            with contextlib.suppress(OSError, KeyError), h5py.File(part, "r") as f:
+                names.add(str(f["entry"].attrs.get("teacher", "")))
+    return names - {""}
+
+
+def check_same_build(db: str | os.PathLike, opts: BuildOptions) -> None:
+    """Refuse to add to an existing ``db`` (or to the parts of a build not yet merged into it)
+    built with another teacher (by name, or the same name at another version or content: a
+    universal model's package upgraded, a bundle retrained in place, a calculator YAML edited),
+    other spectra settings or other relaxation/supercell settings: its entries and grids would
+    then disagree with each other. Also refuses a file that is not such a database."""
+    db = Path(db)
+    stored_settings = _stored_settings(db)
+    if stored_settings is None:
+        return
+    where, attrs = stored_settings
     stored = str(attrs.get("teacher", ""))
     if not _same_teacher(stored, opts.teacher):
-        raise InputError(f"{db}: built with the teacher {stored}, not {opts.teacher}; one "
+        raise InputError(f"{where}: built with the teacher {stored}, not {opts.teacher}; one "
                          f"database holds one teacher's entries (choose another -o)")
+    mine = teacher_description(opts.teacher)
+    other = sorted(_entry_teachers(db) - {mine})
+    if other:
+        raise InputError(f"{where}: its entries were computed by {other[0]}; the teacher "
+                         f"{opts.teacher} is now {mine}; one database holds one teacher's "
+                         f"entries (choose another -o)")
     mine = json.loads(json.dumps(asdict(opts.spectra)))
     theirs = json.loads(str(attrs.get("spectra_options", "{}")))
     built = json.loads(str(attrs.get("build_options", "{}")))
@@ -517,9 +566,18 @@ def check_same_build(db: str | os.PathLike, opts: BuildOptions) -> None:
     diff += [f"{k} {built.get(k)!r} (now {v!r})" for k, v in now.items()
              if k not in ("teacher", "device") and k in built and built.get(k) != v]
     if diff:
-        raise InputError(f"{db}: its entries were computed with " + ", ".join(diff) +
+        raise InputError(f"{where}: its entries were computed with " + ", ".join(diff) +
                          "; a build goes on with the settings it started with (or `database "
                          "respectra` for other spectra settings)")
+
+
+def write_build_settings(db: str | os.PathLike, opts: BuildOptions, meta: dict) -> None:
+    """The settings file of a build (:func:`_settings_file`), in the layout of /grids'
+    attributes, so that a build killed before its first merge is checked on resume."""
+    attrs = {"spectra_options": json.dumps(asdict(opts.spectra))}
+    attrs.update({k: json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+                  for k, v in meta.items()})
+    write_json_atomic(_settings_file(db), attrs)
 
 
 def consolidate(db: str | os.PathLike, spectra: SpectraOptions, meta: dict) -> int:
@@ -531,6 +589,11 @@ def consolidate(db: str | os.PathLike, spectra: SpectraOptions, meta: dict) -> i
 
     db = Path(db)
     parts = sorted(parts_dir(db).glob("*.h5")) if parts_dir(db).is_dir() else []
+    # a merge killed midway leaves its copy of the database behind (the build's lock is held:
+    # no other merge of this database is running)
+    for stale in db.parent.glob(f".{db.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
     with atomic_path(db) as tmp:
         if db.is_file():
             shutil.copyfile(db, tmp)
@@ -612,31 +675,38 @@ def _check_records_file(f, path) -> None:
                          f"mlff-ins {__version__} reads up to {RECORDS_VERSION}")
 
 
-def record_keys(path: str | os.PathLike) -> dict:
-    """``{name: key}`` of every record of a records file (empty when there is no file)."""
+def _open_records(path: Path):
+    """A teacher records file opened for reading, after checking that it is one."""
     import h5py
 
-    path = Path(path)
-    if not path.exists():
-        return {}
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise InputError(f"{path}: not an HDF5 file ({exc})") from None
-    with f:
+        raise InputError(f"{path}: not an HDF5 file ({str(exc).splitlines()[0]}); a teacher "
+                         f"records file (--records) is one") from None
+    try:
         _check_records_file(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def record_keys(path: str | os.PathLike) -> dict:
+    """``{name: key}`` of every record of a records file (empty when there is no file)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    with _open_records(path) as f:
         return {name: str(g.attrs["key"]) for name, g in f["records"].items()}
 
 
 def record_teachers(path: str | os.PathLike) -> set[str]:
     """The teachers named by the records of a records file (failed records name none)."""
-    import h5py
-
     path = Path(path)
     if not path.exists():
         return set()
-    with h5py.File(path, "r") as f:
-        _check_records_file(f, path)
+    with _open_records(path) as f:
         return {str(g.attrs["teacher"]) for g in f["records"].values()
                 if str(g.attrs.get("teacher", ""))}
 
@@ -644,11 +714,8 @@ def record_teachers(path: str | os.PathLike) -> set[str]:
 def read_records(path: str | os.PathLike, names=None) -> list[dict]:
     """The records (dicts of attributes and arrays) of a records file, those named by
     ``names`` only when given."""
-    import h5py
-
     path = Path(path)
-    with h5py.File(path, "r") as f:
-        _check_records_file(f, path)
+    with _open_records(path) as f:
         group = f["records"]
         out = []
         for name in (group if names is None else names):
@@ -832,6 +899,11 @@ def _group_names(path: Path, group: str) -> list[str]:
 # the build loop
 
 _WORKER_TEACHER = {}
+#: one entry at a time in a process: a dask worker runs tasks in several threads by default, and
+#: they would share one teacher (its neighbour list and buffers) and the lazy loading of
+#: periodictable's neutron tables, neither of which is thread-safe (measured: entries recorded
+#: as failed with AttributeErrors of half-built objects)
+_TASK_LOCK = threading.Lock()
 
 
 def _worker_init(teacher: str, device: str, threads: int) -> None:
@@ -846,15 +918,16 @@ def _task(key: str, atoms_dict: dict | None, opts: BuildOptions,
     teacher ``record`` the entry is rebuilt from it and the teacher is not touched."""
     from ase import Atoms
 
-    if record is not None:
-        return entry_from_record(record, opts.spectra)
-    if opts.teacher not in _WORKER_TEACHER:
-        _WORKER_TEACHER[opts.teacher] = load_teacher(opts.teacher, opts.device,
-                                                     workdir=f".teacher-{os.getpid()}")
-    calc, desc = _WORKER_TEACHER[opts.teacher]
-    entry = compute_entry(key, Atoms(**atoms_dict), opts, calc)
-    entry["teacher"] = desc
-    return entry
+    with _TASK_LOCK:
+        if record is not None:
+            return entry_from_record(record, opts.spectra)
+        if opts.teacher not in _WORKER_TEACHER:
+            _WORKER_TEACHER[opts.teacher] = load_teacher(opts.teacher, opts.device,
+                                                         workdir=f".teacher-{os.getpid()}")
+        calc, desc = _WORKER_TEACHER[opts.teacher]
+        entry = compute_entry(key, Atoms(**atoms_dict), opts, calc)
+        entry["teacher"] = desc
+        return entry
 
 
 def _atoms_dict(atoms) -> dict:
@@ -942,16 +1015,19 @@ def _build_database(structures, db: str | os.PathLike, opts: BuildOptions, *, wo
         todo = todo[:limit]
     room = len(later) if limit is None else max(0, limit - len(todo))   # for substitutions
     todo = restore + todo
-    meta = {"teacher": opts.teacher, "code_version": __version__,
+    meta = {"teacher": opts.teacher, "teacher_description": teacher_description(opts.teacher),
+            "code_version": __version__,
             "build_options": {k: v for k, v in asdict(opts).items() if k != "spectra"}}
+    write_build_settings(db, opts, meta)
     bar = tqdm(total=len(todo) + min(len(later), room), unit="entry", desc="database",
                disable=not progress, dynamic_ncols=True)
     counts = {"ok": 0, "imaginary": 0, "failed": 0, "restored": 0}
     since = 0
+    merged = len(done)      # a merge copies the database: merge less often as it grows
     skipped_parent = 0
 
     def finished(entry):
-        nonlocal since
+        nonlocal since, merged
         statuses[entry["key"]] = entry["status"]
         if entry.pop("restored", False):
             counts["restored"] += 1
@@ -963,8 +1039,8 @@ def _build_database(structures, db: str | os.PathLike, opts: BuildOptions, *, wo
         since += 1
         bar.set_postfix_str(f"{entry['formula']} {entry['status']}", refresh=False)
         bar.update(1)
-        if since >= consolidate_every:
-            consolidate(db, opts.spectra, meta)
+        if since >= max(consolidate_every, merged // 10):
+            merged = consolidate(db, opts.spectra, meta)
             if records is not None:
                 append_records(records, [], compact=True)
             since = 0
@@ -1100,8 +1176,17 @@ def respectra(db: str | os.PathLike, out: str | os.PathLike,
         spectra = replace(stored_spectra_options(db), **changes)
     elif changes:
         raise TypeError("respectra: give either spectra or changes to the stored options")
+    if parts_dir(db).is_dir() and any(parts_dir(db).glob("*.h5")):
+        raise InputError(f"{db}: entries of a build are still in {parts_dir(db)} (a build "
+                         f"running, or killed before its last merge: rerun it to finish)")
     grids, entries = read_database(db, status=None, teacher_data=True)
-    meta = {k: grids[k] for k in ("teacher", "code_version") if k in grids}
+    lacking = [e["key"] for e in entries
+               if e.get("status") != "failed" and "force_constants" not in e]
+    if lacking:
+        raise InputError(f"{db}: {len(lacking)} entries with spectra but no force constants "
+                         f"(e.g. {lacking[0]}); their spectra cannot be recomputed")
+    meta = {k: grids[k] for k in ("teacher", "teacher_description", "code_version")
+            if k in grids}
     if "build_options" in grids:    # kept: a later build into the output checks against them
         meta["build_options"] = json.loads(grids["build_options"])
     meta["respectra_of"] = str(db)
@@ -1111,7 +1196,7 @@ def respectra(db: str | os.PathLike, out: str | os.PathLike,
             _write_grids(f, spectra, meta)
             g = f.create_group("entries")
             for e in tqdm(entries, unit="entry", desc="respectra", disable=not progress):
-                if "force_constants" in e:
+                if e.get("status") != "failed":
                     ph = phonopy_of_entry(e)
                     e.update(entry_spectra(ph, spectra))
                     e.update(stability_flag(ph, float(e["lowest_THz"]),

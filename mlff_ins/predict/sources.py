@@ -263,17 +263,32 @@ def substitutions(per_prototype: int = 40, threshold: float = SUBSTITUTION_THRES
 
 
 def _files(path: Path):
+    """``(key, atoms)`` of every frame of a structure file, or of every file under a folder
+    (subfolders included, hidden names skipped). A key names the file by its path inside the
+    folder given (``file:FOLDER/sub/POSCAR``, or ``file:NAME`` for a file given alone) and the
+    start of its content's SHA-256: two files of one name in different folders are two entries,
+    and an edited file is a new entry on resume, not one already done."""
+    import hashlib
+
     from ase.io import read
 
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file()
+                       and not any(part.startswith(".") for part in f.relative_to(path).parts))
+        if not files:
+            raise InputError(f"--structures {path}: a folder with no structure files")
+        names = {f: f"{path.resolve().name}/{f.relative_to(path).as_posix()}" for f in files}
+    else:
+        files, names = [path], {path: path.name}
     for f in files:
         try:
             frames = read(f, index=":")
         except Exception as exc:  # noqa: BLE001 - any reader error is the user's file
             raise InputError(f"{f}: cannot read a structure ({str(exc).splitlines()[0]})") \
                 from None
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()[:12]
         for i, a in enumerate(frames):
-            yield (f"file:{f.name}" + (f":{i}" if len(frames) > 1 else "")), a
+            yield f"file:{names[f]}@{digest}" + (f":{i}" if len(frames) > 1 else ""), a
 
 
 def iter_structures(spec: str, max_atoms: int = 12, per_prototype: int = 40):
