@@ -295,6 +295,13 @@ def test_predict_command_with_partials_spread_and_warnings(small_predictor, tmp_
     isolated = p.familiarity(bulk("Cu", "fcc", 12.0))
     assert any("without a neighbour within 4 Å" in w for w in isolated)
     assert p.familiarity(bulk("Cu", "fcc", 3.61)) == []
+    # element pairs: the squeezed Cu-Cu distance is below any in training; Ag and Pt were in
+    # training, never side by side (the alloys are the first ten pairs of EMT_METALS)
+    assert any(w.startswith("Cu-Cu: shortest distance 2.05 Å, below the") for w in squeezed)
+    agpt = bulk("Ag", "fcc", 4.0, cubic=True)
+    agpt[0].symbol = "Pt"
+    assert any(w.startswith("Ag-Pt: atoms 2.83 Å apart, a pair never within 4 Å")
+               for w in p.familiarity(agpt))
 
 
 def test_temperature_applies_the_bose_factor(small_predictor):
@@ -473,6 +480,9 @@ def test_a_predictor_with_a_status_warns_at_every_prediction(small_predictor, tm
     assert "mlff-ins predict: warning: not to be trusted" in capsys.readouterr().err
     prov = read_spectra(tmp_path / "p.h5")["s_e"].provenance
     assert prov["warnings"][0] == "not to be trusted"
+    # where the predictor's knowledge came from goes with every prediction
+    assert prov["predictor_teacher"] == meta["teacher"] and meta["teacher"]
+    assert prov["predictor_database"] == meta["database"]
 
 
 def test_a_status_from_an_older_training_is_worded_by_the_current_code(small_predictor,

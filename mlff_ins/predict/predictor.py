@@ -149,6 +149,25 @@ def neighbour_stats(atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
     return nn, np.bincount(i, minlength=len(atoms))
 
 
+def pair_shortest(atoms, cutoff: float) -> dict[str, float]:
+    """The shortest distance (Å) between the atoms of each element pair closer than ``cutoff``,
+    keyed ``"A-B"`` (symbols in alphabetical order)."""
+    from ase.neighborlist import neighbor_list
+
+    i, j, d = neighbor_list("ijd", atoms, cutoff)
+    if not len(d):
+        return {}
+    symbols = np.array(atoms.get_chemical_symbols())
+    names = sorted(set(symbols))
+    code = np.searchsorted(names, symbols)
+    a, b = np.minimum(code[i], code[j]), np.maximum(code[i], code[j])
+    pair = a * len(names) + b
+    out = {}
+    for p in np.unique(pair):
+        out[f"{names[p // len(names)]}-{names[p % len(names)]}"] = float(d[pair == p].min())
+    return out
+
+
 def load_examples(db, targets=TARGETS, limit: int | None = None):
     """(structures, target arrays (n, n_targets, 120), formulas, database facts: temperature,
     teacher) of every ``ok`` entry of a database."""
@@ -466,8 +485,10 @@ def _training_stats(structures, train_idx, cutoff) -> dict:
     """Elements of the training structures and, overall and per element, the range of
     nearest-neighbour distances (atoms with a neighbour within the cutoff) and of neighbour
     counts within the cutoff; ``isolated`` counts atoms with none."""
-    rows = {}
+    rows, pairs = {}, {}
     for i in train_idx:
+        for pair, d in pair_shortest(structures[i], cutoff).items():
+            pairs[pair] = min(d, pairs.get(pair, np.inf))
         nn, coord = neighbour_stats(structures[i], cutoff)
         for el, d, c in zip(structures[i].get_chemical_symbols(), nn, coord):
             rows.setdefault(el, []).append((d, c))
@@ -484,7 +505,7 @@ def _training_stats(structures, train_idx, cutoff) -> dict:
     return {"elements": sorted(rows),
             "nearest_neighbour_A": [min(r[0] for r in ranges), max(r[1] for r in ranges)],
             "neighbours_within_cutoff": [min(r[0] for r in counts), max(r[1] for r in counts)],
-            "per_element": per_element}
+            "per_element": per_element, "pair_shortest_A": dict(sorted(pairs.items()))}
 
 
 #: a predictor whose test median MSE is above this fraction of the mean-spectrum baseline's is
@@ -780,6 +801,18 @@ class Predictor:
             if c.min() < clo or c.max() > chi:
                 out.append(f"{el}: {_span(c.min(), c.max(), 'd')} neighbours within "
                            f"{cutoff:g} Å, {_span(clo, chi, 'd')} for {el} in training")
+        seen = self.meta.get("pair_shortest_A")    # predictors trained before: not checked
+        if seen is not None:
+            known = set(self.meta["elements"])
+            for pair, d in pair_shortest(atoms, cutoff).items():
+                if not set(pair.split("-")) <= known:
+                    continue                        # an unseen element: said above
+                if pair not in seen:
+                    out.append(f"{pair}: atoms {d:.2f} Å apart, a pair never within {cutoff:g} "
+                               f"Å of each other in training")
+                elif d < 0.9 * seen[pair]:
+                    out.append(f"{pair}: shortest distance {d:.2f} Å, below the {seen[pair]:.2f}"
+                               f" Å of any {pair} pair in training")
         return out
 
     def predict(self, atoms, instrument: str = "vision", temperature_K: float | None = None,
@@ -811,6 +844,8 @@ class Predictor:
         if self.meta.get("status"):       # a predictor that says it is not to be trusted
             warnings.insert(0, self.meta["status"])
         prov = {"predictor": str(self.directory), "predictor_version": self.meta["code_version"],
+                "predictor_teacher": self.meta.get("teacher", ""),
+                "predictor_database": self.meta.get("database", ""),
                 "structure": source_name, "formula": atoms.get_chemical_formula(),
                 "n_members": len(self.models), "warnings": warnings,
                 "database_temperature_K": t_db,
