@@ -303,6 +303,35 @@ def _processed(path, values, errors, axis1, axis2, units1="DeltaE", units2="Mome
     return path
 
 
+def test_a_file_pointing_outside_itself_is_not_read(tmp_path):
+    """HDF5 external raw storage or an external link would make the reader (and the web page's
+    server) read another file of the machine as "intensities": refused, naming the object; the
+    same layout kept inside the file reads."""
+    from mlff_ins.neutron.spectrum import read_spectra
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(4, dtype="<f8").tobytes())
+    edges = np.linspace(0.0, 4.0, 5)
+    inside = _processed(tmp_path / "inside.nxs", np.ones((1, 4)), np.ones((1, 4)), edges,
+                        [0.0, 1.0])
+    assert read_measured(inside)
+    external = _processed(tmp_path / "external.nxs", np.ones((1, 4)), np.ones((1, 4)), edges,
+                          [0.0, 1.0])
+    with h5py.File(external, "a") as f:
+        ws = f["mantid_workspace_1/workspace"]
+        del ws["values"]
+        ws.create_dataset("values", shape=(1, 4), dtype="<f8", external=[(str(secret), 0, 32)])
+    with pytest.raises(InputError, match=r"external\.nxs: dataset /mantid_workspace_1/"
+                                         r"workspace/values keeps its values in other files"):
+        read_measured(external)
+    linked = tmp_path / "linked.h5"
+    with h5py.File(linked, "w") as f:
+        f["s_e"] = h5py.ExternalLink(str(inside), "/mantid_workspace_1/workspace")
+    for reader in (read_measured, read_spectra):
+        with pytest.raises(InputError, match=r"linked\.h5: /s_e is a link to another file"):
+            reader(linked)
+
+
 @pytest.mark.parametrize("units1, factor", [("DeltaE", 1.0), ("DeltaE_inWavenumber", 8.065544)])
 def test_counts_per_bin_become_a_density(tmp_path, units1, factor):
     """distribution "0" (counts per bin) on log-spaced bins: dividing by the widths in meV gives

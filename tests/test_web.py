@@ -59,7 +59,7 @@ def client(small_predictor):
     """One app with the small predictor and EMT for the phonon route."""
     _, predictor_dir, _ = small_predictor
     app = create_app(Settings(predictor=str(predictor_dir), model=str(EMT_YAML)))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -194,7 +194,7 @@ def limited(small_predictor):
     _, predictor_dir, _ = small_predictor
     app = create_app(Settings(predictor=str(predictor_dir), model=str(EMT_YAML), max_atoms=3,
                               max_upload_mb=2 / 1024, max_queued=1))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -432,7 +432,7 @@ def test_no_predictor_says_so_and_structures_still_work(monkeypatch, files):
         raise InputError("no predictor is shipped")
 
     monkeypatch.setattr(predictor, "shipped_predictor", none)
-    with TestClient(create_app(Settings())) as c:
+    with TestClient(create_app(Settings()), base_url="http://127.0.0.1") as c:
         st = c.get("/api/status").json()
         assert not st["predictor"]["available"] and not st["model"]["available"]
         message = st["predictor"]["message"]
@@ -489,6 +489,19 @@ def test_measured_overlay_and_metrics(client, files, tmp_path):
     assert doc["energy_label"] == "energy transfer (cm⁻¹)"
     data = client.get(f"/api/measured/{info['id']}?unit=meV").json()
     assert np.allclose(data["data"]["s_e"]["y"], y, rtol=RTOL)
+
+
+def test_requests_from_other_sites_are_refused(client):
+    """A page of another site may not use the local server: a request whose Origin is not the
+    page's own, or whose Host is not a local name (DNS rebinding: evil.example pointed at
+    127.0.0.1), is refused with 403; the page's own requests pass."""
+    assert client.get("/api/status").status_code == 200
+    assert client.get("/api/status", headers={"Origin": "http://127.0.0.1"}).status_code == 200
+    text = _one_sentence(client.get("/api/status", headers={"Host": "evil.example"}), 403)
+    assert "localhost only" in text and "evil.example" in text
+    text = _one_sentence(client.post("/api/predict", json={"id": "x"},
+                                     headers={"Origin": "http://evil.example"}), 403)
+    assert "another site" in text
 
 
 def test_measured_unit_field(client, tmp_path):
@@ -696,7 +709,7 @@ def test_job_queue_reports_failures_in_one_line():
 def test_temporary_folder_is_removed_at_shutdown(small_predictor, files):
     _, predictor_dir, _ = small_predictor
     app = create_app(Settings(predictor=str(predictor_dir)))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         workdir = app.state.server.workdir
         sid = _structure_id(c, files)
         assert (workdir / "uploads" / sid / "Cu3Au.cif").is_file()

@@ -569,11 +569,9 @@ def _text_sqe(path, converted, bank, base, y_units) -> Spectrum2D:
 def _read_hdf5(path: Path, *, bank, q_edges) -> dict[str, Spectrum]:
     import h5py
 
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot open as HDF5 ({exc})") from None
-    with f:
+    from mlff_ins.hdf5_files import open_self_contained
+
+    with open_self_contained(path) as f:
         nxspe = [name for name, g in f.items() if isinstance(g, h5py.Group)
                  and isinstance(g.get("definition"), h5py.Dataset)
                  and _text(g["definition"][()]).strip().upper() == "NXSPE"]

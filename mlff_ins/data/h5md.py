@@ -39,6 +39,7 @@ import numpy as np
 from mlff_ins import __version__
 from mlff_ins.atomic_io import atomic_path, exclusive_lock
 from mlff_ins.errors import InputError
+from mlff_ins.hdf5_files import refuse_outside_references
 
 GROUP = "particles/trajectory"
 SETTINGS = "parameters/md_settings"
@@ -75,6 +76,7 @@ def open_h5md(path: str | Path):
         except OSError as exc2:
             raise InputError(f"{path}: cannot open as HDF5 ({exc2})") from None
     try:
+        refuse_outside_references(f, path)
         yield f
     finally:
         f.close()

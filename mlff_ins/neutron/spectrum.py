@@ -142,11 +142,9 @@ def read_spectra(path: str | Path) -> dict[str, Spectrum]:
     if not path.is_file():
         raise InputError(f"{path}: no such spectra file")
     out: dict[str, Spectrum] = {}
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputError(f"{path}: not an HDF5 file ({exc})") from None
-    with f:
+    from mlff_ins.hdf5_files import open_self_contained
+
+    with open_self_contained(path) as f:
         for name, g in f.items():
             if not isinstance(g, h5py.Group) or _text(g.attrs.get("NX_class", "")) != "NXdata":
                 continue

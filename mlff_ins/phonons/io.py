@@ -123,18 +123,15 @@ def _write_h5(f, pset: PhononSet, props: PhononProperties) -> None:
 
 def read_phonons(path: str | os.PathLike) -> PhononSet:
     """Rebuild the per-member phonopy objects (force constants set) from a phonons HDF5 file."""
-    import h5py
     from phonopy import Phonopy
     from phonopy.structure.atoms import PhonopyAtoms
 
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise InputError(f"{path}: not an HDF5 file") from None
-    with f:
+    from mlff_ins.hdf5_files import open_self_contained
+
+    with open_self_contained(path) as f:
         if f.attrs.get("format") != FORMAT:
             raise InputError(f"{path}: not a phonons file of mlff-ins (write one with "
                              "`mlff-ins phonons`)")

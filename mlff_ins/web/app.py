@@ -1285,9 +1285,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "phonon route with a force field, and measured data.")
     app.state.server = server
     _install_error_handlers(app, server)
+    _add_origin_check(app, settings)
     _add_page_routes(app)
     _add_api_routes(app, server)
     return app
+
+
+#: the names a browser on this machine uses for a server bound to the loopback interface
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def _host_name(netloc: str) -> str:
+    """The host of ``host[:port]`` or ``[v6]:port``, lower case."""
+    netloc = netloc.strip().lower()
+    if netloc.startswith("["):
+        return netloc[1:].split("]", 1)[0]
+    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+
+
+def _add_origin_check(app: FastAPI, settings: Settings) -> None:
+    """Requests from other web sites are refused (403): a request whose ``Origin`` is not the
+    page's own, and, on a server bound to the loopback interface, one whose ``Host`` is not a
+    local name (a site that points its own name at 127.0.0.1, DNS rebinding, would otherwise
+    be the page's origin and read the answers)."""
+    from urllib.parse import urlsplit
+
+    local_only = settings.host in LOCAL_NAMES
+
+    @app.middleware("http")
+    async def same_origin(request, call_next):
+        host = request.headers.get("host", "")
+        if local_only and _host_name(host) not in LOCAL_NAMES:
+            return _error(403, f"this server answers requests to localhost only, not to "
+                               f"{_host_name(host) or 'no host'}")
+        origin = request.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+            return _error(403, "requests from another site's pages are refused")
+        return await call_next(request)
 
 
 def _add_page_routes(app: FastAPI) -> None:
