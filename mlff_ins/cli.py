@@ -1435,8 +1435,8 @@ def _add_compare(sub) -> None:
     p.add_argument("--measured-x", choices=["edges", "centres"],
                    help="how to read the x column of a measured text file: bin edges (its last "
                         "row, y = e = 0 or x alone, is the closing edge) or centres (default: "
-                        "edges where its last row holds x alone or, in Mantid's SaveAscii v1 "
-                        "layout, y = e = 0)")
+                        "edges where its last row holds x alone, else centres, as Mantid's "
+                        "SaveAscii writes them)")
     p.add_argument("--q-bins", type=float, nargs=3, metavar=("QMIN", "QMAX", "DQ"),
                    help="|Q| bins (1/Å) for NXSPE measurements (default: 100 bins to the "
                         "largest |Q|)")

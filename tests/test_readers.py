@@ -149,26 +149,49 @@ def test_mantid_ascii_v2_blocks_select_banks(tmp_path):
 # --- Mantid SaveAscii v1 -----------------------------------------------------------------------
 
 
-def test_mantid_ascii_v1_column_pairs_with_trailing_zero_edge(tmp_path):
+def test_mantid_ascii_v1_column_pairs_and_a_trailing_zero_row(tmp_path):
+    """SaveAscii v1 writes a row per bin at its centre (Mantid's SaveAscii.cpp writes the
+    workspace's points): a last row with y = e = 0 is an empty bin, with a warning naming the
+    option that reads it as a closing bin edge instead, which then gives the bin centres."""
     edges = np.linspace(0.0, 400.0, 9)  # 8 bins, in cm-1
     ys = [np.arange(1.0, 9.0) * k for k in (1, 2, 3)]
     es = [np.full(8, 0.01 * k) for k in (1, 2, 3)]
     cols = []
     for y, e in zip(ys, es):
-        cols += [np.append(y, 0.0), np.append(e, 0.0)]  # the closing edge row: y = e = 0
+        cols += [np.append(y, 0.0), np.append(e, 0.0)]  # a last row with y = e = 0
     path = _write(tmp_path / "v1.dat", "# X unit: cm-1\n#X , Y0 , E0 , Y1 , E1 , Y2 , E2\n"
                   + _rows(edges, *cols, sep=" , "))
-    out = read_measured(path, bank="all")
-    assert len(out) == 3
+    with pytest.warns(UserWarning, match="v1.dat: .*the last row has y = e = 0.*--measured-x "
+                                         "edges"):
+        kept = read_measured(path, bank="all")
+    assert len(kept) == 3
+    for sp in kept.values():
+        assert sp.provenance["format"] == "mantid_ascii_v1"
+        assert sp.provenance["x_bins"] == "centres" and len(sp.x) == 9
+        assert sp.x[-1] == pytest.approx(400.0 * MEV_PER_UNIT["cm-1"])
+    out = read_measured(path, bank="all", x_edges=True)
     centres_meV = 0.5 * (edges[:-1] + edges[1:]) * MEV_PER_UNIT["cm-1"]
     for sp, y, e in zip(out.values(), ys, es):
-        assert sp.provenance["format"] == "mantid_ascii_v1"
         assert sp.provenance["x_bins"].startswith("edges (last row with y = e = 0")
         assert np.allclose(sp.x, centres_meV, rtol=RTOL, atol=0)
         assert np.allclose(sp.intensity, y, rtol=RTOL) and np.allclose(sp.intensity_std, e)
-    # x_edges=False keeps the zero row as a point at its own x
-    kept = read_measured(path, x_edges=False)["s_e"]
-    assert len(kept.x) == 9 and kept.x[-1] == pytest.approx(400.0 * MEV_PER_UNIT["cm-1"])
+
+
+def test_a_table_of_q_e_i_rows_is_not_read_as_a_spectrum(tmp_path):
+    """`export --csv` writes S(Q,E) as Q, E, I rows: three columns that look like x, y, e. Their
+    repeated first column is refused, naming the lines, as is a non-finite energy."""
+    from mlff_ins.compare.export import export_csv
+    from mlff_ins.neutron.spectrum import Spectrum2D
+
+    sqe = Spectrum2D(kind="sqe", q=np.array([0.5, 1.0]), y=np.array([1.0, 2.0, 3.0]),
+                     intensity=np.arange(6.0).reshape(2, 3), units="barn/(sr meV)")
+    (csv,) = export_csv({"sqe": sqe}, tmp_path)
+    with pytest.raises(InputError, match=r"sqe.csv: the first column repeats 0.5 \(lines \d+ "
+                                         r"and \d+\)"):
+        read_measured(csv, unit="meV")
+    nan = _write(tmp_path / "nan.txt", "# X unit: meV\nX , Y0 , E0\n1,2,3\nnan,2,3\n3,4,5\n")
+    with pytest.raises(InputError, match="nan.txt: line 4: the energy nan is not a finite"):
+        read_measured(nan)
 
 
 def test_trailing_run_of_zeros_is_data_not_an_edge(tmp_path):

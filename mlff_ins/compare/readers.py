@@ -31,11 +31,10 @@ Where the layouts come from, and what is assumed:
   and SaveMD2 sources for the other layouts; each reader cites what it follows.
 - Three spectra in one 1D file are taken as VISION's backward, forward and average banks (that
   order); any other count is named ``spectrum<N>`` by its spectrum number.
-- Bin edges in text: a last row with x alone is the closing edge; so is, in Mantid's SaveAscii
-  v1 layout (which writes histograms that way), a last row with y = e = 0 in every spectrum when
-  the row before is not all zero (``x_edges=False`` turns this off; elsewhere such a row is an
-  empty last bin, with a warning, unless ``x_edges=True``).
-  Mantid itself writes bin centres.
+- Bin edges in text: a last row with x alone is the closing edge. A last row with y = e = 0 in
+  every spectrum after a row that is not all zero is an empty last bin, with a warning
+  (``x_edges=True`` reads it as the closing edge): Mantid's SaveAscii (v1 and v2) writes one row
+  per bin at its centre.
 - Intensities are not rescaled when the energy axis is converted (a density per cm⁻¹ read from a
   file stays in the file's intensity units, stated in ``units``).
 
@@ -95,9 +94,10 @@ def read_measured(path, *, bank: int | str | None = None, q_edges=None, unit: st
         Energy unit of a text file's x column ("meV", "cm-1", "THz"), overriding what the file
         says; needed for Mantid ASCII files, which carry no unit unless a comment names it.
     x_edges : bool or None
-        Text files: None finds bin edges by themselves (a last row with x only, or a last row with
-        y = e = 0 in every spectrum after a row that is not all zero); True takes the last x as the
-        closing edge; False takes every row with y as a point.
+        Text files: None finds bin edges by themselves (a last row with x only; a last row with
+        y = e = 0 in every spectrum after a row that is not all zero stays a point, with a
+        warning); True takes the last x as the closing edge; False takes every row with y as a
+        point.
 
     Returns
     -------
@@ -375,8 +375,26 @@ def _parse_columns(path: Path, body: list[_Line], header: _Line | None) -> list[
     table = _table(path, rows)
     roles = _column_roles(path, header, ncols)
     x = table[:, 0]
+    _check_x_column(path, rows, x)
     return [_Column1D(f"spectrum{k + 1}", x, table[:, yc], None if ec is None else table[:, ec],
                       closing_x=closing, number=k + 1) for k, (yc, ec) in enumerate(roles)]
+
+
+def _check_x_column(path: Path, rows: list[_Line], x: np.ndarray) -> None:
+    """The energies of a table are finite and each appears once: a value met again is a table
+    of S(Q,E) as rows (Q, E, I), which a spectrum's columns would silently scramble."""
+    bad = np.flatnonzero(~np.isfinite(x))
+    if len(bad):
+        raise InputError(f"{path}: line {rows[bad[0]].number}: the energy {x[bad[0]]} is not a "
+                         f"finite number")
+    order = np.argsort(x, kind="stable")
+    same = np.flatnonzero(np.diff(x[order]) == 0)
+    if len(same):
+        a, b = sorted((order[same[0]], order[same[0] + 1]))
+        raise InputError(f"{path}: the first column repeats {x[a]:g} (lines {rows[a].number} and "
+                         f"{rows[b].number}): not one energy per row; a table of Q, E, I rows "
+                         f"(S(Q,E)) is read from NXSPE, Mantid processed NeXus or SaveAscii v2 "
+                         f"blocks (one per Q)")
 
 
 def _float_or_error(path: Path, ln: _Line, text: str) -> float:
@@ -469,8 +487,8 @@ def _edge_rule(path: Path, cols: list[_Column1D], x_edges: bool | None,
         return "zero"
     if not last_zero or all(zero_row(c, -2) for c in cols):
         return "points"
-    if fmt == "mantid_ascii_v1":
-        return "zero"
+    # Mantid's SaveAscii (v1 and v2) writes one row per bin at its centre (the workspace's
+    # points), never a closing edge: an empty last row is an empty last bin unless told
     import warnings
 
     warnings.warn(f"{path}: {cols[0].label}: the last row has y = e = 0 after data; read as an "
