@@ -6,6 +6,8 @@ conversion or a bin-centre average); physical constants quoted to a given number
 compared at that precision, as stated next to each check.
 """
 
+import warnings
+
 import h5py
 import numpy as np
 import pytest
@@ -192,6 +194,21 @@ def test_a_table_of_q_e_i_rows_is_not_read_as_a_spectrum(tmp_path):
     nan = _write(tmp_path / "nan.txt", "# X unit: meV\nX , Y0 , E0\n1,2,3\nnan,2,3\n3,4,5\n")
     with pytest.raises(InputError, match="nan.txt: line 4: the energy nan is not a finite"):
         read_measured(nan)
+
+
+def test_a_unit_named_in_passing_is_a_guess_said_aloud(tmp_path):
+    """A unit that only a free comment names (here the elastic line's width, while x is in
+    cm-1) is taken with a warning naming the line and the option; a declaration is not."""
+    rows = "\n".join(f"{x},{1.0},{0.1}" for x in (400.0, 800.0, 1200.0))
+    guess = _write(tmp_path / "guess.dat", "# VISION, elastic line FWHM 0.1 meV\n" + rows + "\n")
+    with pytest.warns(UserWarning, match=r"guess.dat: energy unit meV taken from line 1 .*"
+                                         r"--measured-unit"):
+        read_measured(guess)
+    assert read_measured(guess, unit="cm-1")["s_e"].x[0] == pytest.approx(400 * 0.12398419843)
+    declared = _write(tmp_path / "declared.dat", "# X unit: cm-1\n" + rows + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_measured(declared)
 
 
 def test_trailing_run_of_zeros_is_data_not_an_edge(tmp_path):

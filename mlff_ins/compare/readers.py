@@ -410,11 +410,15 @@ def _text_energy_unit(path: Path, lines, header, unit) -> tuple[str, str]:
     A unit= that contradicts a unit the file names is refused too (one of them is wrong)."""
     if unit is not None:
         given = _check_unit(unit, f"{path}: unit=")
+        import warnings
+
         try:
-            named, where = _text_energy_unit(path, lines, header, None)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")      # a guess is not the file's word
+                named, where = _text_energy_unit(path, lines, header, None)
         except InputError:
             return given, "unit= keyword"
-        if named != given:
+        if named != given and not where.endswith("(guessed)"):
             raise InputError(f"{path}: --measured-unit {given} (unit= in Python) contradicts "
                              f"the file, whose {where} says {named}; drop the option or correct "
                              f"the file")
@@ -429,8 +433,10 @@ def _text_energy_unit(path: Path, lines, header, unit) -> tuple[str, str]:
                 raise InputError(f"{path}: line {ln.number}: energy unit {m.group(1)!r} is not "
                                  f"meV, cm-1 or THz; give the unit (--measured-unit, unit= in Python)")
             return found, f"line {ln.number}"
-    if header and energy_unit(header[-1].text):  # the column header just above the data
-        return energy_unit(header[-1].text), f"line {header[-1].number}"
+    if header:       # the column header just above the data, naming the unit of its first
+        first = re.split(r"\s*[,;\t]\s*|\s{2,}", header[-1].text.strip().lstrip("#").strip())[0]
+        if energy_unit(first):
+            return energy_unit(first), f"line {header[-1].number}"
     seen = {}
     for ln in texts:
         if _Y_UNIT_DECL.match(ln.text) or _Q_DECL.match(ln.text):
@@ -439,8 +445,16 @@ def _text_energy_unit(path: Path, lines, header, unit) -> tuple[str, str]:
             if pattern.search(ln.text):
                 seen.setdefault(u, ln.number)
     if len(seen) == 1:
+        # a unit named in passing (a comment about the resolution, say) may not be the x
+        # column's: taken, and said, so that a wrong guess shows
         (u, number), = seen.items()
-        return u, f"line {number}"
+        import warnings
+
+        text = next(ln.text.strip() for ln in texts if ln.number == number)
+        warnings.warn(f"{path}: energy unit {u} taken from line {number} ({text[:60]!r}), "
+                      f"which does not declare the x column's unit; if the energies are in "
+                      f"another unit, give it (--measured-unit, unit= in Python)", stacklevel=4)
+        return u, f"line {number} (guessed)"
     if len(seen) > 1:
         named = ", ".join(f"{u} (line {n})" for u, n in seen.items())
         raise InputError(f"{path}: the header names several energy units: {named}; give the "
