@@ -61,6 +61,29 @@ def test_label_matches_calculator(tmp_path):
     assert not (tmp_path / "out.xyz.work").exists()
 
 
+def test_label_keeps_spin_and_charge_inputs_and_drops_a_stress_not_computed(tmp_path):
+    """The frame's initial magnetic moments and charges reach the calculator (a spin-polarised
+    DFT code reads them); a stress the calculator did not compute (CP2K's stress_tensor: false
+    answers zeros through ASE) is not written as a label."""
+    frames = _frames(2)
+    for a in frames:
+        a.set_initial_magnetic_moments(np.full(len(a), 2.2))
+        a.set_initial_charges(np.full(len(a), 0.5))
+    write(tmp_path / "in.xyz", frames)
+    for flag, has_stress in (("true", True), ("false", False)):
+        spec = tmp_path / f"probe_{flag}.yaml"
+        spec.write_text(f"calculator: probe_calc:ProbeEMT\nparameters: {{stress_tensor: {flag}}}\n")
+        out = tmp_path / f"out_{flag}.xyz"
+        label_frames(tmp_path / "in.xyz", spec, out, progress=False)
+        for a, ref in zip(read(out, ":"), frames):
+            plain = ref.copy()
+            plain.calc = EMT()
+            # 16 atoms x (2.2 + 10 x 0.5) = 115.2 eV on top of EMT's energy
+            assert a.get_potential_energy() == pytest.approx(
+                plain.get_potential_energy() + 115.2, abs=1e-6)
+            assert ("stress" in a.calc.results) == has_stress
+
+
 def test_label_resumes_after_kill(tmp_path):
     n = 12
     write(tmp_path / "in.xyz", _frames(n))

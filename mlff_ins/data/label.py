@@ -91,6 +91,11 @@ def read_calculator_spec(path: str | os.PathLike) -> CalculatorSpec:
                           hashlib.sha256(text.encode()).hexdigest())
 
 
+#: per-atom inputs of a frame that a calculator reads (initial spin and charge, tags), kept
+#: on the copy that is labelled
+_CALCULATOR_INPUT_ARRAYS = ("initial_magmoms", "initial_charges", "tags")
+
+
 def build_calculator(spec: CalculatorSpec, workdir: str | os.PathLike):
     """Instantiate the calculator of ``spec``; file-based calculators work inside ``workdir``."""
     target = _SHORT_NAMES.get(spec.name.lower(), spec.name)
@@ -334,6 +339,9 @@ def _label_locked(frames, frames_path: Path, spec, output: Path, workdir: Path, 
     try:     # the calculator is closed however the run ends (CP2K's shell is a process)
         calc = build_calculator(spec, workdir)
         check = CP2KConvergence(calc) if spec.is_cp2k else _NoConvergenceCheck()
+        # CP2K with stress_tensor: false still lists stress and answers zeros
+        want_stress = ("stress" in calc.implemented_properties
+                       and spec.parameters.get("stress_tensor", True) is not False)
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=len(frames), initial=len(frames) - len(todo), unit="frame",
@@ -341,6 +349,9 @@ def _label_locked(frames, frames_path: Path, spec, output: Path, workdir: Path, 
         for i in todo:
             source = frames[i]
             atoms = Atoms(source.numbers, source.positions, cell=source.cell, pbc=source.pbc)
+            for name in _CALCULATOR_INPUT_ARRAYS:   # spin and charge guesses (VASP, GPAW, ...)
+                if name in source.arrays:
+                    atoms.set_array(name, source.arrays[name].copy())
             # one line per comment: a newline in a string would split the frame's header
             atoms.info.update({k: (" ".join(v.split()) if isinstance(v, str) else v)
                                for k, v in source.info.items()
@@ -351,8 +362,9 @@ def _label_locked(frames, frames_path: Path, spec, output: Path, workdir: Path, 
             try:
                 energy = atoms.get_potential_energy()
                 forces = atoms.get_forces()
-                stress = (atoms.get_stress() if atoms.pbc.all()
-                          and "stress" in calc.implemented_properties else None)
+                stress = (atoms.get_stress() if atoms.pbc.all() and want_stress else None)
+                if stress is not None and not np.any(stress):
+                    stress = None      # not computed: a DFT stress is never exactly zero
             except Exception as err:  # the calculator failed on this frame: refuse it, go on
                 first_line = str(err).splitlines()[0] if str(err) else ""
                 reason = f"calculator error: {type(err).__name__}: {first_line}"
