@@ -173,3 +173,54 @@ def test_labels_under_mace_style_keys_are_read(tmp_path):
     write(tmp_path / "twice.xyz", mace)
     with pytest.raises(InputError, match="frame 1 has labels under REF_ and DFT_ keys"):
         read_frames(tmp_path / "twice.xyz")
+
+
+def test_a_virial_reads_as_the_stress(tmp_path):
+    """Data sets of GAP, NEP and MACE keep the virial W (eV) instead of the stress: read as the
+    stress -W/V (ASE sign), under ASE's own keys or a label prefix; a virial that disagrees with
+    a stress stored beside it is refused, naming the frame."""
+    a = bulk("Cu", "fcc", 3.61, cubic=True)
+    a.rattle(0.02, seed=1)
+    from ase.calculators.emt import EMT
+
+    a.calc = EMT()
+    energy, forces, stress = a.get_potential_energy(), a.get_forces(), a.get_stress()
+    full = a.get_stress(voigt=False)
+    virial = -full * a.get_volume()
+    plain, prefixed = a.copy(), a.copy()
+    plain.calc = SinglePointCalculator(plain, energy=energy, forces=forces)
+    plain.info["virial"] = virial.ravel()
+    prefixed.info.update(dft_energy=energy, dft_virial=virial.ravel())
+    prefixed.arrays["dft_forces"] = forces
+    write(tmp_path / "plain.xyz", plain)
+    write(tmp_path / "prefixed.xyz", prefixed)
+    for name in ("plain.xyz", "prefixed.xyz"):
+        with pytest.warns(UserWarning, match="virial"):
+            (got,) = read_frames(tmp_path / name)
+        np.testing.assert_allclose(got.get_stress(), stress, rtol=1e-7, atol=1e-10)
+    both = a.copy()
+    both.calc = SinglePointCalculator(both, energy=energy, forces=forces, stress=stress)
+    both.info["virial"] = (2 * virial).ravel()
+    write(tmp_path / "both.xyz", both)
+    with pytest.raises(InputError, match="frame 0: its stress and its virial .* disagree"):
+        read_frames(tmp_path / "both.xyz")
+
+
+def test_isolated_atoms_of_two_calculations_are_refused(tmp_path):
+    """Two IsolatedAtom frames of one element with different energies (two DFT settings merged)
+    are refused, naming both; one without an energy is one line, not a traceback."""
+    def atom(energy, index):
+        x = Atoms("Cu", positions=[[5, 5, 5]], cell=[10, 10, 10], pbc=True)
+        x.info.update(config_type="IsolatedAtom", read_from="set.xyz", read_index=index)
+        if energy is not None:
+            x.calc = SinglePointCalculator(x, energy=energy)
+        return x
+
+    rest, e0s = split_isolated_atoms([atom(-0.1, 0), _frame(1), atom(-0.1, 2)])
+    assert e0s == {"Cu": -0.1} and len(rest) == 1
+    with pytest.raises(InputError, match=r"set.xyz frame 2: IsolatedAtom Cu at -3.500000 eV, "
+                                         r"but set.xyz frame 0 has it at -0.100000 eV"):
+        split_isolated_atoms([atom(-0.1, 0), atom(-3.5, 2)])
+    with pytest.raises(InputError, match="set.xyz frame 4: an IsolatedAtom frame without an "
+                                         "energy"):
+        split_isolated_atoms([atom(None, 4)])

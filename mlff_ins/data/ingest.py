@@ -281,13 +281,53 @@ def read_frames(path: str | os.PathLike, *, format: str | None = None) -> list[A
 LABEL_PREFIXES = ("REF_", "DFT_", "dft_")
 
 
-def _adopt_labels(atoms: Atoms, path: Path, index: int) -> list[str]:
-    """Give a frame without an energy the labels stored under a :data:`LABEL_PREFIXES` key.
+def _voigt(value, what: str, path: Path, index: int) -> np.ndarray:
+    """A 3x3 tensor given as 9 or 3x3 numbers (or already 6 in Voigt order) in ASE's Voigt
+    order xx, yy, zz, yz, xz, xy."""
+    t = np.asarray(value, dtype=float)
+    if t.shape == (9,):
+        t = t.reshape(3, 3)
+    if t.shape == (3, 3):
+        return t[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+    if t.shape == (6,):
+        return t
+    raise InputError(f"{path}: frame {index}: {what} has {t.size} numbers; expected 9 (3x3) "
+                     f"or 6 (Voigt)")
 
-    Only a frame with no labels of ASE's own is touched, and only one prefix may be used per
-    frame (two would be two different labellings). Returns the keys adopted."""
-    if atoms.calc is not None and "energy" in getattr(atoms.calc, "results", {}):
-        return []
+
+#: keys of the virial (eV) other codes store instead of the stress (GAP, NEP, MACE data sets)
+VIRIAL_KEYS = ("virial", "virials")
+
+
+def _stress_from_virial(atoms: Atoms, key: str, path: Path, index: int) -> np.ndarray:
+    """The stress (eV/Å³, ASE sign: positive under tension) of a virial W (eV): -W / V."""
+    if not atoms.pbc.all() or atoms.get_volume() <= 0:
+        raise InputError(f"{path}: frame {index}: a virial ({key}) on a cell that is not "
+                         f"periodic in 3D has no stress")
+    return -_voigt(atoms.info.pop(key), key, path, index) / atoms.get_volume()
+
+
+def _adopt_labels(atoms: Atoms, path: Path, index: int) -> list[str]:
+    """Give a frame without an energy the labels stored under a :data:`LABEL_PREFIXES` key, and
+    a frame whose stress is stored as a virial (:data:`VIRIAL_KEYS`, with or without a prefix)
+    that stress.
+
+    Only a frame with no labels of ASE's own is given prefixed labels, and only one prefix may
+    be used per frame (two would be two different labellings); a virial next to a stress must
+    agree with it. Returns the keys adopted."""
+    own = atoms.calc is not None and "energy" in getattr(atoms.calc, "results", {})
+    if own:
+        keys = []
+        virial = [k for k in VIRIAL_KEYS if k in atoms.info]
+        if virial:
+            stress = _stress_from_virial(atoms, virial[0], path, index)
+            stored = atoms.calc.results.get("stress")
+            if stored is not None and not np.allclose(stored, stress, rtol=1e-6, atol=1e-8):
+                raise InputError(f"{path}: frame {index}: its stress and its {virial[0]} "
+                                 f"(-virial/volume) disagree; keep one")
+            atoms.calc.results["stress"] = stress
+            keys.append(virial[0])
+        return keys
     found = [p for p in LABEL_PREFIXES
              if f"{p}energy" in atoms.info or f"{p}forces" in atoms.arrays]
     if not found:
@@ -304,13 +344,17 @@ def _adopt_labels(atoms: Atoms, path: Path, index: int) -> list[str]:
         results["forces"] = np.array(atoms.arrays.pop(f"{p}forces"), dtype=float)
         keys.append(f"{p}forces")
     if f"{p}stress" in atoms.info:
-        stress = np.asarray(atoms.info.pop(f"{p}stress"), dtype=float)
-        if stress.shape == (9,):
-            stress = stress.reshape(3, 3)
-        if stress.shape == (3, 3):     # to Voigt, as ASE keeps it
-            stress = stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
-        results["stress"] = stress
+        results["stress"] = _voigt(atoms.info.pop(f"{p}stress"), f"{p}stress", path, index)
         keys.append(f"{p}stress")
+    virial = [f"{p}{k}" for k in VIRIAL_KEYS if f"{p}{k}" in atoms.info]
+    if virial:
+        stress = _stress_from_virial(atoms, virial[0], path, index)
+        if "stress" in results and not np.allclose(results["stress"], stress, rtol=1e-6,
+                                                   atol=1e-8):
+            raise InputError(f"{path}: frame {index}: its {p}stress and its {virial[0]} "
+                             f"(-virial/volume) disagree; keep one")
+        results["stress"] = stress
+        keys.append(virial[0])
     atoms.calc = SinglePointCalculator(atoms, **results)
     return keys
 
@@ -386,7 +430,17 @@ def split_isolated_atoms(frames: list[Atoms]) -> tuple[list[Atoms], dict[str, fl
                 raise InputError(f"{atoms.info.get('read_from', '?')}: frame "
                                  f"{atoms.info.get('read_index', '?')} is marked "
                                  f"{ISOLATED_ATOM} but has {len(atoms)} atoms")
-            e0s[atoms.get_chemical_symbols()[0]] = float(atoms.get_potential_energy())
+            where = f"{atoms.info.get('read_from', '?')} frame {atoms.info.get('read_index', '?')}"
+            results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+            if "energy" not in results:
+                raise InputError(f"{where}: an {ISOLATED_ATOM} frame without an energy")
+            symbol, energy = atoms.get_chemical_symbols()[0], float(results["energy"])
+            if symbol in e0s and abs(e0s[symbol][0] - energy) > 1e-6:
+                raise InputError(f"{where}: {ISOLATED_ATOM} {symbol} at {energy:.6f} eV, but "
+                                 f"{e0s[symbol][1]} has it at {e0s[symbol][0]:.6f} eV (two "
+                                 f"calculations; keep the one the other frames were labelled "
+                                 f"with)")
+            e0s.setdefault(symbol, (energy, where))
         else:
             rest.append(atoms)
-    return rest, e0s
+    return rest, {symbol: energy for symbol, (energy, _) in e0s.items()}
