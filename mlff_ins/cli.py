@@ -684,7 +684,8 @@ def _add_spectra(sub) -> None:
                    help="read TRAJECTORY with MDAnalysis (DCD, XTC, TRR, NetCDF, ...) using this "
                         "topology (PDB, PSF, GRO, LAMMPS data) for the elements")
     p.add_argument("--types", metavar="EL,EL,...",
-                   help="LAMMPS dumps: elements of atom types 1, 2, ... (e.g. Si,O)")
+                   help="LAMMPS dumps (text, or dump h5md): elements of atom types 1, 2, ... "
+                        "(e.g. Si,O)")
     p.add_argument("--time-window", type=_positive_float, metavar="FS",
                    help="longest correlation time, fs (default: half the frames analysed, at "
                         "most 2000 frames); sets the energy resolution")

@@ -260,3 +260,58 @@ def test_uncertainty_bands_of_non_negative_quantities_stop_at_zero():
     np.testing.assert_allclose(high, [0.2, 0.4, 1.1])
     low, _ = spread_band([-1.0, 0.1], [0.5, 0.3])
     np.testing.assert_allclose(low, [-1.5, -0.2])
+
+
+def _lammps_h5md(path, n_frames=4, fixed_time=False):
+    """The layout of LAMMPS' dump h5md (src/H5MD/dump_h5md.cpp, metal units): group
+    particles/all, species = atom types 1, 2, box edges as a (T, 3) time series, time in ps and
+    velocities in Å/ps, no unit attributes."""
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        f.create_group("h5md/creator").attrs["name"] = "lammps"
+        g = f.create_group("particles/all")
+        g["species"] = np.array([1, 2, 2, 1], dtype=np.int32)
+        edges = g.create_group("box/edges")
+        edges["value"] = np.full((n_frames, 3), 6.0)
+        pos = g.create_group("position")
+        pos["value"] = rng.uniform(0, 6, (n_frames, 4, 3))
+        pos["step"] = np.arange(n_frames) * 10
+        pos["time"] = 0.01 if fixed_time else np.arange(n_frames) * 0.01     # ps
+        vel = g.create_group("velocity")
+        vel["value"] = rng.normal(size=(n_frames, 4, 3))                     # Å/ps
+    return path
+
+
+def test_an_h5md_file_of_lammps_needs_its_types_and_says_what_it_guessed(tmp_path):
+    """LAMMPS' dump h5md stores atom types as species and no units: without --types (types 1, 2
+    could be H and He) it is one line asking for them; with them the elements are right, positions are read as Å with a
+    warning, its unit-less times and velocities are not used (warnings), so --dt decides.
+    A fixed interval (a scalar time, as H5MD allows) reads too. `md`/`phonons` refuse such a
+    file as a starting structure rather than misread it."""
+    from mlff_ins.data.h5md import read_frame
+
+    path = _lammps_h5md(tmp_path / "lmp.h5")
+    with pytest.raises(Exception, match="lmp.h5: its species are the numbers 1..2 without "
+                                        "names: atom types .* --types"):
+        Trajectory(path, dt_fs=10.0)
+    with pytest.warns(UserWarning) as caught:
+        traj = Trajectory(path, dt_fs=10.0, types=["Si", "O"])
+    said = " ".join(str(w.message) for w in caught)
+    assert "positions without a unit" in said and "read as Å" in said
+    assert "velocities without a unit are not used" in said and "--dt" in said
+    assert traj.symbols == ["Si", "O", "O", "Si"] and traj.dt_fs == 10.0
+    assert not traj.has_velocities
+    with pytest.warns(UserWarning), pytest.raises(Exception, match="give it with --dt"):
+        Trajectory(path, types=["Si", "O"])
+    with pytest.warns(UserWarning), pytest.raises(Exception, match="atom type 2 .* --types "
+                                                                   "names only 1"):
+        Trajectory(path, dt_fs=10.0, types=["Si"])
+    fixed = _lammps_h5md(tmp_path / "fixed.h5", fixed_time=True)
+    with pytest.warns(UserWarning):
+        assert Trajectory(fixed, dt_fs=10.0, types=["Si", "O"]).n_frames == 4
+    mda = tmp_path / "mda.h5md"
+    with h5py.File(mda, "w") as f:
+        f.create_group("h5md/creator").attrs["name"] = "MDAnalysis"
+        f.create_group("particles/trajectory/position")["value"] = np.zeros((1, 2, 3))
+    with pytest.raises(Exception, match="written by MDAnalysis, not mlff-ins"):
+        read_frame(mda)

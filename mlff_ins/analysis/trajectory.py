@@ -11,13 +11,14 @@ Units found in H5MD ``unit`` attributes (nm, ps, ...) are converted.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from mlff_ins.data.h5md import complete_frames, open_h5md
+from mlff_ins.data.h5md import complete_frames, creator, open_h5md
 from mlff_ins.errors import InputError
 
 _LENGTH = {"angstrom": 1.0, "a": 1.0, "å": 1.0, "nm": 10.0, "pm": 0.01, "bohr": 0.52917721067}
@@ -44,7 +45,7 @@ class Trajectory:
             raise InputError(f"--step must be a positive integer, not {stride}")
         self.stride = int(stride)
         if self.path.suffix.lower() in (".h5", ".h5md", ".hdf5"):
-            self._impl = _H5MD(self.path)
+            self._impl = _H5MD(self.path, types)
         elif topology is not None:
             self._impl = _MDAnalysis(self.path, Path(topology))
         else:
@@ -140,9 +141,16 @@ class ArrayTrajectory(Trajectory):
 
 
 class _H5MD:
-    def __init__(self, path: Path):
+    """H5MD of any writer. Ours states every unit and stores atomic numbers; another writer's
+    (LAMMPS' dump h5md: atom types as species, no unit attributes) is read with ``types``
+    naming the element of type 1, 2, ..., and what it leaves unstated is not guessed
+    silently: positions without a unit are read as Å with a warning, a time without a unit
+    is not used (--dt), velocities without a unit are not used (differenced from positions)."""
+
+    def __init__(self, path: Path, types: list[str] | None = None):
         self.path = path
         with open_h5md(path) as f:
+            ours = creator(f) == "mlff-ins"
             if "particles" not in f:
                 raise InputError(f"{path}: not an H5MD trajectory (no /particles group)")
             groups = list(f["particles"])
@@ -157,15 +165,30 @@ class _H5MD:
             pos = g["position"]["value"]
             complete = complete_frames(f)  # a frame our writer had not finished is ignored
             self.n_frames = pos.shape[0] if complete is None else min(complete, pos.shape[0])
+            if "unit" not in pos.attrs and not ours:
+                warnings.warn(f"{path}: positions without a unit (written by "
+                              f"{creator(f) or 'an unnamed program'}): read as Å",
+                              stacklevel=3)
             self.length_scale = _scale(pos.attrs.get("unit", "angstrom"), _LENGTH, path)
             self.has_velocities = "velocity" in g
             if self.has_velocities:
                 v = g["velocity"]["value"]
-                self.velocity_scale = _velocity_scale(v.attrs.get("unit", "angstrom fs-1"),
-                                                      path)
-            self.symbols = _h5md_symbols(g, path)
+                if "unit" not in v.attrs and not ours:
+                    warnings.warn(f"{path}: velocities without a unit are not used; they are "
+                                  f"differenced from the positions", stacklevel=3)
+                    self.has_velocities = False
+                else:
+                    self.velocity_scale = _velocity_scale(v.attrs.get("unit", "angstrom fs-1"),
+                                                          path)
+            self.symbols = _h5md_symbols(g, path, types, ours)
             self.masses = _h5md_masses(g)
-            self.dt_fs = _h5md_dt(g["position"], path, self.n_frames)
+            time = g["position"].get("time")
+            if time is not None and "unit" not in time.attrs and not ours:
+                warnings.warn(f"{path}: times without a unit are not used; the time between "
+                              f"frames is --dt", stacklevel=3)
+                self.dt_fs = None
+            else:
+                self.dt_fs = _h5md_dt(g["position"], path, self.n_frames)
 
     def chunks(self, size: int, stride: int, start: int = 0,
                stop: int | None = None) -> Iterator[Chunk]:
@@ -336,11 +359,15 @@ def _box_unit(edges) -> str:
     return _text(target.attrs.get("unit", "angstrom"))
 
 
-def _h5md_symbols(g, path: Path) -> list[str]:
+def _h5md_symbols(g, path: Path, types: list[str] | None = None,
+                  ours: bool = True) -> list[str]:
+    """Element symbols of an H5MD particle group: species as names, as indices into a
+    ``names`` attribute, as atom types named by ``types`` (1-based, as LAMMPS numbers them) or,
+    in our own files, as atomic numbers."""
     from ase.data import chemical_symbols
 
     if "species" not in g:
-        raise InputError(f"{path}: particles/{g.name} has no species")
+        raise InputError(f"{path}: {g.name} has no species; the elements are unknown")
     sp = g["species"]
     values = sp["value"][0] if hasattr(sp, "keys") else sp[()]
     values = np.asarray(values)
@@ -350,6 +377,18 @@ def _h5md_symbols(g, path: Path) -> list[str]:
     if names is not None:
         names = [_text(n) for n in names]
         return [names[int(i)] for i in values]
+    if types is not None:
+        bad = sorted({int(t) for t in values if not 1 <= int(t) <= len(types)})
+        if bad:
+            raise InputError(f"{path}: atom type {bad[0]} in its species, but --types names "
+                             f"only {len(types)} ({','.join(types)})")
+        return [types[int(t) - 1] for t in values]
+    present = {int(z) for z in values}
+    if not ours and present == set(range(1, max(present) + 1)):
+        # 1, 2, ... k: LAMMPS' atom types as much as atomic numbers (H, He, ...): ask
+        raise InputError(f"{path}: its species are the numbers 1..{max(present)} without names: "
+                         f"atom types (LAMMPS writes them) or atomic numbers? name the element "
+                         f"of each with --types")
     return [chemical_symbols[int(z)] for z in values]
 
 

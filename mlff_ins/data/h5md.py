@@ -111,7 +111,7 @@ def complete_frames(f) -> int | None:
     if g is None or "position" not in g or "value" not in g["position"]:
         return None
     n = min(ds.shape[0] for ds in _value_datasets(f))
-    if "time" in g["position"]:
+    if "time" in g["position"] and g["position/time"].ndim == 1:   # scalar: a fixed interval
         times = g["position/time"]
         n = min(n, times.shape[0])
         unwritten = np.flatnonzero(~np.isfinite(times[:n]))
@@ -443,6 +443,13 @@ def frame_count(path: str | Path) -> int:
         return int(f[GROUP]["position/value"].shape[0] if n is None else n)
 
 
+def creator(f) -> str:
+    """The program an open H5MD file names as its creator ("" if none)."""
+    c = f.get("h5md/creator")
+    name = c.attrs.get("name", "") if c is not None else ""
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def read_frame(path: str | Path, index: int = -1):
     """One frame of an mlff-ins H5MD trajectory as ASE ``Atoms`` (positions, cell, periodic,
     the masses the run used; ``info`` names the file, frame, step and time). ``index`` is
@@ -453,6 +460,12 @@ def read_frame(path: str | Path, index: int = -1):
     with open_h5md(path) as f:
         if GROUP not in f:
             raise InputError(f"{path}: not an mlff-ins H5MD trajectory (no /{GROUP})")
+        if creator(f) != "mlff-ins":
+            # other writers use the same group with other units, species and box layouts
+            writer = creator(f) or "an unnamed program"
+            raise InputError(f"{path}: an H5MD file written by {writer}, not mlff-ins: take a "
+                             f"frame from it as extxyz first (MDAnalysis or ASE), or analyse "
+                             f"it with `mlff-ins spectra`")
         g = f[GROUP]
         n = complete_frames(f)
         n = int(g["position/value"].shape[0] if n is None else n)
