@@ -237,6 +237,9 @@ def test_cp2k_cutoff_is_converted_and_checked(tmp_path):
     bad.write_text("calculator: cp2k\nparameters: {cutoff: 300}\n")
     with pytest.raises(InputError, match="cutoff 300 eV"):
         build_calculator(read_calculator_spec(bad), tmp_path / "w2")
+    bad.write_text("calculator: cp2k\nparameters: {cutoff: 400 Ry}\n")
+    with pytest.raises(InputError, match="bad.yaml: CP2K cutoff '400 Ry' is not a number"):
+        build_calculator(read_calculator_spec(bad), tmp_path / "w3")
 
 
 def test_cp2k_convergence_verdict(tmp_path):
@@ -421,3 +424,16 @@ def test_a_rejection_cut_by_a_kill_does_not_swallow_the_next(tmp_path):
     _reject(path, 2, "unconverged", {})
     _reject(path, 3, "too far", {})
     assert read_rejected(path) == {0: "scf", 2: "unconverged", 3: "too far"}
+
+
+def test_a_frame_labelled_after_its_refusal_is_not_reported_refused(tmp_path):
+    """A frame refused by one run and labelled by a later --retry-rejected run is done: later
+    runs do not report it as refused (they once did, and exited 1)."""
+    write(tmp_path / "in.xyz", _frames(3))
+    out = tmp_path / "out.xyz"
+    label_frames(tmp_path / "in.xyz", REPO / "configs/label/emt.yaml", out, progress=False)
+    (tmp_path / "out.xyz.rejected.jsonl").write_text(
+        json.dumps({"frame": 1, "reason": "SCF did not converge"}) + "\n")
+    again = label_frames(tmp_path / "in.xyz", REPO / "configs/label/emt.yaml", out,
+                         progress=False)
+    assert again.rejected == {} and again.skipped_done == 3

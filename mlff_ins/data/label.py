@@ -109,6 +109,11 @@ def build_calculator(spec: CalculatorSpec, workdir: str | os.PathLike):
         raise InputError(f"{spec.source}: cannot import calculator {target} ({err})") from None
     params = dict(spec.parameters)
     if spec.is_cp2k:
+        for key in ("cutoff", "cutoff_Ry"):
+            if key in params and (isinstance(params[key], bool)
+                                  or not isinstance(params[key], (int, float))):
+                raise InputError(f"{spec.source}: CP2K {key} {params[key]!r} is not a number "
+                                 f"({'eV' if key == 'cutoff' else 'Ry'}, no unit in the value)")
         if "cutoff_Ry" in params:
             params["cutoff"] = float(params.pop("cutoff_Ry")) * units.Rydberg
         if "cutoff" in params and params["cutoff"] < 100 * units.Rydberg:
@@ -326,7 +331,8 @@ def _label_locked(frames, frames_path: Path, spec, output: Path, workdir: Path, 
         done_idx.add(int(i))
 
     rejected_path = output.with_name(output.name + ".rejected.jsonl")
-    rejected = read_rejected(rejected_path)
+    # a frame refused once and labelled by a later --retry-rejected is done, not refused
+    rejected = {i: why for i, why in read_rejected(rejected_path).items() if i not in done_idx}
     todo = [i for i in range(len(frames))
             if i not in done_idx and (retry_rejected or i not in rejected)]
     if max_frames is not None:
