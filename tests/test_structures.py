@@ -196,6 +196,28 @@ def test_md_starts_from_the_chosen_frame(tmp_path):
                                        frames[k].positions, atol=1e-12)
 
 
+def test_a_trajectory_named_h5_is_a_structure_and_a_spectra_file_is_not(tmp_path):
+    """`md ... -o traj.h5` (DESIGN's own example) writes H5MD: its last frame reads as a
+    structure like a .h5md file's; an .h5 that is not H5MD (a spectra file) is one line."""
+    from mlff_ins.data.ingest import read_structure
+    from mlff_ins.errors import InputError
+    from mlff_ins.neutron.spectrum import Spectrum1D, write_spectra
+
+    path = tmp_path / "cu.extxyz"
+    write(path, bulk("Cu", "fcc", a=3.61, cubic=True))
+    calc = tmp_path / "emt.yaml"
+    calc.write_text("calculator: emt\n")
+    assert main(["md", str(path), "--calculator", str(calc), "--steps", "2", "--every", "2",
+                 "-o", str(tmp_path / "traj.h5")]) == 0
+    atoms = read_structure(tmp_path / "traj.h5")
+    assert atoms.get_chemical_formula() == "Cu4" and atoms.info["source_frame"] == 1
+    spectra = tmp_path / "s.h5"
+    write_spectra(spectra, {"vdos": Spectrum1D(kind="vdos", x=np.arange(3.0),
+                                               intensity=np.ones(3), units="1/meV")})
+    with pytest.raises(InputError, match="s.h5: an HDF5 file that is not an H5MD trajectory"):
+        read_structure(spectra)
+
+
 def test_phonons_device_auto_and_an_element_the_model_lacks(tiny_bundle, tmp_path, capsys):
     """phonons --device auto runs (on the CPU here) from a POSCAR; a structure with an element
     the model was not trained on is refused in one line naming the file and the element."""

@@ -40,7 +40,8 @@ def read_structure(path: str | os.PathLike, *, index: int | None = None,
     Parameters
     ----------
     path : CIF, POSCAR, extxyz, ASE trajectory, LAMMPS data or dump, ... (format from the name,
-        LAMMPS files from their content), or an H5MD trajectory of ``mlff-ins md`` (``.h5md``).
+        LAMMPS files from their content), or an H5MD trajectory of ``mlff-ins md``
+        (``.h5md``, or ``.h5``/``.hdf5`` holding an /h5md group).
     index : frame of a multi-frame file, 0-based, negative from the end; default -1, the last
         frame (``ase.io.read``'s default: for an MD trajectory, its final frame).
     types : elements of LAMMPS atom types 1, 2, ... (LAMMPS data and dump files only). Without
@@ -64,7 +65,11 @@ def read_structure(path: str | os.PathLike, *, index: int | None = None,
         raise InputError(f"{path}: a folder, not a structure file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file, no structure in it")
-    if path.suffix.lower() == ".h5md":           # a trajectory of `mlff-ins md`
+    if path.suffix.lower() in (".h5", ".hdf5") and not _is_h5md(path):
+        raise InputError(f"{path}: an HDF5 file that is not an H5MD trajectory; a structure "
+                         f"is read from CIF, POSCAR, extxyz, LAMMPS data, ... or a trajectory "
+                         f"of `mlff-ins md`")
+    if path.suffix.lower() in (".h5md", ".h5", ".hdf5"):     # a trajectory of `mlff-ins md`
         if types is not None:
             raise InputError(f"--types: {path} is an H5MD trajectory, which names its elements")
         from mlff_ins.data.h5md import read_frame
@@ -238,6 +243,17 @@ def _check_occupancy(atoms: Atoms, path: Path) -> None:
         raise InputError(f"{path}: site {name} ({content}{where}) is not one element at "
                          f"occupancy 1; a simulation needs an ordered cell: choose the "
                          f"occupants (e.g. an ordered supercell from pymatgen or `supercell`)")
+
+
+def _is_h5md(path: Path) -> bool:
+    """Whether ``path`` is an HDF5 file with an /h5md group."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "h5md" in f
+    except OSError:
+        return False
 
 
 def read_frames(path: str | os.PathLike, *, format: str | None = None) -> list[Atoms]:
