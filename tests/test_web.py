@@ -504,6 +504,17 @@ def test_requests_from_other_sites_are_refused(client):
     assert "another site" in text
 
 
+def test_an_upload_is_read_as_its_name_says(client, tmp_path):
+    """A file named .cif that holds an ASE trajectory is not read as the trajectory (the
+    page's formats are those of the names it accepts)."""
+    from ase.io import Trajectory as AseTrajectory
+
+    fake = tmp_path / "fake.cif"
+    with AseTrajectory(str(fake), "w") as t:
+        t.write(bulk("Si", "diamond", 5.43))
+    assert "fake.cif" in _one_sentence(_upload(client, fake), 422)
+
+
 def test_measured_unit_field(client, tmp_path):
     x = np.linspace(10.0, 800.0, 50)                            # cm-1, no unit in the file
     path = _mantid_ascii(tmp_path / "bare.txt", x, np.ones(50), np.full(50, 0.1),

@@ -34,7 +34,7 @@ _LAMMPS_SNIFF_BYTES = 65536
 
 
 def read_structure(path: str | os.PathLike, *, index: int | None = None,
-                   types: list[str] | None = None) -> Atoms:
+                   types: list[str] | None = None, format: str | None = None) -> Atoms:
     """One structure from any file ``ase.io.read`` reads, checked for simulation.
 
     Parameters
@@ -47,6 +47,8 @@ def read_structure(path: str | os.PathLike, *, index: int | None = None,
     types : elements of LAMMPS atom types 1, 2, ... (LAMMPS data and dump files only). Without
         it, elements come from the file's element column or type labels, else are guessed from
         its Masses section (with a warning), else the file is refused.
+    format : the ``ase.io`` format to read it as, whatever its content looks like (the web
+        page reads an upload as its name says); default: from the name and content.
 
     Returns
     -------
@@ -74,7 +76,7 @@ def read_structure(path: str | os.PathLike, *, index: int | None = None,
             raise InputError(f"--types: {path} is an H5MD trajectory, which names its elements")
         from mlff_ins.data.h5md import read_frame
         return read_frame(path, -1 if index is None else index)
-    fmt = _lammps_format(path)
+    fmt = format or _lammps_format(path)
     kwargs: dict = {}
     if types is not None:
         for el in types:

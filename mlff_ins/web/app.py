@@ -504,11 +504,11 @@ def read_uploaded_structure(path: Path, name: str, max_atoms: int):
     """(atoms, reader warnings) of an uploaded file, messages naming the user's file name."""
     from mlff_ins.data.ingest import read_structure
 
-    structure_format(name)
+    fmt = structure_format(name)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            atoms = read_structure(path)
+            atoms = read_structure(path, format=fmt)    # as named, not as the content says
         except InputError as err:
             raise Refused(422, str(err).replace(str(path), name)) from None
     if len(atoms) > max_atoms:
