@@ -624,6 +624,11 @@ def test_phonons_against_a_measurement(client, cu_job, tmp_path):
     assert len(pair["peaks"]["matched"]) >= 2
     assert np.allclose(pair["peaks"]["shifts_meV"], 0, atol=1e-9)
     assert "phonons × 3 (fit)" in doc["overlay"][1]["label"]
+    # the job's spectrum is of VISION at 10 K: not compared as TOSCA's, nor at 300 K
+    for other in ({"instrument": "tosca"}, {"temperature_K": 300}):
+        text = _one_sentence(client.post("/api/compare", json={"measured_id": mid,
+                                                               "job_id": job_id, **other}), 409)
+        assert f"the phonons (job {job_id}) were computed for VISION at 10 K" in text
 
 
 def test_failed_job_says_why(client, files):

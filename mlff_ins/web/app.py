@@ -976,9 +976,17 @@ def _calculations(server: _Server, req: CompareRequest, two_d: bool, geometry: G
     calcs, partials, notes = {}, {}, []
     name = "sqe" if two_d else "s_e"
     if req.job_id:
-        spectra = _finished_job(server, req.job_id).result["spectra"]
-        if name in spectra:
-            calcs["phonons"] = spectra[name]
+        result = _finished_job(server, req.job_id).result
+        t_job = result["temperature_K"]
+        t_now = t_job if temperature is None else temperature
+        if result["geometry"].key() != geometry.key() or abs(t_now - t_job) > 1e-9:
+            # a spectrum of other settings would be compared as if it were of these
+            notes.append(f"the phonons (job {req.job_id}) were computed for "
+                         f"{result['geometry'].label()} at {t_job:g} K, not "
+                         f"{geometry.label()} at {t_now:g} K: not compared (compute them again "
+                         f"with these settings)")
+        elif name in result["spectra"]:
+            calcs["phonons"] = result["spectra"][name]
     if req.id:
         if server.predictor is None:
             notes.append(server.predictor_message)
@@ -991,6 +999,8 @@ def _calculations(server: _Server, req: CompareRequest, two_d: bool, geometry: G
             elif two_d:
                 notes.append("the predictor has no S(Q,E) part: compute the phonons for a "
                              "calculated map")
+    if not calcs and req.job_id and notes and notes[0].startswith("the phonons (job"):
+        raise Refused(409, notes[0])
     if not calcs:
         what = "S(Q,E) map" if two_d else "S(E)"
         raise Refused(409, f"there is no calculated {what} to compare the measurement with: "
