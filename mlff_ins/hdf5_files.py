@@ -16,10 +16,17 @@ from pathlib import Path
 from mlff_ins.errors import InputError
 
 
-def refuse_outside_references(f, path: str | os.PathLike) -> None:
+#: the largest dataset read from a file handed in (bytes once read): a few kB of compressed
+#: fill values can declare gigabytes
+MAX_DATASET_BYTES = 8 * 1024**3
+
+
+def refuse_outside_references(f, path: str | os.PathLike,
+                              max_bytes: int = MAX_DATASET_BYTES) -> None:
     """Raise :class:`InputError` naming ``path`` and the object when the open HDF5 file ``f``
-    has an external link, a dataset with external raw storage or a virtual dataset. Soft links
-    stay inside the file and are allowed."""
+    has an external link, a dataset with external raw storage or a virtual dataset, or a
+    dataset larger than ``max_bytes`` once read. Soft links stay inside the file and are
+    allowed."""
     import h5py
 
     def check(name, link):
@@ -33,6 +40,10 @@ def refuse_outside_references(f, path: str | os.PathLike) -> None:
                 return (f"{path}: dataset /{name} keeps its values in other files "
                         f"({'virtual' if obj.is_virtual else 'external storage'}); a file "
                         f"that points outside itself is not read")
+            if isinstance(obj, h5py.Dataset) and obj.size * obj.dtype.itemsize > max_bytes:
+                return (f"{path}: dataset /{name} holds {obj.size * obj.dtype.itemsize / 2**30:.1f}"
+                        f" GiB once read, more than the {max_bytes / 2**30:.3g} GiB read from "
+                        f"one dataset here")
         return None
 
     problem = f.visititems_links(check)
@@ -40,7 +51,7 @@ def refuse_outside_references(f, path: str | os.PathLike) -> None:
         raise InputError(problem)
 
 
-def open_self_contained(path: str | os.PathLike):
+def open_self_contained(path: str | os.PathLike, max_bytes: int = MAX_DATASET_BYTES):
     """``path`` opened read-only with h5py, after :func:`refuse_outside_references`; an
     unreadable file is one line naming it."""
     import h5py
@@ -51,7 +62,7 @@ def open_self_contained(path: str | os.PathLike):
     except OSError as exc:
         raise InputError(f"{path}: not an HDF5 file ({str(exc).splitlines()[0]})") from None
     try:
-        refuse_outside_references(f, path)
+        refuse_outside_references(f, path, max_bytes)
     except BaseException:
         f.close()
         raise

@@ -370,6 +370,18 @@ def test_a_file_pointing_outside_itself_is_not_read(tmp_path):
     for reader in (read_measured, read_spectra):
         with pytest.raises(InputError, match=r"linked\.h5: /s_e is a link to another file"):
             reader(linked)
+    # a few kB of compressed fill values declaring 2 GiB: refused before anything is read
+    bomb = _processed(tmp_path / "bomb.nxs", np.ones((1, 4)), np.ones((1, 4)), edges,
+                      [0.0, 1.0])
+    with h5py.File(bomb, "a") as f:
+        ws = f["mantid_workspace_1/workspace"]
+        del ws["values"]
+        ws.create_dataset("values", shape=(16384, 16384), dtype="<f8", chunks=(1024, 1024),
+                          compression="gzip", fillvalue=1.0)
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(InputError, match=r"bomb\.nxs: dataset /mantid_workspace_1/workspace/"
+                                         r"values holds 2\.0 GiB once read, more than the 0\.5"):
+        read_measured(bomb, max_bytes=512 * 1024**2)
 
 
 @pytest.mark.parametrize("units1, factor", [("DeltaE", 1.0), ("DeltaE_inWavenumber", 8.065544)])

@@ -75,7 +75,8 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def read_measured(path, *, bank: int | str | None = None, q_edges=None, unit: str | None = None,
-                  x_edges: bool | None = None) -> dict[str, Spectrum]:
+                  x_edges: bool | None = None,
+                  max_bytes: int | None = None) -> dict[str, Spectrum]:
     """Read a measured spectrum file into ``{name: Spectrum1D | Spectrum2D}``, energies in meV.
 
     Parameters
@@ -98,6 +99,9 @@ def read_measured(path, *, bank: int | str | None = None, q_edges=None, unit: st
         y = e = 0 in every spectrum after a row that is not all zero stays a point, with a
         warning); True takes the last x as the closing edge; False takes every row with y as a
         point.
+    max_bytes : int or None
+        HDF5 files: the largest dataset read, bytes once decompressed (default
+        :data:`mlff_ins.hdf5_files.MAX_DATASET_BYTES`; the web page sets its own).
 
     Returns
     -------
@@ -115,7 +119,7 @@ def read_measured(path, *, bank: int | str | None = None, q_edges=None, unit: st
             raise InputError(f"{path}: --measured-unit and --measured-x (unit= and x_edges= "
                              f"in Python) apply to text files; this HDF5 file carries its own "
                              f"units and bin edges")
-        out = _read_hdf5(path, bank=bank, q_edges=q_edges)
+        out = _read_hdf5(path, bank=bank, q_edges=q_edges, max_bytes=max_bytes)
     else:
         if q_edges is not None:
             raise InputError(f"{path}: q_edges applies to NXSPE files only")
@@ -598,12 +602,12 @@ def _text_sqe(path, converted, bank, base, y_units) -> Spectrum2D:
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_hdf5(path: Path, *, bank, q_edges) -> dict[str, Spectrum]:
+def _read_hdf5(path: Path, *, bank, q_edges, max_bytes=None) -> dict[str, Spectrum]:
     import h5py
 
-    from mlff_ins.hdf5_files import open_self_contained
+    from mlff_ins.hdf5_files import MAX_DATASET_BYTES, open_self_contained
 
-    with open_self_contained(path) as f:
+    with open_self_contained(path, max_bytes or MAX_DATASET_BYTES) as f:
         nxspe = [name for name, g in f.items() if isinstance(g, h5py.Group)
                  and isinstance(g.get("definition"), h5py.Dataset)
                  and _text(g["definition"][()]).strip().upper() == "NXSPE"]

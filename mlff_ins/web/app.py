@@ -875,12 +875,18 @@ def prediction_json(result: dict, unit: str) -> dict:
 
 # ------------------------------------------------------------------------------ measurement
 
+#: the largest dataset of an uploaded HDF5 measurement, bytes once decompressed
+MEASURED_MAX_DATASET_BYTES = 512 * 1024**2
+
+
 def read_uploaded_measured(path: Path, name: str, unit: str | None) -> dict:
     """Every spectrum of a measured file, messages naming the user's file name."""
     from mlff_ins.compare.readers import read_measured
 
     try:
-        return read_measured(path, unit=unit or None)
+        # a measurement within the upload limit needs no dataset of more than a few hundred MB
+        # (what decompression may add is bounded here, not by the upload's size)
+        return read_measured(path, unit=unit or None, max_bytes=MEASURED_MAX_DATASET_BYTES)
     except InputError as err:
         text = str(err).replace(str(path), name)
         if "no energy unit" in text:
