@@ -211,6 +211,24 @@ def test_a_unit_named_in_passing_is_a_guess_said_aloud(tmp_path):
         read_measured(declared)
 
 
+@pytest.mark.parametrize("layout", ["id_and_q", "q_only"])
+def test_saveascii2_spectrum_metadata_lines_give_q(tmp_path, layout):
+    """SaveAscii2 with SpectrumMetaData writes each block's metadata line: "number , Q", or Q
+    alone without the spectrum number (WriteSpectrumID=False): read as S(Q,E) at those Q. Its
+    newer header's Distribution flag is not a column."""
+    x = np.arange(1.0, 6.0)
+    rows = "\n".join(f"{a},{2 * a},{0.1}" for a in x)
+    heads = {"id_and_q": ("1 , 0.5", "2 , 1.5"), "q_only": ("0.5", "1.5")}[layout]
+    path = _write(tmp_path / f"{layout}.txt", "# X unit: meV\n# X , Y , E\n"
+                  + "".join(f"{h}\n{rows}\n" for h in heads))
+    (sqe,) = read_measured(path).values()
+    np.testing.assert_array_equal(sqe.q, [0.5, 1.5])
+    np.testing.assert_allclose(sqe.intensity, [2 * x, 2 * x])
+    flag = _write(tmp_path / "flag.txt", "# X unit: meV\n# X , Y , E Distribution=false\n"
+                  + rows + "\n")
+    np.testing.assert_allclose(read_measured(flag)["s_e"].intensity, 2 * x)
+
+
 def test_trailing_run_of_zeros_is_data_not_an_edge(tmp_path):
     x = np.arange(1.0, 7.0)
     y = np.array([3.0, 2.0, 1.0, 0.5, 0.0, 0.0])

@@ -266,10 +266,20 @@ def _columns_format(mantid_header: _Line | None, header: list[_Line]) -> str:
 
 
 def _has_spectrum_numbers(body: list[_Line]) -> bool:
-    """SaveAscii v2: a line holding one integer, followed by a row of several values."""
+    """SaveAscii v2: a line of a spectrum's metadata (its number; or SpectrumMetaData's
+    number and Q, or Q alone), followed by a row of more values."""
     rows = [ln for ln in body if ln.kind == "numeric"]
-    return any(len(a.tokens) == 1 and _INT.match(a.tokens[0]) and len(b.tokens) > 1
-               for a, b in zip(rows, rows[1:]))
+    if any(len(a.tokens) == 1 and _INT.match(a.tokens[0]) and len(b.tokens) > 1
+           for a, b in zip(rows, rows[1:])):
+        return True
+    return _starts_with_metadata(rows)
+
+
+def _starts_with_metadata(rows: list[_Line]) -> bool:
+    """Whether the first numeric line is a SaveAscii2 metadata line of 1-2 values (Q; number
+    and Q; Q and angle) before a row of 3 or more: only then are such lines further down read
+    as metadata, not as ragged data rows."""
+    return len(rows) > 1 and len(rows[0].tokens) <= 2 and len(rows[1].tokens) >= 3
 
 
 def _parse_blocks(path: Path, body: list[_Line]) -> list[_Column1D]:
@@ -285,6 +295,7 @@ def _parse_blocks(path: Path, body: list[_Line]) -> list[_Column1D]:
     blocks: list[dict] = []
     current: dict | None = None
     pending_q: float | None = None
+    metadata = _starts_with_metadata([ln for ln in rows if ln.kind == "numeric"])
     for i, ln in enumerate(rows):
         if ln.kind == "comment":
             m = _Q_DECL.match(ln.text)
@@ -294,13 +305,24 @@ def _parse_blocks(path: Path, body: list[_Line]) -> list[_Column1D]:
         if ln.kind == "blank":
             current = None
             continue
+        if (len(ln.tokens) == 1 and _INT.match(ln.tokens[0]) and next_width[i] > 1) or \
+                (metadata and len(ln.tokens) <= 2 and next_width[i] >= 3):
+            # a block's metadata (SaveAscii2's SpectrumMetaData): its number; its number and
+            # Q; Q (and angle) without the number (WriteSpectrumID=False)
+            number, q = None, pending_q
+            if _INT.match(ln.tokens[0]):
+                number = int(ln.tokens[0])
+                if len(ln.tokens) == 2:
+                    q = ln.values[1]
+            else:
+                q = ln.values[0]
+            current = {"number": number, "rows": [], "closing": None, "q": q,
+                       "line": ln.number}
+            pending_q = None
+            blocks.append(current)
+            continue
         if len(ln.tokens) == 1:
-            if _INT.match(ln.tokens[0]) and next_width[i] > 1:
-                current = {"number": int(ln.tokens[0]), "rows": [], "closing": None,
-                           "q": pending_q, "line": ln.number}
-                pending_q = None
-                blocks.append(current)
-            elif current is not None and current["rows"] and current["closing"] is None:
+            if current is not None and current["rows"] and current["closing"] is None:
                 current["closing"] = ln.values[0]
             else:
                 raise InputError(f"{path}: line {ln.number}: a single value {ln.tokens[0]!r} that "
@@ -343,7 +365,9 @@ def _column_roles(path: Path, header: _Line | None, ncols: int) -> list[tuple[in
     """(y column, e column) of each spectrum: from Mantid's ``X , Y0 , E0 , ...`` header if
     there is one, else x, y[, e] for 2-3 columns and x followed by (y, e) pairs for 5, 7, ..."""
     if header is not None:
-        names = [t for t in _SPLIT.split(header.text.strip().lstrip("#").strip()) if t]
+        # newer SaveAscii2 headers end with a flag, "# X , Y , E Distribution=false"
+        names = [t for t in _SPLIT.split(header.text.strip().lstrip("#").strip())
+                 if t and "=" not in t]
         roles, y_col = [], None
         for col, name in enumerate(names[1:], start=1):
             upper = name.upper()
