@@ -194,6 +194,17 @@ def test_a_table_of_q_e_i_rows_is_not_read_as_a_spectrum(tmp_path):
     nan = _write(tmp_path / "nan.txt", "# X unit: meV\nX , Y0 , E0\n1,2,3\nnan,2,3\n3,4,5\n")
     with pytest.raises(InputError, match="nan.txt: line 4: the energy nan is not a finite"):
         read_measured(nan)
+    # errors: negative or infinite ones are refused; NaN (none known, as export writes) is kept
+    for rows, ok in (("1,2,0.1\n2,nan,nan\n3,4,0.1\n", True),
+                     ("1,2,0.1\n2,3,-1.4\n3,4,0.1\n", False),
+                     ("1,2,0.1\n2,3,inf\n3,4,0.1\n", False)):
+        f = _write(tmp_path / "e.txt", "# X unit: meV\n# X , Y , E\n1\n" + rows)
+        if ok:
+            assert np.isnan(read_measured(f)["s_e"].intensity[1])
+        else:
+            with pytest.raises(InputError, match="e.txt: spectrum1: the error .* at x = 2 is "
+                                                 "negative or infinite"):
+                read_measured(f)
 
 
 def test_a_unit_named_in_passing_is_a_guess_said_aloud(tmp_path):

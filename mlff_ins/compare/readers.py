@@ -425,6 +425,23 @@ def _check_x_column(path: Path, rows: list[_Line], x: np.ndarray) -> None:
                          f"blocks (one per Q)")
 
 
+def _check_column(path: Path, col: _Column1D) -> None:
+    """A spectrum's energies are finite and distinct, and its errors are not negative or
+    infinite (NaN: no error known, as `export` writes for a spectrum without one)."""
+    where = f"{path}: {col.label}"
+    if not np.all(np.isfinite(col.x)):
+        raise InputError(f"{where}: an energy that is not a finite number "
+                         f"({col.x[~np.isfinite(col.x)][0]})")
+    if len(np.unique(col.x)) != len(col.x):
+        raise InputError(f"{where}: an energy appears twice; not one energy per row")
+    if col.e is not None:
+        bad = np.isinf(col.e) | (col.e < 0)
+        if np.any(bad):
+            k = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{where}: the error {col.e[k]} at x = {col.x[k]:g} is negative "
+                             f"or infinite")
+
+
 def _float_or_error(path: Path, ln: _Line, text: str) -> float:
     try:
         return float(text)
@@ -581,6 +598,8 @@ def _select_banks(path: Path, labels: list[str], bank) -> tuple[list[int], str]:
 
 
 def _text_spectra(path, fmt, columns, *, bank, x_edges, unit, unit_source, y_units):
+    for col in columns:
+        _check_column(path, col)
     rules = {}
     for g in sorted({c.group for c in columns}):
         rules[g] = _edge_rule(path, [c for c in columns if c.group == g], x_edges, fmt)
