@@ -426,6 +426,7 @@ def test_counts_per_bin_become_a_density(tmp_path, units1, factor):
                       np.array([1.0, 2.0, 3.0]), distribution=b"0", **kw)
     sp = read_measured(path)["s_e"]
     assert sp.provenance["divided_by_bin_width"] is True
+    assert sp.units == "Counts per meV"        # what the division made of the file's Counts
     # 8.065544 cm-1/meV is quoted to 7 figures: the widths agree to 1e-6 relative
     assert np.allclose(sp.intensity, 3 * density, rtol=1e-6)
     assert np.allclose(sp.intensity_std, 0.3 * density, rtol=1e-6)

@@ -896,6 +896,8 @@ def _read_workspace(path: Path, entry, ws, bank) -> dict[str, Spectrum]:
     base = {"format": "mantid_nexus_processed", "entry": entry.name.strip("/"),
             "energy_unit_in_file": unit, **note, **dist_note}
     y_units = _attr(ws["values"], "units") or "arb. units"
+    if dist_note.get("divided_by_bin_width"):      # counts per bin became counts per meV
+        y_units = f"{y_units} per meV"
     instrument = entry.get("instrument/name")
     instrument = "" if instrument is None else _text(instrument[()]).lower()
     if kinds[s_name] == "q":
