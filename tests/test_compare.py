@@ -258,3 +258,17 @@ def test_a_measured_spectrum_keeps_its_own_values_on_its_own_points():
     out = resample(meas, grid[150:])
     np.testing.assert_array_equal(out.intensity, meas.intensity[150:])
     np.testing.assert_array_equal(out.intensity_std, meas.intensity_std[150:])
+
+
+def test_a_spectrum_in_energy_gain_gets_a_hint():
+    """A measurement whose energies are all 0 or below (neutron energy gain as positive, or
+    the other sign convention) shares no range with a calculation: the error says why."""
+    from mlff_ins.compare.align import common_grid
+    from mlff_ins.errors import InputError
+
+    e = np.linspace(1.0, 50.0, 50)
+    calc = Spectrum1D(kind="s_e", x=e, intensity=np.exp(-(e - 20) ** 2), units="arb.")
+    gain = Spectrum1D(kind="s_e", x=-e[::-1], intensity=np.ones(50), units="arb.")
+    with pytest.raises(InputError, match="share no energy range .* energy gain\\? this "
+                                         "package counts energy transfer positive"):
+        common_grid([calc, gain])

@@ -240,6 +240,17 @@ def test_saveascii2_spectrum_metadata_lines_give_q(tmp_path, layout):
     np.testing.assert_allclose(read_measured(flag)["s_e"].intensity, 2 * x)
 
 
+def test_unit_names_in_column_headers():
+    """Column names such as energy_meV or E_THz name their unit (the underscore is a word
+    character: a word boundary missed them); a word that merely contains the letters does not."""
+    from mlff_ins.neutron.units import energy_unit
+
+    assert [energy_unit(t) for t in ("energy_meV", "E_meV", "E (meV)", "freq_THz",
+                                     "DeltaE_inWavenumber", "DeltaE")] == \
+        ["meV", "meV", "meV", "THz", "cm-1", "meV"]
+    assert energy_unit("meVs") is None and energy_unit("themev") is None
+
+
 def test_trailing_run_of_zeros_is_data_not_an_edge(tmp_path):
     x = np.arange(1.0, 7.0)
     y = np.array([3.0, 2.0, 1.0, 0.5, 0.0, 0.0])

@@ -24,8 +24,10 @@ UNIT_LABEL = {"meV": "meV", "cm-1": "cm⁻¹", "THz": "THz"}
 _UNIT_PATTERNS = {
     "cm-1": re.compile(r"cm\s*(?:\^|\*\*)?\s*\(?\s*[-\u2212]\s*1\b|cm\u207b\u00b9|\b1\s*/\s*cm\b|"
                        r"\bwave\s*numbers?\b|\bwavenumbers?\b|\bdeltae_inwavenumber\b", re.I),
-    "meV": re.compile(r"\bmev\b|\bdeltae\b|\bmilli[- ]?electron[- ]?volts?\b", re.I),
-    "THz": re.compile(r"\bthz\b|\bterahertz\b", re.I),
+    # letters, not word characters, around the symbols: "energy_meV", "E_THz" name them too
+    "meV": re.compile(r"(?<![a-z])mev(?![a-z])|\bdeltae\b|\bmilli[- ]?electron[- ]?volts?\b",
+                      re.I),
+    "THz": re.compile(r"(?<![a-z])thz(?![a-z])|\bterahertz\b", re.I),
 }
 
 
