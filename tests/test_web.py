@@ -553,6 +553,9 @@ def test_measured_map_and_residual(client, files, tmp_path):
                   rng.uniform(0.5, 1.0, (10, 20)), np.full((10, 20), 0.05))
     m = _upload(client, path, "/api/measured").json()
     assert m["spectra"][0]["dims"] == 2 and m["format"] == "mantid_nexus_processed"
+    # a unit chosen for a file that states its own: the page's words, not the command line's
+    text = _one_sentence(_upload(client, path, "/api/measured", unit="cm-1"), 422)
+    assert "the unit field" in text and "--measured" not in text and "Python" not in text
     data = client.get(f"/api/measured/{m['id']}").json()["data"]["sqe"]
     assert len(data["z"]) == len(data["e"]) == 20 and len(data["z"][0]) == len(data["q"]) == 10
     # nothing 2D to compare with: one sentence, not an error page

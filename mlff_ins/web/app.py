@@ -889,6 +889,12 @@ def read_uploaded_measured(path: Path, name: str, unit: str | None) -> dict:
         return read_measured(path, unit=unit or None, max_bytes=MEASURED_MAX_DATASET_BYTES)
     except InputError as err:
         text = str(err).replace(str(path), name)
+        # the command line's words for the page's fields
+        for cli, field in (("--measured-unit and --measured-x (unit= and x_edges= in Python)",
+                            "the unit field"),
+                           ("--measured-unit, unit= in Python", "the unit field"),
+                           ("--measured-unit", "the unit field"), (" (unit= in Python)", "")):
+            text = text.replace(cli, field)
         if "no energy unit" in text:
             text = (f"{name}: the file names no energy unit (Mantid ASCII carries none); "
                     "choose the file's energy unit (field unit) and upload it again")
