@@ -860,6 +860,9 @@ def _add_phonons(sub) -> None:
                    help="relax positions and cell (symmetry kept) with the model first")
     p.add_argument("--fmax", type=float, default=1e-3, metavar="EV_PER_A",
                    help="--relax: force tolerance, eV/Å (default 1e-3)")
+    p.add_argument("--relax-steps", type=int, default=500, metavar="N",
+                   help="--relax: most optimiser steps before it is refused as not converged "
+                        "(default 500; a disordered cell of hundreds of atoms needs thousands)")
     p.add_argument("--distance", type=float, default=0.01, metavar="A",
                    help="displacement, Å (default 0.01)")
     p.add_argument("--plusminus", choices=["auto", "yes"], default="auto",
@@ -946,7 +949,9 @@ def _run_phonons(args) -> int:
         calc = load_calculator(args.model, device=args.device, members=args.members)
         calc.check_elements(atoms, source=args.structure)
         if args.relax:
-            atoms = relax(atoms, calc, fmax=args.fmax)
+            if args.relax_steps < 1:
+                raise InputError(f"--relax-steps must be at least 1, not {args.relax_steps}")
+            atoms = relax(atoms, calc, fmax=args.fmax, steps=args.relax_steps)
             print(f"relaxed: cell lengths {np.round(atoms.cell.lengths(), 5).tolist()} Å")
         bar = tqdm(desc="displaced supercells", unit="cell", disable=None)
         pset = phonons_from_model(atoms, calc, args.supercell, distance=args.distance,

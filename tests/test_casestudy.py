@@ -82,11 +82,14 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
         assert (s, "s_e", frozenset(("phonons", "predictor"))) in pairs
         assert (s, "vdos", frozenset(("md", "phonons"))) in pairs
         assert (s, "vdos", frozenset(("phonons", "predictor"))) in pairs
-    rec = next(r for r in records if r["structure"] == "c-Si" and r["kind"] == "s_e"
-               and {r["a"], r["b"]} == {"md", "phonons"})
-    compare = json.loads((out / "c-si" / "compare_s_e" / "metrics.json").read_text())
-    pair = next(p for p in compare["pairs"] if {p["a"], p["b"]} == {"md", "phonons"})
-    assert rec["mse"] == pair["mse"] and rec["cosine"] == pair["cosine"]
+    # each record as its compare wrote it; the targets' records are those of the two-way
+    # comparison on the MD cell's q-points (the one with the predictor takes its coarser grid)
+    for folder in ("compare_s_e", "md_vs_phonons"):
+        rec = next(r for r in records if r["structure"] == "c-Si" and r["kind"] == "s_e"
+                   and r["comparison"] == folder and {r["a"], r["b"]} == {"md", "phonons"})
+        compare = json.loads((out / "c-si" / folder / "metrics.json").read_text())
+        pair = next(p for p in compare["pairs"] if {p["a"], p["b"]} == {"md", "phonons"})
+        assert rec["mse"] == pair["mse"] and rec["cosine"] == pair["cosine"]
     # the vacancy difference is the vacancy's S(E) minus the perfect cell's, per atom
     from mlff_ins.neutron.spectrum import read_spectra
     diff = read_spectra(out / "vacancy" / "difference.h5")["difference_phonons"]

@@ -168,6 +168,12 @@ def compute_properties(members, mesh, *, band_points: int = 200, dos_pitch_THz: 
         for e in elements:
             dos_partial[e].append(proj[[i for i, s in enumerate(symbols) if s == e]].sum(axis=0))
         dos_freq = np.array(pd.frequency_points)
+    # a cell of hundreds of atoms (an amorphous or defect cell as its own supercell) has
+    # folded bands of little meaning, and each point costs a diagonalisation of 3n x 3n per
+    # member: fewer points there (512 atoms: 25 points; 64 atoms and fewer: all)
+    n_atoms = len(mean.primitive)
+    if n_atoms > 64:
+        band_points = max(8, band_points * 64 // n_atoms)
     bq, bx, blabels = band_path(mean, band_points)
     # with the non-analytical term, Γ itself is taken along the path, so the LO branch meets Γ
     # at its long-wavelength limit instead of dropping onto the TO one: each segment at its own
