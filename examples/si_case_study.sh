@@ -45,6 +45,9 @@ mlff-ins md "$OUT/structures/c-si_512.xyz" --model "$MODEL" --protocol "$OUT/pro
 # a-Si: structure
 mlff-ins structure "$OUT/a-si/md.h5md" --stage production -o "$OUT/a-si/structure"
 
+# a-Si: check that the quench made a glass: stop a full-size study whose melt-quench left a crystal
+mlff-ins demo --full --size full --model "$MODEL" --device "$DEVICE" --step glass_check -o "$OUT"
+
 # a-Si: spectra from MD
 mlff-ins spectra "$OUT/a-si/md.h5md" --stage production --blocks 4 --vdos --instrument vision -T 300 --e-max 100 -o "$OUT/a-si/ins_md.h5" --plot --device "$DEVICE"
 

@@ -237,6 +237,8 @@ def plan(out: str | Path, model: str | None, size: StudySize,
         Step("a-Si: structure", "a-Si", ["a-si/structure.json"],
              ["structure", "a-si/md.h5md", "--stage", "production", "-o", "a-si/structure"]
              + (["--cutoff", f"{s.bond_cutoff_A:g}"] if s.bond_cutoff_A else [])),
+        Step("a-Si: check that the quench made a glass", "a-Si", [], func="glass_check",
+             note="stop a full-size study whose melt-quench left a crystal"),
         Step("a-Si: spectra from MD", "a-Si", ["a-si/ins_md.h5"],
              _spectra_md("a-si/md.h5md", "a-si/ins_md.h5", s, blocks=s.md_blocks)),
         Step("a-Si: phonons of the quenched cell", "a-Si", ["a-si/phonons.h5"],
@@ -557,5 +559,19 @@ def report(study: Study) -> None:
     write_report(study, _records(study), _read_timings(study.out))
 
 
+def glass_check(study: Study) -> None:
+    """Stop a full-size study whose melt-quench left a crystal (its phonons of a P1 cell and
+    spectra would be hours spent on the wrong structure); a quick study, whose 64-atom quench
+    is known to stay crystalline, goes on and its report says so."""
+    from mlff_ins.casestudy_report import not_amorphous
+
+    structure = json.loads((study.out / "a-si" / "structure.json").read_text())
+    if not_amorphous(structure) and study.size.name == "full":
+        raise InputError(f"{study.out / 'a-si'}: the melt-quench left a crystal "
+                         f"({100 * structure['coordination']['fraction_4fold']:.0f} % 4-fold, "
+                         f"bond angles spread {structure['bond_angles']['std_deg']:.1f}°); melt "
+                         f"hotter or longer (protocols/melt_quench.yaml) and rerun the a-Si MD")
+
+
 FUNCTIONS = {"structures": structures, "vacancy_difference": vacancy_difference,
-             "report": report}
+             "glass_check": glass_check, "report": report}

@@ -1129,7 +1129,7 @@ def _add_demo(sub) -> None:
                       help="cell sizes and run lengths (default full)")
     full.add_argument("--step", metavar="NAME",
                       help="run one of the steps that are not a CLI command (structures, "
-                           "vacancy_difference, report), as the shell script does")
+                           "glass_check, vacancy_difference, report), as the shell script does")
     full.add_argument("--dry-run", action="store_true",
                       help="print the study as a shell script of mlff-ins commands, run nothing")
     full.add_argument("--no-predictor", action="store_true",

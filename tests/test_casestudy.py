@@ -119,3 +119,25 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
                   log=log2.append)
     with pytest.raises(InputError, match="holds a study with another set of MD members"):
         run_study(plan(out, None, SMOKE), log=log2.append)
+
+
+def test_a_full_size_study_stops_when_its_quench_left_a_crystal(tmp_path):
+    """The glass check after the a-Si MD: a full-size study whose cell is still a crystal
+    (98 % 4-fold, angles spread < 6°) stops there with one line; the quick size goes on (its
+    64-atom quench is known to stay crystalline; the report says so); a glass passes."""
+    from mlff_ins.casestudy import glass_check
+    from mlff_ins.errors import InputError
+
+    crystal = {"coordination": {"fraction_4fold": 1.0}, "bond_angles": {"std_deg": 2.9}}
+    glass = {"coordination": {"fraction_4fold": 0.9}, "bond_angles": {"std_deg": 10.5}}
+    for size, structure, stops in (("full", crystal, True), ("quick", crystal, False),
+                                   ("full", glass, False)):
+        study = plan(tmp_path / size, None, SIZES[size])
+        (study.out / "a-si").mkdir(parents=True, exist_ok=True)
+        (study.out / "a-si" / "structure.json").write_text(json.dumps(structure))
+        if stops:
+            with pytest.raises(InputError, match="the melt-quench left a crystal \\(100 % "
+                                                 "4-fold, bond angles spread 2.9°\\)"):
+                glass_check(study)
+        else:
+            glass_check(study)
