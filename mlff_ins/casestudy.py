@@ -361,7 +361,10 @@ def run_study(study: Study, *, only: str | None = None, log=print) -> dict:
             if rc != 0:
                 raise InputError(f"step '{step.name}' failed (mlff-ins {argv[0]} exit status "
                                  f"{rc}); fix the cause and rerun to continue from this step")
-        timings[step.name] = time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        # a resumed MD adds its time to the runs before it (a rerun of a finished one would
+        # otherwise leave the seconds of its check as the step's time)
+        timings[step.name] = elapsed + (timings.get(step.name, 0.0) if step.resume else 0.0)
         write_text_atomic(study.out / "timings.json", json.dumps(timings, indent=1) + "\n")
     return timings
 
