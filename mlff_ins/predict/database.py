@@ -550,11 +550,11 @@ def check_same_build(db: str | os.PathLike, opts: BuildOptions) -> None:
     if not _same_teacher(stored, opts.teacher):
         raise InputError(f"{where}: built with the teacher {stored}, not {opts.teacher}; one "
                          f"database holds one teacher's entries (choose another -o)")
-    mine = teacher_description(opts.teacher)
-    other = sorted(_entry_teachers(db) - {mine})
+    desc = teacher_description(opts.teacher)
+    other = sorted(_entry_teachers(db) - {desc})
     if other:
         raise InputError(f"{where}: its entries were computed by {other[0]}; the teacher "
-                         f"{opts.teacher} is now {mine}; one database holds one teacher's "
+                         f"{opts.teacher} is now {desc}; one database holds one teacher's "
                          f"entries (choose another -o)")
     mine = json.loads(json.dumps(asdict(opts.spectra)))
     theirs = json.loads(str(attrs.get("spectra_options", "{}")))
