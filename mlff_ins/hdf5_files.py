@@ -22,11 +22,11 @@ MAX_DATASET_BYTES = 8 * 1024**3
 
 
 def refuse_outside_references(f, path: str | os.PathLike,
-                              max_bytes: int = MAX_DATASET_BYTES) -> None:
+                              max_bytes: int | None = MAX_DATASET_BYTES) -> None:
     """Raise :class:`InputError` naming ``path`` and the object when the open HDF5 file ``f``
     has an external link, a dataset with external raw storage or a virtual dataset, or a
-    dataset larger than ``max_bytes`` once read. Soft links stay inside the file and are
-    allowed."""
+    dataset larger than ``max_bytes`` once read (None: no limit, for files read in pieces,
+    such as long trajectories). Soft links stay inside the file and are allowed."""
     import h5py
 
     def check(name, link):
@@ -40,7 +40,8 @@ def refuse_outside_references(f, path: str | os.PathLike,
                 return (f"{path}: dataset /{name} keeps its values in other files "
                         f"({'virtual' if obj.is_virtual else 'external storage'}); a file "
                         f"that points outside itself is not read")
-            if isinstance(obj, h5py.Dataset) and obj.size * obj.dtype.itemsize > max_bytes:
+            if isinstance(obj, h5py.Dataset) and max_bytes is not None \
+                    and obj.size * obj.dtype.itemsize > max_bytes:
                 return (f"{path}: dataset /{name} holds {obj.size * obj.dtype.itemsize / 2**30:.1f}"
                         f" GiB once read, more than the {max_bytes / 2**30:.3g} GiB read from "
                         f"one dataset here")

@@ -76,7 +76,7 @@ def open_h5md(path: str | Path):
         except OSError as exc2:
             raise InputError(f"{path}: cannot open as HDF5 ({exc2})") from None
     try:
-        refuse_outside_references(f, path)
+        refuse_outside_references(f, path, max_bytes=None)   # read frame by frame
         yield f
     finally:
         f.close()
