@@ -37,7 +37,7 @@ mlff-ins ins "$OUT/c-si/phonons_conv.h5" --mesh 4 4 4 --instrument vision -T 300
 mlff-ins md "$OUT/structures/c-si_512.xyz" --model "$MODEL" --protocol "$OUT/protocols/crystal.yaml" -T 300 --seed 1 -o "$OUT/c-si/md.h5md" --device "$DEVICE" $([ -e "$OUT/c-si/md.h5md" ] && echo --resume)
 
 # c-Si: spectra from MD
-mlff-ins spectra "$OUT/c-si/md.h5md" --stage production --blocks 4 --sqe --q-max 8 --vdos --instrument vision -T 300 --e-max 100 -o "$OUT/c-si/ins_md.h5" --plot --device "$DEVICE"
+mlff-ins spectra "$OUT/c-si/md.h5md" --stage production --sqe --q-max 8 --vdos --instrument vision -T 300 --e-max 100 -o "$OUT/c-si/ins_md.h5" --plot --device "$DEVICE"
 
 # a-Si: melt-quench MD
 mlff-ins md "$OUT/structures/c-si_512.xyz" --model "$MODEL" --protocol "$OUT/protocols/melt_quench.yaml" -T 300 --seed 1 -o "$OUT/a-si/md.h5md" --device "$DEVICE" $([ -e "$OUT/a-si/md.h5md" ] && echo --resume)
@@ -74,6 +74,12 @@ mlff-ins md "$OUT/structures/vacancy_215.xyz" --model "$MODEL" --protocol "$OUT/
 
 # vacancy: spectra from MD
 mlff-ins spectra "$OUT/vacancy/md.h5md" --stage production --blocks 4 --vdos --instrument vision -T 300 --e-max 100 -o "$OUT/vacancy/ins_md.h5" --plot --device "$DEVICE"
+
+# vacancy: MD of the perfect cell
+mlff-ins md "$OUT/structures/c-si_216.xyz" --model "$MODEL" --protocol "$OUT/protocols/crystal.yaml" -T 300 --seed 1 -o "$OUT/vacancy/perfect_md.h5md" --device "$DEVICE" $([ -e "$OUT/vacancy/perfect_md.h5md" ] && echo --resume)
+
+# vacancy: spectra from the perfect cell's MD
+mlff-ins spectra "$OUT/vacancy/perfect_md.h5md" --stage production --blocks 4 --vdos --instrument vision -T 300 --e-max 100 -o "$OUT/vacancy/perfect_ins_md.h5" --plot --device "$DEVICE"
 
 # vacancy: difference from the perfect crystal
 mlff-ins demo --full --size full --model "$MODEL" --device "$DEVICE" --step vacancy_difference -o "$OUT"

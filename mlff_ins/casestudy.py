@@ -27,14 +27,15 @@ Physics choices, stated once:
   from the production stage, and phonons of the final frame relaxed with the model (P1, the
   whole cell as its own supercell, so the Gamma point of the cell is the only commensurate one).
 * vacancy: the 3x3x3 diamond supercell less one atom, phonons of the relaxed cell and of the
-  perfect 216-atom cell on the same footing (each cell its own supercell), and their difference
-  per atom: the defect's local modes.
+  perfect 216-atom cell on the same footing (each cell its own supercell), MD of both cells under
+  the same protocol, and the difference per atom for each route: the defect's local modes.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -167,6 +168,13 @@ def _ins(phonons: str, output: str, size: StudySize, two_d: bool = False,
     return argv
 
 
+def perfect_md_spectra(size: StudySize) -> str:
+    """The MD spectra of the perfect crystal that the vacancy cell's are set against: the c-Si
+    MD's where its cell is the vacancy cell's perfect one, else the perfect cell's own MD."""
+    return ("c-si/ins_md.h5" if size.defect_cells == size.crystal_cells
+            else "vacancy/perfect_ins_md.h5")
+
+
 def _compare(structure: str, d: str, inputs: list[str], kind: str,
              folder: str | None = None, labels: list[str] | None = None) -> Step:
     folder = folder or f"{d}/compare_{kind}"
@@ -224,10 +232,13 @@ def plan(out: str | Path, model: str | None, size: StudySize,
         Step("c-Si: MD", "c-Si", [],
              _md("c-si/md.h5md", crystal, "protocols/crystal.yaml", s, md_members),
              resume=True),
-        # the same blocks as the vacancy's MD: the same window, so the difference is like for
-        # like, and a statistical band
+        # the whole run's window (its sharp peaks are what the c-Si targets measure), unless this
+        # MD is also the vacancy's perfect reference: then the vacancy MD's blocks, so that the
+        # difference is taken at one window
         Step("c-Si: spectra from MD", "c-Si", ["c-si/ins_md.h5"],
-             _spectra_md("c-si/md.h5md", "c-si/ins_md.h5", s, sqe=True, blocks=s.md_blocks)),
+             _spectra_md("c-si/md.h5md", "c-si/ins_md.h5", s, sqe=True,
+                         blocks=(s.md_blocks if perfect_md_spectra(s) == "c-si/ins_md.h5"
+                                 else 1))),
     ]
     # a-Si
     steps += [
@@ -267,9 +278,22 @@ def plan(out: str | Path, model: str | None, size: StudySize,
              _md("vacancy/md.h5md", vacancy, "protocols/crystal.yaml", s, md_members), resume=True),
         Step("vacancy: spectra from MD", "vacancy", ["vacancy/ins_md.h5"],
              _spectra_md("vacancy/md.h5md", "vacancy/ins_md.h5", s, blocks=s.md_blocks)),
-        Step("vacancy: difference from the perfect crystal", "vacancy",
-             ["vacancy/difference.h5"], func="vacancy_difference"),
     ]
+    if perfect_md_spectra(s) != "c-si/ins_md.h5":
+        # the perfect cell's own MD: the same cell, q-points, protocol and blocks as the
+        # vacancy's, so that their difference holds the defect's modes and nothing of a
+        # larger cell's other q-points
+        steps += [
+            Step("vacancy: MD of the perfect cell", "vacancy", [],
+                 _md("vacancy/perfect_md.h5md", perfect, "protocols/crystal.yaml", s,
+                     md_members), resume=True),
+            Step("vacancy: spectra from the perfect cell's MD", "vacancy",
+                 ["vacancy/perfect_ins_md.h5"],
+                 _spectra_md("vacancy/perfect_md.h5md", "vacancy/perfect_ins_md.h5", s,
+                             blocks=s.md_blocks)),
+        ]
+    steps.append(Step("vacancy: difference from the perfect crystal", "vacancy",
+                      ["vacancy/difference.h5"], func="vacancy_difference"))
     # the direct predictor, then the comparisons
     sources = {"c-Si": ("c-si", conv), "a-Si": ("a-si", "a-si/md.h5md"),
                "vacancy": ("vacancy", vacancy)}
@@ -331,17 +355,26 @@ def run_study(study: Study, *, only: str | None = None, log=print) -> dict:
     if study.md_members:
         this["md_members"] = study.md_members
     recorded = study.out / "study.json"
+    runs = []
     if recorded.exists():
         # the finished steps of another model or size would be skipped as done: refuse
         before = json.loads(recorded.read_text())
+        runs = before.pop("runs", [])
         if before != json.loads(json.dumps(this)):
             what = ("model" if before.get("model") != this["model"] else
                     "size" if before.get("size") != this["size"] else "set of MD members")
             raise InputError(f"{study.out}: holds a study with another {what} "
                              f"({before.get('model')}, size {before['size'].get('name')}); "
                              f"choose another -o or delete it")
+    # the code of every run of the study: a step done by an earlier run keeps that run's code
+    code = code_version()
+    if runs and {k: runs[-1].get(k) for k in code} != code:
+        log(f"note: {study.out} was last run with mlff-ins {_code_text(runs[-1])}, this run uses "
+            f"{_code_text(code)}; the steps already done keep their outputs (report.md lists "
+            f"the runs)")
+    runs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **code})
     study.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(recorded, json.dumps(this, indent=1) + "\n")
+    write_text_atomic(recorded, json.dumps({**this, "runs": runs}, indent=1) + "\n")
     timings = _read_timings(study.out)
     for i, step in enumerate(study.steps, 1):
         if only is not None and step.func != only:
@@ -367,6 +400,36 @@ def run_study(study: Study, *, only: str | None = None, log=print) -> dict:
         timings[step.name] = elapsed + (timings.get(step.name, 0.0) if step.resume else 0.0)
         write_text_atomic(study.out / "timings.json", json.dumps(timings, indent=1) + "\n")
     return timings
+
+
+def code_version() -> dict:
+    """{"mlff_ins": version} and, when the package runs from a git checkout, "git_commit" and
+    "git_dirty" (uncommitted changes to the package's own files)."""
+    from mlff_ins import __version__
+
+    info = {"mlff_ins": __version__}
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return info
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=30)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no", "--", "mlff_ins"],
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return info
+    if head.returncode == 0 and dirty.returncode == 0:
+        info["git_commit"] = head.stdout.strip()
+        info["git_dirty"] = bool(dirty.stdout.strip())
+    return info
+
+
+def _code_text(code: dict) -> str:
+    text = str(code.get("mlff_ins"))
+    if code.get("git_commit"):
+        text += f" (commit {code['git_commit'][:10]}{', modified' if code.get('git_dirty') else ''})"
+    return text
 
 
 def _read_timings(out: Path) -> dict:
@@ -481,13 +544,14 @@ def _s_e(path: Path):
 
 def vacancy_difference(study: Study) -> None:
     """S(E) of the vacancy cell minus that of the perfect crystal, per atom, for the phonon route
-    (both cells as their own supercells) and the MD route (vacancy MD against c-Si MD); written
-    to vacancy/difference.h5 and .png."""
+    (both cells as their own supercells) and the MD route (the vacancy cell's MD against that of
+    the same cell without the vacancy, :func:`perfect_md_spectra`); written to
+    vacancy/difference.h5 and .png."""
     from mlff_ins.neutron.spectrum import Spectrum1D, write_spectra
 
     out = study.out
     pairs = {"phonons": ("vacancy/ins_phonons.h5", "vacancy/perfect_ins_phonons.h5"),
-             "md": ("vacancy/ins_md.h5", "c-si/ins_md.h5")}
+             "md": ("vacancy/ins_md.h5", perfect_md_spectra(study.size))}
     result = {}
     for route, (defect, perfect) in pairs.items():
         a, b = _s_e(out / defect), _s_e(out / perfect)
@@ -543,14 +607,19 @@ def _records(study: Study) -> list[dict]:
         doc = json.loads(path.read_text())
         kind = step.argv[step.argv.index("--kind") + 1]
         for pair in doc.get("pairs", []):
-            shifts = (pair.get("peaks") or {}).get("shifts_meV") or []
+            peaks = pair.get("peaks") or {}
+            shifts = peaks.get("shifts_meV") or []
             recs.append({"structure": step.structure, "a": pair["a"], "b": pair["b"],
                          "kind": kind, "comparison": Path(step.outputs[0]).parent.name,
                          "mse": pair.get("mse"), "cosine": pair.get("cosine"),
                          "wasserstein_meV": pair.get("wasserstein_meV"),
                          # the largest |shift| of the matched peaks (all of them below)
                          "peak_shift_meV": max((abs(x) for x in shifts), default=None),
-                         "peak_shifts_meV": shifts})
+                         "peak_shifts_meV": shifts,
+                         # peaks with no partner within compare's matching distance: a shift
+                         # larger than it, or a peak one route lacks
+                         "peaks_unmatched_a": peaks.get("unmatched_a") or [],
+                         "peaks_unmatched_b": peaks.get("unmatched_b") or []})
     return recs
 
 

@@ -11,6 +11,9 @@ Literature values used here, with their sources:
   displaced supercell labelled with the settings of the embedded training data).
 * a-Si structure: Laaziri et al., Phys. Rev. Lett. 82, 3460 (1999), see
   :mod:`mlff_ins.analysis.structure`.
+* a-Si bond angles: rms deviation 7.7-10.5 deg from measured Raman linewidths, and no fully
+  bonded network model below 6.6 deg, Beeman, Tsu and Thorpe, Phys. Rev. B 32, 874 (1985)
+  (checked against the abstract).
 * a-Si vibrational DOS: the transverse-acoustic band near 20 meV and the transverse-optic band
   near 60 meV measured by inelastic neutron scattering, Kamitakahara et al., Phys. Rev. B 36,
   6539 (1987). These two positions are the values quoted in the case-study issue; the paper's
@@ -27,6 +30,12 @@ import numpy as np
 from mlff_ins.atomic_io import write_text_atomic
 
 A_SI_VDOS_SOURCE = "Kamitakahara et al., Phys. Rev. B 36, 6539 (1987)"
+#: rms bond-angle deviation of a-Si from the tetrahedral angle (deg), from measured Raman TO
+#: linewidths (low: annealed at higher temperatures), and the smallest of any fully bonded
+#: network model; checked against the paper's abstract
+A_SI_ANGLE_SOURCE = "Beeman, Tsu and Thorpe, Phys. Rev. B 32, 874 (1985)"
+A_SI_ANGLE_RMS_DEG = (7.7, 10.5)
+A_SI_ANGLE_RMS_MIN_NETWORK_DEG = 6.6
 A_SI_VDOS_PEAKS_MEV = {"TA": 20.0, "TO": 60.0}
 # where each band's maximum is looked for in a VDOS (meV)
 A_SI_BANDS_MEV = {"TA": (8.0, 32.0), "TO": (48.0, 72.0)}
@@ -40,6 +49,10 @@ TARGET_COMPARISON = "md_vs_phonons"
 
 def _fmt(v, spec=".3g") -> str:
     return "–" if v is None else format(v, spec)
+
+
+def _energies(values) -> str:
+    return ", ".join(f"{v:.1f}" for v in values) or "none"
 
 
 def _rel(out: Path, path: Path) -> str:
@@ -69,7 +82,15 @@ def _target_lines(records: list[dict], asi_not_amorphous: bool = False) -> list[
         for key, limit in target.items():
             value = rec.get(key)
             ok = value is not None and value <= limit
-            parts.append(f"{key} {_fmt(value)} (target ≤ {limit:g}: "
+            extra = ""
+            unmatched = rec.get("peaks_unmatched_a", []) + rec.get("peaks_unmatched_b", [])
+            if key == "peak_shift_meV" and unmatched:
+                # a peak without a partner within the matching distance is a shift beyond it
+                ok = False
+                extra = (f", and {len(unmatched)} peak(s) without a partner: "
+                         f"{rec['a']} {_energies(rec.get('peaks_unmatched_a', []))}, "
+                         f"{rec['b']} {_energies(rec.get('peaks_unmatched_b', []))} meV")
+            parts.append(f"{key} {_fmt(value)}{extra} (target ≤ {limit:g}: "
                          f"{'met' if ok else 'NOT met'})")
         note = (" (but the cell is not amorphous: see a-Si)"
                 if structure == "a-Si" and asi_not_amorphous else "")
@@ -122,6 +143,14 @@ def vdos_peaks(energy, intensity) -> dict:
     return out
 
 
+def angle_rms_deviation(angles: dict) -> float:
+    """rms deviation (deg) of the bond angles from the tetrahedral angle, from their mean and
+    standard deviation (``mlff-ins structure``'s ``bond_angles``)."""
+    from mlff_ins.analysis.structure import TETRAHEDRAL_ANGLE_DEG
+
+    return float(np.hypot(angles["std_deg"], angles["mean_deg"] - TETRAHEDRAL_ANGLE_DEG))
+
+
 def _asi_not_amorphous(out: Path) -> bool:
     st = out / "a-si" / "structure.json"
     return st.exists() and not_amorphous(json.loads(st.read_text()))
@@ -160,7 +189,11 @@ def _asi_lines(out: Path) -> list[str]:
             f"| 3-fold / 5-fold atoms | {100 * c['fraction_3fold']:.1f} % / "
             f"{100 * c['fraction_5fold']:.1f} % | |",
             f"| bond angle (deg), mean ± std | {ang['mean_deg']:.1f} ± {ang['std_deg']:.1f} | "
-            f"{rep['reference']['tetrahedral_angle_deg']} (tetrahedral) |", ""]
+            f"{rep['reference']['tetrahedral_angle_deg']} (tetrahedral) |",
+            f"| rms bond-angle deviation from tetrahedral (deg) | "
+            f"{angle_rms_deviation(ang):.1f} | {A_SI_ANGLE_RMS_DEG[0]:g}–"
+            f"{A_SI_ANGLE_RMS_DEG[1]:g} ({A_SI_ANGLE_SOURCE}, from Raman linewidths; no fully "
+            f"bonded network below {A_SI_ANGLE_RMS_MIN_NETWORK_DEG:g}) |", ""]
         if not_amorphous(rep):
             lines += [f"**This cell is not amorphous**: {100 * c['fraction_4fold']:.1f} % of its "
                       f"atoms are 4-fold and its bond angles spread by {ang['std_deg']:.1f}°, as "
@@ -192,6 +225,118 @@ def _asi_lines(out: Path) -> list[str]:
     return lines
 
 
+#: the MD runs of the study and the phonon files whose imaginary modes are reported
+MD_RUNS = (("c-Si", "c-si/md.h5md"), ("a-Si", "a-si/md.h5md"), ("vacancy", "vacancy/md.h5md"),
+           ("vacancy's perfect cell", "vacancy/perfect_md.h5md"))
+PHONON_FILES = (("c-Si", "c-si/phonons.h5"), ("c-Si, MD cell's unit cell", "c-si/phonons_conv.h5"),
+                ("a-Si", "a-si/phonons.h5"), ("vacancy", "vacancy/phonons.h5"),
+                ("vacancy's perfect cell", "vacancy/perfect_phonons.h5"))
+#: modes below minus this (THz) count as imaginary (the phonons' own tolerance)
+IMAGINARY_TOL_THZ = 0.05
+
+
+def md_summary(path: Path, stage: str = "production") -> dict:
+    """The production stage of an MD trajectory: atoms, length (ps), kinetic temperature mean and
+    standard deviation (K), total-energy drift (meV/atom/ps, the slope of a straight-line fit:
+    an NVE run's integration error) and the largest ensemble force spread (eV/Å; None when one
+    member drove it)."""
+    from mlff_ins.data.h5md import open_h5md, stage_frames
+
+    start, stop = stage_frames(path, stage)
+    with open_h5md(path) as f:
+        n_atoms = int(f["particles/trajectory/species"].shape[0])
+        t_fs = np.asarray(f["particles/trajectory/position/time"][start:stop], dtype=float)
+        obs = f["observables"]
+        temp = np.asarray(obs["temperature/value"][start:stop], dtype=float)
+        energy = np.asarray(obs["total_energy/value"][start:stop], dtype=float)
+        spread = (np.asarray(obs["max_force_std/value"][start:stop], dtype=float)
+                  if "max_force_std" in obs else np.array([]))
+    drift = (float(np.polyfit(t_fs, energy, 1)[0]) * 1e6 / n_atoms if len(t_fs) > 1
+             else None)
+    finite = spread[np.isfinite(spread)]
+    return {"n_atoms": n_atoms, "ps": float(t_fs[-1] - t_fs[0]) / 1000.0 if len(t_fs) else 0.0,
+            "T_mean_K": float(temp.mean()), "T_std_K": float(temp.std()),
+            "drift_meV_per_atom_ps": drift,
+            "max_force_std": float(finite.max()) if finite.size and finite.max() > 0 else None}
+
+
+def imaginary_summary(path: Path, tol_THz: float = IMAGINARY_TOL_THZ) -> dict:
+    """Modes of a phonon file's mesh below -tol_THz, per ensemble member (the three acoustic
+    modes at Γ, those nearest zero, left out), and the lowest of them (THz; None if none)."""
+    from mlff_ins.hdf5_files import open_self_contained
+
+    with open_self_contained(path) as f:
+        freqs = np.asarray(f["mesh/frequency_THz"][()], dtype=float)     # (K, Q, 3n)
+        qpoints = np.asarray(f["mesh/qpoints"][()], dtype=float)
+    gamma = np.all(np.abs(qpoints) < 1e-9, axis=1)
+    counts, lowest = [], None
+    for member in freqs:
+        modes = []
+        for q, f_q in enumerate(member):
+            if gamma[q]:
+                f_q = np.delete(f_q, np.argsort(np.abs(f_q))[:3])
+            modes.append(f_q[f_q < -tol_THz])
+        soft = np.concatenate(modes)
+        counts.append(int(soft.size))
+        if soft.size:
+            lowest = float(soft.min()) if lowest is None else min(lowest, float(soft.min()))
+    return {"counts": counts, "n_modes": int(freqs.shape[1] * freqs.shape[2]),
+            "lowest_THz": lowest}
+
+
+def _run_lines(out: Path) -> list[str]:
+    """The MD runs' temperatures, energy drifts and ensemble spreads; the phonons' imaginary
+    modes."""
+    lines = []
+    from mlff_ins.errors import InputError
+
+    md = []
+    for name, rel in MD_RUNS:
+        if (out / rel).exists():
+            try:
+                md.append((name, md_summary(out / rel)))
+            except InputError:           # no production stage yet (a run still going)
+                continue
+    if md:
+        lines += ["MD production runs (NVE): the kinetic temperature (target "
+                  "300 K), the drift of the total energy (integration error) and the largest "
+                  "force spread of the ensemble members along the run (when more than one "
+                  "member drove it):", "",
+                  "| run | atoms | ps | T (K), mean ± std | energy drift (meV/atom/ps) | "
+                  "largest force spread (eV/Å) |", "|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {r['n_atoms']} | {r['ps']:.1f} | {r['T_mean_K']:.0f} ± "
+                  f"{r['T_std_K']:.0f} | {_fmt(r['drift_meV_per_atom_ps'], '.2g')} | "
+                  f"{_fmt(r['max_force_std'], '.3g')} |" for name, r in md]
+        lines.append("")
+    ph = [(name, imaginary_summary(out / rel)) for name, rel in PHONON_FILES
+          if (out / rel).exists()]
+    if ph:
+        lines += [f"Imaginary modes (below −{IMAGINARY_TOL_THZ:g} THz on each file's q-point "
+                  f"mesh, the three acoustic modes at Γ left out), per ensemble member:", "",
+                  "| phonons | modes on the mesh | imaginary, per member | lowest (THz) |",
+                  "|---|---|---|---|"]
+        lines += [f"| {name} | {r['n_modes']} | {', '.join(map(str, r['counts']))} | "
+                  f"{_fmt(r['lowest_THz'], '.3f')} |" for name, r in ph]
+        lines.append("")
+    return lines
+
+
+def _code_lines(out: Path) -> list[str]:
+    study = out / "study.json"
+    runs = json.loads(study.read_text()).get("runs", []) if study.exists() else []
+    if not runs:
+        return []
+    lines = ["## Code", "", "The runs of this study (a step done by an earlier run keeps its "
+             "outputs):", ""]
+    for r in runs:
+        commit = r.get("git_commit")
+        lines.append(f"- {r.get('started')}: mlff-ins {r.get('mlff_ins')}"
+                     + (f", commit {commit[:12]}" + (" with uncommitted changes"
+                                                     if r.get("git_dirty") else "")
+                        if commit else ""))
+    return lines + [""]
+
+
 def write_report(study, records: list[dict], timings: dict) -> Path:
     out = study.out
     size = study.size
@@ -216,6 +361,7 @@ def write_report(study, records: list[dict], timings: dict) -> Path:
         + f". Every step's command is in "
         f"`examples/si_case_study.sh` (`mlff-ins demo --full --dry-run`).", "",
         "## Targets", "", *_target_lines(records, _asi_not_amorphous(out)), "",
+        "## Runs", "", *(_run_lines(out) or ["(no MD or phonon outputs yet)", ""]),
         "## Agreement of the routes (`metrics.json`)", "",
         "Spectra max-normalised on one grid after one resolution (`mlff-ins compare`); "
         "W1 is the Wasserstein-1 distance.", "", *_metrics_table(records), ""]
@@ -238,6 +384,7 @@ def write_report(study, records: list[dict], timings: dict) -> Path:
                 lines += ["S(E) of the vacancy cell minus the perfect crystal, per atom "
                           "(`vacancy/difference.h5`):", "",
                           f"![vacancy difference]({_rel(out, png)})", ""]
+    lines += _code_lines(out)
     if timings:
         lines += ["## Time per step (s, this machine)", "", "| step | s |", "|---|---|",
                   *[f"| {k} | {v:.0f} |" for k, v in timings.items()], ""]

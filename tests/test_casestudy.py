@@ -97,9 +97,20 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     perfect = read_spectra(out / "vacancy" / "perfect_ins_phonons.h5")["s_e"]
     np.testing.assert_allclose(diff.intensity, vac.intensity
                                - np.interp(vac.x, perfect.x, perfect.intensity), atol=1e-12)
+    assert all("peaks_unmatched_a" in r and "peaks_unmatched_b" in r for r in records)
     text = (out / "report.md").read_text()
-    for heading in ("## Targets", "## c-Si", "## a-Si", "## Vacancy", "Phonon frequencies"):
+    for heading in ("## Targets", "## Runs", "## c-Si", "## a-Si", "## Vacancy",
+                    "Phonon frequencies", "## Code"):
         assert heading in text
+    # the MD runs' temperatures and drifts, the phonons' imaginary modes, as the report's
+    # functions read them from the files
+    from mlff_ins.casestudy_report import imaginary_summary, md_summary
+    md = md_summary(out / "c-si" / "md.h5md")
+    assert md["n_atoms"] == 8 and md["ps"] == pytest.approx(SMOKE.production_ps, abs=0.021)
+    assert f"| c-Si | 8 | {md['ps']:.1f} | {md['T_mean_K']:.0f} ± {md['T_std_K']:.0f} |" in text
+    ph = imaginary_summary(out / "a-si" / "phonons.h5")
+    assert f"| a-Si | {ph['n_modes']} | {', '.join(map(str, ph['counts']))} |" in text
+    assert "rms bond-angle deviation from tetrahedral" in text
     assert "the MD runs driven by member(s) 0 of it" in text
     assert len(timings) == len(study.steps)
     # a second run finds every step done and runs nothing but the MD steps' --resume (which
@@ -115,6 +126,10 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     assert len(done) == len([s for s in study.steps if s.outputs])
     after = {p: p.stat().st_mtime_ns for p in before}
     assert after == before
+    # study.json keeps the code of each run
+    runs = json.loads((out / "study.json").read_text())["runs"]
+    from mlff_ins import __version__
+    assert len(runs) == 2 and all(r["mlff_ins"] == __version__ for r in runs)
     # the folder belongs to this model and size: another is refused before anything runs
     from mlff_ins.errors import InputError
     with pytest.raises(InputError, match="holds a study with another size"):
@@ -144,3 +159,61 @@ def test_a_full_size_study_stops_when_its_quench_left_a_crystal(tmp_path):
                 glass_check(study)
         else:
             glass_check(study)
+
+
+def test_the_vacancy_is_set_against_md_of_its_own_perfect_cell():
+    """Where the c-Si MD cell is not the vacancy cell's perfect cell (full size: 512 vs 216
+    atoms), the perfect 216-atom cell gets its own MD, under the crystal protocol and with the
+    vacancy MD's blocks, and the difference uses it; c-Si's spectra then take the whole run's
+    window. Where the cells are the same (quick size), the c-Si MD serves, with the blocks."""
+    from mlff_ins.casestudy import perfect_md_spectra
+
+    full = plan("out", "model", SIZES["full"])
+    by_name = {st.name: st for st in full.steps}
+    md = by_name["vacancy: MD of the perfect cell"].argv
+    assert md[1] == "structures/c-si_216.xyz" and "protocols/crystal.yaml" in md
+    spectra = by_name["vacancy: spectra from the perfect cell's MD"].argv
+    blocks = ["--blocks", str(SIZES["full"].md_blocks)]
+    assert " ".join(blocks) in " ".join(spectra)
+    assert " ".join(blocks) in " ".join(by_name["vacancy: spectra from MD"].argv)
+    assert "--blocks" not in by_name["c-Si: spectra from MD"].argv
+    assert perfect_md_spectra(SIZES["full"]) == "vacancy/perfect_ins_md.h5"
+    names = [st.name for st in full.steps]
+    assert (names.index("vacancy: spectra from the perfect cell's MD")
+            < names.index("vacancy: difference from the perfect crystal"))
+    quick = plan("out", "model", SIZES["quick"])
+    assert not any("perfect cell's MD" in st.name for st in quick.steps)
+    assert perfect_md_spectra(SIZES["quick"]) == "c-si/ins_md.h5"
+
+
+def test_imaginary_modes_leave_out_the_acoustic_modes_at_gamma(tmp_path):
+    """Counts per member on a hand-made mesh: at Γ the three modes nearest zero are the
+    acoustic ones, whatever their sign; elsewhere every mode below -0.05 THz counts."""
+    import h5py
+
+    from mlff_ins.casestudy_report import imaginary_summary
+
+    path = tmp_path / "phonons.h5"
+    with h5py.File(path, "w") as f:
+        f["mesh/qpoints"] = np.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]])
+        f["mesh/frequency_THz"] = np.array([
+            [[-0.2, -0.01, 0.0, -1.5, 5.0, 5.0], [-0.3, 1.0, 2.0, 3.0, 4.0, 5.0]],
+            [[0.0, 0.0, 0.0, 4.0, 5.0, 5.0], [0.5, 1.0, 2.0, 3.0, 4.0, 5.0]]])
+    r = imaginary_summary(path)
+    # member 0: Γ's acoustic three are -0.2, -0.01, 0.0 (nearest zero), -1.5 counts; X: -0.3
+    assert r == {"counts": [2, 0], "n_modes": 12, "lowest_THz": -1.5}
+
+
+def test_a_peak_without_partner_fails_the_peak_target():
+    from mlff_ins.casestudy_report import TARGET_COMPARISON, _target_lines
+
+    rec = {"structure": "c-Si", "kind": "s_e", "comparison": TARGET_COMPARISON, "a": "md",
+           "b": "phonons", "mse": 0.005, "peak_shift_meV": 0.4, "peaks_unmatched_a": [],
+           "peaks_unmatched_b": [31.2]}
+    line = next(x for x in _target_lines([rec]) if x.startswith("- c-Si"))
+    assert "mse 0.005 (target ≤ 0.01: met)" in line
+    assert "peak_shift_meV 0.4, and 1 peak(s) without a partner: md none, phonons 31.2 meV " \
+           "(target ≤ 1: NOT met)" in line
+    rec["peaks_unmatched_b"] = []
+    line = next(x for x in _target_lines([rec]) if x.startswith("- c-Si"))
+    assert "peak_shift_meV 0.4 (target ≤ 1: met)" in line
