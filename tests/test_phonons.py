@@ -450,3 +450,17 @@ def test_a_gamma_in_the_middle_of_the_path_takes_each_segments_lo_limit():
         ph.run_qpoints([[0, 0, 0]], nac_q_direction=q[j] - q[k])
         np.testing.assert_allclose(f[k], ph.qpoints.frequencies[0], atol=1e-9)
     assert np.abs(f[i] - f[i + 1]).max() > 0.05
+
+
+def test_large_cells_get_fewer_band_points():
+    """The band path of a cell above 64 atoms is thinned in proportion to its size (each point
+    is a 3n x 3n diagonalisation per member; its folded bands mean little), never below 8
+    (nor above the number asked for); a
+    cell of 64 atoms or fewer keeps every point asked for."""
+    from mlff_ins.phonons.properties import band_points_for
+
+    assert band_points_for(2, 200) == band_points_for(64, 200) == 200
+    assert band_points_for(215, 200) == 59        # the vacancy cell: 200 * 64 // 215
+    assert band_points_for(512, 200) == 25
+    assert band_points_for(5000, 200) == 8
+    assert band_points_for(128, 5) == 5       # never more than asked for

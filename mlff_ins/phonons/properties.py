@@ -139,6 +139,16 @@ def thermal_properties(members, mesh, t_max: float = 1000.0, t_step: float = 10.
     return out
 
 
+def band_points_for(n_atoms: int, requested: int) -> int:
+    """Points of the band path for a primitive cell of ``n_atoms``: a cell of hundreds of atoms
+    (an amorphous or defect cell as its own supercell) has folded bands of little meaning, and
+    each point costs a diagonalisation of 3n x 3n per member, so cells above 64 atoms get
+    proportionally fewer (512 atoms: 25 of 200), never fewer than 8 (or than asked for)."""
+    if n_atoms <= 64:
+        return requested
+    return min(requested, max(8, requested * 64 // n_atoms))
+
+
 def compute_properties(members, mesh, *, band_points: int = 200, dos_pitch_THz: float = 0.05,
                        imaginary_tol_THz: float = 0.05, t_max: float | None = 1000.0
                        ) -> PhononProperties:
@@ -168,13 +178,7 @@ def compute_properties(members, mesh, *, band_points: int = 200, dos_pitch_THz: 
         for e in elements:
             dos_partial[e].append(proj[[i for i, s in enumerate(symbols) if s == e]].sum(axis=0))
         dos_freq = np.array(pd.frequency_points)
-    # a cell of hundreds of atoms (an amorphous or defect cell as its own supercell) has
-    # folded bands of little meaning, and each point costs a diagonalisation of 3n x 3n per
-    # member: fewer points there (512 atoms: 25 points; 64 atoms and fewer: all)
-    n_atoms = len(mean.primitive)
-    if n_atoms > 64:
-        band_points = max(8, band_points * 64 // n_atoms)
-    bq, bx, blabels = band_path(mean, band_points)
+    bq, bx, blabels = band_path(mean, band_points_for(len(mean.primitive), band_points))
     # with the non-analytical term, Γ itself is taken along the path, so the LO branch meets Γ
     # at its long-wavelength limit instead of dropping onto the TO one: each segment at its own
     # Γ (a Γ in the middle of the path, as in K-Γ-A, is doubled: in an anisotropic crystal the
