@@ -34,13 +34,16 @@ mlff-ins phonons "$OUT/structures/si_conventional.xyz" --model "$MODEL" --primit
 mlff-ins ins "$OUT/c-si/phonons_conv.h5" --mesh 4 4 4 --instrument vision -T 300 --e-max 100 -o "$OUT/c-si/ins_phonons_md_q.h5" --plot
 
 # c-Si: MD
-mlff-ins md "$OUT/structures/c-si_512.xyz" --model "$MODEL" --protocol "$OUT/protocols/crystal.yaml" -T 300 --seed 1 -o "$OUT/c-si/md.h5md" --device "$DEVICE" $([ -e "$OUT/c-si/md.h5md" ] && echo --resume)
+mlff-ins md "$OUT/structures/c-si_512.xyz" --model "$MODEL" --protocol "$OUT/protocols/production.yaml" -T 300 --seed 1 -o "$OUT/c-si/md.h5md" --device "$DEVICE" $([ -e "$OUT/c-si/md.h5md" ] && echo --resume)
 
 # c-Si: spectra from MD
 mlff-ins spectra "$OUT/c-si/md.h5md" --stage production --sqe --q-max 8 --vdos --instrument vision -T 300 --e-max 100 -o "$OUT/c-si/ins_md.h5" --plot --device "$DEVICE"
 
 # a-Si: melt-quench MD
-mlff-ins md "$OUT/structures/c-si_512.xyz" --model "$MODEL" --protocol "$OUT/protocols/melt_quench.yaml" -T 300 --seed 1 -o "$OUT/a-si/md.h5md" --device "$DEVICE" $([ -e "$OUT/a-si/md.h5md" ] && echo --resume)
+mlff-ins md "$OUT/structures/c-si_512.xyz" --model "$MODEL" --protocol "$OUT/protocols/melt_quench.yaml" -T 300 --seed 1 -o "$OUT/a-si/quench.h5md" --device "$DEVICE" $([ -e "$OUT/a-si/quench.h5md" ] && echo --resume)
+
+# a-Si: MD at 300 K: from the last frame of the melt-quench, new velocities
+mlff-ins md "$OUT/a-si/quench.h5md" --model "$MODEL" --protocol "$OUT/protocols/production.yaml" -T 300 --seed 1 -o "$OUT/a-si/md.h5md" --device "$DEVICE" $([ -e "$OUT/a-si/md.h5md" ] && echo --resume)
 
 # a-Si: structure
 mlff-ins structure "$OUT/a-si/md.h5md" --stage production -o "$OUT/a-si/structure"
@@ -70,13 +73,13 @@ mlff-ins phonons "$OUT/structures/c-si_216.xyz" --model "$MODEL" --primitive P -
 mlff-ins ins "$OUT/vacancy/perfect_phonons.h5" --mesh 1 1 1 --instrument vision -T 300 --e-max 100 -o "$OUT/vacancy/perfect_ins_phonons.h5" --plot
 
 # vacancy: MD
-mlff-ins md "$OUT/structures/vacancy_215.xyz" --model "$MODEL" --protocol "$OUT/protocols/crystal.yaml" -T 300 --seed 1 -o "$OUT/vacancy/md.h5md" --device "$DEVICE" $([ -e "$OUT/vacancy/md.h5md" ] && echo --resume)
+mlff-ins md "$OUT/structures/vacancy_215.xyz" --model "$MODEL" --protocol "$OUT/protocols/production.yaml" -T 300 --seed 1 -o "$OUT/vacancy/md.h5md" --device "$DEVICE" $([ -e "$OUT/vacancy/md.h5md" ] && echo --resume)
 
 # vacancy: spectra from MD
 mlff-ins spectra "$OUT/vacancy/md.h5md" --stage production --blocks 4 --vdos --instrument vision -T 300 --e-max 100 -o "$OUT/vacancy/ins_md.h5" --plot --device "$DEVICE"
 
 # vacancy: MD of the perfect cell
-mlff-ins md "$OUT/structures/c-si_216.xyz" --model "$MODEL" --protocol "$OUT/protocols/crystal.yaml" -T 300 --seed 1 -o "$OUT/vacancy/perfect_md.h5md" --device "$DEVICE" $([ -e "$OUT/vacancy/perfect_md.h5md" ] && echo --resume)
+mlff-ins md "$OUT/structures/c-si_216.xyz" --model "$MODEL" --protocol "$OUT/protocols/production.yaml" -T 300 --seed 1 -o "$OUT/vacancy/perfect_md.h5md" --device "$DEVICE" $([ -e "$OUT/vacancy/perfect_md.h5md" ] && echo --resume)
 
 # vacancy: spectra from the perfect cell's MD
 mlff-ins spectra "$OUT/vacancy/perfect_md.h5md" --stage production --blocks 4 --vdos --instrument vision -T 300 --e-max 100 -o "$OUT/vacancy/perfect_ins_md.h5" --plot --device "$DEVICE"

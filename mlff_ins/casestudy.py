@@ -10,9 +10,17 @@ protocols, the vacancy's difference spectrum, the report) are functions of this 
 from the shell as ``mlff-ins demo --full --step NAME``.
 
 Resuming: every output is written atomically by the command that makes it, so a step whose
-outputs all exist is done and is skipped; MD steps always run with ``--resume`` once their
-trajectory exists (a finished protocol returns at once, a killed one goes on). A killed study
+outputs all exist is done and is skipped; an MD step runs with ``--resume`` once its trajectory
+exists (a killed run goes on) until it is recorded as finished in ``done.json``. A killed study
 therefore continues where it stopped when the same command is rerun.
+
+Spreading a study over several sittings (hours each on 2 CPU cores): ``--structures`` runs the
+shared steps and those of some structures only, and ``--prune`` then removes the large files
+(trajectories, force constants of cells of hundreds of atoms) that no unfinished step reads;
+``done.json`` keeps the steps done and the summaries the report needs (MD temperatures and
+drifts, imaginary modes), so the remaining folder is small enough to carry to the next sitting.
+The a-Si melt-quench writes its own file with a frame every ``quench_every`` steps, and the
+300 K run starts from its last frame, so that the quench can be carried over too.
 
 Physics choices, stated once:
 
@@ -23,8 +31,9 @@ Physics choices, stated once:
   correction), and S(Q,E) with the harmonic correction (``spectra``'s default); compared with
   phonons at the same 300 K (``mlff-ins ins -T 300``).
 * a-Si: melt-quench of the crystal with the model (heat, melt at 2500 K, quench at
-  ``quench_K_per_ps``, NPT anneal at 0 GPa, NVT equilibration, NVE production), the same spectra
-  from the production stage, and phonons of the final frame relaxed with the model (P1, the
+  ``quench_K_per_ps``, NPT anneal at 0 GPa), then from its last frame (new velocities) the
+  crystals' protocol, NVT equilibration and NVE production, and the same spectra from that
+  production stage, and phonons of the final frame relaxed with the model (P1, the
   whole cell as its own supercell, so the Gamma point of the cell is the only commensurate one).
 * vacancy: the 3x3x3 diamond supercell less one atom, phonons of the relaxed cell and of the
   perfect 216-atom cell on the same footing (each cell its own supercell), MD of both cells under
@@ -77,6 +86,10 @@ class StudySize:
     # as their band (`spectra --blocks`; the correlation window becomes half a block). c-Si
     # keeps the whole run's longer window: its sharp peaks are what its targets measure
     md_blocks: int = 1
+    # steps between the melt-quench's frames (its ramps move their target temperature once per
+    # frame interval): a file small enough to keep between sessions, where the 300 K run that
+    # follows it writes every `every` steps for its spectra
+    quench_every: int = 100
 
     @property
     def n_crystal(self) -> int:
@@ -93,7 +106,7 @@ SIZES = {
     "quick": StudySize("quick", crystal_cells=2, phonon_cells=2, defect_cells=2,
                        amorphous_cells=2, dt_fs=2.0, every=5, equilibrate_ps=0.2,
                        production_ps=1.0, heat_K_per_ps=20000.0, melt_ps=0.4,
-                       quench_K_per_ps=5000.0, anneal_ps=0.2),
+                       quench_K_per_ps=5000.0, anneal_ps=0.2, quench_every=25),
 }
 
 
@@ -108,6 +121,14 @@ class Step:
     func: str | None = None
     resume: bool = False            # MD: add --resume once the trajectory exists
     note: str = ""
+    inputs: list[str] | None = None   # the study files it reads; None: the paths of its argv
+
+    def reads(self) -> list[str]:
+        if self.inputs is not None:
+            return list(self.inputs)
+        words = self.argv or []
+        return [w for i, w in enumerate(words) if w.startswith(STUDY_FOLDERS)
+                and not (i and words[i - 1] == "-o")]
 
 
 @dataclass
@@ -119,6 +140,13 @@ class Study:
     device: str | None = None      # the model's device (md, phonons, spectra, predict); None: cpu
     md_members: list[int] | None = None   # the members that drive the MD; None: all
 
+
+#: the study's own folders: a path of a step's command line in one of them is a study file
+STUDY_FOLDERS = ("structures/", "protocols/", "c-si/", "a-si/", "vacancy/")
+#: the record of finished steps, the summaries of the files they made and the files pruned
+DONE = "done.json"
+#: --prune removes files of at least this size that no unfinished step reads
+PRUNE_MIN_BYTES = 5 * 2 ** 20
 
 #: the commands of the study that take --device
 DEVICE_COMMANDS = ("md", "phonons", "spectra", "predict")
@@ -168,6 +196,13 @@ def _ins(phonons: str, output: str, size: StudySize, two_d: bool = False,
     return argv
 
 
+def _phonon_files(h5: str) -> list[str]:
+    """What `mlff-ins phonons -o H5` writes: the HDF5 file and phonopy's parameters."""
+    from mlff_ins.phonons.io import params_path
+
+    return [h5, params_path(h5).as_posix()]
+
+
 def perfect_md_spectra(size: StudySize) -> str:
     """The MD spectra of the perfect crystal that the vacancy cell's are set against: the c-Si
     MD's where its cell is the vacancy cell's perfect one, else the perfect cell's own MD."""
@@ -201,7 +236,8 @@ def plan(out: str | Path, model: str | None, size: StudySize,
     vacancy = f"structures/vacancy_{8 * n_d ** 3 - 1}.xyz"
     amorphous_start = f"structures/c-si_{8 * n_a ** 3}.xyz"
     steps = [
-        Step("structures", "", [conv, "protocols/crystal.yaml", "protocols/melt_quench.yaml"],
+        Step("structures", "", [conv, "protocols/production.yaml",
+                                "protocols/melt_quench.yaml"], inputs=[],
              func="structures",
              note="relax the diamond cell with the model; write the MD protocols"),
     ]
@@ -215,7 +251,7 @@ def plan(out: str | Path, model: str | None, size: StudySize,
     p = str(s.phonon_cells)
     # c-Si
     steps += [
-        Step("c-Si: phonons", "c-Si", ["c-si/phonons.h5"],
+        Step("c-Si: phonons", "c-Si", _phonon_files("c-si/phonons.h5"),
              ["phonons", conv, "--model", "{model}", "--supercell", p, p, p,
               "-o", "c-si/phonons.h5", "--plot"]),
         Step("c-Si: INS from phonons", "c-Si", ["c-si/ins_phonons.h5"],
@@ -223,14 +259,14 @@ def plan(out: str | Path, model: str | None, size: StudySize,
         # the modes the MD cell holds: phonons of the conventional cell as the unit cell, on the
         # Γ-centred n_c x n_c x n_c mesh (a 13^3 mesh of the primitive cell against the MD's
         # q-points alone moved peaks by up to 2.5 meV, MSE 0.014, measured by a review)
-        Step("c-Si: phonons of the MD cell's unit cell", "c-Si", ["c-si/phonons_conv.h5"],
+        Step("c-Si: phonons of the MD cell's unit cell", "c-Si", _phonon_files("c-si/phonons_conv.h5"),
              ["phonons", conv, "--model", "{model}", "--primitive", "P", "--supercell", p, p,
               p, "-o", "c-si/phonons_conv.h5"]),
         Step("c-Si: INS on the MD cell's q-points", "c-Si", ["c-si/ins_phonons_md_q.h5"],
              _ins("c-si/phonons_conv.h5", "c-si/ins_phonons_md_q.h5", s,
                   mesh=(n_c, n_c, n_c))),
-        Step("c-Si: MD", "c-Si", [],
-             _md("c-si/md.h5md", crystal, "protocols/crystal.yaml", s, md_members),
+        Step("c-Si: MD", "c-Si", ["c-si/md.h5md"],
+             _md("c-si/md.h5md", crystal, "protocols/production.yaml", s, md_members),
              resume=True),
         # the whole run's window (its sharp peaks are what the c-Si targets measure), unless this
         # MD is also the vacancy's perfect reference: then the vacancy MD's blocks, so that the
@@ -242,17 +278,22 @@ def plan(out: str | Path, model: str | None, size: StudySize,
     ]
     # a-Si
     steps += [
-        Step("a-Si: melt-quench MD", "a-Si", [],
-             _md("a-si/md.h5md", amorphous_start, "protocols/melt_quench.yaml", s, md_members),
-             resume=True),
+        Step("a-Si: melt-quench MD", "a-Si", ["a-si/quench.h5md"],
+             _md("a-si/quench.h5md", amorphous_start, "protocols/melt_quench.yaml", s,
+                 md_members), resume=True),
+        Step(f"a-Si: MD at {s.temperature_K:g} K", "a-Si", ["a-si/md.h5md"],
+             _md("a-si/md.h5md", "a-si/quench.h5md", "protocols/production.yaml", s,
+                 md_members), resume=True,
+             note="from the last frame of the melt-quench, new velocities"),
         Step("a-Si: structure", "a-Si", ["a-si/structure.json"],
              ["structure", "a-si/md.h5md", "--stage", "production", "-o", "a-si/structure"]
              + (["--cutoff", f"{s.bond_cutoff_A:g}"] if s.bond_cutoff_A else [])),
         Step("a-Si: check that the quench made a glass", "a-Si", [], func="glass_check",
+             inputs=["a-si/structure.json"],
              note="stop a full-size study whose melt-quench left a crystal"),
         Step("a-Si: spectra from MD", "a-Si", ["a-si/ins_md.h5"],
              _spectra_md("a-si/md.h5md", "a-si/ins_md.h5", s, blocks=s.md_blocks)),
-        Step("a-Si: phonons of the quenched cell", "a-Si", ["a-si/phonons.h5"],
+        Step("a-Si: phonons of the quenched cell", "a-Si", _phonon_files("a-si/phonons.h5"),
              ["phonons", "a-si/md.h5md", "--model", "{model}", "--relax", "--relax-steps",
               "5000", "--supercell", "1", "1", "1", "-o", "a-si/phonons.h5", "--plot"]),
         # the cell is its own supercell: its modes, as the MD's, are those at Γ
@@ -261,21 +302,21 @@ def plan(out: str | Path, model: str | None, size: StudySize,
     ]
     # vacancy
     steps += [
-        Step("vacancy: phonons", "vacancy", ["vacancy/phonons.h5"],
+        Step("vacancy: phonons", "vacancy", _phonon_files("vacancy/phonons.h5"),
              ["phonons", vacancy, "--model", "{model}", "--relax", "--relax-steps", "5000",
               "--supercell", "1", "1", "1", "-o", "vacancy/phonons.h5"]),
         Step("vacancy: INS from phonons", "vacancy", ["vacancy/ins_phonons.h5"],
              _ins("vacancy/phonons.h5", "vacancy/ins_phonons.h5", s, mesh=(1, 1, 1))),
         # the perfect cell on the same footing: the same cell (--primitive P, not reduced to
         # the 2-atom cell) at the same q-point, Γ
-        Step("vacancy: phonons of the perfect cell", "vacancy", ["vacancy/perfect_phonons.h5"],
+        Step("vacancy: phonons of the perfect cell", "vacancy", _phonon_files("vacancy/perfect_phonons.h5"),
              ["phonons", perfect, "--model", "{model}", "--primitive", "P", "--supercell",
               "1", "1", "1", "-o", "vacancy/perfect_phonons.h5"]),
         Step("vacancy: INS of the perfect cell", "vacancy", ["vacancy/perfect_ins_phonons.h5"],
              _ins("vacancy/perfect_phonons.h5", "vacancy/perfect_ins_phonons.h5", s,
                   mesh=(1, 1, 1))),
-        Step("vacancy: MD", "vacancy", [],
-             _md("vacancy/md.h5md", vacancy, "protocols/crystal.yaml", s, md_members), resume=True),
+        Step("vacancy: MD", "vacancy", ["vacancy/md.h5md"],
+             _md("vacancy/md.h5md", vacancy, "protocols/production.yaml", s, md_members), resume=True),
         Step("vacancy: spectra from MD", "vacancy", ["vacancy/ins_md.h5"],
              _spectra_md("vacancy/md.h5md", "vacancy/ins_md.h5", s, blocks=s.md_blocks)),
     ]
@@ -284,8 +325,8 @@ def plan(out: str | Path, model: str | None, size: StudySize,
         # vacancy's, so that their difference holds the defect's modes and nothing of a
         # larger cell's other q-points
         steps += [
-            Step("vacancy: MD of the perfect cell", "vacancy", [],
-                 _md("vacancy/perfect_md.h5md", perfect, "protocols/crystal.yaml", s,
+            Step("vacancy: MD of the perfect cell", "vacancy", ["vacancy/perfect_md.h5md"],
+                 _md("vacancy/perfect_md.h5md", perfect, "protocols/production.yaml", s,
                      md_members), resume=True),
             Step("vacancy: spectra from the perfect cell's MD", "vacancy",
                  ["vacancy/perfect_ins_md.h5"],
@@ -293,7 +334,9 @@ def plan(out: str | Path, model: str | None, size: StudySize,
                              blocks=s.md_blocks)),
         ]
     steps.append(Step("vacancy: difference from the perfect crystal", "vacancy",
-                      ["vacancy/difference.h5"], func="vacancy_difference"))
+                      ["vacancy/difference.h5"], func="vacancy_difference",
+                      inputs=["vacancy/ins_phonons.h5", "vacancy/perfect_ins_phonons.h5",
+                              "vacancy/ins_md.h5", perfect_md_spectra(s)]))
     # the direct predictor, then the comparisons
     sources = {"c-Si": ("c-si", conv), "a-Si": ("a-si", "a-si/md.h5md"),
                "vacancy": ("vacancy", vacancy)}
@@ -311,7 +354,9 @@ def plan(out: str | Path, model: str | None, size: StudySize,
         steps.append(_compare(name, d, routes, "s_e"))
         # the predictor's DOS too (the shipped predictor learned it beside the S(E))
         steps.append(_compare(name, d, routes, "vdos"))
-    steps.append(Step("report", "", ["report.md", "metrics.json"], func="report"))
+    steps.append(Step("report", "", ["report.md", "metrics.json"], func="report",
+                      inputs=["c-si/phonons.h5", "a-si/structure.json", "a-si/ins_md.h5",
+                              "a-si/ins_phonons.h5"]))
     return Study(Path(out), None if model is None else str(model), size, steps, device,
                  list(md_members) if md_members else None)
 
@@ -324,7 +369,7 @@ def _argv(step: Step, study: Study) -> list[str]:
     for a in step.argv:
         if a == "{model}":
             out.append(study.model)
-        elif a.startswith(("structures/", "protocols/", "c-si/", "a-si/", "vacancy/")):
+        elif a.startswith(STUDY_FOLDERS):
             out.append(str(study.out / a))
         else:
             out.append(a)
@@ -333,14 +378,13 @@ def _argv(step: Step, study: Study) -> list[str]:
     return out
 
 
-def _done(step: Step, study: Study) -> bool:
-    return bool(step.outputs) and all((study.out / o).exists() for o in step.outputs)
-
-
-def run_study(study: Study, *, only: str | None = None, log=print) -> dict:
+def run_study(study: Study, *, only: str | None = None, structures: list[str] | None = None,
+              log=print) -> dict:
     """Run (or resume) the study; returns {step name: seconds} of the steps that ran.
 
     ``only``: run just the function step of that name (``mlff-ins demo --full --step NAME``).
+    ``structures``: run the shared steps and those of these structures only (the report waits
+    for a run of them all), to spread a study over several sittings.
     """
     from mlff_ins.cli import run_echoed
 
@@ -349,6 +393,10 @@ def run_study(study: Study, *, only: str | None = None, log=print) -> dict:
         if only not in names:
             raise InputError(f"--step {only}: not a step of the study (choose from "
                              f"{', '.join(names)})")
+    for name in structures or []:
+        if name not in STRUCTURES:
+            raise InputError(f"--structures {name}: not a structure of the study (choose from "
+                             f"{', '.join(STRUCTURES)})")
     if study.model is None:
         study.model = default_model()
     this = {"model": study.model, "size": asdict(study.size)}
@@ -376,13 +424,24 @@ def run_study(study: Study, *, only: str | None = None, log=print) -> dict:
     study.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(recorded, json.dumps({**this, "runs": runs}, indent=1) + "\n")
     timings = _read_timings(study.out)
+    done = read_done(study.out)
     for i, step in enumerate(study.steps, 1):
         if only is not None and step.func != only:
             continue
-        if only is None and _done(step, study):
+        if only is None and _done(step, study, done):
             log(f"[{i}/{len(study.steps)}] {step.name}: done")
             continue
+        if structures and (step.structure not in ("", *structures) or step.func == "report"):
+            log(f"[{i}/{len(study.steps)}] {step.name}: left for a run with "
+                + ("every structure" if step.func == "report" else step.structure))
+            continue
         log(f"[{i}/{len(study.steps)}] {step.name}")
+        missing = [r for r in step.reads() if not (study.out / r).exists()]
+        pruned = [r for r in missing if r in done["pruned"]]
+        if pruned:
+            raise InputError(f"step '{step.name}' reads {', '.join(pruned)}, removed by --prune; "
+                             f"remove the steps that made it from {study.out / DONE} to make "
+                             f"it again")
         t0 = time.perf_counter()
         if step.func:
             FUNCTIONS[step.func](study)
@@ -399,7 +458,81 @@ def run_study(study: Study, *, only: str | None = None, log=print) -> dict:
         # otherwise leave the seconds of its check as the step's time)
         timings[step.name] = elapsed + (timings.get(step.name, 0.0) if step.resume else 0.0)
         write_text_atomic(study.out / "timings.json", json.dumps(timings, indent=1) + "\n")
+        _finished(step, study, done)
     return timings
+
+
+# ------------------------------------------------------------- finished steps, summaries, prune
+
+def read_done(out: Path) -> dict:
+    """``done.json``: {"steps": {name: when finished}, "summaries": {file: summary},
+    "pruned": {file: bytes}}."""
+    path = Path(out) / DONE
+    done = json.loads(path.read_text()) if path.exists() else {}
+    return {"steps": done.get("steps", {}), "summaries": done.get("summaries", {}),
+            "pruned": done.get("pruned", {})}
+
+
+def _done(step: Step, study: Study, done: dict) -> bool:
+    """Every output is there (an MD run's trajectory: and the run finished), or the step
+    finished and its missing outputs were pruned."""
+    if not step.outputs:
+        return False
+    missing = [o for o in step.outputs if not (study.out / o).exists()]
+    if not missing:
+        # commands write their outputs atomically, at their end; a trajectory grows during
+        # the run, so an MD step is done once recorded (a study from before done.json resumes
+        # its finished runs, which return at once, and records them)
+        return not step.resume or step.name in done["steps"]
+    return step.name in done["steps"] and all(o in done["pruned"] for o in missing)
+
+
+def _finished(step: Step, study: Study, done: dict) -> None:
+    """Record a finished step, with the summaries of its files that the report needs once the
+    files themselves may be pruned: an MD run's temperature and drift, a phonon file's
+    imaginary modes."""
+    from mlff_ins.casestudy_report import imaginary_summary, md_summary
+
+    done["steps"][step.name] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if step.argv and step.argv[0] in ("md", "phonons"):
+        rel = step.argv[step.argv.index("-o") + 1]
+        if step.argv[0] == "phonons":
+            done["summaries"][rel] = imaginary_summary(study.out / rel)
+        else:
+            try:
+                done["summaries"][rel] = md_summary(study.out / rel)
+            except InputError:           # no production stage (the melt-quench)
+                pass
+    for o in step.outputs:
+        done["pruned"].pop(o, None)
+    write_text_atomic(study.out / DONE, json.dumps(done, indent=1) + "\n")
+
+
+def prune(study: Study, min_bytes: int = PRUNE_MIN_BYTES, log=print) -> int:
+    """Remove the large files of finished MD and phonon steps (trajectories, the force constants
+    of cells of hundreds of atoms; at least ``min_bytes``) that no unfinished step reads; their summaries stay in done.json and the
+    steps stay done. Returns the bytes freed."""
+    done = read_done(study.out)
+    pending = [st for st in study.steps if not _done(st, study, done)]
+    needed = {r for st in pending for r in st.reads()}
+    freed = 0
+    for step in study.steps:
+        # the trajectories and phonon files; spectra, reports and structures are kept
+        if step.name not in done["steps"] or not step.argv or step.argv[0] not in ("md",
+                                                                                   "phonons"):
+            continue
+        for o in step.outputs:
+            path = study.out / o
+            if o in needed or not path.is_file() or path.stat().st_size < min_bytes:
+                continue
+            size = path.stat().st_size
+            done["pruned"][o] = size
+            write_text_atomic(study.out / DONE, json.dumps(done, indent=1) + "\n")
+            path.unlink()
+            freed += size
+            log(f"pruned {o} ({size / 2 ** 20:.0f} MiB; made by '{step.name}', read by no "
+                f"unfinished step)")
+    return freed
 
 
 def code_version() -> dict:
@@ -469,7 +602,7 @@ def shell_script(study: Study) -> str:
             for a in step.argv:
                 if a == "{model}":
                     words.append('"$MODEL"')
-                elif a.startswith(("structures/", "protocols/", "c-si/", "a-si/", "vacancy/")):
+                elif a.startswith(STUDY_FOLDERS):
                     words.append(f'"$OUT/{a}"')
                 else:
                     words.append(shlex.quote(a))
@@ -491,17 +624,18 @@ def _protocols(size: StudySize) -> dict:
     equilibrate = {"name": "equilibrate", "ensemble": "nvt", "thermostat": "bussi",
                    "T": s.temperature_K, "ps": s.equilibrate_ps}
     production = {"name": "production", "ensemble": "nve", "ps": s.production_ps}
-    crystal = {"dt_fs": s.dt_fs, "every": s.every, "stages": [equilibrate, production]}
-    melt = {"dt_fs": s.dt_fs, "every": s.every, "stages": [
+    # every MD run ends in these two stages: the crystals from their relaxed cells, a-Si from
+    # the last frame of its melt-quench
+    at_temperature = {"dt_fs": s.dt_fs, "every": s.every, "stages": [equilibrate, production]}
+    melt = {"dt_fs": s.dt_fs, "every": s.quench_every, "stages": [
         {"name": "heat", "ensemble": "nvt", "T_start": s.temperature_K, "T_end": s.melt_K,
          "rate_K_per_ps": s.heat_K_per_ps},
         {"name": "melt", "ensemble": "nvt", "T": s.melt_K, "ps": s.melt_ps},
         {"name": "quench", "ensemble": "nvt", "T_start": s.melt_K, "T_end": s.temperature_K,
          "rate_K_per_ps": s.quench_K_per_ps},
         {"name": "anneal", "ensemble": "npt", "T": s.temperature_K, "P_GPa": 0.0,
-         "ps": s.anneal_ps},
-        equilibrate, production]}
-    return {"crystal": crystal, "melt_quench": melt}
+         "ps": s.anneal_ps}]}
+    return {"production": at_temperature, "melt_quench": melt}
 
 
 def structures(study: Study) -> None:

@@ -291,15 +291,21 @@ def _run_lines(out: Path) -> list[str]:
     """The MD runs' temperatures, energy drifts and ensemble spreads; the phonons' imaginary
     modes."""
     lines = []
+    from mlff_ins.casestudy import read_done
     from mlff_ins.errors import InputError
 
-    md = []
-    for name, rel in MD_RUNS:
-        if (out / rel).exists():
-            try:
-                md.append((name, md_summary(out / rel)))
-            except InputError:           # no production stage yet (a run still going)
-                continue
+    # the summaries recorded when each step finished (its file may have been pruned since)
+    summaries = read_done(out)["summaries"]
+
+    def summary(rel, compute):
+        if rel in summaries:
+            return summaries[rel]
+        try:
+            return compute(out / rel) if (out / rel).exists() else None
+        except InputError:               # an MD run with no production stage yet
+            return None
+
+    md = [(name, r) for name, rel in MD_RUNS if (r := summary(rel, md_summary)) is not None]
     if md:
         lines += ["MD production runs (NVE): the kinetic temperature (target "
                   "300 K), the drift of the total energy (integration error) and the largest "
@@ -311,8 +317,8 @@ def _run_lines(out: Path) -> list[str]:
                   f"{r['T_std_K']:.0f} | {_fmt(r['drift_meV_per_atom_ps'], '.2g')} | "
                   f"{_fmt(r['max_force_std'], '.3g')} |" for name, r in md]
         lines.append("")
-    ph = [(name, imaginary_summary(out / rel)) for name, rel in PHONON_FILES
-          if (out / rel).exists()]
+    ph = [(name, r) for name, rel in PHONON_FILES
+          if (r := summary(rel, imaginary_summary)) is not None]
     if ph:
         lines += [f"Imaginary modes (below −{IMAGINARY_TOL_THZ:g} THz on each file's q-point "
                   f"mesh, the three acoustic modes at Γ left out), per ensemble member:", "",
@@ -351,8 +357,10 @@ def write_report(study, records: list[dict], timings: dict) -> Path:
         + f". Size `{size.name}`: c-Si MD {size.n_crystal} atoms, "
         f"phonons in a {size.phonon_cells}³ conventional supercell; vacancy cell "
         f"{8 * size.defect_cells ** 3 - 1} atoms; a-Si {8 * size.amorphous_cells ** 3} atoms, "
-        f"melted at {size.melt_K:g} K for {size.melt_ps:g} ps and quenched at "
-        f"{size.quench_K_per_ps:g} K/ps; MD time step {size.dt_fs:g} fs, equilibration "
+        f"heated at {size.heat_K_per_ps:g} K/ps, melted at {size.melt_K:g} K for "
+        f"{size.melt_ps:g} ps, quenched at {size.quench_K_per_ps:g} K/ps and annealed at 0 GPa "
+        f"for {size.anneal_ps:g} ps (`protocols/melt_quench.yaml`), its last frame then run as "
+        f"the crystals are; MD time step {size.dt_fs:g} fs, equilibration "
         f"{size.equilibrate_ps:g} ps (Bussi) then {size.production_ps:g} ps NVE production at "
         f"{size.temperature_K:g} K. The MD route's VISION S(E) comes from its VDOS through the "
         f"incoherent approximation with quantum Bose and Debye-Waller factors, as the phonon "

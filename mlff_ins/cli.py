@@ -1143,13 +1143,22 @@ def _add_demo(sub) -> None:
                            "member is one model call per MD step, so --md-members 0 runs the "
                            "MD of a 3-member model in a third of the time); the phonon routes "
                            "use every member, for their bands")
+    full.add_argument("--structures", nargs="+", metavar="NAME",
+                      choices=["c-Si", "a-Si", "vacancy"],
+                      help="run the shared steps and those of these structures only (c-Si, "
+                           "a-Si, vacancy), to spread the study over several sittings; the "
+                           "report waits for a run without this option")
+    full.add_argument("--prune", action="store_true",
+                      help="after the run, remove the large files (trajectories, force "
+                           "constants of large cells) that no unfinished step reads; the steps "
+                           "that made them stay done (done.json keeps what the report needs)")
     p.set_defaults(func=_run_demo)
 
 
 def _run_case_study(args) -> int:
     from dataclasses import replace
 
-    from mlff_ins.casestudy import SIZES, plan, run_study, shell_script
+    from mlff_ins.casestudy import SIZES, plan, prune, run_study, shell_script
 
     size = SIZES[args.size]
     if args.no_predictor:
@@ -1161,16 +1170,23 @@ def _run_case_study(args) -> int:
         return 0
     if args.model:
         _check_model_option(args.model)
-    run_study(study, only=args.step)
-    if args.step is None:
+    run_study(study, only=args.step, structures=args.structures)
+    if args.prune:
+        freed = prune(study)
+        print(f"pruned {freed / 2 ** 20:.0f} MiB from {study.out}")
+    if args.step is None and args.structures is None:
         print(f"case study done: {study.out / 'report.md'} and {study.out / 'metrics.json'}")
+    elif args.structures:
+        print(f"done: the steps of {', '.join(args.structures)} in {study.out}; run without "
+              f"--structures for the rest and the report")
     return 0
 
 
 def _run_demo(args) -> int:
     if args.full:
         return _run_case_study(args)
-    for name in ("step", "dry_run", "no_predictor", "device", "md_members"):
+    for name in ("step", "dry_run", "no_predictor", "device", "md_members", "structures",
+                 "prune"):
         if getattr(args, name):
             raise InputError(f"--{name.replace('_', '-')} applies to the case study; add --full")
     if args.md_steps < 100:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SMOKE = replace(SIZES["quick"], name="smoke", crystal_cells=1, phonon_cells=1, defect_cells=1,
                 amorphous_cells=1, dt_fs=4.0, equilibrate_ps=0.04, production_ps=0.4,
                 heat_K_per_ps=45000.0, melt_K=1200.0, melt_ps=0.02, quench_K_per_ps=45000.0,
-                anneal_ps=0.02, bond_cutoff_A=2.85)
+                anneal_ps=0.02, bond_cutoff_A=2.85, quench_every=5)
 
 
 def test_examples_script_is_the_plan(capsys):
@@ -42,6 +42,8 @@ def test_demo_full_options_are_refused_without_full(capsys, tmp_path):
     assert "--dry-run applies to the case study; add --full" in capsys.readouterr().err
     assert main(["demo", "--md-members", "0"]) == 2
     assert "--md-members applies to the case study; add --full" in capsys.readouterr().err
+    assert main(["demo", "--prune"]) == 2
+    assert "--prune applies to the case study; add --full" in capsys.readouterr().err
     assert main(["demo", "--full", "--step", "nonsense", "--model", "sevennet-0",
                  "-o", str(tmp_path / "unused")]) == 2
     assert "--step nonsense: not a step of the study" in capsys.readouterr().err
@@ -113,15 +115,15 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     assert "rms bond-angle deviation from tetrahedral" in text
     assert "the MD runs driven by member(s) 0 of it" in text
     assert len(timings) == len(study.steps)
-    # a second run finds every step done and runs nothing but the MD steps' --resume (which
-    # return at once for a finished protocol)
+    # a second run finds every step done (MD runs too: recorded in done.json) and runs nothing
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.suffix in (".h5", ".json")
-              and p.name not in ("timings.json", "study.json")}
+              and p.name not in ("timings.json", "study.json", "done.json")}
     log2 = []
     timings2 = run_study(study, log=log2.append)
-    # an MD step's time is the sum over its runs, not the seconds of the last --resume
+    # a finished MD run is not started again (not even to find it finished); its time stays
+    assert not any("$ mlff-ins md " in m for m in log2)
     for step in (s for s in study.steps if s.resume):
-        assert timings2[step.name] >= timings[step.name]
+        assert timings2[step.name] == timings[step.name]
     done = [m for m in log2 if m.endswith(": done")]
     assert len(done) == len([s for s in study.steps if s.outputs])
     after = {p: p.stat().st_mtime_ns for p in before}
@@ -137,6 +139,37 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
                   log=log2.append)
     with pytest.raises(InputError, match="holds a study with another set of MD members"):
         run_study(plan(out, None, SMOKE), log=log2.append)
+    # --structures: the shared steps and the named structures' only; the report waits
+    (out / "vacancy" / "difference.h5").unlink()
+    (out / "report.md").unlink()
+    log3 = []
+    run_study(study, structures=["vacancy"], log=log3.append)
+    assert (out / "vacancy" / "difference.h5").exists() and not (out / "report.md").exists()
+    assert any(m.endswith("report: left for a run with every structure") for m in log3)
+    with pytest.raises(InputError, match="--structures glass: not a structure of the study"):
+        run_study(study, structures=["glass"], log=log3.append)
+    run_study(study, log=log3.append)
+    assert (out / "report.md").exists()
+    # --prune: the trajectories and phonon files go (no unfinished step reads them), spectra
+    # stay; the study stays done, and the report's MD and imaginary-mode rows come from the
+    # summaries recorded in done.json
+    from mlff_ins.casestudy import prune
+    from mlff_ins.casestudy_report import _run_lines
+    rows = _run_lines(out)
+    spectra = {p: p.read_bytes() for p in out.rglob("ins_*.h5")}
+    freed = prune(study, min_bytes=0, log=log3.append)
+    assert freed > 0 and not list(out.rglob("*.h5md"))
+    assert not list(out.rglob("phonons*.h5")) and not list(out.rglob("*_phonopy_params.yaml"))
+    assert all(p.read_bytes() == b for p, b in spectra.items())
+    assert _run_lines(out) == rows and any(r.startswith("| c-Si | 8 |") for r in rows)
+    log4 = []
+    run_study(study, log=log4.append)
+    assert len([m for m in log4 if m.endswith(": done")]) == len(
+        [s for s in study.steps if s.outputs])
+    # a step that needs a pruned file says so (here: the a-Si phonons' INS, made again)
+    (out / "a-si" / "ins_phonons.h5").unlink()
+    with pytest.raises(InputError, match="reads a-si/phonons.h5, removed by --prune"):
+        run_study(study, log=log4.append)
 
 
 def test_a_full_size_study_stops_when_its_quench_left_a_crystal(tmp_path):
@@ -171,7 +204,7 @@ def test_the_vacancy_is_set_against_md_of_its_own_perfect_cell():
     full = plan("out", "model", SIZES["full"])
     by_name = {st.name: st for st in full.steps}
     md = by_name["vacancy: MD of the perfect cell"].argv
-    assert md[1] == "structures/c-si_216.xyz" and "protocols/crystal.yaml" in md
+    assert md[1] == "structures/c-si_216.xyz" and "protocols/production.yaml" in md
     spectra = by_name["vacancy: spectra from the perfect cell's MD"].argv
     blocks = ["--blocks", str(SIZES["full"].md_blocks)]
     assert " ".join(blocks) in " ".join(spectra)
