@@ -17,6 +17,7 @@ import numpy as np
 
 from mlff_ins import __version__
 from mlff_ins.errors import InputError
+from mlff_ins.neutron.units import ENERGY_UNITS
 from mlff_ins.train.config import PRESETS
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -595,7 +596,7 @@ def _add_neutron_options(p, *, instrument_default: str, instrument_help: str,
                    help="memory budget, GiB (default 2): work is split into pieces that fit; "
                         "results do not depend on it")
     p.add_argument("--plot", action="store_true", help="also write OUTPUT.png")
-    p.add_argument("--unit", default="meV", choices=["meV", "cm-1", "THz"],
+    p.add_argument("--unit", default="meV", choices=ENERGY_UNITS,
                    help="energy unit of the plot's axes (files stay in meV)")
 
 
@@ -1445,15 +1446,19 @@ def _add_compare(sub) -> None:
                    help="background fitted with the scale factor against a measurement")
     p.add_argument("--e-range", nargs=2, type=float, metavar=("LO", "HI"),
                    help="compare and fit only between these energies (meV)")
-    p.add_argument("--unit", default="meV", choices=["meV", "cm-1", "THz"],
+    p.add_argument("--unit", default="meV", choices=ENERGY_UNITS,
                    help="energy unit of the plots and the report (metrics.json stays in meV)")
     p.add_argument("--instrument", choices=["vision", "tosca"],
                    help="resolution of the measured spectra (calculations are broadened to it)")
     p.add_argument("--bank", metavar="N|NAME",
                    help="which spectrum of a measured file with several (index, or backward, "
                         "forward, average for VISION)")
-    p.add_argument("--measured-unit", choices=["meV", "cm-1", "THz"],
-                   help="energy unit of a measured text file that does not name it")
+    p.add_argument("--measured-unit", choices=ENERGY_UNITS,
+                   help="energy unit of a measured text file that does not name it (ueV: µeV)")
+    p.add_argument("--measured-energy-gain", action="store_true",
+                   help="the measured files count energy transfer positive for neutron energy "
+                        "gain: negate their energy axis (this package counts energy loss "
+                        "positive)")
     p.add_argument("--measured-x", choices=["edges", "centres"],
                    help="how to read the x column of a measured text file: bin edges (its last "
                         "row, y = e = 0 or x alone, is the closing edge) or centres (default: "
@@ -1491,6 +1496,7 @@ def _run_compare(args) -> int:
                           q_edges=q_edges, measured_unit=args.measured_unit,
                           measured_x_edges=(None if args.measured_x is None
                                             else args.measured_x == "edges"),
+                          measured_energy_gain=args.measured_energy_gain,
                           residual=args.residual, residual_q_min=args.residual_q_min,
                           labels=args.label)
     doc = run_compare(args.files, args.measured, args.output, opts)
@@ -1526,7 +1532,7 @@ def _add_export(sub) -> None:
     p.add_argument("spectra", help="spectra file of this package")
     p.add_argument("--csv", metavar="DIR", help="folder for the CSV files")
     p.add_argument("--mantid-ascii", metavar="DIR", help="folder for the Mantid ASCII files")
-    p.add_argument("--unit", default="meV", choices=["meV", "cm-1", "THz"],
+    p.add_argument("--unit", default="meV", choices=ENERGY_UNITS,
                    help="energy unit of the written files")
     p.set_defaults(func=_run_export)
 
@@ -1635,7 +1641,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("-o", "--output", required=True, help="spectra file (HDF5)")
     p.add_argument("--plot", action="store_true", help="also write OUTPUT.png")
-    p.add_argument("--unit", default="meV", choices=["meV", "cm-1", "THz"],
+    p.add_argument("--unit", default="meV", choices=ENERGY_UNITS,
                    help="energy unit of the plot's axes (files stay in meV)")
     p.set_defaults(func=_run_predict)
 

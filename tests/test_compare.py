@@ -272,3 +272,24 @@ def test_a_spectrum_in_energy_gain_gets_a_hint():
     with pytest.raises(InputError, match="share no energy range .* energy gain\\? this "
                                          "package counts energy transfer positive"):
         common_grid([calc, gain])
+
+
+def test_a_measurement_in_the_energy_gain_convention_is_fitted_with_the_flag(cu_routes,
+                                                                              tmp_path, capsys):
+    """The same measurement written with the energy-gain sign (energies negated): refused with
+    the hint that names the option, then fitted with --measured-energy-gain as the plain file
+    is (scale 2.5, background 0.01)."""
+    _, ph, _ = cu_routes
+    s = read_spectra(ph)["s_e"]
+    sel = s.x > 2.0
+    txt = tmp_path / "gain.dat"
+    np.savetxt(txt, np.column_stack([-s.x[sel][::-1], 2.5 * s.intensity[sel][::-1] + 0.01]),
+               header="energy (meV)  intensity")
+    out = tmp_path / "report"
+    assert main(["compare", f"{ph}:s_e", "--measured", str(txt), "-o", str(out)]) == 2
+    assert "--measured-energy-gain negates" in capsys.readouterr().err
+    assert main(["compare", f"{ph}:s_e", "--measured", str(txt), "--measured-energy-gain",
+                 "--background", "flat", "-o", str(out)]) == 0
+    fit = json.loads((out / "metrics.json").read_text())["pairs"][0]["fit"]
+    assert fit["scale"] == pytest.approx(2.5, rel=1e-6)
+    assert fit["background"] == pytest.approx([0.01], rel=1e-4)

@@ -606,3 +606,41 @@ def test_bad_inputs_name_the_file(tmp_path):
     tof = _processed(tmp_path / "tof.nxs", np.ones((2, 2)), np.ones((2, 2)), np.arange(3.0),
                      np.arange(3.0), units1="TOF")
     assert "'TOF'" in _one_line_error(tof)
+
+
+# --- µeV and the energy-gain convention ---------------------------------------------------------
+
+
+def test_micro_ev_is_read_as_a_thousandth_of_an_meV(tmp_path):
+    """Backscattering and QENS data come in µeV, spelt with the micro sign, the Greek mu, a u
+    or Mantid's "microeV"; a word that merely holds the letters names nothing."""
+    from mlff_ins.neutron.units import energy_unit
+
+    assert [energy_unit(t) for t in ("E (µeV)", "E (μeV)", "energy_ueV", "microeV",
+                                     "micro-electron-volts")] == ["ueV"] * 5
+    assert energy_unit("queV") is None and energy_unit("meV") == "meV"
+    x = np.array([-50.0, -25.0, 0.0, 25.0, 50.0])          # µeV
+    y = np.exp(-0.5 * (x / 20.0) ** 2)
+    path = _write(tmp_path / "qens.txt", "# X unit: µeV\nX , Y0 , E0\n" + _rows(x, y, 0.1 * y))
+    sp = read_measured(path)["s_e"]
+    np.testing.assert_allclose(sp.x, x * 1e-3, rtol=1e-12)
+    np.testing.assert_allclose(sp.intensity, y, rtol=1e-12)
+    assert convert_energy(0.05, "ueV") == pytest.approx(50.0, rel=1e-12)
+
+
+def test_energy_gain_files_are_negated_to_energy_loss(tmp_path):
+    """A file that counts energy gain positive (its peak at -30 meV in this package's
+    convention) comes back with the axis negated and reversed: the peak at +30 meV, the
+    intensities and errors carried with their energies, the flip written in the provenance."""
+    x = np.arange(-60.0, 0.5, 1.0)                          # energy gain: loss side negative
+    y = np.exp(-0.5 * ((x + 30.0) / 3.0) ** 2) + 0.01 * np.arange(x.size)
+    e = 0.05 + 0.001 * np.arange(x.size)
+    path = _write(tmp_path / "gain.txt", "# X unit: meV\nX , Y0 , E0\n" + _rows(x, y, e))
+    plain = read_measured(path)["s_e"]
+    flipped = read_measured(path, energy_gain=True)["s_e"]
+    assert np.all(np.diff(flipped.x) > 0)
+    np.testing.assert_array_equal(flipped.x, -plain.x[::-1])
+    np.testing.assert_array_equal(flipped.intensity, plain.intensity[::-1])
+    np.testing.assert_array_equal(flipped.intensity_std, plain.intensity_std[::-1])
+    assert abs(flipped.x[np.argmax(flipped.intensity)] - 30.0) <= 1.0
+    assert "negated" in flipped.provenance["energy_sign"]

@@ -85,7 +85,8 @@ def _overlap_axis(axes: list[np.ndarray], limits, step, what: str) -> np.ndarray
         if what == "energy" and any(np.max(a) <= 0 < max(np.max(b) for b in axes)
                                     for a in axes):
             hint = ("; one of them lies at energies of 0 or below: energy gain? this package "
-                    "counts energy transfer positive for neutron energy loss")
+                    "counts energy transfer positive for neutron energy loss "
+                    "(--measured-energy-gain negates a measured file's energies)")
         raise InputError(f"the spectra share no {what} range (overlap {lo:g} to {hi:g}){hint}")
     n = int(np.floor((hi - lo) / step * (1 + _END_TOL))) + 1
     return lo + step * np.arange(n)

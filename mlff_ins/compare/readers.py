@@ -75,8 +75,8 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def read_measured(path, *, bank: int | str | None = None, q_edges=None, unit: str | None = None,
-                  x_edges: bool | None = None,
-                  max_bytes: int | None = None) -> dict[str, Spectrum]:
+                  x_edges: bool | None = None, max_bytes: int | None = None,
+                  energy_gain: bool = False) -> dict[str, Spectrum]:
     """Read a measured spectrum file into ``{name: Spectrum1D | Spectrum2D}``, energies in meV.
 
     Parameters
@@ -102,6 +102,9 @@ def read_measured(path, *, bank: int | str | None = None, q_edges=None, unit: st
     max_bytes : int or None
         HDF5 files: the largest dataset read, bytes once decompressed (default
         :data:`mlff_ins.hdf5_files.MAX_DATASET_BYTES`; the web page sets its own).
+    energy_gain : bool
+        The file counts energy transfer positive for neutron energy gain (the opposite of this
+        package): its energy axis is negated (and reversed, to increase again).
 
     Returns
     -------
@@ -125,9 +128,25 @@ def read_measured(path, *, bank: int | str | None = None, q_edges=None, unit: st
             raise InputError(f"{path}: q_edges applies to NXSPE files only")
         out = _read_text(path, bank=bank, unit=unit, x_edges=x_edges)
     digest = _sha256(path)
-    for sp in out.values():
+    for name, sp in out.items():
         sp.provenance = {"file": str(path), "sha256": digest, **sp.provenance}
+        if energy_gain:
+            out[name] = _energy_gain_to_loss(sp)
     return out
+
+
+def _energy_gain_to_loss(sp: Spectrum) -> Spectrum:
+    """The spectrum with its energy axis negated and reversed (energy gain -> energy loss)."""
+    from dataclasses import replace
+
+    std = sp.intensity_std
+    note = {**sp.provenance, "energy_sign": "the file's energies negated (energy gain in the "
+                                            "file, energy loss here)"}
+    if isinstance(sp, Spectrum1D):
+        return replace(sp, x=-sp.x[::-1], intensity=sp.intensity[::-1],
+                       intensity_std=None if std is None else std[::-1], provenance=note)
+    return replace(sp, y=-sp.y[::-1], intensity=sp.intensity[:, ::-1],
+                   intensity_std=None if std is None else std[:, ::-1], provenance=note)
 
 
 def _is_hdf5(path: Path) -> bool:

@@ -55,6 +55,7 @@ class CompareOptions:
     q_edges: object = None
     measured_unit: str | None = None
     measured_x_edges: bool | None = None   # text files: x as bin edges, centres, or None: guess
+    measured_energy_gain: bool = False     # the files count energy gain positive: negate
     residual: bool = False
     residual_q_min: float | None = None   # fit region of the residual: |Q| >= this (1/Å)
     labels: list = field(default_factory=list)
@@ -106,7 +107,8 @@ def load_inputs(files, measured, opts: CompareOptions) -> dict:
         out[_label(next(labels, None) or f"{Path(path).stem}:{name}", out)] = sp
     for path in measured:
         found = read_measured(path, bank=opts.bank, q_edges=opts.q_edges if two_d else None,
-                              unit=opts.measured_unit, x_edges=opts.measured_x_edges)
+                              unit=opts.measured_unit, x_edges=opts.measured_x_edges,
+                              energy_gain=opts.measured_energy_gain)
         fitting = {n: s for n, s in found.items() if isinstance(s, Spectrum2D) == two_d}
         if not fitting:
             raise InputError(f"{path}: holds no {'2D S(Q,E)' if two_d else '1D S(E)'} to compare "
