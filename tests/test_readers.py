@@ -644,3 +644,16 @@ def test_energy_gain_files_are_negated_to_energy_loss(tmp_path):
     np.testing.assert_array_equal(flipped.intensity_std, plain.intensity_std[::-1])
     assert abs(flipped.x[np.argmax(flipped.intensity)] - 30.0) <= 1.0
     assert "negated" in flipped.provenance["energy_sign"]
+
+
+def test_a_dave_group_file_is_refused_with_the_way_round(tmp_path):
+    """DAVE's .grp layout (counts, x values, y values, then intensity-error pairs per group)
+    used to fail on "line 14 has 2 columns"; now one line names the format and the way to a
+    file the reader takes."""
+    text = ("# Number of x values\n3\n# Number of y values\n2\n# x values\n1.0\n2.0\n3.0\n"
+            "# y values\n0.5\n1.0\n# Group 0\n1.0 0.1\n2.0 0.1\n3.0 0.1\n"
+            "# Group 1\n1.0 0.1\n2.0 0.1\n3.0 0.1\n")
+    path = _write(tmp_path / "hfbs.grp", text)
+    with pytest.raises(InputError, match=r"hfbs.grp: a DAVE group file \(.grp\), which this "
+                                         r"reader does not read; load it in Mantid"):
+        read_measured(path, unit="meV")

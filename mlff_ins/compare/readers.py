@@ -242,6 +242,10 @@ def _classify(lineno: int, raw: str) -> _Line:
     return _Line(lineno, raw, "numeric", values, tokens)
 
 
+#: the first line of a DAVE group file, as DAVE and Mantid's SaveDaveGrp write it
+_DAVE_GRP = re.compile(r"^\s*#\s*number\s+of\s+x\s+values\s*$", re.I)
+
+
 def _read_lines(path: Path) -> list[_Line]:
     data = path.read_bytes()
     if b"\x00" in data[:4096]:
@@ -253,6 +257,12 @@ def _read_lines(path: Path) -> list[_Line]:
 
 def _read_text(path: Path, *, bank, unit, x_edges) -> dict[str, Spectrum]:
     lines = _read_lines(path)
+    if any(_DAVE_GRP.match(ln.text) for ln in lines[:3] if ln.kind == "comment"):
+        # its one-column layout (counts, then the x values, the y values and a block of
+        # intensity, error per group) would otherwise fail on a column count
+        raise InputError(f"{path}: a DAVE group file (.grp), which this reader does not read; "
+                         f"load it in Mantid (LoadDaveGrp) and save it with SaveAscii or "
+                         f"SaveNexusProcessed, which `compare --measured` reads")
     numeric = [ln for ln in lines if ln.kind == "numeric"]
     if not numeric:
         raise InputError(f"{path}: no numeric rows; expected Mantid ASCII or an ISIS/aCLIMAX "
