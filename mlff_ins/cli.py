@@ -52,7 +52,9 @@ def _add_label(sub) -> None:
                     "(e.g. CP2K: configs/label/cp2k_si.yaml). Finished frames are appended "
                     "to the output one at a time; rerunning the same command after a kill resumes "
                     "where it stopped. Frames whose SCF did not converge are refused and listed in "
-                    "OUTPUT.rejected.jsonl. Output units: eV, eV/Å, eV/Å³.",
+                    "OUTPUT.rejected.jsonl. Frames are appended as they finish (frames of a "
+                    "resumed or --retry-rejected run after those before them); each keeps its "
+                    "input index as info['source_index']. Output units: eV, eV/Å, eV/Å³.",
         epilog="example: mlff-ins label frames.xyz --calculator configs/label/cp2k_si.yaml "
                "-o labelled.xyz",
         formatter_class=_HelpFormatter)

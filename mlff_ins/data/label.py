@@ -7,6 +7,12 @@ kill. For CP2K the SCF convergence of every frame is read from CP2K's output; a 
 not converge is refused, recorded with its frame number in ``<output>.rejected.jsonl`` and never
 written to the data set.
 
+Order: frames are appended as they finish, in input order within one run; a resumed run and a
+``--retry-rejected`` run append theirs after the frames already there, so the output is in input
+order only when one run labelled everything. Each labelled frame carries ``source_index`` (its
+0-based index in the input file) and ``source_file`` in its ``info``: sort by them to restore the
+input order.
+
 Calculator YAML::
 
     calculator: cp2k            # cp2k | emt | lj | any "package.module:ClassName"
