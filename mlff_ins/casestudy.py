@@ -259,7 +259,8 @@ def plan(out: str | Path, model: str | None, size: StudySize,
         # the modes the MD cell holds: phonons of the conventional cell as the unit cell, on the
         # Γ-centred n_c x n_c x n_c mesh (a 13^3 mesh of the primitive cell against the MD's
         # q-points alone moved peaks by up to 2.5 meV, MSE 0.014, measured by a review)
-        Step("c-Si: phonons of the MD cell's unit cell", "c-Si", _phonon_files("c-si/phonons_conv.h5"),
+        Step("c-Si: phonons of the MD cell's unit cell", "c-Si",
+             _phonon_files("c-si/phonons_conv.h5"),
              ["phonons", conv, "--model", "{model}", "--primitive", "P", "--supercell", p, p,
               p, "-o", "c-si/phonons_conv.h5"]),
         Step("c-Si: INS on the MD cell's q-points", "c-Si", ["c-si/ins_phonons_md_q.h5"],
@@ -309,14 +310,16 @@ def plan(out: str | Path, model: str | None, size: StudySize,
              _ins("vacancy/phonons.h5", "vacancy/ins_phonons.h5", s, mesh=(1, 1, 1))),
         # the perfect cell on the same footing: the same cell (--primitive P, not reduced to
         # the 2-atom cell) at the same q-point, Γ
-        Step("vacancy: phonons of the perfect cell", "vacancy", _phonon_files("vacancy/perfect_phonons.h5"),
+        Step("vacancy: phonons of the perfect cell", "vacancy",
+             _phonon_files("vacancy/perfect_phonons.h5"),
              ["phonons", perfect, "--model", "{model}", "--primitive", "P", "--supercell",
               "1", "1", "1", "-o", "vacancy/perfect_phonons.h5"]),
         Step("vacancy: INS of the perfect cell", "vacancy", ["vacancy/perfect_ins_phonons.h5"],
              _ins("vacancy/perfect_phonons.h5", "vacancy/perfect_ins_phonons.h5", s,
                   mesh=(1, 1, 1))),
         Step("vacancy: MD", "vacancy", ["vacancy/md.h5md"],
-             _md("vacancy/md.h5md", vacancy, "protocols/production.yaml", s, md_members), resume=True),
+             _md("vacancy/md.h5md", vacancy, "protocols/production.yaml", s, md_members),
+             resume=True),
         Step("vacancy: spectra from MD", "vacancy", ["vacancy/ins_md.h5"],
              _spectra_md("vacancy/md.h5md", "vacancy/ins_md.h5", s, blocks=s.md_blocks)),
     ]
@@ -510,8 +513,8 @@ def _finished(step: Step, study: Study, done: dict) -> None:
 
 def prune(study: Study, min_bytes: int = PRUNE_MIN_BYTES, log=print) -> int:
     """Remove the large files of finished MD and phonon steps (trajectories, the force constants
-    of cells of hundreds of atoms; at least ``min_bytes``) that no unfinished step reads; their summaries stay in done.json and the
-    steps stay done. Returns the bytes freed."""
+    of cells of hundreds of atoms; at least ``min_bytes``) that no unfinished step reads; their
+    summaries stay in done.json and the steps stay done. Returns the bytes freed."""
     done = read_done(study.out)
     pending = [st for st in study.steps if not _done(st, study, done)]
     needed = {r for st in pending for r in st.reads()}
@@ -561,7 +564,8 @@ def code_version() -> dict:
 def _code_text(code: dict) -> str:
     text = str(code.get("mlff_ins"))
     if code.get("git_commit"):
-        text += f" (commit {code['git_commit'][:10]}{', modified' if code.get('git_dirty') else ''})"
+        modified = ", modified" if code.get("git_dirty") else ""
+        text += f" (commit {code['git_commit'][:10]}{modified})"
     return text
 
 
