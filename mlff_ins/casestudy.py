@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from mlff_ins.atomic_io import write_text_atomic
-from mlff_ins.casestudy_report import TARGET_COMPARISON
+from mlff_ins.casestudy_report import DONE, TARGET_COMPARISON, read_done
 from mlff_ins.errors import InputError
 from mlff_ins.model.shipped import SHIPPED, shown_name
 
@@ -143,8 +143,6 @@ class Study:
 
 #: the study's own folders: a path of a step's command line in one of them is a study file
 STUDY_FOLDERS = ("structures/", "protocols/", "c-si/", "a-si/", "vacancy/")
-#: the record of finished steps, the summaries of the files they made and the files pruned
-DONE = "done.json"
 #: --prune removes files of at least this size that no unfinished step reads
 PRUNE_MIN_BYTES = 5 * 2 ** 20
 
@@ -466,15 +464,6 @@ def run_study(study: Study, *, only: str | None = None, structures: list[str] | 
 
 
 # ------------------------------------------------------------- finished steps, summaries, prune
-
-def read_done(out: Path) -> dict:
-    """``done.json``: {"steps": {name: when finished}, "summaries": {file: summary},
-    "pruned": {file: bytes}}."""
-    path = Path(out) / DONE
-    done = json.loads(path.read_text()) if path.exists() else {}
-    return {"steps": done.get("steps", {}), "summaries": done.get("summaries", {}),
-            "pruned": done.get("pruned", {})}
-
 
 def _done(step: Step, study: Study, done: dict) -> bool:
     """Every output is there (an MD run's trajectory: and the run finished), or the step

@@ -228,6 +228,20 @@ def _asi_lines(out: Path) -> list[str]:
     return lines
 
 
+#: the study's record of finished steps, the summaries of the files they made (what the report
+#: needs of them) and the files pruned since (written by :mod:`mlff_ins.casestudy`)
+DONE = "done.json"
+
+
+def read_done(out: Path) -> dict:
+    """``done.json``: {"steps": {name: when finished}, "summaries": {file: summary},
+    "pruned": {file: bytes}}."""
+    path = Path(out) / DONE
+    done = json.loads(path.read_text()) if path.exists() else {}
+    return {"steps": done.get("steps", {}), "summaries": done.get("summaries", {}),
+            "pruned": done.get("pruned", {})}
+
+
 #: the MD runs of the study and the phonon files whose imaginary modes are reported
 MD_RUNS = (("c-Si", "c-si/md.h5md"), ("a-Si", "a-si/md.h5md"), ("vacancy", "vacancy/md.h5md"),
            ("vacancy's perfect cell", "vacancy/perfect_md.h5md"))
@@ -287,12 +301,12 @@ def imaginary_summary(path: Path, tol_THz: float = IMAGINARY_TOL_THZ) -> dict:
             "lowest_THz": lowest}
 
 
-def _run_lines(out: Path) -> list[str]:
+def _run_lines(out: Path, temperature_K: float) -> list[str]:
     """The MD runs' temperatures, energy drifts and ensemble spreads; the phonons' imaginary
     modes."""
-    lines = []
-    from mlff_ins.casestudy import read_done
     from mlff_ins.errors import InputError
+
+    lines = []
 
     # the summaries recorded when each step finished (its file may have been pruned since)
     summaries = read_done(out)["summaries"]
@@ -307,8 +321,8 @@ def _run_lines(out: Path) -> list[str]:
 
     md = [(name, r) for name, rel in MD_RUNS if (r := summary(rel, md_summary)) is not None]
     if md:
-        lines += ["MD production runs (NVE): the kinetic temperature (target "
-                  "300 K), the drift of the total energy (integration error) and the largest "
+        lines += [f"MD production runs (NVE): the kinetic temperature (the runs' "
+                  f"{temperature_K:g} K), the drift of the total energy (integration error) and the largest "
                   "force spread of the ensemble members along the run (when more than one "
                   "member drove it):", "",
                   "| run | atoms | ps | T (K), mean ± std | energy drift (meV/atom/ps) | "
@@ -372,7 +386,7 @@ def write_report(study, records: list[dict], timings: dict) -> Path:
         + f". Every step's command is in "
         f"`examples/si_case_study.sh` (`mlff-ins demo --full --dry-run`).", "",
         "## Targets", "", *_target_lines(records, _asi_not_amorphous(out)), "",
-        "## Runs", "", *(_run_lines(out) or ["(no MD or phonon outputs yet)", ""]),
+        "## Runs", "", *(_run_lines(out, size.temperature_K) or ["(no MD or phonon outputs yet)", ""]),
         "## Agreement of the routes (`metrics.json`)", "",
         "Spectra max-normalised on one grid after one resolution (`mlff-ins compare`); "
         "W1 is the Wasserstein-1 distance. Comparison `md_vs_phonons`: the two routes alone, "

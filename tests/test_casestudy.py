@@ -155,13 +155,14 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     # summaries recorded in done.json
     from mlff_ins.casestudy import prune
     from mlff_ins.casestudy_report import _run_lines
-    rows = _run_lines(out)
+    rows = _run_lines(out, SMOKE.temperature_K)
     spectra = {p: p.read_bytes() for p in out.rglob("ins_*.h5")}
     freed = prune(study, min_bytes=0, log=log3.append)
     assert freed > 0 and not list(out.rglob("*.h5md"))
     assert not list(out.rglob("phonons*.h5")) and not list(out.rglob("*_phonopy_params.yaml"))
     assert all(p.read_bytes() == b for p, b in spectra.items())
-    assert _run_lines(out) == rows and any(r.startswith("| c-Si | 8 |") for r in rows)
+    assert _run_lines(out, SMOKE.temperature_K) == rows
+    assert any(r.startswith("| c-Si | 8 |") for r in rows)
     log4 = []
     run_study(study, log=log4.append)
     assert len([m for m in log4 if m.endswith(": done")]) == len(
