@@ -264,7 +264,7 @@ def test_predict_spectra_band_partials_and_units(client, files):
 @pytest.mark.parametrize("body, status, words", [
     ({"id": "nope"}, 404, "upload it again"),
     ({"instrument": "mira"}, 400, "choose vision, tosca, direct or a chopper"),
-    ({"unit": "K"}, 400, "choose meV, cm-1 or THz"),
+    ({"unit": "K"}, 400, "choose meV, ueV, cm-1, THz"),
     ({"temperature_K": -5}, 400, "above 0"),
     ({"temperature_K": "warm"}, 422, "temperature_K"),
 ])
@@ -526,6 +526,10 @@ def test_measured_unit_field(client, tmp_path):
     assert r.json()["spectra"][0]["energy_meV"] == pytest.approx([x[0] * MEV_PER_INVCM,
                                                                  x[-1] * MEV_PER_INVCM])
     assert "choose meV" in _one_sentence(_upload(client, path, "/api/measured", unit="K"), 400)
+    # a backscattering file in µeV: the field's "ueV" reads it as a thousandth of an meV
+    r = _upload(client, path, "/api/measured", unit="ueV")
+    assert r.status_code == 200
+    assert r.json()["spectra"][0]["energy_meV"] == pytest.approx([x[0] * 1e-3, x[-1] * 1e-3])
     junk = tmp_path / "junk.dat"
     junk.write_text("nothing\nto see\nhere\n")
     assert "junk.dat" in _one_sentence(_upload(client, junk, "/api/measured"), 422)

@@ -8,7 +8,7 @@ calls the same JSON API that scripts can use. Every bad input is answered with a
 :func:`mlff_ins.compare.readers.read_measured`; nothing is unpickled or executed) and live in a
 temporary folder that is removed when the server stops, as are job results and downloads.
 
-Endpoints (energies in the requested ``unit``: meV, cm-1 or THz; |Q| in 1/Å)
+Endpoints (energies in the requested ``unit``: meV, ueV (µeV), cm-1 or THz; |Q| in 1/Å)
 
 ``GET /``
     The page. ``GET /static/...`` its files; ``GET /vendor/plotly.min.js`` Plotly from the
@@ -114,6 +114,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mlff_ins import __version__
 from mlff_ins.errors import InputError
 from mlff_ins.neutron.resolution import CHOPPER_INSTRUMENTS
+from mlff_ins.neutron.units import ENERGY_UNITS
 from mlff_ins.web.jobs import JobQueue, QueueFull
 
 _LOG = logging.getLogger("mlff_ins.web")
@@ -124,7 +125,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 STRUCTURE_SUFFIXES = {".cif": "cif", ".vasp": "vasp", ".poscar": "vasp", ".xyz": "extxyz",
                       ".extxyz": "extxyz"}
 _VASP_NAMES = re.compile(r"^(POSCAR|CONTCAR)", re.IGNORECASE)
-UNITS = ("meV", "cm-1", "THz")
+UNITS = ENERGY_UNITS
 INDIRECT = ("vision", "tosca")
 #: direct geometry: ``direct`` (resolution a fraction of Ei) or a chopper spectrometer (ResINS),
 #: the `--instrument` choices of `mlff-ins ins` and `mlff-ins spectra`
@@ -615,7 +616,7 @@ def check_unit(unit: str) -> str:
 
     canonical = energy_unit(unit or "")
     if canonical not in UNITS:
-        raise Refused(400, f"unit {unit!r}: choose meV, cm-1 or THz")
+        raise Refused(400, f"unit {unit!r}: choose {', '.join(UNITS)}")
     return canonical
 
 

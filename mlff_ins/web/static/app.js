@@ -510,7 +510,8 @@ function energyLabel() {
     state.measuredData]) {
     if (source && source.energy_label) return source.energy_label;
   }
-  return `energy transfer (${settings().unit === "cm-1" ? "cm⁻¹" : settings().unit})`;
+  const label = {"cm-1": "cm⁻¹", "ueV": "µeV"}[settings().unit] || settings().unit;
+  return `energy transfer (${label})`;
 }
 
 function renderSE() {
