@@ -394,6 +394,9 @@ def run_study(study: Study, *, only: str | None = None, structures: list[str] | 
         if only not in names:
             raise InputError(f"--step {only}: not a step of the study (choose from "
                              f"{', '.join(names)})")
+    if only is not None and structures:
+        raise InputError("--step and --structures: give one of them (--step runs one step "
+                         "whatever its structure)")
     for name in structures or []:
         if name not in STRUCTURES:
             raise InputError(f"--structures {name}: not a structure of the study (choose from "
@@ -408,36 +411,61 @@ def run_study(study: Study, *, only: str | None = None, structures: list[str] | 
     if recorded.exists():
         # the finished steps of another model or size would be skipped as done: refuse
         before = json.loads(recorded.read_text())
-        runs = before.pop("runs", [])
+        if "runs" not in before:
+            # its a-Si MD was one run of melt-quench and production, its protocols had other
+            # names, and its steps are not recorded: its outputs cannot be taken as this plan's
+            raise InputError(f"{study.out}: a study made by an earlier version of mlff-ins "
+                             f"(before done.json, with the a-Si melt-quench and production in "
+                             f"one run); choose another -o or delete it")
+        runs = before.pop("runs")
         if before != json.loads(json.dumps(this)):
-            what = ("model" if before.get("model") != this["model"] else
-                    "size" if before.get("size") != this["size"] else "set of MD members")
-            raise InputError(f"{study.out}: holds a study with another {what} "
-                             f"({before.get('model')}, size {before['size'].get('name')}); "
-                             f"choose another -o or delete it")
+            now = json.loads(json.dumps(this))
+            if before.get("model") != this["model"]:
+                what = f"model ({before.get('model')})"
+            elif before.get("size") != now["size"]:
+                old, new = before.get("size", {}), now["size"]
+                key = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+                what = (f"size (size {old.get('name')}: {key} = {old.get(key)}, here "
+                        f"{new.get(key)})")
+            else:
+                what = f"set of MD members ({before.get('md_members', 'all')})"
+            raise InputError(f"{study.out}: holds a study with another {what}; choose another "
+                             f"-o or delete it")
     # the code of every run of the study: a step done by an earlier run keeps that run's code
     code = code_version()
     if runs and {k: runs[-1].get(k) for k in code} != code:
         log(f"note: {study.out} was last run with mlff-ins {_code_text(runs[-1])}, this run uses "
             f"{_code_text(code)}; the steps already done keep their outputs (report.md lists "
             f"the runs)")
-    runs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **code})
+    # (a --step run, as the shell script makes one per function step, is listed only when its
+    # code differs from the last run's)
+    if only is None or not runs or {k: runs[-1].get(k) for k in code} != code:
+        runs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **code})
     study.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(recorded, json.dumps({**this, "runs": runs}, indent=1) + "\n")
     timings = _read_timings(study.out)
     done = read_done(study.out)
+    maker = {o: st.structure for st in study.steps for o in st.outputs}
     for i, step in enumerate(study.steps, 1):
         if only is not None and step.func != only:
             continue
         if only is None and _done(step, study, done):
             log(f"[{i}/{len(study.steps)}] {step.name}: done")
             continue
-        if structures and (step.structure not in ("", *structures) or step.func == "report"):
-            log(f"[{i}/{len(study.steps)}] {step.name}: left for a run with "
-                + ("every structure" if step.func == "report" else step.structure))
-            continue
-        log(f"[{i}/{len(study.steps)}] {step.name}")
         missing = [r for r in step.reads() if not (study.out / r).exists()]
+        if structures:
+            # a step of another structure, or one that reads what another structure's steps
+            # make and have not made yet (the quick size's vacancy reads the c-Si MD)
+            waits = {maker.get(r) for r in missing if r not in done["pruned"]} - {"", None}
+            if step.func == "report":
+                waits = {"every structure"}
+            elif step.structure not in ("", *structures):
+                waits = {step.structure}
+            if waits - set(structures):
+                log(f"[{i}/{len(study.steps)}] {step.name}: left for a run with "
+                    f"{', '.join(sorted(waits - set(structures)))}")
+                continue
+        log(f"[{i}/{len(study.steps)}] {step.name}")
         pruned = [r for r in missing if r in done["pruned"]]
         if pruned:
             raise InputError(f"step '{step.name}' reads {', '.join(pruned)}, removed by --prune; "
@@ -473,8 +501,8 @@ def _done(step: Step, study: Study, done: dict) -> bool:
     missing = [o for o in step.outputs if not (study.out / o).exists()]
     if not missing:
         # commands write their outputs atomically, at their end; a trajectory grows during
-        # the run, so an MD step is done once recorded (a study from before done.json resumes
-        # its finished runs, which return at once, and records them)
+        # the run, so an MD step is done once recorded (a run of the shell script, which
+        # records nothing, has its finished MD resumed once, which returns at once)
         return not step.resume or step.name in done["steps"]
     return step.name in done["steps"] and all(o in done["pruned"] for o in missing)
 
@@ -510,9 +538,12 @@ def prune(study: Study, min_bytes: int = PRUNE_MIN_BYTES, log=print) -> int:
     freed = 0
     for step in study.steps:
         # the trajectories and phonon files; spectra, reports and structures are kept
-        if step.name not in done["steps"] or not step.argv or step.argv[0] not in ("md",
-                                                                                   "phonons"):
+        if not step.argv or step.argv[0] not in ("md", "phonons") or step in pending:
             continue
+        if step.name not in done["steps"]:
+            # done without a record (made by the shell script): record it, with its summary,
+            # before its files go
+            _finished(step, study, done)
         for o in step.outputs:
             path = study.out / o
             if o in needed or not path.is_file() or path.stat().st_size < min_bytes:

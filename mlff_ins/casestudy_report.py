@@ -279,13 +279,21 @@ def md_summary(path: Path, stage: str = "production") -> dict:
 
 def imaginary_summary(path: Path, tol_THz: float = IMAGINARY_TOL_THZ) -> dict:
     """Modes of a phonon file's mesh below -tol_THz, per ensemble member (the three acoustic
-    modes at Γ, those nearest zero, left out), and the lowest of them (THz; None if none)."""
+    modes at Γ, those nearest zero, left out), and the lowest of them (THz; None if none).
+
+    Where the supercell is the primitive cell itself (an amorphous or defect cell as its own
+    supercell) the force constants say nothing of any q-point but Γ: only Γ is counted there
+    (the mesh's other points would be a Fourier interpolation over one cell)."""
     from mlff_ins.hdf5_files import open_self_contained
 
     with open_self_contained(path) as f:
         freqs = np.asarray(f["mesh/frequency_THz"][()], dtype=float)     # (K, Q, 3n)
         qpoints = np.asarray(f["mesh/qpoints"][()], dtype=float)
+        cells = (abs(np.linalg.det(f["structure/supercell_matrix"][()]))
+                 / abs(np.linalg.det(f["structure/primitive_matrix"][()])))
     gamma = np.all(np.abs(qpoints) < 1e-9, axis=1)
+    if round(cells) == 1:
+        freqs, gamma = freqs[:, gamma], gamma[gamma]
     counts, lowest = [], None
     for member in freqs:
         modes = []
@@ -335,7 +343,8 @@ def _run_lines(out: Path, temperature_K: float) -> list[str]:
           if (r := summary(rel, imaginary_summary)) is not None]
     if ph:
         lines += [f"Imaginary modes (below −{IMAGINARY_TOL_THZ:g} THz on each file's q-point "
-                  f"mesh, the three acoustic modes at Γ left out), per ensemble member:", "",
+                  f"mesh, or at Γ alone for a cell that is its own supercell; the three "
+                  f"acoustic modes at Γ left out), per ensemble member:", "",
                   "| phonons | modes on the mesh | imaginary, per member | lowest (THz) |",
                   "|---|---|---|---|"]
         lines += [f"| {name} | {r['n_modes']} | {', '.join(map(str, r['counts']))} | "

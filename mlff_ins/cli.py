@@ -1169,6 +1169,9 @@ def _run_case_study(args) -> int:
     study = plan(args.output or "si-case-study", args.model, size, device=args.device,
                  md_members=args.md_members)
     if args.dry_run:
+        if args.prune or args.structures or args.step:
+            raise InputError("--dry-run prints the whole study; --prune, --structures and "
+                             "--step act on a run (drop them, or --dry-run)")
         print(shell_script(study))
         return 0
     if args.model:

@@ -44,6 +44,14 @@ def test_demo_full_options_are_refused_without_full(capsys, tmp_path):
     assert "--md-members applies to the case study; add --full" in capsys.readouterr().err
     assert main(["demo", "--prune"]) == 2
     assert "--prune applies to the case study; add --full" in capsys.readouterr().err
+    assert main(["demo", "--full", "--dry-run", "--prune"]) == 2
+    assert "--dry-run prints the whole study; --prune" in capsys.readouterr().err
+    # a folder of the study's earlier version (no record of its runs): refused in one line
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "study.json").write_text(json.dumps({"model": "m", "size": {"name": "full"}}))
+    assert main(["demo", "--full", "--model", "sevennet-0", "-o", str(old)]) == 2
+    assert "a study made by an earlier version of mlff-ins" in capsys.readouterr().err
     assert main(["demo", "--full", "--step", "nonsense", "--model", "sevennet-0",
                  "-o", str(tmp_path / "unused")]) == 2
     assert "--step nonsense: not a step of the study" in capsys.readouterr().err
@@ -134,7 +142,8 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     assert len(runs) == 2 and all(r["mlff_ins"] == __version__ for r in runs)
     # the folder belongs to this model and size: another is refused before anything runs
     from mlff_ins.errors import InputError
-    with pytest.raises(InputError, match="holds a study with another size"):
+    with pytest.raises(InputError, match="holds a study with another size \\(size smoke: "
+                                         "production_ps = 0.4, here 0.8\\)"):
         run_study(plan(out, None, replace(SMOKE, production_ps=0.8), md_members=[0]),
                   log=log2.append)
     with pytest.raises(InputError, match="holds a study with another set of MD members"):
@@ -148,6 +157,16 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     assert any(m.endswith("report: left for a run with every structure") for m in log3)
     with pytest.raises(InputError, match="--structures glass: not a structure of the study"):
         run_study(study, structures=["glass"], log=log3.append)
+    with pytest.raises(InputError, match="--step and --structures: give one of them"):
+        run_study(study, only="report", structures=["c-Si"], log=log3.append)
+    # a step of the named structure that reads what another structure makes waits for it
+    # (at this size the vacancy's perfect reference is the c-Si MD)
+    (out / "c-si" / "ins_md.h5").unlink()
+    (out / "vacancy" / "difference.h5").unlink()
+    run_study(study, structures=["vacancy"], log=log3.append)
+    assert any(m.endswith("vacancy: difference from the perfect crystal: left for a run with "
+                          "c-Si") for m in log3)
+    assert not (out / "vacancy" / "difference.h5").exists()
     run_study(study, log=log3.append)
     assert (out / "report.md").exists()
     # --prune: the trajectories and phonon files go (no unfinished step reads them), spectra
@@ -222,20 +241,28 @@ def test_the_vacancy_is_set_against_md_of_its_own_perfect_cell():
 
 def test_imaginary_modes_leave_out_the_acoustic_modes_at_gamma(tmp_path):
     """Counts per member on a hand-made mesh: at Γ the three modes nearest zero are the
-    acoustic ones, whatever their sign; elsewhere every mode below -0.05 THz counts."""
+    acoustic ones, whatever their sign; elsewhere every mode below -0.05 THz counts, where the
+    supercell holds several cells. A cell that is its own supercell has force constants for Γ
+    alone: only Γ counts (the other points are an interpolation over one cell)."""
     import h5py
 
     from mlff_ins.casestudy_report import imaginary_summary
 
-    path = tmp_path / "phonons.h5"
-    with h5py.File(path, "w") as f:
-        f["mesh/qpoints"] = np.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]])
-        f["mesh/frequency_THz"] = np.array([
-            [[-0.2, -0.01, 0.0, -1.5, 5.0, 5.0], [-0.3, 1.0, 2.0, 3.0, 4.0, 5.0]],
-            [[0.0, 0.0, 0.0, 4.0, 5.0, 5.0], [0.5, 1.0, 2.0, 3.0, 4.0, 5.0]]])
-    r = imaginary_summary(path)
+    def write(path, supercell):
+        with h5py.File(path, "w") as f:
+            f["structure/supercell_matrix"] = supercell
+            f["structure/primitive_matrix"] = -np.eye(3)[[0, 2, 1]]   # same cell, permuted
+            f["mesh/qpoints"] = np.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]])
+            f["mesh/frequency_THz"] = np.array([
+                [[-0.2, -0.01, 0.0, -1.5, 5.0, 5.0], [-0.3, 1.0, 2.0, 3.0, 4.0, 5.0]],
+                [[0.0, 0.0, 0.0, 4.0, 5.0, 5.0], [0.5, 1.0, 2.0, 3.0, 4.0, 5.0]]])
+        return path
+
+    r = imaginary_summary(write(tmp_path / "crystal.h5", 2 * np.eye(3, dtype=int)))
     # member 0: Γ's acoustic three are -0.2, -0.01, 0.0 (nearest zero), -1.5 counts; X: -0.3
     assert r == {"counts": [2, 0], "n_modes": 12, "lowest_THz": -1.5}
+    r = imaginary_summary(write(tmp_path / "own.h5", np.eye(3, dtype=int)))
+    assert r == {"counts": [1, 0], "n_modes": 6, "lowest_THz": -1.5}
 
 
 def test_a_peak_without_partner_fails_the_peak_target():

@@ -657,3 +657,13 @@ def test_a_dave_group_file_is_refused_with_the_way_round(tmp_path):
     with pytest.raises(InputError, match=r"hfbs.grp: a DAVE group file \(.grp\), which this "
                                          r"reader does not read; load it in Mantid"):
         read_measured(path, unit="meV")
+
+
+def test_energy_gain_is_refused_for_hdf5_files(tmp_path):
+    """NXSPE and Mantid NeXus files carry Mantid's sign (energy loss positive), from which the
+    |Q| of each NXSPE pixel is computed: negating the axis afterwards would leave intensities
+    at the wrong |Q|, so the flag is refused there, in one line naming it."""
+    nx = _nxspe(tmp_path / "run.nxspe", np.ones((2, 3)), np.ones((2, 3)), np.arange(4.0),
+                np.array([30.0, 60.0]), 50.0)
+    with pytest.raises(InputError, match="--measured-energy-gain .* apply to text files"):
+        read_measured(nx, energy_gain=True)

@@ -103,8 +103,9 @@ def read_measured(path, *, bank: int | str | None = None, q_edges=None, unit: st
         HDF5 files: the largest dataset read, bytes once decompressed (default
         :data:`mlff_ins.hdf5_files.MAX_DATASET_BYTES`; the web page sets its own).
     energy_gain : bool
-        The file counts energy transfer positive for neutron energy gain (the opposite of this
-        package): its energy axis is negated (and reversed, to increase again).
+        Text files: the file counts energy transfer positive for neutron energy gain (the
+        opposite of this package): its energy axis is negated (and reversed, to increase
+        again). HDF5 files carry Mantid's convention (energy loss positive) and refuse it.
 
     Returns
     -------
@@ -118,10 +119,11 @@ def read_measured(path, *, bank: int | str | None = None, q_edges=None, unit: st
     if bank is not None and not isinstance(bank, (int, np.integer, str)):
         raise InputError(f"{path}: bank must be an index or a name, not {bank!r}")
     if _is_hdf5(path):
-        if unit is not None or x_edges is not None:
-            raise InputError(f"{path}: --measured-unit and --measured-x (unit= and x_edges= "
-                             f"in Python) apply to text files; this HDF5 file carries its own "
-                             f"units and bin edges")
+        if unit is not None or x_edges is not None or energy_gain:
+            raise InputError(f"{path}: --measured-unit, --measured-x and --measured-energy-gain "
+                             f"(unit=, x_edges=, energy_gain= in Python) apply to text files; "
+                             f"this HDF5 file carries its own units, bin edges and Mantid's "
+                             f"sign (energy loss positive, which |Q| of NXSPE pixels needs)")
         out = _read_hdf5(path, bank=bank, q_edges=q_edges, max_bytes=max_bytes)
     else:
         if q_edges is not None:
@@ -505,7 +507,8 @@ def _text_energy_unit(path: Path, lines, header, unit) -> tuple[str, str]:
             found = energy_unit(m.group(1))
             if found is None:
                 raise InputError(f"{path}: line {ln.number}: energy unit {m.group(1)!r} is not "
-                                 f"meV, cm-1 or THz; give the unit (--measured-unit, unit= in Python)")
+                                 f"meV, µeV, cm-1 or THz; give the unit (--measured-unit, unit= in "
+                                 f"Python)")
             return found, f"line {ln.number}"
     if header:       # the column header just above the data, naming the unit of its first
         first = re.split(r"\s*[,;\t]\s*|\s{2,}", header[-1].text.strip().lstrip("#").strip())[0]
@@ -534,8 +537,8 @@ def _text_energy_unit(path: Path, lines, header, unit) -> tuple[str, str]:
         raise InputError(f"{path}: the header names several energy units: {named}; give the "
                          f"unit (--measured-unit, unit= in Python)")
     raise InputError(f"{path}: no energy unit in the file (Mantid ASCII carries none unless a "
-                     f"comment such as '# X unit: meV' names it); give the unit (--measured-unit meV|cm-1|"
-                     f"THz, unit= in Python)")
+                     f"comment such as '# X unit: meV' names it); give the unit (--measured-unit "
+                     f"meV|ueV|cm-1|THz, unit= in Python)")
 
 
 def _declared_y_units(lines) -> str:
@@ -863,7 +866,7 @@ def _hdf5_energy(path: Path, ds, where: str) -> np.ndarray:
     found = energy_unit(units)
     if found is None:
         raise InputError(f"{path}: {where} has units {units!r}, not an energy transfer in meV, "
-                         f"cm-1 or THz")
+                         f"µeV, cm-1 or THz")
     return energy_to_meV(values, found)
 
 
@@ -1092,7 +1095,8 @@ def _read_mdhisto(path: Path, root) -> dict[str, Spectrum]:
     e_name, e_edges, e_units = dims[e_axis]
     unit = energy_unit(e_units)
     if unit is None:  # ConvertToMD labels DeltaE "meV"; anything else is not guessed
-        raise InputError(f"{path}: {where}/{e_name} has units {e_units!r}, not meV, cm-1 or THz")
+        raise InputError(f"{path}: {where}/{e_name} has units {e_units!r}, not meV, "
+                         f"µeV, cm-1 or THz")
     energy = energy_to_meV(_centres(e_edges), unit)
     prov = {"format": "mantid_mdhisto", "bank": None, "energy_unit_in_file": unit,
             "dimensions_in_array_order": [d[0] for d in dims]}

@@ -182,7 +182,7 @@ def run_compare(files, measured, out_dir, opts: CompareOptions) -> dict:
         raise InputError(f"--background {opts.background}: choose one of "
                          f"{', '.join(BACKGROUNDS)}")
     if energy_unit(opts.unit) is None:
-        raise InputError(f"--unit {opts.unit}: choose meV, cm-1 or THz")
+        raise InputError(f"--unit {opts.unit}: choose meV, ueV (µeV), cm-1 or THz")
     opts.unit = energy_unit(opts.unit)
     if opts.kind not in KINDS_1D + KINDS_2D:
         raise InputError(f"--kind {opts.kind}: choose one of {', '.join(KINDS_1D + KINDS_2D)}")

@@ -24,7 +24,7 @@ def spread_band(y, std):
 
 def plot_spectra(spectra: dict, path: str | Path, unit: str = "meV"):
     """Panels: each 1D kind (totals and partials overlaid), then each 2D total (maps share one
-    energy range); energy axes in ``unit`` (meV, cm-1 or THz). Returns the (closed) matplotlib
+    energy range); energy axes in ``unit`` (meV, ueV, cm-1 or THz). Returns the (closed) matplotlib
     figure, or None when there is nothing to plot."""
     from mlff_ins.neutron.units import MEV_PER_UNIT, UNIT_LABEL, convert_energy
 
