@@ -100,7 +100,7 @@ def test_mantid_ascii_follows_loadascii2_line_rules(spectra, tmp_path):
 
 
 def test_unknown_unit_and_empty_input_are_refused(spectra, tmp_path):
-    with pytest.raises(InputError, match=r"export unit 'eV' is not one of meV, cm-1, THz"):
+    with pytest.raises(InputError, match=r"export unit 'eV' is not one of meV, ueV, cm-1, THz"):
         export_csv(spectra, tmp_path, "eV")
     with pytest.raises(InputError, match="export unit 'K'"):
         export_mantid_ascii(spectra, tmp_path, unit="K")

@@ -891,7 +891,9 @@ def read_uploaded_measured(path: Path, name: str, unit: str | None) -> dict:
     except InputError as err:
         text = str(err).replace(str(path), name)
         # the command line's words for the page's fields
-        for cli, field in (("--measured-unit and --measured-x (unit= and x_edges= in Python)",
+        for cli, field in (("--measured-unit, --measured-x and --measured-energy-gain (unit=, "
+                            "x_edges=, energy_gain= in Python) apply", "the unit field applies"),
+                           ("--measured-unit and --measured-x (unit= and x_edges= in Python)",
                             "the unit field"),
                            ("--measured-unit, unit= in Python", "the unit field"),
                            ("--measured-unit", "the unit field"), (" (unit= in Python)", "")):
