@@ -115,6 +115,17 @@ def test_page_loads_only_local_files(client):
     assert "/api/predict" in client.get("/openapi.json").json()["paths"]
 
 
+@pytest.mark.parametrize("select", ["unit", "measured-unit"])
+def test_unit_selects_offer_every_energy_unit(select):
+    """The page's unit menus offer every unit the API and the command line accept."""
+    from mlff_ins.neutron.units import ENERGY_UNITS
+
+    page = (STATIC_DIR / "index.html").read_text()
+    body = re.search(rf'<select id="{select}"[^>]*>(.*?)</select>', page, re.S).group(1)
+    offered = {v for v in re.findall(r'<option value="([^"]*)"', body) if v}
+    assert offered == set(ENERGY_UNITS)
+
+
 def test_status(client, small_predictor):
     st = client.get("/api/status").json()
     assert st["predictor"]["available"] and st["predictor"]["message"] == ""
