@@ -278,3 +278,22 @@ def test_a_peak_without_partner_fails_the_peak_target():
     rec["peaks_unmatched_b"] = []
     line = next(x for x in _target_lines([rec]) if x.startswith("- c-Si"))
     assert "peak_shift_meV 0.4 (target ≤ 1: met)" in line
+
+
+@pytest.mark.parametrize("size", ["full", "quick"])
+def test_equilibration_lasts_ten_thermostat_times(tmp_path, size):
+    """A crystal started at rest positions must get back the kinetic energy it loses to the
+    potential before NVE production: at 2 time constants the quick size's production ran at
+    220 K for 300 K (see StudySize.equilibrate_tdamp_fs)."""
+    import yaml
+
+    from mlff_ins.casestudy import _protocols
+    from mlff_ins.md.protocol import load_protocol
+    from mlff_ins.md.run import MDOptions
+
+    path = tmp_path / "production.yaml"
+    path.write_text(yaml.safe_dump(_protocols(SIZES[size])["production"]))
+    stages = dict(load_protocol(path, MDOptions()))
+    equilibrate = stages["equilibrate"]
+    assert equilibrate.thermostat == "bussi" and stages["production"].ensemble == "nve"
+    assert SIZES[size].equilibrate_ps * 1000.0 >= 10 * equilibrate.tdamp_fs
