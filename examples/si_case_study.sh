@@ -25,7 +25,7 @@ mlff-ins build "$OUT/structures/si_conventional.xyz" --supercell 3 3 3 --vacanci
 mlff-ins phonons "$OUT/structures/si_conventional.xyz" --model "$MODEL" --supercell 3 3 3 -o "$OUT/c-si/phonons.h5" --plot --device "$DEVICE"
 
 # c-Si: INS from phonons
-mlff-ins ins "$OUT/c-si/phonons.h5" --2d --q-max 8 --instrument vision -T 300 --e-max 100 -o "$OUT/c-si/ins_phonons.h5" --plot
+mlff-ins ins "$OUT/c-si/phonons.h5" --mesh 80 --2d --q-max 8 --instrument vision -T 300 --e-max 100 -o "$OUT/c-si/ins_phonons.h5" --plot
 
 # c-Si: phonons of the MD cell's unit cell
 mlff-ins phonons "$OUT/structures/si_conventional.xyz" --model "$MODEL" --primitive P --supercell 3 3 3 -o "$OUT/c-si/phonons_conv.h5" --device "$DEVICE"
