@@ -34,7 +34,7 @@ class InsOptions:
     instrument: str = "vision"           # vision | tosca | direct | a chopper spectrometer
     temperature_K: float = 10.0
     n_phonon: int = 10
-    mesh: object = 40.0                  # phonopy mesh: a length (Angstrom) or three integers
+    mesh: object = 80.0                  # phonopy mesh: a length (Angstrom) or three integers
     e_max_meV: float = 500.0
     e_step_meV: float = 0.1
     two_d: bool = False
