@@ -94,8 +94,12 @@ def plot_spectra(spectra: dict, path: str | Path, unit: str = "meV"):
         norm = LogNorm(vmin=max(positive.max() * 1e-4, positive.min()), vmax=positive.max()) \
             if positive.size else None
         y = conv(sp.y) if sp.axis_name == "energy" else sp.y
-        mesh = ax.pcolormesh(sp.q, y, np.ma.masked_less_equal(data, 0).T, norm=norm,
-                             shading="nearest")
+        # bins at or below zero (an MD map's noise, empty bins) take the lowest colour, as bins
+        # below the scale do; only NaN bins (outside an instrument's coverage) stay blank
+        cmap = matplotlib.colormaps["viridis"].copy()
+        cmap.set_under(cmap(0.0))
+        shown = np.ma.where(data > 0, data, norm.vmin / 2.0) if norm is not None else data
+        mesh = ax.pcolormesh(sp.q, y, shown.T, norm=norm, cmap=cmap, shading="nearest")
         fig.colorbar(mesh, ax=ax, label=sp.units)
         ax.set_xlabel(_LABELS["q"])
         ax.set_ylabel(energy_label if sp.axis_name == "energy" else _LABELS[sp.axis_name])
