@@ -46,7 +46,7 @@ import json
 import shlex
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -427,13 +427,20 @@ def run_study(study: Study, *, only: str | None = None, structures: list[str] | 
                              f"(before done.json, with the a-Si melt-quench and production in "
                              f"one run); choose another -o or delete it")
         runs = before.pop("runs")
+        # a size field added by a later version reads as its default, which keeps the
+        # behaviour of the version that recorded the study
+        size_defaults = {f.name: f.default for f in fields(StudySize)
+                         if f.default is not MISSING}
+        if isinstance(before.get("size"), dict):
+            before["size"] = {**json.loads(json.dumps(size_defaults)), **before["size"]}
         if before != json.loads(json.dumps(this)):
             now = json.loads(json.dumps(this))
             if before.get("model") != this["model"]:
                 what = f"model ({before.get('model')})"
             elif before.get("size") != now["size"]:
                 old, new = before.get("size", {}), now["size"]
-                key = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+                key = next(k for k in sorted(set(old) | set(new))
+                           if k not in old or k not in new or old[k] != new[k])
                 what = (f"size (size {old.get('name')}: {key} = {old.get(key)}, here "
                         f"{new.get(key)})")
             else:

@@ -148,6 +148,23 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
                   log=log2.append)
     with pytest.raises(InputError, match="holds a study with another set of MD members"):
         run_study(plan(out, None, SMOKE), log=log2.append)
+    # a study recorded before a size field existed: the field reads as its default, which is
+    # the recording version's behaviour (md_blocks: default 1, as here); a field whose default
+    # differs from this size's (equilibrate_tdamp_fs: None, here 20 fs) is another size
+    record = json.loads((out / "study.json").read_text())
+    recorded = json.dumps(record)
+    assert SMOKE.md_blocks == 1 and SMOKE.equilibrate_tdamp_fs == 20.0
+    del record["size"]["md_blocks"]
+    (out / "study.json").write_text(json.dumps(record))
+    log_old = []
+    run_study(study, log=log_old.append)
+    assert not any("$ mlff-ins " in m for m in log_old)
+    del record["size"]["equilibrate_tdamp_fs"]
+    (out / "study.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match="another size \\(size smoke: equilibrate_tdamp_fs = "
+                                         "None, here 20.0\\)"):
+        run_study(study, log=log_old.append)
+    (out / "study.json").write_text(recorded)
     # --structures: the shared steps and the named structures' only; the report waits
     (out / "vacancy" / "difference.h5").unlink()
     (out / "report.md").unlink()
