@@ -228,6 +228,33 @@ def test_plot_maps_share_one_energy_range(tmp_path):
     assert (tmp_path / "maps.png").stat().st_size > 10_000
 
 
+def test_an_elastic_line_does_not_take_the_colour_scale_of_a_map(tmp_path):
+    """A crystal's MD map: Bragg peaks at E = 0 ~1e4 times its phonons. The colour scale's top
+    is the phonons' largest value (the elastic bins saturate in the top colour, the title says
+    so); a map whose elastic line is within a decade of the rest keeps its own maximum."""
+    from mlff_ins.neutron.plot import ELASTIC_DOMINANCE, plot_spectra
+    from mlff_ins.neutron.spectrum import Spectrum2D
+
+    q, e = np.linspace(0.1, 5, 20), np.linspace(-60, 60, 121)           # 1 meV bins
+    phonons = np.where(np.abs(np.abs(e) - 30.0) < 5.0, 1e-3, 1e-6) * np.ones((len(q), 1))
+    bragg = phonons.copy()
+    bragg[5, 59:62] = 10.0                                              # E = -1, 0, 1 meV
+    weak = phonons.copy()
+    weak[5, 60] = 0.5 * ELASTIC_DOMINANCE * 1e-3
+    maps = {"sqe_coh": Spectrum2D(kind="sqe_coh", intensity=bragg, q=q, y=e, temperature_K=300.0,
+                                  source="md"),
+            "sqe_inc": Spectrum2D(kind="sqe_inc", intensity=weak, q=q, y=e, temperature_K=300.0,
+                                  source="md")}
+    fig = plot_spectra(maps, tmp_path / "maps.png")
+    meshes = {ax.get_title().split(" ")[0]: (ax, ax.collections[0]) for ax in fig.axes
+              if ax.collections}
+    ax, mesh = meshes["sqe_coh"]
+    assert mesh.norm.vmax == pytest.approx(1e-3) and "elastic line above" in ax.get_title()
+    ax, mesh = meshes["sqe_inc"]
+    assert mesh.norm.vmax == pytest.approx(0.5 * ELASTIC_DOMINANCE * 1e-3)
+    assert "elastic" not in ax.get_title()
+
+
 def test_malformed_trajectories_are_one_line_errors(tmp_path, capsys):
     """An H5MD file without /box and an empty trajectory: exit 2, one line naming the file."""
     import h5py

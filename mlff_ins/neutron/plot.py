@@ -91,22 +91,27 @@ def plot_spectra(spectra: dict, path: str | Path, unit: str = "meV"):
         ax = next(panels)
         data = np.ma.masked_invalid(sp.intensity)
         positive = data[data > 0]
-        norm = LogNorm(vmin=max(positive.max() * 1e-4, positive.min()), vmax=positive.max()) \
+        top_value = _colour_top(sp, data)
+        saturated = positive.size and top_value < positive.max()
+        norm = LogNorm(vmin=max(top_value * 1e-4, positive.min()), vmax=top_value) \
             if positive.size else None
         y = conv(sp.y) if sp.axis_name == "energy" else sp.y
         # bins at or below zero (an MD map's noise, empty bins) take the lowest colour, as bins
         # below the scale do; only NaN bins (outside an instrument's coverage) stay blank
         cmap = matplotlib.colormaps["viridis"].copy()
         cmap.set_under(cmap(0.0))
+        cmap.set_over(cmap(1.0))
         shown = np.ma.where(data > 0, data, norm.vmin / 2.0) if norm is not None else data
         mesh = ax.pcolormesh(sp.q, y, shown.T, norm=norm, cmap=cmap, shading="nearest")
-        fig.colorbar(mesh, ax=ax, label=sp.units)
+        fig.colorbar(mesh, ax=ax, label=sp.units, extend="max" if saturated else "neither")
         ax.set_xlabel(_LABELS["q"])
         ax.set_ylabel(energy_label if sp.axis_name == "energy" else _LABELS[sp.axis_name])
         top_ = conv(top) if sp.axis_name == "energy" else top
         ax.set_ylim(-top_ if sp.y.min() < 0 else 0, top_)
         kelvin = _kelvin(sp.temperature_K, ".0f")
-        ax.set_title(f"{name} ({kelvin})" if kelvin else name, fontsize=9)
+        title = f"{name} ({kelvin})" if kelvin else name
+        ax.set_title(title + ("\nelastic line above the colour scale" if saturated else ""),
+                     fontsize=9)
     for ax in panels:
         ax.axis("off")
     fig.tight_layout()
@@ -150,6 +155,29 @@ def _display_smoothing(sp):
 
     kernel = constant_fwhm(DISPLAY_FWHM_MEV)
     return kernel.broaden
+
+
+#: energy bins either side of E = 0 that hold a map's elastic line (Bragg peaks, the incoherent
+#: elastic peak of an MD map, spread over a bin or two by the correlation window)
+ELASTIC_BINS = 3
+#: the elastic line sets a map's colour scale unless it outshines the rest by more than this
+ELASTIC_DOMINANCE = 10.0
+
+
+def _colour_top(sp, data) -> float:
+    """Top of a map's log colour scale: its largest value, unless an elastic line at E = 0
+    outshines the inelastic part by more than ELASTIC_DOMINANCE (a crystal's Bragg peaks reach
+    ~10 barn/sr/meV where its phonons are ~1e-3); then the inelastic part's largest value, and
+    the elastic bins are drawn in the top colour, so the phonons keep the scale's decades."""
+    positive = data[data > 0]
+    if not positive.size or sp.axis_name != "energy" or len(sp.y) < 4 * ELASTIC_BINS:
+        return float(positive.max()) if positive.size else 0.0
+    step = float(np.median(np.abs(np.diff(sp.y))))
+    outside = data[:, np.abs(sp.y) > ELASTIC_BINS * step + 0.5 * step]
+    rest = outside[outside > 0]
+    if rest.size and positive.max() > ELASTIC_DOMINANCE * rest.max():
+        return float(rest.max())
+    return float(positive.max())
 
 
 def _extent(x, y, fraction: float = 1e-3) -> float:
