@@ -1,5 +1,7 @@
 """`mlff-ins spectra` end to end: NXdata file layout, plot, H5MD input, one-line errors."""
 
+from dataclasses import replace
+
 import h5py
 import numpy as np
 import pytest
@@ -253,6 +255,34 @@ def test_an_elastic_line_does_not_take_the_colour_scale_of_a_map(tmp_path):
     ax, mesh = meshes["sqe_inc"]
     assert mesh.norm.vmax == pytest.approx(0.5 * ELASTIC_DOMINANCE * 1e-3)
     assert "elastic" not in ax.get_title()
+
+
+def test_lines_keep_their_order_and_colour_whatever_the_order_given(tmp_path):
+    """The MD route's S(E) in memory (banks in the engine's order) and read back from its file
+    (HDF5's alphabetical order) draw the same legend with the same colours: the total, then the
+    banks by angle."""
+    from mlff_ins.neutron.plot import plot_spectra
+    from mlff_ins.neutron.spectrum import Spectrum1D
+
+    e = np.linspace(0, 100, 201)
+    lines = {name: Spectrum1D(kind="s_e", x=e, intensity=np.exp(-(e - c) ** 2 / 50), units="1/meV",
+                              instrument="vision", source="md")
+             for name, c in (("s_e", 40.0), ("s_e_45", 30.0), ("s_e_135", 50.0))}
+    drawn = []
+    for order in (["s_e_45", "s_e_135", "s_e"], ["s_e", "s_e_135", "s_e_45"]):
+        fig = plot_spectra({k: lines[k] for k in order}, tmp_path / "s.png")
+        ax = fig.axes[0]
+        drawn.append([(line.get_label(), line.get_color()) for line in ax.get_lines()])
+    assert [label for label, _ in drawn[0]] == ["total", "45° bank", "135° bank"]
+    assert drawn[0] == drawn[1]
+    # an uncertainty band takes its line's colour
+    from matplotlib.colors import to_rgb
+
+    std = 0.1 * lines["s_e_45"].intensity
+    banded = dict(lines, s_e_45=replace(lines["s_e_45"], intensity_std=std))
+    ax = plot_spectra(banded, tmp_path / "s.png").axes[0]
+    (band,) = ax.collections
+    assert np.allclose(band.get_facecolor()[0][:3], to_rgb(dict(drawn[0])["45° bank"]))
 
 
 def test_malformed_trajectories_are_one_line_errors(tmp_path, capsys):

@@ -54,6 +54,9 @@ def plot_spectra(spectra: dict, path: str | Path, unit: str = "meV"):
     panels = iter(axes.flat)
     for kind, items in ones.items():
         ax = next(panels)
+        # one order (so one colour each) whatever order the file or the engine gave: the
+        # total, elements alphabetically, detector banks by angle
+        items = sorted(items, key=_line_order)
         first = items[0][1]
         energy_axis = first.axis_name == "energy"
         # a density per meV drawn against cm⁻¹ or THz is drawn per that unit (× dE/dx)
@@ -66,11 +69,12 @@ def plot_spectra(spectra: dict, path: str | Path, unit: str = "meV"):
             style = dict(lw=1.6, color="k") if total else dict(lw=1.0)
             x = conv(sp.x) if energy_axis else sp.x
             y = sp.intensity if smooth is None else smooth(sp.x, sp.intensity)
-            ax.plot(x, y * jac, label=_legend(name, sp, total), **style)
+            line, = ax.plot(x, y * jac, label=_legend(name, sp, total), **style)
             if sp.intensity_std is not None:
                 std = sp.intensity_std if smooth is None else smooth(sp.x, sp.intensity_std)
                 low, high = spread_band(y, std)
-                ax.fill_between(x, low * jac, high * jac, alpha=0.25)
+                ax.fill_between(x, low * jac, high * jac, alpha=0.25, color=line.get_color(),
+                                lw=0)
         if energy_axis:
             ax.set_xlim(0, conv(_extent(first.x, first.intensity)))
             ax.set_xlabel(energy_label)
@@ -131,6 +135,16 @@ def _kelvin(temperature_K, fmt: str = ".4g") -> str:
 _KIND_LABELS = {"s_e": "S(E)", "vdos": "VDOS", "gdos": "GDOS", "msd": "MSD", "eisf": "EISF"}
 #: FWHM (meV) of the Gaussian a binned phonon DOS is drawn with
 DISPLAY_FWHM_MEV = 0.5
+
+
+def _line_order(item) -> tuple:
+    name, sp = item
+    bank = name.rsplit("_", 1)[-1]
+    if not sp.element and name == sp.kind:
+        return (0, "", 0.0)
+    if sp.element:
+        return (1, sp.element, 0.0)
+    return (2, "", float(bank)) if bank.isdigit() else (3, name, 0.0)
 
 
 def _legend(name: str, sp, total: bool) -> str:
