@@ -432,6 +432,34 @@ def test_band_plot_does_not_join_a_break_in_the_path(tmp_path, monkeypatch):
                              (np.sum(np.isclose(xs, breaks[0])) > 1) for xs in drawn)
 
 
+def test_elements_have_one_colour_in_band_and_spectra_plots(tmp_path, monkeypatch):
+    """MgO: the band plot's partial DOS and a spectra plot's element lines give Mg and O the same
+    colours (elements in alphabetical order in both), whatever order the file holds them in."""
+    import matplotlib.pyplot as plt
+
+    from mlff_ins.neutron.plot import plot_spectra
+    from mlff_ins.neutron.spectrum import Spectrum1D
+    from mlff_ins.phonons.plot import plot_phonons
+
+    pset = phonons_from_force_sets(DATA / "MgO")
+    props = compute_properties(pset.members, [4, 4, 4], band_points=5, t_max=None)
+    props.dos_partial = dict(reversed(list(props.dos_partial.items())))
+    closed = []
+    original = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (closed.append(fig), original(fig)))
+    plot_phonons(props, tmp_path / "mgo.png")
+    dos_axis = closed[-1].axes[-1]
+    band = {line.get_label(): line.get_color() for line in dos_axis.get_lines()}
+    e = np.linspace(0, 100, 101)
+    lines = {f"vdos_{el}": Spectrum1D(kind="vdos", x=e, intensity=np.ones_like(e), element=el,
+                                      units="1/meV") for el in ("O", "Mg")}
+    lines["vdos"] = Spectrum1D(kind="vdos", x=e, intensity=2 * np.ones_like(e), units="1/meV")
+    fig = plot_spectra(lines, tmp_path / "s.png")
+    spectra = {line.get_label(): line.get_color() for line in fig.axes[0].get_lines()}
+    assert set(band) == set(spectra) == {"total", "Mg", "O"}
+    assert band == spectra
+
+
 def test_a_gamma_in_the_middle_of_the_path_takes_each_segments_lo_limit():
     """Al2O3 (uniaxial, Born charges in its phonopy_disp.yaml): its path passes Γ between two
     segments, whose LO limits differ. Γ is doubled there, each copy at phonopy's frequencies with

@@ -419,3 +419,17 @@ def test_cli_classic_folder_and_bohr_folder(tmp_path, capsys):
     ref = _load(AL / "phonopy_disp.yaml", force_sets_filename=AL / "FORCE_SETS",
                 fc_calculator="traditional")
     assert np.abs(_freqs(again) - _freqs(ref)).max() <= TOL_THZ
+
+
+def test_a_phonopy_file_given_to_ins_says_how_to_make_a_phonons_file(tmp_path, capsys):
+    """`mlff-ins ins phonopy_disp.yaml` (or FORCE_SETS): one line naming the file and the
+    `phonons --force-sets` command that makes what `ins` reads; another non-HDF5 file stays
+    'not an HDF5 file'. Nothing is written."""
+    for name in ("phonopy_disp.yaml", "FORCE_SETS"):
+        assert main(["ins", str(DATA / "MgO" / name), "-o", str(tmp_path / "s.h5")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(DATA / "MgO" / name) in err
+        assert f"mlff-ins phonons --force-sets {DATA / 'MgO'} -o phonons.h5" in err
+    assert main(["ins", str(DATA / "README.md"), "-o", str(tmp_path / "s.h5")]) == 2
+    assert "not an HDF5 file" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

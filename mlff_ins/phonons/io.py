@@ -121,6 +121,22 @@ def _write_h5(f, pset: PhononSet, props: PhononProperties) -> None:
     im["where"] = np.array([w for _, _, w in props.imaginary], dtype="S")
 
 
+def _looks_like_phonopy(path: Path) -> bool:
+    """A file of a phonopy calculation (FORCE_SETS, FORCE_CONSTANTS, a phonopy YAML, a
+    POSCAR-style unit cell) given where a phonons HDF5 file belongs."""
+    name = path.name.upper()
+    if name.startswith(("FORCE_SETS", "FORCE_CONSTANTS", "POSCAR", "SPOSCAR", "BORN")):
+        return True
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(4096)
+        except OSError:
+            return False
+        return b"phonopy:" in head
+    return False
+
+
 def read_phonons(path: str | os.PathLike) -> PhononSet:
     """Rebuild the per-member phonopy objects (force constants set) from a phonons HDF5 file."""
     from phonopy import Phonopy
@@ -131,6 +147,10 @@ def read_phonons(path: str | os.PathLike) -> PhononSet:
         raise InputError(f"{path}: no such file")
     from mlff_ins.hdf5_files import open_self_contained
 
+    if not path.is_dir() and _looks_like_phonopy(path):
+        raise InputError(f"{path}: a phonopy file, not a phonons file of mlff-ins; make one "
+                         f"from its folder with `mlff-ins phonons --force-sets "
+                         f"{path.parent} -o phonons.h5`")
     with open_self_contained(path) as f:
         if f.attrs.get("format") != FORMAT:
             raise InputError(f"{path}: not a phonons file of mlff-ins (write one with "

@@ -54,10 +54,11 @@ def plot_phonons(props: PhononProperties, path: str | Path, title: str = "") -> 
     tot = props.dos_total * per_mev
     ax_dos.plot(tot.mean(axis=0), e, color="k", lw=1.2, label="total")
     if tot.shape[0] > 1:
-        ax_dos.fill_betweenx(e, *spread_band(tot.mean(0), tot.std(0)), color="C0",
-                             alpha=0.3, lw=0)
+        ax_dos.fill_betweenx(e, *spread_band(tot.mean(0), tot.std(0)), color="k",
+                             alpha=0.2, lw=0)
     if len(props.dos_partial) > 1:
-        for el, v in props.dos_partial.items():
+        # elements in alphabetical order, as the spectra plots draw them: one colour each
+        for el, v in sorted(props.dos_partial.items()):
             ax_dos.plot((v * per_mev).mean(axis=0), e, lw=0.9, label=el)
     ax_dos.set_xlabel("DOS (states/meV/cell)")
     ax_dos.set_xlim(left=0)
