@@ -164,9 +164,11 @@ def _add_train(sub) -> None:
                    help="a fine-tuning stage: start member k from member k's best checkpoint "
                         "of the training run in folder RUN (finished or not) instead of fresh "
                         "weights; same data, split, cutoff and model required, so its test "
-                        "frames stay unseen; change the learning rate and the weights of the "
-                        "frames (training.lr, training.frame_weights) in a YAML config "
-                        "(docs/training.md)")
+                        "frames stay unseen, or RUN's data files followed by files of new "
+                        "frames (an active-learning round: RUN's frames keep RUN's split, the "
+                        "new ones are split among themselves); change the learning rate and "
+                        "the weights of the frames (training.lr, training.frame_weights) in a "
+                        "YAML config (docs/training.md)")
     p.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N (that GPU) or auto")
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="bundle folder, e.g. models/si")
     p.add_argument("--resume", action="store_true",

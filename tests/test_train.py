@@ -531,6 +531,58 @@ def test_a_fine_tuning_stage_starts_from_the_runs_best_weights(tiny_bundle, tmp_
     assert "3 members asked for, that run has 2" in capsys.readouterr().err
 
 
+def test_fine_tuning_on_appended_data_keeps_the_runs_split(tiny_bundle, tmp_path, capsys):
+    """An active-learning round by fine-tuning: --init-from RUN with RUN's data file plus a file
+    of new frames. RUN's frames keep RUN's split (its test and validation frames are not trained
+    on now), the new frames are split among themselves with the same fractions, and the E0s are
+    RUN's. The same files in another order are other data: refused."""
+    from conftest import N_FRAMES, SI_DATA
+
+    from ase.io import write
+
+    data = tiny_bundle.parent / "si_subset.xyz"
+    frames = [a for a in read(SI_DATA, ":") if a.info.get("config_type") != "IsolatedAtom"]
+    added = tmp_path / "round.xyz"
+    write(added, frames[N_FRAMES:N_FRAMES + 10])
+    source = tmp_path / "source"          # a copy, removed below: the round keeps its split
+    shutil.copytree(tiny_bundle, source)
+    cfg = tmp_path / "round.yaml"
+    cfg.write_text(f"preset: tiny\ndata: [{data}, {added}]\nensemble: 2\n"
+                   f"training: {{lr: 0.0, max_epochs: 1, init_from: {source}}}\n")
+    out = tmp_path / "round"
+    assert main(["train", str(cfg), "-o", str(out)]) == 0
+    assert "the 30 of the run it starts from keep its split" in capsys.readouterr().out
+    old = json.loads((tiny_bundle / "data" / "split.json").read_text())
+    new = json.loads((out / "data" / "split.json").read_text())
+    n_old = sum(len(v) for v in old.values())
+    assert n_old == N_FRAMES
+    for k in ("test", "val", "train"):
+        assert [i for i in new[k] if i < n_old] == old[k]
+    added_split = {k: [i for i in new[k] if i >= n_old] for k in new}
+    assert sorted(sum(added_split.values(), [])) == list(range(n_old, n_old + 10))
+    assert len(added_split["test"]) >= 1 and len(added_split["val"]) >= 1
+    test = read(out / "data" / "test.xyz", ":")
+    assert len(test) == len(new["test"])
+    bundle_old = json.loads((tiny_bundle / "bundle.json").read_text())
+    bundle_new = json.loads((out / "bundle.json").read_text())
+    assert bundle_new["e0s_eV"] == bundle_old["e0s_eV"]
+    assert (out / "data" / "inherited_split.json").is_file()
+    # an export (as a resume) splits from the round's own copy, the source run gone
+    shutil.rmtree(source)
+    assert main(["train", str(cfg), "-o", str(out), "--export", str(tmp_path / "export")]) == 0
+    exported = json.loads((tmp_path / "export" / "bundle.json").read_text())
+    assert exported["training_data"]["n_test"] == len(new["test"])
+    assert bundle_new["training_data"]["n_test"] == len(new["test"])
+    # the same test frames: the same members score the same
+    rmse = lambda b: b["metrics"]["forces_meV_per_A"]["rmse"]  # noqa: E731
+    assert rmse(exported) == pytest.approx(rmse(bundle_new), rel=1e-9)
+    shutil.copytree(tiny_bundle, source)
+    swapped = tmp_path / "swapped.yaml"
+    swapped.write_text(cfg.read_text().replace(f"[{data}, {added}]", f"[{added}, {data}]"))
+    assert main(["train", str(swapped), "-o", str(tmp_path / "x")]) == 2
+    assert "that run trained on other data" in capsys.readouterr().err
+
+
 def test_frame_weights_scale_each_frames_squared_errors():
     """training.frame_weights: in the loss, a frame of weight w has its squared errors of
     forces, per-atom energy and stress counted w times against those of its batch's other

@@ -692,10 +692,11 @@ def init_sources(cfg: dict, ensemble: int) -> list[Path] | None:
                          f"train_settings.json there)")
     old = json.loads(state_path.read_text())
     before = old.get("settings") or {}
-    if old.get("data_sha256") != data_sha256(cfg):
+    if old.get("data_sha256") != data_sha256(cfg) \
+            and _extension_prefix(cfg, old.get("data_sha256")) is None:
         raise InputError(f"--init-from {src}: that run trained on other data than "
-                         f"{data_label(cfg)}; a fine-tuning stage keeps the data and the split, "
-                         f"so that its test frames stay unseen")
+                         f"{data_label(cfg)}; a fine-tuning stage keeps the data and the split "
+                         f"(or appends data files to them), so that its test frames stay unseen")
     for key in INIT_SAME:
         a, b = before.get(key), cfg.get(key)
         if key == "model":   # settings added later, at their old behaviour
@@ -712,6 +713,50 @@ def init_sources(cfg: dict, ensemble: int) -> list[Path] | None:
         raise InputError(f"--init-from {src}: {missing[0]} is missing (a member that has not "
                          f"finished an epoch)")
     return ckpts
+
+
+def _extension_prefix(cfg: dict, old_sha256: str | None) -> int | None:
+    """m when the first m (< all) data files of ``cfg`` are, in order, the data whose identity
+    (:func:`data_sha256`) is ``old_sha256``: a run on them is extended by the files after them
+    (an active-learning round's new frames); else None."""
+    files = data_files(cfg)
+    if not old_sha256 or len(files) < 2:
+        return None
+    hashes = [_file_sha256(f) for f in files]
+    for m in range(1, len(files)):
+        h = hashes[0] if m == 1 else hashlib.sha256("\n".join(hashes[:m]).encode()).hexdigest()
+        if h == old_sha256:
+            return m
+    return None
+
+
+#: a run that extends the data of the run it fine-tunes: that run's split of its frames, kept
+INHERITED_SPLIT = "inherited_split.json"
+
+
+def inherited_split(cfg: dict, run: Path | None = None) -> dict | None:
+    """The split a fine-tuning run on extended data keeps, or None for any other run: the
+    ``training.init_from`` run's split of its frames ({"n": its frame count, "test": [...],
+    "val": [...], "train": [...]}), read from ``run``'s own copy when it has one (so a resume or
+    an export needs the source run no longer)."""
+    if run is not None and (run / "data" / INHERITED_SPLIT).is_file():
+        return json.loads((run / "data" / INHERITED_SPLIT).read_text())
+    src = cfg["training"].get("init_from")
+    if not src or not (Path(src) / "train_settings.json").is_file():
+        return None
+    old = json.loads((Path(src) / "train_settings.json").read_text())
+    if old.get("data_sha256") == data_sha256(cfg):
+        return None
+    m = _extension_prefix(cfg, old.get("data_sha256"))
+    if m is None:
+        return None                     # init_sources refuses it
+    path = Path(src) / "data" / "split.json"
+    if not path.is_file():
+        raise InputError(f"--init-from {src}: {path} is missing; a run on extended data keeps "
+                         f"that run's split of its frames")
+    split = json.loads(path.read_text())
+    n = len(split["test"]) + len(split["val"]) + len(split["train"])
+    return {"n": n, "files": m, **{k: split[k] for k in ("test", "val", "train")}}
 
 
 def _copy_init(source: Path, member_dir: Path) -> Path:
@@ -822,7 +867,13 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
         if state_path.exists():
             _check_same_run(cfg, out, "--resume")
     changes = _reschedule(cfg, out) if resume and state_path.exists() else []
-    frames, split, pool, val_frames, test_frames, elements, e0 = _split_data(cfg)
+    frames, split, pool, val_frames, test_frames, elements, e0 = _split_data(cfg, out)
+    kept = inherited_split(cfg, out)
+    if kept is not None:
+        n_new = len(frames) - kept["n"]
+        print(f"fine-tuning on {len(frames)} frames: the {kept['n']} of the run it starts from "
+              f"keep its split ({len(kept['test'])} test, {len(kept['val'])} validation), the "
+              f"{n_new} added are split among themselves", flush=True)
     e0s = e0.values
     print(e0.message, flush=True)
     K = int(cfg["ensemble"])
@@ -838,6 +889,8 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
     data_dir = out / "data"
     data_dir.mkdir(exist_ok=True)
     write_json_atomic(data_dir / "split.json", split)
+    if kept is not None and not (data_dir / INHERITED_SPLIT).exists():
+        write_json_atomic(data_dir / INHERITED_SPLIT, kept)
     # the validation frames carry the loss weights too: the best epoch, the learning-rate plateau
     # and the early stop then follow the objective the members train on (test.xyz: unweighted)
     val_weighted = with_frame_weights(val_frames, cfg["training"].get("frame_weights") or {})
@@ -981,21 +1034,44 @@ def _check_same_run(cfg: dict, out: Path, option: str) -> None:
                          "from the data the run started with)")
 
 
-def _split_data(cfg: dict):
+def _split_data(cfg: dict, run: Path | None = None):
     """The data of ``cfg`` read, checked and split; the E0s from the config or isolated atoms,
     else fitted to the training pool (not val/test), shared by every member so the bundle has
-    one energy baseline. Returns (frames, split, pool, val, test, elements, e0)."""
+    one energy baseline. Returns (frames, split, pool, val, test, elements, e0).
+
+    A fine-tuning run whose data appends files to the data of the run it starts from
+    (:func:`inherited_split`) keeps that run's split of the first frames, so none of its test
+    frames is trained on now; the appended frames are split among themselves with the same
+    fractions, and the E0s are decided on the first frames as that run decided them."""
     frames, isolated, elements = prepare_data(cfg)  # before anything is written
     check_oversample(frames, cfg["training"].get("oversample") or {}, source=data_label(cfg))
     check_oversample(frames, cfg["training"].get("frame_weights") or {}, source=data_label(cfg),
                      option="training.frame_weights")
-    split = split_indices(len(frames), val=cfg["split"]["val"], test=cfg["split"]["test"],
-                          seed=int(cfg["split"]["seed"]),
-                          groups=[str(a.info.get("config_type", "")) for a in frames])
+    kept = inherited_split(cfg, run)
+    groups = [str(a.info.get("config_type", "")) for a in frames]
+    e0_source, e0_isolated = data_label(cfg), isolated
+    if kept is None:
+        split = split_indices(len(frames), val=cfg["split"]["val"], test=cfg["split"]["test"],
+                              seed=int(cfg["split"]["seed"]), groups=groups)
+    else:
+        n_old = kept["n"]
+        first = {**cfg, "data": [str(f) for f in data_files(cfg)[:kept["files"]]]}
+        old_frames, e0_isolated, _ = prepare_data(first)
+        if len(old_frames) != n_old or len(frames) <= n_old:
+            raise InputError(f"{data_label(cfg)}: the first {kept['files']} file(s) hold "
+                             f"{len(old_frames)} frames where the run fine-tuned from split "
+                             f"{n_old}, and the files after them must add frames")
+        new = split_indices(len(frames) - n_old, val=cfg["split"]["val"],
+                            test=cfg["split"]["test"], seed=int(cfg["split"]["seed"]),
+                            groups=groups[n_old:])
+        split = {k: sorted(list(kept[k]) + [n_old + i for i in new[k]])
+                 for k in ("test", "val", "train")}
+        e0_source = data_label(first)
     pool = [frames[i] for i in split["train"]]
     val_frames = [frames[i] for i in split["val"]]
     test_frames = [frames[i] for i in split["test"]]
-    e0 = choose_e0s(cfg["e0s"], isolated, elements, pool, source=data_label(cfg))
+    e0_pool = pool if kept is None else [frames[i] for i in kept["train"]]
+    e0 = choose_e0s(cfg["e0s"], e0_isolated, elements, e0_pool, source=e0_source)
     return frames, split, pool, val_frames, test_frames, elements, e0
 
 
@@ -1052,7 +1128,7 @@ def export_bundle(cfg: dict, run: str | os.PathLike, dest: str | os.PathLike, *,
         raise InputError(f"{dest}: exists; --export writes a new folder (delete it or choose "
                          f"another)")
     _check_same_run(cfg, run, "--export")
-    frames, _, pool, val_frames, test_frames, elements, e0 = _split_data(cfg)
+    frames, _, pool, val_frames, test_frames, elements, e0 = _split_data(cfg, run)
     with atomic_dir(dest) as tmp:    # a unique new folder, renamed to dest when complete
         _export_into(tmp, cfg, run, dest, frames, pool, val_frames, test_frames, elements, e0,
                      progress)
