@@ -418,9 +418,10 @@ def _add_select(sub) -> None:
     p = sub.add_parser(
         "select", help="write the most uncertain MD frames for DFT relabelling",
         description="Rank the frames of an mlff-ins md trajectory by the ensemble's largest "
-                    "per-atom force spread (eV/Å) and write the top N as extxyz for `mlff-ins "
-                    "label`, skipping frames within --min-gap of one already chosen so the "
-                    "selection covers different events.",
+                    "per-atom force spread (eV/Å; the one the MD stored, or computed now by "
+                    "--model) and write the top N as extxyz for `mlff-ins label`, skipping "
+                    "frames within --min-gap of one already chosen so the selection covers "
+                    "different events.",
         epilog="example: mlff-ins select si.h5md --top 20 -o uncertain.xyz",
         formatter_class=_HelpFormatter)
     p.add_argument("trajectory", help="H5MD trajectory written by mlff-ins md (.h5md)")
@@ -432,6 +433,16 @@ def _add_select(sub) -> None:
     p.add_argument("--config-type", metavar="NAME",
                    help="written as each frame's config_type (the kind of structure: names "
                         "with vacancy, amorphous or liquid are grouped so by `bench train`)")
+    p.add_argument("--model", metavar="DIR|NAME",
+                   help="score the frames now with this ensemble bundle instead of the spread "
+                        "the MD stored: a run with one member (--members 0), with another "
+                        "model, or scored again by a newer ensemble")
+    p.add_argument("--members", type=int, nargs="+", metavar="K",
+                   help="with --model: only these members (at least two)")
+    p.add_argument("--every", type=int, default=1, metavar="N",
+                   help="with --model: score every Nth candidate frame (default 1)")
+    p.add_argument("--device", default="cpu", metavar="DEV",
+                   help="with --model: cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("-o", "--output", required=True, help="extxyz of the chosen frames")
     p.set_defaults(func=_run_select)
 
@@ -439,8 +450,15 @@ def _add_select(sub) -> None:
 def _run_select(args) -> int:
     from mlff_ins.md.select import select_uncertain
 
+    if args.model is None:
+        for opt, value, default in (("--members", args.members, None), ("--every", args.every, 1),
+                                    ("--device", args.device, "cpu")):
+            if value != default:
+                raise InputError(f"{opt} applies to scoring with --model")
     chosen = select_uncertain(args.trajectory, args.top, args.output, args.min_gap,
-                              stage=args.stage, config_type=args.config_type)
+                              stage=args.stage, config_type=args.config_type, model=args.model,
+                              members=args.members, device=args.device, every=args.every,
+                              progress=True)
     print(f"{args.output}: {len(chosen)} frames (trajectory frames {', '.join(map(str, chosen))})")
     return 0
 

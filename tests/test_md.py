@@ -508,6 +508,57 @@ def test_select_takes_uncertain_frames_spread_in_time(tmp_path):
     assert all(a.info["config_type"] == "amorphous_al2" for a in cold)
     assert main(["select", str(out), "--top", "2", "--stage", "melt", "-o",
                  str(tmp_path / "x.xyz")]) == 2
+    # zeros everywhere: a one-member run written by an earlier version, no spread to rank by
+    zeros = tmp_path / "zeros.h5md"
+    with H5MDWriter(zeros, atoms.get_chemical_symbols(), observables=OBSERVABLES) as w:
+        for i in range(10):
+            w.append(i, float(i), atoms.positions, atoms.cell.array, velocities=np.zeros((4, 3)),
+                     forces=np.zeros((4, 3)), **{k: 0.0 for k in OBSERVABLES})
+    from mlff_ins.errors import InputError
+
+    with pytest.raises(InputError, match="NaN in every frame .* --model ENSEMBLE"):
+        select_uncertain(zeros, 2, tmp_path / "z.xyz")
+
+
+def test_select_scores_a_trajectory_with_an_ensemble_as_md_did(tiny_bundle, si_subset, tmp_path,
+                                                               capsys):
+    """select --model: the spread computed now from the frames equals the max_force_std the MD
+    stored with the same ensemble (1e-8 eV/Å); a run with one member (no stored spread) is
+    scored by the ensemble instead, and the options of scoring are refused without --model."""
+    from ase.io import read
+
+    from mlff_ins.md.select import ensemble_spread
+
+    structure = tmp_path / "si.xyz"
+    write(structure, read(si_subset, index=1))
+    both = tmp_path / "both.h5md"
+    assert main(["md", str(structure), "--model", str(tiny_bundle), "-T", "600", "--steps", "20",
+                 "--every", "5", "-o", str(both)]) == 0
+    with h5py.File(both) as f:
+        stored = f["observables/max_force_std/value"][()]
+    assert np.all(stored > 0)
+    np.testing.assert_allclose(ensemble_spread(both, range(len(stored)), str(tiny_bundle),
+                                               chunk=2), stored, rtol=0, atol=1e-8)
+    one = tmp_path / "one.h5md"
+    assert main(["md", str(structure), "--model", str(tiny_bundle), "--members", "0", "-T", "600",
+                 "--steps", "20", "--every", "5", "-o", str(one)]) == 0
+    with h5py.File(one) as f:       # one member: no spread stored (NaN, not zeros)
+        assert np.all(np.isnan(f["observables/max_force_std/value"][()]))
+    capsys.readouterr()
+    assert main(["select", str(one), "--top", "2", "-o", str(tmp_path / "x.xyz")]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main(["select", str(one), "--top", "2", "--every", "2", "-o",
+                 str(tmp_path / "x.xyz")]) == 2
+    assert "--every applies to scoring with --model" in capsys.readouterr().err
+    assert main(["select", str(one), "--top", "2", "--min-gap", "1", "--model", str(tiny_bundle),
+                 "-o", str(tmp_path / "sel.xyz")]) == 0
+    chosen = read(tmp_path / "sel.xyz", ":")
+    spread = ensemble_spread(one, range(5), str(tiny_bundle))
+    assert [a.info["source_frame"] for a in chosen] == list(np.argsort(spread)[::-1][:2])
+    assert chosen[0].info["max_force_std"] == pytest.approx(spread.max(), abs=1e-12)
+    assert main(["select", str(one), "--top", "2", "--model", str(tiny_bundle), "--members", "1",
+                 "-o", str(tmp_path / "y.xyz")]) == 2
+    assert "one model has no spread" in capsys.readouterr().err
 
 
 def test_protocol_runs_stages_into_one_trajectory(tmp_path, capsys):

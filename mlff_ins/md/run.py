@@ -314,6 +314,10 @@ def _observables(atoms) -> dict:
         # P = −tr(σ)/3 + kinetic contribution N k T / V
         pressure = (-stress[:3].mean() + 2 * ekin / (3 * atoms.get_volume())) * EV_PER_A3_TO_GPA
     std = res.get("forces_std")
+    # one member (a bundle run with --members K, a single model) has no spread: NaN, not the
+    # zeros its calculator reports, so that `select` does not rank frames by them
+    if len(getattr(atoms.calc, "models", ())) < 2:
+        std = None
     return {"potential_energy": epot, "kinetic_energy": ekin, "total_energy": epot + ekin,
             "temperature": temperature, "pressure": pressure, "volume": atoms.get_volume(),
             "max_force_std": float(np.max(std)) if std is not None else float("nan")}
