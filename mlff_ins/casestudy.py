@@ -54,7 +54,7 @@ import numpy as np
 from mlff_ins.atomic_io import write_text_atomic
 from mlff_ins.casestudy_report import DONE, TARGET_COMPARISON, read_done
 from mlff_ins.errors import InputError
-from mlff_ins.model.shipped import SHIPPED, shown_name
+from mlff_ins.model.shipped import SHIPPED, resolve_model, shown_name
 
 STRUCTURES = ("c-Si", "a-Si", "vacancy")
 REFERENCE_MODEL = SHIPPED["si-reference"]
@@ -367,7 +367,9 @@ def plan(out: str | Path, model: str | None, size: StudySize,
     steps.append(Step("report", "", ["report.md", "metrics.json"], func="report",
                       inputs=["c-si/phonons.h5", "a-si/structure.json", "a-si/ins_md.h5",
                               "a-si/ins_phonons.h5"]))
-    return Study(Path(out), None if model is None else str(model), size, steps, device,
+    # a shipped bundle by name is its folder: the study records, and compares, one spelling
+    model = None if model is None else str(resolve_model(str(model)))
+    return Study(Path(out), model, size, steps, device,
                  list(md_members) if md_members else None)
 
 

@@ -35,6 +35,11 @@ def test_examples_script_is_the_plan(capsys):
     names = [line[2:].split(":")[0] for line in printed.splitlines()
              if line.startswith("# ") and not line.startswith("# The") and ":" in line]
     assert names[0] == "structures"
+    # the script's `--model si-reference` and the default are one model to the study (its
+    # record, and the report's choice of CP2K labels, read the folder)
+    from mlff_ins.casestudy import default_model
+
+    assert plan("x", "si-reference", SIZES["full"]).model == default_model()
 
 
 def test_demo_full_options_are_refused_without_full(capsys, tmp_path):

@@ -333,6 +333,10 @@ def test_the_phonons_benchmark_compares_a_model_with_the_dft_it_learned(tmp_path
                                                dft_reference, labelled_check_for, labelled_dft)
 
     assert labelled_check_for("sevennet-0") == LABELLED_CHECK      # a universal model
+    # the shipped bundle by name (the case study's script passes --model si-reference) is its
+    # folder, trained on the k-point set
+    assert labelled_check_for("si-reference") == labelled_check_for(REFERENCE_MODEL) \
+        == LABELLED_CHECK_K222
     meta = json.loads((REFERENCE_MODEL / "bundle.json").read_text())
     cases = [({"files": ["mlff_ins/resources/si/si_cp2k_pbe_k222.xyz"]}, LABELLED_CHECK_K222),
              ({"file": "/data/si_cp2k_pbe_k222.xyz"}, LABELLED_CHECK_K222),

@@ -33,7 +33,9 @@ def labelled_check_for(model) -> Path:
     (si_cp2k_pbe_k222*.xyz), else the Gamma-only one (also for a universal model by name, which
     learned neither)."""
     from mlff_ins.model.calculator import read_bundle
+    from mlff_ins.model.shipped import resolve_model
 
+    model = resolve_model(str(model))          # a shipped bundle by name: its folder
     if not (Path(model) / "bundle.json").exists():
         return LABELLED_CHECK
     data = read_bundle(model).get("training_data", {})
