@@ -238,6 +238,13 @@ def test_records_alone_rebuild_the_database_without_the_teacher(serial_db, tmp_p
             assert r["forces"].shape == (len(r["displacements"]),
                                          round(abs(np.linalg.det(r["supercell_matrix"])))
                                          * len(r["numbers"]), 3)
+    # `database info` reads a records file too: the same counts and elements as the database
+    from mlff_ins.predict.database import database_summary
+
+    info, info_db = database_summary(records), database_summary(db_ref)
+    assert f"teacher records of {len(structures)} entries (" in info and "1 failed" in info
+    elements_line = next(x for x in info_db.splitlines() if x.startswith("elements"))
+    assert elements_line in info.splitlines()
     calls = []
 
     def no_teacher(*args, **kwargs):

@@ -1206,9 +1206,12 @@ def respectra(db: str | os.PathLike, out: str | os.PathLike,
 
 
 def database_summary(db: str | os.PathLike) -> str:
-    """A few lines on a database: entries by status, elements, teacher, median seconds."""
+    """A few lines on a database, or on a teacher records file (--records): entries by status,
+    elements, teacher, median seconds."""
     import collections
 
+    if _is_records_file(db):
+        return _records_summary(Path(db))
     grids, entries = read_database(db, status=None)
     status = collections.Counter(e["status"] for e in entries)
     elements = sorted({el for e in entries if e["status"] == "ok" for el in e["elements"]})
@@ -1228,4 +1231,44 @@ def database_summary(db: str | os.PathLike) -> str:
     failed = [e for e in entries if e["status"] == "failed"]
     for e in failed[:5]:
         lines.append(f"failed: {e['key']} ({e['formula']}): {e['message']}")
+    return "\n".join(lines)
+
+
+def _is_records_file(path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == RECORDS_FORMAT
+    except OSError:
+        return False
+
+
+def _records_summary(path: Path) -> str:
+    """`database info` of a teacher records file: its attributes and the atoms of each record,
+    not the forces."""
+    import collections
+
+    from ase.data import chemical_symbols
+
+    with _open_records(path) as f:
+        recs = []
+        for g in f["records"].values():
+            rec = {k: (v if isinstance(v, (int, float)) else str(v)) for k, v in g.attrs.items()}
+            rec["numbers"] = g["numbers"][()] if "numbers" in g else []
+            recs.append(rec)
+    status = collections.Counter(r["status"] for r in recs)
+    teachers = sorted({r["teacher"] for r in recs if r.get("teacher")})
+    elements = sorted({chemical_symbols[int(z)] for r in recs if r["status"] == "ok"
+                       for z in r["numbers"]})
+    seconds = [float(r["seconds"]) for r in recs if r["status"] != "failed" and "seconds" in r]
+    lines = [f"{path}: teacher records of {len(recs)} entries "
+             f"({', '.join(f'{n} {k}' for k, n in status.items())})",
+             f"teacher: {', '.join(teachers) or '?'}",
+             f"elements in ok entries ({len(elements)}): {' '.join(elements)}"]
+    if seconds:
+        lines.append(f"seconds per entry: median {np.median(seconds):.1f}, "
+                     f"total {np.sum(seconds) / 3600:.2f} h")
+    for r in [r for r in recs if r["status"] == "failed"][:5]:
+        lines.append(f"failed: {r['key']}: {r.get('message', '')}")
     return "\n".join(lines)
