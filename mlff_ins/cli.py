@@ -1351,10 +1351,11 @@ def _add_database(sub) -> None:
     x.add_argument("database", help="database file written by `database build`")
     x.add_argument("-o", "--output", required=True, help="teacher records file (HDF5)")
     x.set_defaults(func=_run_database_records)
-    i = dsub.add_parser("info", help="count the entries, elements and flags of a database",
+    i = dsub.add_parser("info", help="count the entries, elements and flags of a database "
+                                     "or of a teacher records file",
                         epilog="example: mlff-ins database info db.h5",
                         formatter_class=_HelpFormatter)
-    i.add_argument("database", help="database file")
+    i.add_argument("database", help="database file, or teacher records file (--records)")
     i.set_defaults(func=_run_database_info)
 
 
