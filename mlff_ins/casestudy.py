@@ -414,7 +414,8 @@ def run_study(study: Study, *, only: str | None = None, structures: list[str] | 
                              f"{', '.join(STRUCTURES)})")
     if study.model is None:
         study.model = default_model()
-    this = {"model": study.model, "size": asdict(study.size)}
+    # a shipped bundle is recorded by its name, so the study folder moves with the repository
+    this = {"model": shown_name(str(study.model)), "size": asdict(study.size)}
     if study.md_members:
         this["md_members"] = study.md_members
     recorded = study.out / "study.json"
@@ -429,6 +430,9 @@ def run_study(study: Study, *, only: str | None = None, structures: list[str] | 
                              f"(before done.json, with the a-Si melt-quench and production in "
                              f"one run); choose another -o or delete it")
         runs = before.pop("runs")
+        # an earlier version recorded a shipped bundle by its absolute folder
+        if isinstance(before.get("model"), str):
+            before["model"] = shown_name(before["model"])
         # a size field added by a later version reads as its default, which keeps the
         # behaviour of the version that recorded the study
         size_defaults = {f.name: f.default for f in fields(StudySize)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mlff_ins.atomic_io import write_text_atomic
+from mlff_ins.model.shipped import shown_name
 
 A_SI_VDOS_SOURCE = "Kamitakahara et al., Phys. Rev. B 36, 6539 (1987)"
 #: rms bond-angle deviation of a-Si from the tetrahedral angle (deg), from measured Raman TO
@@ -374,7 +375,7 @@ def write_report(study, records: list[dict], timings: dict) -> Path:
     size = study.size
     lines = [
         "# Silicon case study: c-Si, a-Si and a vacancy, three routes to VISION spectra", "",
-        f"Model: `{study.model}`"
+        f"Model: `{shown_name(str(study.model))}`"
         + (f" (the MD runs driven by member(s) {', '.join(map(str, study.md_members))} of it; "
            f"the phonon routes by every member)" if getattr(study, "md_members", None) else "")
         + f". Size `{size.name}`: c-Si MD {size.n_crystal} atoms, "

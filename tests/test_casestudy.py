@@ -158,6 +158,12 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     # differs from this size's (equilibrate_tdamp_fs: None, here 20 fs) is another size
     record = json.loads((out / "study.json").read_text())
     recorded = json.dumps(record)
+    # the shipped bundle is recorded by its name, so the folder moves with the repository; the
+    # absolute folder an earlier version recorded is the same model
+    from mlff_ins.model.shipped import SHIPPED
+    assert record["model"] == "si-reference"
+    (out / "study.json").write_text(json.dumps({**record, "model": str(SHIPPED["si-reference"])}))
+    run_study(study, log=[].append)
     assert SMOKE.md_blocks == 1 and SMOKE.equilibrate_tdamp_fs == 20.0
     del record["size"]["md_blocks"]
     (out / "study.json").write_text(json.dumps(record))

@@ -102,9 +102,8 @@ def plot_spectra(spectra: dict, path: str | Path, unit: str = "meV"):
         y = conv(sp.y) if sp.axis_name == "energy" else sp.y
         # bins at or below zero (an MD map's noise, empty bins) take the lowest colour, as bins
         # below the scale do; only NaN bins (outside an instrument's coverage) stay blank
-        cmap = matplotlib.colormaps["viridis"].copy()
-        cmap.set_under(cmap(0.0))
-        cmap.set_over(cmap(1.0))
+        viridis = matplotlib.colormaps["viridis"]
+        cmap = viridis.with_extremes(under=viridis(0.0), over=viridis(1.0))
         shown = np.ma.where(data > 0, data, norm.vmin / 2.0) if norm is not None else data
         mesh = ax.pcolormesh(sp.q, y, shown.T, norm=norm, cmap=cmap, shading="nearest")
         fig.colorbar(mesh, ax=ax, label=sp.units, extend="max" if saturated else "neither")
