@@ -9,6 +9,7 @@ crystals (which also pick each member's best epoch: optimistic), on the test cry
 
 Usage: python scripts/predictor_data_curve.py DB.h5 [--fractions 0.25 0.5 1] [--seeds 0 1]
        [--force-sets ../shared/data/phonopy-examples/*]
+--show KEY... records the MSE of named database entries (e.g. bulk:Si) in each row.
 --hyper '{"cutoff_A": 6}' overrides network hyper-parameters (network.default_hyper), to put a
 variant on the same footing. Appends one JSON line per (fraction, seed, hyper) to --out
 (default runs/predictor_data_curve.jsonl) and skips those already there.
@@ -74,6 +75,9 @@ def main():
     ap.add_argument("--out", default="runs/predictor_data_curve.jsonl")
     ap.add_argument("--force-sets", nargs="*", default=[], metavar="DIR")
     ap.add_argument("--hyper", type=json.loads, default={}, metavar="JSON")
+    ap.add_argument("--show", nargs="*", default=[], metavar="KEY",
+                    help="database keys (e.g. bulk:Si) whose MSE each row also records, "
+                         "whatever their split")
     ap.add_argument("--save", type=Path, metavar="DIR",
                     help="also keep each member's predictions (and the targets) as DIR/*.npz, "
                          "to score ensembles of the members afterwards")
@@ -123,6 +127,13 @@ def main():
                     saved[f"{part}_target"] = np.array([y for _, y in ex])
                 row[f"{part}_baseline_mse"] = P.mean_spectrum_baseline(
                     [ys[i] for i in train], [ys[i] for i in idx[part]], targets)
+            # how well the member fits its own training crystals, and the named ones
+            row["train_median_mse"] = float(np.median(scores(
+                model, [(graphs[i], data[i][1]) for i in train], blocks)))
+            keys = list(facts["keys"])
+            row["shown_mse"] = {key: scores(model, [(graphs[keys.index(key)],
+                                                     data[keys.index(key)][1])], blocks)[0]
+                                for key in args.show if key in keys}
             if dft:
                 k = [targets.index("vision")]
                 row["dft_mse"] = dict(zip(dft, scores(model, list(dft.values()), k, saved,

@@ -141,6 +141,32 @@ def test_a_residual_network_starts_as_the_baseline_and_keeps_it_when_training_hu
     assert float(net.gain.detach()) == 0.0                          # and the start was kept
 
 
+def test_a_rezero_latent_head_starts_at_the_mean_code_and_learns():
+    """A latent head (the S(Q,E) code network) with ``rezero`` predicts code 0 (the training
+    mean of the standardised codes) for any crystal before training, and a few steps of
+    train_member on two crystals with different codes move it off that start: the gain takes
+    a gradient. Without ``rezero`` (predictors trained before it) there is no gain and the
+    raw outputs are not zero."""
+    from mlff_ins.predict.predictor import train_member
+
+    hyper = {**default_hyper(24), "n_blocks": 1, "cutoff_A": 4.0, "head": "latent", "n_out": 4,
+             "basis": None, "baseline": None}
+    crystals = [_crystal(), bulk("Cu", "fcc", 3.61)]
+    torch.manual_seed(0)
+    plain = SpectrumNetwork(hyper).double().eval()
+    assert not hasattr(plain, "gain") and np.abs(_spectrum(plain, crystals[0])).max() > 1e-3
+    torch.manual_seed(0)
+    net = SpectrumNetwork({**hyper, "rezero": True}).double()
+    for a in crystals:
+        assert np.abs(_spectrum(net.eval(), a)).max() == 0.0
+    data = [(graph(a, 4.0), np.array(code)) for a, code in
+            zip(crystals, ([1.0, -1.0, 0.5, 0.0], [-1.0, 1.0, -0.5, 0.0]))]
+    fit = train_member(net, data, data, epochs=5, batch_size=2, lr=0.01, weight_decay=0.0,
+                       seed=0)
+    assert fit["best_valid_mse"] < fit["history"][0]["valid_mse"]
+    assert float(net.gain.detach()) != 0.0
+
+
 def test_an_output_basis_makes_each_atoms_spectrum_smooth():
     """With ``hyper['basis']`` (the default) each atom's output (before softplus, less the
     baseline) is a sum of Gaussians as wide as their spacing, 2 bins for 60 over 120: its
@@ -556,3 +582,20 @@ def test_the_two_d_score_is_of_the_map_predict_returns(small_predictor):
     mean, _ = p.predict_map_arrays(a)
     raw = float(np.mean((brighten(mean) - prepare(target[None])[0]) ** 2))
     assert abs(raw - got["mse"][0]) > 0.1 * got["mse"][0]
+
+
+def test_a_latent_member_that_learns_nothing_is_trained_again_from_another_seed(
+        small_predictor, tmp_path):
+    """A latent (S(Q,E) code) member no better on validation than its untrained start has
+    collapsed onto the mean code: it is retrained from another seed, at most LATENT_ATTEMPTS
+    tries. With a learning rate of 0 no try can learn, so every member uses every try and
+    predictor.json says so; the S(E) members are not retried."""
+    from mlff_ins.predict.predictor import LATENT_ATTEMPTS, train_predictor
+
+    db, _, _ = small_predictor
+    meta = train_predictor(db, tmp_path / "p", members=2, epochs=1, ae_epochs=1, batch_size=4,
+                           lr=0.0, progress=False,
+                           hyper={"cutoff_A": 3.5, "hidden": "8x0e+8x0o+4x1e+4x1o",
+                                  "embed_dim": 8})
+    assert meta["two_d"]["latent_restarts"] == [LATENT_ATTEMPTS - 1] * 2
+    assert len(meta["members"]) == 2

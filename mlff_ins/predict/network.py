@@ -134,6 +134,12 @@ class SpectrumNetwork(torch.nn.Module):
                                            1e-4, None).ravel())
             self.register_buffer("base_logit", (base + torch.log(-torch.expm1(-base))).float())
             self.gain = torch.nn.Parameter(torch.zeros(()))
+        if hyper.get("head") == "latent" and hyper.get("rezero"):
+            # a latent head starts at the mean code (outputs are standardised codes) with the
+            # same zero-initialised gain: at initialisation its raw outputs vary by ~10 (heavy
+            # elements' mass-weighted embedding), and the first steps on them left every
+            # latent network of a 702-entry database predicting the mean code for good
+            self.gain = torch.nn.Parameter(torch.zeros(()))
         # float32 whatever torch's default (nequip sets float64 globally when imported)
         self.float()
 
@@ -159,7 +165,7 @@ class SpectrumNetwork(torch.nn.Module):
         for layer in self.net.layers:
             x = layer(x, z, data["src"], data["dst"], edge_attr, basis)
         if h.get("head") == "latent":
-            return x
+            return self.gain * x if hasattr(self, "gain") else x
         if hasattr(self, "basis_matrix"):
             x = (x.reshape(len(x), -1, self.basis_matrix.shape[1])
                  @ self.basis_matrix.T).reshape(len(x), -1)

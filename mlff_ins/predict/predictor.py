@@ -403,6 +403,13 @@ def _epoch_bar(desc: str, epochs: int, progress: bool):
     return bar, tick
 
 
+#: a latent member whose best validation MSE is not below this fraction of its untrained
+#: start's has collapsed onto the mean code; it is trained again from another seed, at most
+#: LATENT_ATTEMPTS tries in all (the last try is kept whatever it scores)
+LATENT_COLLAPSE = 0.95
+LATENT_ATTEMPTS = 3
+
+
 def _train_two_d(out_dir, graphs, facts, idx, hyper, *, members, epochs, ae_epochs, batch_size,
                  lr, weight_decay, seed, progress) -> dict:
     """The autoencoder on the training maps, then ``members`` latent networks on their codes."""
@@ -431,21 +438,31 @@ def _train_two_d(out_dir, graphs, facts, idx, hyper, *, members, epochs, ae_epoc
         codes = ae.encode(torch.as_tensor(maps)).numpy()
         recon = ae(torch.as_tensor(maps[idx["test"]])).numpy() if idx["test"] else None
     latent_hyper = {**hyper, "head": "latent", "n_out": ae_hyper["latent_dim"], "n_blocks": 1,
-                    "basis": None, "baseline": None}
+                    "basis": None, "baseline": None, "rezero": True}
     # the networks learn standardised codes (each component: training mean 0, std 1)
     mu = codes[idx["train"]].mean(axis=0)
     sd = codes[idx["train"]].std(axis=0) + 1e-6
     data = [(g, (c - mu) / sd) for g, c in zip(graphs, codes)]
-    files, fits = [], []
+    files, fits, restarts = [], [], []
     for k in range(members):
-        torch.manual_seed(seed + 100 + k)
-        model = SpectrumNetwork(latent_hyper)
-        bar, tick = _epoch_bar(f"S(Q,E) member {k + 1}/{members}", epochs, progress)
-        fit = train_member(model, [data[i] for i in idx["train"]],
-                           [data[i] for i in idx["valid"]], epochs=epochs,
-                           batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                           seed=seed + 100 + k, progress=tick)
-        bar.close()
+        # a latent network sometimes collapses onto the mean code in its first steps and never
+        # leaves it (its hidden units dead; one of three on the 702-entry database): such a
+        # member, no better on validation than its untrained start, is trained again from
+        # another seed, up to LATENT_ATTEMPTS times (validation alone decides)
+        for attempt in range(LATENT_ATTEMPTS):
+            member_seed = seed + 100 + k + 1000 * attempt
+            torch.manual_seed(member_seed)
+            model = SpectrumNetwork(latent_hyper)
+            label = f"S(Q,E) member {k + 1}/{members}" + (f", try {attempt + 1}" if attempt else "")
+            bar, tick = _epoch_bar(label, epochs, progress)
+            fit = train_member(model, [data[i] for i in idx["train"]],
+                               [data[i] for i in idx["valid"]], epochs=epochs,
+                               batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                               seed=member_seed, progress=tick)
+            bar.close()
+            if fit["best_valid_mse"] < LATENT_COLLAPSE * fit["history"][0]["valid_mse"]:
+                break
+        restarts.append(attempt)
         name = f"latent_{k}.pt"
         with atomic_path(out_dir / name) as tmp:
             torch.save(model.state_dict(), tmp)
@@ -459,6 +476,8 @@ def _train_two_d(out_dir, graphs, facts, idx, hyper, *, members, epochs, ae_epoc
             "transform": "max-normalised, brightened g(x) = 1 - (1 - x)^3",
             "autoencoder_best_valid_mse": ae_fit["best_valid_mse"],
             "latent_best_valid_mse": fits,
+            # per member: how many collapsed tries were discarded before it
+            "latent_restarts": restarts,
             "reconstruction_test_mse": (float(np.mean((recon - maps[idx["test"]]) ** 2))
                                         if recon is not None else None)}
 
