@@ -584,6 +584,8 @@ def test_the_two_d_score_is_of_the_map_predict_returns(small_predictor):
     assert abs(raw - got["mse"][0]) > 0.1 * got["mse"][0]
 
 
+# e3nn builds each network through torch.jit, whose deprecation warns once per layer
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 def test_a_latent_member_that_learns_nothing_is_trained_again_from_another_seed(
         small_predictor, tmp_path):
     """A latent (S(Q,E) code) member no better on validation than its untrained start has
