@@ -446,7 +446,7 @@ def _train_two_d(out_dir, graphs, facts, idx, hyper, *, members, epochs, ae_epoc
     files, fits, restarts = [], [], []
     for k in range(members):
         # a latent network sometimes collapses onto the mean code in its first steps and never
-        # leaves it (its hidden units dead; one of three on the 702-entry database): such a
+        # leaves it (one of three on the 702-entry database, with the gain): such a
         # member, no better on validation than its untrained start, is trained again from
         # another seed, up to LATENT_ATTEMPTS times (validation alone decides)
         for attempt in range(LATENT_ATTEMPTS):
