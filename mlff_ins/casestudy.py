@@ -454,7 +454,7 @@ def run_study(study: Study, *, only: str | None = None, structures: list[str] | 
             raise InputError(f"{study.out}: holds a study with another {what}; choose another "
                              f"-o or delete it")
     # the code of every run of the study: a step done by an earlier run keeps that run's code
-    code = code_version()
+    code = {**code_version(), "device": device_name(study.device)}
     if runs and {k: runs[-1].get(k) for k in code} != code:
         log(f"note: {study.out} was last run with mlff-ins {_code_text(runs[-1])}, this run uses "
             f"{_code_text(code)}; the steps already done keep their outputs (report.md lists "
@@ -603,11 +603,29 @@ def code_version() -> dict:
     return info
 
 
+def device_name(device: str | None) -> str:
+    """The device a run's models ran on, as the study records it: "cpu", or "cuda:N (the
+    GPU's name)"."""
+    if not device or device == "cpu":
+        return "cpu"
+    import torch
+
+    from mlff_ins.model.calculator import resolve_device
+
+    d = resolve_device(device)
+    if d.type != "cuda":
+        return str(d)
+    index = d.index if d.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
 def _code_text(code: dict) -> str:
     text = str(code.get("mlff_ins"))
     if code.get("git_commit"):
         modified = ", modified" if code.get("git_dirty") else ""
         text += f" (commit {code['git_commit'][:10]}{modified})"
+    if code.get("device"):
+        text += f" on {code['device']}"
     return text
 
 

@@ -366,7 +366,8 @@ def _code_lines(out: Path) -> list[str]:
         lines.append(f"- {r.get('started')}: mlff-ins {r.get('mlff_ins')}"
                      + (f", commit {commit[:12]}" + (" with uncommitted changes"
                                                      if r.get("git_dirty") else "")
-                        if commit else ""))
+                        if commit else "")
+                     + (f", models on {r['device']}" if r.get("device") else ""))
     return lines + [""]
 
 

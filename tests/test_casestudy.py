@@ -145,6 +145,8 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     runs = json.loads((out / "study.json").read_text())["runs"]
     from mlff_ins import __version__
     assert len(runs) == 2 and all(r["mlff_ins"] == __version__ for r in runs)
+    # and the device its models ran on (a study may move to a GPU when resumed)
+    assert [r["device"] for r in runs] == ["cpu", "cpu"] and ", models on cpu" in text
     # the folder belongs to this model and size: another is refused before anything runs
     from mlff_ins.errors import InputError
     with pytest.raises(InputError, match="holds a study with another size \\(size smoke: "
