@@ -494,23 +494,36 @@ def run_study(study: Study, *, only: str | None = None, structures: list[str] | 
                              f"remove the steps that made it from {study.out / DONE} to make "
                              f"it again")
         t0 = time.perf_counter()
-        if step.func:
-            FUNCTIONS[step.func](study)
-        else:
-            argv = _argv(step, study)
-            if step.resume and Path(argv[argv.index("-o") + 1]).exists():
-                argv.append("--resume")
-            rc = run_echoed(argv, log)
-            if rc != 0:
-                raise InputError(f"step '{step.name}' failed (mlff-ins {argv[0]} exit status "
-                                 f"{rc}); fix the cause and rerun to continue from this step")
-        elapsed = time.perf_counter() - t0
+        try:
+            if step.func:
+                FUNCTIONS[step.func](study)
+            else:
+                argv = _argv(step, study)
+                if step.resume and Path(argv[argv.index("-o") + 1]).exists():
+                    argv.append("--resume")
+                rc = run_echoed(argv, log)
+                if rc != 0:
+                    raise InputError(f"step '{step.name}' failed (mlff-ins {argv[0]} exit "
+                                     f"status {rc}); fix the cause and rerun to continue from "
+                                     f"this step")
+        except BaseException:
+            # a resumable MD stopped (SIGTERM, Ctrl-C, a failure) keeps the time it ran, which
+            # its resumption adds to (a SIGKILL loses it)
+            if step.resume:
+                _add_time(study, timings, step, time.perf_counter() - t0)
+            raise
         # a resumed MD adds its time to the runs before it (a rerun of a finished one would
         # otherwise leave the seconds of its check as the step's time)
-        timings[step.name] = elapsed + (timings.get(step.name, 0.0) if step.resume else 0.0)
-        write_text_atomic(study.out / "timings.json", json.dumps(timings, indent=1) + "\n")
+        if not step.resume:
+            timings.pop(step.name, None)
+        _add_time(study, timings, step, time.perf_counter() - t0)
         _finished(step, study, done)
     return timings
+
+
+def _add_time(study: Study, timings: dict, step: Step, seconds: float) -> None:
+    timings[step.name] = timings.get(step.name, 0.0) + seconds
+    write_text_atomic(study.out / "timings.json", json.dumps(timings, indent=1) + "\n")
 
 
 # ------------------------------------------------------------- finished steps, summaries, prune

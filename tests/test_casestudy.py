@@ -327,3 +327,33 @@ def test_equilibration_lasts_ten_thermostat_times(tmp_path, size):
     equilibrate = stages["equilibrate"]
     assert equilibrate.thermostat == "bussi" and stages["production"].ensemble == "nve"
     assert SIZES[size].equilibrate_ps * 1000.0 >= 10 * equilibrate.tdamp_fs
+
+
+def test_a_stopped_md_step_keeps_the_time_it_ran(tmp_path, monkeypatch):
+    """An MD step stopped mid-run (SIGTERM and Ctrl-C raise KeyboardInterrupt) records the
+    seconds it ran in timings.json, and each later run of it adds its own: the report's time of
+    a study spread over sittings (or machines) is the sum, not the last sitting's."""
+    import time
+
+    import mlff_ins.cli as cli
+
+    study = plan(tmp_path / "study", None, SMOKE, device="cpu", md_members=[0])
+    real = cli.run_echoed
+    ran = []
+
+    def stopped_md(argv, log):
+        if argv[0] != "md":
+            return real(argv, log)
+        ran.append(argv)
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_echoed", stopped_md)
+    for sitting in (1, 2):
+        with pytest.raises(KeyboardInterrupt):
+            run_study(study, structures=["a-Si"], log=lambda m: None)
+        timings = json.loads((study.out / "timings.json").read_text())
+        # the melt-quench is the first MD of an a-Si sitting; 0.3 s per sitting, plus the
+        # call's own overhead (well under a second)
+        assert [a[a.index("-o") + 1] for a in ran] == [str(study.out / "a-si/quench.h5md")] * sitting
+        assert 0.3 * sitting <= timings["a-Si: melt-quench MD"] < 0.3 * sitting + 1.0
