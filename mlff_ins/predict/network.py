@@ -98,13 +98,8 @@ class SpectrumNetwork(torch.nn.Module):
 
         self.hyper = dict(hyper)
         em = int(hyper["embed_dim"])
-        # hyper["mass_scalar"] (a reference mass, amu): both embeddings also see sqrt(ref / m),
-        # one input shared by every element, where the one-hot gives each its own column (a
-        # mass-weighted one-hot scales that column: it tells the network nothing about how two
-        # elements' masses compare, and vibrational energies go as 1/sqrt(m))
-        n_in = int(hyper["n_species"]) + (1 if hyper.get("mass_scalar") else 0)
-        self.embed_x = torch.nn.Linear(n_in, em)
-        self.embed_z = torch.nn.Linear(n_in, em)
+        self.embed_x = torch.nn.Linear(hyper["n_species"], em)
+        self.embed_z = torch.nn.Linear(hyper["n_species"], em)
         if hyper.get("node_attr") == "unit":
             # every tensor product of every layer multiplies by the node attributes: they must
             # be of order one. nn.Linear's default init on a one-hot input gives ~0.03 (after
@@ -157,12 +152,7 @@ class SpectrumNetwork(torch.nn.Module):
 
         h = self.hyper
         onehot = torch.nn.functional.one_hot(data["z"] - 1, h["n_species"]).to(data["vec"].dtype)
-        weighted = onehot * data["mass"][:, None]
-        if h.get("mass_scalar"):
-            scalar = torch.sqrt(float(h["mass_scalar"]) / data["mass"])[:, None].to(onehot.dtype)
-            weighted = torch.cat([weighted, scalar], dim=1)
-            onehot = torch.cat([onehot, scalar], dim=1)
-        x = torch.relu(self.embed_x(weighted))
+        x = torch.relu(self.embed_x(onehot * data["mass"][:, None]))
         z = self.embed_z(onehot)
         if h.get("node_attr") != "unit":          # predictors trained before the fix
             z = torch.relu(z)
