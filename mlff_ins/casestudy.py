@@ -468,10 +468,13 @@ def run_study(study: Study, *, only: str | None = None, structures: list[str] | 
     timings = _read_timings(study.out)
     done = read_done(study.out)
     maker = {o: st.structure for st in study.steps for o in st.outputs}
+    made = False
     for i, step in enumerate(study.steps, 1):
         if only is not None and step.func != only:
             continue
-        if only is None and _done(step, study, done):
+        # the report tabulates what the other steps made: it is made again after any of them
+        # ran (a comparison redone with a new predictor)
+        if only is None and _done(step, study, done) and not (step.func == "report" and made):
             log(f"[{i}/{len(study.steps)}] {step.name}: done")
             continue
         missing = [r for r in step.reads() if not (study.out / r).exists()]
@@ -517,6 +520,7 @@ def run_study(study: Study, *, only: str | None = None, structures: list[str] | 
         if not step.resume:
             timings.pop(step.name, None)
         _add_time(study, timings, step, time.perf_counter() - t0)
+        made = made or bool(step.outputs)
         _finished(step, study, done)
     return timings
 

@@ -147,6 +147,16 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     assert len(runs) == 2 and all(r["mlff_ins"] == __version__ for r in runs)
     # and the device its models ran on (a study may move to a GPU when resumed)
     assert [r["device"] for r in runs] == ["cpu", "cpu"] and ", models on cpu" in text
+    # a comparison made again (removed, as to redo it with a new predictor) makes the report
+    # again, and nothing else runs (but the glass check, which makes no file and always runs)
+    (out / "vacancy" / "compare_s_e" / "metrics.json").unlink()
+    report_before = (out / "report.md").stat().st_mtime_ns
+    log3 = []
+    run_study(study, log=log3.append)
+    ran = [m for m in log3 if m.startswith("[") and not m.endswith(": done")]
+    assert [m.split("] ")[1] for m in ran] == ["a-Si: check that the quench made a glass",
+                                               "vacancy: compare s_e (compare_s_e)", "report"], ran
+    assert (out / "report.md").stat().st_mtime_ns > report_before
     # the folder belongs to this model and size: another is refused before anything runs
     from mlff_ins.errors import InputError
     with pytest.raises(InputError, match="holds a study with another size \\(size smoke: "
