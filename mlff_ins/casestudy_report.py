@@ -424,7 +424,11 @@ def write_report(study, records: list[dict], timings: dict) -> Path:
                           f"![vacancy difference]({_rel(out, png)})", ""]
     lines += _code_lines(out)
     if timings:
-        lines += ["## Time per step (s, this machine)", "", "| step | s |", "|---|---|",
+        lines += ["## Time per step (s)", "",
+                  "Wall-clock seconds, summed over the runs that worked on a step (the runs "
+                  "above say on which device each ran). Time of a run killed outright "
+                  "(SIGKILL), or stopped by an mlff-ins that did not yet keep the time of "
+                  "stopped runs, is missing.", "", "| step | s |", "|---|---|",
                   *[f"| {k} | {v:.0f} |" for k, v in timings.items()], ""]
     path = out / "report.md"
     write_text_atomic(path, "\n".join(lines))
