@@ -436,6 +436,31 @@ def test_band_plot_does_not_join_a_break_in_the_path(tmp_path, monkeypatch):
                              (np.sum(np.isclose(xs, breaks[0])) > 1) for xs in drawn)
 
 
+def test_the_band_plot_of_a_cell_of_hundreds_of_atoms_shows_the_dos_only(tmp_path, monkeypatch):
+    """Above 300 branches (a glass or defect cell as its own supercell) the band panel draws no
+    branch and says so; the DOS is drawn as for a small cell."""
+    import matplotlib.pyplot as plt
+
+    from mlff_ins.phonons.plot import MAX_DRAWN_BRANCHES, plot_phonons
+
+    pset = phonons_from_force_sets(DATA / "MgO")
+    props = compute_properties(pset.members, [4, 4, 4], band_points=5, t_max=None)
+    figures = []
+    original = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), original(fig)))
+    plot_phonons(props, tmp_path / "small.png")
+    n = props.band_frequencies_THz.shape[2]
+    reps = MAX_DRAWN_BRANCHES // n + 1
+    props.band_frequencies_THz = np.tile(props.band_frequencies_THz, (1, 1, reps))
+    plot_phonons(props, tmp_path / "large.png")
+    small, large = (f.axes[0] for f in figures[-2:])
+    assert len(small.get_lines()) >= n and not small.texts
+    assert not [ln for ln in large.get_lines() if len(ln.get_xdata()) > 2]
+    assert [tx.get_text() for tx in large.texts] == [f"{n * reps} branches: not drawn\n"
+                                                      "(see the DOS)"]
+    assert len(figures[-1].axes[-1].get_lines()) == len(figures[-2].axes[-1].get_lines())
+
+
 def test_elements_have_one_colour_in_band_and_spectra_plots(tmp_path, monkeypatch):
     """MgO: the band plot's partial DOS and a spectra plot's element lines give Mg and O the same
     colours (elements in alphabetical order in both), whatever order the file holds them in."""
