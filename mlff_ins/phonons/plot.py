@@ -29,12 +29,14 @@ def plot_phonons(props: PhononProperties, path: str | Path, title: str = "") -> 
     # breaks in the path (two consecutive points at the same distance: ASE repeats it where one
     # segment ends and the next starts elsewhere, e.g. ...K,U...) are not joined
     pieces = np.split(np.arange(len(x)), np.flatnonzero(np.diff(x) <= 1e-12) + 1)
-    if mean.shape[1] > MAX_DRAWN_BRANCHES:
+    branches = range(mean.shape[1])
+    if len(branches) > MAX_DRAWN_BRANCHES:
         # a cell of hundreds of atoms (a glass, a defect cell as its own supercell): its
         # branches fill the panel black, and its modes that count are at Γ (the DOS)
-        ax.text(0.5, 0.5, f"{mean.shape[1]} branches: not drawn\n(see the DOS)",
+        ax.text(0.5, 0.5, f"{len(branches)} branches: not drawn\n(see the DOS)",
                 transform=ax.transAxes, ha="center", va="center", fontsize=9)
-    for j in range(mean.shape[1] if mean.shape[1] <= MAX_DRAWN_BRANCHES else 0):
+        branches = ()
+    for j in branches:
         for idx in pieces:
             ax.plot(x[idx], mean[idx, j], color="k", lw=1.0)
             if band.shape[0] > 1:
