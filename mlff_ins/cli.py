@@ -1619,10 +1619,14 @@ def _add_predictor(sub) -> None:
                    help="skip the S(Q,E) autoencoder and latent networks")
     t.add_argument("--ae-epochs", type=int, metavar="N",
                    help="autoencoder epochs (default: --epochs)")
+    t.add_argument("--device", default="cpu",
+                   help="where the networks train: cpu, cuda, cuda:N or auto (the weights are "
+                        "saved for the CPU either way)")
     t.set_defaults(func=_run_predictor_train)
 
 
 def _run_predictor_train(args) -> int:
+    from mlff_ins.model.calculator import resolve_device
     from mlff_ins.predict.predictor import train_predictor
 
     for opt in ("members", "epochs", "batch_size"):
@@ -1635,7 +1639,7 @@ def _run_predictor_train(args) -> int:
                            batch_size=args.batch_size, lr=args.lr, seed=args.seed, **decay,
                            targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
                            hyper={"cutoff_A": args.cutoff}, two_d=args.two_d,
-                           ae_epochs=args.ae_epochs)
+                           ae_epochs=args.ae_epochs, device=resolve_device(args.device))
     t = meta["test"]
     print(f"{args.output}: {len(meta['members'])} members, split {meta['split_sizes']}, "
           + (f"test median MSE {t['median_mse']:.4f} (quartiles {t['quartiles_mse'][0]:.4f} / "

@@ -11,8 +11,12 @@ Usage: python scripts/predictor_data_curve.py DB.h5 [--fractions 0.25 0.5 1] [--
        [--force-sets ../shared/data/phonopy-examples/*]
 --show KEY... records the MSE of named database entries (e.g. bulk:Si) in each row.
 --hyper '{"cutoff_A": 6}' overrides network hyper-parameters (network.default_hyper), to put a
-variant on the same footing. Appends one JSON line per (fraction, seed, hyper) to --out
-(default runs/predictor_data_curve.jsonl) and skips those already there.
+variant on the same footing; --train '{"weight_decay": 0.05}' overrides the training settings
+(weight_decay, lr, batch_size) that `predictor train` uses, or repeats each elemental crystal
+(one element) of the training subset N times in every epoch ({"repeat_elemental": N}).
+Appends one JSON line per (fraction, seed, hyper, training settings) to --out (default
+runs/predictor_data_curve.jsonl) and skips those already there. --cache FILE.pkl keeps the
+examples read from DB in a small pickle, for a sweep on another machine without the database.
 """
 import argparse
 import json
@@ -66,6 +70,24 @@ def dft_examples(directories, temperature_K, targets, cutoff) -> dict:
     return out
 
 
+def load(db, targets, cache=None):
+    """``predictor.load_examples`` of ``db``, or of its pickled copy ``cache`` (written there
+    first if missing: the examples without the S(Q,E) maps, a few MB where the database is
+    160 MB, for a sweep on another machine). The cache is a pickle: load only your own."""
+    import pickle
+
+    if cache is not None and Path(cache).exists():
+        with open(cache, "rb") as f:
+            return pickle.load(f)
+    structures, ys, formulas, facts = P.load_examples(db, targets)
+    facts.pop("maps", None)
+    if cache is not None:
+        from mlff_ins.atomic_io import atomic_path
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            pickle.dump((structures, ys, formulas, facts), f)
+    return structures, ys, formulas, facts
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("db")
@@ -75,6 +97,13 @@ def main():
     ap.add_argument("--out", default="runs/predictor_data_curve.jsonl")
     ap.add_argument("--force-sets", nargs="*", default=[], metavar="DIR")
     ap.add_argument("--hyper", type=json.loads, default={}, metavar="JSON")
+    ap.add_argument("--device", default="cpu", help="where the member trains (cpu, cuda)")
+    ap.add_argument("--cache", type=Path, metavar="FILE.pkl",
+                    help="read the examples from this pickle (made from DB on first use; DB is "
+                         "then not needed)")
+    ap.add_argument("--train", type=json.loads, default={}, metavar="JSON",
+                    help="training settings to override: weight_decay, lr, batch_size, "
+                         "repeat_elemental")
     ap.add_argument("--show", nargs="*", default=[], metavar="KEY",
                     help="database keys (e.g. bulk:Si) whose MSE each row also records, "
                          "whatever their split")
@@ -84,7 +113,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     targets = P.TARGETS
-    structures, ys, formulas, facts = P.load_examples(args.db, targets)
+    structures, ys, formulas, facts = load(args.db, targets, args.cache)
     split = P.composition_split(formulas, [P.structure_family(k) for k in facts["keys"]])
     hyper = {**default_hyper(len(P.GRID_EDGES_INVCM) - 1), **args.hyper, "n_blocks": len(targets)}
     hyper["n_out"] = hyper["n_blocks"] * (len(P.GRID_EDGES_INVCM) - 1)
@@ -96,9 +125,21 @@ def main():
     blocks = P.scored_blocks(targets)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["fraction"], r["seed"], json.dumps(r.get("hyper", {}), sort_keys=True))
+    settings = {"weight_decay": P.WEIGHT_DECAY, "lr": 5e-3, "batch_size": 16,
+                "repeat_elemental": 1}
+    unknown = set(args.train) - set(settings)
+    if unknown:
+        ap.error(f"--train: unknown setting(s) {', '.join(sorted(unknown))}; known: "
+                 + ", ".join(settings))
+    settings.update(args.train)
+    repeat = int(settings.pop("repeat_elemental"))
+    if args.epochs != 100:          # part of the variant, as the settings are
+        args.train = {**args.train, "epochs": args.epochs}
+    key = lambda h, t: json.dumps({**h, **({"train": t} if t else {})},  # noqa: E731
+                                  sort_keys=True)
+    done = {(r["fraction"], r["seed"], key(r.get("hyper", {}), r.get("train", {})))
             for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
-    variant = json.dumps(args.hyper, sort_keys=True)
+    variant = key(args.hyper, args.train)
     for seed in args.seeds:
         order = np.random.default_rng(seed).permutation(idx["train"])
         for frac in args.fractions:
@@ -113,10 +154,13 @@ def main():
             torch.manual_seed(seed)
             model = SpectrumNetwork(h)
             t0 = time.perf_counter()
-            P.train_member(model, [data[i] for i in train], [data[i] for i in idx["valid"]],
-                           epochs=args.epochs, batch_size=16, lr=5e-3,
-                           weight_decay=P.WEIGHT_DECAY, seed=seed)
-            row = {"fraction": frac, "seed": seed, "hyper": args.hyper, "n_train": len(train),
+            seen = [i for i in train
+                    for _ in range(repeat if len(set(structures[i].numbers)) == 1 else 1)]
+            P.train_member(model, [data[i] for i in seen], [data[i] for i in idx["valid"]],
+                           epochs=args.epochs, seed=seed, device=args.device, **settings)
+            model.cpu()                     # scored on the CPU, as a predictor folder is
+            row = {"fraction": frac, "seed": seed, "hyper": args.hyper, "train": args.train,
+                   "n_train": len(train), "device": args.device,
                    "seconds": round(time.perf_counter() - t0, 1)}
             saved = {} if args.save else None
             for part in ("valid", "test"):

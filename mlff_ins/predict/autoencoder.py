@@ -90,15 +90,16 @@ class MapAutoencoder(torch.nn.Module):
 
 def train_autoencoder(model: MapAutoencoder, train: np.ndarray, valid: np.ndarray, *,
                       epochs: int, batch_size: int = 16, lr: float = 2e-3, seed: int = 0,
-                      progress=None) -> dict:
-    """MSE on brightened maps with Adam; the best validation state is kept."""
+                      progress=None, device="cpu") -> dict:
+    """MSE on brightened maps with Adam, on ``device``; the best validation state is kept."""
     import copy
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.97)
-    tr, va = torch.as_tensor(train), torch.as_tensor(valid)
+    tr, va = torch.as_tensor(train, device=device), torch.as_tensor(valid, device=device)
     best, best_state, history = np.inf, None, []
     for epoch in range(epochs):
         model.train()

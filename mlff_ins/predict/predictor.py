@@ -229,20 +229,23 @@ def partial_targets(entry: dict, atoms, targets, edges, energy) -> tuple[np.ndar
 
 
 def train_member(model, train, valid, *, epochs: int, batch_size: int, lr: float,
-                 weight_decay: float, seed: int, progress=None) -> dict:
-    """AdamW with exponential decay (Chen 2021), best validation state kept."""
+                 weight_decay: float, seed: int, progress=None, device="cpu") -> dict:
+    """AdamW with exponential decay (Chen 2021), best validation state kept. The model is
+    moved to ``device`` and trained there; it is left there, with the best state loaded."""
     import copy
 
     import torch
 
     from mlff_ins.predict.network import collate
 
+    model.to(device)
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.96)
     dtype = next(model.parameters()).dtype
-    vbatch = [(collate([g for g, _ in valid[k:k + 64]], dtype),
-               torch.as_tensor(np.array([y for _, y in valid[k:k + 64]]), dtype=dtype))
+    vbatch = [(collate([g for g, _ in valid[k:k + 64]], dtype, device),
+               torch.as_tensor(np.array([y for _, y in valid[k:k + 64]]), dtype=dtype,
+                               device=device))
               for k in range(0, len(valid), 64)]
 
     def valid_mse():       # the monitored figure: the crystal spectra alone
@@ -261,8 +264,9 @@ def train_member(model, train, valid, *, epochs: int, batch_size: int, lr: float
         total = 0.0
         for k in range(0, len(order), batch_size):
             idx = order[k:k + batch_size]
-            batch = collate([train[i][0] for i in idx], dtype)
-            target = torch.as_tensor(np.array([train[i][1] for i in idx]), dtype=dtype)
+            batch = collate([train[i][0] for i in idx], dtype, device)
+            target = torch.as_tensor(np.array([train[i][1] for i in idx]), dtype=dtype,
+                                     device=device)
             opt.zero_grad()
             loss, mse = _loss(model, batch, target)
             loss.backward()
@@ -283,10 +287,11 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
                     batch_size: int = 16, lr: float = 5e-3, weight_decay: float = WEIGHT_DECAY,
                     seed: int = 0, hyper: dict | None = None, limit: int | None = None,
                     two_d: bool = True, ae_epochs: int | None = None,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, device="cpu") -> dict:
     """Train ``members`` networks on database ``db`` (and, with ``two_d``, the S(Q,E)
-    autoencoder and ``members`` latent networks) and write the predictor folder ``out_dir``
-    with its report; returns the metadata written to ``predictor.json``."""
+    autoencoder and ``members`` latent networks) on ``device`` and write the predictor folder
+    ``out_dir`` with its report; returns the metadata written to ``predictor.json``. The
+    weights are saved as CPU tensors and evaluated on the CPU, whatever ``device``."""
     import torch
 
     from mlff_ins.predict.network import SpectrumNetwork, default_hyper, graph
@@ -333,11 +338,12 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
             bar, tick = _epoch_bar(f"member {k + 1}/{members}", epochs, progress)
             fit = train_member(model, [data[i] for i in train_idx], [data[i] for i in idx["valid"]],
                                epochs=epochs, batch_size=batch_size, lr=lr,
-                               weight_decay=weight_decay, seed=seed + k, progress=tick)
+                               weight_decay=weight_decay, seed=seed + k, progress=tick,
+                               device=device)
             bar.close()
             name = f"member_{k}.pt"
             with atomic_path(out_dir / name) as tmp:
-                torch.save(model.state_dict(), tmp)
+                torch.save(_cpu_state(model), tmp)
             member_files.append(name)
             fits.append(fit)
         two_d_meta = None
@@ -345,7 +351,7 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
             two_d_meta = _train_two_d(out_dir, graphs, facts, idx, hyper, members=members,
                                       epochs=epochs, ae_epochs=ae_epochs or epochs,
                                       batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                      seed=seed, progress=progress)
+                                      seed=seed, progress=progress, device=device)
         stats = _training_stats(structures, train_idx, hyper["cutoff_A"])
         meta = {"code_version": __version__, "kind": "mlff-ins predictor", "targets": list(targets),
                 "grid_edges_invcm": GRID_EDGES_INVCM.tolist(), "hyper": hyper,
@@ -354,8 +360,8 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
                 "split_sizes": {s: len(v) for s, v in idx.items()},
                 "members": member_files, "training": {"epochs": epochs, "batch_size": batch_size,
                                                       "lr": lr, "weight_decay": weight_decay,
-                                                      "seed": seed, "seconds":
-                                                      time.perf_counter() - t0},
+                                                      "seed": seed, "device": str(device),
+                                                      "seconds": time.perf_counter() - t0},
                 "best_valid_mse": [f["best_valid_mse"] for f in fits],
                 # the members' spectra combine bin by bin by their median: on the shipped
                 # predictor's validation crystals it beat the mean (docs/benchmarks.md)
@@ -410,8 +416,13 @@ LATENT_COLLAPSE = 0.95
 LATENT_ATTEMPTS = 3
 
 
+def _cpu_state(model) -> dict:
+    """A model's state dict as CPU tensors (what a predictor folder holds)."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 def _train_two_d(out_dir, graphs, facts, idx, hyper, *, members, epochs, ae_epochs, batch_size,
-                 lr, weight_decay, seed, progress) -> dict:
+                 lr, weight_decay, seed, progress, device="cpu") -> dict:
     """The autoencoder on the training maps, then ``members`` latent networks on their codes."""
     import torch
     from tqdm.auto import tqdm
@@ -429,11 +440,11 @@ def _train_two_d(out_dir, graphs, facts, idx, hyper, *, members, epochs, ae_epoc
 
     ae_fit = train_autoencoder(ae, maps[idx["train"]], maps[idx["valid"]], epochs=ae_epochs,
                                batch_size=batch_size, seed=seed,
-                               progress=lambda *_: bar.update(1))
+                               progress=lambda *_: bar.update(1), device=device)
     bar.close()
     with atomic_path(out_dir / "autoencoder.pt") as tmp:
-        torch.save(ae.state_dict(), tmp)
-    ae.eval()
+        torch.save(_cpu_state(ae), tmp)
+    ae.cpu().eval()
     with torch.no_grad():
         codes = ae.encode(torch.as_tensor(maps)).numpy()
         recon = ae(torch.as_tensor(maps[idx["test"]])).numpy() if idx["test"] else None
@@ -458,14 +469,14 @@ def _train_two_d(out_dir, graphs, facts, idx, hyper, *, members, epochs, ae_epoc
             fit = train_member(model, [data[i] for i in idx["train"]],
                                [data[i] for i in idx["valid"]], epochs=epochs,
                                batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                               seed=member_seed, progress=tick)
+                               seed=member_seed, progress=tick, device=device)
             bar.close()
             if fit["best_valid_mse"] < LATENT_COLLAPSE * fit["history"][0]["valid_mse"]:
                 break
         restarts.append(attempt)
         name = f"latent_{k}.pt"
         with atomic_path(out_dir / name) as tmp:
-            torch.save(model.state_dict(), tmp)
+            torch.save(_cpu_state(model), tmp)
         files.append(name)
         fits.append(fit["best_valid_mse"])
     return {"autoencoder": "autoencoder.pt", "autoencoder_hyper": ae_hyper,
