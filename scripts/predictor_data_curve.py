@@ -135,11 +135,19 @@ def main():
     repeat = int(settings.pop("repeat_elemental"))
     if args.epochs != 100:          # part of the variant, as the settings are
         args.train = {**args.train, "epochs": args.epochs}
+    # a row is keyed by the whole network it trained and its training settings, so that a
+    # change of network.default_hyper cannot make an old row stand for a new network (rows
+    # without "network" were trained with the defaults of 2026-12-04: 5 Å, 10 radial basis
+    # functions)
+    base = default_hyper(len(P.GRID_EDGES_INVCM) - 1)
+    legacy = {**base, "cutoff_A": 5.0, "number_of_basis": 10}
     key = lambda h, t: json.dumps({**h, **({"train": t} if t else {})},  # noqa: E731
                                   sort_keys=True)
-    done = {(r["fraction"], r["seed"], key(r.get("hyper", {}), r.get("train", {})))
+    done = {(r["fraction"], r["seed"], key(r.get("network", {**legacy, **r.get("hyper", {})}),
+                                           r.get("train", {})))
             for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
-    variant = key(args.hyper, args.train)
+    network = {**base, **args.hyper}
+    variant = key(network, args.train)
     for seed in args.seeds:
         order = np.random.default_rng(seed).permutation(idx["train"])
         for frac in args.fractions:
@@ -159,7 +167,8 @@ def main():
             P.train_member(model, [data[i] for i in seen], [data[i] for i in idx["valid"]],
                            epochs=args.epochs, seed=seed, device=args.device, **settings)
             model.cpu()                     # scored on the CPU, as a predictor folder is
-            row = {"fraction": frac, "seed": seed, "hyper": args.hyper, "train": args.train,
+            row = {"fraction": frac, "seed": seed, "hyper": args.hyper, "network": network,
+                   "train": args.train,
                    "n_train": len(train), "device": args.device,
                    "seconds": round(time.perf_counter() - t0, 1)}
             saved = {} if args.save else None
