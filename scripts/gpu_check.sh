@@ -2,7 +2,8 @@
 # The GPU checks of mlff-ins, in one run on a machine with an NVIDIA GPU (the development
 # machine's `device` tool: wheels carried in .whl/, results written to $OUT). On an ordinary GPU
 # machine with the package installed, run it with OUT=some/folder and no .whl/.
-#   1. the CUDA tests (model forces on cuda equal cpu; correlate on cuda equals cpu; md --device)
+#   1. the CUDA tests (model forces on cuda equal cpu; correlate on cuda equals cpu; md --device;
+#      predictor training on cuda equals cpu)
 #   2. python -m mlff_ins.bench md on cuda with the shipped Si reference model (512 to 32768 atoms)
 #   3. python -m mlff_ins.bench spectra on cuda (dynasor on the machine's CPU cores beside it)
 set -uo pipefail
@@ -21,7 +22,8 @@ fi
   echo "== CUDA tests"
   timeout 240 python3 -m pytest -p no:cacheprovider -o addopts="" -q -ra \
     tests/test_model.py::test_cuda_matches_cpu tests/test_spectra_physics.py::test_cuda_equals_cpu \
-    tests/test_md.py::test_md_device_auto_and_structures_it_cannot_run
+    tests/test_md.py::test_md_device_auto_and_structures_it_cannot_run \
+    tests/test_predictor.py::test_training_on_cuda_equals_cpu_and_saves_cpu_weights
   echo "== bench md (cuda)"
   timeout 200 python3 -m mlff_ins.bench md --model mlff_ins/resources/si/reference_model \
     --device cuda --reps 4,8,16 --atom-steps 200000 --steps 20 --repeats 2
