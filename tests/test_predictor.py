@@ -548,6 +548,13 @@ def test_predictor_train_rejects_a_negative_weight_decay(small_predictor, tmp_pa
     err = capsys.readouterr().err.strip()
     assert "--weight-decay -1" in err and len(err.splitlines()) == 1
     assert not out.exists()
+    # a device this machine lacks, or no device at all, is the same kind of line
+    for device, needle in (("cuda:99" if torch.cuda.is_available() else "cuda", "--device cuda"),
+                           ("tpu", "--device 'tpu'")):
+        assert main(["predictor", "train", str(db), "-o", str(out), "--device", device]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+        assert not out.exists()
 
 
 def test_a_predictor_of_the_dos_alone_is_refused(small_predictor, tmp_path):
