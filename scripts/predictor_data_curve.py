@@ -159,10 +159,6 @@ def main():
                                                 for i in train]))
             base = P.mean_training_spectrum([ys[i] for i in train], len(targets))
             h["baseline"] = base.ravel().round(6).tolist()
-            if h.get("element_baseline"):
-                h["element_baseline"] = P.element_training_spectra(
-                    [structures[i] for i in train], [facts["partials"][i] for i in train],
-                    [ys[i] for i in train])
             torch.manual_seed(seed)
             model = SpectrumNetwork(h)
             t0 = time.perf_counter()

@@ -141,48 +141,6 @@ def test_a_residual_network_starts_as_the_baseline_and_keeps_it_when_training_hu
     assert float(net.gain.detach()) == 0.0                          # and the start was kept
 
 
-def test_element_spectra_are_per_atom_partials_and_the_untrained_prior_mixes_them():
-    """element_training_spectra: an element's spectrum is the mean over the crystals holding it
-    of its per-atom partial (partial x atoms / its atoms), or of the crystal's total for a block
-    without partials (NaN); a network with ``element_baseline`` predicts, untrained, the
-    composition-weighted mean of its elements' spectra, max-normalised per block (float32
-    buffer: to 1e-6), and the shared baseline for an element training never saw."""
-    from ase import Atoms
-
-    from mlff_ins.predict.predictor import element_training_spectra
-
-    rng = np.random.default_rng(0)
-    cu3au = Atoms("Cu3Au", cell=np.eye(3) * 3.7, pbc=True,
-                  scaled_positions=[[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
-    cu = Atoms("Cu", cell=np.eye(3) * 2.5, pbc=True)
-    # crystal 1: Cu (slot 0, 3 atoms) and Au (slot 1); block 0 with partials, block 1 without
-    p1 = rng.uniform(0.1, 1.0, (2, 2, 6))
-    p1[:, 1] = np.nan
-    t1 = rng.uniform(0.1, 1.0, (2, 6))
-    p2 = rng.uniform(0.1, 1.0, (1, 2, 6))                    # crystal 2: Cu alone, both blocks
-    t2 = rng.uniform(0.1, 1.0, (2, 6))
-    spectra = element_training_spectra([cu3au, cu], [(np.array([0, 0, 0, 1]), p1),
-                                                     (np.array([0]), p2)], [t1, t2])
-    assert sorted(spectra) == ["29", "79"]
-    got_cu = np.reshape(spectra["29"], (2, 6))
-    np.testing.assert_allclose(got_cu[0], (p1[0, 0] * 4 / 3 + p2[0, 0]) / 2, atol=1e-6)
-    np.testing.assert_allclose(got_cu[1], (t1[1] + p2[0, 1]) / 2, atol=1e-6)
-    np.testing.assert_allclose(np.reshape(spectra["79"], (2, 6)), [p1[1, 0] * 4, t1[1]],
-                               atol=1e-6)
-
-    base = np.linspace(1.0, 0.2, 12)
-    net = SpectrumNetwork({**default_hyper(12), "n_blocks": 2, "cutoff_A": 4.0,
-                           "baseline": base.tolist(), "element_baseline": spectra}).eval()
-    with torch.no_grad():
-        mixed = net(collate([graph(cu3au, 4.0)])).numpy().reshape(2, 6)
-        alone = net(collate([graph(bulk("Ag", "fcc", 4.09), 4.0)])).numpy().ravel()
-    want = (3 * got_cu + np.reshape(spectra["79"], (2, 6))) / 4
-    np.testing.assert_allclose(mixed, want / want.max(axis=1, keepdims=True), atol=1e-6)
-    shared = base.reshape(2, 6)
-    np.testing.assert_allclose(alone, (shared / shared.max(axis=1, keepdims=True)).ravel(),
-                               atol=1e-6)
-
-
 def test_a_rezero_latent_head_starts_at_the_mean_code_and_learns():
     """A latent head (the S(Q,E) code network) with ``rezero`` predicts code 0 (the training
     mean of the standardised codes) for any crystal before training, and a few steps of

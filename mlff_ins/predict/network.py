@@ -12,10 +12,7 @@ gives the same spectrum and each element's share of the mean is its partial spec
 are max-normalised at the end (the targets are too), as in the papers. With ``hyper['baseline']``
 (the mean training spectrum) the network learns the residual from that one spectrum for all,
 through a gain that starts at zero: it starts as the baseline a useful predictor must beat.
-With ``hyper['element_baseline']`` (each element's mean per-atom training spectrum,
-:func:`mlff_ins.predict.predictor.element_training_spectra`) an atom's residual is taken from its
-own element's spectrum instead, so the untrained network predicts the composition-weighted mean
-of its elements' spectra. With ``hyper['basis']`` each atom's output is a combination of that many Gaussians spread over
+With ``hyper['basis']`` each atom's output is a combination of that many Gaussians spread over
 each target's bins (as wide as their spacing) rather than one free value per bin: smooth by
 construction, where free bins learned bin-to-bin noise from a few hundred crystals.
 
@@ -135,16 +132,7 @@ class SpectrumNetwork(torch.nn.Module):
             # training spectrum and training moves away from it only as far as it helps
             base = torch.as_tensor(np.clip(np.asarray(hyper["baseline"], dtype=np.float64),
                                            1e-4, None).ravel())
-            logit = lambda b: (b + torch.log(-torch.expm1(-b))).float()  # noqa: E731
-            self.register_buffer("base_logit", logit(base))
-            if isinstance(hyper.get("element_baseline"), dict):
-                # a prior per element (predictor.element_training_spectra): row Z - 1 holds
-                # element Z's spectrum, the shared baseline for elements training never saw
-                table = base.repeat(int(hyper["n_species"]), 1)
-                for z, spec in hyper["element_baseline"].items():
-                    table[int(z) - 1] = torch.as_tensor(
-                        np.clip(np.asarray(spec, dtype=np.float64), 1e-4, None))
-                self.register_buffer("element_logit", logit(table))
+            self.register_buffer("base_logit", (base + torch.log(-torch.expm1(-base))).float())
             self.gain = torch.nn.Parameter(torch.zeros(()))
         if hyper.get("head") == "latent" and hyper.get("rezero"):
             # a latent head starts at the mean code (outputs are standardised codes) with the
@@ -181,9 +169,7 @@ class SpectrumNetwork(torch.nn.Module):
         if hasattr(self, "basis_matrix"):
             x = (x.reshape(len(x), -1, self.basis_matrix.shape[1])
                  @ self.basis_matrix.T).reshape(len(x), -1)
-        if hasattr(self, "element_logit"):
-            x = self.gain * x + self.element_logit[data["z"] - 1]
-        elif hasattr(self, "gain"):
+        if hasattr(self, "gain"):
             x = self.gain * x + self.base_logit
         return torch.nn.functional.softplus(x)
 

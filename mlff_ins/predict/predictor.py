@@ -321,12 +321,6 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
         # learn the residual from the mean training spectrum (SpectrumNetwork);
         # hyper={"baseline": None} trains the plain network
         hyper["baseline"] = baseline.ravel().round(6).tolist()
-        if hyper.get("element_baseline"):
-            # each element starts from its own mean spectrum instead (hyper key
-            # element_baseline: true asks for it; the spectra replace the flag)
-            hyper["element_baseline"] = element_training_spectra(
-                [structures[i] for i in train_idx], [facts["partials"][i] for i in train_idx],
-                [ys[i] for i in train_idx])
     data = [({**g, "elem_slot": slot, "partial": part}, y.reshape(len(targets), -1))
             for g, y, (slot, part) in zip(graphs, ys, facts["partials"])]
     final = Path(out_dir)
@@ -583,30 +577,6 @@ def mean_training_spectrum(train_targets, n_blocks: int) -> np.ndarray:
     mean = np.mean([np.reshape(y, (n_blocks, -1)) for y in train_targets], axis=0)
     peak = mean.max(axis=1, keepdims=True)
     return mean / np.where(peak > 0, peak, 1.0)
-
-
-def element_training_spectra(structures, partials, targets) -> dict[str, list]:
-    """{atomic number: (n_blocks * bins) spectrum} of each element of the training crystals,
-    per target block the mean over the crystals holding the element of its per-atom partial
-    (the element partial times the atoms in the cell over the element's own atoms, on the
-    crystal's max-normalised scale) where the database has partials for that block, else of the
-    crystals' (max-normalised) totals (TOSCA: no partials stored). The prior of a network with
-    ``hyper["element_baseline"]``: an untrained one predicts each crystal the composition-
-    weighted mean of its elements' spectra."""
-    sums, counts = {}, {}
-    for atoms, (slot, part), y in zip(structures, partials, targets):
-        total = np.reshape(y, (part.shape[1], -1))
-        for j in range(len(part)):
-            mine = slot == j
-            if not mine.any():
-                continue
-            z = int(atoms.numbers[np.flatnonzero(mine)[0]])
-            per_atom = np.asarray(part[j], dtype=float) * len(slot) / mine.sum()
-            known = np.isfinite(per_atom).all(axis=1)[:, None]          # per block
-            sums.setdefault(z, np.zeros_like(total, dtype=float))
-            counts[z] = counts.get(z, 0) + 1
-            sums[z] += np.where(known, per_atom, total)
-    return {str(z): (sums[z] / counts[z]).ravel().round(6).tolist() for z in sorted(sums)}
 
 
 def scored_blocks(targets) -> list[int]:
