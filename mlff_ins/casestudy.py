@@ -597,12 +597,28 @@ def prune(study: Study, min_bytes: int = PRUNE_MIN_BYTES, log=print) -> int:
     return freed
 
 
+def source_digest(package: Path | None = None) -> str:
+    """SHA-256 (first 16 hex digits) of the package's Python sources: their paths inside the
+    package and their bytes, in path order. The same code gives the same digest on any machine,
+    installed or checked out, whatever its git history (a copy of a working tree can carry a
+    stale .git: a run on the lent GPU machine recorded a commit its code was not)."""
+    import hashlib
+
+    package = Path(package) if package else Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def code_version() -> dict:
-    """{"mlff_ins": version} and, when the package runs from a git checkout, "git_commit" and
-    "git_dirty" (uncommitted changes to the package's own files)."""
+    """{"mlff_ins": version, "source_sha256": :func:`source_digest`} and, when the package runs
+    from a git checkout, "git_commit" and "git_dirty" (uncommitted changes to the package's own
+    files)."""
     from mlff_ins import __version__
 
-    info = {"mlff_ins": __version__}
+    info = {"mlff_ins": __version__, "source_sha256": source_digest()}
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return info
@@ -641,6 +657,8 @@ def _code_text(code: dict) -> str:
     if code.get("git_commit"):
         modified = ", modified" if code.get("git_dirty") else ""
         text += f" (commit {code['git_commit'][:10]}{modified})"
+    if code.get("source_sha256"):
+        text += f" [sources {code['source_sha256']}]"
     if code.get("device"):
         text += f" on {code['device']}"
     return text

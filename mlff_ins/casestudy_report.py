@@ -360,13 +360,15 @@ def _code_lines(out: Path) -> list[str]:
     if not runs:
         return []
     lines = ["## Code", "", "The runs of this study (a step done by an earlier run keeps its "
-             "outputs):", ""]
+             "outputs; \"sources\" is the SHA-256 of the package's Python files, equal for "
+             "equal code on any machine):", ""]
     for r in runs:
         commit = r.get("git_commit")
         lines.append(f"- {r.get('started')}: mlff-ins {r.get('mlff_ins')}"
                      + (f", commit {commit[:12]}" + (" with uncommitted changes"
                                                      if r.get("git_dirty") else "")
                         if commit else "")
+                     + (f", sources {r['source_sha256']}" if r.get("source_sha256") else "")
                      + (f", models on {r['device']}" if r.get("device") else ""))
     return lines + [""]
 

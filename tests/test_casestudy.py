@@ -147,6 +147,10 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     assert len(runs) == 2 and all(r["mlff_ins"] == __version__ for r in runs)
     # and the device its models ran on (a study may move to a GPU when resumed)
     assert [r["device"] for r in runs] == ["cpu", "cpu"] and ", models on cpu" in text
+    # and the digest of its sources, which names the code where a commit can mislead
+    from mlff_ins.casestudy import source_digest
+    assert {r["source_sha256"] for r in runs} == {source_digest()}
+    assert f", sources {source_digest()}" in text
     # a comparison made again (removed, as to redo it with a new predictor) makes the report
     # again, and nothing else runs (but the glass check, which makes no file and always runs)
     (out / "vacancy" / "compare_s_e" / "metrics.json").unlink()
@@ -367,3 +371,30 @@ def test_a_stopped_md_step_keeps_the_time_it_ran(tmp_path, monkeypatch):
         # call's own overhead (well under a second)
         assert [a[a.index("-o") + 1] for a in ran] == [str(study.out / "a-si/quench.h5md")] * sitting
         assert 0.3 * sitting <= timings["a-Si: melt-quench MD"] < 0.3 * sitting + 1.0
+
+
+def test_the_source_digest_follows_the_code_not_its_place(tmp_path):
+    """source_digest: a copy of the package's Python files elsewhere has the digest of the
+    package itself; a changed byte in one file, or a renamed file, changes it; files that are
+    not Python (data, caches) do not count."""
+    import shutil
+
+    import mlff_ins
+    from mlff_ins.casestudy import source_digest
+
+    package = Path(mlff_ins.__file__).parent
+    copy = tmp_path / "copy"
+    for path in package.rglob("*.py"):
+        target = copy / path.relative_to(package)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    assert source_digest(copy) == source_digest()
+    (copy / "resources").mkdir(exist_ok=True)
+    (copy / "resources" / "weights.bin").write_bytes(b"\0" * 10)
+    assert source_digest(copy) == source_digest()
+    cli = copy / "cli.py"
+    cli.write_bytes(cli.read_bytes() + b" ")
+    changed = source_digest(copy)
+    assert changed != source_digest()
+    cli.rename(copy / "cli_renamed.py")
+    assert source_digest(copy) not in (changed, source_digest())
