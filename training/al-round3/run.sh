@@ -32,6 +32,11 @@ F=$HERE/frames_unlabelled.xyz
 LABELS=mlff_ins/resources/si/si_cp2k_pbe_k222_al3.xyz
 STEP=${1:-all}
 mkdir -p "$RUN"
+# runs/ does not survive between sessions: the four MD runs the frames were selected from are
+# kept in training/al-round3/md/ and put back here when missing
+for t in asi64 liquid_2500K asi64_900K vac63_1200K; do
+  [ -f "$RUN/$t.h5md" ] || [ ! -f training/al-round3/md/$t.h5md ] || cp training/al-round3/md/$t.h5md "$RUN/"
+done
 
 # bash does not pass a SIGTERM on to a foreground child: run each long command in the
 # background and forward it, so that `kill` of this script stops the command too
