@@ -139,15 +139,17 @@ def main():
     # change of network.default_hyper cannot make an old row stand for a new network (rows
     # without "network" were trained with the defaults of 2026-12-04: 5 Å, 10 radial basis
     # functions)
-    base = default_hyper(len(P.GRID_EDGES_INVCM) - 1)
-    legacy = {**base, "cutoff_A": 5.0, "number_of_basis": 10}
-    key = lambda h, t: json.dumps({**h, **({"train": t} if t else {})},  # noqa: E731
-                                  sort_keys=True)
-    done = {(r["fraction"], r["seed"], key(r.get("network", {**legacy, **r.get("hyper", {})}),
-                                           r.get("train", {})))
+    defaults = default_hyper(len(P.GRID_EDGES_INVCM) - 1)
+    legacy = {**defaults, "cutoff_A": 5.0, "number_of_basis": 10}
+
+    def variant_key(network: dict, train: dict) -> str:
+        return json.dumps({**network, **({"train": train} if train else {})}, sort_keys=True)
+
+    done = {(r["fraction"], r["seed"],
+             variant_key(r.get("network", {**legacy, **r.get("hyper", {})}), r.get("train", {})))
             for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
-    network = {**base, **args.hyper}
-    variant = key(network, args.train)
+    network = {**defaults, **args.hyper}
+    variant = variant_key(network, args.train)
     for seed in args.seeds:
         order = np.random.default_rng(seed).permutation(idx["train"])
         for frac in args.fractions:
