@@ -54,7 +54,7 @@ import numpy as np
 from mlff_ins.atomic_io import write_text_atomic
 from mlff_ins.casestudy_report import DONE, TARGET_COMPARISON, read_done
 from mlff_ins.errors import InputError
-from mlff_ins.model.shipped import SHIPPED, resolve_model, shown_name
+from mlff_ins.model.shipped import SHIPPED, bundle_digest, resolve_model, shown_name
 
 STRUCTURES = ("c-Si", "a-Si", "vacancy")
 REFERENCE_MODEL = SHIPPED["si-reference"]
@@ -416,6 +416,11 @@ def run_study(study: Study, *, only: str | None = None, structures: list[str] | 
         study.model = default_model()
     # a shipped bundle is recorded by its name, so the study folder moves with the repository
     this = {"model": shown_name(str(study.model)), "size": asdict(study.size)}
+    # and by its digest: a shipped bundle replaced by a newer one (or a folder retrained in
+    # place) keeps its name, and the steps done with the old one would be kept beside new ones
+    digest = bundle_digest(study.model)
+    if digest:
+        this["model_sha256"] = digest
     if study.md_members:
         this["md_members"] = study.md_members
     recorded = study.out / "study.json"
@@ -439,10 +444,19 @@ def run_study(study: Study, *, only: str | None = None, structures: list[str] | 
                          if f.default is not MISSING}
         if isinstance(before.get("size"), dict):
             before["size"] = {**json.loads(json.dumps(size_defaults)), **before["size"]}
+        # a study recorded before the digest was: its model's version cannot be checked
+        if digest and "model_sha256" not in before and before.get("model") == this["model"]:
+            log(f"note: {recorded} does not record which version of {this['model']} made it "
+                f"(an earlier mlff-ins); its steps are taken as made by this one (bundle "
+                f"sha256 {digest})")
+            before["model_sha256"] = digest
         if before != json.loads(json.dumps(this)):
             now = json.loads(json.dumps(this))
             if before.get("model") != this["model"]:
                 what = f"model ({before.get('model')})"
+            elif before.get("model_sha256") != this.get("model_sha256"):
+                what = (f"version of {this['model']} (bundle sha256 "
+                        f"{before.get('model_sha256')}, here {this.get('model_sha256')})")
             elif before.get("size") != now["size"]:
                 old, new = before.get("size", {}), now["size"]
                 key = next(k for k in sorted(set(old) | set(new))

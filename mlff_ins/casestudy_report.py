@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mlff_ins.atomic_io import write_text_atomic
-from mlff_ins.model.shipped import shown_name
+from mlff_ins.model.shipped import bundle_digest, shown_name
 
 A_SI_VDOS_SOURCE = "Kamitakahara et al., Phys. Rev. B 36, 6539 (1987)"
 #: rms bond-angle deviation of a-Si from the tetrahedral angle (deg), from measured Raman TO
@@ -376,11 +376,13 @@ def _code_lines(out: Path) -> list[str]:
 def write_report(study, records: list[dict], timings: dict) -> Path:
     out = study.out
     size = study.size
+    digest = bundle_digest(study.model)
     lines = [
         "# Silicon case study: c-Si, a-Si and a vacancy, three routes to VISION spectra", "",
         f"Model: `{shown_name(str(study.model))}`"
         + (f" (the MD runs driven by member(s) {', '.join(map(str, study.md_members))} of it; "
            f"the phonon routes by every member)" if getattr(study, "md_members", None) else "")
+        + (f", bundle sha256 {digest}" if digest else "")
         + f". Size `{size.name}`: c-Si MD {size.n_crystal} atoms, "
         f"phonons in a {size.phonon_cells}³ conventional supercell; vacancy cell "
         f"{8 * size.defect_cells ** 3 - 1} atoms; a-Si {8 * size.amorphous_cells ** 3} atoms, "

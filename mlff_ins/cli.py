@@ -368,12 +368,12 @@ def _run_md(args) -> int:
         from mlff_ins.model.calculator import load_calculator
         calc = load_calculator(args.model, device=args.device, members=args.members)
         calc.check_elements(atoms, source=args.structure)
-        bundle_json = Path(args.model) / "bundle.json"
+        from mlff_ins.model.shipped import bundle_digest
         universal = getattr(calc, "bundle", {}).get("universal")
+        digest = bundle_digest(args.model)
         model_id = (f"universal {universal} {calc.bundle['package']} "
                     f"{calc.bundle['version']}" if universal else
-                    "bundle sha256:" + hashlib.sha256(bundle_json.read_bytes()).hexdigest()[:16]
-                    if bundle_json.is_file() else f"model {args.model}")
+                    f"bundle sha256:{digest}" if digest else f"model {args.model}")
         if args.members is not None:       # a resume must use the same members
             model_id += " members " + " ".join(map(str, args.members))
     else:

@@ -192,6 +192,25 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
                                          "None, here 20.0\\)"):
         run_study(study, log=log_old.append)
     (out / "study.json").write_text(recorded)
+    # the model is recorded by its bundle's digest too: the same name with another bundle (a
+    # newer shipped model) is another model; a study recorded before the digest was, is taken
+    from mlff_ins.model.shipped import bundle_digest
+    record = json.loads(recorded)
+    assert record["model_sha256"] == bundle_digest("si-reference") is not None
+    assert f"bundle sha256 {record['model_sha256']}" in (out / "report.md").read_text()
+    (out / "study.json").write_text(json.dumps({**record, "model_sha256": "0" * 16}))
+    with pytest.raises(InputError, match="another version of si-reference \\(bundle sha256 "
+                                         f"0{{16}}, here {record['model_sha256']}\\)"):
+        run_study(study, log=log_old.append)
+    del record["model_sha256"]
+    (out / "study.json").write_text(json.dumps(record))
+    log_old = []
+    run_study(study, log=log_old.append)
+    assert any("does not record which version of si-reference" in m for m in log_old)
+    assert not any("$ mlff-ins " in m for m in log_old)
+    assert json.loads((out / "study.json").read_text())["model_sha256"] == bundle_digest(
+        "si-reference")
+    (out / "study.json").write_text(recorded)
     # --structures: the shared steps and the named structures' only; the report waits
     (out / "vacancy" / "difference.h5").unlink()
     (out / "report.md").unlink()

@@ -267,5 +267,10 @@ def test_the_shipped_reference_model_by_name(tmp_path, monkeypatch, capsys):
                  "-o", str(tmp_path / "ge.h5")]) == 2
     err = capsys.readouterr().err
     assert "element Ge is not known to the model" in err and "reference_model" in err
+    # the name and the folder are one model to a resumed MD run or study (their identity is
+    # the bundle's digest); the user's own folder of that name is another
+    from mlff_ins.model.shipped import bundle_digest
+    assert bundle_digest("si-reference") == bundle_digest(folder) is not None
     (tmp_path / "si-reference").mkdir()
     assert resolve_model("si-reference") == "si-reference"
+    assert bundle_digest("si-reference") is None

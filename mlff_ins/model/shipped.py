@@ -7,6 +7,7 @@ of that name in the working directory wins over the shipped bundle.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -34,3 +35,14 @@ def shown_name(arg: str) -> str:
         if here == folder.resolve():
             return name
     return arg
+
+
+def bundle_digest(folder: str | os.PathLike) -> str | None:
+    """The first 16 hex digits of the SHA-256 of a bundle's ``bundle.json`` (which a new export
+    rewrites: its metrics and training record change), the identity by which an MD run or a
+    study tells a model from a later version in the same folder; None when ``folder`` (a shipped
+    name resolved) holds no bundle, as a universal potential's name."""
+    path = Path(resolve_model(str(folder))) / "bundle.json"
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]

@@ -8,7 +8,8 @@
 #      in round 3's test split for both (held out from both; each has siblings from the same MD
 #      stage in round 3's training, so NEW's numbers there are somewhat optimistic); then NEW on
 #      its whole test split (the k-point set's test frames, unchanged, plus round 3's), beside
-#      OLD's on the same frames;
+#      OLD's on the same frames; NEW's Si phonons (`bench phonons`, against the k-point labels
+#      and experiment; OLD's are in training/si-reference-k222/README.md);
 #   2. the ensemble force spread along run.sh's MD, both ensembles on the same stored frames
 #      (training/al-round2/spread_along.py);
 #   3. the a-Si VDOS and VISION S(E): the 64-atom cell run.sh's melt-quench made, 8 ps at 300 K
@@ -63,6 +64,12 @@ python -m mlff_ins.bench train --model "$NEW" --frames "$OUT/al3_test.xyz"
 echo "== round-2 and round-3 ensembles, the k-point set's test frames (unseen by both)"
 python -m mlff_ins.bench train --model "$OLD" --frames "$OUT/k222_test.xyz"
 python -m mlff_ins.bench train --model "$NEW" --frames "$OUT/k222_test.xyz"
+echo "== round-3 ensemble, Si phonons (the round must not cost the crystal what round 2 fixed)"
+if [ ! -f "$OUT/phonons_r3.txt" ]; then
+  python -m mlff_ins.bench phonons --model "$NEW" --no-speed --no-sevenn > "$OUT/phonons_r3.part"
+  mv "$OUT/phonons_r3.part" "$OUT/phonons_r3.txt"
+fi
+cat "$OUT/phonons_r3.txt"
 
 # 2. spread along round 3's MD, both ensembles on the same frames
 for traj in asi64 liquid_2500K asi64_900K vac63_1200K; do
