@@ -124,10 +124,10 @@ def thermal_properties(members, mesh, t_max: float = 1000.0, t_step: float = 10.
         m.run_mesh(mesh, is_gamma_center=True, is_mesh_symmetry=False)
         m.run_thermal_properties(t_min=0.0, t_max=t_max, t_step=t_step,
                                  exclude_gamma_acoustic=bool(acoustic))
-        tp = m.get_thermal_properties_dict()
-        temps = np.array(tp["temperatures"])
+        tp = m.thermal_properties      # kJ/mol and J/(K mol), as phonopy's dict had them
+        temps = np.array(tp.temperatures)
         for k in rows:
-            rows[k].append(np.array(tp[k]))
+            rows[k].append(np.array(getattr(tp, k)))
     n = len(symbols)
     out = {"temperature_K": temps, "formula": formula, "n_atoms_primitive": n,
            "units": {"heat_capacity": "J/(K mol)", "entropy": "J/(K mol)",
