@@ -12,8 +12,8 @@
 #      and experiment; OLD's are in training/si-reference-k222/README.md);
 #   2. the ensemble force spread along run.sh's MD, both ensembles on the same stored frames
 #      (training/al-round2/spread_along.py);
-#   3. the a-Si VDOS and VISION S(E): the 64-atom cell run.sh's melt-quench made, 8 ps at 300 K
-#      with each ensemble (same seed), overlaid and scored by `mlff-ins compare`, and their
+#   3. the a-Si VDOS and VISION S(E): the 64-atom glass of run.sh's second melt-quench, 8 ps at
+#      300 K with each ensemble (same seed), overlaid and scored by `mlff-ins compare`, and their
 #      structure (`mlff-ins structure`).
 #
 # About an hour on 2 cores; every MD and the spread table resume. Outputs in $RUN/eval/.
@@ -27,7 +27,7 @@ OUT=$RUN/eval
 mkdir -p "$OUT"
 # runs/ does not survive between sessions: the four MD runs the frames were selected from are
 # kept in training/al-round3/md/ and put back here when missing
-for t in asi64 liquid_2500K asi64_900K vac63_1200K; do
+for t in asi64 liquid_2500K asi64_900K vac63_1200K asi64_2500K; do
   [ -f "$RUN/$t.h5md" ] || [ ! -f training/al-round3/md/$t.h5md ] || cp training/al-round3/md/$t.h5md "$RUN/"
 done
 NEW=${2:-$OUT/round3_model}
@@ -72,13 +72,15 @@ fi
 cat "$OUT/phonons_r3.txt"
 
 # 2. spread along round 3's MD, both ensembles on the same frames
-for traj in asi64 liquid_2500K asi64_900K vac63_1200K; do
+for traj in asi64 liquid_2500K asi64_900K vac63_1200K asi64_2500K; do
   python training/al-round2/spread_along.py "$RUN/$traj.h5md" "$OLD" "$NEW" \
       -o "$OUT/spread_$traj.tsv" --every 5
 done
 
-# 3. a-Si at 300 K from the melt-quenched cell, with each ensemble
-[ -f "$OUT/asi64_quenched.xyz" ] || python - "$RUN/asi64.h5md" "$OUT/asi64_quenched.xyz" <<'PY'
+# 3. a-Si at 300 K from the second melt-quench's glass (run.sh glass; the first stayed a
+#    crystal), with each ensemble
+[ -f "$OUT/asi64_quenched.xyz" ] \
+    || python - "$RUN/asi64_2500K.h5md" "$OUT/asi64_quenched.xyz" <<'PY'
 import sys
 from ase.io import write
 from mlff_ins.data.h5md import frame_count, read_frame

@@ -17,12 +17,20 @@
 #      set plus these frames (`--init-from` on appended data: the k-point set keeps its split, so
 #      the round's test errors stay honest, and the new frames are split among themselves).
 #
+#   2b. (`glass`) the first melt-quench never melted (a superheated crystal at 2000 K; its
+#      "melt", "quench", "300 K" and 900 K frames are crystal frames, relabelled diamond_al3_*):
+#      a second one melted at 2500 K (melt_quench_64_2500K.yaml, seed 35), checked to be a
+#      glass by `mlff-ins structure` before its quench 6, anneal 2 and production 4 most
+#      uncertain frames are taken (frames_unlabelled_glass.xyz) and labelled by CP2K into
+#      mlff_ins/resources/si/si_cp2k_pbe_k222_al3_glass.xyz;
+#
 # Every step resumes (MD with --resume, the labelling frame by frame, the training with
 # --resume): rerun after a kill. Then `bash training/al-round3/evaluate.sh` (before/after on the
 # new held-out frames, spread along the MD, the a-Si VDOS and S(E)) and, if it is better, ship:
 # `mlff-ins train training/si-reference-k222-al3.yaml -o training/si-reference-k222-al3 --export
 # mlff_ins/resources/si/reference_model.new`, benchmark it, and move it into place.
-# Usage: bash training/al-round3/run.sh [STEP]   (STEP: md, select, label, train; default all)
+# Usage: bash training/al-round3/run.sh [STEP]   (STEP: md, select, label, glass, train;
+# default all)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HERE=training/al-round3
@@ -30,11 +38,13 @@ RUN=${RUN:-runs/al3}
 MODEL=mlff_ins/resources/si/reference_model
 F=$HERE/frames_unlabelled.xyz
 LABELS=mlff_ins/resources/si/si_cp2k_pbe_k222_al3.xyz
+FG=$HERE/frames_unlabelled_glass.xyz
+LABELS_GLASS=mlff_ins/resources/si/si_cp2k_pbe_k222_al3_glass.xyz
 STEP=${1:-all}
 mkdir -p "$RUN"
 # runs/ does not survive between sessions: the four MD runs the frames were selected from are
 # kept in training/al-round3/md/ and put back here when missing
-for t in asi64 liquid_2500K asi64_900K vac63_1200K; do
+for t in asi64 liquid_2500K asi64_900K vac63_1200K asi64_2500K; do
   [ -f "$RUN/$t.h5md" ] || [ ! -f training/al-round3/md/$t.h5md ] || cp training/al-round3/md/$t.h5md "$RUN/"
 done
 
@@ -58,8 +68,7 @@ if len(b["members"]) < 3 or not any(str(f).endswith("si_cp2k_pbe_k222.xyz") for 
     sys.exit(f"{sys.argv[1]}: not the round-2 k-point ensemble this round starts from")
 PY
 
-if [ "$STEP" = all ] || [ "$STEP" = md ]; then
-  python - "$RUN" <<'PY'
+python - "$RUN" <<'PY'
 import sys
 from pathlib import Path
 from ase.build import bulk
@@ -72,7 +81,26 @@ if not (run / "vac63.xyz").exists():
                if a.info.get("config_type") == "vacancy")
     write(run / "vac63.xyz", vac)
 PY
-  md() { fwd nice -n 10 mlff-ins md "$@" --model "$MODEL" --members 0 --resume; }
+
+md() { fwd nice -n 10 mlff-ins md "$@" --model "$MODEL" --members 0 --resume; }
+sel() { fwd nice -n 10 mlff-ins select "$@" --model "$MODEL"; }
+# the selections of one trajectory into one extxyz
+gather() {
+  python - "$@" <<'PY'
+import sys
+from ase.io import read, write
+from mlff_ins.atomic_io import atomic_path
+out, parts = sys.argv[1], sys.argv[2:]
+frames = [a for p in parts for a in read(p, ":")]
+with atomic_path(out) as tmp:
+    write(tmp, frames, format="extxyz")
+print(f"{out}: {len(frames)} frames, max force spread "
+      + ", ".join(f"{a.info['config_type']} {a.info['max_force_std']:.2f}" for a in frames)
+      + " eV/Å")
+PY
+}
+
+if [ "$STEP" = all ] || [ "$STEP" = md ]; then
   md "$RUN/si64.xyz" --protocol training/al-round1/melt_quench_64.yaml --seed 31 \
      -o "$RUN/asi64.h5md"
   md "$RUN/si64.xyz" -T 2500 --dt 1 --steps 3000 --every 20 --seed 32 -o "$RUN/liquid_2500K.h5md"
@@ -80,29 +108,17 @@ PY
   md "$RUN/vac63.xyz" -T 1200 --dt 2 --steps 2000 --every 10 --seed 34 -o "$RUN/vac63_1200K.h5md"
 fi
 
+# (the first melt-quench stayed crystalline: its frames are named diamond_al3_* for what they are)
 if { [ "$STEP" = all ] || [ "$STEP" = select ]; } && [ ! -f "$F" ]; then
-  sel() { fwd nice -n 10 mlff-ins select "$@" --model "$MODEL"; }
-  sel "$RUN/asi64.h5md" --stage melt --top 3 --config-type liquid_al3_2000K -o "$RUN/sel_melt.xyz"
-  sel "$RUN/asi64.h5md" --stage quench --top 5 --config-type amorphous_al3_quench \
+  sel "$RUN/asi64.h5md" --stage melt --top 3 --config-type diamond_al3_2000K -o "$RUN/sel_melt.xyz"
+  sel "$RUN/asi64.h5md" --stage quench --top 5 --config-type diamond_al3_quench \
       -o "$RUN/sel_quench.xyz"
-  sel "$RUN/asi64.h5md" --stage production --top 4 --config-type amorphous_al3_300K \
+  sel "$RUN/asi64.h5md" --stage production --top 4 --config-type diamond_al3_300K \
       -o "$RUN/sel_300K.xyz"
   sel "$RUN/liquid_2500K.h5md" --top 3 --config-type liquid_al3_2500K -o "$RUN/sel_2500K.xyz"
-  sel "$RUN/asi64_900K.h5md" --top 3 --config-type amorphous_al3_900K -o "$RUN/sel_900K.xyz"
+  sel "$RUN/asi64_900K.h5md" --top 3 --config-type diamond_al3_900K -o "$RUN/sel_900K.xyz"
   sel "$RUN/vac63_1200K.h5md" --top 2 --config-type vacancy_al3_1200K -o "$RUN/sel_vac.xyz"
-  python - "$RUN" "$F" <<'PY'
-import sys
-from ase.io import read, write
-from mlff_ins.atomic_io import atomic_path
-run, out = sys.argv[1], sys.argv[2]
-frames = [a for name in ("melt", "quench", "300K", "2500K", "900K", "vac")
-          for a in read(f"{run}/sel_{name}.xyz", ":")]
-with atomic_path(out) as tmp:
-    write(tmp, frames, format="extxyz")
-print(f"{out}: {len(frames)} frames, max force spread "
-      + ", ".join(f"{a.info['config_type']} {a.info['max_force_std']:.2f}" for a in frames)
-      + " eV/Å")
-PY
+  gather "$F" "$RUN"/sel_{melt,quench,300K,2500K,900K,vac}.xyz
 fi
 
 if [ "$STEP" = all ] || [ "$STEP" = label ]; then
@@ -110,19 +126,48 @@ if [ "$STEP" = all ] || [ "$STEP" = label ]; then
       -o "$LABELS"
 fi
 
+if [ "$STEP" = all ] || [ "$STEP" = glass ]; then
+  md "$RUN/si64.xyz" --protocol $HERE/melt_quench_64_2500K.yaml --seed 35 \
+     -o "$RUN/asi64_2500K.h5md"
+  mkdir -p $HERE/md
+  cmp -s "$RUN/asi64_2500K.h5md" $HERE/md/asi64_2500K.h5md \
+      || cp "$RUN/asi64_2500K.h5md" $HERE/md/asi64_2500K.h5md
+  mlff-ins structure "$RUN/asi64_2500K.h5md" --stage production -o $HERE/md/asi64_2500K_structure
+  python - $HERE/md/asi64_2500K_structure.json <<'PY'
+import json, sys
+from mlff_ins.casestudy_report import not_amorphous
+s = json.load(open(sys.argv[1]))
+if not_amorphous(s):
+    sys.exit(f"{sys.argv[1]}: the melt-quench left a crystal "
+             f"({100 * s['coordination']['fraction_4fold']:.0f} % 4-fold, bond angles spread "
+             f"{s['bond_angles']['std_deg']:.1f}°): no amorphous frames to take from it")
+PY
+  if [ ! -f "$FG" ]; then
+    sel "$RUN/asi64_2500K.h5md" --stage quench --top 6 --config-type amorphous_al3_quench \
+        -o "$RUN/selg_quench.xyz"
+    sel "$RUN/asi64_2500K.h5md" --stage anneal --top 2 --config-type amorphous_al3_anneal \
+        -o "$RUN/selg_anneal.xyz"
+    sel "$RUN/asi64_2500K.h5md" --stage production --top 4 --config-type amorphous_al3_300K \
+        -o "$RUN/selg_300K.xyz"
+    gather "$FG" "$RUN"/selg_{quench,anneal,300K}.xyz
+  fi
+  fwd nice -n 19 mlff-ins label "$FG" --calculator mlff_ins/configs/label/cp2k_si_k222.yaml \
+      -o "$LABELS_GLASS"
+fi
+
 if [ "$STEP" = all ] || [ "$STEP" = train ]; then
-  python - "$F" "$LABELS" <<'PY'
+  python - "$F" "$LABELS" "$FG" "$LABELS_GLASS" <<'PY'
 import sys
 from pathlib import Path
 from ase.io import read
-todo, done = map(Path, sys.argv[1:])
-rejected = done.with_name(done.name + ".rejected.jsonl")
-n_todo = len(read(todo, ":"))
-n_done = len(read(done, ":")) if done.exists() else 0
-n_rej = len(rejected.read_text().splitlines()) if rejected.exists() else 0
-if n_done + n_rej < n_todo:
-    sys.exit(f"{done}: {n_done} of the {n_todo} frames labelled ({n_rej} rejected); finish "
-             f"the labelling first (a training started on part of them could not resume)")
+for todo, done in zip(*[iter(map(Path, sys.argv[1:]))] * 2):
+    rejected = done.with_name(done.name + ".rejected.jsonl")
+    n_todo = len(read(todo, ":")) if todo.exists() else 1
+    n_done = len(read(done, ":")) if done.exists() else 0
+    n_rej = len(rejected.read_text().splitlines()) if rejected.exists() else 0
+    if n_done + n_rej < n_todo:
+        sys.exit(f"{done}: {n_done} of the {n_todo} frames labelled ({n_rej} rejected); finish "
+                 f"the labelling first (a training started on part of them could not resume)")
 PY
   OUT=training/si-reference-k222-al3
   RESUME=""
