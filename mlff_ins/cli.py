@@ -394,11 +394,22 @@ def _run_md(args) -> int:
     if args.protocol:
         from mlff_ins.md.protocol import run_protocol
 
+        from mlff_ins.analysis.structure import MELT_MIN_DISPLACEMENT_A, stage_motion
+
         stages = run_protocol(atoms, calc, args.protocol, opts, args.output, resume=args.resume)
+        moved = {m.stage: m for m in stage_motion(args.output)}
         for name, s in stages:
+            m = moved.get(name)
             print(f"  {name}: step {s.steps_done}, mean T {s.mean_temperature_K:.1f} K"
                   + (f", mean P {s.mean_pressure_GPa:.3f} GPa"
-                     if np.isfinite(s.mean_pressure_GPa) else ""))
+                     if np.isfinite(s.mean_pressure_GPa) else "")
+                  + (f", atoms moved {m.median_A:.2f} Å (median; largest {m.max_A:.2f} Å)"
+                     if m else ""))
+            if m and "melt" in name.lower() and m.median_A < MELT_MIN_DISPLACEMENT_A:
+                print(f"warning: stage {name} of {args.output}: the atoms moved "
+                      f"{m.median_A:.2f} Å (median) over the stage: the cell did not melt (a "
+                      f"superheated solid); melt hotter or longer before quenching",
+                      file=sys.stderr)
         s = stages[-1][1]
         print(f"{args.output}: {s.frames} frames")
         return _watchdog_exit(s.stopped)

@@ -568,7 +568,7 @@ def test_protocol_runs_stages_into_one_trajectory(tmp_path, capsys):
     proto.write_text("dt_fs: 4.0\nevery: 10\nstages:\n"
                      "  - {name: heat, ensemble: nvt, T_start: 100, T_end: 700, rate_K_per_ps: 1000,"
                      " friction_per_fs: 0.05}\n"
-                     "  - {name: hold, ensemble: nvt, T: 700, ps: 1.2, friction_per_fs: 0.05}\n"
+                     "  - {name: melt, ensemble: nvt, T: 700, ps: 1.2, friction_per_fs: 0.05}\n"
                      "  - {name: squeeze, ensemble: npt, T: 700, P_GPa: 5.0, ps: 0.4}\n")
     stages = load_protocol(proto, MDOptions())
     assert [s.steps for _, s in stages] == [150, 450, 550]
@@ -581,9 +581,16 @@ def test_protocol_runs_stages_into_one_trajectory(tmp_path, capsys):
     args = ["md", str(structure), "--calculator", str(calc), "--protocol", str(proto),
             "-o", str(out)]
     assert main(args) == 0
+    # each stage says how far its atoms moved; copper at 700 K (it melts at 1358 K) stays a
+    # solid through a stage named melt, and the run says so
+    got = capsys.readouterr()
+    for name in ("heat", "melt", "squeeze"):
+        assert f"  {name}: step " in got.out and "atoms moved" in got.out.split(f"  {name}:")[1]
+    assert f"warning: stage melt of {out}: the atoms moved" in got.err
+    assert "did not melt" in got.err
     d = _read(out)
     np.testing.assert_array_equal(d["step"], np.arange(0, 551, 10))
-    assert np.mean(d["T"][25:45]) == pytest.approx(700, rel=0.12)   # the hold stage
+    assert np.mean(d["T"][25:45]) == pytest.approx(700, rel=0.12)   # the 700 K stage
     assert d["P"][-1] > d["P"][45]                                  # pressure rising to 5 GPa
     assert main(args + ["--resume"]) == 0                           # finished: nothing to redo
     assert len(_read(out)["step"]) == 56
@@ -592,6 +599,40 @@ def test_protocol_runs_stages_into_one_trajectory(tmp_path, capsys):
     assert main(["md", str(structure), "--calculator", str(calc), "--protocol", str(bad),
                  "-o", str(tmp_path / "b.h5md")]) == 2
     assert "stage x: unknown key 'minutes'" in capsys.readouterr().err
+
+
+def test_stage_motion_measures_each_stage_unwrapped_without_the_drift(tmp_path):
+    """Frames written with known steps: in stage a, atom 0 walks 3 Å along x across the cell's
+    edge (4 Å cell) in 1 Å steps, atom 1 stays; every atom also drifts 0.5 Å along y (the
+    whole cell, taken off); in stage b (its own first frame is its start) atom 1 moves 0.1 Å.
+    Median and largest distances follow exactly."""
+    from mlff_ins.analysis.structure import stage_motion
+    from mlff_ins.data.h5md import H5MDWriter
+
+    cell = np.eye(3) * 4.0
+    pos = np.array([[3.5, 1.0, 1.0], [1.0, 1.0, 1.0], [2.0, 2.0, 2.0]])
+    path = tmp_path / "t.h5md"
+    frames = []
+    for k in range(4):                                # stage a
+        p = pos.copy()
+        p[0, 0] += k
+        p[:, 1] += 0.5 * k / 3
+        frames.append(("a", p))
+    for k in range(1, 3):                             # stage b, from the last of a
+        p = frames[3][1].copy()
+        p[1, 2] += 0.1 * k
+        frames.append(("b", p))
+    with H5MDWriter(path, ["Si"] * 3, velocities=False, forces=False) as w:
+        for i, (stage, p) in enumerate(frames):
+            w.append(i, float(i), p % 4.0, cell, settings=json.dumps({"stage": stage}))
+    a, b = stage_motion(path)
+    # stage a: atom 0 moved 3 Å, the others 0, less the mean (1 Å along x)
+    assert (a.stage, a.frames) == ("a", 4) and a.max_A == pytest.approx(2.0, abs=1e-9)
+    assert a.median_A == pytest.approx(1.0, abs=1e-9)
+    # stage b: atom 1 moved 0.1 Å along z, less the mean (0.1/3)
+    assert (b.stage, b.frames) == ("b", 2)
+    assert b.max_A == pytest.approx(0.1 * 2 / 3, abs=1e-9)
+    assert b.median_A == pytest.approx(0.1 / 3, abs=1e-9)
 
 
 def test_md_trajectory_feeds_spectra(tmp_path):

@@ -652,3 +652,43 @@ def plot_structure(report: dict, png_path: str | os.PathLike) -> None:
     fig.tight_layout()
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
+
+
+# ------------------------------------------------------------------- did the melt melt?
+
+#: a stage whose typical atom moved less than this (Å) over the stage did not flow: about half a
+#: Si-Si bond, twice the rms thermal displacement of crystalline Si near its melting point
+#: (~0.25 Å); a liquid's atoms diffuse several Å in a picosecond or two
+MELT_MIN_DISPLACEMENT_A = 1.0
+
+
+class StageMotion(NamedTuple):
+    """How far the atoms moved during one protocol stage (unwrapped, first to last frame)."""
+    stage: str
+    frames: int
+    median_A: float
+    max_A: float
+
+
+def stage_motion(path: str | os.PathLike) -> list[StageMotion]:
+    """For each protocol stage of an `mlff-ins md --protocol` trajectory, the median and the
+    largest distance an atom travelled between the stage's first and last frames (positions
+    unwrapped frame by frame, the mean displacement of all atoms, a drift of the whole cell under
+    a Langevin thermostat, taken off). A melt whose median stays below :data:`MELT_MIN_DISPLACEMENT_A`
+    left the crystal a (superheated) solid."""
+    from mlff_ins.analysis.unwrap import Unwrapper
+    from mlff_ins.data.h5md import frame_stages
+
+    stages = frame_stages(path, "stage motion")
+    unwrap, start, out = Unwrapper(), None, []
+    frames = _from_path(Path(path))
+    for i, (name, frame) in enumerate(zip(stages, frames)):
+        pos = unwrap(frame.positions[None], frame.cell[None])[0]
+        if i == 0 or name != stages[i - 1]:
+            start, n = pos, 0
+        n += 1
+        if i == len(stages) - 1 or stages[i + 1] != name:
+            step = pos - start
+            d = np.linalg.norm(step - step.mean(axis=0), axis=1)   # the cell's drift removed
+            out.append(StageMotion(name, n, float(np.median(d)), float(d.max())))
+    return out

@@ -403,15 +403,16 @@ def parse_settings(raw) -> dict:
     return out if isinstance(out, dict) else {}
 
 
-def stage_frames(path, name: str) -> tuple[int, int]:
-    """(start, stop) of the frames of protocol stage ``name`` in an H5MD file written by
-    `mlff-ins md --protocol` (each frame stores its stage in /parameters/md_settings)."""
+def frame_stages(path, option: str = "--stage") -> list[str]:
+    """The protocol stage of each complete frame of an H5MD file written by `mlff-ins md`
+    (stored with each frame in /parameters/md_settings; '' outside a protocol). ``option``
+    names what asked, in the error for a file that is not such a trajectory."""
     path = Path(path)
     if path.suffix.lower() not in (".h5", ".h5md", ".hdf5"):
-        raise InputError(f"--stage {name}: {path} is not an H5MD trajectory of `mlff-ins md`")
+        raise InputError(f"{option}: {path} is not an H5MD trajectory of `mlff-ins md`")
     with open_h5md(path) as f:
         if SETTINGS not in f:
-            raise InputError(f"--stage {name}: {path} stores no run settings (not written by "
+            raise InputError(f"{option}: {path} stores no run settings (not written by "
                              f"`mlff-ins md`)")
         n = complete_frames(f)
         values = f[SETTINGS]["value"][:n]
@@ -419,6 +420,13 @@ def stage_frames(path, name: str) -> tuple[int, int]:
     for v in values:
         text = v.decode() if isinstance(v, bytes) else str(v)
         stages.append(parse_settings(text.rstrip("\x00")).get("stage", ""))
+    return stages
+
+
+def stage_frames(path, name: str) -> tuple[int, int]:
+    """(start, stop) of the frames of protocol stage ``name`` in an H5MD file written by
+    `mlff-ins md --protocol` (each frame stores its stage in /parameters/md_settings)."""
+    stages = frame_stages(path, f"--stage {name}")
     names = [s for s in dict.fromkeys(stages) if s]
     hits = np.flatnonzero(np.array(stages, dtype=object) == name)
     if not len(hits):
