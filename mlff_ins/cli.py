@@ -7,7 +7,6 @@ naming the file, frame, element or option (exit status 2), never a traceback.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -392,9 +391,8 @@ def _run_md(args) -> int:
                      every=args.every, seed=args.seed, max_force=args.max_force,
                      max_temperature_K=args.max_temperature, max_force_std=args.max_force_std)
     if args.protocol:
-        from mlff_ins.md.protocol import run_protocol
-
         from mlff_ins.analysis.structure import MELT_MIN_DISPLACEMENT_A, stage_motion
+        from mlff_ins.md.protocol import run_protocol
 
         stages = run_protocol(atoms, calc, args.protocol, opts, args.output, resume=args.resume)
         moved = {m.stage: m for m in stage_motion(args.output)}
