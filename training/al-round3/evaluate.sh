@@ -25,7 +25,7 @@ TRAIN_RUN=training/si-reference-k222-al3
 OLD=${1:-mlff_ins/resources/si/reference_model}
 OUT=$RUN/eval
 mkdir -p "$OUT"
-# runs/ does not survive between sessions: the four MD runs the frames were selected from are
+# runs/ does not survive between sessions: the MD runs the frames were selected from are
 # kept in training/al-round3/md/ and put back here when missing
 for t in asi64 liquid_2500K asi64_900K vac63_1200K asi64_2500K; do
   [ -f "$RUN/$t.h5md" ] || [ ! -f training/al-round3/md/$t.h5md ] || cp training/al-round3/md/$t.h5md "$RUN/"

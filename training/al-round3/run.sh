@@ -42,7 +42,7 @@ FG=$HERE/frames_unlabelled_glass.xyz
 LABELS_GLASS=mlff_ins/resources/si/si_cp2k_pbe_k222_al3_glass.xyz
 STEP=${1:-all}
 mkdir -p "$RUN"
-# runs/ does not survive between sessions: the four MD runs the frames were selected from are
+# runs/ does not survive between sessions: the MD runs the frames were selected from are
 # kept in training/al-round3/md/ and put back here when missing
 for t in asi64 liquid_2500K asi64_900K vac63_1200K asi64_2500K; do
   [ -f "$RUN/$t.h5md" ] || [ ! -f training/al-round3/md/$t.h5md ] || cp training/al-round3/md/$t.h5md "$RUN/"
