@@ -33,6 +33,7 @@
 # default all)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source training/al_lib.sh
 HERE=training/al-round3
 RUN=${RUN:-runs/al3}
 MODEL=mlff_ins/resources/si/reference_model
@@ -47,16 +48,6 @@ mkdir -p "$RUN"
 for t in asi64 liquid_2500K asi64_900K vac63_1200K asi64_2500K; do
   [ -f "$RUN/$t.h5md" ] || [ ! -f training/al-round3/md/$t.h5md ] || cp training/al-round3/md/$t.h5md "$RUN/"
 done
-
-# bash does not pass a SIGTERM on to a foreground child: run each long command in the
-# background and forward it, so that `kill` of this script stops the command too
-fwd() {
-  "$@" &
-  local pid=$!
-  trap 'kill -TERM $pid 2>/dev/null; wait $pid; exit 143' TERM INT
-  wait $pid
-  trap - TERM INT
-}
 
 python - "$MODEL" <<'PY'
 import sys
@@ -84,22 +75,6 @@ PY
 
 md() { fwd nice -n 10 mlff-ins md "$@" --model "$MODEL" --members 0 --resume; }
 sel() { fwd nice -n 10 mlff-ins select "$@" --model "$MODEL"; }
-# the selections of one trajectory into one extxyz
-gather() {
-  python - "$@" <<'PY'
-import sys
-from ase.io import read, write
-from mlff_ins.atomic_io import atomic_path
-out, parts = sys.argv[1], sys.argv[2:]
-frames = [a for p in parts for a in read(p, ":")]
-with atomic_path(out) as tmp:
-    write(tmp, frames, format="extxyz")
-print(f"{out}: {len(frames)} frames, max force spread "
-      + ", ".join(f"{a.info['config_type']} {a.info['max_force_std']:.2f}" for a in frames)
-      + " eV/Å")
-PY
-}
-
 if [ "$STEP" = all ] || [ "$STEP" = md ]; then
   md "$RUN/si64.xyz" --protocol training/al-round1/melt_quench_64.yaml --seed 31 \
      -o "$RUN/asi64.h5md"
@@ -133,15 +108,7 @@ if [ "$STEP" = all ] || [ "$STEP" = glass ]; then
   cmp -s "$RUN/asi64_2500K.h5md" $HERE/md/asi64_2500K.h5md \
       || cp "$RUN/asi64_2500K.h5md" $HERE/md/asi64_2500K.h5md
   mlff-ins structure "$RUN/asi64_2500K.h5md" --stage production -o $HERE/md/asi64_2500K_structure
-  python - $HERE/md/asi64_2500K_structure.json <<'PY'
-import json, sys
-from mlff_ins.casestudy_report import not_amorphous
-s = json.load(open(sys.argv[1]))
-if not_amorphous(s):
-    sys.exit(f"{sys.argv[1]}: the melt-quench left a crystal "
-             f"({100 * s['coordination']['fraction_4fold']:.0f} % 4-fold, bond angles spread "
-             f"{s['bond_angles']['std_deg']:.1f}°): no amorphous frames to take from it")
-PY
+  assert_glass "$RUN/asi64_2500K.h5md" $HERE/md/asi64_2500K_structure.json
   if [ ! -f "$FG" ]; then
     sel "$RUN/asi64_2500K.h5md" --stage quench --top 6 --config-type amorphous_al3_quench \
         -o "$RUN/selg_quench.xyz"
@@ -156,19 +123,7 @@ PY
 fi
 
 if [ "$STEP" = all ] || [ "$STEP" = train ]; then
-  python - "$F" "$LABELS" "$FG" "$LABELS_GLASS" <<'PY'
-import sys
-from pathlib import Path
-from ase.io import read
-for todo, done in zip(*[iter(map(Path, sys.argv[1:]))] * 2):
-    rejected = done.with_name(done.name + ".rejected.jsonl")
-    n_todo = len(read(todo, ":")) if todo.exists() else 1
-    n_done = len(read(done, ":")) if done.exists() else 0
-    n_rej = len(rejected.read_text().splitlines()) if rejected.exists() else 0
-    if n_done + n_rej < n_todo:
-        sys.exit(f"{done}: {n_done} of the {n_todo} frames labelled ({n_rej} rejected); finish "
-                 f"the labelling first (a training started on part of them could not resume)")
-PY
+  labels_complete "$F" "$LABELS" "$FG" "$LABELS_GLASS"
   OUT=training/si-reference-k222-al3
   RESUME=""
   [ -d "$OUT" ] && RESUME="--resume"
