@@ -130,9 +130,14 @@ def _frequency_table(study) -> list[str]:
                          f"{published[point][branch]:.2f} | {o:.2f} | {m:.2f} | "
                          f"{100 * (m / o - 1):+.1f} % | {sd} | {r:.2f} | "
                          f"{100 * (r / exp - 1):+.1f} % |")
+    n = study.size.phonon_cells
     lines += ["", "Member spread: the standard deviation of the ensemble members' frequencies at "
               "the CP2K geometry (THz); '< x' where it falls short of the model's error from our "
-              "CP2K, x THz."]
+              "CP2K, x THz. Model relaxed: this study's c-Si phonons (the model's relaxed cell, a "
+              f"{n}³ conventional supercell"
+              + ("; L is not one of its q-points, so it is interpolated from the force "
+                 "constants, and differs from `bench phonons`' relaxed column, taken in the 2³ "
+                 "supercell where it is" if n % 2 else "") + ")."]
     return lines
 
 
@@ -388,7 +393,7 @@ def write_report(study, records: list[dict], timings: dict) -> Path:
         f"{8 * size.defect_cells ** 3 - 1} atoms; a-Si {8 * size.amorphous_cells ** 3} atoms, "
         f"heated at {size.heat_K_per_ps:g} K/ps, melted at {size.melt_K:g} K for "
         f"{size.melt_ps:g} ps, quenched at {size.quench_K_per_ps:g} K/ps and annealed at 0 GPa "
-        f"for {size.anneal_ps:g} ps (`protocols/melt_quench.yaml`), its last frame then run as "
+        f"for {size.anneal_ps:g} ps (`protocols/melt_quench.yaml` in the study's folder, written by its `structures` step), its last frame then run as "
         f"the crystals are; MD time step {size.dt_fs:g} fs, equilibration "
         f"{size.equilibrate_ps:g} ps (Bussi) then {size.production_ps:g} ps NVE production at "
         f"{size.temperature_K:g} K. The MD route's VISION S(E) comes from its VDOS through the "

@@ -145,16 +145,36 @@ def _add_train(sub) -> None:
                "config.yaml --device cuda --devices 4 --num-nodes 2 -o models/si",
         formatter_class=_HelpFormatter)
     p.add_argument("config", nargs="?", help="training YAML (optional)")
+
+    def preset_default(*keys: str) -> str:
+        """'default per preset: tiny ..., small ..., ...' for a preset setting."""
+        from mlff_ins.train.config import load_preset
+
+        values = []
+        for name in PRESETS:
+            v = load_preset(name)
+            for k in keys:
+                v = v[k]
+            values.append(f"{name} {v:g}" if isinstance(v, (int, float)) else f"{name} {v}")
+        return "default per preset: " + ", ".join(values)
+
     p.add_argument("--data", metavar="FILE", action="append",
                    help="labelled frames with energy and forces (eV, eV/Å); repeat it to train "
                         "on several files together (a data set and its active-learning rounds)")
     p.add_argument("--preset", choices=list(PRESETS),
                    help="model size and training length (default small)")
-    p.add_argument("--ensemble", type=int, metavar="K", help="number of members K (bootstrap + seeds)")
+    p.add_argument("--ensemble", type=int, metavar="K",
+                   help="number of members K (bootstrap + seeds; "
+                        f"{preset_default('ensemble')})")
     p.add_argument("--elements", nargs="+", metavar="EL", help="element symbols (default: those in the data)")
-    p.add_argument("--cutoff", type=float, metavar="ANGSTROM", help="radial cutoff in Å")
-    p.add_argument("--epochs", type=int, metavar="N", help="maximum number of epochs")
-    p.add_argument("--max-minutes", type=float, metavar="MIN", help="wall-time limit per member, minutes")
+    p.add_argument("--cutoff", type=float, metavar="ANGSTROM",
+                   help=f"radial cutoff in Å ({preset_default('cutoff')})")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="maximum number of epochs "
+                        f"({preset_default('training', 'max_epochs')})")
+    p.add_argument("--max-minutes", type=float, metavar="MIN",
+                   help="wall-time limit per member, minutes: a member stops there, however "
+                        f"far it got ({preset_default('training', 'max_minutes')})")
     p.add_argument("--early-stop", type=int, metavar="N",
                    help="stop a member after N epochs without a lower validation loss (it is "
                         "packaged from its best epoch either way; preset reference: 40, the "
@@ -168,7 +188,8 @@ def _add_train(sub) -> None:
                         "new ones are split among themselves); change the learning rate and "
                         "the weights of the frames (training.lr, training.frame_weights) in a "
                         "YAML config (docs/training.md)")
-    p.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N (that GPU) or auto")
+    p.add_argument("--device", metavar="DEV",
+                   help=f"cpu, cuda, cuda:N (that GPU) or auto ({preset_default('device')})")
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="bundle folder, e.g. models/si")
     p.add_argument("--resume", action="store_true",
                    help="continue a killed run in --output; with a larger --epochs or "
@@ -275,12 +296,12 @@ def _add_md(sub) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="trajectory file (H5MD), e.g. traj.h5md (another extension is written "
                         "but warned about: MDAnalysis picks its H5MD reader by .h5md)")
-    p.add_argument("-T", "--temperature", type=_temperature, default=300.0, metavar="K",
+    # default None: with --protocol, an option the user gave is told apart from a default
+    p.add_argument("-T", "--temperature", type=_temperature, metavar="K",
                    help="target (and initial) temperature, K (default 300)")
-    p.add_argument("--steps", type=int, default=1000, help="total MD steps (default 1000)")
-    p.add_argument("--dt", type=float, default=1.0, metavar="FS", help="time step, fs (default 1)")
-    p.add_argument("--ensemble", choices=["nve", "nvt", "npt"], default="nvt",
-                   help="default nvt")
+    p.add_argument("--steps", type=int, help="total MD steps (default 1000)")
+    p.add_argument("--dt", type=float, metavar="FS", help="time step, fs (default 1)")
+    p.add_argument("--ensemble", choices=["nve", "nvt", "npt"], help="default nvt")
     p.add_argument("--thermostat", choices=["langevin", "bussi", "nhc"], default="langevin",
                    help="nvt thermostat (default langevin; nhc = Nosé–Hoover chain)")
     p.add_argument("--friction", type=float, default=0.01, metavar="PER_FS",
@@ -293,7 +314,8 @@ def _add_md(sub) -> None:
                    help="npt target pressure, GPa (default 0)")
     p.add_argument("--pdamp", type=float, default=1000.0, metavar="FS",
                    help="barostat time constant, fs (default 1000)")
-    p.add_argument("--every", type=int, default=10, help="write a frame every N steps (default 10)")
+    p.add_argument("--every", type=int, metavar="N",
+                   help="write a frame every N steps (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed for velocities and thermostat noise")
     p.add_argument("--max-force", type=float, default=50.0, metavar="EV_PER_A",
                    help="watchdog: stop when any force exceeds this, eV/Å (default 50)")
@@ -307,7 +329,9 @@ def _add_md(sub) -> None:
                         "default cpu)")
     p.add_argument("--protocol", metavar="YAML",
                    help="run the stages of a protocol YAML, or a shipped one by name "
-                        "(melt_quench, anneal); it sets T, steps and ensembles per stage")
+                        "(melt_quench, anneal); it sets T, steps and ensembles per stage, "
+                        "and its dt_fs and every unless --dt or --every is given (-T and "
+                        "--ensemble: for stages that set none; --steps: refused)")
     p.add_argument("--resume", action="store_true", help="continue OUTPUT from its last frame")
     p.set_defaults(func=_run_md)
 
@@ -383,18 +407,21 @@ def _run_md(args) -> int:
         model_id = f"calculator sha256:{spec.sha256[:16]}"
         if args.members is not None:
             raise InputError("--members: only with --model (a bundle's members)")
-    opts = MDOptions(model=model_id, temperature_K=args.temperature, steps=args.steps,
-                     dt_fs=args.dt,
-                     ensemble=args.ensemble, thermostat=args.thermostat,
+    explicit = {"temperature_K": args.temperature, "steps": args.steps, "dt_fs": args.dt,
+                "ensemble": args.ensemble, "every": args.every}
+    given = frozenset(k for k, v in explicit.items() if v is not None)
+    opts = MDOptions(model=model_id, **{k: explicit[k] for k in given},   # else MDOptions'
+                     thermostat=args.thermostat,
                      barostat=args.barostat, pressure_GPa=args.pressure,
                      friction_per_fs=args.friction, tdamp_fs=args.tdamp, pdamp_fs=args.pdamp,
-                     every=args.every, seed=args.seed, max_force=args.max_force,
+                     seed=args.seed, max_force=args.max_force,
                      max_temperature_K=args.max_temperature, max_force_std=args.max_force_std)
     if args.protocol:
         from mlff_ins.analysis.structure import MELT_MIN_DISPLACEMENT_A, stage_motion
         from mlff_ins.md.protocol import run_protocol
 
-        stages = run_protocol(atoms, calc, args.protocol, opts, args.output, resume=args.resume)
+        stages = run_protocol(atoms, calc, args.protocol, opts, args.output, resume=args.resume,
+                              given=given)
         moved = {m.stage: m for m in stage_motion(args.output)}
         for name, s in stages:
             m = moved.get(name)
@@ -580,16 +607,14 @@ def _positive_float(text: str) -> float:
 
 def _add_neutron_options(p, *, instrument_default: str, instrument_help: str,
                          directions_default: int, directions_help: str,
-                         q_min_default: float) -> None:
+                         q_min_default: float, e_max_help: str, orders_help: str) -> None:
     """The options `spectra` and `ins` share: same names, meanings, units (and defaults where
     the physics is the same). Options that only apply in some modes default to None here and
     get their defaults in :func:`_neutron_defaults`, so an option given where it has no effect
     can be refused."""
     p.add_argument("--instrument", choices=INSTRUMENT_CHOICES, default=instrument_default,
                    help=instrument_help)
-    p.add_argument("--e-max", type=_positive_float, metavar="MEV",
-                   help="highest energy transfer written, meV (default 500); in `ins` that of "
-                        "the VISION/TOSCA S(E) (S(Q,E): --e-max-2d)")
+    p.add_argument("--e-max", type=_positive_float, metavar="meV", help=e_max_help)
     p.add_argument("--q-min", type=float, metavar="INV_A",
                    help=f"S(Q,E): lowest |Q|, 1/Å (default {q_min_default:g})")
     p.add_argument("--q-max", type=_positive_float, metavar="INV_A",
@@ -598,10 +623,8 @@ def _add_neutron_options(p, *, instrument_default: str, instrument_help: str,
                    metavar="INV_A", help="S(Q,E): width of a |Q| bin, 1/Å (default 0.1)")
     p.add_argument("--directions", "--q-per-shell", dest="directions", type=int, metavar="N",
                    help=directions_help + f" (default {directions_default})")
-    p.add_argument("--phonon-orders", type=int, metavar="N",
-                   help="VISION/TOSCA S(E) and multiphonon maps: phonon orders 1..N of the "
-                        "incoherent approximation (default 10)")
-    p.add_argument("--ei", type=_positive_float, metavar="MEV",
+    p.add_argument("--phonon-orders", type=int, metavar="N", help=orders_help)
+    p.add_argument("--ei", type=_positive_float, metavar="meV",
                    help="direct geometry: incident energy, meV; masks S(Q,E) to the (Q,E) region "
                         "the instrument reaches and applies its resolution")
     p.add_argument("--angles", type=float, nargs=2, metavar=("MIN", "MAX"),
@@ -616,7 +639,7 @@ def _add_neutron_options(p, *, instrument_default: str, instrument_help: str,
     p.add_argument("--chopper-package", metavar="NAME",
                    help="chopper spectrometers (with --ei): chopper package, e.g. A for MARI, "
                         "High-Resolution for SEQUOIA (default: ResINS' default)")
-    p.add_argument("--fwhm", type=_positive_float, metavar="MEV",
+    p.add_argument("--fwhm", type=_positive_float, metavar="meV",
                    help="S(Q,E) without --ei: constant Gaussian energy broadening, FWHM meV "
                         "(default none)")
     p.add_argument("--isotope", action="append", default=[], metavar="EL=A",
@@ -723,7 +746,7 @@ def _add_spectra(sub) -> None:
                         "most 2000 frames); sets the energy resolution")
     p.add_argument("--window", choices=["gaussian", "hann", "none"], default="gaussian",
                    help="taper of the correlations before the Fourier transform (default "
-                        "gaussian, σ = window/3)")
+                        "gaussian with σ = --time-window / 3)")
     p.add_argument("--quantum-correction", choices=["harmonic", "schofield", "none"],
                    help="S(Q,E): classical -> quantum (default harmonic)")
     p.add_argument("--weighting", choices=["neutron", "number"],
@@ -747,7 +770,11 @@ def _add_spectra(sub) -> None:
                         "reachable region; a chopper spectrometer (with --ei) adds its ResINS "
                         "resolution; vision or tosca adds the indirect-geometry S(E)",
         directions_default=50, q_min_default=0.2,
-        directions_help="S(Q,E): at most N commensurate Q-vectors per |Q| bin, drawn at random")
+        directions_help="S(Q,E): at most N commensurate Q-vectors per |Q| bin, drawn at random",
+        e_max_help="highest energy transfer written, meV, of every spectrum and map (default "
+                   "500)",
+        orders_help="with --instrument vision or tosca: phonon orders 1..N of the incoherent "
+                    "approximation in S(E) (default 10)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--float32", action="store_true", help="single precision (default float64)")
     p.set_defaults(func=_run_spectra)
@@ -1063,19 +1090,23 @@ def _add_ins(sub) -> None:
                         "integers, Γ-centred, along the reciprocal axes of the phonons' "
                         "primitive cell (the modes of an MD cell of N x N x M unit cells: "
                         "phonons with --primitive P on that unit cell, then --mesh N N M)")
-    p.add_argument("--e-step", type=_positive_float, metavar="MEV",
+    p.add_argument("--e-step", type=_positive_float, metavar="meV",
                    help="VISION/TOSCA S(E): energy bin, meV (default 0.1)")
     p.add_argument("--2d", dest="two_d", action="store_true", help="also powder S(Q,E)")
-    p.add_argument("--e-max-2d", type=_positive_float, metavar="MEV",
+    p.add_argument("--e-max-2d", type=_positive_float, metavar="meV",
                    help="S(Q,E): highest energy, meV (default 150)")
-    p.add_argument("--e-step-2d", type=_positive_float, metavar="MEV",
+    p.add_argument("--e-step-2d", type=_positive_float, metavar="meV",
                    help="S(Q,E): energy bin, meV (default 0.5)")
     _add_neutron_options(
         p, instrument_default="vision",
         instrument_help="vision (default) or tosca: S(E) of both banks; direct, or a chopper "
                         "spectrometer whose resolution ResINS models (with --ei): powder S(Q,E)",
         directions_default=200, q_min_default=0.0,
-        directions_help="S(Q,E): Q directions per |Q| for the coherent powder average")
+        directions_help="S(Q,E): Q directions per |Q| for the coherent powder average",
+        e_max_help="highest energy transfer of the VISION/TOSCA S(E), meV (default 500; "
+                   "S(Q,E): --e-max-2d)",
+        orders_help="VISION/TOSCA S(E) and multiphonon maps: phonon orders 1..N of the "
+                    "incoherent approximation (default 10)")
     p.set_defaults(func=_run_ins)
 
 
@@ -1340,12 +1371,12 @@ def _add_database(sub) -> None:
     r.add_argument("-o", "--output", required=True, help="new database file")
     r.add_argument("-T", "--temperature", type=_temperature, metavar="K",
                    help="temperature (K)")
-    for flag, unit, what in (("--e-max", "MEV", "end of the 1D energy grid (meV)"),
-                             ("--e-step", "MEV", "step of the 1D energy grid (meV)"),
+    for flag, unit, what in (("--e-max", "meV", "end of the 1D energy grid (meV)"),
+                             ("--e-step", "meV", "step of the 1D energy grid (meV)"),
                              ("--q-max", "1/Å", "end of the S(Q,E) |Q| grid (1/Å)"),
                              ("--q-step", "1/Å", "step of the S(Q,E) |Q| grid (1/Å)"),
-                             ("--e-max-2d", "MEV", "end of the S(Q,E) energy grid (meV)"),
-                             ("--e-step-2d", "MEV", "step of the S(Q,E) energy grid (meV)")):
+                             ("--e-max-2d", "meV", "end of the S(Q,E) energy grid (meV)"),
+                             ("--e-step-2d", "meV", "step of the S(Q,E) energy grid (meV)")):
         r.add_argument(flag, type=float, metavar=unit, help=what)
     r.set_defaults(func=_run_database_respectra)
     x = dsub.add_parser(
@@ -1595,7 +1626,7 @@ def _add_predictor(sub) -> None:
         "predictor", help="train the direct structure-to-spectrum predictor on a database",
         description="Train an ensemble of e3nn networks (Chen et al. 2021) that map a crystal "
                     "structure to its max-normalised VISION/TOSCA S(E) on 120 bins of "
-                    "10-1200 cm-1, and a convolutional autoencoder of the powder S(Q,E) maps "
+                    "10-1200 cm-1 (1.24-148.8 meV), and a convolutional autoencoder of the powder S(Q,E) maps "
                     "with e3nn networks for its latent code (Cheng et al. 2023), on a database "
                     "written by `mlff-ins database build`; element partials are trained "
                     "too. Train/validation/test are split by structure family (an AFLOW "
@@ -1661,7 +1692,8 @@ def _add_predict(sub) -> None:
     p = sub.add_parser(
         "predict", help="INS spectra straight from a structure (the direct predictor)",
         description="Predict the VISION or TOSCA S(E) of a structure with a trained predictor "
-                    "(the one shipped in the package unless --predictor): max-normalised, with "
+                    "(the one shipped in the package unless --predictor) on 1.24-148.8 meV "
+                    "(10-1200 cm-1, the grid it learned): max-normalised, with "
                     "the ensemble spread as intensity_std and element partials; and, from a "
                     "predictor that learned it, the phonon DOS (vdos, 3 modes per atom as the "
                     "phonon route's, with its partials; `mlff-ins thermo` takes it). Structures unlike the training data get a warning.",
@@ -1674,7 +1706,10 @@ def _add_predict(sub) -> None:
     p.add_argument("--instrument", default="vision", choices=["vision", "tosca"],
                    help="indirect-geometry instrument")
     p.add_argument("-T", "--temperature", type=_temperature, default=None, metavar="K",
-                   help="temperature (K; default the database's, 10 K)")
+                   help="temperature (K; default the database's, 10 K): the prediction is "
+                        "made at the database's temperature and rescaled by the one-phonon "
+                        "Bose factor only (Debye-Waller and multiphonon terms stay those of "
+                        "10 K)")
     p.add_argument("--2d", dest="two_d", action="store_true",
                    help="also the powder S(Q,E) map (0-15 1/Å x 0-150 meV, unbroadened, "
                         "max-normalised), decoded from the predicted latent code")
@@ -2075,17 +2110,17 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"mlff-ins {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:   # output piped into `head` and the like: stop quietly (before
+        devnull = os.open(os.devnull, os.O_WRONLY)   # OSError, of which it is a subclass)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except OSError as err:   # a folder that does not exist, no permission, a full disk, ...
         where = f": {err.filename}" if err.filename else ""
         print(f"mlff-ins {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
         return 1
-    except BrokenPipeError:   # output piped into `head` and the like: stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
     except KeyboardInterrupt:
         print(f"mlff-ins {args.command}: interrupted; rerun the same command (with --resume "
-              "for train) to continue", file=sys.stderr)
+              "for train and md) to continue", file=sys.stderr)
         return 130
     finally:
         warnings.showwarning = default_show

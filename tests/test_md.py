@@ -561,6 +561,37 @@ def test_select_scores_a_trajectory_with_an_ensemble_as_md_did(tiny_bundle, si_s
     assert "one model has no spread" in capsys.readouterr().err
 
 
+def test_protocol_and_command_line_options(tmp_path):
+    """An option given on the command line is not silently dropped by a protocol: --dt and
+    --every replace the protocol's, -T and --ensemble fill stages that set none and are warned
+    about where every stage sets its own, --steps is refused."""
+    from dataclasses import replace
+
+    from mlff_ins.errors import InputError
+    from mlff_ins.md.protocol import load_protocol
+
+    proto = tmp_path / "p.yaml"
+    proto.write_text("dt_fs: 2.0\nevery: 20\nstages:\n"
+                     "  - {name: hot, ensemble: nvt, T: 900, ps: 1}\n"
+                     "  - {name: hold, ps: 0.5}\n")
+    base = MDOptions()
+    stages = load_protocol(proto, base)
+    assert [(s.dt_fs, s.every, s.steps) for _, s in stages] == [(2.0, 20, 500), (2.0, 20, 750)]
+    assert [(s.temperature_K, s.ensemble) for _, s in stages] == [(900, "nvt"), (300, "nvt")]
+    stages = load_protocol(proto, replace(base, dt_fs=1.0, every=5, temperature_K=450.0,
+                                          ensemble="nve"),
+                           frozenset({"dt_fs", "every", "temperature_K", "ensemble"}))
+    assert [(s.dt_fs, s.every, s.steps) for _, s in stages] == [(1.0, 5, 1000), (1.0, 5, 1500)]
+    assert [(s.temperature_K, s.ensemble) for _, s in stages] == [(900, "nvt"), (450, "nve")]
+    with pytest.raises(InputError, match="--steps"):
+        load_protocol(proto, base, frozenset({"steps"}))
+    proto.write_text("stages:\n  - {name: hot, ensemble: nvt, T: 900, ps: 1}\n"
+                     "  - {name: cool, ensemble: nvt, T_start: 900, T_end: 300, ps: 1}\n")
+    for key, flag in (("temperature_K", "-T"), ("ensemble", "--ensemble")):
+        with pytest.warns(UserWarning, match=f"{flag}: every stage of .*p.yaml sets its own"):
+            load_protocol(proto, base, frozenset({key}))
+
+
 def test_protocol_runs_stages_into_one_trajectory(tmp_path, capsys):
     from mlff_ins.md.protocol import load_protocol
 

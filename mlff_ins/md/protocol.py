@@ -16,10 +16,16 @@ temperature moves every frame interval). Stages share one H5MD file and one step
 killed protocol resumes with ``--resume`` in the stage where it stopped. Any key of
 :class:`mlff_ins.md.run.MDOptions` may be given per stage (``thermostat``, ``friction_per_fs``,
 ``barostat``, ``pressure_GPa``/``P_GPa``, ``tdamp_fs``, ``pdamp_fs``, ...).
+
+Options the user gave on the command line (``given``): a time step or frame interval replaces
+the protocol's ``dt_fs``/``every``; a temperature or ensemble is used by the stages that set
+none, and is warned about when every stage sets its own (it does nothing); a step count is
+refused (the stages set the run's length).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -31,8 +37,10 @@ from mlff_ins.md.run import MDOptions, MDSummary, run_md
 _STAGE_KEYS = {"name", "ensemble", "T", "T_start", "T_end", "rate_K_per_ps", "ps", "P_GPa"}
 
 
-def load_protocol(path: str | Path, base: MDOptions) -> list[tuple[str, MDOptions]]:
-    """Stages as (name, options with ``steps`` = the global step at which the stage ends)."""
+def load_protocol(path: str | Path, base: MDOptions,
+                  given: frozenset[str] = frozenset()) -> list[tuple[str, MDOptions]]:
+    """Stages as (name, options with ``steps`` = the global step at which the stage ends).
+    ``given``: the MDOptions fields set explicitly by the user (``base`` holds their values)."""
     path = Path(path)
     if not path.is_file():
         shipped = Path(__file__).resolve().parent.parent / "configs" / "md" / path.name
@@ -49,8 +57,16 @@ def load_protocol(path: str | Path, base: MDOptions) -> list[tuple[str, MDOption
     if not isinstance(cfg, dict) or not isinstance(cfg.get("stages"), list) or not cfg["stages"]:
         raise InputError(f"{path}: needs a non-empty 'stages:' list")
     option_names = {f.name for f in fields(MDOptions)}
-    dt = float(cfg.get("dt_fs", base.dt_fs))
-    every = int(cfg.get("every", base.every))
+    if "steps" in given:
+        raise InputError(f"--steps: the stages of {path} set the run's length; leave it out")
+    dt = float(base.dt_fs if "dt_fs" in given else cfg.get("dt_fs", base.dt_fs))
+    every = int(base.every if "every" in given else cfg.get("every", base.every))
+    for key, flag, own in (("temperature_K", "-T", ("T", "T_start")),
+                           ("ensemble", "--ensemble", ("ensemble",))):
+        if key in given and all(isinstance(st, dict) and any(k in st for k in own)
+                                for st in cfg["stages"]):
+            warnings.warn(f"{flag}: every stage of {path} sets its own; {flag} is not used",
+                          stacklevel=2)
     out, end = [], 0
     for i, st in enumerate(cfg["stages"]):
         name = str(st.get("name", f"stage{i}")) if isinstance(st, dict) else f"stage{i}"
@@ -91,9 +107,11 @@ def load_protocol(path: str | Path, base: MDOptions) -> list[tuple[str, MDOption
 
 
 def run_protocol(atoms, calc, protocol: str | Path, base: MDOptions, output: str | Path,
-                 resume: bool = False, progress: bool = True) -> list[tuple[str, MDSummary]]:
-    """Run every stage into ``output``; stages already finished in a resumed file are skipped."""
-    stages = load_protocol(protocol, base)
+                 resume: bool = False, progress: bool = True,
+                 given: frozenset[str] = frozenset()) -> list[tuple[str, MDSummary]]:
+    """Run every stage into ``output``; stages already finished in a resumed file are skipped.
+    ``given``: as :func:`load_protocol`'s."""
+    stages = load_protocol(protocol, base, given)
     done = []
     for i, (name, opts) in enumerate(stages):
         if progress:
