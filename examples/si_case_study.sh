@@ -40,7 +40,7 @@ mlff-ins md "$OUT/structures/c-si_512.xyz" --model "$MODEL" --protocol "$OUT/pro
 mlff-ins spectra "$OUT/c-si/md.h5md" --stage production --sqe --q-max 8 --vdos --instrument vision -T 300 --e-max 100 -o "$OUT/c-si/ins_md.h5" --plot --device "$DEVICE"
 
 # a-Si: melt-quench MD
-mlff-ins md "$OUT/structures/c-si_512.xyz" --model "$MODEL" --protocol "$OUT/protocols/melt_quench.yaml" -T 300 --seed 1 -o "$OUT/a-si/quench.h5md" --device "$DEVICE" $([ -e "$OUT/a-si/quench.h5md" ] && echo --resume)
+mlff-ins md "$OUT/structures/c-si_512.xyz" --model "$MODEL" --protocol "$OUT/protocols/melt_quench.yaml" --seed 1 -o "$OUT/a-si/quench.h5md" --device "$DEVICE" $([ -e "$OUT/a-si/quench.h5md" ] && echo --resume)
 
 # a-Si: MD at 300 K: from the last frame of the melt-quench, new velocities
 mlff-ins md "$OUT/a-si/quench.h5md" --model "$MODEL" --protocol "$OUT/protocols/production.yaml" -T 300 --seed 1 -o "$OUT/a-si/md.h5md" --device "$DEVICE" $([ -e "$OUT/a-si/md.h5md" ] && echo --resume)

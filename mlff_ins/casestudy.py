@@ -168,9 +168,12 @@ def default_model() -> str:
 # ------------------------------------------------------------------------------------ the plan
 
 def _md(trajectory: str, structure: str, protocol: str, size: StudySize,
-        members: list[int] | None = None) -> list[str]:
+        members: list[int] | None = None, temperature: bool = True) -> list[str]:
+    """``temperature``: pass -T (the production protocol's NVE stage takes it; the melt-quench
+    sets every stage's own)."""
     argv = ["md", structure, "--model", "{model}", "--protocol", protocol,
-            "-T", f"{size.temperature_K:g}", "--seed", "1", "-o", trajectory]
+            *(["-T", f"{size.temperature_K:g}"] if temperature else []),
+            "--seed", "1", "-o", trajectory]
     if members:
         argv[4:4] = ["--members", *[str(k) for k in members]]
     return argv
@@ -288,7 +291,7 @@ def plan(out: str | Path, model: str | None, size: StudySize,
     steps += [
         Step("a-Si: melt-quench MD", "a-Si", ["a-si/quench.h5md"],
              _md("a-si/quench.h5md", amorphous_start, "protocols/melt_quench.yaml", s,
-                 md_members), resume=True),
+                 md_members, temperature=False), resume=True),
         Step(f"a-Si: MD at {s.temperature_K:g} K", "a-Si", ["a-si/md.h5md"],
              _md("a-si/md.h5md", "a-si/quench.h5md", "protocols/production.yaml", s,
                  md_members), resume=True,
