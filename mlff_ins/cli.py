@@ -1161,7 +1161,7 @@ def _run_ins(args) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo", help="run the pipeline on the embedded silicon DFT data (minutes on 2 cores)",
-        description="The mission in small (about 5 minutes on 2 CPU cores): check the embedded "
+        description="An end-to-end example (about 5 minutes on 2 CPU cores): check the embedded "
                     "CP2K silicon data set, train a tiny NequIP model on it and print its errors "
                     "on held-out frames (to show training); then, with the shipped silicon "
                     "reference model, diamond Si through the phonon route (relaxed cell, band "
@@ -1267,7 +1267,7 @@ def _run_demo(args) -> int:
     _check_model_option(model)
     out = run_demo(args.output, epochs=args.epochs)
     _print_metrics(out)
-    print(f"the mission in small with "
+    print(f"from structure to spectra by two routes with "
           f"{model if args.model else 'the shipped reference model'}:")
     res = run_mission_demo(args.output, model, md_steps=args.md_steps)
     print(f"c-Si: relaxed lattice constant {res['lattice_A']:.4f} Å (experiment 5.431 Å); "
