@@ -31,7 +31,7 @@ for t in asi64 liquid_2500K asi64_900K vac63_1200K asi64_2500K; do
   [ -f "$RUN/$t.h5md" ] || [ ! -f training/al-round3/md/$t.h5md ] || cp training/al-round3/md/$t.h5md "$RUN/"
 done
 NEW=${2:-$OUT/round3_model}
-AL=mlff_ins/resources/si/si_cp2k_pbe_k222_al3.xyz
+AL=$OUT/al3_all.xyz
 python - "$OLD" <<'PY'
 import sys
 from mlff_ins.model.calculator import read_bundle
@@ -39,10 +39,22 @@ files = " ".join(map(str, read_bundle(sys.argv[1]).get("training_data", {}).get(
 if "si_cp2k_pbe_k222.xyz" not in files or "al3" in files:
     sys.exit(f"{sys.argv[1]}: not the round-2 k-point ensemble; give it as the first argument")
 PY
-if [ ! -f "$NEW/bundle.json" ]; then   # round 3's run as it stands (partial if unfinished)
-  rm -rf "$NEW"
+# round 3's run as it stands (partial if unfinished), exported again when the run is newer than
+# the export; then every output of the NEW model (not of OLD) is made again too
+if [ -z "${2:-}" ] && { [ ! -f "$NEW/bundle.json" ] || [ "$TRAIN_RUN/bundle.json" -nt "$NEW/bundle.json" ]; }; then
+  rm -rf "$NEW" "$OUT/phonons_r3.txt" "$OUT"/asi64_300K_r3.h5md "$OUT"/asi_r3.* \
+     "$OUT"/structure_r3.* "$OUT"/compare_*
+  for f in "$OUT"/spread_*.tsv; do
+    [ -f "$f" ] && awk -F'\t' -v m="$NEW" '$1 != m' "$f" > "$f.part" && mv "$f.part" "$f"
+  done
   mlff-ins train training/si-reference-k222-al3.yaml -o "$TRAIN_RUN" --export "$NEW"
 fi
+python - "$AL" mlff_ins/resources/si/si_cp2k_pbe_k222_al3.xyz \
+    mlff_ins/resources/si/si_cp2k_pbe_k222_al3_glass.xyz <<'PY'
+import sys
+from ase.io import read, write
+write(sys.argv[1], [a for p in sys.argv[2:] for a in read(p, ":")], format="extxyz")
+PY
 
 # 1. errors on round 3's frames
 python - "$TRAIN_RUN/data/test.xyz" "$OUT/al3_test.xyz" "$OUT/k222_test.xyz" <<'PY'
@@ -79,8 +91,8 @@ done
 
 # 3. a-Si at 300 K from the second melt-quench's glass (run.sh glass; the first stayed a
 #    crystal), with each ensemble
-[ -f "$OUT/asi64_quenched.xyz" ] \
-    || python - "$RUN/asi64_2500K.h5md" "$OUT/asi64_quenched.xyz" <<'PY'
+[ -f "$OUT/asi64_2500K_last.xyz" ] \
+    || python - "$RUN/asi64_2500K.h5md" "$OUT/asi64_2500K_last.xyz" <<'PY'
 import sys
 from ase.io import write
 from mlff_ins.data.h5md import frame_count, read_frame
@@ -90,7 +102,7 @@ write(sys.argv[2], atoms, format="extxyz")
 PY
 for tag in r2:"$OLD" r3:"$NEW"; do
   name=${tag%%:*} model=${tag#*:}
-  nice -n 10 mlff-ins md "$OUT/asi64_quenched.xyz" --model "$model" -T 300 --dt 2 --steps 4000 \
+  nice -n 10 mlff-ins md "$OUT/asi64_2500K_last.xyz" --model "$model" -T 300 --dt 2 --steps 4000 \
       --every 5 --thermostat bussi --seed 4 -o "$OUT/asi64_300K_$name.h5md" --resume
   [ -f "$OUT/asi_$name.h5" ] || mlff-ins spectra "$OUT/asi64_300K_$name.h5md" --vdos \
       --instrument vision -T 300 --skip-ps 2 --e-max 100 -o "$OUT/asi_$name.h5" --plot
