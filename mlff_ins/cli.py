@@ -1103,8 +1103,8 @@ def _add_ins(sub) -> None:
                         "spectrometer whose resolution ResINS models (with --ei): powder S(Q,E)",
         directions_default=200, q_min_default=0.0,
         directions_help="S(Q,E): Q directions per |Q| for the coherent powder average",
-        e_max_help="highest energy transfer of the VISION/TOSCA S(E), meV (default 500; "
-                   "S(Q,E): --e-max-2d)",
+        e_max_help="highest energy transfer of the VISION/TOSCA S(E), meV (default 500); "
+                   "that of S(Q,E) is --e-max-2d",
         orders_help="VISION/TOSCA S(E) and multiphonon maps: phonon orders 1..N of the "
                     "incoherent approximation (default 10)")
     p.set_defaults(func=_run_ins)
