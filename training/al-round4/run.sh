@@ -14,12 +14,16 @@
 #      most uncertain from each glass: quench 3, 300 K 2, 600 K 2, 900 K 2 (27 frames);
 #   3. (label) CP2K labels them with the k-point data set's settings
 #      (configs/label/cp2k_si_k222.yaml) into mlff_ins/resources/si/si_cp2k_pbe_k222_al4.xyz
-#      (about 3.5 minutes a 64-atom frame on 2 quiet cores: ~1.6 hours).
+#      (about 3.5 minutes a 64-atom frame on 2 quiet cores: ~1.6 hours);
+#   4. (train) training/si-reference-k222-al4.yaml fine-tunes the shipped round-3 ensemble
+#      (training/si-reference-k222-al3) on its data plus these frames (~45 minutes).
 #
 # Every step resumes (MD with --resume, which refuses a run begun with another version of the
 # model; the labelling frame by frame): rerun after a kill. About 35 minutes of MD on 2 idle
 # cores (1100-1300 atom-steps/s with one member); run nothing else with torch beside it.
-# Usage: bash training/al-round4/run.sh [STEP]   (STEP: md, select, label; default all)
+# Then evaluate as round 3 did (training/al-round3/evaluate.sh OLD NEW, its steps with round 4's
+# files) and ship only if better.
+# Usage: bash training/al-round4/run.sh [STEP]   (STEP: md, select, label, train; default all)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source training/al_lib.sh
@@ -77,4 +81,15 @@ fi
 if [ "$STEP" = all ] || [ "$STEP" = label ]; then
   fwd nice -n 19 mlff-ins label "$F" --calculator mlff_ins/configs/label/cp2k_si_k222.yaml \
       -o "$LABELS"
+fi
+
+if [ "$STEP" = all ] || [ "$STEP" = train ]; then
+  labels_complete "$F" "$LABELS"
+  OUT=training/si-reference-k222-al4
+  RESUME=""
+  [ -d "$OUT" ] && RESUME="--resume"
+  if [ ! -f "$OUT/bundle.json" ]; then
+    fwd nice -n 19 mlff-ins train training/si-reference-k222-al4.yaml --parallel-members 3 \
+        -o "$OUT" $RESUME
+  fi
 fi
