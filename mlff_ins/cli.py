@@ -1626,7 +1626,8 @@ def _add_predictor(sub) -> None:
         "predictor", help="train the direct structure-to-spectrum predictor on a database",
         description="Train an ensemble of e3nn networks (Chen et al. 2021) that map a crystal "
                     "structure to its max-normalised VISION/TOSCA S(E) on 120 bins of "
-                    "10-1200 cm-1 (1.24-148.8 meV), and a convolutional autoencoder of the powder S(Q,E) maps "
+                    "10-1200 cm-1 (1.24-148.8 meV), and a convolutional autoencoder of the "
+                    "powder S(Q,E) maps "
                     "with e3nn networks for its latent code (Cheng et al. 2023), on a database "
                     "written by `mlff-ins database build`; element partials are trained "
                     "too. Train/validation/test are split by structure family (an AFLOW "
