@@ -636,6 +636,8 @@ def plot_structure(report: dict, png_path: str | os.PathLike) -> None:
     ax_g.set_title(f"first peak {shell['r_peak_A']:.3f} Å; coordination "
                    f"{c['mean_coordination']:.2f} (3-fold {100 * c['fraction_3fold']:.1f}%, "
                    f"5-fold {100 * c['fraction_5fold']:.1f}%)", fontsize=8)
+    top = max(float(np.nanmax(g)) for g in [rdf["g_total"], *rdf["partials"].values()])
+    ax_g.set_ylim(top=1.45 * top)        # headroom: the legend sits above the first peak
     ax_g.legend(fontsize=7, loc="upper right")
     ba = report["bond_angles"]
     width = 180.0 / len(ba["angle_deg"])
