@@ -146,13 +146,14 @@ def _add_train(sub) -> None:
         formatter_class=_HelpFormatter)
     p.add_argument("config", nargs="?", help="training YAML (optional)")
 
+    from mlff_ins.train.config import load_preset
+
+    presets = {name: load_preset(name) for name in PRESETS}   # once per parser, not per option
+
     def preset_default(*keys: str) -> str:
         """'default per preset: tiny ..., small ..., ...' for a preset setting."""
-        from mlff_ins.train.config import load_preset
-
         values = []
-        for name in PRESETS:
-            v = load_preset(name)
+        for name, v in presets.items():
             for k in keys:
                 v = v[k]
             values.append(f"{name} {v:g}" if isinstance(v, (int, float)) else f"{name} {v}")
