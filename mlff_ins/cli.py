@@ -714,8 +714,9 @@ def _add_spectra(sub) -> None:
     p.add_argument("--sqe", action="store_true", help="coherent + incoherent F(Q,t), S(Q,E)")
     p.add_argument("--qens", action="store_true", help="MSD, F_s(Q,t), S_inc(Q,E), EISF, D fits")
     p.add_argument("-T", "--temperature", type=_positive_float, metavar="K",
-                   help="temperature for the quantum correction and Bose factors, K (default: "
-                        "kinetic temperature of the frames analysed)")
+                   help="temperature for the quantum correction and Bose factors, K, above 0 "
+                        "(classical MD has no 0 K spectrum; default: kinetic temperature of the "
+                        "frames analysed)")
     frames = p.add_argument_group("frames analysed")
     frames.add_argument("--start", type=int, metavar="FRAME",
                         help="first frame (0-based; default 0)")
@@ -1183,6 +1184,10 @@ def _add_demo(sub) -> None:
                         "universal model name; default: the shipped silicon reference model)")
     p.add_argument("--md-steps", type=int, default=1000, metavar="N",
                    help="steps (2 fs) of the amorphous cell's MD (default 1000)")
+    p.add_argument("--device", metavar="DEV",
+                   help="where the models run (the tiny training, phonons, md, spectra; with "
+                        "--full also predict): cpu (default), cuda, cuda:N or auto; a case study "
+                        "may move between devices when resumed")
     full = p.add_argument_group(
         "the case study (--full)",
         "c-Si, a-Si (melt-quench) and a vacancy cell from a force field to VISION spectra by "
@@ -1199,10 +1204,6 @@ def _add_demo(sub) -> None:
                       help="print the study as a shell script of mlff-ins commands, run nothing")
     full.add_argument("--no-predictor", action="store_true",
                       help="leave out the direct predictor's route")
-    full.add_argument("--device", metavar="DEV",
-                      help="device of the model and the spectra (md, phonons, spectra, predict): "
-                           "cpu (default), cuda, cuda:N or auto; a study may move between "
-                           "devices when resumed")
     full.add_argument("--md-members", nargs="+", type=int, metavar="K",
                       help="the ensemble members that drive the MD runs (default: all; each "
                            "member is one model call per MD step, so --md-members 0 runs the "
@@ -1253,8 +1254,7 @@ def _run_case_study(args) -> int:
 def _run_demo(args) -> int:
     if args.full:
         return _run_case_study(args)
-    for name in ("step", "dry_run", "no_predictor", "device", "md_members", "structures",
-                 "prune"):
+    for name in ("step", "dry_run", "no_predictor", "md_members", "structures", "prune"):
         if getattr(args, name):
             raise InputError(f"--{name.replace('_', '-')} applies to the case study; add --full")
     if args.md_steps < 100:
@@ -1266,11 +1266,11 @@ def _run_demo(args) -> int:
 
     model = args.model or default_model()
     _check_model_option(model)
-    out = run_demo(args.output, epochs=args.epochs)
+    out = run_demo(args.output, epochs=args.epochs, device=args.device)
     _print_metrics(out)
     print(f"from structure to spectra by two routes with "
           f"{model if args.model else 'the shipped reference model'}:")
-    res = run_mission_demo(args.output, model, md_steps=args.md_steps)
+    res = run_mission_demo(args.output, model, md_steps=args.md_steps, device=args.device)
     print(f"c-Si: relaxed lattice constant {res['lattice_A']:.4f} Å (experiment 5.431 Å); "
           + ", ".join(f"{k} {v:.2f} (exp {SI_EXPERIMENT_THZ[k]:.2f})"
                       for k, v in res["frequencies_THz"].items()) + " THz")
@@ -1394,6 +1394,10 @@ def _add_database(sub) -> None:
     x.set_defaults(func=_run_database_records)
     i = dsub.add_parser("info", help="count the entries, elements and flags of a database "
                                      "or of a teacher records file",
+                        description="Print a few lines on a database (entries by status: ok, "
+                                    "imaginary, failed; the teacher; the elements of the ok "
+                                    "entries; seconds per entry; the first failures and why) "
+                                    "or on a teacher records file. Reads only.",
                         epilog="example: mlff-ins database info db.h5",
                         formatter_class=_HelpFormatter)
     i.add_argument("database", help="database file, or teacher records file (--records)")
@@ -1639,6 +1643,13 @@ def _add_predictor(sub) -> None:
         formatter_class=_HelpFormatter)
     psub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = psub.add_parser("train", help="train a predictor ensemble on a database",
+                        description="Train --members e3nn networks, each from its own seed, "
+                                    "that map a structure to its VISION and TOSCA S(E), the "
+                                    "phonon DOS and (unless --no-2d) its S(Q,E), on the "
+                                    "database's ok entries, split into training, validation "
+                                    "and test by structure family and formula (no formula in "
+                                    "two parts); write the predictor folder, with report.md "
+                                    "on the test errors, for `mlff-ins predict --predictor`.",
                         epilog="example: mlff-ins predictor train db.h5 -o predictor/",
                         formatter_class=_HelpFormatter)
     t.add_argument("database", help="database file (mlff-ins database build)")

@@ -37,8 +37,10 @@ def check_labels(path: Path = SI_DATA) -> dict:
     return {"n_frames": len(frames), "counts": counts, "e0s": e0s, "max_force_sum": max_sum}
 
 
-def run_demo(output: str | Path = "mlff-ins-demo", *, epochs: int | None = None) -> Path:
-    """Run the demo into ``output`` and return the trained bundle's folder."""
+def run_demo(output: str | Path = "mlff-ins-demo", *, epochs: int | None = None,
+             device: str | None = None) -> Path:
+    """Train the demo's tiny model into ``output`` (on ``device``, default the preset's cpu)
+    and return the bundle's folder."""
     from mlff_ins.train.config import load_train_config
     from mlff_ins.train.driver import train_bundle
 
@@ -52,7 +54,8 @@ def run_demo(output: str | Path = "mlff-ins-demo", *, epochs: int | None = None)
           f"largest |sum of forces| "
           f"{info['max_force_sum']:.1e} eV/Å: labels OK")
     cfg = load_train_config(preset="tiny", overrides={"data": str(SI_DATA),
-                                                      "training.max_epochs": epochs})
+                                                      "training.max_epochs": epochs,
+                                                      "device": device})
     bundle = output / "models" / "si_tiny"
     resume = bundle.exists() and not (bundle / "bundle.json").exists()
     if (bundle / "bundle.json").exists():
@@ -82,10 +85,11 @@ def _cli(argv: list[str], log=print) -> None:
 
 
 def run_mission_demo(output: str | Path, model: str | Path, *, md_steps: int = 1000,
-                     log=print) -> dict:
+                     device: str | None = None, log=print) -> dict:
     """The mission in small with ``model`` (the shipped reference model): diamond Si through the
     phonon route, a 64-atom a-Si cell through the MD route, both to VISION S(E) at 300 K, laid
-    over each other by ``compare``; every step a CLI command, printed as it runs. Returns the
+    over each other by ``compare``; every step a CLI command, printed as it runs (with
+    ``--device`` when ``device`` is given: phonons, md and spectra run there). Returns the
     output paths, the crystal's Γ/X/L frequencies (THz) and the compare metrics."""
     import json
 
@@ -107,12 +111,13 @@ def run_mission_demo(output: str | Path, model: str | Path, *, md_steps: int = 1
     p = {"phonons": out / "c-si" / "phonons.h5", "ins": out / "c-si" / "ins_phonons.h5",
          "md": out / "a-si" / "md.h5md", "spectra": out / "a-si" / "ins_md.h5",
          "compare": out / "compare"}
+    dev = ["--device", device] if device else []
     if p["md"].exists():                 # a rerun starts the demo's MD afresh
         p["md"].unlink()
     log("c-Si, phonon route: relax, finite displacements in a 2x2x2 conventional supercell, "
         "VISION S(E) at 300 K")
     _cli(["phonons", str(crystal), "--model", str(model), "--relax", "--supercell", "2", "2",
-          "2", "-o", str(p["phonons"]), "--plot"], log)
+          "2", *dev, "-o", str(p["phonons"]), "--plot"], log)
     _cli(["ins", str(p["phonons"]), "--instrument", "vision", "-T", "300", "--e-max", "100",
           "-o", str(p["ins"]), "--plot"], log)
     # an ensemble's MD costs one model call per member and step: the demo's runs on member 0
@@ -125,9 +130,9 @@ def run_mission_demo(output: str | Path, model: str | Path, *, md_steps: int = 1
         + ", VDOS and VISION S(E) from the trajectory")
     _cli(["md", str(amorphous), "--model", str(model), *members, "-T", "300",
           "--steps", str(md_steps), "--dt", "2", "--every", "5", "--thermostat", "bussi",
-          "--seed", "1", "-o", str(p["md"])], log)
+          "--seed", "1", *dev, "-o", str(p["md"])], log)
     _cli(["spectra", str(p["md"]), "--vdos", "--instrument", "vision", "-T", "300",
-          "--skip-ps", f"{min(0.4, md_steps * 0.002 / 4):g}", "--e-max", "100",
+          "--skip-ps", f"{min(0.4, md_steps * 0.002 / 4):g}", "--e-max", "100", *dev,
           "-o", str(p["spectra"]), "--plot"], log)
     log("the two routes on one plot")
     _cli(["compare", str(p["ins"]), str(p["spectra"]), "--kind", "s_e",

@@ -54,6 +54,12 @@ def test_every_command_listed_and_has_help():
         assert f"example: mlff-ins {cmd}" in help_text, cmd
 
 
+def test_every_nested_command_has_a_description():
+    """`mlff-ins database info --help` and the like say what the action does, not only usage."""
+    missing = [name for name, sub in _all_parsers() if not sub.description]
+    assert missing == []
+
+
 def test_every_physical_option_states_its_unit():
     """Every option that takes a real number names its unit in its help (or is listed as
     dimensionless with the reason), in every sub-command."""
@@ -88,8 +94,14 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     from mlff_ins.neutron.spectrum import read_spectra
 
     out_dir = tmp_path / "demo"
-    assert main(["demo", "-o", str(out_dir), "--epochs", "1", "--md-steps", "100"]) == 0
+    assert main(["demo", "-o", str(out_dir), "--epochs", "1", "--md-steps", "100",
+                 "--device", "auto"]) == 0
     out = capsys.readouterr().out
+    # --device reaches the training (the preset's is cpu) and every command that runs a model
+    bundle = json.loads((out_dir / "models" / "si_tiny" / "bundle.json").read_text())
+    assert bundle["settings"]["device"] == "auto"
+    for cmd in ("phonons", "md", "spectra"):
+        assert re.search(rf"^  \$ mlff-ins {cmd} .*--device auto", out, re.M), cmd
     assert "labels OK" in out and "forces  MAE" in out
     assert (out_dir / "models" / "si_tiny" / "report.md").exists()
     assert "X TA" in out and "(exp 4.49)" in out
