@@ -10,7 +10,7 @@
 #      round-4 frames in round 4's test split (held out from both; siblings from the same glass
 #      and temperature are in round 4's training, so NEW's numbers there are somewhat
 #      optimistic); OLD and NEW on the rest of the test split (the k-point set's and round 3's
-#      test frames, unseen by both);
+#      test frames, unseen by both); NEW's energy offset by kind of frame (energy_bias.py);
 #   2. NEW's Si phonons (`bench phonons`; OLD's are in training/al-round3/eval-glass/);
 #   3. a-Si at 300 K, 8 ps, from the same glass and with the same seed as round 3's evaluation
 #      (the last frame of training/al-round3/md/asi64_2500K.h5md, seed 4): NEW's VDOS and VISION
@@ -39,9 +39,10 @@ if "al3" not in files or "al4" in files:
 PY
 # round 4's run exported again when the run is newer than the export; then every output of
 # the NEW model is made again too
-if [ -z "${2:-}" ] && { [ ! -f "$NEW/bundle.json" ] || [ "$TRAIN_RUN/bundle.json" -nt "$NEW/bundle.json" ]; }; then
-  rm -rf "$NEW" "$OUT"/phonons_r4.txt "$OUT"/asi64_300K_r4.h5md "$OUT"/asi_r4.* \
-     "$OUT"/structure_r4.* "$OUT"/compare_* "$OUT"/spread_*.tsv
+if [ -z "${2:-}" ] && { [ ! -f "$NEW/bundle.json" ] \
+                        || [ "$TRAIN_RUN/bundle.json" -nt "$NEW/bundle.json" ]; }; then
+  rm -rf "$NEW" "$OUT"/phonons_r4.txt "$OUT"/energy_bias_r4.txt "$OUT"/asi64_300K_r4.h5md \
+     "$OUT"/asi_r4.* "$OUT"/structure_r4.* "$OUT"/compare_* "$OUT"/spread_*.tsv
   mlff-ins train training/si-reference-k222-al4.yaml -o "$TRAIN_RUN" --export "$NEW"
 fi
 
@@ -61,9 +62,14 @@ python -m mlff_ins.bench train --model "$OLD" --frames "$AL"
 echo "== round-3 and round-4 ensembles, round-4 frames held out from round 4"
 python -m mlff_ins.bench train --model "$OLD" --frames "$OUT/al4_test.xyz"
 python -m mlff_ins.bench train --model "$NEW" --frames "$OUT/al4_test.xyz"
-echo "== round-3 and round-4 ensembles, the other test frames (k-point set and round 3; unseen by both)"
+echo "== round-3 and round-4 ensembles, the other test frames (unseen by both)"
 python -m mlff_ins.bench train --model "$OLD" --frames "$OUT/rest_test.xyz"
 python -m mlff_ins.bench train --model "$NEW" --frames "$OUT/rest_test.xyz"
+echo "== energy offsets by kind (round 4 raised the energy weight for them; round 3's:"
+echo "   training/al-round4/energy_bias_r3.txt), round 4 on its training pool and test split"
+[ -f "$OUT/energy_bias_r4.txt" ] || python training/al-round4/energy_bias.py "$NEW" \
+    "$TRAIN_RUN/data/train_pool.xyz" "$TRAIN_RUN/data/test.xyz" > "$OUT/energy_bias_r4.txt"
+cat "$OUT/energy_bias_r4.txt"
 
 # 2. phonons
 echo "== round-4 ensemble, Si phonons"
