@@ -60,3 +60,31 @@ for todo, done in zip(*[iter(map(Path, sys.argv[1:]))] * 2):
                  f"the labelling first (a training started on part of them could not resume)")
 PY
 }
+
+# split_test TEST TAG HELD REST: the frames of a training run's test split whose config_type
+# contains _TAG_ (an active-learning round's own frames) into HELD, the others into REST
+split_test() {
+  python - "$@" <<'PY'
+import sys
+from ase.io import read, write
+test, tag, held_path, rest_path = sys.argv[1:]
+frames = read(test, ":")
+held = [a for a in frames if f"_{tag}_" in a.info.get("config_type", "")]
+write(held_path, held)
+write(rest_path, [a for a in frames if f"_{tag}_" not in a.info.get("config_type", "")])
+print(f"{len(held)} {tag} frames in the test split {test}:",
+      ", ".join(a.info["config_type"] for a in held))
+PY
+}
+
+# last_frame TRAJ.h5md OUT.xyz: the last stored frame of an MD run, as a starting structure
+last_frame() {
+  [ -f "$2" ] || python - "$1" "$2" <<'PY'
+import sys
+from ase.io import write
+from mlff_ins.data.h5md import frame_count, read_frame
+atoms = read_frame(sys.argv[1], frame_count(sys.argv[1]) - 1)
+atoms.calc = None
+write(sys.argv[2], atoms, format="extxyz")
+PY
+}

@@ -20,6 +20,7 @@
 # Usage: bash training/al-round3/evaluate.sh [OLD_MODEL [NEW_MODEL]]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source training/al_lib.sh
 RUN=${RUN:-runs/al3}
 TRAIN_RUN=training/si-reference-k222-al3
 OLD=${1:-mlff_ins/resources/si/reference_model}
@@ -57,16 +58,7 @@ write(sys.argv[1], [a for p in sys.argv[2:] for a in read(p, ":")], format="extx
 PY
 
 # 1. errors on round 3's frames
-python - "$TRAIN_RUN/data/test.xyz" "$OUT/al3_test.xyz" "$OUT/k222_test.xyz" <<'PY'
-import sys
-from ase.io import read, write
-test = read(sys.argv[1], ":")
-held = [a for a in test if "_al3_" in a.info.get("config_type", "")]
-write(sys.argv[2], held)
-write(sys.argv[3], [a for a in test if "_al3_" not in a.info.get("config_type", "")])
-print(f"{len(held)} round-3 frames in round 3's test split:",
-      ", ".join(a.info["config_type"] for a in held))
-PY
+split_test "$TRAIN_RUN/data/test.xyz" al3 "$OUT/al3_test.xyz" "$OUT/k222_test.xyz"
 echo "== round-2 ensemble, all round-3 frames (before)"
 python -m mlff_ins.bench train --model "$OLD" --frames "$AL"
 echo "== round-2 ensemble, round-3 frames held out from round 3"
@@ -91,15 +83,7 @@ done
 
 # 3. a-Si at 300 K from the second melt-quench's glass (run.sh glass; the first stayed a
 #    crystal), with each ensemble
-[ -f "$OUT/asi64_2500K_last.xyz" ] \
-    || python - "$RUN/asi64_2500K.h5md" "$OUT/asi64_2500K_last.xyz" <<'PY'
-import sys
-from ase.io import write
-from mlff_ins.data.h5md import frame_count, read_frame
-atoms = read_frame(sys.argv[1], frame_count(sys.argv[1]) - 1)
-atoms.calc = None
-write(sys.argv[2], atoms, format="extxyz")
-PY
+last_frame "$RUN/asi64_2500K.h5md" "$OUT/asi64_2500K_last.xyz"
 for tag in r2:"$OLD" r3:"$NEW"; do
   name=${tag%%:*} model=${tag#*:}
   nice -n 10 mlff-ins md "$OUT/asi64_2500K_last.xyz" --model "$model" -T 300 --dt 2 --steps 4000 \

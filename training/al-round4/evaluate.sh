@@ -22,6 +22,7 @@
 # Usage: bash training/al-round4/evaluate.sh [OLD_MODEL [NEW_MODEL]]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source training/al_lib.sh
 RUN=${RUN:-runs/al4}
 TRAIN_RUN=training/si-reference-k222-al4
 OLD=${1:-mlff_ins/resources/si/reference_model}
@@ -47,16 +48,7 @@ if [ -z "${2:-}" ] && { [ ! -f "$NEW/bundle.json" ] \
 fi
 
 # 1. errors
-python - "$TRAIN_RUN/data/test.xyz" "$OUT/al4_test.xyz" "$OUT/rest_test.xyz" <<'PY'
-import sys
-from ase.io import read, write
-test = read(sys.argv[1], ":")
-held = [a for a in test if "_al4_" in a.info.get("config_type", "")]
-write(sys.argv[2], held)
-write(sys.argv[3], [a for a in test if "_al4_" not in a.info.get("config_type", "")])
-print(f"{len(held)} round-4 frames in round 4's test split:",
-      ", ".join(a.info["config_type"] for a in held))
-PY
+split_test "$TRAIN_RUN/data/test.xyz" al4 "$OUT/al4_test.xyz" "$OUT/rest_test.xyz"
 echo "== round-3 ensemble, all round-4 frames (before)"
 python -m mlff_ins.bench train --model "$OLD" --frames "$AL"
 echo "== round-3 and round-4 ensembles, round-4 frames held out from round 4"
@@ -81,15 +73,7 @@ cat "$OUT/phonons_r4.txt"
 echo "(round 3: $R3/phonons_r3.txt)"
 
 # 3. a-Si at 300 K, the glass and seed of round 3's evaluation
-[ -f "$OUT/asi64_2500K_last.xyz" ] \
-    || python - training/al-round3/md/asi64_2500K.h5md "$OUT/asi64_2500K_last.xyz" <<'PY'
-import sys
-from ase.io import write
-from mlff_ins.data.h5md import frame_count, read_frame
-atoms = read_frame(sys.argv[1], frame_count(sys.argv[1]) - 1)
-atoms.calc = None
-write(sys.argv[2], atoms, format="extxyz")
-PY
+last_frame training/al-round3/md/asi64_2500K.h5md "$OUT/asi64_2500K_last.xyz"
 nice -n 10 mlff-ins md "$OUT/asi64_2500K_last.xyz" --model "$NEW" -T 300 --dt 2 --steps 4000 \
     --every 5 --thermostat bussi --seed 4 -o "$OUT/asi64_300K_r4.h5md" --resume
 [ -f "$OUT/asi_r4.h5" ] || mlff-ins spectra "$OUT/asi64_300K_r4.h5md" --vdos \
