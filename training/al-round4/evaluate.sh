@@ -19,6 +19,9 @@
 #   4. the ensemble force spread along round 4's MD, both ensembles on the same stored frames.
 #
 # About 40 minutes on 2 cores; the MD and the spread tables resume. Outputs in $RUN/eval/.
+# Every step reads OLD afresh: do not ship round 4 while it runs with the default OLD (the
+# shipped model), or give a copy of round 3 as OLD (`git archive COMMIT
+# mlff_ins/resources/si/reference_model | tar -x -C DIR`), as the evaluation did.
 # Usage: bash training/al-round4/evaluate.sh [OLD_MODEL [NEW_MODEL]]
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -21,8 +21,7 @@
 # Every step resumes (MD with --resume, which refuses a run begun with another version of the
 # model; the labelling frame by frame): rerun after a kill. About 35 minutes of MD on 2 idle
 # cores (1100-1300 atom-steps/s with one member); run nothing else with torch beside it.
-# Then evaluate as round 3 did (training/al-round3/evaluate.sh OLD NEW, its steps with round 4's
-# files) and ship only if better.
+# Then evaluate (training/al-round4/evaluate.sh) and ship only if better.
 # Usage: bash training/al-round4/run.sh [STEP]   (STEP: md, select, label, train; default all)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
