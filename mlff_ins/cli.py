@@ -440,6 +440,10 @@ def _run_md(args) -> int:
         print(f"{args.output}: {s.frames} frames")
         return _watchdog_exit(s.stopped)
     s = run_md(atoms, calc, opts, args.output, resume=args.resume)
+    if args.resume and s.steps_done >= opts.steps and not s.atom_steps_per_s:  # was finished
+        print(f"{args.output}: already finished ({s.frames} frames, step {s.steps_done} of "
+              f"{opts.steps}); nothing run")
+        return _watchdog_exit(s.stopped)
     print(f"{args.output}: {s.frames} frames, step {s.steps_done} of {opts.steps}, "
           f"{s.ns_per_day:.3g} ns/day, {s.atom_steps_per_s:.3g} atom-steps/s")
     line = f"  mean T {s.mean_temperature_K:.1f} K"

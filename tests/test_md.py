@@ -774,7 +774,7 @@ def test_md_resume_refuses_other_settings(tmp_path, capsys, change, needle):
     assert out.read_bytes() == before
 
 
-def test_md_resume_with_the_same_settings_continues_and_masses_are_stored(tmp_path):
+def test_md_resume_with_the_same_settings_continues_and_masses_are_stored(tmp_path, capsys):
     structure = tmp_path / "cu.xyz"
     atoms = _cu(2)
     masses = atoms.get_masses()
@@ -787,6 +787,12 @@ def test_md_resume_with_the_same_settings_continues_and_masses_are_stored(tmp_pa
     out = tmp_path / "t.h5md"
     assert main(args + ["--steps", "20", "-o", str(out)]) == 0
     assert main(args + ["--steps", "40", "-o", str(out), "--resume"]) == 0
+    capsys.readouterr()
+    # resuming a finished run runs nothing and says so (not "0 ns/day, mean T nan K")
+    assert main(args + ["--steps", "40", "-o", str(out), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "already finished (9 frames, step 40 of 40); nothing run" in printed
+    assert "nan" not in printed
     with h5py.File(out) as f:
         np.testing.assert_array_equal(f["particles/trajectory/position/step"][()],
                                       np.arange(0, 41, 5))
