@@ -88,3 +88,12 @@ atoms.calc = None
 write(sys.argv[2], atoms, format="extxyz")
 PY
 }
+
+# train_round CONFIG OUT: a round's fine-tune of the reference ensemble into OUT, resumed when
+# OUT holds an unfinished run, skipped when it holds a finished one
+train_round() {
+  local resume=""
+  [ -d "$2" ] && resume="--resume"
+  [ -f "$2/bundle.json" ] \
+    || fwd nice -n 19 mlff-ins train "$1" --parallel-members 3 -o "$2" $resume
+}

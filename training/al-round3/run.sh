@@ -124,11 +124,5 @@ fi
 
 if [ "$STEP" = all ] || [ "$STEP" = train ]; then
   labels_complete "$F" "$LABELS" "$FG" "$LABELS_GLASS"
-  OUT=training/si-reference-k222-al3
-  RESUME=""
-  [ -d "$OUT" ] && RESUME="--resume"
-  if [ ! -f "$OUT/bundle.json" ]; then
-    fwd nice -n 19 mlff-ins train training/si-reference-k222-al3.yaml --parallel-members 3 \
-        -o "$OUT" $RESUME
-  fi
+  train_round training/si-reference-k222-al3.yaml training/si-reference-k222-al3
 fi

@@ -84,11 +84,5 @@ fi
 
 if [ "$STEP" = all ] || [ "$STEP" = train ]; then
   labels_complete "$F" "$LABELS"
-  OUT=training/si-reference-k222-al4
-  RESUME=""
-  [ -d "$OUT" ] && RESUME="--resume"
-  if [ ! -f "$OUT/bundle.json" ]; then
-    fwd nice -n 19 mlff-ins train training/si-reference-k222-al4.yaml --parallel-members 3 \
-        -o "$OUT" $RESUME
-  fi
+  train_round training/si-reference-k222-al4.yaml training/si-reference-k222-al4
 fi
