@@ -165,8 +165,9 @@ def _add_train(sub) -> None:
     p.add_argument("--preset", choices=list(PRESETS),
                    help="model size and training length (default small)")
     p.add_argument("--ensemble", type=int, metavar="K",
-                   help="number of members K (bootstrap + seeds; "
-                        f"{preset_default('ensemble')})")
+                   help="number of members K, each with its own seed and bootstrap "
+                        "resample of the training frames (training.bootstrap); with --resume "
+                        f"a larger K adds members to a run ({preset_default('ensemble')})")
     p.add_argument("--elements", nargs="+", metavar="EL", help="element symbols (default: those in the data)")
     p.add_argument("--cutoff", type=float, metavar="ANGSTROM",
                    help=f"radial cutoff in Å ({preset_default('cutoff')})")

@@ -670,3 +670,48 @@ def test_a_weighted_training_runs_and_writes_its_weights(si_subset, tmp_path, ca
     cfg.write_text(cfg.read_text().replace("'diamond*'", "'glass*'"))
     assert main(["train", str(cfg), "-o", str(tmp_path / "x")]) == 2
     assert "training.frame_weights: 'glass*' matches no config_type" in capsys.readouterr().err
+
+
+def test_a_resume_adds_members_that_take_the_frames_as_the_first_did(si_subset, tmp_path,
+                                                                       capsys):
+    """training.bootstrap: false trains every member on the whole training pool (seeds alone
+    differ). A finished run gets more members with --resume and a larger --ensemble: the
+    finished member is kept byte for byte, the new one trains from its own seed, and the
+    bundle lists both; adding members that would resample where the first did not, or
+    dropping members, is refused in one line naming the setting."""
+    import hashlib
+
+    out = tmp_path / "run"
+    pool_cfg = tmp_path / "pool.yaml"
+    pool_cfg.write_text("training: {bootstrap: false}\n")
+    args = [str(pool_cfg), "--data", str(si_subset), "--preset", "tiny", "--epochs", "1",
+            "-o", str(out)]
+    assert main(["train", *args, "--ensemble", "1"]) == 0
+    zip0 = out / "members" / "member_0" / "model.nequip.zip"
+    digest = hashlib.sha256(zip0.read_bytes()).hexdigest()
+    assert len(json.loads((out / "bundle.json").read_text())["members"]) == 1
+    capsys.readouterr()
+    # a finished bundle is protected without --resume
+    assert main(["train", *args, "--ensemble", "2"]) == 2
+    assert "--resume with a larger --ensemble adds members" in capsys.readouterr().err
+    # bootstrap members beside one that trained on the whole pool: refused
+    assert main(["train", "--data", str(si_subset), "--preset", "tiny", "--epochs", "1",
+                 "-o", str(out), "--ensemble", "2", "--resume"]) == 2
+    assert "training.bootstrap: false" in capsys.readouterr().err
+    assert main(["train", *args, "--ensemble", "2", "--resume"]) == 0
+    bundle = json.loads((out / "bundle.json").read_text())
+    assert bundle["members"] == [f"members/member_{k}/model.nequip.zip" for k in (0, 1)]
+    assert hashlib.sha256(zip0.read_bytes()).hexdigest() == digest
+    import yaml
+    cfgs = [yaml.safe_load((out / "members" / f"member_{k}" / "nequip.yaml").read_text())
+            for k in (0, 1)]
+    train_files = {c["data"]["train_file_path"] for c in cfgs}
+    assert train_files == {str((out / "data" / "train_pool.xyz").resolve())}
+    assert cfgs[0]["data"]["seed"] != cfgs[1]["data"]["seed"]
+    assert len(json.loads((out / "metrics.json").read_text())["members"]) == 2
+    capsys.readouterr()
+    assert main(["train", *args, "--ensemble", "1", "--export", str(tmp_path / "one")]) == 2
+    assert "members may be added, not dropped" in capsys.readouterr().err
+    with pytest.raises(InputError, match="training.bootstrap: true or false"):
+        load_train_config(preset="tiny", overrides={"data": str(si_subset),
+                                                    "training.bootstrap": "no"})

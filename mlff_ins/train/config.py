@@ -132,6 +132,9 @@ def check_train_config(cfg: dict) -> None:
                 ok = False
             if not ok:
                 raise InputError(f"e0s: {el} needs a finite energy in eV (got {value!r})")
+    if not isinstance(cfg["training"].get("bootstrap", True), bool):
+        raise InputError(f"training.bootstrap: true or false (got "
+                         f"{cfg['training']['bootstrap']!r})")
     stop = cfg["training"].get("early_stop")
     if stop is not None and not (isinstance(stop, int) and not isinstance(stop, bool)
                                  and stop >= 1):

@@ -4,9 +4,11 @@ Each ensemble member is one ``nequip-train`` run in its own folder (a subprocess
 any one of them loses at most the epochs since its last checkpoint), followed by ``nequip-package``
 of its best checkpoint in the same process (:mod:`mlff_ins.train.member_process`; DDP members
 package in a process of their own). Members differ in their seed
-and, for K > 1, in a bootstrap resample of the training pool; validation and test frames are the
-same for all members so the ensemble can be scored on held-out data. ``resume=True`` continues a
-killed run: finished members are kept, an unfinished one restarts from its ``last.ckpt``.
+and, for K > 1, in a bootstrap resample of the training pool (unless ``training.bootstrap`` is
+false); validation and test frames are the same for all members so the ensemble can be scored on
+held-out data. ``resume=True`` continues a killed run: finished members are kept, an unfinished
+one restarts from its ``last.ckpt``; it may also add members to a run, finished or not (a larger
+``ensemble``), when the new members take the training frames the way the old ones did.
 
 Members run one after another, or ``parallel_members`` at a time (each a single process with
 cores/K torch threads; every file a member writes is in its own folder). One member can also be
@@ -769,11 +771,44 @@ def _copy_init(source: Path, member_dir: Path) -> Path:
     return dest
 
 
+def resamples(cfg: dict) -> bool:
+    """Whether each member trains on a bootstrap resample of the training pool (K > 1 and
+    ``training.bootstrap``, true in runs made before the setting)."""
+    return int(cfg["ensemble"]) > 1 and bool(cfg["training"].get("bootstrap", True))
+
+
+def _adds_members(cfg: dict, out: Path) -> bool:
+    """Whether ``cfg`` asks the finished run in ``out`` for more members than its bundle has
+    (the bundle.json of the members it had stays until the added ones are trained)."""
+    try:
+        members = json.loads((out / "bundle.json").read_text())["members"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return int(cfg["ensemble"]) > len(members)
+
+
+def _check_members(cfg: dict, old: dict, out: Path, option: str) -> None:
+    """A --resume may add members (member k's seed and resample do not depend on K), never
+    drop any, and only where the new members take the training frames as the old ones did."""
+    k_old, k_new = int(old.get("ensemble", 1)), int(cfg["ensemble"])
+    if k_new < k_old:
+        raise InputError(f"{out}: {option} with --ensemble {k_new}, the run there has {k_old} "
+                         f"members (members may be added, not dropped)")
+    if resamples(old) != resamples(cfg):
+        how = {True: "each on its own bootstrap resample of the training pool",
+               False: "on the whole training pool"}
+        raise InputError(f"{out}: {option} would train the members {how[resamples(cfg)]}, the "
+                         f"run's {k_old} member(s) trained {how[resamples(old)]} (set "
+                         f"training.bootstrap: {str(resamples(old)).lower()})")
+
+
 def _fixed_settings(cfg: dict) -> dict:
     """``cfg`` as plain JSON without the run-length settings of :data:`RUN_LENGTH`, the
-    :data:`WHERE` settings and the data file's path (its content is checked by hash, so a moved
-    checkout resumes)."""
+    :data:`WHERE` settings, the data file's path (its content is checked by hash, so a moved
+    checkout resumes) and the ensemble's size and resampling (:func:`_check_members`)."""
     plain = json.loads(json.dumps(cfg))
+    plain.pop("ensemble", None)
+    plain.get("training", {}).pop("bootstrap", None)
     for key in RUN_LENGTH + SCHEDULE:
         plain.get("training", {}).pop(key, None)
     plain.pop("data", None)
@@ -858,9 +893,10 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
 
     state_path = out / "train_settings.json"
     if out.exists() and any(p.name != ".ddp" for p in out.iterdir()):
-        if (out / "bundle.json").exists():
+        if (out / "bundle.json").exists() and not (resume and _adds_members(cfg, out)):
             raise InputError(f"{out}: a finished model bundle is already there "
-                             "(choose another -o or delete it)")
+                             "(choose another -o or delete it; --resume with a larger "
+                             "--ensemble adds members to it)")
         if not resume:
             raise InputError(f"{out}: folder exists with an unfinished training run; "
                              "add --resume to continue it, or choose another -o")
@@ -914,9 +950,9 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
         seed = int(cfg["split"]["seed"]) * 1000 + k
         over = cfg["training"].get("oversample") or {}
         weights = cfg["training"].get("frame_weights") or {}
-        if K > 1 or over or weights:
+        if resamples(cfg) or over or weights:
             train_frames = pool
-            if K > 1:  # bootstrap resample of the training pool, one per member
+            if resamples(cfg):  # bootstrap resample of the training pool, one per member
                 idx = np.random.default_rng(seed + 7919).integers(0, len(pool), len(pool))
                 train_frames = [pool[i] for i in sorted(idx)]
             train_frames = with_frame_weights(oversample(train_frames, over), weights)
@@ -1028,7 +1064,9 @@ def _check_same_run(cfg: dict, out: Path, option: str) -> None:
     if _fixed_settings(old.get("settings") or {}) != _fixed_settings(cfg):
         raise InputError(f"{out}: {option} with different settings than the run there (see "
                          f"{state_path}; only the run length (--epochs, --max-minutes, "
-                         f"--early-stop), --device and training.lr_plateau may change)")
+                         f"--early-stop), --device, training.lr_plateau and a larger "
+                         f"--ensemble may change)")
+    _check_members(cfg, old.get("settings") or {}, out, option)
     if old.get("data_sha256") != data_sha256(cfg):
         raise InputError(f"{out}: {option} with changed data {data_label(cfg)} (it differs "
                          "from the data the run started with)")
