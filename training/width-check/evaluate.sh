@@ -4,9 +4,10 @@
 # and split, exported from their best epochs so far (a partial export of a run under way is
 # allowed) and scored side by side, each alone and against the shipped round-4 members:
 #   1. force/energy errors per kind on round 4's test split (bench train; the shipped members one
-#      by one: runs/s19/per_member.sh) and on the training pool (how well each fits its data);
+#      by one: per_member.sh here) and on the training pool (how well each fits its data);
 #   2. Si phonons at Γ, X, L against our CP2K (bench phonons, accuracy only);
-#   3. energy offsets by kind of frame (training/al-round4/energy_bias.py).
+#   3. energy offsets by kind of frame (training/al-round4/energy_bias.py);
+#   4. the cost of a force call on 512 atoms (force_cost.py), what MD with each model costs.
 # Pause any training first (kill -STOP), or the figures are taken beside it.
 # Usage: bash training/width-check/evaluate.sh [OUT]   (default runs/width-check)
 set -euo pipefail
@@ -30,3 +31,6 @@ for name in wide scratch; do
   echo "== $name: energy offsets by kind"
   python training/al-round4/energy_bias.py "$model" "$POOL" "$TEST" | grep -v "^  [a-z_0-9]*al[0-9]_" 
 done
+echo "== cost of a force call, 512 atoms, member 0 (shipped, control, wide)"
+python training/width-check/force_cost.py mlff_ins/resources/si/reference_model \
+    "$OUT/scratch_model" "$OUT/wide_model"
