@@ -263,6 +263,7 @@ def test_export_of_an_unfinished_run_is_a_loadable_partial_bundle(tiny_bundle, s
     atoms.calc = load_calculator(dest)
     assert np.isfinite(atoms.get_forces()).all()
     assert "partial export" in (dest / "report.md").read_text()
+    assert "ensemble of 2 (each on its own bootstrap resample" in (dest / "report.md").read_text()
     # a second export into the same folder, --export with --resume, and other settings: refused
     assert main(argv + ["--export", str(dest)]) == 2
     assert "exists; --export writes a new folder" in capsys.readouterr().err
@@ -709,6 +710,7 @@ def test_a_resume_adds_members_that_take_the_frames_as_the_first_did(si_subset, 
     assert train_files == {str((out / "data" / "train_pool.xyz").resolve())}
     assert cfgs[0]["data"]["seed"] != cfgs[1]["data"]["seed"]
     assert len(json.loads((out / "metrics.json").read_text())["members"]) == 2
+    assert "ensemble of 2 (each on the whole training pool" in (out / "report.md").read_text()
     capsys.readouterr()
     assert main(["train", *args, "--ensemble", "1", "--export", str(tmp_path / "one")]) == 2
     assert "members may be added, not dropped" in capsys.readouterr().err

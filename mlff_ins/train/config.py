@@ -101,6 +101,12 @@ def load_train_config(path: str | os.PathLike | None = None, *, preset: str | No
     return cfg
 
 
+def resamples(cfg: dict) -> bool:
+    """Whether each member trains on a bootstrap resample of the training pool (K > 1 and
+    ``training.bootstrap``, true in runs made before the setting)."""
+    return int(cfg.get("ensemble", 1)) > 1 and bool(cfg["training"].get("bootstrap", True))
+
+
 def check_train_config(cfg: dict) -> None:
     """Raise :class:`InputError` naming the first bad option."""
     if not cfg.get("data"):

@@ -51,6 +51,7 @@ from mlff_ins.data.ingest import read_frames, split_isolated_atoms
 from mlff_ins.data.validate import validate
 from mlff_ins.errors import InputError, sigterm_as_interrupt
 from mlff_ins.data.e0s import choose_e0s
+from mlff_ins.train.config import resamples
 from mlff_ins.train.nequip_config import nequip_config
 
 PACKAGE_NAME = "model.nequip.zip"
@@ -769,12 +770,6 @@ def _copy_init(source: Path, member_dir: Path) -> Path:
         with atomic_path(dest) as tmp:
             shutil.copyfile(source, tmp)
     return dest
-
-
-def resamples(cfg: dict) -> bool:
-    """Whether each member trains on a bootstrap resample of the training pool (K > 1 and
-    ``training.bootstrap``, true in runs made before the setting)."""
-    return int(cfg["ensemble"]) > 1 and bool(cfg["training"].get("bootstrap", True))
 
 
 def _adds_members(cfg: dict, out: Path) -> bool:

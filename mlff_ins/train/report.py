@@ -186,7 +186,8 @@ def write_report(out: Path, metrics: dict, col: dict, members: list[Path], test_
              f"- elements {', '.join(bundle['elements'])}; cutoff {bundle['cutoff_A']} Å; "
              f"E0s (eV, {_E0_SOURCE.get(bundle.get('e0s_method'), 'isolated-atom frames')}) "
              f"{bundle['e0s_eV']}",
-             f"- preset {bundle['preset']}, {bundle['dtype']}, ensemble of {len(members)}",
+             f"- preset {bundle['preset']}, {bundle['dtype']}, ensemble of {len(members)}"
+             f"{_resampling(bundle, len(members))}",
              *_partial_note(bundle), "",
              "## Errors on the held-out test frames", "",
              "| model | energy MAE / RMSE (meV/atom) | force MAE / RMSE (meV/Å) "
@@ -201,3 +202,15 @@ def write_report(out: Path, metrics: dict, col: dict, members: list[Path], test_
                      + (f"{st['mae']:.2f} / {st['rmse']:.2f} |" if st else "- |"))
     lines += ["", "![parity](parity.png)", "", "![learning curve](learning_curve.png)", ""]
     write_text_atomic(out / "report.md", "\n".join(lines))
+
+
+def _resampling(bundle: dict, n_members: int) -> str:
+    """How the members took the training frames, for the report's settings line."""
+    from mlff_ins.train.config import resamples
+
+    settings = bundle.get("settings") or {}
+    if n_members < 2 or "training" not in settings:
+        return ""
+    if resamples({**settings, "ensemble": n_members}):
+        return " (each on its own bootstrap resample of the training pool)"
+    return " (each on the whole training pool; the seeds differ)"
