@@ -717,3 +717,33 @@ def test_a_resume_adds_members_that_take_the_frames_as_the_first_did(si_subset, 
     with pytest.raises(InputError, match="training.bootstrap: true or false"):
         load_train_config(preset="tiny", overrides={"data": str(si_subset),
                                                     "training.bootstrap": "no"})
+
+
+def test_members_log_their_gradient_norms_and_clip_them_where_asked(si_subset, tmp_path):
+    """Every member logs the mean and largest global gradient norm of each epoch (what a
+    training.grad_clip value is read from); training.grad_clip sets the trainer's norm
+    clipping, and a bad value is refused naming the option."""
+    import csv
+
+    import yaml
+
+    from mlff_ins.train.grad_norm import MAX, MEAN
+
+    out = tmp_path / "run"
+    clip = tmp_path / "clip.yaml"
+    clip.write_text("training: {grad_clip: 0.5}\n")
+    assert main(["train", str(clip), "--data", str(si_subset), "--preset", "tiny",
+                 "--epochs", "2", "-o", str(out)]) == 0
+    member = out / "members" / "member_0"
+    trainer = yaml.safe_load((member / "nequip.yaml").read_text())["trainer"]
+    assert trainer["gradient_clip_val"] == 0.5
+    assert trainer["gradient_clip_algorithm"] == "norm"
+    rows = [r for log in member.glob("logs/version_*/metrics.csv")
+            for r in csv.DictReader(open(log)) if r.get(MAX)]
+    assert sorted(int(float(r["epoch"])) for r in rows) == [0, 1]
+    for r in rows:   # the norms before clipping: the largest of an epoch bounds its mean
+        assert 0 < float(r[MEAN]) <= float(r[MAX]) < float("inf")
+    for bad in (-1.0, 0, "x", True):
+        with pytest.raises(InputError, match="training.grad_clip"):
+            load_train_config(preset="tiny", overrides={"data": str(si_subset),
+                                                        "training.grad_clip": bad})

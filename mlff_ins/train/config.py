@@ -9,6 +9,7 @@ by :mod:`mlff_ins.train.nequip_config`.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 
@@ -141,6 +142,10 @@ def check_train_config(cfg: dict) -> None:
     if not isinstance(cfg["training"].get("bootstrap", True), bool):
         raise InputError(f"training.bootstrap: true or false (got "
                          f"{cfg['training']['bootstrap']!r})")
+    clip = cfg["training"].get("grad_clip")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
+                             or not (math.isfinite(clip) and clip > 0)):
+        raise InputError(f"training.grad_clip: a positive gradient norm, or null (got {clip!r})")
     stop = cfg["training"].get("early_stop")
     if stop is not None and not (isinstance(stop, int) and not isinstance(stop, bool)
                                  and stop >= 1):

@@ -814,6 +814,7 @@ def _fixed_settings(cfg: dict) -> dict:
     training = plain.get("training", {})
     training.setdefault("init_from", None)
     training.setdefault("frame_weights", {})
+    training.setdefault("grad_clip", None)
     if training["init_from"]:   # where the source run is does not count, as for the data: its
         training["init_from"] = Path(training["init_from"]).name   # copies are in the members
     return plain

@@ -128,7 +128,9 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
                 {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
                  "dirpath": str(run_dir), "filename": "latest", "save_top_k": 1,
                  "save_last": True},
+                {"_target_": "mlff_ins.train.grad_norm.GradNormLog"},
             ] + _early_stop(t.get("early_stop"), monitored),
+            **_grad_clip(t.get("grad_clip")),
         },
         "training_module": {
             "_target_": "nequip.train.EMALightningModule",
@@ -216,6 +218,14 @@ def _early_stop(patience: int | None, monitored: str) -> list[dict]:
         return []
     return [{"_target_": "lightning.pytorch.callbacks.EarlyStopping", "monitor": monitored,
              "mode": "min", "patience": int(patience), "min_delta": 0.0}]
+
+
+def _grad_clip(value: float | None) -> dict:
+    """The trainer's clipping of the global gradient norm at ``value`` (none when None; see
+    :mod:`mlff_ins.train.grad_norm`)."""
+    if value is None:
+        return {}
+    return {"gradient_clip_val": float(value), "gradient_clip_algorithm": "norm"}
 
 
 def _pair_potential(name: str | None, elements: list[str]) -> dict:
