@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench train of each member of bundle $1 alone, on frames $2 (single-member views of the bundle)
 set -euo pipefail
-B=$(realpath "$1"); F=$2; V=runs/s19/views/$(basename "$B")
+B=$(realpath "$1"); F=$2; V=runs/width-check/views/$(basename "$B")
 n=$(python -c "import json,sys; print(len(json.load(open('$B/bundle.json'))['members']))")
 for k in $(seq 0 $((n-1))); do
   d=$V/m$k; rm -rf "$d"; mkdir -p "$d"
