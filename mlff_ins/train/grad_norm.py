@@ -1,8 +1,8 @@
 """The size of a member's gradients, logged every epoch, and where it is clipped.
 
 Training from scratch at the reference model's learning rates showed loss spikes: the validation
-force error of a member jumped (for example from 114 to 304 meV/Å within four epochs) and took
-10-15 epochs to come back (training/width-check). Whether one batch's gradient caused them is a
+force error of a member jumped (for example from 114 to 306 meV/Å within three epochs) and stayed
+more than 15 meV/Å above its best for 17 epochs (training/width-check). Whether one batch's gradient caused them is a
 question the logs could not answer, so every member logs the global L2 norm of its gradients,
 before any clipping, as ``train_grad_norm_epoch/mean`` and ``train_grad_norm_epoch/max`` over each
 epoch's optimizer steps (in metrics.csv beside the losses). ``training.grad_clip`` (null: none)
