@@ -2,12 +2,13 @@
 
 Training from scratch at the reference model's learning rates showed loss spikes: the validation
 force error of a member jumped (for example from 114 to 306 meV/Å within three epochs) and stayed
-more than 15 meV/Å above its best for 17 epochs (training/width-check). Whether one batch's gradient caused them is a
-question the logs could not answer, so every member logs the global L2 norm of its gradients,
-before any clipping, as ``train_grad_norm_epoch/mean`` and ``train_grad_norm_epoch/max`` over each
-epoch's optimizer steps (in metrics.csv beside the losses). ``training.grad_clip`` (null: none)
-clips that norm at a value read off those logs (Lightning's ``gradient_clip_val``; nequip's
-``EMALightningModule`` optimizes automatically, so the trainer clips).
+more than 15 meV/Å above its best for 17 epochs (training/width-check). Whether one batch's
+gradient caused them is a question the logs could not answer, so every member logs the global L2
+norm of its gradients, before any clipping, as ``train_grad_norm_epoch/mean`` and
+``train_grad_norm_epoch/max`` over each epoch's optimizer steps (in metrics.csv beside the
+losses). ``training.grad_clip`` (null: none) clips that norm at a value read off those logs
+(Lightning's ``gradient_clip_val``; nequip's ``EMALightningModule`` optimizes automatically, so
+the trainer clips).
 """
 
 from __future__ import annotations
