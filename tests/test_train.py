@@ -721,13 +721,13 @@ def test_a_resume_adds_members_that_take_the_frames_as_the_first_did(si_subset, 
 
 def test_members_log_their_gradient_norms_and_clip_them_where_asked(si_subset, tmp_path):
     """Every member logs the mean and largest global gradient norm of each epoch (what a
-    training.grad_clip value is read from); training.grad_clip sets the trainer's norm
+    training.grad_clip value is read from) and its learning rate; training.grad_clip sets the trainer's norm
     clipping, and a bad value is refused naming the option."""
     import csv
 
     import yaml
 
-    from mlff_ins.train.grad_norm import MAX, MEAN
+    from mlff_ins.train.grad_norm import LR, MAX, MEAN
 
     out = tmp_path / "run"
     clip = tmp_path / "clip.yaml"
@@ -743,6 +743,10 @@ def test_members_log_their_gradient_norms_and_clip_them_where_asked(si_subset, t
     assert sorted(int(float(r["epoch"])) for r in rows) == [0, 1]
     for r in rows:   # the norms before clipping: the largest of an epoch bounds its mean
         assert 0 < float(r[MEAN]) <= float(r[MAX]) < float("inf")
+    # the first epoch trains at the configured rate (the plateau scheduler cannot have cut it)
+    configured = load_train_config(preset="tiny", overrides={"data": str(si_subset)})
+    first = next(r for r in rows if int(float(r["epoch"])) == 0)
+    assert float(first[LR]) == pytest.approx(float(configured["training"]["lr"]), rel=1e-6)
     for bad in (-1.0, 0, "x", True):
         with pytest.raises(InputError, match="training.grad_clip"):
             load_train_config(preset="tiny", overrides={"data": str(si_subset),

@@ -95,12 +95,15 @@ def _read_csv_rows(path: Path) -> list[dict]:
 
 
 def _learning_curve(member_dir: Path):
-    """Per-epoch train and validation force MAE (eV/Angstrom) from all CSV logs of a member."""
+    """Per-epoch train and validation force MAE (eV/Angstrom) and learning rate (absent from
+    logs written before it was logged) from all CSV logs of a member."""
+    from mlff_ins.train.grad_norm import LR
+
     paths = sorted(member_dir.glob("logs/version_*/metrics.csv"),
                    key=lambda p: int(p.parent.name.split("_")[1]))
     if not paths:
         return None
-    train_f, val_f = {}, {}
+    train_f, val_f, lr = {}, {}, {}
     for row in (r for p in paths for r in _read_csv_rows(p)):
         if not row.get("epoch"):
             continue
@@ -109,7 +112,9 @@ def _learning_curve(member_dir: Path):
             train_f[ep] = float(row["train_metric_epoch/forces_mae"])
         if row.get("val0_epoch/forces_mae"):
             val_f[ep] = float(row["val0_epoch/forces_mae"])
-    return train_f, val_f
+        if row.get(LR):
+            lr[ep] = float(row[LR])
+    return train_f, val_f, lr
 
 
 def _partial_note(bundle: dict) -> list[str]:
@@ -157,20 +162,30 @@ def write_report(out: Path, metrics: dict, col: dict, members: list[Path], test_
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for k, m in enumerate(members):
-        curves = _learning_curve(m)
-        if curves is None:
+    curves = [_learning_curve(m) for m in members]
+    with_lr = any(c is not None and c[2] for c in curves)
+    if with_lr:
+        fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(5.5, 5.6), sharex=True,
+                                        height_ratios=(3, 1.2))
+    else:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+    for k, c in enumerate(curves):
+        if c is None:
             continue
-        train_f, val_f = curves
+        train_f, val_f, lr = c
+        if lr:
+            ax_lr.semilogy(list(lr), list(lr.values()), "-", lw=1.2, color=f"C{k}")
         if train_f:
             ax.semilogy(list(train_f), [1000 * v for v in train_f.values()], "-", lw=1,
                         color=f"C{k}", alpha=0.5, label=f"member {k} train")
         if val_f:
             ax.semilogy(list(val_f), [1000 * v for v in val_f.values()], "-", lw=1.5,
                         color=f"C{k}", label=f"member {k} validation")
-    ax.set(xlabel="epoch", ylabel="force MAE (meV/Å)", title="learning curve")
+    ax.set(xlabel="" if with_lr else "epoch", ylabel="force MAE (meV/Å)",
+           title="learning curve")
     ax.legend(fontsize=7)
+    if with_lr:
+        ax_lr.set(xlabel="epoch", ylabel="learning rate")
     fig.tight_layout()
     with atomic_path(out / "learning_curve.png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
