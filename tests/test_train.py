@@ -226,16 +226,29 @@ def test_bench_per_kind_errors_pool_to_the_training_report(tiny_bundle, capsys):
 def test_export_of_an_unfinished_run_is_a_loadable_partial_bundle(tiny_bundle, si_subset,
                                                                  tmp_path, capsys):
     """--export: member 1 made unfinished (its package removed, its checkpoints kept) is packaged
-    from its best checkpoint; the exported bundle scores like the run's own members on the
+    from its best checkpoint, also where the run folder moved and lacks the member's train.xyz
+    (a checkout); the exported bundle scores like the run's own members on the
     test split, loads, says it is partial, and the run folder is left as it was."""
     import numpy as np
 
     from mlff_ins.model.calculator import load_calculator
 
-    run = tmp_path / "run"
-    shutil.copytree(tiny_bundle, run)
+    from mlff_ins.train.driver import relocate_checkpoints
+
+    # the run as trained in one folder, then moved (a checkout elsewhere): its checkpoints name
+    # files of a folder that is gone, and the export reads the moved run's own
+    trained, run = tmp_path / "trained", tmp_path / "run"
+    shutil.copytree(tiny_bundle, trained)
+    for member in (trained / "members").iterdir():
+        relocate_checkpoints(member, trained)
+    shutil.move(trained, run)
     (run / "bundle.json").unlink()
     (run / "members" / "member_1" / "model.nequip.zip").unlink()
+    # as in a checkout of the run, which keeps no member's train.xyz (a resume writes it again):
+    # nequip-package reads it, so the export writes it again, the same frames
+    own = run / "members" / "member_1" / "train.xyz"
+    kept = own.read_bytes()
+    own.unlink()
     before = sorted(p.relative_to(run) for p in run.rglob("*") if p.name != "package.log")
     argv = ["train", "--data", str(si_subset), "--preset", "tiny", "--ensemble", "2",
             "--epochs", "12", "-o", str(run)]
@@ -243,7 +256,8 @@ def test_export_of_an_unfinished_run_is_a_loadable_partial_bundle(tiny_bundle, s
     assert main(argv + ["--export", str(dest)]) == 0
     assert "member 1: unfinished" in capsys.readouterr().out
     assert sorted(p.relative_to(run) for p in run.rglob("*")
-                  if p.name != "package.log") == before
+                  if p.name != "package.log") == sorted(before + [own.relative_to(run)])
+    assert own.read_bytes() == kept
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "run"]  # no temp folder
     meta = json.loads((dest / "bundle.json").read_text())
     assert meta["members"] == ["members/member_0/model.nequip.zip",
@@ -508,7 +522,11 @@ def test_a_fine_tuning_stage_starts_from_the_runs_best_weights(tiny_bundle, tmp_
     """--init-from RUN: member k starts from member k's best checkpoint of RUN (its own copy).
     With the learning rate at 0 one epoch changes nothing, so each member scores on the test
     split exactly as RUN's own member did (to 1e-6): the weights, EMA ones included, were
-    carried over. A stage on another split, or with more members than RUN has, is refused."""
+    carried over. A stage started from that stage has a self-contained copy of its starting
+    checkpoint: it exports with the first stage's copies and RUN gone. A stage on another split,
+    or with more members than RUN has, is refused."""
+    import torch
+
     data = tiny_bundle.parent / "si_subset.xyz"
     cfg = tmp_path / "stage.yaml"
     cfg.write_text(f"preset: tiny\ndata: {data}\nensemble: 2\n"
@@ -523,6 +541,26 @@ def test_a_fine_tuning_stage_starts_from_the_runs_best_weights(tiny_bundle, tmp_
     assert (out / "members" / "member_1" / "init_from.ckpt").is_file()
     saved = json.loads((out / "bundle.json").read_text())["settings"]["training"]
     assert saved["init_from"] == str(tiny_bundle)
+    # a second stage from the first: its copy builds the model from settings, not from the
+    # first stage's copy of RUN's checkpoint, so it outlives both
+    second_cfg = tmp_path / "second.yaml"
+    second_cfg.write_text(cfg.read_text().replace(str(tiny_bundle), str(out)))
+    second = tmp_path / "second"
+    assert main(["train", str(second_cfg), "-o", str(second)]) == 0
+    init = torch.load(second / "members" / "member_1" / "init_from.ckpt", map_location="cpu",
+                      weights_only=False)
+    assert init["hyper_parameters"]["model"]["_target_"] == "nequip.model.NequIPGNNModel"
+    for k in (0, 1):
+        (out / "members" / f"member_{k}" / "init_from.ckpt").unlink()
+    # member 1 unfinished: the export packages it from its checkpoint, which builds its model
+    # through its own copy
+    (second / "members" / "member_1" / "model.nequip.zip").unlink()
+    assert main(["train", str(second_cfg), "-o", str(second), "--export",
+                 str(tmp_path / "second_export")]) == 0
+    got = json.loads((tmp_path / "second_export" / "metrics.json").read_text())["members"]
+    for a, b in zip(ref, got):
+        assert b["forces_meV_per_A"]["rmse"] == pytest.approx(a["forces_meV_per_A"]["rmse"],
+                                                              rel=1e-6)
     capsys.readouterr()
     other = tmp_path / "other.yaml"
     other.write_text(cfg.read_text() + "split: {val: 0.2, test: 0.1, seed: 0}\n")

@@ -522,14 +522,16 @@ def _run_members(runs: list[_MemberRun], *, parallel: int, progress: bool, max_e
             raise
 
 
-def _start_package(member_dir: Path, env: dict | None = None, tag: str = ""):
-    """Start nequip-package on the member's best (else last) checkpoint. ``tag`` makes the
-    temporary package and log names unique (an export beside a running training must not
-    write the files the training's own packaging writes)."""
+def _start_package(member_dir: Path, env: dict | None = None, tag: str = "",
+                   ckpt: Path | None = None):
+    """Start nequip-package on ``ckpt``, by default the member's best (else last) checkpoint.
+    ``tag`` makes the temporary package and log names unique (an export beside a running
+    training must not write the files the training's own packaging writes)."""
     member_dir = member_dir.resolve()
-    ckpt = member_dir / "best.ckpt"
-    if not ckpt.exists():
-        ckpt = member_dir / "last.ckpt"
+    if ckpt is None:
+        ckpt = member_dir / "best.ckpt"
+        if not ckpt.exists():
+            ckpt = member_dir / "last.ckpt"
     tmp = member_dir / f"tmp{tag}_{PACKAGE_NAME}"
     log_path = member_dir / f"package{tag}.log"
     log = open(log_path, "w")
@@ -648,19 +650,28 @@ def relocate_checkpoints(member_dir: Path, out: Path) -> int:
         if ckpt.name == INIT_NAME:   # another run's checkpoint, read for its weights only
             continue
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        val = ((state.get("hyper_parameters") or {}).get("info_dict") or {}) \
-            .get("data", {}).get("val_file_path")
-        if not val:
+        if not _relocate_state(state, new_root):
             continue
-        old_root = str(Path(val).parent.parent)
-        if old_root == new_root:
-            continue
-        for key in [k for k in state if k not in ("state_dict", "optimizer_states")]:
-            state[key] = _replace_root(state[key], old_root, new_root)
         with atomic_path(ckpt) as tmp:
             torch.save(state, tmp)
         n += 1
     return n
+
+
+def _relocate_state(state: dict, new_root: str) -> bool:
+    """Rewrite the paths a loaded checkpoint records under its run folder to ``new_root``, in
+    place (weights untouched); False where it records none or the root is already
+    ``new_root``."""
+    val = ((state.get("hyper_parameters") or {}).get("info_dict") or {}) \
+        .get("data", {}).get("val_file_path")
+    if not val:
+        return False
+    old_root = str(Path(val).parent.parent)
+    if old_root == new_root:
+        return False
+    for key in [k for k in state if k not in ("state_dict", "optimizer_states")]:
+        state[key] = _replace_root(state[key], old_root, new_root)
+    return True
 
 
 #: training settings a --resume may change: how long the run goes on, not what it learns
@@ -762,13 +773,79 @@ def inherited_split(cfg: dict, run: Path | None = None) -> dict | None:
     return {"n": n, "files": m, **{k: split[k] for k in ("test", "val", "train")}}
 
 
+#: nequip's model builder that reads another checkpoint (what a fine-tuning stage's model is)
+FROM_CHECKPOINT = "nequip.model.ModelFromCheckpoint"
+
+
+def self_contained_model(source: Path) -> dict:
+    """The model settings that build checkpoint ``source``'s network without reading any other
+    file. A fine-tuning stage's checkpoints build their model through nequip's
+    ``ModelFromCheckpoint`` from the checkpoint the stage started from, which may itself be a
+    stage's: the chain is followed to the settings of the run trained from fresh weights (the
+    weights of every link are overwritten by the next one's, so only the architecture is read
+    from them). Raises InputError naming the missing link."""
+    import torch
+
+    model, path, seen = None, Path(source), []
+    while True:
+        if not path.is_file():
+            raise InputError(f"{source}: its model is built from {path}, which is missing "
+                             f"(a fine-tuning stage's copy of the checkpoint it started from); "
+                             f"restore that file (a copy of the best.ckpt of the run it "
+                             f"started from)")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        model = (state.get("hyper_parameters") or {}).get("model") or {}
+        if model.get("_target_") != FROM_CHECKPOINT:
+            return model
+        seen.append(path.resolve())
+        path = Path(model["checkpoint_path"])
+        if path.resolve() in seen:
+            raise InputError(f"{source}: its chain of model checkpoints loops at {path}")
+
+
+def member_seed(cfg: dict, k: int) -> int:
+    """Member k's seed: its weights' and its bootstrap resample's (independent of K)."""
+    return int(cfg["split"]["seed"]) * 1000 + k
+
+
+def _member_train_file(cfg: dict, pool: list, member_dir: Path, k: int) -> Path:
+    """The file member k trains on: the run's training pool, or, where the members resample,
+    oversample or weight frames, the member's own train.xyz, written when missing (it is the
+    same for the same run and k, so a resume, or an export of a run checked out without it,
+    writes it again)."""
+    over = cfg["training"].get("oversample") or {}
+    weights = cfg["training"].get("frame_weights") or {}
+    if not (resamples(cfg) or over or weights):
+        return member_dir.parent.parent / "data" / "train_pool.xyz"
+    train_frames = pool
+    if resamples(cfg):  # bootstrap resample of the training pool, one per member
+        idx = np.random.default_rng(member_seed(cfg, k) + 7919).integers(0, len(pool),
+                                                                         len(pool))
+        train_frames = [pool[i] for i in sorted(idx)]
+    train_frames = with_frame_weights(oversample(train_frames, over), weights)
+    train_file = member_dir / "train.xyz"
+    if not train_file.exists():
+        _write_xyz(train_file, train_frames)
+    return train_file
+
+
 def _copy_init(source: Path, member_dir: Path) -> Path:
     """The member's own copy of the checkpoint it starts from, made once (a resume keeps it,
-    even if the source run has trained on since)."""
+    even if the source run has trained on since). The copy is self-contained: where the source
+    is a fine-tuning stage's checkpoint, its model settings are those of the chain's first run
+    (:func:`self_contained_model`), so that the stage never reads another run's files again (a
+    round of fine-tuning from a round whose own starting checkpoint is gone still exports and
+    resumes)."""
+    import torch
+
     dest = member_dir / INIT_NAME
     if not dest.exists():
+        state = torch.load(source, map_location="cpu", weights_only=False)
+        hp = state.get("hyper_parameters") or {}
+        if (hp.get("model") or {}).get("_target_") == FROM_CHECKPOINT:
+            hp["model"] = self_contained_model(source)
         with atomic_path(dest) as tmp:
-            shutil.copyfile(source, tmp)
+            torch.save(state, tmp)
     return dest
 
 
@@ -943,20 +1020,8 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
             continue
         if not resume and (member_dir / "last.ckpt").exists():
             raise InputError(f"{member_dir}: an unfinished member is there; add --resume")
-        seed = int(cfg["split"]["seed"]) * 1000 + k
-        over = cfg["training"].get("oversample") or {}
-        weights = cfg["training"].get("frame_weights") or {}
-        if resamples(cfg) or over or weights:
-            train_frames = pool
-            if resamples(cfg):  # bootstrap resample of the training pool, one per member
-                idx = np.random.default_rng(seed + 7919).integers(0, len(pool), len(pool))
-                train_frames = [pool[i] for i in sorted(idx)]
-            train_frames = with_frame_weights(oversample(train_frames, over), weights)
-            train_file = member_dir / "train.xyz"
-            if not train_file.exists():
-                _write_xyz(train_file, train_frames)
-        else:
-            train_file = data_dir / "train_pool.xyz"
+        seed = member_seed(cfg, k)
+        train_file = _member_train_file(cfg, pool, member_dir, k)
         init = None
         if cfg["training"].get("init_from"):
             init = (member_dir / INIT_NAME if inits is None
@@ -1169,6 +1234,19 @@ def export_bundle(cfg: dict, run: str | os.PathLike, dest: str | os.PathLike, *,
     return dest
 
 
+def _relocated_copy(ckpt: Path, run: Path, tag: str) -> Path:
+    """A temporary copy of checkpoint ``ckpt`` beside it (``tag`` in its name) whose recorded
+    paths are under ``run`` where the run is now (the checkpoint itself is left as it is)."""
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    _relocate_state(state, str(run.resolve()))
+    dest = ckpt.with_name(f"tmp{tag}_{ckpt.name}")
+    with atomic_path(dest) as tmp:
+        torch.save(state, tmp)
+    return dest.resolve()
+
+
 def _export_into(tmp: Path, cfg: dict, run: Path, dest: Path, frames, pool, val_frames,
                  test_frames, elements, e0, progress: bool) -> None:
     from mlff_ins.train.report import evaluate_bundle_members, write_report
@@ -1184,10 +1262,20 @@ def _export_into(tmp: Path, cfg: dict, run: Path, dest: Path, frames, pool, val_
             target.mkdir(parents=True)
             if progress:
                 print(f"member {k}: unfinished; packaging its best checkpoint so far", flush=True)
-            proc, ptmp = _start_package(member_dir, tag=f".export{os.getpid()}")
-            # straight into the export: a model.nequip.zip in the run would mark the member
-            # finished for --resume
-            _finish_package(member_dir, proc, ptmp, dest=target / PACKAGE_NAME)
+            # nequip-package reads the data files the checkpoint names, by the absolute paths
+            # of where the run trained: it packages a copy that names them where the run is
+            # now (a run checked out elsewhere), and the member's own train.xyz, not kept in
+            # git (a resume writes it again), is written here too
+            _member_train_file(cfg, pool, member_dir, k)
+            tag = f".export{os.getpid()}"
+            ckpt = _relocated_copy(member_dir / "best.ckpt", run, tag)
+            try:
+                proc, ptmp = _start_package(member_dir, tag=tag, ckpt=ckpt)
+                # straight into the export: a model.nequip.zip in the run would mark the
+                # member finished for --resume
+                _finish_package(member_dir, proc, ptmp, dest=target / PACKAGE_NAME)
+            finally:
+                ckpt.unlink(missing_ok=True)
             unfinished[str(k)] = {"epochs": _checkpoint_epochs(member_dir / "best.ckpt"),
                                   "max_epochs": int(cfg["training"]["max_epochs"])}
         else:
