@@ -543,13 +543,22 @@ def test_a_fine_tuning_stage_starts_from_the_runs_best_weights(tiny_bundle, tmp_
     assert saved["init_from"] == str(tiny_bundle)
     # a second stage from the first: its copy builds the model from settings, not from the
     # first stage's copy of RUN's checkpoint, so it outlives both
+    # first; its weight average starts warmed up (at decay 0.999 from its first step, where
+    # nequip's warm-up, 0.55-0.9 over the first steps, would follow the raw weights)
+    from mlff_ins.train.ema import warm_updates
+
     second_cfg = tmp_path / "second.yaml"
-    second_cfg.write_text(cfg.read_text().replace(str(tiny_bundle), str(out)))
+    second_cfg.write_text(cfg.read_text().replace(str(tiny_bundle), str(out))
+                          .replace("lr: 0.0,", "lr: 0.05,"))
     second = tmp_path / "second"
     assert main(["train", str(second_cfg), "-o", str(second)]) == 0
     init = torch.load(second / "members" / "member_1" / "init_from.ckpt", map_location="cpu",
                       weights_only=False)
     assert init["hyper_parameters"]["model"]["_target_"] == "nequip.model.NequIPGNNModel"
+    last = torch.load(second / "members" / "member_1" / "best.ckpt", map_location="cpu",
+                      weights_only=False)
+    ema_state = last["state_dict"]["ema._extra_state"]
+    assert ema_state["num_updates"] > warm_updates(ema_state["decay"])
     for k in (0, 1):
         (out / "members" / f"member_{k}" / "init_from.ckpt").unlink()
     # member 1 unfinished: the export packages it from its checkpoint, which builds its model
@@ -558,9 +567,7 @@ def test_a_fine_tuning_stage_starts_from_the_runs_best_weights(tiny_bundle, tmp_
     assert main(["train", str(second_cfg), "-o", str(second), "--export",
                  str(tmp_path / "second_export")]) == 0
     got = json.loads((tmp_path / "second_export" / "metrics.json").read_text())["members"]
-    for a, b in zip(ref, got):
-        assert b["forces_meV_per_A"]["rmse"] == pytest.approx(a["forces_meV_per_A"]["rmse"],
-                                                              rel=1e-6)
+    assert len(got) == 2 and all(np.isfinite(m["forces_meV_per_A"]["rmse"]) for m in got)
     capsys.readouterr()
     other = tmp_path / "other.yaml"
     other.write_text(cfg.read_text() + "split: {val: 0.2, test: 0.1, seed: 0}\n")
@@ -568,6 +575,32 @@ def test_a_fine_tuning_stage_starts_from_the_runs_best_weights(tiny_bundle, tmp_
     assert "its split" in capsys.readouterr().err
     assert main(["train", str(cfg), "--ensemble", "3", "-o", str(tmp_path / "y")]) == 2
     assert "3 members asked for, that run has 2" in capsys.readouterr().err
+
+
+def test_a_stage_on_the_same_data_keeps_the_runs_own_split(tiny_bundle, tmp_path):
+    """A stage on RUN's data takes RUN's split as RUN recorded it, not the one the split
+    settings would draw again: RUN's split may be inherited or seeded (round 4's is round 3's
+    plus its own frames'), and drawing it again put one of round 4's test frames into a stage's
+    validation set and others into its training pool."""
+    from mlff_ins.train.driver import _split_data
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_bundle, source)
+    split_path = source / "data" / "split.json"
+    drawn = json.loads(split_path.read_text())
+    # a split the settings would not draw: the first test frame swapped with a training frame
+    own = {k: list(v) for k, v in drawn.items()}
+    t, r = own["test"][0], own["train"][0]
+    own["test"][0], own["train"][0] = r, t
+    own = {k: sorted(v) for k, v in own.items()}
+    split_path.write_text(json.dumps(own))
+    data = tiny_bundle.parent / "si_subset.xyz"
+    cfg = load_train_config(preset="tiny", overrides={
+        "data": str(data), "ensemble": 2, "training.init_from": str(source)})
+    _, split, pool, _, test_frames, _, _ = _split_data(cfg, tmp_path / "stage")
+    assert {k: sorted(split[k]) for k in own} == own
+    assert t in split["train"] and r in split["test"]
+    assert len(test_frames) == len(own["test"])
 
 
 def test_fine_tuning_on_appended_data_keeps_the_runs_split(tiny_bundle, tmp_path, capsys):

@@ -749,10 +749,13 @@ INHERITED_SPLIT = "inherited_split.json"
 
 
 def inherited_split(cfg: dict, run: Path | None = None) -> dict | None:
-    """The split a fine-tuning run on extended data keeps, or None for any other run: the
-    ``training.init_from`` run's split of its frames ({"n": its frame count, "test": [...],
-    "val": [...], "train": [...]}), read from ``run``'s own copy when it has one (so a resume or
-    an export needs the source run no longer)."""
+    """The split a fine-tuning run keeps, or None for a run trained from fresh weights: the
+    ``training.init_from`` run's split of its frames ({"n": its frame count, "files": how many
+    of the data files hold them, "test": [...], "val": [...], "train": [...]}), read from
+    ``run``'s own copy when it has one (so a resume or an export needs the source run no
+    longer). On the same data as that run the stage takes its split whole: that run's split
+    need not be the one the split settings would draw (it may keep a split of its own source,
+    or have been seeded with one), and drawing it again would train on its test frames."""
     if run is not None and (run / "data" / INHERITED_SPLIT).is_file():
         return json.loads((run / "data" / INHERITED_SPLIT).read_text())
     src = cfg["training"].get("init_from")
@@ -760,13 +763,14 @@ def inherited_split(cfg: dict, run: Path | None = None) -> dict | None:
         return None
     old = json.loads((Path(src) / "train_settings.json").read_text())
     if old.get("data_sha256") == data_sha256(cfg):
-        return None
-    m = _extension_prefix(cfg, old.get("data_sha256"))
-    if m is None:
-        return None                     # init_sources refuses it
+        m = len(data_files(cfg))        # the same data: all of it keeps that run's split
+    else:
+        m = _extension_prefix(cfg, old.get("data_sha256"))
+        if m is None:
+            return None                 # init_sources refuses it
     path = Path(src) / "data" / "split.json"
     if not path.is_file():
-        raise InputError(f"--init-from {src}: {path} is missing; a run on extended data keeps "
+        raise InputError(f"--init-from {src}: {path} is missing; a fine-tuning stage keeps "
                          f"that run's split of its frames")
     split = json.loads(path.read_text())
     n = len(split["test"]) + len(split["val"]) + len(split["train"])
@@ -981,8 +985,9 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
     if kept is not None:
         n_new = len(frames) - kept["n"]
         print(f"fine-tuning on {len(frames)} frames: the {kept['n']} of the run it starts from "
-              f"keep its split ({len(kept['test'])} test, {len(kept['val'])} validation), the "
-              f"{n_new} added are split among themselves", flush=True)
+              f"keep its split ({len(kept['test'])} test, {len(kept['val'])} validation)"
+              + (f", the {n_new} added are split among themselves" if n_new else ""),
+              flush=True)
     e0s = e0.values
     print(e0.message, flush=True)
     K = int(cfg["ensemble"])
@@ -1154,15 +1159,17 @@ def _split_data(cfg: dict, run: Path | None = None):
                               seed=int(cfg["split"]["seed"]), groups=groups)
     else:
         n_old = kept["n"]
+        same = kept["files"] == len(data_files(cfg))    # no files appended
         first = {**cfg, "data": [str(f) for f in data_files(cfg)[:kept["files"]]]}
         old_frames, e0_isolated, _ = prepare_data(first)
-        if len(old_frames) != n_old or len(frames) <= n_old:
+        if len(old_frames) != n_old or (len(frames) <= n_old and not same):
             raise InputError(f"{data_label(cfg)}: the first {kept['files']} file(s) hold "
                              f"{len(old_frames)} frames where the run fine-tuned from split "
                              f"{n_old}, and the files after them must add frames")
-        new = split_indices(len(frames) - n_old, val=cfg["split"]["val"],
-                            test=cfg["split"]["test"], seed=int(cfg["split"]["seed"]),
-                            groups=groups[n_old:])
+        new = ({k: [] for k in ("test", "val", "train")} if same else
+               split_indices(len(frames) - n_old, val=cfg["split"]["val"],
+                             test=cfg["split"]["test"], seed=int(cfg["split"]["seed"]),
+                             groups=groups[n_old:]))
         split = {k: sorted(list(kept[k]) + [n_old + i for i in new[k]])
                  for k in ("test", "val", "train")}
         e0_source = data_label(first)

@@ -133,7 +133,10 @@ def nequip_config(cfg: dict, *, elements: list[str], e0s: dict[str, float], trai
             **_grad_clip(t.get("grad_clip")),
         },
         "training_module": {
-            "_target_": "nequip.train.EMALightningModule",
+            # a fine-tuning stage continues the earlier run's weight average, warmed up
+            # (mlff_ins/train/ema.py); a fresh run warms its own up, as nequip's does
+            "_target_": ("mlff_ins.train.ema.ContinuedEMALightningModule"
+                         if init_checkpoint is not None else "nequip.train.EMALightningModule"),
             "ema_decay": float(t["ema_decay"]),
             "loss": loss,
             "val_metrics": _weighted_metrics(use_stress) if weighted else metrics,
