@@ -577,6 +577,33 @@ def test_a_fine_tuning_stage_starts_from_the_runs_best_weights(tiny_bundle, tmp_
     assert "3 members asked for, that run has 2" in capsys.readouterr().err
 
 
+def test_a_broken_chain_of_stage_checkpoints_is_named(tmp_path):
+    """A stage's checkpoint whose model is built from a checkpoint that is gone (a copy git did
+    not keep) is refused in one line naming the missing file; a loop is refused too; the chain
+    is followed to the first run's model settings."""
+    import torch
+
+    from mlff_ins.train.driver import FROM_CHECKPOINT, self_contained_model
+
+    def ckpt(path, model):
+        torch.save({"hyper_parameters": {"model": model}}, path)
+        return path
+
+    base = {"_target_": "nequip.model.NequIPGNNModel", "num_layers": 3}
+    first = ckpt(tmp_path / "first.ckpt", base)
+    second = ckpt(tmp_path / "second.ckpt", {"_target_": FROM_CHECKPOINT,
+                                              "checkpoint_path": str(first)})
+    third = ckpt(tmp_path / "third.ckpt", {"_target_": FROM_CHECKPOINT,
+                                            "checkpoint_path": str(second)})
+    assert self_contained_model(third) == base
+    first.unlink()
+    with pytest.raises(InputError, match="first.ckpt, which is missing"):
+        self_contained_model(third)
+    ckpt(first, {"_target_": FROM_CHECKPOINT, "checkpoint_path": str(third)})
+    with pytest.raises(InputError, match="loops"):
+        self_contained_model(third)
+
+
 def test_a_stage_on_the_same_data_keeps_the_runs_own_split(tiny_bundle, tmp_path):
     """A stage on RUN's data takes RUN's split as RUN recorded it, not the one the split
     settings would draw again: RUN's split may be inherited or seeded (round 4's is round 3's
