@@ -542,9 +542,9 @@ def test_a_fine_tuning_stage_starts_from_the_runs_best_weights(tiny_bundle, tmp_
     saved = json.loads((out / "bundle.json").read_text())["settings"]["training"]
     assert saved["init_from"] == str(tiny_bundle)
     # a second stage from the first: its copy builds the model from settings, not from the
-    # first stage's copy of RUN's checkpoint, so it outlives both
-    # first; its weight average starts warmed up (at decay 0.999 from its first step, where
-    # nequip's warm-up, 0.55-0.9 over the first steps, would follow the raw weights)
+    # first stage's copy of RUN's checkpoint, so it outlives both; its weight average starts
+    # warmed up (at decay 0.999 from its first step, where nequip's warm-up, 0.55-0.9 over the
+    # first steps, would follow the raw weights)
     from mlff_ins.train.ema import warm_updates
 
     second_cfg = tmp_path / "second.yaml"
@@ -819,8 +819,8 @@ def test_a_resume_adds_members_that_take_the_frames_as_the_first_did(si_subset, 
 
 def test_members_log_their_gradient_norms_and_clip_them_where_asked(si_subset, tmp_path):
     """Every member logs the mean and largest global gradient norm of each epoch (what a
-    training.grad_clip value is read from) and its learning rate; training.grad_clip sets the trainer's norm
-    clipping, and a bad value is refused naming the option."""
+    training.grad_clip value is read from) and its learning rate; training.grad_clip sets the
+    trainer's norm clipping, and a bad value is refused naming the option."""
     import csv
 
     import yaml

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The full-pool stage of issue 19 (README.md here): training/si-reference-k222-full (the shipped
-# round-4 members, each fine-tuned on the whole training pool at lr 0.001) against the shipped
+# round-4 members, each fine-tuned on the whole training pool at lr 0.0002) against the shipped
 # round-4 ensemble (OLD), on the same frames:
 #   1. force/energy errors per kind, ensemble mean, on round 4's test split (21 frames) and on
 #      the k-point set's 15 of them (the issue's targets), then each member alone on the 21;
