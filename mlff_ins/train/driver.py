@@ -1223,7 +1223,8 @@ def export_bundle(cfg: dict, run: str | os.PathLike, dest: str | os.PathLike, *,
     finished or not: every finished member, and every unfinished member's best checkpoint so
     far (packaged now), scored on the run's test split with the same report as a finished run.
     bundle.json says which members are unfinished and at which epoch (``partial``). The run
-    folder is not changed: its training continues with ``train --resume``. ``dest`` holds no
+    folder is not changed (but for an unfinished member's train.xyz, written again where a
+    checkout lacks it): its training continues with ``train --resume``. ``dest`` holds no
     checkpoints or logs (what a release ships); it must not exist yet.
 
     ``cfg`` is the run's configuration, as for a resume (only the run length may differ)."""
