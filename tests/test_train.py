@@ -483,6 +483,26 @@ def test_progress_of_a_resumed_member_counts_only_this_runs_epochs(tmp_path):
     assert (fresh.bar.initial, fresh.bar.n) == (0, 2)
 
 
+def test_the_learning_curve_leaves_out_the_training_point_of_an_epoch_cut_short(tmp_path):
+    """Epochs of 10 optimizer steps, logged over two runs of the member (a resume after epoch
+    1); the last, stopped by max_minutes after 3 steps, logged a training MAE over those 3
+    batches alone. Its training point is left out, its validation point (the weights it left)
+    kept; every whole epoch keeps both."""
+    from mlff_ins.train.report import _learning_curve
+
+    rows = {0: ["epoch,step,train_metric_epoch/forces_mae,val0_epoch/forces_mae",
+                "0,9,,0.30", "0,9,0.40,", "1,19,,0.20", "1,19,0.25,"],
+            1: ["epoch,step,train_metric_epoch/forces_mae,val0_epoch/forces_mae",
+                "2,29,,0.15", "2,29,0.18,", "3,32,,0.14", "3,32,0.30,"]}
+    for version, lines in rows.items():
+        log = tmp_path / "logs" / f"version_{version}" / "metrics.csv"
+        log.parent.mkdir(parents=True)
+        log.write_text("\n".join(lines) + "\n")
+    train_f, val_f, _ = _learning_curve(tmp_path)
+    assert train_f == {0: 0.40, 1: 0.25, 2: 0.18}
+    assert val_f == {0: 0.30, 1: 0.20, 2: 0.15, 3: 0.14}
+
+
 def test_early_stop_ends_a_member_where_its_validation_loss_stopped_falling(si_subset,
                                                                              tmp_path):
     """--early-stop 2: the member stops after two epochs without a lower validation loss and is

@@ -96,24 +96,44 @@ def _read_csv_rows(path: Path) -> list[dict]:
 
 def _learning_curve(member_dir: Path):
     """Per-epoch train and validation force MAE (eV/Angstrom) and learning rate (absent from
-    logs written before it was logged) from all CSV logs of a member."""
+    logs written before it was logged) from all CSV logs of a member.
+
+    An epoch cut short (``max_minutes`` stops a member between two batches) logs a training MAE
+    over the batches it ran, not over the training set: its training point is left out, found
+    by its count of optimizer steps, fewer than a whole epoch's (the most common count). Its
+    validation point, of the weights it left, is kept."""
+    from collections import Counter
+
     from mlff_ins.train.grad_norm import LR
 
     paths = sorted(member_dir.glob("logs/version_*/metrics.csv"),
                    key=lambda p: int(p.parent.name.split("_")[1]))
     if not paths:
         return None
-    train_f, val_f, lr = {}, {}, {}
+    train_f, val_f, lr, last_step = {}, {}, {}, {}
     for row in (r for p in paths for r in _read_csv_rows(p)):
         if not row.get("epoch"):
             continue
         ep = int(float(row["epoch"]))
         if row.get("train_metric_epoch/forces_mae"):
             train_f[ep] = float(row["train_metric_epoch/forces_mae"])
+            if row.get("step"):
+                last_step[ep] = int(float(row["step"]))
         if row.get("val0_epoch/forces_mae"):
             val_f[ep] = float(row["val0_epoch/forces_mae"])
         if row.get(LR):
             lr[ep] = float(row[LR])
+    # the step logged with an epoch's training metrics is its last optimizer step (counted from 0)
+    steps, before = {}, -1
+    for ep in sorted(last_step):
+        if ep - 1 in last_step or ep == 0:
+            steps[ep] = last_step[ep] - before
+        before = last_step[ep]
+    if len(steps) > 1:
+        whole = Counter(steps.values()).most_common(1)[0][0]
+        for ep, n in steps.items():
+            if n < whole:
+                train_f.pop(ep, None)
     return train_f, val_f, lr
 
 
@@ -130,6 +150,44 @@ def _partial_note(bundle: dict) -> list[str]:
         lines.append(f"  - {partial['members_without_checkpoint']} member(s) not started: "
                      f"left out")
     return lines
+
+
+def plot_learning_curve(members: list[Path], path: Path) -> None:
+    """The members' training and validation force MAE per epoch, and their learning rate in a
+    second panel where the logs have it, to the PNG ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [_learning_curve(m) for m in members]
+    with_lr = any(c is not None and c[2] for c in curves)
+    if with_lr:
+        fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(5.5, 5.6), sharex=True,
+                                        height_ratios=(3, 1.2))
+    else:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+    for k, c in enumerate(curves):
+        if c is None:
+            continue
+        train_f, val_f, lr = c
+        if lr:
+            ax_lr.semilogy(list(lr), list(lr.values()), "-", lw=1.2, color=f"C{k}")
+        if train_f:
+            ax.semilogy(list(train_f), [1000 * v for v in train_f.values()], "-", lw=1,
+                        color=f"C{k}", alpha=0.5, label=f"member {k} train")
+        if val_f:
+            ax.semilogy(list(val_f), [1000 * v for v in val_f.values()], "-", lw=1.5,
+                        color=f"C{k}", label=f"member {k} validation")
+    ax.set(xlabel="" if with_lr else "epoch", ylabel="force MAE (meV/Å)",
+           title="learning curve")
+    ax.legend(fontsize=7)
+    if with_lr:
+        ax_lr.set(xlabel="epoch", ylabel="learning rate")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
 
 
 def write_report(out: Path, metrics: dict, col: dict, members: list[Path], test_frames,
@@ -162,34 +220,7 @@ def write_report(out: Path, metrics: dict, col: dict, members: list[Path], test_
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
-    curves = [_learning_curve(m) for m in members]
-    with_lr = any(c is not None and c[2] for c in curves)
-    if with_lr:
-        fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(5.5, 5.6), sharex=True,
-                                        height_ratios=(3, 1.2))
-    else:
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-    for k, c in enumerate(curves):
-        if c is None:
-            continue
-        train_f, val_f, lr = c
-        if lr:
-            ax_lr.semilogy(list(lr), list(lr.values()), "-", lw=1.2, color=f"C{k}")
-        if train_f:
-            ax.semilogy(list(train_f), [1000 * v for v in train_f.values()], "-", lw=1,
-                        color=f"C{k}", alpha=0.5, label=f"member {k} train")
-        if val_f:
-            ax.semilogy(list(val_f), [1000 * v for v in val_f.values()], "-", lw=1.5,
-                        color=f"C{k}", label=f"member {k} validation")
-    ax.set(xlabel="" if with_lr else "epoch", ylabel="force MAE (meV/Å)",
-           title="learning curve")
-    ax.legend(fontsize=7)
-    if with_lr:
-        ax_lr.set(xlabel="epoch", ylabel="learning rate")
-    fig.tight_layout()
-    with atomic_path(out / "learning_curve.png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    plot_learning_curve(members, out / "learning_curve.png")
 
     lines = [f"# Training report: {name or out.name}", "",
              f"- data: {bundle['training_data']['file']} "
