@@ -1,29 +1,46 @@
 #!/usr/bin/env bash
-# How the silicon reference ensemble in mlff_ins/resources/si/reference_model/ is made: the
-# `reference` preset (configs/train/reference.yaml: 3 members of at most 250 epochs, each ending
-# after 40 epochs without a lower validation loss, ZBL core repulsion; up to 5-6 hours for the
-# three on 2 otherwise idle CPU cores; a --resume may raise the epochs to train longer) on the embedded CP2K frames (si_cp2k_pbe.xyz, with the frozen TA phonons) and the
-# active-learning round 1 (si_cp2k_pbe_al1.xyz), then the phonon benchmark on it (LABELS=k222:
-# the same geometries with k-point labels, below).
-# Round 0 (no ZBL, no frozen phonons, no round-1 frames; 400 epochs) is training/si-reference/:
-# its member 0 after 172 epochs is the interim model the round-1 frames were picked with.
-# Hours in all; stop it with SIGTERM or Ctrl-C at any point (passed on to the trainer) and rerun
-# this script: it resumes where it stopped (finished members kept, the unfinished one from its
-# last.ckpt, elapsed time included). The run folder, $OUT, is kept in git (checkpoints included)
-# so that a later session on another machine resumes it: commit it when you stop.
+# How the silicon reference ensemble in mlff_ins/resources/si/reference_model/ is made. By default
+# (LABELS=k222 ROUND=4) it remakes the shipped model, every step from the CP2K frames in the
+# repository (no DFT and no MD is run here: the active-learning rounds' frames are labelled and
+# kept in mlff_ins/resources/si/):
+#   1. the `reference` preset (configs/train/reference.yaml: 3 members of at most 250 epochs, each
+#      ending after 40 epochs without a lower validation loss, ZBL core repulsion) on the k-point
+#      data set (si_cp2k_pbe_k222.xyz) in training/si-reference-k222;
+#   2. the last stage (training/si-reference-k222-stage.yaml: the crystal's frozen-phonon and
+#      displaced frames weighted 50 in the loss, from each member's best epoch), in $OUT-stage;
+#   3. active-learning round 3 (training/si-reference-k222-al3.yaml: the stage fine-tuned on the
+#      k-point set plus round 3's frames), in training/si-reference-k222-al3;
+#   4. round 4 (training/si-reference-k222-al4.yaml: round 3 fine-tuned on its data plus round
+#      4's glasses, energy loss weight 30), in training/si-reference-k222-al4: the shipped model.
+# ROUND=2 stops after step 2 and ROUND=3 after step 3 (the models shipped before). How each
+# round's frames were made (MD, selection, CP2K) is in training/al-round3/run.sh and
+# training/al-round4/run.sh, which also train their round (the same commands as here).
+# Hours in all on 2 cores (step 1: 5-6 hours for the three members on idle cores; each later step
+# under an hour); stop it with SIGTERM or Ctrl-C at any point (passed on to the trainer) and rerun
+# this script: it resumes where it stopped (finished runs and members kept, the unfinished member
+# from its last.ckpt, elapsed time included). The run folders are kept in git (checkpoints
+# included) so that a later session on another machine resumes them: commit them when you stop.
+# In this repository every run folder is there. Round 4's member 2 is unfinished (it was stopped
+# by hand at epoch 30 and its best epoch, 24, shipped), so a plain rerun would train it on;
+# EXPORT_ONLY=1 trains nothing and exports the runs as they are, which remakes the shipped
+# bundle (its members predict as the shipped ones to 2e-7 eV/Å).
 # The finished ensemble is exported to mlff_ins/resources/si/reference_model.new and benchmarked;
 # it replaces the shipped reference_model only with SHIP=1 (run the round's evaluate.sh first,
 # which compares it with the shipped model; rerunning with SHIP=1 skips the finished training).
+# LABELS=gamma is the history before the k-point labels: the embedded Γ-only frames
+# (si_cp2k_pbe.xyz, with the frozen TA phonons) and active-learning rounds 1..ROUND
+# (si_cp2k_pbe_alK.xyz) in training/si-reference-alROUND. Round 0 (no ZBL, no frozen phonons, no
+# round-1 frames; 400 epochs) is training/si-reference/: its member 0 after 172 epochs is the
+# interim model the round-1 frames were picked with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# ROUND=N trains on the embedded frames and active-learning rounds 1..N (si_cp2k_pbe_alK.xyz)
-# in the run folder training/si-reference-alN (default: round 1, the shipped model's run).
-# LABELS=k222 trains instead on the k-point data set: every geometry of the embedded frames and
-# of rounds 1-2 relabelled with 2x2x2 k-points and the DZVP-MOLOPT-GTH basis
-# (si_cp2k_pbe_k222.xyz, scripts/relabel_si_k222.sh; why: training/kpoint-check/README.md), in
-# training/si-reference-k222
-ROUND=${ROUND:-1}
-LABELS=${LABELS:-gamma}
+source training/al_lib.sh
+# LABELS=k222 (default): the k-point data set, every geometry of the embedded frames and of
+# rounds 1-2 relabelled with 2x2x2 k-points and the DZVP-MOLOPT-GTH basis (si_cp2k_pbe_k222.xyz,
+# scripts/relabel_si_k222.sh; why: training/kpoint-check/README.md), then ROUND's fine-tunes
+LABELS=${LABELS:-k222}
+if [ "$LABELS" = k222 ]; then ROUND=${ROUND:-4}; else ROUND=${ROUND:-1}; fi
+EXPORT_ONLY=${EXPORT_ONLY:-0}
 RESUME=""
 if [ "$LABELS" = k222 ]; then
   OUT=${OUT:-training/si-reference-k222}
@@ -38,7 +55,7 @@ elif [ "$LABELS" = gamma ]; then
     [ "$k" -ge 2 ] && CHECKS+=("training/al-round$k/frames_unlabelled.xyz mlff_ins/resources/si/si_cp2k_pbe_al$k.xyz")
   done
 else
-  echo "LABELS=$LABELS: gamma (default) or k222" >&2
+  echo "LABELS=$LABELS: k222 (default) or gamma" >&2
   exit 2
 fi
 [ -d "$OUT" ] && RESUME="--resume"
@@ -71,7 +88,7 @@ done
 # the three members side by side, one torch thread each (docs/training.md: on 2 cores this beats
 # one 2-thread member at a time, more so beside other work), so a stopped run already has a
 # partial ensemble to export
-if [ ! -f "$OUT/bundle.json" ]; then
+if [ ! -f "$OUT/bundle.json" ] && [ "$EXPORT_ONLY" != 1 ]; then
   nice -n 19 mlff-ins train "${ARGS[@]}" --parallel-members 3 $RESUME &
   pid=$!
   # bash does not pass a SIGTERM on to a foreground child: without this, stopping the script
@@ -82,13 +99,13 @@ if [ ! -f "$OUT/bundle.json" ]; then
 fi
 # LABELS=k222: then the last stage, training/si-reference-k222-stage.yaml (the frozen-phonon and
 # displaced-crystal frames weighted 50 in the loss, from each member's best epoch; STAGE=0
-# skips it), in $OUT-stage; it is what is exported and shipped
+# skips it and the rounds after it), in $OUT-stage; exported with ROUND=2
 EXPORT_ARGS=("${ARGS[@]}")
 if [ "$LABELS" = k222 ] && [ "${STAGE:-1}" = 1 ]; then
   STAGE_OUT=$OUT-stage
   STAGE_RESUME=""
   [ -d "$STAGE_OUT" ] && STAGE_RESUME="--resume"
-  if [ ! -f "$STAGE_OUT/bundle.json" ]; then
+  if [ ! -f "$STAGE_OUT/bundle.json" ] && [ "$EXPORT_ONLY" != 1 ]; then
     nice -n 19 mlff-ins train training/si-reference-k222-stage.yaml --parallel-members 3 \
         -o "$STAGE_OUT" $STAGE_RESUME &
     pid=$!
@@ -97,6 +114,24 @@ if [ "$LABELS" = k222 ] && [ "${STAGE:-1}" = 1 ]; then
     trap - TERM INT
   fi
   EXPORT_ARGS=(training/si-reference-k222-stage.yaml -o "$STAGE_OUT")
+  # rounds 3 and 4 fine-tune the stage in turn; their configs name the run they start from
+  # (training.init_from), which is the one before, so the default folders are required here
+  for k in $(seq 3 "$ROUND"); do
+    if [ "$OUT" != training/si-reference-k222 ]; then
+      echo "ROUND=$ROUND: rounds 3 and 4 start from training/si-reference-k222-stage; leave OUT unset" >&2
+      exit 2
+    fi
+    CONFIG=training/si-reference-k222-al$k.yaml
+    if [ "$EXPORT_ONLY" != 1 ]; then
+      # the round's frames all labelled (frames_unlabelled*.xyz -> si_cp2k_pbe_k222_al$k*.xyz)
+      for todo in training/al-round$k/frames_unlabelled*.xyz; do
+        suffix=$(basename "$todo" .xyz); suffix=${suffix#frames_unlabelled}
+        labels_complete "$todo" "mlff_ins/resources/si/si_cp2k_pbe_k222_al$k$suffix.xyz"
+      done
+      train_round "$CONFIG" training/si-reference-k222-al$k
+    fi
+    EXPORT_ARGS=("$CONFIG" -o training/si-reference-k222-al$k)
+  done
 fi
 # ship the members and the report, not the checkpoints (`--export` also ships an unfinished
 # run's best checkpoints so far, marked partial; stop the training first)
