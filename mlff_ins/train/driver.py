@@ -984,7 +984,10 @@ def _train_bundle(cfg: dict, out: Path, *, resume: bool, progress: bool, plan: d
     kept = inherited_split(cfg, out)
     if kept is not None:
         n_new = len(frames) - kept["n"]
-        print(f"fine-tuning on {len(frames)} frames: the {kept['n']} of the run it starts from "
+        # a run seeded with data/inherited_split.json and no init_from trains from fresh weights
+        what, whose = (("fine-tuning", "the run it starts from") if cfg["training"].get("init_from")
+                       else ("training from fresh weights", f"the split in {INHERITED_SPLIT}"))
+        print(f"{what} on {len(frames)} frames: the {kept['n']} of {whose} "
               f"keep its split ({len(kept['test'])} test, {len(kept['val'])} validation)"
               + (f", the {n_new} added are split among themselves" if n_new else ""),
               flush=True)
