@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mlff_ins import __version__
-from mlff_ins.errors import InputError
+from mlff_ins.errors import InputError, ToolFailed
 from mlff_ins.neutron.units import ENERGY_UNITS
 from mlff_ins.train.config import PRESETS
 
@@ -2128,6 +2128,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"mlff-ins {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except ToolFailed as err:   # its cause is in the tool's log, not in our traceback
+        print(f"mlff-ins {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except BrokenPipeError:   # output piped into `head` and the like: stop quietly (before
         devnull = os.open(os.devnull, os.O_WRONLY)   # OSError, of which it is a subclass)
         os.dup2(devnull, sys.stdout.fileno())

@@ -1,4 +1,4 @@
-"""The one exception type a user sees as a one-line message, and a kill turned into one.
+"""The exception types a user sees as a message, not a traceback, and a kill turned into one.
 
 Every check of user input raises :class:`InputError` with a message that names the file, frame,
 element or option at fault; the command line prints it on one line and exits non-zero instead of
@@ -14,6 +14,35 @@ import threading
 
 class InputError(ValueError):
     """Bad input from the user: the message names what is wrong and where."""
+
+
+class ToolFailed(RuntimeError):
+    """A program a command runs (nequip-train, nequip-package) failed: the message names it, the
+    folder it worked in and its log, headed by the log's last error line. The command line prints
+    it without the package's own traceback, which says nothing about the cause."""
+
+    def __init__(self, tool: str, where, log_path, log_text: str, tail_lines: int = 15):
+        lines = log_text.splitlines()
+        cause = last_error_line(lines)
+        tail = "\n".join(f"  {line}" for line in lines[-tail_lines:])
+        super().__init__(f"{tool} failed for {where}: {cause or 'no error line in its log'}\n"
+                         f"last lines of {log_path}:\n{tail}")
+
+
+def last_error_line(lines: list[str]) -> str | None:
+    """The last line of a log that reads as a Python exception ("ValueError: ...",
+    "torch.OutOfMemoryError: ..."), stripped; None when there is none."""
+    import re
+
+    pattern = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b(:|$)")
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i].strip()
+        if pattern.match(line):
+            # "InstantiationException: Error in call to ...:" puts its cause on the next line
+            if line.endswith(":") and i + 1 < len(lines) and lines[i + 1].strip():
+                line = f"{line} {lines[i + 1].strip()}"
+            return line
+    return None
 
 
 class Terminated(KeyboardInterrupt):

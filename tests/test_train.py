@@ -128,6 +128,13 @@ def test_config_overrides_and_errors(tmp_path):
         load_train_config(preset="tiny", overrides={"data": "x.xyz", "ensemble": 0})
     with pytest.raises(InputError, match="no training data"):
         load_train_config(preset="tiny")
+    # sizes nequip would fail on deep in its model builder (l_max -1: an IndexError inside a
+    # hydra InstantiationException, checked by hand) are refused up front
+    for key, bad in (("l_max", -1), ("num_layers", 0), ("num_features", 2.5),
+                     ("num_bessels", True)):
+        with pytest.raises(InputError, match=rf"model\.{key}: a whole number >= \d+ "
+                                             rf"\(got {bad!r}\)"):
+            load_train_config(preset="tiny", overrides={"data": "x.xyz", f"model.{key}": bad})
     # the learning-rate schedule reaches nequip's config as given
     from mlff_ins.train.nequip_config import nequip_config
 
@@ -138,6 +145,38 @@ def test_config_overrides_and_errors(tmp_path):
                        seed=0, has_stress=False)
     sched = nq["training_module"]["lr_scheduler"]["scheduler"]
     assert (sched["patience"], sched["threshold"], sched["factor"]) == (7, 0.001, 0.6)
+
+
+def test_a_failed_trainer_is_reported_by_its_error_line_and_log_tail(tmp_path):
+    """A nequip-train failure reaches the user as one headline naming the tool, the member and
+    the log's last exception (with the cause hydra puts on the next line), then the log's last
+    lines, indented; not as the package's own traceback."""
+    from mlff_ins.errors import ToolFailed, last_error_line
+
+    log = tmp_path / "train.log"
+    lines = ["Epoch 0: 100%", "Traceback (most recent call last):",
+             '  File "x.py", line 3, in build', "    raise IndexError('list index out of range')",
+             "IndexError: list index out of range", "", "The above exception was the direct "
+             "cause of the following exception:", "Traceback (most recent call last):",
+             '  File "hydra/_internal/instantiate/_instantiate2.py", line 138, in _call_target',
+             "hydra.errors.InstantiationException: Error in call to target "
+             "'nequip.train.ema.EMALightningModule':", "IndexError('list index out of range')"]
+    log.write_text("\n".join(lines) + "\n")
+    assert last_error_line(lines) == (
+        "hydra.errors.InstantiationException: Error in call to target "
+        "'nequip.train.ema.EMALightningModule': IndexError('list index out of range')")
+    assert last_error_line(lines[:5]) == "IndexError: list index out of range"
+    assert last_error_line(["Epoch 3", "Killed"]) is None
+    err = ToolFailed("nequip-train (exit 1)", tmp_path / "member_0", log, log.read_text(),
+                     tail_lines=3)
+    head, *rest = str(err).splitlines()
+    assert head == (f"nequip-train (exit 1) failed for {tmp_path / 'member_0'}: "
+                    f"{last_error_line(lines)}")
+    assert rest == [f"last lines of {log}:", "  " + lines[-3], "  " + lines[-2],
+                    "  " + lines[-1]]
+    bare = ToolFailed("nequip-package (exit 9)", "m", log, "Killed\n")
+    assert str(bare).splitlines()[0] == ("nequip-package (exit 9) failed for m: no error line "
+                                         "in its log")
 
 
 def test_a_second_training_in_one_run_folder_is_refused(tmp_path):

@@ -108,6 +108,12 @@ def resamples(cfg: dict) -> bool:
     return int(cfg.get("ensemble", 1)) > 1 and bool(cfg["training"].get("bootstrap", True))
 
 
+#: the model's whole-number sizes and their least values (nequip fails deep inside its model
+#: builder, or silently builds a model without messages, below them)
+MODEL_SIZES = {"num_layers": 1, "l_max": 0, "num_features": 1, "radial_mlp_depth": 1,
+               "radial_mlp_width": 1, "num_bessels": 1}
+
+
 def check_train_config(cfg: dict) -> None:
     """Raise :class:`InputError` naming the first bad option."""
     if not cfg.get("data"):
@@ -119,6 +125,11 @@ def check_train_config(cfg: dict) -> None:
         raise InputError(f"cutoff: must be positive (got {cfg['cutoff']})")
     if int(cfg["ensemble"]) < 1:
         raise InputError(f"--ensemble: must be at least 1 (got {cfg['ensemble']})")
+    for key, least in MODEL_SIZES.items():
+        value = cfg["model"].get(key)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool)
+                                      and value >= least):
+            raise InputError(f"model.{key}: a whole number >= {least} (got {value!r})")
     if cfg["model"]["dtype"] not in ("float32", "float64"):
         raise InputError(f"model.dtype: float32 or float64 (got {cfg['model']['dtype']})")
     if cfg["model"].get("pair_potential") not in (None, "zbl"):

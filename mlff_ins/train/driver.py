@@ -49,7 +49,7 @@ from mlff_ins.atomic_io import (atomic_dir, atomic_path, exclusive_lock, write_j
                                write_text_atomic)
 from mlff_ins.data.ingest import read_frames, split_isolated_atoms
 from mlff_ins.data.validate import validate
-from mlff_ins.errors import InputError, sigterm_as_interrupt
+from mlff_ins.errors import InputError, ToolFailed, sigterm_as_interrupt
 from mlff_ins.data.e0s import choose_e0s
 from mlff_ins.train.config import resamples
 from mlff_ins.train.nequip_config import nequip_config
@@ -440,9 +440,8 @@ class _MemberRun:
                       f"{self.max_epochs} (--early-stop, or the --max-minutes cap)", flush=True)
             if rc != 0:
                 log_path = self.member_dir / self.log_name
-                tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
-                raise RuntimeError(f"nequip-train failed for {self.member_dir} (exit {rc}); "
-                                   f"last lines of {log_path}:\n{tail}")
+                raise ToolFailed(f"nequip-train (exit {rc})", self.member_dir, log_path,
+                                 log_path.read_text())
             if not self.package:
                 return True
             if self.package == "inline":
@@ -552,8 +551,7 @@ def _finish_package(member_dir: Path, proc, tmp: Path, dest: Path | None = None)
     rc = proc.wait()
     log = getattr(proc, "log_path", member_dir / "package.log")
     if rc != 0:
-        text = Path(log).read_text()
-        raise RuntimeError(f"nequip-package failed for {member_dir}:\n{text[-3000:]}")
+        raise ToolFailed(f"nequip-package (exit {rc})", member_dir, log, Path(log).read_text())
     out = member_dir / PACKAGE_NAME if dest is None else dest
     shutil.move(tmp, out)     # a rename on one file system
     if Path(log).name != "package.log":       # an export's own log: not left in the run
