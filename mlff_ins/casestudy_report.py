@@ -378,6 +378,19 @@ def _code_lines(out: Path) -> list[str]:
     return lines + [""]
 
 
+def study_command(study) -> str:
+    """The `mlff-ins demo --full` command line that makes (or resumes) this study."""
+    size = study.size
+    parts = ["mlff-ins demo --full", f"--model {shown_name(str(study.model))}"]
+    if size.name != "full":
+        parts.append(f"--size {size.name}")
+    if getattr(study, "md_members", None):
+        parts.append("--md-members " + " ".join(map(str, study.md_members)))
+    if not size.predictor:
+        parts.append("--no-predictor")
+    return " ".join(parts + [f"-o {study.out.name}"])
+
+
 def write_report(study, records: list[dict], timings: dict) -> Path:
     out = study.out
     size = study.size
@@ -405,7 +418,8 @@ def write_report(study, records: list[dict], timings: dict) -> Path:
            f"production run, its statistical uncertainty, not the model's"
            if size.md_blocks > 1 else " is absent (one MD run, no blocks)")
         + f". Every step's command is in "
-        f"`examples/si_case_study.sh` (`mlff-ins demo --full --dry-run`).", "",
+        f"`examples/si_case_study.sh` (`mlff-ins demo --full --dry-run`); this study is "
+        f"`{study_command(study)}` (with `--dry-run`, its commands).", "",
         "## Targets", "", *_target_lines(records, _asi_not_amorphous(out)), "",
         "## Runs", "", *(_run_lines(out, size.temperature_K) or ["(no MD or phonon outputs yet)", ""]),
         "## Agreement of the routes (`metrics.json`)", "",

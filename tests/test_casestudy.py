@@ -127,6 +127,9 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     assert f"| a-Si | {ph['n_modes']} | {', '.join(map(str, ph['counts']))} |" in text
     assert "rms bond-angle deviation from tetrahedral" in text
     assert "the MD runs driven by member(s) 0 of it" in text
+    # the command that makes this study, with the options it was planned with
+    assert ("this study is `mlff-ins demo --full --model si-reference --size smoke "
+            "--md-members 0 -o study`") in text
     assert len(timings) == len(study.steps)
     # a second run finds every step done (MD runs too: recorded in done.json) and runs nothing
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.suffix in (".h5", ".json")
