@@ -44,6 +44,18 @@ EXPORT_ONLY=${EXPORT_ONLY:-0}
 RESUME=""
 if [ "$LABELS" = k222 ]; then
   OUT=${OUT:-training/si-reference-k222}
+  # rounds 3 and 4 fine-tune the stage in turn; their configs name the run they start from
+  # (training.init_from), the one before, so they need the default folders (checked before
+  # anything trains)
+  if [ ! -f "training/si-reference-k222-al$ROUND.yaml" ] && [ "$ROUND" -gt 2 ]; then
+    echo "ROUND=$ROUND: the k-point rounds are 2 (the stage), 3 and 4" >&2
+    exit 2
+  fi
+  if [ "$ROUND" -ge 3 ] && [ "$OUT" != training/si-reference-k222 ]; then
+    echo "ROUND=$ROUND: rounds 3 and 4 start from training/si-reference-k222-stage;" \
+         "leave OUT unset (or set ROUND=2)" >&2
+    exit 2
+  fi
   ARGS=(--preset reference --data mlff_ins/resources/si/si_cp2k_pbe_k222.xyz)
   CHECKS=("training/relabel-k222/frames.xyz mlff_ins/resources/si/si_cp2k_pbe_k222.xyz")
 elif [ "$LABELS" = gamma ]; then
@@ -114,13 +126,8 @@ if [ "$LABELS" = k222 ] && [ "${STAGE:-1}" = 1 ]; then
     trap - TERM INT
   fi
   EXPORT_ARGS=(training/si-reference-k222-stage.yaml -o "$STAGE_OUT")
-  # rounds 3 and 4 fine-tune the stage in turn; their configs name the run they start from
-  # (training.init_from), which is the one before, so the default folders are required here
+  # rounds 3 and 4 fine-tune the stage in turn (their configs name the run they start from)
   for k in $(seq 3 "$ROUND"); do
-    if [ "$OUT" != training/si-reference-k222 ]; then
-      echo "ROUND=$ROUND: rounds 3 and 4 start from training/si-reference-k222-stage; leave OUT unset" >&2
-      exit 2
-    fi
     CONFIG=training/si-reference-k222-al$k.yaml
     if [ "$EXPORT_ONLY" != 1 ]; then
       # the round's frames all labelled (frames_unlabelled*.xyz -> si_cp2k_pbe_k222_al$k*.xyz)
