@@ -427,9 +427,13 @@ def _run_md(args) -> int:
         moved = {m.stage: m for m in stage_motion(args.output)}
         for name, s in stages:
             m = moved.get(name)
-            print(f"  {name}: step {s.steps_done}, mean T {s.mean_temperature_K:.1f} K"
+            # a stage a resumed run found finished ran no step now: no temperature of this run
+            ran = bool(s.atom_steps_per_s)
+            print(f"  {name}: "
+                  + (f"step {s.steps_done}, mean T {s.mean_temperature_K:.1f} K" if ran
+                     else "finished in an earlier run")
                   + (f", mean P {s.mean_pressure_GPa:.3f} GPa"
-                     if np.isfinite(s.mean_pressure_GPa) else "")
+                     if ran and np.isfinite(s.mean_pressure_GPa) else "")
                   + (f", atoms moved {m.median_A:.2f} Å (median; largest {m.max_A:.2f} Å)"
                      if m else ""))
             if m and "melt" in name.lower() and m.median_A < MELT_MIN_DISPLACEMENT_A:

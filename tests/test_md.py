@@ -625,6 +625,11 @@ def test_protocol_runs_stages_into_one_trajectory(tmp_path, capsys):
     assert d["P"][-1] > d["P"][45]                                  # pressure rising to 5 GPa
     assert main(args + ["--resume"]) == 0                           # finished: nothing to redo
     assert len(_read(out)["step"]) == 56
+    # the stages done before are said to be, not given a NaN temperature of this run
+    got = capsys.readouterr().out
+    for name in ("heat", "melt", "squeeze"):
+        assert f"  {name}: finished in an earlier run, atoms moved" in got
+    assert "nan" not in got
     bad = tmp_path / "bad.yaml"
     bad.write_text("stages:\n  - {name: x, ensemble: nvt, T: 300, minutes: 3}\n")
     assert main(["md", str(structure), "--calculator", str(calc), "--protocol", str(bad),
