@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mlff_ins import __version__
-from mlff_ins.errors import InputError, ToolFailed
+from mlff_ins.errors import InputError, ToolFailed, sigterm_as_interrupt
 from mlff_ins.neutron.units import ENERGY_UNITS
 from mlff_ins.train.config import PRESETS
 
@@ -422,8 +422,9 @@ def _run_md(args) -> int:
         from mlff_ins.analysis.structure import MELT_MIN_DISPLACEMENT_A, stage_motion
         from mlff_ins.md.protocol import run_protocol
 
-        stages = run_protocol(atoms, calc, args.protocol, opts, args.output, resume=args.resume,
-                              given=given)
+        with sigterm_as_interrupt():     # `kill PID`: stop as Ctrl-C does, file closed
+            stages = run_protocol(atoms, calc, args.protocol, opts, args.output,
+                                  resume=args.resume, given=given)
         moved = {m.stage: m for m in stage_motion(args.output)}
         for name, s in stages:
             m = moved.get(name)
@@ -444,7 +445,8 @@ def _run_md(args) -> int:
         s = stages[-1][1]
         print(f"{args.output}: {s.frames} frames")
         return _watchdog_exit(s.stopped)
-    s = run_md(atoms, calc, opts, args.output, resume=args.resume)
+    with sigterm_as_interrupt():
+        s = run_md(atoms, calc, opts, args.output, resume=args.resume)
     if args.resume and s.steps_done >= opts.steps and not s.atom_steps_per_s:  # was finished
         print(f"{args.output}: already finished ({s.frames} frames, step {s.steps_done} of "
               f"{opts.steps}); nothing run")
@@ -1248,10 +1250,13 @@ def _run_case_study(args) -> int:
         return 0
     if args.model:
         _check_model_option(args.model)
-    run_study(study, only=args.step, structures=args.structures)
-    if args.prune:
-        freed = prune(study)
-        print(f"pruned {freed / 2 ** 20:.0f} MiB from {study.out}")
+    # `kill PID` stops a study as Ctrl-C does: the running MD closes its trajectory and the
+    # seconds it ran are kept in timings.json (the default SIGTERM ends the process at once)
+    with sigterm_as_interrupt():
+        run_study(study, only=args.step, structures=args.structures)
+        if args.prune:
+            freed = prune(study)
+            print(f"pruned {freed / 2 ** 20:.0f} MiB from {study.out}")
     if args.step is None and args.structures is None:
         print(f"case study done: {study.out / 'report.md'} and {study.out / 'metrics.json'}")
     elif args.structures:

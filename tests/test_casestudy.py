@@ -174,7 +174,7 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
         run_study(plan(out, None, SMOKE), log=log2.append)
     # a study recorded before a size field existed: the field reads as its default, which is
     # the recording version's behaviour (md_blocks: default 1, as here); a field whose default
-    # differs from this size's (equilibrate_tdamp_fs: None, here 20 fs) is another size
+    # differs from this size's (equilibrate_thermostat: bussi, here langevin) is another size
     record = json.loads((out / "study.json").read_text())
     recorded = json.dumps(record)
     # the shipped bundle is recorded by its name, so the folder moves with the repository; the
@@ -183,16 +183,16 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     assert record["model"] == "si-reference"
     (out / "study.json").write_text(json.dumps({**record, "model": str(SHIPPED["si-reference"])}))
     run_study(study, log=[].append)
-    assert SMOKE.md_blocks == 1 and SMOKE.equilibrate_tdamp_fs == 20.0
+    assert SMOKE.md_blocks == 1 and SMOKE.equilibrate_thermostat == "langevin"
     del record["size"]["md_blocks"]
     (out / "study.json").write_text(json.dumps(record))
     log_old = []
     run_study(study, log=log_old.append)
     assert not any("$ mlff-ins " in m for m in log_old)
-    del record["size"]["equilibrate_tdamp_fs"]
+    del record["size"]["equilibrate_thermostat"]
     (out / "study.json").write_text(json.dumps(record))
-    with pytest.raises(InputError, match="another size \\(size smoke: equilibrate_tdamp_fs = "
-                                         "None, here 20.0\\)"):
+    with pytest.raises(InputError, match="another size \\(size smoke: equilibrate_thermostat = "
+                                         "bussi, here langevin\\)"):
         run_study(study, log=log_old.append)
     (out / "study.json").write_text(recorded)
     # the model is recorded by its bundle's digest too: the same name with another bundle (a
@@ -346,11 +346,7 @@ def test_a_peak_without_partner_fails_the_peak_target():
     assert "peak_shift_meV 0.4 (target ≤ 1: met)" in line
 
 
-@pytest.mark.parametrize("size", ["full", "quick"])
-def test_equilibration_lasts_ten_thermostat_times(tmp_path, size):
-    """A crystal started at rest positions must get back the kinetic energy it loses to the
-    potential before NVE production: at 2 time constants the quick size's production ran at
-    220 K for 300 K (see StudySize.equilibrate_tdamp_fs)."""
+def _stages(tmp_path, size):
     import yaml
 
     from mlff_ins.casestudy import _protocols
@@ -358,11 +354,75 @@ def test_equilibration_lasts_ten_thermostat_times(tmp_path, size):
     from mlff_ins.md.run import MDOptions
 
     path = tmp_path / "production.yaml"
-    path.write_text(yaml.safe_dump(_protocols(SIZES[size])["production"]))
-    stages = dict(load_protocol(path, MDOptions()))
+    path.write_text(yaml.safe_dump(_protocols(size)["production"]))
+    return dict(load_protocol(path, MDOptions()))
+
+
+@pytest.mark.parametrize("size", ["full", "quick"])
+def test_equilibration_lasts_ten_thermostat_times(tmp_path, size):
+    """A crystal started at rest positions must get back the kinetic energy it loses to the
+    potential before NVE production: at 2 time constants the quick size's production ran at
+    220 K for 300 K (see StudySize.equilibrate_tdamp_fs). Langevin's time constant is
+    1/friction."""
+    stages = _stages(tmp_path, SIZES[size])
     equilibrate = stages["equilibrate"]
-    assert equilibrate.thermostat == "bussi" and stages["production"].ensemble == "nve"
-    assert SIZES[size].equilibrate_ps * 1000.0 >= 10 * equilibrate.tdamp_fs
+    assert equilibrate.thermostat == "langevin" and stages["production"].ensemble == "nve"
+    assert SIZES[size].equilibrate_ps * 1000.0 >= 10 / equilibrate.friction_per_fs
+
+
+class _Einstein:
+    """Each atom in its own isotropic harmonic well: 3N uncoupled modes, which exchange no
+    energy among themselves (the extreme of a nearly harmonic crystal's slow modes)."""
+
+    def __init__(self, atoms, energy_meV):
+        from ase import units
+
+        self.r0 = atoms.positions.copy()
+        omega = energy_meV * 1e-3 * units._e / units._hbar * 1e-15 / units.fs  # rad / ASE time
+        self.k = atoms.get_masses()[:, None] * omega ** 2                     # eV / Å²
+
+    def get_forces(self, atoms):
+        return -self.k * (atoms.positions - self.r0)
+
+    def get_potential_energy(self, atoms, force_consistent=False):
+        return float(0.5 * (self.k * (atoms.positions - self.r0) ** 2).sum())
+
+
+@pytest.mark.parametrize("thermostat", ["langevin", "bussi"])
+def test_the_equilibration_gives_every_mode_its_share(tmp_path, thermostat):
+    """The full size's equilibration (2 ps at 300 K) on 300 uncoupled 10 meV oscillators that
+    start with all their kinetic energy in x: Langevin brings the y and z modes to kT/2 each (the
+    time average over the last picosecond, within 25 %: its canonical spread is about 8 % per
+    direction, sampled over ~10 independent times), where Bussi, one factor on all velocities,
+    leaves them at rest. This is why the study equilibrates with Langevin."""
+    from ase import Atoms, units
+
+    from mlff_ins.md.run import make_dynamics
+
+    opts = _stages(tmp_path, replace(SIZES["full"], equilibrate_thermostat=thermostat))[
+        "equilibrate"]
+    n = 300
+    rng = np.random.default_rng(3)
+    atoms = Atoms("Si" * n, positions=rng.uniform(0, 30, (n, 3)), cell=[30, 30, 30], pbc=True)
+    atoms.calc = _Einstein(atoms, 10.0)
+    v = np.zeros((n, 3))
+    v[:, 0] = rng.normal(size=n)
+    v[:, 0] -= v[:, 0].mean()
+    atoms.set_velocities(v)
+    # all of 3N kT/2 in x: three times x's share
+    atoms.set_velocities(v * np.sqrt(3 * n * units.kB * 300.0 / (atoms.get_masses()[:, None]
+                                                                   * v ** 2).sum()))
+    dyn = make_dynamics(atoms, opts, 0)
+    steps = opts.steps - opts.ramp_start_step
+    kinetic = []
+    dyn.attach(lambda: kinetic.append(0.5 * (atoms.get_masses()[:, None]
+                                             * atoms.get_velocities() ** 2).sum(axis=0)))
+    dyn.run(steps)
+    share = np.mean(kinetic[len(kinetic) // 2:], axis=0) / (0.5 * n * units.kB * 300.0)
+    if thermostat == "langevin":
+        np.testing.assert_allclose(share, 1.0, rtol=0.25)
+    else:
+        assert share[1] == share[2] == 0.0 and share[0] > 2.0
 
 
 def test_a_stopped_md_step_keeps_the_time_it_ran(tmp_path, monkeypatch):
@@ -393,6 +453,52 @@ def test_a_stopped_md_step_keeps_the_time_it_ran(tmp_path, monkeypatch):
         # call's own overhead (well under a second)
         assert [a[a.index("-o") + 1] for a in ran] == [str(study.out / "a-si/quench.h5md")] * sitting
         assert 0.3 * sitting <= timings["a-Si: melt-quench MD"] < 0.3 * sitting + 1.0
+
+
+def test_a_killed_study_stops_as_interrupted_and_keeps_its_md_time(tmp_path, monkeypatch,
+                                                                    capsys):
+    """`kill PID` (SIGTERM) of `mlff-ins demo --full` during an MD step: the real md stops as
+    with Ctrl-C (its trajectory closed, resumable), the study reports an interruption (exit 130,
+    not a failed step) and keeps the seconds the MD ran. Before, SIGTERM ended the process at
+    once and the sitting's MD time was lost."""
+    import os
+    import signal
+
+    import mlff_ins.casestudy as casestudy
+    import mlff_ins.md.run as md_run
+
+    real_make = md_run.make_dynamics
+
+    def terminated_after_steps(atoms, opts, step):
+        dyn = real_make(atoms, opts, step)
+        calls = []
+
+        def kill():
+            calls.append(1)
+            if len(calls) == 4:
+                os.kill(os.getpid(), signal.SIGTERM)
+        dyn.attach(kill, interval=1)
+        return dyn
+
+    def unhandled(signum, frame):
+        raise AssertionError("SIGTERM reached the test: the study did not handle it")
+
+    monkeypatch.setitem(casestudy.SIZES, "quick", SMOKE)
+    monkeypatch.setattr(md_run, "make_dynamics", terminated_after_steps)
+    old = signal.signal(signal.SIGTERM, unhandled)
+    out = tmp_path / "study"
+    try:
+        rc = main(["demo", "--full", "--size", "quick", "--md-members", "0", "--structures",
+                   "a-Si", "--device", "cpu", "-o", str(out)])
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    err = capsys.readouterr().err
+    assert rc == 130, err
+    assert "interrupted" in err and "failed" not in err
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["a-Si: melt-quench MD"] > 0.0
+    assert (out / "a-si" / "quench.h5md").exists()
+    assert "a-Si: melt-quench MD" not in json.loads((out / "done.json").read_text())["steps"]
 
 
 def test_the_source_digest_follows_the_code_not_its_place(tmp_path):

@@ -305,6 +305,37 @@ def test_trajectory_survives_sigkill_at_random_moments(tmp_path):
     np.testing.assert_allclose(got["etot"], ref["etot"], rtol=0, atol=1e-10)
 
 
+def test_sigterm_stops_md_as_ctrl_c_does_and_the_run_resumes(tmp_path):
+    """`kill PID` (SIGTERM) of a running `mlff-ins md`: it says it was interrupted and how to go
+    on, exits 130 (as Ctrl-C), and `--resume` continues from the frames it had written."""
+    from mlff_ins.data.h5md import GROUP, complete_frames, open_h5md
+
+    structure = tmp_path / "cu.xyz"
+    write(structure, _cu(2))
+    calc = tmp_path / "emt.yaml"
+    calc.write_text("calculator: emt\n")
+    args = [str(structure), "--calculator", str(calc), "--ensemble", "nve", "-T", "300",
+            "--every", "2", "--dt", "2", "-o", str(tmp_path / "md.h5md")]
+    proc = subprocess.Popen([sys.executable, "-m", "mlff_ins.cli", "md"] + args
+                            + ["--steps", "100000"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and _frames_written(tmp_path / "md.h5md") < 5:
+        assert proc.poll() is None, f"md exited by itself ({proc.returncode})"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert "interrupted; rerun the same command (with --resume" in err
+    with open_h5md(tmp_path / "md.h5md") as f:
+        n = complete_frames(f)
+    last = 2 * (n - 1)
+    assert main(["md"] + args + ["--steps", str(last + 20), "--resume"]) == 0
+    with open_h5md(tmp_path / "md.h5md") as f:
+        np.testing.assert_array_equal(f[GROUP]["position/step"][:complete_frames(f)],
+                                      np.arange(0, last + 21, 2))
+
+
 def test_nose_hoover_chain_thermalises_the_vibrations_not_the_resting_centre_of_mass():
     """Equipartition: a Nose-Hoover chain at 300 K on a 4-atom Cu cell whose total momentum is
     zero puts (3N - 3)/2 kT in the kinetic energy. ASE's chain alone targets 3N/2 kT, which
