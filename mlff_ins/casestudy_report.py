@@ -391,6 +391,15 @@ def study_command(study) -> str:
     return " ".join(parts + [f"-o {study.out.name}"])
 
 
+def _thermostat_text(size) -> str:
+    """The equilibration's thermostat and its constant, as the report states them."""
+    if size.equilibrate_thermostat == "langevin":
+        friction = size.equilibrate_friction_per_fs
+        return "Langevin" + (f", friction {friction:g}/fs" if friction is not None else "")
+    tdamp = size.equilibrate_tdamp_fs
+    return "Bussi" + (f", time constant {tdamp:g} fs" if tdamp is not None else "")
+
+
 def write_report(study, records: list[dict], timings: dict) -> Path:
     out = study.out
     size = study.size
@@ -409,7 +418,8 @@ def write_report(study, records: list[dict], timings: dict) -> Path:
         f"for {size.anneal_ps:g} ps (`protocols/melt_quench.yaml` in the study's folder, "
         f"written by its `structures` step), its last frame then run as "
         f"the crystals are; MD time step {size.dt_fs:g} fs, equilibration "
-        f"{size.equilibrate_ps:g} ps (Bussi) then {size.production_ps:g} ps NVE production at "
+        f"{size.equilibrate_ps:g} ps ({_thermostat_text(size)}) then {size.production_ps:g} ps "
+        f"NVE production at "
         f"{size.temperature_K:g} K. The MD route's VISION S(E) comes from its VDOS through the "
         f"incoherent approximation with quantum Bose and Debye-Waller factors, as the phonon "
         f"route's at the same temperature. Bands in the overlays: the phonon route's is the "

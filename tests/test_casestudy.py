@@ -117,6 +117,8 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     for heading in ("## Targets", "## Runs", "## c-Si", "## a-Si", "## Vacancy",
                     "Phonon frequencies", "## Code"):
         assert heading in text
+    # the protocol as the size sets it (this size equilibrates with Langevin at 0.05/fs)
+    assert "equilibration 0.04 ps (Langevin, friction 0.05/fs) then 0.4 ps NVE" in text
     # the MD runs' temperatures and drifts, the phonons' imaginary modes, as the report's
     # functions read them from the files
     from mlff_ins.casestudy_report import imaginary_summary, md_summary
