@@ -100,11 +100,13 @@ class StudySize:
     equilibrate_tdamp_fs: float | None = None
     # the equilibration's thermostat. Bussi rescales all velocities by one factor: it sets the
     # total kinetic energy but cannot share it among the modes of a nearly harmonic crystal,
-    # which keep the shares of the velocities drawn at the start through the NVE production.
-    # Measured in the 512-atom c-Si run (2 ps Bussi, 20 ps NVE, round-4 model): the 9.85 and
-    # 10.82 meV modes (1.6 % of the modes) held 3.7 % of the VDOS. Langevin's friction and
-    # kicks act on each atom, so each mode relaxes to its canonical share within a few
-    # 1/friction. The default is the behaviour of the versions before the field existed.
+    # which keep through the NVE production the shares that the velocities drawn at the start
+    # and the rescaling left. Langevin's friction and kicks act on each atom, so each mode
+    # relaxes to its canonical share within a few 1/friction. Measured in the 512-atom c-Si run
+    # (round-4 model, seed 1, 20 ps NVE): the 9.85 and 10.82 meV modes (1.57 % of the modes)
+    # held 2.7-2.8 % of the VDOS in each quarter after 2 ps of Bussi, 1.45-1.57 % after 2 ps of
+    # Langevin at 0.01/fs; MD against phonons S(E) MSE 0.0104 -> 0.0040. The default is the
+    # behaviour of the versions before the field existed.
     # The quick size's 0.2 ps at 0.05/fs, 64-atom c-Si, seeds 1-3: NVE production at 295, 312
     # and 284 K (Bussi at 20 fs: 269, 316 and 286 K), within a 64-atom cell's canonical spread
     equilibrate_thermostat: str = "bussi"
