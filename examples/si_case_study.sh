@@ -39,6 +39,18 @@ mlff-ins md "$OUT/structures/c-si_512.xyz" --model "$MODEL" --protocol "$OUT/pro
 # c-Si: spectra from MD
 mlff-ins spectra "$OUT/c-si/md.h5md" --stage production --sqe --q-max 8 --vdos --instrument vision -T 300 --e-max 100 -o "$OUT/c-si/ins_md.h5" --plot --device "$DEVICE"
 
+# c-Si: direct predictor
+mlff-ins predict "$OUT/structures/si_conventional.xyz" --instrument vision -T 300 -o "$OUT/c-si/predict.h5" --plot --device "$DEVICE"
+
+# c-Si: compare s_e (md_vs_phonons)
+mlff-ins compare "$OUT/c-si/ins_md.h5" "$OUT/c-si/ins_phonons_md_q.h5" --kind s_e --label md --label phonons -o "$OUT/c-si/md_vs_phonons"
+
+# c-Si: compare s_e (compare_s_e)
+mlff-ins compare "$OUT/c-si/ins_md.h5" "$OUT/c-si/ins_phonons.h5" "$OUT/c-si/predict.h5" --kind s_e --label md --label phonons --label predictor -o "$OUT/c-si/compare_s_e"
+
+# c-Si: compare vdos (compare_vdos)
+mlff-ins compare "$OUT/c-si/ins_md.h5" "$OUT/c-si/ins_phonons.h5" "$OUT/c-si/predict.h5" --kind vdos --label md --label phonons --label predictor -o "$OUT/c-si/compare_vdos"
+
 # a-Si: melt-quench MD
 mlff-ins md "$OUT/structures/c-si_512.xyz" --model "$MODEL" --protocol "$OUT/protocols/melt_quench.yaml" --seed 1 -o "$OUT/a-si/quench.h5md" --device "$DEVICE" $([ -e "$OUT/a-si/quench.h5md" ] && echo --resume)
 
@@ -59,6 +71,18 @@ mlff-ins phonons "$OUT/a-si/md.h5md" --model "$MODEL" --relax --relax-steps 5000
 
 # a-Si: INS from phonons
 mlff-ins ins "$OUT/a-si/phonons.h5" --mesh 1 1 1 --instrument vision -T 300 --e-max 100 -o "$OUT/a-si/ins_phonons.h5" --plot
+
+# a-Si: direct predictor
+mlff-ins predict "$OUT/a-si/md.h5md" --instrument vision -T 300 -o "$OUT/a-si/predict.h5" --plot --device "$DEVICE"
+
+# a-Si: compare s_e (md_vs_phonons)
+mlff-ins compare "$OUT/a-si/ins_md.h5" "$OUT/a-si/ins_phonons.h5" --kind s_e --label md --label phonons -o "$OUT/a-si/md_vs_phonons"
+
+# a-Si: compare s_e (compare_s_e)
+mlff-ins compare "$OUT/a-si/ins_md.h5" "$OUT/a-si/ins_phonons.h5" "$OUT/a-si/predict.h5" --kind s_e --label md --label phonons --label predictor -o "$OUT/a-si/compare_s_e"
+
+# a-Si: compare vdos (compare_vdos)
+mlff-ins compare "$OUT/a-si/ins_md.h5" "$OUT/a-si/ins_phonons.h5" "$OUT/a-si/predict.h5" --kind vdos --label md --label phonons --label predictor -o "$OUT/a-si/compare_vdos"
 
 # vacancy: phonons
 mlff-ins phonons "$OUT/structures/vacancy_215.xyz" --model "$MODEL" --relax --relax-steps 5000 --supercell 1 1 1 -o "$OUT/vacancy/phonons.h5" --device "$DEVICE"
@@ -86,30 +110,6 @@ mlff-ins spectra "$OUT/vacancy/perfect_md.h5md" --stage production --blocks 4 --
 
 # vacancy: difference from the perfect crystal
 mlff-ins demo --full --size full --model "$MODEL" --device "$DEVICE" --step vacancy_difference -o "$OUT"
-
-# c-Si: direct predictor
-mlff-ins predict "$OUT/structures/si_conventional.xyz" --instrument vision -T 300 -o "$OUT/c-si/predict.h5" --plot --device "$DEVICE"
-
-# c-Si: compare s_e (md_vs_phonons)
-mlff-ins compare "$OUT/c-si/ins_md.h5" "$OUT/c-si/ins_phonons_md_q.h5" --kind s_e --label md --label phonons -o "$OUT/c-si/md_vs_phonons"
-
-# c-Si: compare s_e (compare_s_e)
-mlff-ins compare "$OUT/c-si/ins_md.h5" "$OUT/c-si/ins_phonons.h5" "$OUT/c-si/predict.h5" --kind s_e --label md --label phonons --label predictor -o "$OUT/c-si/compare_s_e"
-
-# c-Si: compare vdos (compare_vdos)
-mlff-ins compare "$OUT/c-si/ins_md.h5" "$OUT/c-si/ins_phonons.h5" "$OUT/c-si/predict.h5" --kind vdos --label md --label phonons --label predictor -o "$OUT/c-si/compare_vdos"
-
-# a-Si: direct predictor
-mlff-ins predict "$OUT/a-si/md.h5md" --instrument vision -T 300 -o "$OUT/a-si/predict.h5" --plot --device "$DEVICE"
-
-# a-Si: compare s_e (md_vs_phonons)
-mlff-ins compare "$OUT/a-si/ins_md.h5" "$OUT/a-si/ins_phonons.h5" --kind s_e --label md --label phonons -o "$OUT/a-si/md_vs_phonons"
-
-# a-Si: compare s_e (compare_s_e)
-mlff-ins compare "$OUT/a-si/ins_md.h5" "$OUT/a-si/ins_phonons.h5" "$OUT/a-si/predict.h5" --kind s_e --label md --label phonons --label predictor -o "$OUT/a-si/compare_s_e"
-
-# a-Si: compare vdos (compare_vdos)
-mlff-ins compare "$OUT/a-si/ins_md.h5" "$OUT/a-si/ins_phonons.h5" "$OUT/a-si/predict.h5" --kind vdos --label md --label phonons --label predictor -o "$OUT/a-si/compare_vdos"
 
 # vacancy: direct predictor
 mlff-ins predict "$OUT/structures/vacancy_215.xyz" --instrument vision -T 300 -o "$OUT/vacancy/predict.h5" --plot --device "$DEVICE"

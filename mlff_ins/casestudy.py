@@ -245,6 +245,24 @@ def _compare(structure: str, d: str, inputs: list[str], kind: str,
                  *[w for label in labels for w in ("--label", label)], "-o", folder])
 
 
+def _routes_compared(name: str, d: str, struct: str, s: StudySize) -> list[Step]:
+    """A structure's direct predictor and its comparisons, which run as soon as its routes are
+    done (a study stopped in a later structure has this one's results)."""
+    steps = []
+    if s.predictor:
+        steps.append(Step(f"{name}: direct predictor", name, [f"{d}/predict.h5"],
+                          ["predict", struct, "--instrument", "vision",
+                           "-T", f"{s.temperature_K:g}", "-o", f"{d}/predict.h5", "--plot"]))
+    same_q = "c-si/ins_phonons_md_q.h5" if d == "c-si" else f"{d}/ins_phonons.h5"
+    steps.append(_compare(name, d, [f"{d}/ins_md.h5", same_q], "s_e",
+                          folder=f"{d}/{TARGET_COMPARISON}", labels=["md", "phonons"]))
+    routes = [f"{d}/ins_md.h5", f"{d}/ins_phonons.h5"] + (
+        [f"{d}/predict.h5"] if s.predictor else [])
+    steps.append(_compare(name, d, routes, "s_e"))
+    # the predictor's DOS too (the shipped predictor learned it beside the S(E))
+    steps.append(_compare(name, d, routes, "vdos"))
+    return steps
+
 
 def plan(out: str | Path, model: str | None, size: StudySize,
          device: str | None = None, md_members: list[int] | None = None) -> Study:
@@ -303,6 +321,7 @@ def plan(out: str | Path, model: str | None, size: StudySize,
                          blocks=(s.md_blocks if perfect_md_spectra(s) == "c-si/ins_md.h5"
                                  else 1))),
     ]
+    steps += _routes_compared("c-Si", "c-si", conv, s)
     # a-Si
     steps += [
         Step("a-Si: melt-quench MD", "a-Si", ["a-si/quench.h5md"],
@@ -327,6 +346,7 @@ def plan(out: str | Path, model: str | None, size: StudySize,
         Step("a-Si: INS from phonons", "a-Si", ["a-si/ins_phonons.h5"],
              _ins("a-si/phonons.h5", "a-si/ins_phonons.h5", s, mesh=(1, 1, 1))),
     ]
+    steps += _routes_compared("a-Si", "a-si", "a-si/md.h5md", s)
     # vacancy
     steps += [
         Step("vacancy: phonons", "vacancy", _phonon_files("vacancy/phonons.h5"),
@@ -366,23 +386,7 @@ def plan(out: str | Path, model: str | None, size: StudySize,
                       ["vacancy/difference.h5"], func="vacancy_difference",
                       inputs=["vacancy/ins_phonons.h5", "vacancy/perfect_ins_phonons.h5",
                               "vacancy/ins_md.h5", perfect_md_spectra(s)]))
-    # the direct predictor, then the comparisons
-    sources = {"c-Si": ("c-si", conv), "a-Si": ("a-si", "a-si/md.h5md"),
-               "vacancy": ("vacancy", vacancy)}
-    for name, (d, struct) in sources.items():
-        if s.predictor:
-            steps.append(Step(f"{name}: direct predictor", name, [f"{d}/predict.h5"],
-                              ["predict", struct, "--instrument", "vision",
-                               "-T", f"{s.temperature_K:g}", "-o", f"{d}/predict.h5",
-                               "--plot"]))
-        same_q = "c-si/ins_phonons_md_q.h5" if d == "c-si" else f"{d}/ins_phonons.h5"
-        steps.append(_compare(name, d, [f"{d}/ins_md.h5", same_q], "s_e",
-                              folder=f"{d}/{TARGET_COMPARISON}", labels=["md", "phonons"]))
-        routes = [f"{d}/ins_md.h5", f"{d}/ins_phonons.h5"] + (
-            [f"{d}/predict.h5"] if s.predictor else [])
-        steps.append(_compare(name, d, routes, "s_e"))
-        # the predictor's DOS too (the shipped predictor learned it beside the S(E))
-        steps.append(_compare(name, d, routes, "vdos"))
+    steps += _routes_compared("vacancy", "vacancy", vacancy, s)
     steps.append(Step("report", "", ["report.md", "metrics.json"], func="report",
                       inputs=["c-si/phonons.h5", "a-si/structure.json", "a-si/ins_md.h5",
                               "a-si/ins_phonons.h5"]))

@@ -42,6 +42,17 @@ def test_examples_script_is_the_plan(capsys):
     assert plan("x", "si-reference", SIZES["full"]).model == default_model()
 
 
+def test_each_structure_is_compared_before_the_next_one_starts():
+    # a study stopped in the vacancy's hours of MD has the c-Si and a-Si comparisons already
+    for size in SIZES.values():
+        order = [st.structure for st in plan("x", "si-reference", size).steps if st.structure]
+        assert order == sorted(order, key=["c-Si", "a-Si", "vacancy"].index), size.name
+        for name in ("c-Si", "a-Si", "vacancy"):
+            own = [st.name for st in plan("x", "si-reference", size).steps
+                   if st.structure == name]
+            assert own[-1].startswith(f"{name}: compare vdos"), (size.name, own[-1])
+
+
 def test_demo_full_options_are_refused_without_full(capsys, tmp_path):
     assert main(["demo", "--dry-run"]) == 2
     assert "--dry-run applies to the case study; add --full" in capsys.readouterr().err
