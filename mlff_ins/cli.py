@@ -1917,12 +1917,24 @@ def _run_structure(args) -> int:
             raise InputError(f"{path}: no frames selected")
         chosen = f"{len(frames)} frame(s)"
     r_max = args.r_max
+    capped = False
     if r_max is None:
         from mlff_ins.analysis.structure import half_cell_width
 
         cell = frames[0].cell.array
         r_max = min(8.0, float(np.floor(half_cell_width(cell) / args.dr) * args.dr))
-    rep = structure_report(frames, r_max=r_max, dr=args.dr, cutoff=args.cutoff)
+        capped = r_max < 8.0
+    try:
+        rep = structure_report(frames, r_max=r_max, dr=args.dr, cutoff=args.cutoff)
+    except InputError as err:
+        text = str(err)
+        if text.endswith("raise r_max"):
+            # the range was the cell's own limit: a larger --r-max would be refused
+            text = text[:-len("raise r_max")] + (
+                f"that is as far as this {len(frames[0])}-atom cell shows (half its "
+                f"width); make a supercell first (`mlff-ins build {path} --supercell 3 3 3 "
+                f"-o big.xyz`) or give --cutoff" if capped else "raise --r-max")
+        raise InputError(f"{path}: {text}") from None
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path, png_path = Path(f"{out}.json"), Path(f"{out}.png")

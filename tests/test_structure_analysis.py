@@ -271,6 +271,28 @@ def test_cli_structure_on_a_trajectory_stage_and_a_file(tmp_path, capsys):
     assert "--stage: " in capsys.readouterr().err
 
 
+def test_cli_structure_on_a_cell_too_small_for_its_first_minimum(tmp_path, capsys):
+    """The 8-atom diamond cell shows g(r) to 2.7 Å, before the first minimum: the error names
+    the file and says a supercell is needed (a larger --r-max would be refused), and with
+    --cutoff the same cell is analysed; an --r-max given too short asks for a larger one."""
+    from ase.io import write
+
+    from mlff_ins.cli import main
+
+    path = tmp_path / "si8.xyz"
+    write(path, diamond(1))
+    assert main(["structure", str(path), "-o", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: g(r) has no minimum after its first peak" in err
+    assert "--supercell 3 3 3" in err and "--cutoff" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "rep.json").exists()
+    assert main(["structure", str(path), "--cutoff", "2.5", "-o", str(tmp_path / "rep")]) == 0
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert rep["coordination"]["mean_coordination"] == pytest.approx(4.0, abs=1e-12)
+    assert main(["structure", str(path), "--r-max", "2.6", "-o", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("raise --r-max")
+
+
 def test_case_study_report_tells_a_crystal_from_amorphous_si():
     """The case study flags an 'a-Si' cell that is still a crystal: diamond rattled as at 300 K
     (0.07 Å per component) is flagged; the embedded Stillinger-Weber a-Si frame (source frame 8 of
