@@ -146,6 +146,13 @@ class Step:
     note: str = ""
     inputs: list[str] | None = None   # the study files it reads; None: the paths of its argv
 
+    @property
+    def continues(self) -> bool:
+        """Its command continues a stopped run (MD with --resume; model phonons by themselves,
+        from OUTPUT.partial/): the seconds of a stopped run count towards the step's time."""
+        return self.resume or bool(self.argv) and self.argv[0] == "phonons" \
+            and "--model" in self.argv
+
     def reads(self) -> list[str]:
         if self.inputs is not None:
             return list(self.inputs)
@@ -551,14 +558,14 @@ def run_study(study: Study, *, only: str | None = None, structures: list[str] | 
                                      f"status {rc}); fix the cause and rerun to continue from "
                                      f"this step")
         except BaseException:
-            # a resumable MD stopped (SIGTERM, Ctrl-C, a failure) keeps the time it ran, which
-            # its resumption adds to (a SIGKILL loses it)
-            if step.resume:
+            # an MD or model phonons stopped (SIGTERM, Ctrl-C, a failure) keep the time they
+            # ran, which their continuation adds to (a SIGKILL loses it)
+            if step.continues:
                 _add_time(study, timings, step, time.perf_counter() - t0)
             raise
-        # a resumed MD adds its time to the runs before it (a rerun of a finished one would
+        # a continued run adds its time to the runs before it (a rerun of a finished MD would
         # otherwise leave the seconds of its check as the step's time)
-        if not step.resume:
+        if not step.continues:
             timings.pop(step.name, None)
         _add_time(study, timings, step, time.perf_counter() - t0)
         made = made or bool(step.outputs)

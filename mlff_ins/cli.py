@@ -892,7 +892,10 @@ def _add_phonons(sub) -> None:
                     "structure, imaginary modes) and, next to it, NAME_phonopy_params.yaml "
                     "(NAME = OUTPUT without .h5; mean force constants, for phonopy and "
                     "Euphonic). Frequencies in THz and meV; imaginary modes are negative and "
-                    "reported.",
+                    "reported. With --model a stopped run (Ctrl-C, kill) keeps its relaxation "
+                    "and the forces done so far in OUTPUT.partial/: the same command run again "
+                    "continues there (work of another structure or model in it is done again), "
+                    "and the folder is removed once OUTPUT is written.",
         epilog="example: mlff-ins phonons si.cif --model models/si --supercell 3 3 3 -o si_phonons.h5 --plot\n         mlff-ins phonons --force-sets phonopy_dir --supercell 2 2 2 -o dft_phonons.h5",
         formatter_class=_HelpFormatter)
     p.add_argument("structure", nargs="?", help="unit cell (CIF, POSCAR, extxyz, LAMMPS data, "
@@ -1020,23 +1023,37 @@ def _run_phonons(args) -> int:
         atoms = _read_structure(args.structure, args.index, args.types)
         calc = load_calculator(args.model, device=args.device, members=args.members)
         calc.check_elements(atoms, source=args.structure)
-        if args.relax:
-            if args.relax_steps < 1:
-                raise InputError(f"--relax-steps must be at least 1, not {args.relax_steps}")
-            atoms = relax(atoms, calc, fmax=args.fmax, steps=args.relax_steps)
-            print(f"relaxed: cell lengths {np.round(atoms.cell.lengths(), 5).tolist()} Å")
-        bar = tqdm(desc="displaced supercells", unit="cell", disable=None)
-        pset = phonons_from_model(atoms, calc, args.supercell, distance=args.distance,
-                                  plusminus=True if args.plusminus == "yes" else "auto",
-                                  primitive=args.primitive, symmetrize=not args.no_symmetrize,
-                                  max_batch_atoms=args.batch_atoms, progress=bar.update)
-        bar.close()
+        # a killed run keeps its relaxation and forces in OUTPUT.partial/, which a rerun of
+        # the same command continues (a model retrained in place is another model)
+        from mlff_ins.model.shipped import bundle_digest, shown_name
+        from mlff_ins.phonons.partial import PhononProgress
+
+        keep = PhononProgress(args.output, {"model": shown_name(str(args.model)),
+                                            "bundle_sha256": bundle_digest(args.model),
+                                            "members": args.members})
+        with sigterm_as_interrupt():     # `kill PID`: stop as Ctrl-C does, the work kept
+            if args.relax:
+                if args.relax_steps < 1:
+                    raise InputError(f"--relax-steps must be at least 1, not "
+                                     f"{args.relax_steps}")
+                atoms = relax(atoms, calc, fmax=args.fmax, steps=args.relax_steps, keep=keep)
+                print(f"relaxed: cell lengths {np.round(atoms.cell.lengths(), 5).tolist()} Å")
+            bar = tqdm(desc="displaced supercells", unit="cell", disable=None)
+            pset = phonons_from_model(atoms, calc, args.supercell, distance=args.distance,
+                                      plusminus=True if args.plusminus == "yes" else "auto",
+                                      primitive=args.primitive,
+                                      symmetrize=not args.no_symmetrize,
+                                      max_batch_atoms=args.batch_atoms, progress=bar.update,
+                                      keep=keep)
+            bar.close()
         pset.provenance.update(model=str(args.model), structure=str(args.structure),
                                relaxed=bool(args.relax))
         if args.members is not None:
             pset.provenance["members"] = list(args.members)
     props = compute_properties(pset.members, mesh, t_max=args.t_max)
     paths = write_phonons(args.output, pset, props)
+    if not args.force_sets:
+        keep.remove()               # the output holds it all now
     f = props.frequencies_THz
     prov = pset.provenance
     print(f"{paths[0]}: {len(pset.members)} member(s), mesh {props.mesh.tolist()}, "

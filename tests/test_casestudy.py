@@ -438,10 +438,15 @@ def test_the_equilibration_gives_every_mode_its_share(tmp_path, thermostat):
         assert share[1] == share[2] == 0.0 and share[0] > 2.0
 
 
-def test_a_stopped_md_step_keeps_the_time_it_ran(tmp_path, monkeypatch):
-    """An MD step stopped mid-run (SIGTERM and Ctrl-C raise KeyboardInterrupt) records the
-    seconds it ran in timings.json, and each later run of it adds its own: the report's time of
-    a study spread over sittings (or machines) is the sum, not the last sitting's."""
+@pytest.mark.parametrize("command,structure,name,output", [
+    ("md", "a-Si", "a-Si: melt-quench MD", "a-si/quench.h5md"),
+    ("phonons", "c-Si", "c-Si: phonons", "c-si/phonons.h5")])
+def test_a_stopped_md_step_keeps_the_time_it_ran(tmp_path, monkeypatch, command, structure,
+                                                 name, output):
+    """An MD or model phonons step stopped mid-run (SIGTERM and Ctrl-C raise
+    KeyboardInterrupt) records the seconds it ran in timings.json, and each later run of it
+    adds its own (both commands continue a stopped run): the report's time of a study spread
+    over sittings (or machines) is the sum, not the last sitting's."""
     import time
 
     import mlff_ins.cli as cli
@@ -450,22 +455,22 @@ def test_a_stopped_md_step_keeps_the_time_it_ran(tmp_path, monkeypatch):
     real = cli.run_echoed
     ran = []
 
-    def stopped_md(argv, log):
-        if argv[0] != "md":
+    def stopped(argv, log):
+        if argv[0] != command:
             return real(argv, log)
         ran.append(argv)
         time.sleep(0.3)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "run_echoed", stopped_md)
+    monkeypatch.setattr(cli, "run_echoed", stopped)
     for sitting in (1, 2):
         with pytest.raises(KeyboardInterrupt):
-            run_study(study, structures=["a-Si"], log=lambda m: None)
+            run_study(study, structures=[structure], log=lambda m: None)
         timings = json.loads((study.out / "timings.json").read_text())
-        # the melt-quench is the first MD of an a-Si sitting; 0.3 s per sitting, plus the
-        # call's own overhead (well under a second)
-        assert [a[a.index("-o") + 1] for a in ran] == [str(study.out / "a-si/quench.h5md")] * sitting
-        assert 0.3 * sitting <= timings["a-Si: melt-quench MD"] < 0.3 * sitting + 1.0
+        # the step is the first of its command in a sitting of that structure; 0.3 s per
+        # sitting, plus the call's own overhead (well under a second)
+        assert [a[a.index("-o") + 1] for a in ran] == [str(study.out / output)] * sitting
+        assert 0.3 * sitting <= timings[name] < 0.3 * sitting + 1.0
 
 
 def test_a_killed_study_stops_as_interrupted_and_keeps_its_md_time(tmp_path, monkeypatch,

@@ -132,20 +132,27 @@ def _forces_to_members(ph, member_forces: np.ndarray, symmetrize: bool) -> list:
 
 def phonons_from_model(atoms: Atoms, calc, supercell, *, distance: float = 0.01,
                        plusminus="auto", primitive="auto", symmetrize: bool = True,
-                       max_batch_atoms: int | None = None, progress=None) -> PhononSet:
+                       max_batch_atoms: int | None = None, progress=None,
+                       keep=None) -> PhononSet:
     """Finite-displacement phonons of ``atoms`` with a model bundle's calculator.
 
     Every displaced supercell is evaluated through
     :meth:`~mlff_ins.model.calculator.BundleCalculator.member_forces_batched` (many supercells
     per model call, every member on each batch; ``max_batch_atoms`` None: the device's
-    default, :func:`~mlff_ins.model.calculator.default_batch_atoms`).
+    default, :func:`~mlff_ins.model.calculator.default_batch_atoms`). ``keep``: a
+    :class:`~mlff_ins.phonons.partial.PhononProgress` that saves the forces as they come and
+    continues from those an earlier run of the same supercells and model saved.
     """
     t0 = time.perf_counter()
     ph = make_phonopy(atoms, supercell, primitive=primitive, distance=distance,
                       plusminus=plusminus)
     cells = displaced_supercells(ph)
     t1 = time.perf_counter()
-    forces = calc.member_forces_batched(cells, max_batch_atoms=max_batch_atoms, progress=progress)
+    if keep is None:
+        forces = calc.member_forces_batched(cells, max_batch_atoms=max_batch_atoms,
+                                            progress=progress)
+    else:
+        forces = keep.forces(calc, cells, max_batch_atoms=max_batch_atoms, progress=progress)
     t2 = time.perf_counter()
     members = _forces_to_members(ph, forces, symmetrize)
     t3 = time.perf_counter()
@@ -573,22 +580,32 @@ def phonons_from_force_sets(directory: str | os.PathLike, *, supercell=None,
 
 
 def relax(atoms: Atoms, calc, *, fmax: float = 1e-3, cell: bool = True, steps: int = 500,
-          log=None, max_volume_change: tuple[float, float] = (0.7, 1.4)) -> Atoms:
+          log=None, max_volume_change: tuple[float, float] = (0.7, 1.4),
+          keep=None) -> Atoms:
     """Relax positions (and the cell, keeping its symmetry) with the model; returns a copy.
 
     Raises :class:`InputError` when not converged in ``steps``, or when the volume leaves
-    ``max_volume_change`` (ratios to the start) on the way.
+    ``max_volume_change`` (ratios to the start) on the way. ``keep``: a
+    :class:`~mlff_ins.phonons.partial.PhononProgress` that saves the relaxation as it goes and
+    continues a saved one (``steps`` counts the steps of every run).
     """
     from ase.constraints import FixSymmetry
     from ase.filters import FrechetCellFilter
     from ase.optimize import BFGS
 
+    from mlff_ins.phonons.partial import SAVE_EVERY_S
+
+    start, before = atoms, 0
+    if keep is not None:
+        atoms, before, converged = keep.relax_start(atoms, fmax, cell)
+        if converged:
+            return atoms.copy()
     a = atoms.copy()
     a.calc = calc
     a.set_constraint(FixSymmetry(a))
     target = FrechetCellFilter(a) if cell else a
     opt = BFGS(target, logfile=log)
-    v0 = a.get_volume()
+    v0 = start.get_volume()
 
     def runaway_guard():
         # A model without a sensible minimum near the structure lets the cell collapse or
@@ -602,7 +619,22 @@ def relax(atoms: Atoms, calc, *, fmax: float = 1e-3, cell: bool = True, steps: i
 
     if cell:
         opt.attach(runaway_guard)
-    converged = opt.run(fmax=fmax, steps=steps)
+    saved = [time.monotonic()]
+
+    def save(converged=False):
+        keep.save_relax(start, fmax, cell, a, before + opt.nsteps, converged)
+        saved[0] = time.monotonic()
+
+    if keep is not None:
+        opt.attach(lambda: time.monotonic() - saved[0] >= SAVE_EVERY_S and save())
+    try:
+        converged = before < steps and opt.run(fmax=fmax, steps=steps - before)
+    except KeyboardInterrupt:
+        if keep is not None:         # Ctrl-C or SIGTERM: the steps taken are kept
+            save()
+        raise
+    if keep is not None:
+        save(converged)
     if not converged:
         raise InputError(f"--relax: not converged to fmax {fmax} eV/A in {steps} steps "
                          f"(max force {np.abs(a.get_forces()).max():.2e} eV/A)")
