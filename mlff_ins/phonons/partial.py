@@ -13,9 +13,9 @@ it up, and the folder is removed once the output is written:
   supercell depend on nothing else, so the resumed result equals an uninterrupted one.
 * ``relax.npz``: with ``--relax``, the positions and cell every ``SAVE_EVERY_S`` seconds of
   the relaxation and when it stops (the steps taken so far in ``relax.json``); ``relaxed.npz``
-  once it converged. They are used only for the same starting structure, model, fmax and cell option.
-  A resumed relaxation starts a new BFGS from the saved structure (its Hessian estimate starts
-  afresh), and converges to the same fmax in the steps left of ``--relax-steps``.
+  once it converged. They are used only for the same starting structure, model, fmax and cell
+  option. A resumed relaxation starts a new BFGS from the saved structure (its Hessian estimate
+  starts afresh), and converges to the same fmax in the steps left of ``--relax-steps``.
 
 The work of another calculation (another structure, displacement, supercell or model) found in
 the folder is removed with a note: it is a cache of this command, not a user's file.
@@ -222,19 +222,16 @@ class PhononProgress:
             return None
         parts, at = [], 0
         for start, stop, path in chunks:
-            if start != at or stop > n:
+            if start < at:             # a save of a run that stopped earlier, superseded
+                continue
+            if start > at or stop > n:
                 break
-            arr = np.load(path)
+            try:
+                arr = np.load(path)
+            except (OSError, ValueError):
+                break
             if arr.ndim != 4 or arr.shape[1:] != (stop - start, n_atoms, 3):
                 break
             parts.append(arr)
             at = stop
         return np.concatenate(parts, axis=1) if parts else None
-
-
-def remove_partial(output: str | os.PathLike) -> None:
-    """Remove ``OUTPUT.partial/`` (its own files; a folder holding others is kept)."""
-    folder = partial_dir(output)
-    if folder.is_dir():
-        PhononProgress(output, {}, log=lambda *_: None).remove()
-
