@@ -64,23 +64,31 @@ def test_stopped_forces_resume_without_lost_or_repeated_work(tiny_bundle, tmp_pa
 
 
 def test_saved_forces_of_other_supercells_or_another_model_are_not_used(tiny_bundle,
-                                                                        tmp_path):
+                                                                        tmp_path, monkeypatch):
     calc = load_calculator(tiny_bundle)
     notes = []
     cells = displaced_supercells(make_phonopy(rattled_si(), [1, 1, 1], primitive="P"))
     keep = PhononProgress(tmp_path / "ph.h5", {"model": "tiny"}, log=notes.append)
     first = keep.forces(calc, cells[:8], max_batch_atoms=8, save_every_s=0.0)
-    assert len(list(partial_dir(tmp_path / "ph.h5").glob("forces_*.npy"))) == 7
+    # one save per call here (the last included), and a rerun makes no model call
+    assert len(list(partial_dir(tmp_path / "ph.h5").glob("forces_*.npy"))) == 8
+    seen = stop_after(monkeypatch, 0)
+    np.testing.assert_array_equal(keep.forces(calc, cells[:8], max_batch_atoms=8), first)
+    assert seen == []
+    monkeypatch.undo()
     # the same supercells with another model key: done again, the old files removed
     other = PhononProgress(tmp_path / "ph.h5", {"model": "other"}, log=notes.append)
     again = other.forces(calc, cells[:8], max_batch_atoms=8, save_every_s=0.0)
     np.testing.assert_array_equal(again, first)
+    assert notes[0] == f"resumed: the forces of 8 of 8 displaced supercells from {keep.folder}"
+    notes = [n for n in notes if n.startswith("note:")]
     assert len(notes) == 1 and "another model" in notes[0]
     # a displacement moved by 1e-9 Å is another calculation too
     moved = [c.copy() for c in cells[:8]]
     moved[3].positions[0, 0] += 1e-9
+    other.log = notes.append
     other.forces(calc, moved, max_batch_atoms=8, save_every_s=0.0)
-    assert len(notes) == 2
+    assert len(notes) == 2 and "other displaced supercells" in notes[1]
     # the folder holds only this module's files; remove() takes them and the folder
     (partial_dir(tmp_path / "ph.h5") / "mine.txt").write_text("a user's file")
     other.remove()

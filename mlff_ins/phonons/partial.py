@@ -186,7 +186,8 @@ class PhononProgress:
                         out[:, :n0] = done
                 out[:, start:stop] = got
                 finished = stop
-                if time.monotonic() - last >= save_every_s and finished < n:
+                # the last one too: a stop while the force constants are made loses nothing
+                if time.monotonic() - last >= save_every_s or finished == n:
                     self._save(out, saved, finished)
                     saved, last = finished, time.monotonic()
         except BaseException:
