@@ -1680,7 +1680,10 @@ def _add_predictor(sub) -> None:
                                     "database's ok entries, split into training, validation "
                                     "and test by structure family and formula (no formula in "
                                     "two parts); write the predictor folder, with report.md "
-                                    "on the test errors, for `mlff-ins predict --predictor`.",
+                                    "on the test errors, for `mlff-ins predict --predictor`. "
+                                    "A stopped run keeps the networks it finished in "
+                                    "OUTPUT.partial/; the same command run again goes on from "
+                                    "them (another database or setting trains afresh).",
                         epilog="example: mlff-ins predictor train db.h5 -o predictor/",
                         formatter_class=_HelpFormatter)
     t.add_argument("database", help="database file (mlff-ins database build)")

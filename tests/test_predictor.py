@@ -472,12 +472,82 @@ def test_retraining_into_an_existing_predictor_is_all_or_nothing(small_predictor
     with pytest.raises(RuntimeError, match="report failed"):
         mod.train_predictor(db, out, **kwargs)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert [p.name for p in tmp_path.iterdir()] == ["predictor"]
+    # beside it only the finished network, kept for the rerun in predictor.partial/
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictor", "predictor.partial"]
     monkeypatch.undo()
     mod.train_predictor(db, out, **kwargs)
     meta = json.loads((out / "predictor.json").read_text())
     assert meta["hyper"]["cutoff_A"] == 3.5 and meta["members"] == ["member_0.pt"]
     assert not (out / "member_1.pt").exists()          # nothing of the old predictor mixed in
+    assert [p.name for p in tmp_path.iterdir()] == ["predictor"]
+
+
+def test_a_stopped_training_goes_on_from_its_finished_networks(small_predictor, tmp_path,
+                                                               monkeypatch):
+    """Stopped (Ctrl-C) in the first S(Q,E) latent member, a training keeps its two S(E)
+    members and its autoencoder in OUTPUT.partial/; the rerun trains only the latent members
+    and writes the same weights and scores as an uninterrupted run. Other settings, or another
+    database, train afresh."""
+    import torch
+
+    from mlff_ins.predict import predictor as mod
+
+    db, _, _ = small_predictor
+    kwargs = dict(members=2, epochs=2, batch_size=4, progress=False, log=lambda *_: None,
+                  hyper={"cutoff_A": 4.0, "hidden": "8x0e+8x0o+4x1e+4x1o", "embed_dim": 8})
+    whole = mod.train_predictor(db, tmp_path / "whole", **kwargs)
+    from mlff_ins.predict import autoencoder
+
+    real_member, real_ae = mod.train_member, autoencoder.train_autoencoder
+
+    calls = []
+
+    def member(*a, **k):
+        calls.append("member")
+        if calls.count("member") == 3:         # the first latent member
+            raise KeyboardInterrupt
+        return real_member(*a, **k)
+
+    def ae(*a, **k):
+        calls.append("autoencoder")
+        return real_ae(*a, **k)
+
+    monkeypatch.setattr(mod, "train_member", member)
+    monkeypatch.setattr(autoencoder, "train_autoencoder", ae)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        mod.train_predictor(db, out, **kwargs)
+    assert calls == ["member", "member", "autoencoder", "member"] and not out.exists()
+    assert sorted(p.name for p in (tmp_path / "resumed.partial").iterdir()) == [
+        "autoencoder.json", "autoencoder.pt", "key.json", "member_0.json", "member_0.pt",
+        "member_1.json", "member_1.pt"]
+    calls.clear()
+    monkeypatch.setattr(mod, "train_member", lambda *a, **k: (calls.append("member"),
+                                                              real_member(*a, **k))[1])
+    resumed = mod.train_predictor(db, out, **kwargs)
+    assert "autoencoder" not in calls and len(calls) == 2 + sum(whole["two_d"][
+        "latent_restarts"])
+    assert not (tmp_path / "resumed.partial").exists()
+    for name in whole["members"] + whole["two_d"]["members"] + ["autoencoder.pt"]:
+        a = torch.load(tmp_path / "whole" / name, weights_only=True)
+        b = torch.load(out / name, weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert resumed["best_valid_mse"] == whole["best_valid_mse"]
+    assert resumed["learning_curves"] == whole["learning_curves"]
+    assert resumed["two_d"]["latent_best_valid_mse"] == whole["two_d"]["latent_best_valid_mse"]
+    assert resumed["test"] == whole["test"]
+    # a stopped run with other settings leaves nothing the next one would take
+    calls.clear()
+    monkeypatch.setattr(mod, "train_member", member)
+    with pytest.raises(KeyboardInterrupt):
+        mod.train_predictor(db, tmp_path / "third", **kwargs)
+    notes = []
+    calls.clear()
+    monkeypatch.setattr(mod, "train_member", lambda *a, **k: (calls.append("member"),
+                                                              real_member(*a, **k))[1])
+    mod.train_predictor(db, tmp_path / "third", **{**kwargs, "epochs": 1, "log": notes.append})
+    assert calls.count("member") >= 4 and "autoencoder" in calls
+    assert len(notes) == 1 and "other settings" in notes[0]
 
 
 def test_a_predictor_with_a_status_warns_at_every_prediction(small_predictor, tmp_path,

@@ -283,15 +283,85 @@ def train_member(model, train, valid, *, epochs: int, batch_size: int, lr: float
     return {"best_valid_mse": best, "history": history}
 
 
+class _FinishedStages:
+    """The finished stages of one `predictor train` (S(E) members, autoencoder, latent
+    members), kept in ``OUTPUT.partial/`` so that a killed run goes on from them: weights
+    ``NAME.pt`` and what the report needs of the stage ``NAME.json``, used only under a
+    ``key.json`` of the same database contents and settings. Each stage reseeds torch and numpy
+    from the run's seed, so a stage taken from here equals the one an uninterrupted run trains.
+    The folder goes once the predictor is written."""
+
+    def __init__(self, final: Path, key: str, log=print):
+        self.folder = Path(f"{final}.partial")
+        self.key = key
+        self.log = log
+        record = self.folder / "key.json"
+        try:
+            saved = json.loads(record.read_text()).get("key") if record.exists() else key
+        except (OSError, ValueError):
+            saved = None
+        if saved != key:
+            own = self._own()
+            if own:
+                log(f"note: {self.folder}: stages of a training on another database or with "
+                    f"other settings; its {len(own)} file(s) removed and trained again")
+            for p in own:
+                p.unlink()
+
+    def _own(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return [p for p in self.folder.iterdir()
+                if p.name == "key.json" or p.suffix in (".pt", ".json")]
+
+    def load(self, name: str):
+        """(state dict, info) of a finished stage, or None."""
+        import torch
+
+        pt, info = self.folder / f"{name}.pt", self.folder / f"{name}.json"
+        if not (pt.exists() and info.exists()):
+            return None
+        try:
+            return torch.load(pt, map_location="cpu", weights_only=True), \
+                json.loads(info.read_text())
+        except (OSError, ValueError, RuntimeError):
+            return None
+
+    def save(self, name: str, state: dict, info: dict) -> None:
+        import torch
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.folder / "key.json", {"key": self.key})
+        with atomic_path(self.folder / f"{name}.pt") as tmp:
+            torch.save(state, tmp)
+        write_json_atomic(self.folder / f"{name}.json", info)
+
+    def remove(self) -> None:
+        for p in self._own():
+            p.unlink()
+        if self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()
+
+
+def _file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: int = 60,
                     batch_size: int = 16, lr: float = 5e-3, weight_decay: float = WEIGHT_DECAY,
                     seed: int = 0, hyper: dict | None = None, limit: int | None = None,
                     two_d: bool = True, ae_epochs: int | None = None,
-                    progress: bool = True, device="cpu") -> dict:
+                    progress: bool = True, device="cpu", log=print) -> dict:
     """Train ``members`` networks on database ``db`` (and, with ``two_d``, the S(Q,E)
     autoencoder and ``members`` latent networks) on ``device`` and write the predictor folder
     ``out_dir`` with its report; returns the metadata written to ``predictor.json``. The
-    weights are saved as CPU tensors and evaluated on the CPU, whatever ``device``."""
+    weights are saved as CPU tensors and evaluated on the CPU, whatever ``device``. A run
+    stopped part-way keeps its finished networks in ``out_dir.partial/`` and the same call
+    goes on from them (:class:`_FinishedStages`)."""
     import torch
 
     from mlff_ins.predict.network import SpectrumNetwork, default_hyper, graph
@@ -329,29 +399,43 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
     # everything is written into a new folder that replaces out_dir at the end: a failure or a
     # kill leaves the old predictor whole (new weights beside an old predictor.json could load
     # and predict garbage when only a setting such as the cutoff changed)
+    # a killed run goes on from its finished stages (another database or setting: afresh)
+    stages = _FinishedStages(final, hashlib.sha256(json.dumps(
+        {"database_sha256": _file_sha256(db), "targets": list(targets), "hyper": hyper,
+         "members": members, "epochs": epochs, "ae_epochs": ae_epochs, "two_d": two_d,
+         "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
+         "limit": limit}, sort_keys=True, default=str).encode()).hexdigest(), log=log)
     with atomic_dir(final) as out_dir:
         member_files, fits = [], []
         t0 = time.perf_counter()
         for k in range(members):
-            torch.manual_seed(seed + k)
-            model = SpectrumNetwork(hyper)
-            bar, tick = _epoch_bar(f"member {k + 1}/{members}", epochs, progress)
-            fit = train_member(model, [data[i] for i in train_idx], [data[i] for i in idx["valid"]],
-                               epochs=epochs, batch_size=batch_size, lr=lr,
-                               weight_decay=weight_decay, seed=seed + k, progress=tick,
-                               device=device)
-            bar.close()
-            name = f"member_{k}.pt"
-            with atomic_path(out_dir / name) as tmp:
-                torch.save(_cpu_state(model), tmp)
-            member_files.append(name)
+            name = f"member_{k}"
+            done = stages.load(name)
+            if done is not None:
+                state, fit = done
+                log(f"member {k + 1}/{members}: trained by an earlier run ({stages.folder})")
+            else:
+                torch.manual_seed(seed + k)
+                model = SpectrumNetwork(hyper)
+                bar, tick = _epoch_bar(f"member {k + 1}/{members}", epochs, progress)
+                fit = train_member(model, [data[i] for i in train_idx],
+                                   [data[i] for i in idx["valid"]], epochs=epochs,
+                                   batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                   seed=seed + k, progress=tick, device=device)
+                bar.close()
+                state = _cpu_state(model)
+                stages.save(name, state, fit)
+            with atomic_path(out_dir / f"{name}.pt") as tmp:
+                torch.save(state, tmp)
+            member_files.append(f"{name}.pt")
             fits.append(fit)
         two_d_meta = None
         if two_d:
             two_d_meta = _train_two_d(out_dir, graphs, facts, idx, hyper, members=members,
                                       epochs=epochs, ae_epochs=ae_epochs or epochs,
                                       batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                      seed=seed, progress=progress, device=device)
+                                      seed=seed, progress=progress, device=device,
+                                      stages=stages, log=log)
         stats = _training_stats(structures, train_idx, hyper["cutoff_A"])
         meta = {"code_version": __version__, "kind": "mlff-ins predictor", "targets": list(targets),
                 "grid_edges_invcm": GRID_EDGES_INVCM.tolist(), "hyper": hyper,
@@ -393,6 +477,7 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
                                                    facts["maps"][idx["test"]])
         write_json_atomic(out_dir / "predictor.json", meta)
         write_report(out_dir, meta, test, predictor, fits)
+    stages.remove()
     return meta
 
 
@@ -422,8 +507,10 @@ def _cpu_state(model) -> dict:
 
 
 def _train_two_d(out_dir, graphs, facts, idx, hyper, *, members, epochs, ae_epochs, batch_size,
-                 lr, weight_decay, seed, progress, device="cpu") -> dict:
-    """The autoencoder on the training maps, then ``members`` latent networks on their codes."""
+                 lr, weight_decay, seed, progress, device="cpu", stages=None,
+                 log=print) -> dict:
+    """The autoencoder on the training maps, then ``members`` latent networks on their codes
+    (each taken from ``stages`` when an earlier run finished it)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -434,16 +521,25 @@ def _train_two_d(out_dir, graphs, facts, idx, hyper, *, members, epochs, ae_epoc
     ae_hyper = default_ae_hyper(maps.shape[1:])
     torch.manual_seed(seed)
     ae = MapAutoencoder(ae_hyper)
-    bar = tqdm(total=ae_epochs, desc="autoencoder", unit="epoch", disable=not progress,
-               leave=False)
-    from mlff_ins.predict.autoencoder import train_autoencoder
+    done = stages.load("autoencoder") if stages is not None else None
+    if done is not None:
+        state, ae_fit = done
+        ae.load_state_dict(state)
+        log(f"autoencoder: trained by an earlier run ({stages.folder})")
+    else:
+        bar = tqdm(total=ae_epochs, desc="autoencoder", unit="epoch", disable=not progress,
+                   leave=False)
+        from mlff_ins.predict.autoencoder import train_autoencoder
 
-    ae_fit = train_autoencoder(ae, maps[idx["train"]], maps[idx["valid"]], epochs=ae_epochs,
-                               batch_size=batch_size, seed=seed,
-                               progress=lambda *_: bar.update(1), device=device)
-    bar.close()
+        ae_fit = train_autoencoder(ae, maps[idx["train"]], maps[idx["valid"]], epochs=ae_epochs,
+                                   batch_size=batch_size, seed=seed,
+                                   progress=lambda *_: bar.update(1), device=device)
+        bar.close()
+        state = _cpu_state(ae)
+        if stages is not None:
+            stages.save("autoencoder", state, {"best_valid_mse": ae_fit["best_valid_mse"]})
     with atomic_path(out_dir / "autoencoder.pt") as tmp:
-        torch.save(_cpu_state(ae), tmp)
+        torch.save(state, tmp)
     ae.cpu().eval()
     with torch.no_grad():
         codes = ae.encode(torch.as_tensor(maps)).numpy()
@@ -456,6 +552,17 @@ def _train_two_d(out_dir, graphs, facts, idx, hyper, *, members, epochs, ae_epoc
     data = [(g, (c - mu) / sd) for g, c in zip(graphs, codes)]
     files, fits, restarts = [], [], []
     for k in range(members):
+        name = f"latent_{k}"
+        done = stages.load(name) if stages is not None else None
+        if done is not None:
+            state, info = done
+            log(f"S(Q,E) member {k + 1}/{members}: trained by an earlier run ({stages.folder})")
+            restarts.append(info["restarts"])
+            with atomic_path(out_dir / f"{name}.pt") as tmp:
+                torch.save(state, tmp)
+            files.append(f"{name}.pt")
+            fits.append(info["best_valid_mse"])
+            continue
         # a latent network sometimes collapses onto the mean code in its first steps and never
         # leaves it (one of three on the 702-entry database, with the gain): such a
         # member, no better on validation than its untrained start, is trained again from
@@ -474,10 +581,13 @@ def _train_two_d(out_dir, graphs, facts, idx, hyper, *, members, epochs, ae_epoc
             if fit["best_valid_mse"] < LATENT_COLLAPSE * fit["history"][0]["valid_mse"]:
                 break
         restarts.append(attempt)
-        name = f"latent_{k}.pt"
-        with atomic_path(out_dir / name) as tmp:
-            torch.save(_cpu_state(model), tmp)
-        files.append(name)
+        state = _cpu_state(model)
+        if stages is not None:
+            stages.save(name, state, {"best_valid_mse": fit["best_valid_mse"],
+                                      "restarts": attempt})
+        with atomic_path(out_dir / f"{name}.pt") as tmp:
+            torch.save(state, tmp)
+        files.append(f"{name}.pt")
         fits.append(fit["best_valid_mse"])
     return {"autoencoder": "autoencoder.pt", "autoencoder_hyper": ae_hyper,
             "latent_hyper": latent_hyper, "members": files,
