@@ -617,7 +617,8 @@ def plot_structure(report: dict, png_path: str | os.PathLike) -> None:
     fig = Figure(figsize=(10, 4))
     ax_g, ax_a = fig.subplots(1, 2)
     rdf = report["rdf"]
-    ax_g.plot(rdf["r_A"], rdf["g_total"], color="k", lw=1.2, label="g(r) total")
+    # on top of the partials, which otherwise hide it where they peak
+    ax_g.plot(rdf["r_A"], rdf["g_total"], color="k", lw=1.2, label="g(r) total", zorder=3)
     if len(rdf["partials"]) > 1:
         for name, g in rdf["partials"].items():
             ax_g.plot(rdf["r_A"], g, lw=0.9, label=name)
