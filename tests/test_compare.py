@@ -191,6 +191,8 @@ def test_bin_mean_keeps_a_masked_region_local():
 
 def test_bad_inputs_are_one_line_errors(cu_routes, tmp_path, capsys):
     _, ph, md = cu_routes
+    measured = tmp_path / "measured.csv"
+    measured.write_text("# energy (meV), intensity\n10,1\n20,2\n30,1\n")
     cases = [
         ([str(ph), "-o", str(tmp_path / "a")], "at least two spectra"),
         ([f"{ph}:nope", str(md), "-o", str(tmp_path / "b")], "no group nope"),
@@ -198,6 +200,10 @@ def test_bad_inputs_are_one_line_errors(cu_routes, tmp_path, capsys):
         ([str(ph), str(md), "--residual", "-o", str(tmp_path / "d")], "--residual needs"),
         ([str(ph), str(md), "--label", "x", "-o", str(tmp_path / "e")],
          "--label given 1 times for 2 inputs"),
+        # a measurement given where the calculated files go
+        ([str(ph), str(measured), "-o", str(tmp_path / "f")],
+         f"{measured}: not a spectra file of mlff-ins (HDF5 from phonons/ins, spectra or "
+         f"predict); give a measured file after --measured"),
     ]
     for argv, text in cases:
         capsys.readouterr()

@@ -94,6 +94,8 @@ def _split(arg: str) -> tuple[str, str | None]:
 
 def load_inputs(files, measured, opts: CompareOptions) -> dict:
     """{label: spectrum} of every calculated file then every measured file."""
+    import h5py
+
     two_d = opts.kind in KINDS_2D
     out = {}
     n_inputs = len(files) + len(measured)
@@ -103,6 +105,10 @@ def load_inputs(files, measured, opts: CompareOptions) -> dict:
     labels = iter(opts.labels)
     for arg in files:
         path, group = _split(arg)
+        if Path(path).is_file() and not h5py.is_hdf5(path):
+            # a measurement (text, NeXus is HDF5 too) given where calculated files go
+            raise InputError(f"{path}: not a spectra file of mlff-ins (HDF5 from phonons/ins, "
+                             f"spectra or predict); give a measured file after --measured")
         name, sp = _pick(path, read_spectra(path), group, opts.kind, opts.element)
         out[_label(next(labels, None) or f"{Path(path).stem}:{name}", out)] = sp
     for path in measured:
