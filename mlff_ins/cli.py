@@ -1028,9 +1028,10 @@ def _run_phonons(args) -> int:
         from mlff_ins.model.shipped import bundle_digest, shown_name
         from mlff_ins.phonons.partial import PhononProgress
 
-        keep = PhononProgress(args.output, {"model": shown_name(str(args.model)),
-                                            "bundle_sha256": bundle_digest(args.model),
-                                            "members": args.members})
+        # a bundle by its digest (whatever path names it), a universal model by its name
+        digest = bundle_digest(args.model)
+        keep = PhononProgress(args.output, {"members": args.members, **(
+            {"bundle_sha256": digest} if digest else {"model": shown_name(str(args.model))})})
         with sigterm_as_interrupt():     # `kill PID`: stop as Ctrl-C does, the work kept
             if args.relax:
                 if args.relax_steps < 1:
