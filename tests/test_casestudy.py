@@ -344,6 +344,31 @@ def test_imaginary_modes_leave_out_the_acoustic_modes_at_gamma(tmp_path):
     assert r == {"counts": [1, 0], "n_modes": 6, "lowest_THz": -1.5}
 
 
+def test_half_maximum_range_of_a_band_is_that_of_the_analytic_band():
+    """A Gaussian TA band (20 meV, σ 3 meV) falls to half at 20 ∓ σ√(2 ln 2) (linear
+    interpolation on a 0.1 meV grid: within 0.002 meV); a TO band whose low side stays above
+    half in its window (an LO shoulder) has no low end there. On a flat-topped band (1 from 17
+    to 21 meV, Gaussian flanks) a 1 % ripple puts the maximum at either end of the top, while
+    the half-maximum range stays within 0.05 meV of its analytic 17 - 3.53 and 21 + 3.53."""
+    from mlff_ins.casestudy_report import vdos_half_maximum, vdos_peaks
+
+    e = np.arange(0.0, 100.0, 0.1)
+    w = np.sqrt(2 * np.log(2))
+    to = np.maximum(np.exp(-0.5 * ((e - 58.0) / 2.0) ** 2), 0.6 * (e > 40) * (e < 58))
+    got = vdos_half_maximum(e, np.exp(-0.5 * ((e - 20.0) / 3.0) ** 2) + to)
+    assert got["TA"] == pytest.approx((20.0 - 3 * w, 20.0 + 3 * w), abs=2e-3)
+    assert got["TO"][0] is None and got["TO"][1] == pytest.approx(58.0 + 2 * w, abs=2e-3)
+    flat = np.where(e < 17, np.exp(-0.5 * ((e - 17) / 3) ** 2),
+                    np.where(e > 21, np.exp(-0.5 * ((e - 21) / 3) ** 2), 1.0))
+    maxima = []
+    for sign in (1, -1):
+        rippled = flat * (1 + 0.01 * sign * (e - 19) / 2 * (abs(e - 19) <= 2))
+        maxima.append(vdos_peaks(e, rippled)["TA"])
+        assert vdos_half_maximum(e, rippled)["TA"] == pytest.approx((17 - 3 * w, 21 + 3 * w),
+                                                                    abs=0.05)
+    assert maxima == pytest.approx([21.0, 17.0], abs=0.051)
+
+
 def test_a_peak_without_partner_fails_the_peak_target():
     from mlff_ins.casestudy_report import TARGET_COMPARISON, _target_lines
 
