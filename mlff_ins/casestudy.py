@@ -534,6 +534,15 @@ def run_study(study: Study, *, only: str | None = None, structures: list[str] | 
                 log(f"[{i}/{len(study.steps)}] {step.name}: left for a run with "
                     f"{', '.join(sorted(waits - set(structures)))}")
                 continue
+        lost = [o for o in step.outputs if step.resume and step.name in done["steps"]
+                and not (study.out / o).exists() and o not in done["pruned"]]
+        if lost:
+            # an MD run again would be another trajectory than the one the steps after it
+            # (spectra, structure, phonons of its last frame) were made from
+            raise InputError(f"{study.out / lost[0]}: the trajectory of the finished step "
+                             f"'{step.name}' is missing (trajectories are not kept in git); "
+                             f"put it back, or remove '{step.name}' and the steps made from it "
+                             f"from {study.out / DONE} (with their outputs) to run them again")
         log(f"[{i}/{len(study.steps)}] {step.name}")
         pruned = [r for r in missing if r in done["pruned"]]
         if pruned:

@@ -227,6 +227,16 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     assert json.loads((out / "study.json").read_text())["model_sha256"] == bundle_digest(
         "si-reference")
     (out / "study.json").write_text(recorded)
+    # a finished MD's trajectory lost (they are not kept in git): refused before anything runs,
+    # since a new run would be another trajectory than its spectra and phonons were made from
+    trajectory = (out / "a-si" / "md.h5md").read_bytes()
+    (out / "a-si" / "md.h5md").unlink()
+    log_lost = []
+    with pytest.raises(InputError, match="a-si/md.h5md: the trajectory of the finished step "
+                                         "'a-Si: MD at 300 K' is missing"):
+        run_study(study, log=log_lost.append)
+    assert not any("$ mlff-ins " in m for m in log_lost)
+    (out / "a-si" / "md.h5md").write_bytes(trajectory)
     # --structures: the shared steps and the named structures' only; the report waits
     (out / "vacancy" / "difference.h5").unlink()
     (out / "report.md").unlink()
