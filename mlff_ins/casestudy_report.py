@@ -153,8 +153,9 @@ def vdos_peaks(energy, intensity) -> dict:
 def vdos_half_maximum(energy, intensity) -> dict:
     """Where each a-Si band of :data:`A_SI_BANDS_MEV` falls to half its maximum on either side
     of it, (low, high) meV, linearly interpolated between points; None for a side that stays
-    above half inside the band's window. A band with a flat top (the a-Si TA band, within 3 %
-    of its maximum from 17 to 21 meV) moves its maximum by meV with noise; this range does not."""
+    above half inside the band's window. A band with a flat top (the a-Si TA band of the
+    round-2 study: within 4 % of its maximum over 16.5-19.8 meV from MD, 17.8-21.4 meV from
+    phonons) moves its maximum by meV with noise; this range does not."""
     energy = np.asarray(energy, dtype=float)
     intensity = np.asarray(intensity, dtype=float)
     out = {}
