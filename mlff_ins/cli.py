@@ -1723,11 +1723,15 @@ def _run_predictor_train(args) -> int:
     if args.weight_decay is not None and args.weight_decay < 0:
         raise InputError(f"--weight-decay {args.weight_decay:g}: must not be negative")
     decay = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
-    meta = train_predictor(args.database, args.output, members=args.members, epochs=args.epochs,
-                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, **decay,
-                           targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
-                           hyper={"cutoff_A": args.cutoff}, two_d=args.two_d,
-                           ae_epochs=args.ae_epochs, device=resolve_device(args.device))
+    # `kill PID`: stop as Ctrl-C does (the finished networks are kept, the half-written folder
+    # removed)
+    with sigterm_as_interrupt():
+        meta = train_predictor(
+            args.database, args.output, members=args.members, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, seed=args.seed, **decay,
+            targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
+            hyper={"cutoff_A": args.cutoff}, two_d=args.two_d, ae_epochs=args.ae_epochs,
+            device=resolve_device(args.device))
     t = meta["test"]
     print(f"{args.output}: {len(meta['members'])} members, split {meta['split_sizes']}, "
           + (f"test median MSE {t['median_mse']:.4f} (quartiles {t['quartiles_mse'][0]:.4f} / "
