@@ -316,15 +316,23 @@ def test_sigterm_stops_md_as_ctrl_c_does_and_the_run_resumes(tmp_path):
     calc.write_text("calculator: emt\n")
     args = [str(structure), "--calculator", str(calc), "--ensemble", "nve", "-T", "300",
             "--every", "2", "--dt", "2", "-o", str(tmp_path / "md.h5md")]
-    proc = subprocess.Popen([sys.executable, "-m", "mlff_ins.cli", "md"] + args
-                            + ["--steps", "100000"], stdout=subprocess.DEVNULL,
+    # -X faulthandler: a run that does not stop prints every thread's stack on SIGABRT (once in
+    # a full suite on 2 busy cores, 2026-12-05, this run had not ended 60 s after SIGTERM; alone
+    # it ends within a second)
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "mlff_ins.cli", "md"]
+                            + args + ["--steps", "100000"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and _frames_written(tmp_path / "md.h5md") < 5:
         assert proc.poll() is None, f"md exited by itself ({proc.returncode})"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    err = proc.communicate(timeout=60)[1]
+    try:
+        err = proc.communicate(timeout=120)[1]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        err = proc.communicate(timeout=30)[1]
+        pytest.fail(f"md had not stopped 120 s after SIGTERM; its stacks:\n{err}")
     assert proc.returncode == 130, err
     assert "interrupted; rerun the same command (with --resume" in err
     with open_h5md(tmp_path / "md.h5md") as f:
