@@ -777,6 +777,13 @@ def _add_spectra(sub) -> None:
                         "phonon route) or from the MD mean-square displacement plateau, scaled "
                         "by the VDOS's quantum/classical ratio (keeps the anharmonic amplitude "
                         "the MD measured)")
+    p.add_argument("--low-energy", choices=["debye", "as-is"],
+                   help="VISION/TOSCA: the VDOS below the correlation window's energy resolution "
+                        "(one FWHM), where it is not resolved and the 1/E and Bose factors of "
+                        "S(E) turn the window's smearing into a rise towards E = 0: replaced by "
+                        "the Debye law a·E² through its value there (default; a solid's acoustic "
+                        "modes), or used as computed. A VDOS with more than 1 %% of its area at "
+                        "E = 0 (diffusion) is always used as computed")
     _add_neutron_options(
         p, instrument_default="direct",
         instrument_help="direct (default): S(Q,E) as computed, or with --ei masked to the "
@@ -799,7 +806,7 @@ def _run_spectra(args) -> int:
     from mlff_ins.neutron.spectrum import write_spectra
 
     given = _neutron_defaults(args, q_min=0.2, directions=50, quantum_correction="harmonic",
-                              weighting="neutron", debye_waller="vdos")
+                              weighting="neutron", debye_waller="vdos", low_energy="debye")
     maps = args.sqe or args.qens
     if not maps:
         _refuse(given, ["q_min", "q_max", "q_step", "directions", "seed", "quantum_correction",
@@ -807,7 +814,7 @@ def _run_spectra(args) -> int:
         if args.no_partials:
             raise InputError("--no-partials applies to S(Q,E); add --sqe or --qens")
     if args.instrument not in INDIRECT:
-        _refuse(given, ["debye_waller", "phonon_orders"],
+        _refuse(given, ["debye_waller", "low_energy", "phonon_orders"],
                 "applies to --instrument vision or tosca (the incoherent-approximation S(E))")
     _check_direct_geometry(args, given)
     start, stop = args.start or 0, args.stop
@@ -830,7 +837,7 @@ def _run_spectra(args) -> int:
         ei_meV=args.ei, angles_deg=tuple(args.angles), resolution_fraction=args.resolution,
         chopper_frequency_hz=args.chopper_frequency, chopper_package=args.chopper_package,
         fwhm_meV=args.fwhm, e_max_meV=args.e_max,
-        debye_waller=args.debye_waller, n_phonon=args.phonon_orders,
+        debye_waller=args.debye_waller, low_energy=args.low_energy, n_phonon=args.phonon_orders,
         isotopes=parse_isotopes(args.isotope), device=args.device, float32=args.float32,
         max_memory_gb=args.max_memory, blocks=args.blocks, remove_drift=args.remove_drift)
     types = [t.strip() for t in args.types.split(",")] if args.types else None

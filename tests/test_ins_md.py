@@ -277,7 +277,8 @@ def test_a_peak_of_md_s_e_inside_the_window_resolution_is_warned_about():
     """Einstein oscillators at ħω₀ = 6.6 meV, 300 K: with a 1.5 ps window (3.1 meV FWHM) S(E)
     peaks near E₀ and nothing is said; with a 150 fs window (31 meV FWHM) the windowed VDOS is
     smeared down to E = 0, the (n + 1)/E of S(E) puts its maximum inside the resolution, and a
-    warning says so."""
+    warning says so, with ``low_energy="as-is"`` and by default (a VDOS with more than 1 % of
+    its area at E = 0 is used as computed)."""
     import warnings
 
     pos, vel, cell = damped_oscillators(n=32, frames=4000, every=2, h=0.5, mass=12.0,
@@ -294,5 +295,90 @@ def test_a_peak_of_md_s_e_inside_the_window_resolution_is_warned_about():
     with pytest.warns(UserWarning, match="within the correlation window's energy resolution"), \
             warnings.catch_warnings():
         warnings.filterwarnings("ignore", "the VDOS of C")
-        spectra_from_trajectory(None, SpectraOptions(instrument="vision", time_window_fs=150.0),
+        spectra_from_trajectory(None, SpectraOptions(instrument="vision", time_window_fs=150.0,
+                                                     low_energy="as-is"),
                                 traj=traj, progress=False)
+    # by default too: with more than 1 % of its area at E = 0 this VDOS is not taken as a Debye
+    # solid
+    with pytest.warns(UserWarning, match="within the correlation window's energy resolution"), \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "the VDOS of C")
+        out, _ = spectra_from_trajectory(None, SpectraOptions(instrument="vision",
+                                                              time_window_fs=150.0),
+                                         traj=traj, progress=False)
+    assert out["s_e"].provenance["low_energy"]["C"].startswith("as computed")
+
+
+def test_a_debye_law_that_would_replace_vibrations_is_warned_about():
+    """debye_below_resolution on analytic VDOS: a·(E² + σ²) (a Debye solid under a Gaussian
+    window) becomes a·E²·(1 + σ²/E_m²) below E_m, the first bin at or above one FWHM, with no
+    warning (the bins below hold under 1 % of the area); a band at 6.6 meV under a 31 meV FWHM
+    is mostly replaced, and a warning says so."""
+    import warnings
+
+    from mlff_ins.analysis.pipeline import debye_below_resolution
+
+    e = np.arange(0, 40, 0.25)
+    fwhm = 2.0
+    sigma = fwhm / np.sqrt(8 * np.log(2))
+    g = 1e-3 * (e ** 2 + sigma ** 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        how = debye_below_resolution(e, g, fwhm)
+    assert "below 2 meV" in how
+    np.testing.assert_allclose(g[e < 2], 1e-3 * e[e < 2] ** 2 * (1 + sigma ** 2 / 4), rtol=1e-12)
+    np.testing.assert_allclose(g[e >= 2], 1e-3 * (e[e >= 2] ** 2 + sigma ** 2), rtol=1e-12)
+    band = np.exp(-0.5 * ((e - 6.6) / 1.0) ** 2)
+    with pytest.warns(UserWarning, match="covers 100% of the VDOS area"):
+        debye_below_resolution(e, band, 31.0)
+
+
+def test_the_vdos_below_the_window_resolution_follows_debye_and_s_e_has_no_spike():
+    """A Debye solid: 1000 oscillators with frequencies spread as ω² up to ħω_D = 19.7 meV (MD
+    at 300 K, weak friction), and the exact Debye DOS 3E²/E_D³ through the same engine. Below
+    the window's resolution the windowed VDOS is a·(E² + σ²) instead of a·E², which the 1/E and
+    Bose factors of S(E) turn into a spike at the first bins: as computed, the first bin above
+    E = 0 should be high by the factor 1 + σ²/E₁² = 1.9 here (4.65 meV FWHM, E₁ = 2.07 meV);
+    asserted above 1.5. With the default ``low_energy="debye"`` every bin up to two FWHM is
+    within 30 % of the exact S(E): the law is taken through the VDOS at the first bin at or
+    above one FWHM, still high there by σ²/E_m² ≤ 18 % (Gaussian window), and ~1000 oscillators
+    leave a few per cent of statistical noise."""
+    import warnings
+
+    from mlff_ins.ins.engine import VibrationalSource, indirect_s_e
+    from mlff_ins.neutron.instruments import get_instrument
+    from mlff_ins.neutron.scattering_lengths import sigma_total_barn
+
+    n, wd, T, mass = 1000, 0.03, 300.0, 28.0855
+    omega = wd * ((np.arange(n) + 0.5) / n) ** (1 / 3)
+    pos, vel, cell = damped_oscillators(n=n, frames=3000, every=2, h=0.5, mass=mass,
+                                        omega0=omega[:, None], gamma=0.0005, temperature_K=T,
+                                        seed=2)
+    traj = ArrayTrajectory(["Si"] * n, pos, cell, 1.0, velocities=vel,
+                           masses=np.full(n, mass))
+    runs = {}
+    for how in ("debye", "as-is"):
+        # as computed, the spike is S(E)'s maximum, and the warning says so
+        with warnings.catch_warnings():
+            warnings.simplefilter("error" if how == "debye" else "ignore")
+            out, _ = spectra_from_trajectory(None, SpectraOptions(
+                instrument="vision", vdos=False, temperature_K=T, time_window_fs=1000.0,
+                low_energy=how), traj=traj, progress=False)
+        runs[how] = out["s_e"]
+    s = runs["debye"]
+    fwhm = s.provenance["resolution_fwhm_meV"]
+    assert "Debye law" in s.provenance["low_energy"]["Si"]
+    e = s.x
+    ed = wd * 658.2119569509066
+    z = np.where(e <= ed, 3 * e ** 2 / ed ** 3, 0.0)
+    z /= z.sum() * (e[1] - e[0])
+    exact_src = VibrationalSource(e, z[None], [u2_from_dos(e, z, mass, T)], [mass], ["Si"], [1.0],
+                                  T)
+    _, exact = indirect_s_e(exact_src, get_instrument("vision"), [sigma_total_barn("Si")])
+    exact = exact["s_e"]
+    low = (e > 0) & (e <= 2 * fwhm)
+    assert low.sum() >= 3
+    np.testing.assert_allclose(s.intensity[low], exact[low], rtol=0.30)
+    first = np.flatnonzero(e > 0)[0]
+    assert runs["as-is"].intensity[first] > 1.5 * exact[first]
+    assert runs["as-is"].provenance["low_energy"] == "as computed (--low-energy as-is)"

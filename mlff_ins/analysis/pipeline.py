@@ -60,6 +60,7 @@ class SpectraOptions:
     chopper_package: str | None = None
     q_max_fickian: float = 1.0              # QENS: Γ = ħDQ² fitted below this Q (1/Å)
     debye_waller: str = "vdos"              # VISION/TOSCA: ⟨u²⟩ from the VDOS or the MD MSD
+    low_energy: str = "debye"               # VISION/TOSCA: the VDOS below the window's resolution
     n_phonon: int = 10                      # VISION/TOSCA: phonon orders
     isotopes: dict = field(default_factory=dict)  # element -> mass number (cross sections, mass)
     device: str = "cpu"
@@ -92,6 +93,9 @@ def spectra_from_trajectory(path, opts: SpectraOptions, dt_fs: float | None = No
         opts.chopper_package)                            # bad settings fail before any work
     if opts.debye_waller not in ("msd", "vdos"):
         raise InputError(f"--debye-waller must be msd or vdos, not {opts.debye_waller!r}")
+    if opts.low_energy not in LOW_ENERGY_CHOICES:
+        raise InputError(f"--low-energy must be {' or '.join(LOW_ENERGY_CHOICES)}, not "
+                         f"{opts.low_energy!r}")
     if traj is None:
         if skip_fs is not None:
             if skip_fs < 0:
@@ -251,15 +255,20 @@ def indirect_ins(corr, opts, temperature, summary, meta) -> dict:
     iso = opts.isotopes or {}
     vd = vdos_spectra(corr, opts.window)
     e = vd["vdos"].x
-    dos, masses, u2, how, clipped = [], [], {}, {}, {}
+    fwhm = vd["vdos"].provenance.get("resolution_fwhm_meV")
+    dos, masses, u2, how, clipped, below = [], [], {}, {}, {}, {}
     for s in corr.species:
         g = np.array(vd[f"vdos_{s}"].intensity, dtype=float)
-        _drop_zero_energy(e, g, s)
+        zero_share = _drop_zero_energy(e, g, s)
         # a windowed VACF transform can dip slightly below zero where the DOS is ~0 (near E = 0
         # in a solid); the 1/E of the phonon orders would turn that into negative intensity
         negative = g < 0
         clipped[s] = float(-np.sum(g[negative]) / max(np.sum(np.abs(g)), 1e-300))
         g[negative] = 0.0
+        if opts.low_energy == "debye":
+            below[s] = (debye_below_resolution(e, g, fwhm) if zero_share <= ZERO_ENERGY_TOLERANCE
+                        else f"as computed: {zero_share:.1%} of the VDOS area at E = 0 (diffusion "
+                             f"or drift), not a Debye solid")
         dos.append(g / (np.sum(g) * (e[1] - e[0])))          # area 1 per degree of freedom
         masses.append(element_mass(corr, s, iso))
         if opts.debye_waller == "msd":
@@ -275,17 +284,17 @@ def indirect_ins(corr, opts, temperature, summary, meta) -> dict:
                                [corr.counts[s] / corr.n_atoms for s in corr.species], temperature)
     sigma = [sigma_total_barn(s, iso.get(s)) for s in corr.species]
     energies, arrays = indirect_s_e(source, instrument, sigma, opts.n_phonon)
-    _check_low_energy_peak(energies, arrays["s_e"], vd["vdos"].provenance.get(
-        "resolution_fwhm_meV"), temperature)
+    _check_low_energy_peak(energies, arrays["s_e"], fwhm, temperature)   # a VDOS used as is
     summary["u2_A2"] = u2
     prov = {**meta["provenance"], "debye_waller": opts.debye_waller, "u2_A2": u2,
             "u2_source": how, "masses_amu": dict(zip(corr.species, masses)), "isotopes": iso,
             "phonon_orders": opts.n_phonon,
             "negative_vdos_area_clipped": clipped,
+            "low_energy": below or "as computed (--low-energy as-is)",
             "cross_section": "sigma_total (incoherent approximation)",
             # the correlation window's width is in the DOS, so in S(E) beside the instrument's
             "window": vd["vdos"].provenance.get("window"),
-            "resolution_fwhm_meV": vd["vdos"].provenance.get("resolution_fwhm_meV")}
+            "resolution_fwhm_meV": fwhm}
     return s_e_spectra(energies, arrays, instrument, temperature_K=meta["temperature_K"],
                        source=meta["source"], provenance=prov)
 
@@ -338,18 +347,61 @@ def _check_low_energy_peak(energies, s_e, fwhm_meV, temperature_K) -> None:
                       stacklevel=3)
 
 
+#: what ``--low-energy`` may be: the VDOS below the window's resolution replaced by a Debye law
+#: (default) or used as computed
+LOW_ENERGY_CHOICES = ("debye", "as-is")
+
+#: a Debye law replacing more than this share of the VDOS area replaces vibrations, not smearing
+DEBYE_REPLACED_TOLERANCE = 0.05
+
+
+def debye_below_resolution(e, g, fwhm_meV) -> str:
+    """Replace, in place, the VDOS ``g`` below the correlation window's energy resolution by the
+    Debye law a·E² through its value at E_m, the first grid energy at or above one FWHM; returns
+    what was done, for the provenance.
+
+    Below its resolution a windowed VDOS is not resolved: a window of width σ turns a solid's
+    a·E² into a·(E² + σ²) (Gaussian window), and the 1/E of the phonon orders with the Bose
+    factor (n + 1 ≈ kT/E) turn the excess a·σ² into a rise of S(E) as σ²/E² towards E = 0 that
+    belongs to the window, not to the sample (a spike in the first bins of VISION's S(E)). At
+    E_m = one FWHM (2.35 σ) the windowed value is still high by σ²/E_m² (18 %, Gaussian window),
+    which the replaced bins inherit. The law holds for the acoustic modes of a three-dimensional
+    solid; a VDOS with weight at E = 0 (diffusion) is left as computed by the caller."""
+    e = np.asarray(e, dtype=float)
+    if not fwhm_meV or fwhm_meV <= 0:
+        return "as computed (no window resolution known)"
+    at = np.flatnonzero(e >= fwhm_meV)
+    if not len(at) or g[at[0]] <= 0:
+        return "as computed (no VDOS at or above the window's resolution)"
+    m = int(at[0])
+    total = float(np.sum(g))
+    share = float(np.sum(g[:m])) / total if total > 0 else 0.0
+    g[:m] = g[m] * (e[:m] / e[m]) ** 2
+    if share > DEBYE_REPLACED_TOLERANCE:
+        import warnings
+
+        warnings.warn(f"the correlation window's energy resolution ({fwhm_meV:.2g} meV FWHM) "
+                      f"covers {share:.0%} of the VDOS area, which S(E) takes as a Debye law "
+                      f"below {e[m]:.2g} meV: the window is short for these vibrations; a longer "
+                      f"run and --time-window resolve them",
+                      stacklevel=4)
+    return (f"Debye law a·E² below {e[m]:.4g} meV (the correlation window's resolution, "
+            f"{fwhm_meV:.4g} meV FWHM), a = {g[m] / e[m] ** 2:.4g} per meV³ before normalising")
+
+
 #: a VDOS whose E = 0 bin holds more than this fraction of its area has weight that is not a
 #: vibration (diffusion, drift) or a correlation window too short for its slowest modes
 ZERO_ENERGY_TOLERANCE = 0.01
 
 
-def _drop_zero_energy(e, g, element: str) -> None:
+def _drop_zero_energy(e, g, element: str) -> float:
     """Set the E = 0 bin of a VDOS to zero in place (before it is normalised): the phonon orders
     and ⟨u²⟩ skip E = 0, so its weight would otherwise be counted in the normalisation and lost
-    from S(E). Warn when that bin held more than ZERO_ENERGY_TOLERANCE of the area."""
+    from S(E). Warn when that bin held more than ZERO_ENERGY_TOLERANCE of the area; return the
+    share it held."""
     zero = np.flatnonzero(np.isclose(e, 0.0))
     if not len(zero):
-        return
+        return 0.0
     total = float(np.sum(g))
     share = float(np.sum(g[zero])) / total if total > 0 else 0.0
     g[zero] = 0.0
@@ -360,6 +412,7 @@ def _drop_zero_energy(e, g, element: str) -> None:
                       f"or the correlation window is short for its slowest modes); that weight is "
                       f"left out of S(E), whose vibrational part is renormalised without it",
                       stacklevel=3)
+    return share
 
 
 #: the MSD counts as levelled off when it grows by less than this fraction of its value over the

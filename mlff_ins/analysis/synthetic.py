@@ -54,7 +54,8 @@ def langevin_particles(n=300, frames=2000, every=10, h=1.0, mass=1.008, temperat
 
 def damped_oscillators(n=500, frames=4000, every=2, h=0.5, mass=12.0, omega0=0.05, gamma=0.01,
                        temperature_K=300.0, seed=0):
-    """Independent 3D harmonic oscillators with Langevin friction (BAOAB, step h fs).
+    """Independent 3D harmonic oscillators with Langevin friction (BAOAB, step h fs); ``omega0``
+    (rad/fs) is one frequency for all, or one per oscillator (shape (n, 1)).
 
     Returns positions (not wrapped; they stay near their sites in a large box), velocities, cell.
     """
