@@ -241,6 +241,7 @@ def _asi_lines(out: Path) -> list[str]:
                       f"300 K c-Si MD), not as in a random network (22° in the embedded "
                       f"Stillinger-Weber a-Si). The melt-quench either did not melt it or let it "
                       f"recrystallise; its 'a-Si' numbers here describe a crystal.", ""]
+    lines += _relaxed_cell_lines(out / "a-si" / "phonons.h5", out / "a-si" / "md.h5md")
     rows = []
     for route, name in (("MD", "ins_md.h5"), ("phonons", "ins_phonons.h5")):
         path = out / "a-si" / name
@@ -269,6 +270,32 @@ def _asi_lines(out: Path) -> list[str]:
                   f"| experiment | ≈{A_SI_VDOS_PEAKS_MEV['TA']:g} | "
                   f"≈{A_SI_VDOS_PEAKS_MEV['TO']:g} |", *rows, ""]
     return lines
+
+
+def _relaxed_cell_lines(phonons: Path, md: Path) -> list[str]:
+    """The cell the a-Si phonon route relaxed: a P1 glass has no symmetry to keep its cell cubic,
+    so its lengths and angles are stated (and its volume against the MD's last frame when the
+    trajectory is there)."""
+    from ase.cell import Cell
+
+    from mlff_ins.hdf5_files import open_self_contained
+
+    if not phonons.exists():
+        return []
+    with open_self_contained(phonons) as f:
+        cell = Cell(np.asarray(f["structure/lattice"][()], dtype=float))
+        n = len(f["structure/symbols"][()])
+    a, b, c, al, be, ga = cell.cellpar()
+    text = (f"The phonon route relaxes the quenched cell's positions and its cell at 0 GPa "
+            f"(`mlff-ins phonons --relax`: BFGS with ASE's Fréchet cell filter); a P1 glass has no "
+            f"symmetry to keep the cell cubic, and the relaxed one has lengths {a:.2f}, {b:.2f}, "
+            f"{c:.2f} Å and angles {al:.1f}, {be:.1f}, {ga:.1f}° ({cell.volume / n:.2f} Å³ per "
+            f"atom")
+    if md.exists():
+        from mlff_ins.data.h5md import read_frame
+
+        text += f"; the MD's last frame, where it started: {read_frame(md).get_volume() / n:.2f}"
+    return [text + ").", ""]
 
 
 #: the study's record of finished steps, the summaries of the files they made (what the report
@@ -459,7 +486,9 @@ def write_report(study, records: list[dict], timings: dict) -> Path:
         f"NVE production at "
         f"{size.temperature_K:g} K. The MD route's VISION S(E) comes from its VDOS through the "
         f"incoherent approximation with quantum Bose and Debye-Waller factors, as the phonon "
-        f"route's at the same temperature. Bands in the overlays: the phonon route's is the "
+        f"route's at the same temperature; below the correlation window's energy resolution, "
+        f"where the windowed VDOS is not resolved, the MD route takes the VDOS as a Debye law "
+        f"(`spectra --low-energy debye`, the default). Bands in the overlays: the phonon route's is the "
         f"spread (standard deviation) of the model's ensemble members; the MD route's"
         + (f" (a-Si, vacancy) is the standard error over {size.md_blocks} blocks of the "
            f"production run, its statistical uncertainty, not the model's"

@@ -139,6 +139,20 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
     ph = imaginary_summary(out / "a-si" / "phonons.h5")
     assert f"| a-Si | {ph['n_modes']} | {', '.join(map(str, ph['counts']))} |" in text
     assert "rms bond-angle deviation from tetrahedral" in text
+    # the a-Si phonon route's relaxed cell, as its phonons file holds it, against the MD frame
+    # it started from
+    from ase.cell import Cell
+
+    from mlff_ins.data.h5md import read_frame
+    from mlff_ins.hdf5_files import open_self_contained
+    with open_self_contained(out / "a-si" / "phonons.h5") as f:
+        relaxed = Cell(f["structure/lattice"][()])
+    a, b, c = relaxed.lengths()
+    n_asi = len(read_frame(out / "a-si" / "md.h5md"))
+    assert (f"the relaxed one has lengths {a:.2f}, {b:.2f}, {c:.2f} Å" in text
+            and f"({relaxed.volume / n_asi:.2f} Å³ per atom; the MD's last frame, where it "
+                f"started: {read_frame(out / 'a-si' / 'md.h5md').get_volume() / n_asi:.2f})"
+            in text)
     assert "the MD runs driven by member(s) 0 of it" in text
     # the command that makes this study, with the options it was planned with
     assert ("this study is `mlff-ins demo --full --model si-reference --size smoke "
