@@ -49,11 +49,28 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM received (handled like Ctrl-C: what was started is stopped; rerun to resume)."""
 
 
+#: set by the SIGTERM handler, cleared when :func:`sigterm_as_interrupt` is entered and left
+_terminated = threading.Event()
+
+
 def _raise_terminated(signum, frame):
     # a second SIGTERM (an impatient `kill`, a batch system's repeat) must not cut short the
     # cleanup the first one started; the handler in place before is restored after it
+    _terminated.set()
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated("terminated (SIGTERM)")
+
+
+def raise_if_terminated() -> None:
+    """Raise :class:`Terminated` if a SIGTERM came: long loops call this once per step.
+
+    The handler's exception reaches the loop in all but one case: Python runs signal handlers
+    between any two bytecodes, also inside a finaliser (``__del__``, a weakref callback, a
+    generator closed by the garbage collector), where an exception is printed as "Exception
+    ignored" and dropped. The run would then go on to its end, deaf to further SIGTERMs (ignored
+    so as not to cut a cleanup short); the flag this checks outlives the lost exception."""
+    if _terminated.is_set():
+        raise Terminated("terminated (SIGTERM)")
 
 
 @contextlib.contextmanager
@@ -63,8 +80,10 @@ def sigterm_as_interrupt():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _terminated.clear()
     old = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+        _terminated.clear()

@@ -25,7 +25,7 @@ import numpy as np
 from ase.constraints import FixCom
 
 from mlff_ins.data.h5md import H5MDWriter, last_settings
-from mlff_ins.errors import InputError
+from mlff_ins.errors import InputError, raise_if_terminated
 
 ENSEMBLES = ("nve", "nvt", "npt")
 THERMOSTATS = ("langevin", "bussi", "nhc")
@@ -489,6 +489,7 @@ def _integrate(atoms, opts, writer, step, progress, state=None) -> MDSummary:
     temps, pressures, energies, times = [], [], [], []
     try:
         while current() < opts.steps:
+            raise_if_terminated()       # a SIGTERM whose exception a finaliser swallowed
             chunk = min(opts.every - current() % opts.every, opts.steps - current())
             if opts.temperature_end_K is not None:
                 # ramp, updated every frame interval to its value at the interval's middle (at

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from mlff_ins.atomic_io import atomic_path, write_json_atomic
+from mlff_ins.errors import raise_if_terminated
 
 #: seconds of model calls between two saves of the forces or of the relaxation
 SAVE_EVERY_S = 60.0
@@ -176,6 +177,7 @@ class PhononProgress:
         last = time.monotonic()
         try:
             for start in range(n0, n, per_batch):
+                raise_if_terminated()   # a SIGTERM whose exception a finaliser swallowed
                 stop = min(n, start + per_batch)
                 got = calc.member_forces_batched(cells[start:stop],
                                                  max_batch_atoms=max_batch_atoms,
