@@ -209,7 +209,7 @@ def test_deploy_no_aot_writes_an_input_lammps_runs(tiny_bundle, tmp_path, capsys
     assert main(["deploy", str(tiny_bundle), "--target", "lammps", "--no-aot", "-o", str(out)]) == 0
     written = {Path(line) for line in capsys.readouterr().out.split()}
     assert {p.name for p in written} == {"member_0.nequip.lmp.pt", "structure.data",
-                                         "in.lammps", "README.md"}
+                                         "in.lammps", "README.md", "deployed.json"}
     assert {p.name for p in out.iterdir()} == {p.name for p in written}
     torch.load(out / "member_0.nequip.lmp.pt", weights_only=False)  # a loadable torch file
 
@@ -255,6 +255,39 @@ def test_deploy_no_aot_writes_an_input_lammps_runs(tiny_bundle, tmp_path, capsys
     mixed.set_masses([29.97] + [None] * (len(atoms) - 1))  # one 30Si among natural Si
     with pytest.raises(InputError, match="Si atoms have different masses"):
         deploy(tiny_bundle, "lammps", out, structure=mixed, compile_aot=False)
+
+
+def test_a_rerun_of_deploy_keeps_what_it_made_from_the_same_member(tiny_bundle, tmp_path,
+                                                                   monkeypatch, capsys):
+    """A second `deploy` (after a kill, or to add a member) runs no nequip tool for a model file
+    made from the same member file with the same settings, and leaves it as it was; a member
+    file that changed, or another member, is made (and only that)."""
+    import shutil
+
+    import mlff_ins.md.deploy as dep
+    from mlff_ins.cli import main
+
+    calls = []
+    real = dep._run
+    monkeypatch.setattr(dep, "_run", lambda cmd, target: calls.append(target.name)
+                        or real(cmd, target))
+    out = tmp_path / "deploy"
+    args = ["deploy", str(tiny_bundle), "--no-aot", "-o", str(out)]
+    assert main(args) == 0 and calls == ["member_0.nequip.lmp.pt"]
+    made = (out / "member_0.nequip.lmp.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0 and calls == ["member_0.nequip.lmp.pt"]
+    assert "kept: " in capsys.readouterr().err
+    assert (out / "member_0.nequip.lmp.pt").stat().st_mtime_ns == made
+    assert main(args + ["--members", "0", "1"]) == 0
+    assert calls == ["member_0.nequip.lmp.pt", "member_1.nequip.lmp.pt"]
+    # the same folder name with other weights: member 0 is made again
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    shutil.copyfile(bundle / "members" / "member_1" / "model.nequip.zip",
+                    bundle / "members" / "member_0" / "model.nequip.zip")
+    assert main(["deploy", str(bundle), "--no-aot", "-o", str(out)]) == 0
+    assert calls[-1] == "member_0.nequip.lmp.pt" and len(calls) == 3
 
 
 def test_lammps_input_types_follow_the_model_element_order(tmp_path, monkeypatch):

@@ -15,11 +15,18 @@ lists them in that order); masses are in ``structure.data``.
 (``--mode aotinductor --target ase`` -> ``member_K.nequip.pt2``, minutes per member) with torch
 ≥ 2.10, where nequip refuses TorchScript; TorchScript (``member_K.nequip.pth``) before.
 LAMMPS runs one model: deploy several members to compare them.
+
+A rerun (after a kill, or to add members) keeps each model file an earlier run compiled from the
+same member file with the same tool, settings, torch and nequip: ``deployed.json`` records, per
+file, the SHA-256 of the member it was made from and those settings. Files are written
+atomically, so a killed compile leaves the files finished before it and no half of one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -27,11 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mlff_ins.atomic_io import write_text_atomic
+from mlff_ins.atomic_io import write_json_atomic, write_text_atomic
 from mlff_ins.errors import InputError
 
 STRUCTURE_FILE = "structure.data"
 INPUT_FILE = "in.lammps"
+#: what each model file of the folder was compiled from, and how (see the module docstring)
+MANIFEST = "deployed.json"
 
 # what each LAMMPS route needs: pair_nequip refuses newton pair on, ML-IAP is run with it on
 _ROUTES = {
@@ -147,23 +156,35 @@ def deploy(bundle: str | Path, target: str, output: str | Path, members: list[in
         raise InputError("--structure is for --target lammps")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    manifest = _read_manifest(out)
     written = []
+
+    def make(tool: str, src: Path, options: list[str], target_path: Path) -> None:
+        key = _artifact_key(tool, src, options)
+        if target_path.exists() and manifest.get(target_path.name) == key:
+            print(f"kept: {target_path} (made by an earlier run from the same member and "
+                  f"settings)", file=sys.stderr)
+        else:
+            _run([_tool(tool), str(src), *options], target_path)
+            manifest[target_path.name] = key
+            write_json_atomic(out / MANIFEST, manifest)
+        written.append(target_path)
+
     for k in chosen:
         src = bundle / "members" / f"member_{k}" / "model.nequip.zip"
         if target == "ase":
             # nequip refuses TorchScript from torch 2.10 on: compile ahead of time there
             mode, ext = (("aotinductor", "pt2") if _torch_at_least(2, 10)
                          else ("torchscript", "pth"))
-            written.append(_run([_tool("nequip-compile"), str(src), "--mode", mode,
-                                 "--device", device, "--target", "ase"],
-                                out / f"member_{k}.nequip.{ext}"))
+            make("nequip-compile", src, ["--mode", mode, "--device", device, "--target", "ase"],
+                 out / f"member_{k}.nequip.{ext}")
             continue
         if compile_aot:
-            written.append(_run([_tool("nequip-compile"), str(src), "--mode", "aotinductor",
-                                 "--device", device, "--target", "pair_nequip"],
-                                out / f"member_{k}.nequip.pt2"))
-        written.append(_run([_tool("nequip-prepare-lmp-mliap"), str(src), "--no-compile"],
-                            out / f"member_{k}.nequip.lmp.pt"))
+            make("nequip-compile", src, ["--mode", "aotinductor", "--device", device,
+                                         "--target", "pair_nequip"],
+                 out / f"member_{k}.nequip.pt2")
+        make("nequip-prepare-lmp-mliap", src, ["--no-compile"], out / f"member_{k}.nequip.lmp.pt")
+    written.append(out / MANIFEST)
     if target == "lammps":
         import torch
 
@@ -270,6 +291,31 @@ def element_masses(atoms, label: str) -> dict[str, float]:
                              f"{m.max():g} amu); a LAMMPS atom type has one mass")
         out[str(el)] = float(m[0])
     return out
+
+
+def _read_manifest(out: Path) -> dict:
+    path = out / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}                  # unreadable: every file is made again
+    return data if isinstance(data, dict) else {}
+
+
+def _artifact_key(tool: str, src: Path, options: list[str]) -> dict:
+    """What a model file depends on: the member file's bytes, the tool and its options, and
+    the torch and nequip versions that compile it."""
+    import nequip
+    import torch
+
+    h = hashlib.sha256()
+    with open(src, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"member_sha256": h.hexdigest(), "tool": tool, "options": list(options),
+            "torch": torch.__version__, "nequip": getattr(nequip, "__version__", "")}
 
 
 def _tool(name: str) -> str:
