@@ -40,7 +40,7 @@ from mlff_ins.atomic_io import append_durably, exclusive_lock
 from mlff_ins.data.extxyz_log import append_frame, truncate_incomplete_tail
 from mlff_ins.data.extxyz_log import read_frames as read_log
 from mlff_ins.data.ingest import read_frames
-from mlff_ins.errors import InputError, sigterm_as_interrupt
+from mlff_ins.errors import InputError, raise_if_terminated, sigterm_as_interrupt
 
 _SHORT_NAMES = {
     "cp2k": "ase.calculators.cp2k:CP2K",
@@ -359,6 +359,7 @@ def _label_locked(frames, frames_path: Path, spec, output: Path, workdir: Path, 
             bar = tqdm(total=len(frames), initial=len(frames) - len(todo), unit="frame",
                        desc=f"label {frames_path.name}")
         for i in todo:
+            raise_if_terminated()       # a SIGTERM whose exception a finaliser swallowed
             source = frames[i]
             atoms = Atoms(source.numbers, source.positions, cell=source.cell, pbc=source.pbc)
             for name in _CALCULATOR_INPUT_ARRAYS:   # spin and charge guesses (VASP, GPAW, ...)
