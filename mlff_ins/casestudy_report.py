@@ -257,12 +257,16 @@ def _asi_lines(out: Path) -> list[str]:
 
         def cell(band):
             h = halves[band] or (None, None)
-            return f"{_fmt(peaks[band], '.1f')} ({_fmt(h[0], '.1f')}–{_fmt(h[1], '.1f')})"
+            side = [f"below {A_SI_BANDS_MEV[band][0]:g}" if h[0] is None else f"{h[0]:.1f}",
+                    f"above {A_SI_BANDS_MEV[band][1]:g}" if h[1] is None else f"{h[1]:.1f}"]
+            return f"{_fmt(peaks[band], '.1f')} ({side[0]} to {side[1]})"
 
         rows.append(f"| {route} | {cell('TA')} | {cell('TO')} |")
     if rows:
         lines += [f"VDOS band maxima (meV; in brackets where the band falls to half its "
-                  f"maximum, a measure of its place that a flat top does not move) against "
+                  f"maximum, a measure of its place that a flat top does not move; 'below E' "
+                  f"says it is still above half at E, the low edge of the window searched) "
+                  f"against "
                   f"inelastic neutron scattering on a-Si ({A_SI_VDOS_SOURCE}; the positions "
                   f"{A_SI_VDOS_PEAKS_MEV['TA']:g} and {A_SI_VDOS_PEAKS_MEV['TO']:g} meV are "
                   f"those quoted in the case-study issue, not checked against the paper's text "
