@@ -9,6 +9,7 @@ Append-only logs (labelled frames) are appended one whole record per ``write`` c
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -110,3 +111,13 @@ def exclusive_lock(path: str | os.PathLike, busy_message: str):
         yield
     finally:
         os.close(fd)        # releases the lock
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks: what keys resumable work and
+    provenance to an input file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -516,13 +516,9 @@ def _device(name: str) -> torch.device:
 
 
 def _sha256(path) -> str:
-    import hashlib
+    from mlff_ins.atomic_io import file_sha256
 
     try:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        return file_sha256(path)
     except OSError:
         return ""

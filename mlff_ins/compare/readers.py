@@ -44,13 +44,13 @@ whose functions are re-exported here.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from mlff_ins.atomic_io import file_sha256
 from mlff_ins.errors import InputError
 from mlff_ins.neutron.kinematics import E_PER_K2
 from mlff_ins.neutron.units import (MEV_PER_INVCM, MEV_PER_THZ, MEV_PER_UNIT,  # noqa: F401
@@ -129,7 +129,7 @@ def read_measured(path, *, bank: int | str | None = None, q_edges=None, unit: st
         if q_edges is not None:
             raise InputError(f"{path}: q_edges applies to NXSPE files only")
         out = _read_text(path, bank=bank, unit=unit, x_edges=x_edges)
-    digest = _sha256(path)
+    digest = file_sha256(path)
     for name, sp in out.items():
         sp.provenance = {"file": str(path), "sha256": digest, **sp.provenance}
         if energy_gain:
@@ -159,14 +159,6 @@ def _is_hdf5(path: Path) -> bool:
     import h5py  # a user block moves the signature to 512, 1024, ...; h5py knows where to look
 
     return bool(h5py.is_hdf5(path))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _measured_1d(x_meV, y, e, units: str, instrument: str, provenance: dict) -> Spectrum1D:

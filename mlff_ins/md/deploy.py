@@ -24,7 +24,6 @@ atomically, so a killed compile leaves the files finished before it and no half 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlff_ins.atomic_io import write_json_atomic, write_text_atomic
+from mlff_ins.atomic_io import file_sha256, write_json_atomic, write_text_atomic
 from mlff_ins.errors import InputError
 
 STRUCTURE_FILE = "structure.data"
@@ -310,11 +309,7 @@ def _artifact_key(tool: str, src: Path, options: list[str]) -> dict:
     import nequip
     import torch
 
-    h = hashlib.sha256()
-    with open(src, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"member_sha256": h.hexdigest(), "tool": tool, "options": list(options),
+    return {"member_sha256": file_sha256(src), "tool": tool, "options": list(options),
             "torch": torch.__version__, "nequip": getattr(nequip, "__version__", "")}
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from mlff_ins import __version__
-from mlff_ins.atomic_io import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
+from mlff_ins.atomic_io import (atomic_dir, atomic_path, file_sha256, write_json_atomic,
+                               write_text_atomic)
 from mlff_ins.errors import InputError
 from mlff_ins.neutron.plot import spread_band
 
@@ -343,14 +344,6 @@ class _FinishedStages:
             self.folder.rmdir()
 
 
-def _file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: int = 60,
                     batch_size: int = 16, lr: float = 5e-3, weight_decay: float = WEIGHT_DECAY,
                     seed: int = 0, hyper: dict | None = None, limit: int | None = None,
@@ -401,7 +394,7 @@ def train_predictor(db, out_dir, *, targets=TARGETS, members: int = 3, epochs: i
     # and predict garbage when only a setting such as the cutoff changed)
     # a killed run goes on from its finished stages (another database or setting: afresh)
     stages = _FinishedStages(final, hashlib.sha256(json.dumps(
-        {"database_sha256": _file_sha256(db), "targets": list(targets), "hyper": hyper,
+        {"database_sha256": file_sha256(db), "targets": list(targets), "hyper": hyper,
          "members": members, "epochs": epochs, "ae_epochs": ae_epochs, "two_d": two_d,
          "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
          "limit": limit}, sort_keys=True, default=str).encode()).hexdigest(), log=log)

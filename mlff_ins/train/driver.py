@@ -45,8 +45,8 @@ import numpy as np
 import yaml
 
 from mlff_ins import __version__
-from mlff_ins.atomic_io import (atomic_dir, atomic_path, exclusive_lock, write_json_atomic,
-                               write_text_atomic)
+from mlff_ins.atomic_io import (atomic_dir, atomic_path, exclusive_lock, file_sha256,
+                               write_json_atomic, write_text_atomic)
 from mlff_ins.data.ingest import read_frames, split_isolated_atoms
 from mlff_ins.data.validate import validate
 from mlff_ins.errors import InputError, ToolFailed, sigterm_as_interrupt
@@ -55,14 +55,6 @@ from mlff_ins.train.config import resamples
 from mlff_ins.train.nequip_config import nequip_config
 
 PACKAGE_NAME = "model.nequip.zip"
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def data_files(cfg: dict) -> list[Path]:
@@ -88,7 +80,7 @@ def _shown(path: Path) -> str:
 def data_sha256(cfg: dict) -> str:
     """The identity of the training data: one file's SHA-256, or for several files the SHA-256
     of their hashes in order (so the order is part of it: it decides the split)."""
-    hashes = [_file_sha256(f) for f in data_files(cfg)]
+    hashes = [file_sha256(f) for f in data_files(cfg)]
     if len(hashes) == 1:
         return hashes[0]
     return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
@@ -734,7 +726,7 @@ def _extension_prefix(cfg: dict, old_sha256: str | None) -> int | None:
     files = data_files(cfg)
     if not old_sha256 or len(files) < 2:
         return None
-    hashes = [_file_sha256(f) for f in files]
+    hashes = [file_sha256(f) for f in files]
     for m in range(1, len(files)):
         h = hashes[0] if m == 1 else hashlib.sha256("\n".join(hashes[:m]).encode()).hexdigest()
         if h == old_sha256:
